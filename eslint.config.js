@@ -1,0 +1,31 @@
+import js from '@eslint/js';
+import tseslint from 'typescript-eslint';
+
+// Pure layers (translation, policy, model, envoy builders) must not do I/O or logging.
+const pureLayers = ['src/compile/**', 'src/envoy/**', 'src/policy/**', 'src/model/**'];
+const forbiddenInPure = [
+  { name: '@grpc/grpc-js', message: 'pure layers must not use gRPC' },
+  { name: '@kubernetes/client-node', message: 'pure layers must not use the Kubernetes client' },
+  { name: 'pino', message: 'pure layers return diagnostics; log only at the edges' },
+  { name: 'node:fs', message: 'pure layers must not do I/O' },
+  { name: 'fs', message: 'pure layers must not do I/O' },
+  { name: 'node:fs/promises', message: 'pure layers must not do I/O' },
+  { name: 'node:net', message: 'pure layers must not do I/O' },
+  { name: 'node:http', message: 'pure layers must not do I/O' },
+];
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', 'bin/**'] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/no-explicit-any': 'off',
+    },
+  },
+  {
+    files: pureLayers,
+    rules: { 'no-restricted-imports': ['error', { paths: forbiddenInPure }] },
+  },
+);

@@ -1,0 +1,86 @@
+/**
+ * Snapshots per proxy key. The pipeline puts a snapshot for every key it knows; a stream for a key nobody
+ * asked about yet is answered by the resolver (built on demand from the current mesh). Nothing is handed out
+ * before `markReady()`: an empty LDS or CDS would wipe a proxy's config.
+ */
+import type { Snapshot } from './snapshot.js';
+
+export type ProxyKey = string;
+type Watcher = (snapshot: Snapshot) => void;
+
+export class SnapshotCache {
+  private readonly snapshots = new Map<ProxyKey, Snapshot>();
+  private readonly watchers = new Map<ProxyKey, Set<Watcher>>();
+  private resolver: ((key: ProxyKey) => Snapshot | undefined) | undefined;
+  private isReady = false;
+
+  get ready(): boolean {
+    return this.isReady;
+  }
+
+  /** Called once the sources have synced and a first snapshot set exists. */
+  markReady(): void {
+    if (this.isReady) return;
+    this.isReady = true;
+    for (const key of this.watchers.keys()) {
+      const s = this.get(key);
+      if (s) this.notify(key, s);
+    }
+  }
+
+  /** Builds a snapshot for a key that has none yet (for instance a proxy of an identity not in the mesh). */
+  setResolver(resolver: (key: ProxyKey) => Snapshot | undefined): void {
+    this.resolver = resolver;
+  }
+
+  /** Stores a snapshot; watchers hear of it only if its version differs from the one held. */
+  set(key: ProxyKey, snapshot: Snapshot): boolean {
+    const old = this.snapshots.get(key);
+    if (old?.version === snapshot.version) return false;
+    this.snapshots.set(key, snapshot);
+    if (this.isReady) this.notify(key, snapshot);
+    return true;
+  }
+
+  delete(key: ProxyKey): void {
+    this.snapshots.delete(key);
+  }
+
+  get(key: ProxyKey): Snapshot | undefined {
+    if (!this.isReady) return undefined;
+    let s = this.snapshots.get(key);
+    if (!s && this.resolver) {
+      s = this.resolver(key);
+      if (s) this.snapshots.set(key, s);
+    }
+    return s;
+  }
+
+  /** Snapshot held for a key, without resolving. */
+  peek(key: ProxyKey): Snapshot | undefined {
+    return this.snapshots.get(key);
+  }
+
+  keys(): IterableIterator<ProxyKey> {
+    return this.snapshots.keys();
+  }
+
+  /** Keys with at least one stream watching. */
+  watchedKeys(): IterableIterator<ProxyKey> {
+    return this.watchers.keys();
+  }
+
+  watch(key: ProxyKey, watcher: Watcher): () => void {
+    let set = this.watchers.get(key);
+    if (!set) this.watchers.set(key, (set = new Set()));
+    set.add(watcher);
+    return () => {
+      set.delete(watcher);
+      if (set.size === 0) this.watchers.delete(key);
+    };
+  }
+
+  private notify(key: ProxyKey, snapshot: Snapshot): void {
+    for (const w of this.watchers.get(key) ?? []) w(snapshot);
+  }
+}

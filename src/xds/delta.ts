@@ -1,0 +1,123 @@
+/**
+ * Incremental ADS (`DeltaAggregatedResources`): per-resource versions, subscribe/unsubscribe, removals, and
+ * `initial_resource_versions` so a reconnecting client is sent only what it lacks.
+ */
+import type { Resource, Snapshot } from './snapshot.js';
+import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
+import type { TypeStatus } from './status.js';
+import type { ResourceType } from './types.js';
+import { lenField } from './wire.js';
+import { envoyRoot } from './protos.js';
+
+interface DeltaState extends BaseTypeState {
+  /** Resource name -> version the client has (from our sends or its initial_resource_versions). */
+  known: Map<string, string>;
+  /** Subscribed names already reported as not existing. */
+  absent: Set<string>;
+  subRev: number;
+}
+
+const CONTROL_PLANE = lenField(7, lenField(1, 'mesh-xds'));
+const records = new WeakMap<Resource, Buffer>();
+
+/** `envoy.service.discovery.v3.Resource` for a resource, encoded once. */
+function deltaRecord(r: Resource): Buffer {
+  let b = records.get(r);
+  if (!b) {
+    b = lenField(2, Buffer.concat([lenField(3, r.name), lenField(1, r.version), lenField(2, r.any)]));
+    records.set(r, b);
+  }
+  return b;
+}
+
+export class DeltaStream extends AdsStream<DeltaState> {
+  private static requestType = envoyRoot().lookupType('envoy.service.discovery.v3.DeltaDiscoveryRequest');
+
+  constructor(ctx: StreamContext, call: DuplexCall) {
+    super(ctx, call, 'delta');
+  }
+
+  protected decode(buf: Buffer): any {
+    return DeltaStream.requestType.decode(buf);
+  }
+
+  protected newState(): DeltaState {
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), subRev: 0 };
+  }
+
+  protected apply(type: ResourceType, st: DeltaState, req: any, status: TypeStatus): void {
+    const subscribe: string[] = req.resource_names_subscribe ?? [];
+    const unsubscribe: string[] = req.resource_names_unsubscribe ?? [];
+    if (!st.seen) {
+      for (const [name, version] of Object.entries(req.initial_resource_versions ?? {})) st.known.set(name, String(version));
+      if (subscribe.length === 0) st.wildcard = true;
+    }
+    for (const n of subscribe) {
+      if (n === '*') st.wildcard = true;
+      else {
+        st.names.add(n);
+        st.absent.delete(n);
+      }
+    }
+    for (const n of unsubscribe) {
+      if (n === '*') {
+        st.wildcard = false;
+        for (const k of [...st.known.keys()]) if (!st.names.has(k)) st.known.delete(k);
+      } else {
+        st.names.delete(n);
+        st.absent.delete(n);
+        if (!st.wildcard) st.known.delete(n);
+      }
+    }
+    if (subscribe.length || unsubscribe.length || !st.seen) st.subRev++;
+    // Subscriptions always apply; ACK/NACK only for the latest response of this type.
+    const nonce: string = req.response_nonce ?? '';
+    if (nonce && nonce === st.nonce) {
+      if (req.error_detail) this.nack(type, status, req.error_detail);
+      else this.ack(type, status, status.sentVersion ?? '');
+    }
+  }
+
+  protected sync(type: ResourceType, st: DeltaState, snapshot: Snapshot, holdRemovals: boolean): boolean {
+    const set = snapshot.get(type.typeUrl)!;
+    const mode = holdRemovals ? 'hold' : 'free';
+    const key = `${set.version}|${st.subRev}|${st.rev}`;
+    if (key === st.lastKey[mode] && !st.force) return false;
+    st.lastKey[mode] = key;
+
+    const candidates = st.wildcard
+      ? [...set.resources.values()]
+      : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
+    const updates = candidates.filter((r) => st.force || st.known.get(r.name) !== r.version);
+    const removed: string[] = [];
+    if (!(holdRemovals && type.fullState)) {
+      for (const name of st.known.keys()) {
+        if (!set.resources.has(name) && (st.wildcard || st.names.has(name))) removed.push(name);
+      }
+    }
+    if (!st.wildcard) {
+      for (const name of st.names) {
+        if (!set.resources.has(name) && !st.known.has(name) && !st.absent.has(name)) {
+          removed.push(name);
+          st.absent.add(name);
+        }
+      }
+    }
+    if (!updates.length && !removed.length) return false;
+    const sortedUpdates = AdsStream.sorted(updates);
+    removed.sort();
+    for (const r of sortedUpdates) st.known.set(r.name, r.version);
+    for (const n of removed) st.known.delete(n);
+    const nonce = this.nextNonce();
+    const body = Buffer.concat([
+      lenField(1, set.version),
+      ...sortedUpdates.map(deltaRecord),
+      lenField(4, type.typeUrl),
+      ...removed.map((n) => lenField(6, n)),
+      lenField(5, nonce),
+      CONTROL_PLANE,
+    ]);
+    this.send(type, body, set.version, nonce, [...st.known.keys()]);
+    return true;
+  }
+}

@@ -1,0 +1,65 @@
+/** Who is on the other end of a stream: read from the xDS `node` of its first request. */
+
+export type ProxyKind = 'sidecar' | 'proxyless';
+
+export interface ProxyIdentity {
+  readonly nodeId: string;
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly podName?: string;
+  /** Envoy sidecars announce `user_agent_name: envoy`; anything else (gRPC C-core, grpc-js) is proxyless. */
+  readonly kind: ProxyKind;
+  readonly userAgent: string;
+}
+
+export class IdentityError extends Error {}
+
+function structString(struct: any, key: string): string | undefined {
+  const v = struct?.fields?.[key];
+  if (!v) return undefined;
+  // protobufjs defines the well-known types itself, with camelCase field names.
+  if (typeof v.stringValue === 'string') return v.stringValue;
+  return undefined;
+}
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+/** Reads the identity from a decoded `envoy.config.core.v3.Node`; throws IdentityError saying what is missing. */
+export function identityFromNode(node: any): ProxyIdentity {
+  if (!node) throw new IdentityError('the first request on a stream must carry a node');
+  const nodeId: string = node.id ?? '';
+  if (!nodeId) throw new IdentityError('node.id is empty');
+  const namespace = structString(node.metadata, 'namespace');
+  const serviceAccount = structString(node.metadata, 'serviceAccount');
+  const missing = [!namespace && 'namespace', !serviceAccount && 'serviceAccount'].filter(Boolean);
+  if (missing.length) {
+    throw new IdentityError(
+      `node "${nodeId}" lacks string node.metadata.${missing.join(' and node.metadata.')} (the proxy's Kubernetes namespace and service account)`,
+    );
+  }
+  for (const [field, value] of [['namespace', namespace!], ['serviceAccount', serviceAccount!]] as const) {
+    if (value.length > 253 || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(value) || (field === 'namespace' && !DNS_LABEL.test(value))) {
+      throw new IdentityError(`node "${nodeId}": node.metadata.${field} "${value}" is not a valid Kubernetes name`);
+    }
+  }
+  const userAgent: string = node.user_agent_name ?? '';
+  return {
+    nodeId,
+    namespace: namespace!,
+    serviceAccount: serviceAccount!,
+    podName: structString(node.metadata, 'podName'),
+    kind: userAgent === 'envoy' ? 'sidecar' : 'proxyless',
+    userAgent,
+  };
+}
+
+/** The cache key of the config an identity gets: proxies of the same identity and kind share it. */
+export function proxyKey(id: Pick<ProxyIdentity, 'kind' | 'namespace' | 'serviceAccount'>): string {
+  return `${id.kind}:${id.namespace}/${id.serviceAccount}`;
+}
+
+export function parseProxyKey(key: string): { kind: ProxyKind; namespace: string; serviceAccount: string } {
+  const m = /^(sidecar|proxyless):([^/]+)\/(.+)$/.exec(key);
+  if (!m) throw new Error(`bad proxy key ${key}`);
+  return { kind: m[1] as ProxyKind, namespace: m[2], serviceAccount: m[3] };
+}

@@ -1,0 +1,69 @@
+/**
+ * Loads the Envoy v3 API protos from the pinned `@grpc/grpc-js-xds` package (see protos/README.md).
+ * One protobufjs Root for the whole process: messages from different roots do not mix.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import protobuf from 'protobufjs';
+
+const require = createRequire(import.meta.url);
+
+export const PROTO_FILES = [
+  'envoy/service/discovery/v3/ads.proto',
+  'envoy/service/status/v3/csds.proto',
+  'envoy/config/listener/v3/listener.proto',
+  'envoy/config/route/v3/route.proto',
+  'envoy/config/cluster/v3/cluster.proto',
+  'envoy/config/endpoint/v3/endpoint.proto',
+  'envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto',
+  'envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto',
+  'envoy/extensions/filters/http/router/v3/router.proto',
+  'envoy/extensions/filters/listener/original_dst/v3/original_dst.proto',
+  'envoy/config/bootstrap/v3/bootstrap.proto',
+  'envoy/admin/v3/config_dump.proto',
+];
+
+function importRoots(): string[] {
+  const xdsPkg = path.dirname(require.resolve('@grpc/grpc-js-xds/package.json'));
+  const pbPkg = path.dirname(require.resolve('protobufjs/package.json'));
+  const deps = path.join(xdsPkg, 'deps');
+  return [
+    path.join(deps, 'envoy-api'),
+    path.join(deps, 'xds'),
+    path.join(deps, 'googleapis'),
+    path.join(deps, 'protoc-gen-validate'),
+    pbPkg,
+  ];
+}
+
+let cached: { root: protobuf.Root; loadMs: number } | undefined;
+
+/** The process-wide Root with every file of PROTO_FILES loaded and resolved. */
+export function envoyRoot(): protobuf.Root {
+  return loadEnvoyProtos().root;
+}
+
+export function loadEnvoyProtos(): { root: protobuf.Root; loadMs: number } {
+  if (cached) return cached;
+  const started = performance.now();
+  const roots = importRoots();
+  const root = new protobuf.Root();
+  root.resolvePath = (origin: string, target: string): string => {
+    for (const dir of roots) {
+      const candidate = path.join(dir, target);
+      if (existsSync(candidate)) return candidate;
+    }
+    return protobuf.util.path.resolve(origin, target);
+  };
+  root.loadSync(PROTO_FILES, { keepCase: true });
+  root.resolveAll();
+  cached = { root, loadMs: performance.now() - started };
+  return cached;
+}
+
+export function lookupType(name: string): protobuf.Type {
+  return envoyRoot().lookupType(name.replace(/^type\.googleapis\.com\//, ''));
+}
+
+export const TYPE_PREFIX = 'type.googleapis.com/';

@@ -1,0 +1,98 @@
+/**
+ * The gRPC server: ADS (SotW and delta) on one port, with responses assembled from pre-encoded pieces
+ * (the service definition passes Buffers through untouched).
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { SnapshotCache } from './cache.js';
+import { DeltaStream } from './delta.js';
+import { SotwStream } from './sotw.js';
+import type { ProxyRegistry } from './status.js';
+import { BodyCache, type DuplexCall, type StreamContext } from './stream.js';
+
+const identity = (b: Buffer): Buffer => b;
+
+function bidi(path: string): grpc.MethodDefinition<Buffer, Buffer> {
+  return {
+    path,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+  };
+}
+
+export const ADS_SERVICE: grpc.ServiceDefinition = {
+  StreamAggregatedResources: bidi('/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources'),
+  DeltaAggregatedResources: bidi('/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources'),
+};
+
+/** Channel options chosen on purpose: see README "Transport settings". */
+export const SERVER_OPTIONS: grpc.ChannelOptions = {
+  // Ping idle proxies every 30 s, drop them if no answer in 10 s: a dead proxy must not hold a stream.
+  'grpc.keepalive_time_ms': 30_000,
+  'grpc.keepalive_timeout_ms': 10_000,
+  'grpc.keepalive_permit_without_calls': 1,
+  // Envoy pings every 5 min by default; accept pings as often as every 10 s without calling it abuse.
+  'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+  // Requests are small (names, versions, nonces); a full config for a large mesh is tens of MB.
+  'grpc.max_receive_message_length': 4 * 1024 * 1024,
+  'grpc.max_send_message_length': 256 * 1024 * 1024,
+  'grpc.max_concurrent_streams': 100_000,
+};
+
+export interface AdsServerOptions {
+  cache: SnapshotCache;
+  registry: ProxyRegistry;
+  log: Logger;
+  /** Extra services on the same port (CSDS). */
+  services?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }[];
+}
+
+export class AdsServer {
+  readonly server = new grpc.Server(SERVER_OPTIONS);
+  private readonly streams = new Set<{ close(): void }>();
+  readonly ctx: StreamContext;
+  port = 0;
+
+  constructor(opts: AdsServerOptions) {
+    this.ctx = { cache: opts.cache, registry: opts.registry, log: opts.log, bodies: new BodyCache() };
+    const track = (s: SotwStream | DeltaStream, call: DuplexCall): void => {
+      this.streams.add(s);
+      call.on('close', () => this.streams.delete(s));
+    };
+    this.server.addService(ADS_SERVICE, {
+      StreamAggregatedResources: (call: DuplexCall) => track(new SotwStream(this.ctx, call), call),
+      DeltaAggregatedResources: (call: DuplexCall) => track(new DeltaStream(this.ctx, call), call),
+    });
+    for (const s of opts.services ?? []) this.server.addService(s.definition, s.implementation);
+  }
+
+  /** Binds `host:port` (port 0 picks a free one) and starts serving. */
+  listen(address: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
+        if (err) return reject(err);
+        this.port = port;
+        resolve(port);
+      });
+    });
+  }
+
+  /** Stops taking streams, ends the open ones, and waits (up to `graceMs`) for them to close. */
+  async close(graceMs = 5_000): Promise<void> {
+    for (const s of [...this.streams]) s.close();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, graceMs);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * What SotW and delta ADS streams share: reading the node, finding the proxy's snapshot, waiting until one
+ * exists, writing responses in ADS order, recording ACKs and NACKs, and tearing down.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { SnapshotCache } from './cache.js';
+import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from './node.js';
+import type { Resource, Snapshot } from './snapshot.js';
+import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
+import { ENDPOINT, RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
+
+export interface StreamContext {
+  readonly cache: SnapshotCache;
+  readonly registry: ProxyRegistry;
+  readonly log: Logger;
+  /** Encoded response bodies shared by every stream that sends the same content. */
+  readonly bodies: BodyCache;
+}
+
+/** A small FIFO-bounded memo of encoded response pieces, keyed by content version. */
+export class BodyCache {
+  private readonly map = new Map<string, Buffer>();
+  constructor(private readonly max = 4096) {}
+  get(key: string, make: () => Buffer): Buffer {
+    let b = this.map.get(key);
+    if (!b) {
+      b = make();
+      this.map.set(key, b);
+      if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    }
+    return b;
+  }
+}
+
+export interface BaseTypeState {
+  /** A request for this type has been seen on this stream. */
+  seen: boolean;
+  wildcard: boolean;
+  names: Set<string>;
+  /** Latest nonce sent for this type. */
+  nonce?: string;
+  /** Send EDS again even if unchanged: clusters were updated and Envoy re-warms them. */
+  force: boolean;
+  /** Bumped on every send to the client (or change of what it holds). */
+  rev: number;
+  /** Inputs of the last decision per mode (holding removals or not), to make an unchanged push O(1). */
+  lastKey: { hold?: string; free?: string };
+}
+
+export type DuplexCall = grpc.ServerDuplexStream<Buffer, Buffer>;
+
+export abstract class AdsStream<S extends BaseTypeState> {
+  protected identity?: ProxyIdentity;
+  protected conn?: ProxyConnection;
+  protected snapshot?: Snapshot;
+  protected readonly states = new Map<string, S>();
+  private unwatch?: () => void;
+  private nonceCounter = 0;
+  private closed = false;
+
+  constructor(
+    protected readonly ctx: StreamContext,
+    protected readonly call: DuplexCall,
+    private readonly kind: 'sotw' | 'delta',
+  ) {
+    call.on('data', (buf: Buffer) => this.onData(buf));
+    call.on('end', () => this.close());
+    call.on('error', (err) => {
+      ctx.log.debug({ err: err.message, node: this.identity?.nodeId }, 'stream error');
+      this.close();
+    });
+    call.on('cancelled', () => this.close());
+  }
+
+  protected abstract decode(buf: Buffer): any;
+  protected abstract newState(): S;
+  /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
+  protected abstract apply(type: ResourceType, state: S, req: any, status: TypeStatus): void;
+  /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
+  protected abstract sync(type: ResourceType, state: S, snapshot: Snapshot, holdRemovals: boolean): boolean;
+
+  private onData(buf: Buffer): void {
+    if (this.closed) return;
+    let req: any;
+    try {
+      req = this.decode(buf);
+    } catch (e) {
+      this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`);
+      return;
+    }
+    if (!this.identity && !this.start(req.node)) return;
+    const type = resourceType(req.type_url);
+    if (!type) {
+      this.ctx.log.warn({ node: this.identity!.nodeId, typeUrl: req.type_url }, 'request for an unsupported resource type ignored');
+      return;
+    }
+    let state = this.states.get(type.typeUrl);
+    if (!state) this.states.set(type.typeUrl, (state = this.newState()));
+    this.apply(type, state, req, this.conn!.status(type.typeUrl));
+    state.seen = true;
+    this.flush();
+  }
+
+  private start(node: any): boolean {
+    try {
+      this.identity = identityFromNode(node);
+    } catch (e) {
+      if (!(e instanceof IdentityError)) throw e;
+      this.fail(grpc.status.INVALID_ARGUMENT, e.message);
+      return false;
+    }
+    const key = proxyKey(this.identity);
+    this.conn = new ProxyConnection(this.identity, key, this.kind, this.call.getPeer());
+    this.ctx.registry.add(this.conn);
+    this.ctx.log.info({ node: this.identity.nodeId, key, stream: this.kind, peer: this.conn.peer }, 'stream opened');
+    this.unwatch = this.ctx.cache.watch(key, (s) => {
+      this.snapshot = s;
+      this.flush();
+    });
+    this.snapshot = this.ctx.cache.get(key);
+    return true;
+  }
+
+  /** Sends, in ADS order, whatever each subscribed type is missing. */
+  protected flush(): void {
+    const snapshot = this.snapshot;
+    if (this.closed || !snapshot) return;
+    const types = RESOURCE_TYPES.filter((t) => this.states.get(t.typeUrl)?.seen);
+    // Make-before-break: a full-state type (CDS, LDS) first keeps the resources it is dropping; they go only
+    // once every type after it has settled, so no listener or route points at a cluster already deleted.
+    for (const type of types) {
+      const state = this.states.get(type.typeUrl)!;
+      const sent = this.sync(type, state, snapshot, type.fullState);
+      if (sent && type.short === 'CDS') {
+        const eds = this.states.get(ENDPOINT);
+        if (eds?.seen) eds.force = true;
+      }
+      if (type.short === 'EDS') state.force = false;
+    }
+    const unsettled = (after: ResourceType): boolean =>
+      types.some((t) => t.order > after.order && this.conn!.status(t.typeUrl).awaiting);
+    for (const type of types) {
+      if (type.fullState && !unsettled(type)) this.sync(type, this.states.get(type.typeUrl)!, snapshot, false);
+    }
+  }
+
+  protected nextNonce(): string {
+    return (++this.nonceCounter).toString(36);
+  }
+
+  /** Writes a response and records it as sent. */
+  protected send(type: ResourceType, body: Buffer, version: string, nonce: string, names: string[]): void {
+    const status = this.conn!.status(type.typeUrl);
+    status.sentVersion = version;
+    status.sentNonce = nonce;
+    status.sentAt = new Date();
+    status.sentHr = performance.now();
+    status.awaiting = true;
+    status.names = names;
+    const state = this.states.get(type.typeUrl)!;
+    state.nonce = nonce;
+    state.rev++;
+    this.call.write(body);
+    this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, body.length);
+    this.ctx.log.debug({ node: this.identity!.nodeId, type: type.short, version, nonce, resources: names.length }, 'push');
+  }
+
+  protected ack(type: ResourceType, status: TypeStatus, version: string): void {
+    const latency = status.awaiting && status.sentHr !== undefined ? performance.now() - status.sentHr : undefined;
+    status.ackedVersion = version;
+    status.ackedAt = new Date();
+    status.awaiting = false;
+    this.ctx.registry.emit('acked', this.conn!, type.typeUrl, latency);
+  }
+
+  protected nack(type: ResourceType, status: TypeStatus, error: any): void {
+    const nack = {
+      version: status.sentVersion ?? '',
+      error: String(error?.message ?? '') || `code ${error?.code ?? '?'}`,
+      at: new Date(),
+    };
+    status.lastNack = nack;
+    status.awaiting = false;
+    this.ctx.registry.emit('nacked', this.conn!, type.typeUrl, nack);
+    this.ctx.log.warn({ node: this.identity!.nodeId, type: type.short, version: nack.version, error: nack.error }, 'NACK');
+  }
+
+  protected static sorted(resources: Iterable<Resource>): Resource[] {
+    return [...resources].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  private fail(code: grpc.status, details: string): void {
+    this.ctx.log.warn({ code: grpc.status[code], details, peer: this.call.getPeer() }, 'stream refused');
+    this.call.emit('error', { code, details });
+    this.close();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unwatch?.();
+    if (this.conn) {
+      this.ctx.registry.remove(this.conn);
+      this.ctx.log.info({ node: this.identity!.nodeId, stream: this.kind }, 'stream closed');
+    }
+    try {
+      this.call.end();
+    } catch {
+      /* already ended */
+    }
+  }
+}

@@ -1,0 +1,261 @@
+/**
+ * A generic checker for the protoc-gen-validate (`validate.rules`) annotations that the Envoy protos carry.
+ * Driven by the loaded descriptors: no rule is written by hand per message. Works on protobufjs message
+ * instances (decoded or built with fromObject); `Any` fields are unpacked and checked recursively.
+ */
+import protobuf from 'protobufjs';
+
+export interface Violation {
+  /** Field path from the resource root, e.g. `virtual_hosts[0].routes[1].route.retry_policy.retry_back_off.base_interval`. */
+  readonly path: string;
+  readonly message: string;
+}
+
+type Rules = Record<string, any>;
+
+const ruleCache = new WeakMap<protobuf.ReflectionObject, Rules | null>();
+
+function optionsOf(obj: protobuf.ReflectionObject, key: string): any {
+  const parsed = (obj as any).parsedOptions as Record<string, any>[] | undefined;
+  if (!parsed) return undefined;
+  for (const o of parsed) if (key in o) return o[key];
+  return undefined;
+}
+
+function fieldRules(field: protobuf.Field): Rules | null {
+  let r = ruleCache.get(field);
+  if (r === undefined) {
+    r = (optionsOf(field, '(validate.rules)') as Rules | undefined) ?? null;
+    ruleCache.set(field, r);
+  }
+  return r;
+}
+
+function isSet(msg: any, name: string): boolean {
+  return Object.prototype.hasOwnProperty.call(msg, name) && msg[name] !== null && msg[name] !== undefined;
+}
+
+export function toNumber(v: any): number {
+  if (typeof v === 'number') return v;
+  if (typeof v === 'string') return Number(v);
+  if (v && typeof v.toNumber === 'function') return v.toNumber();
+  if (v && typeof v.low === 'number') return (v.high ?? 0) * 4294967296 + (v.low >>> 0);
+  return Number(v);
+}
+
+function durationNanos(d: any): number {
+  return toNumber(d?.seconds ?? 0) * 1e9 + toNumber(d?.nanos ?? 0);
+}
+
+function fmtDuration(d: any): string {
+  return `${durationNanos(d) / 1e9}s`;
+}
+
+const HEADER_NAME_STRICT = /^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$/;
+const HEADER_VALUE_STRICT = /^[^\u0000-\u0008\u000A-\u001F\u007F]*$/;
+const HEADER_LOOSE = /^[^\u0000\n\r]*$/;
+const patternCache = new Map<string, RegExp>();
+
+function checkComparable(
+  rules: Rules,
+  value: number,
+  path: string,
+  out: Violation[],
+  show: (n: any) => string = String,
+  conv: (n: any) => number = toNumber,
+): void {
+  if (rules.const !== undefined && value !== conv(rules.const)) out.push({ path, message: `must equal ${show(rules.const)}` });
+  if (rules.lt !== undefined && !(value < conv(rules.lt))) out.push({ path, message: `must be < ${show(rules.lt)}` });
+  if (rules.lte !== undefined && !(value <= conv(rules.lte))) out.push({ path, message: `must be <= ${show(rules.lte)}` });
+  if (rules.gt !== undefined && !(value > conv(rules.gt))) out.push({ path, message: `must be > ${show(rules.gt)}` });
+  if (rules.gte !== undefined && !(value >= conv(rules.gte))) out.push({ path, message: `must be >= ${show(rules.gte)}` });
+  if (Array.isArray(rules.in) && !rules.in.map(conv).includes(value)) out.push({ path, message: `must be one of ${rules.in.join(', ')}` });
+  if (Array.isArray(rules.not_in) && rules.not_in.map(conv).includes(value)) out.push({ path, message: `must not be one of ${rules.not_in.join(', ')}` });
+}
+
+function checkString(rules: Rules, s: string, path: string, out: Violation[]): void {
+  if (rules.ignore_empty && s === '') return;
+  const chars = [...s].length;
+  const bytes = Buffer.byteLength(s);
+  if (rules.const !== undefined && s !== rules.const) out.push({ path, message: `must equal "${rules.const}"` });
+  if (rules.len !== undefined && chars !== toNumber(rules.len)) out.push({ path, message: `must be ${rules.len} characters` });
+  if (rules.min_len !== undefined && chars < toNumber(rules.min_len)) out.push({ path, message: `must be at least ${rules.min_len} characters` });
+  if (rules.max_len !== undefined && chars > toNumber(rules.max_len)) out.push({ path, message: `must be at most ${rules.max_len} characters` });
+  if (rules.min_bytes !== undefined && bytes < toNumber(rules.min_bytes)) out.push({ path, message: `must be at least ${rules.min_bytes} bytes` });
+  if (rules.max_bytes !== undefined && bytes > toNumber(rules.max_bytes)) out.push({ path, message: `must be at most ${rules.max_bytes} bytes` });
+  if (rules.prefix !== undefined && !s.startsWith(rules.prefix)) out.push({ path, message: `must start with "${rules.prefix}"` });
+  if (rules.suffix !== undefined && !s.endsWith(rules.suffix)) out.push({ path, message: `must end with "${rules.suffix}"` });
+  if (rules.contains !== undefined && !s.includes(rules.contains)) out.push({ path, message: `must contain "${rules.contains}"` });
+  if (Array.isArray(rules.in) && !rules.in.includes(s)) out.push({ path, message: `must be one of ${rules.in.join(', ')}` });
+  if (Array.isArray(rules.not_in) && rules.not_in.includes(s)) out.push({ path, message: `must not be one of ${rules.not_in.join(', ')}` });
+  if (rules.pattern !== undefined) {
+    let re = patternCache.get(rules.pattern);
+    if (!re) {
+      re = new RegExp(rules.pattern, 'u');
+      patternCache.set(rules.pattern, re);
+    }
+    if (!re.test(s)) out.push({ path, message: `must match /${rules.pattern}/` });
+  }
+  if (rules.well_known_regex !== undefined) {
+    const strict = rules.strict !== false;
+    const kind = rules.well_known_regex;
+    const re = !strict ? HEADER_LOOSE : kind === 'HTTP_HEADER_NAME' ? HEADER_NAME_STRICT : HEADER_VALUE_STRICT;
+    if (!re.test(s)) out.push({ path, message: `must be a valid ${kind}` });
+  }
+}
+
+/** Applies the scalar / well-known rules of one value (not repeated-level rules). */
+function checkValue(rules: Rules, field: protobuf.Field, value: any, present: boolean, path: string, out: Violation[]): void {
+  const kind = Object.keys(rules)[0];
+  const r = rules[kind];
+  if (!r || typeof r !== 'object') return;
+  const type = field.resolvedType;
+  switch (kind) {
+    case 'message':
+      if (r.required && !present) out.push({ path, message: 'is required' });
+      return;
+    case 'duration':
+      if (!present) {
+        if (r.required) out.push({ path, message: 'is required' });
+        return;
+      }
+      checkComparable(r, durationNanos(value), path, out, fmtDuration, durationNanos);
+      return;
+    case 'timestamp':
+      if (!present && r.required) out.push({ path, message: 'is required' });
+      return;
+    case 'any':
+      if (!present) {
+        if (r.required) out.push({ path, message: 'is required' });
+        return;
+      }
+      if (Array.isArray(r.in) && !r.in.includes(value.type_url)) out.push({ path, message: `type must be one of ${r.in.join(', ')}` });
+      if (Array.isArray(r.not_in) && r.not_in.includes(value.type_url)) out.push({ path, message: `type must not be ${value.type_url}` });
+      return;
+    case 'enum':
+      if (r.defined_only && type instanceof protobuf.Enum && !Object.values(type.values).includes(value)) {
+        out.push({ path, message: `${value} is not a defined ${type.name} value` });
+      }
+      checkComparable({ const: r.const, in: r.in, not_in: r.not_in }, value, path, out);
+      return;
+    case 'string': {
+      // Rules on a StringValue wrapper apply to its value, only when the wrapper is set.
+      if (type instanceof protobuf.Type) {
+        if (present) checkString(r, value.value ?? '', path, out);
+        return;
+      }
+      checkString(r, value ?? '', path, out);
+      return;
+    }
+    case 'bytes': {
+      const len = value?.length ?? 0;
+      if (r.min_len !== undefined && len < toNumber(r.min_len)) out.push({ path, message: `must be at least ${r.min_len} bytes` });
+      if (r.max_len !== undefined && len > toNumber(r.max_len)) out.push({ path, message: `must be at most ${r.max_len} bytes` });
+      return;
+    }
+    case 'bool':
+      if (r.const !== undefined && Boolean(type instanceof protobuf.Type ? value?.value : value) !== r.const) {
+        out.push({ path, message: `must be ${r.const}` });
+      }
+      return;
+    default: {
+      // Numeric kinds: uint32, int64, double, ... on a scalar or on its wrapper message.
+      if (type instanceof protobuf.Type) {
+        if (present) checkComparable(r, toNumber(value.value ?? 0), path, out);
+        return;
+      }
+      checkComparable(r, toNumber(value ?? 0), path, out);
+    }
+  }
+}
+
+function unpackAny(root: protobuf.Root, any: any, path: string, out: Violation[]): void {
+  const url: string = any.type_url ?? '';
+  const name = url.slice(url.lastIndexOf('/') + 1);
+  let type: protobuf.Type;
+  try {
+    type = root.lookupType(name);
+  } catch {
+    out.push({ path, message: `unknown type ${url}` });
+    return;
+  }
+  let inner: protobuf.Message;
+  try {
+    inner = type.decode(any.value ?? new Uint8Array());
+  } catch (e) {
+    out.push({ path, message: `cannot decode ${url}: ${(e as Error).message}` });
+    return;
+  }
+  validateMessage(type, inner, path, out);
+}
+
+const SKIP_RECURSE = new Set([
+  'google.protobuf.Duration',
+  'google.protobuf.Timestamp',
+  'google.protobuf.Struct',
+  'google.protobuf.Value',
+  'google.protobuf.ListValue',
+]);
+
+function join(path: string, name: string): string {
+  return path ? `${path}.${name}` : name;
+}
+
+/** Checks every `validate.rules` / `validate.required` annotation reachable from `msg`; appends to `out`. */
+export function validateMessage(type: protobuf.Type, msg: any, path: string, out: Violation[]): void {
+  if (optionsOf(type, '(validate.disabled)') === true) return;
+  for (const oneof of type.oneofsArray) {
+    if (optionsOf(oneof, '(validate.required)') === true && !oneof.fieldsArray.some((f) => isSet(msg, f.name))) {
+      out.push({ path: join(path, oneof.name), message: `one of ${oneof.fieldsArray.map((f) => f.name).join(', ')} is required` });
+    }
+  }
+  for (const field of type.fieldsArray) {
+    // Fields of a oneof that is not set to them are not checked (as protoc-gen-validate does).
+    if (field.partOf && !isSet(msg, field.name)) continue;
+    const rules = fieldRules(field);
+    const value = msg[field.name];
+    const fpath = join(path, field.name);
+    const sub = field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined;
+    if (field.map) {
+      const entries = Object.entries(value ?? {});
+      const m = rules?.map;
+      if (m?.min_pairs !== undefined && entries.length < toNumber(m.min_pairs)) out.push({ path: fpath, message: `must have at least ${m.min_pairs} entries` });
+      if (m?.max_pairs !== undefined && entries.length > toNumber(m.max_pairs)) out.push({ path: fpath, message: `must have at most ${m.max_pairs} entries` });
+      for (const [k, v] of entries) {
+        if (m?.keys?.string) checkString(m.keys.string, k, `${fpath}[${k}]`, out);
+        if (sub) recurse(type, sub, v, `${fpath}[${k}]`, out);
+      }
+      continue;
+    }
+    if (field.repeated) {
+      const items: any[] = value ?? [];
+      const rr = rules?.repeated;
+      if (rr?.min_items !== undefined && items.length < toNumber(rr.min_items)) out.push({ path: fpath, message: `must have at least ${rr.min_items} item(s)` });
+      if (rr?.max_items !== undefined && items.length > toNumber(rr.max_items)) out.push({ path: fpath, message: `must have at most ${rr.max_items} item(s)` });
+      if (rr?.unique) {
+        const seen = new Set(items.map((i) => (typeof i === 'object' ? JSON.stringify(i) : i)));
+        if (seen.size !== items.length) out.push({ path: fpath, message: 'items must be unique' });
+      }
+      items.forEach((item, i) => {
+        const ipath = `${fpath}[${i}]`;
+        if (rr?.items) checkValue(rr.items, field, item, item !== null && item !== undefined, ipath, out);
+        if (sub) recurse(type, sub, item, ipath, out);
+      });
+      continue;
+    }
+    const present = isSet(msg, field.name);
+    if (rules) checkValue(rules, field, value, present, fpath, out);
+    if (sub && present) recurse(type, sub, value, fpath, out);
+  }
+}
+
+function recurse(parent: protobuf.Type, sub: protobuf.Type, value: any, path: string, out: Violation[]): void {
+  if (value === null || value === undefined) return;
+  const full = sub.fullName.slice(1);
+  if (full === 'google.protobuf.Any') {
+    unpackAny(parent.root as protobuf.Root, value, path, out);
+    return;
+  }
+  if (SKIP_RECURSE.has(full) || full.startsWith('google.protobuf.') && full.endsWith('Value')) return;
+  validateMessage(sub, value, path, out);
+}

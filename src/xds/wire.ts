@@ -1,0 +1,17 @@
+/** Minimal protobuf wire helpers to assemble responses from pieces encoded once. */
+
+export function varint(n: number): Buffer {
+  const out: number[] = [];
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return Buffer.from(out);
+}
+
+/** A length-delimited field: tag, length, bytes. */
+export function lenField(fieldNo: number, bytes: Uint8Array | string): Buffer {
+  const b = typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
+  return Buffer.concat([varint((fieldNo << 3) | 2), varint(b.length), b]);
+}

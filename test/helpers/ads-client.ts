@@ -1,0 +1,151 @@
+/** A raw ADS client over real gRPC: sends DiscoveryRequests as written, and reads responses decoded. */
+import * as grpc from '@grpc/grpc-js';
+import { ADS_SERVICE } from '../../src/xds/server.js';
+import { envoyRoot } from '../../src/xds/protos.js';
+import { resourceType } from '../../src/xds/types.js';
+import { decodeMessage } from '../../src/xds/encode.js';
+
+const Client = grpc.makeGenericClientConstructor(ADS_SERVICE, 'AggregatedDiscoveryService');
+
+export interface NodeOpts {
+  id?: string;
+  namespace?: string;
+  serviceAccount?: string;
+  userAgent?: string;
+}
+
+export function node(o: NodeOpts = {}): object {
+  const fields: Record<string, object> = {};
+  if (o.namespace !== undefined || !('namespace' in o)) fields.namespace = { stringValue: o.namespace ?? 'curl' };
+  if (o.serviceAccount !== undefined || !('serviceAccount' in o)) fields.serviceAccount = { stringValue: o.serviceAccount ?? 'curl' };
+  return { id: o.id ?? 'test-node', user_agent_name: o.userAgent ?? 'envoy', metadata: { fields } };
+}
+
+export interface Response {
+  version_info: string;
+  nonce: string;
+  type_url: string;
+  names: string[];
+  resources: any[];
+  // delta
+  system_version_info?: string;
+  removed?: string[];
+  versions?: Record<string, string>;
+}
+
+class Stream {
+  private readonly queue: (Response | Error)[] = [];
+  private waiters: ((r: Response | Error) => void)[] = [];
+  ended = false;
+  error?: grpc.ServiceError;
+
+  constructor(
+    readonly call: grpc.ClientDuplexStream<Buffer, Buffer>,
+    private readonly delta: boolean,
+  ) {
+    call.on('data', (buf: Buffer) => this.push(this.decode(buf)));
+    call.on('error', (e: grpc.ServiceError) => {
+      this.error = e;
+      this.push(e);
+    });
+    call.on('end', () => (this.ended = true));
+  }
+
+  private decode(buf: Buffer): Response {
+    const root = envoyRoot();
+    if (this.delta) {
+      const t = root.lookupType('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+      const m: any = t.decode(buf);
+      const type = resourceType(m.type_url)!;
+      return {
+        version_info: '',
+        system_version_info: m.system_version_info,
+        nonce: m.nonce,
+        type_url: m.type_url,
+        names: m.resources.map((r: any) => r.name),
+        versions: Object.fromEntries(m.resources.map((r: any) => [r.name, r.version])),
+        resources: m.resources.map((r: any) => decodeMessage(type.message, r.resource.value)),
+        removed: m.removed_resources,
+      };
+    }
+    const t = root.lookupType('envoy.service.discovery.v3.DiscoveryResponse');
+    const m: any = t.decode(buf);
+    const type = resourceType(m.type_url)!;
+    const resources = m.resources.map((a: any) => decodeMessage(type.message, a.value));
+    return { version_info: m.version_info, nonce: m.nonce, type_url: m.type_url, resources, names: resources.map(type.nameOf) };
+  }
+
+  private push(r: Response | Error): void {
+    const w = this.waiters.shift();
+    if (w) w(r);
+    else this.queue.push(r);
+  }
+
+  send(req: object): void {
+    const type = envoyRoot().lookupType(
+      this.delta ? 'envoy.service.discovery.v3.DeltaDiscoveryRequest' : 'envoy.service.discovery.v3.DiscoveryRequest',
+    );
+    const msg = type.fromObject(req);
+    const errs = type.verify(msg);
+    if (errs) throw new Error(errs);
+    this.call.write(Buffer.from(type.encode(msg).finish()));
+  }
+
+  /** Next response, or throws after `ms`. */
+  next(ms = 3000): Promise<Response> {
+    const q = this.queue.shift();
+    const p = q
+      ? Promise.resolve(q)
+      : new Promise<Response | Error>((resolve, reject) => {
+          const timer = setTimeout(() => {
+            this.waiters = this.waiters.filter((w) => w !== waiter);
+            reject(new Error(`no response within ${ms} ms`));
+          }, ms);
+          const waiter = (r: Response | Error): void => {
+            clearTimeout(timer);
+            resolve(r);
+          };
+          this.waiters.push(waiter);
+        });
+    return p.then((r) => {
+      if (r instanceof Error) throw r;
+      return r;
+    });
+  }
+
+  /** Resolves true if nothing arrives within `ms`. */
+  async silent(ms = 300): Promise<boolean> {
+    try {
+      const r = await this.next(ms);
+      if (process.env.DEBUG_ADS) console.log('unexpected', r.type_url, r.names, r.version_info, r.nonce);
+      this.queue.unshift(r);
+      return false;
+    } catch (e) {
+      if ((e as Error).message.startsWith('no response')) return true;
+      throw e;
+    }
+  }
+
+  close(): void {
+    this.call.end();
+    this.call.cancel();
+  }
+}
+
+export class RawAdsClient {
+  private readonly client: grpc.Client & Record<string, any>;
+  constructor(address: string) {
+    this.client = new Client(address, grpc.credentials.createInsecure()) as any;
+  }
+  sotw(): Stream {
+    return new Stream(this.client.StreamAggregatedResources(), false);
+  }
+  delta(): Stream {
+    return new Stream(this.client.DeltaAggregatedResources(), true);
+  }
+  close(): void {
+    this.client.close();
+  }
+}
+
+export type AdsTestStream = Stream;

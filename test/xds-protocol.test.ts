@@ -1,0 +1,276 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { RawAdsClient, node, type AdsTestStream } from './helpers/ads-client.js';
+import { startAds } from './helpers/server.js';
+import { apiListener, cluster, endpoints, route, simpleSnapshot } from './helpers/fixtures.js';
+import { buildSnapshot } from '../src/xds/snapshot.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { syncState } from '../src/xds/status.js';
+
+const KEY = 'sidecar:curl/curl';
+let env: Awaited<ReturnType<typeof startAds>>;
+let client: RawAdsClient;
+const streams: AdsTestStream[] = [];
+
+function open(delta = false): AdsTestStream {
+  const s = delta ? client.delta() : client.sotw();
+  streams.push(s);
+  return s;
+}
+
+beforeEach(async () => {
+  env = await startAds();
+  client = new RawAdsClient(env.address);
+});
+
+afterEach(async () => {
+  for (const s of streams.splice(0)) s.close();
+  client.close();
+  await env.server.close(100);
+});
+
+function ready(snapshot = simpleSnapshot()): void {
+  env.cache.set(KEY, snapshot);
+  env.cache.markReady();
+}
+
+describe('stream identity', () => {
+  it('refuses a node without namespace and service account, saying which', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node({ namespace: undefined, serviceAccount: undefined }), type_url: LISTENER });
+    await expect(s.next()).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    expect(s.error?.details).toMatch(/node\.metadata\.namespace and node\.metadata\.serviceAccount/);
+  });
+});
+
+describe('state of the world', () => {
+  it('serves nothing before the inputs are ready, then the full state', async () => {
+    const s = open();
+    s.send({ node: node(), type_url: LISTENER });
+    expect(await s.silent(300)).toBe(true);
+    ready();
+    const r = await s.next();
+    expect(r.type_url).toBe(LISTENER);
+    expect(r.names).toEqual(['l1']);
+    expect(r.version_info).toBe(env.cache.peek(KEY)!.get(LISTENER)!.version);
+  });
+
+  it('treats an empty first request and "*" as wildcard, other names as named', async () => {
+    ready(buildSnapshot([cluster('a'), cluster('b'), endpoints('a', 1), endpoints('b', 2)]));
+    const legacy = open();
+    legacy.send({ node: node(), type_url: CLUSTER });
+    expect((await legacy.next()).names).toEqual(['a', 'b']);
+    const star = open();
+    star.send({ node: node({ id: 'n2' }), type_url: CLUSTER, resource_names: ['*'] });
+    expect((await star.next()).names).toEqual(['a', 'b']);
+    const named = open();
+    named.send({ node: node({ id: 'n3' }), type_url: CLUSTER, resource_names: ['b'] });
+    expect((await named.next()).names).toEqual(['b']);
+    const eds = open();
+    eds.send({ node: node({ id: 'n4' }), type_url: ENDPOINT, resource_names: ['a'] });
+    expect((await eds.next()).names).toEqual(['a']);
+  });
+
+  it('does not answer an ACK, and records it', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: ROUTE, resource_names: ['r1'] });
+    const r = await s.next();
+    expect(r.names).toEqual(['r1']);
+    s.send({ type_url: ROUTE, resource_names: ['r1'], version_info: r.version_info, response_nonce: r.nonce });
+    expect(await s.silent()).toBe(true);
+    const st = [...env.registry.connections][0].status(ROUTE);
+    expect(st.ackedVersion).toBe(r.version_info);
+    expect(syncState(st)).toBe('SYNCED');
+  });
+
+  it('records a NACK with its error and never resends the same content', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: ROUTE, resource_names: ['r1'] });
+    const r = await s.next();
+    s.send({
+      type_url: ROUTE,
+      resource_names: ['r1'],
+      version_info: '',
+      response_nonce: r.nonce,
+      error_detail: { code: 3, message: 'retry_policy: num_retries must be > 0' },
+    });
+    expect(await s.silent(500)).toBe(true);
+    const conn = [...env.registry.connections][0];
+    expect(conn.status(ROUTE).lastNack).toMatchObject({ version: r.version_info, error: 'retry_policy: num_retries must be > 0' });
+    expect(syncState(conn.status(ROUTE))).toBe('NACKED');
+    // A new content is sent.
+    env.cache.set(KEY, simpleSnapshot({ port: 9999, listener: 'l1', retry: { retry_on: 'unavailable' } }));
+    const r2 = await s.next();
+    expect(r2.type_url).toBe(ROUTE);
+    expect(r2.version_info).not.toBe(r.version_info);
+  });
+
+  it('ignores a request whose nonce is not the latest', async () => {
+    ready(buildSnapshot([cluster('a'), cluster('b'), endpoints('a', 1), endpoints('b', 2)]));
+    const s = open();
+    s.send({ node: node(), type_url: ENDPOINT, resource_names: ['a'] });
+    const first = await s.next();
+    env.cache.set(KEY, buildSnapshot([cluster('a'), cluster('b'), endpoints('a', 3), endpoints('b', 2)]));
+    const second = await s.next();
+    expect(second.nonce).not.toBe(first.nonce);
+    // A late request carrying the old nonce, asking for more names: ignored whole.
+    s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: first.version_info, response_nonce: first.nonce });
+    expect(await s.silent()).toBe(true);
+    // The same request with the latest nonce is honored.
+    s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: second.version_info, response_nonce: second.nonce });
+    expect((await s.next()).names).toEqual(['a', 'b']);
+  });
+
+  it('answers unsubscribe with nothing and a resubscribe with the resource again', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: ROUTE, resource_names: ['r1'] });
+    const r = await s.next();
+    s.send({ type_url: ROUTE, resource_names: [], version_info: r.version_info, response_nonce: r.nonce });
+    expect(await s.silent()).toBe(true);
+    s.send({ type_url: ROUTE, resource_names: ['r1'], version_info: r.version_info, response_nonce: r.nonce });
+    expect((await s.next()).names).toEqual(['r1']);
+  });
+
+  it('sends an empty LDS when every listener is deleted', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: LISTENER });
+    const r = await s.next();
+    expect(r.names).toEqual(['l1']);
+    s.send({ type_url: LISTENER, version_info: r.version_info, response_nonce: r.nonce });
+    env.cache.set(KEY, buildSnapshot([cluster('c1'), endpoints('c1', 1)]));
+    const r2 = await s.next();
+    expect(r2.type_url).toBe(LISTENER);
+    expect(r2.names).toEqual([]);
+  });
+
+  it('pushes in ADS order, resends EDS after a cluster change, and removes clusters last', async () => {
+    ready(simpleSnapshot({ clusters: ['c1', 'c2'] }));
+    const s = open();
+    const acked: Record<string, string> = {};
+    const ack = (r: { type_url: string; names: string[]; version_info: string; nonce: string }, names?: string[]): void => {
+      acked[r.type_url] = r.version_info;
+      s.send({ type_url: r.type_url, resource_names: names ?? [], version_info: r.version_info, response_nonce: r.nonce });
+    };
+    s.send({ node: node(), type_url: CLUSTER });
+    const c = await s.next();
+    ack(c);
+    s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'] });
+    ack(await s.next(), ['c1', 'c2']);
+    s.send({ type_url: LISTENER });
+    ack(await s.next());
+    s.send({ type_url: ROUTE, resource_names: ['r1'] });
+    ack(await s.next(), ['r1']);
+    expect(await s.silent()).toBe(true);
+
+    // Route now points at c2, c1 goes away, listener and endpoints change too.
+    env.cache.set(
+      KEY,
+      buildSnapshot([cluster('c2', { connect_timeout: { seconds: 2 } }), endpoints('c2', 7), apiListener('l1', 'r1'), apiListener('l2', 'r1'), route('r1', 'l1', 'c2')]),
+    );
+    const order: string[] = [];
+    const cds = await s.next();
+    order.push(cds.type_url);
+    // c1 is kept until the listener and route updates are settled.
+    expect(cds.names).toEqual(['c1', 'c2']);
+    const eds = await s.next();
+    order.push(eds.type_url);
+    expect(eds.names).toEqual(['c1', 'c2'].filter((n) => eds.names.includes(n)));
+    const lds = await s.next();
+    order.push(lds.type_url);
+    const rds = await s.next();
+    order.push(rds.type_url);
+    expect(order).toEqual([CLUSTER, ENDPOINT, LISTENER, ROUTE]);
+    ack(cds);
+    ack(eds, ['c1', 'c2']);
+    ack(lds);
+    expect(await s.silent(200)).toBe(true);
+    ack(rds, ['r1']);
+    const removal = await s.next();
+    expect(removal.type_url).toBe(CLUSTER);
+    expect(removal.names).toEqual(['c2']);
+  });
+
+  it('resends EDS (unchanged) after a cluster changes, for Envoy cluster warming', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: CLUSTER });
+    const c = await s.next();
+    s.send({ type_url: CLUSTER, version_info: c.version_info, response_nonce: c.nonce });
+    s.send({ type_url: ENDPOINT, resource_names: ['c1'] });
+    const e = await s.next();
+    s.send({ type_url: ENDPOINT, resource_names: ['c1'], version_info: e.version_info, response_nonce: e.nonce });
+    expect(await s.silent()).toBe(true);
+    env.cache.set(KEY, buildSnapshot([cluster('c1', { connect_timeout: { seconds: 5 } }), endpoints('c1', 8080), apiListener('l1', 'r1'), route('r1', 'l1', 'c1')]));
+    const c2 = await s.next();
+    expect(c2.type_url).toBe(CLUSTER);
+    const e2 = await s.next();
+    expect(e2.type_url).toBe(ENDPOINT);
+    expect(e2.version_info).toBe(e.version_info);
+    expect(e2.nonce).not.toBe(e.nonce);
+  });
+
+  it('sends nothing to a client that reconnects with the version it has', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: LISTENER });
+    const r = await s.next();
+    s.close();
+    const again = open();
+    again.send({ node: node(), type_url: LISTENER, version_info: r.version_info });
+    expect(await again.silent()).toBe(true);
+    const other = open();
+    other.send({ node: node({ id: 'x' }), type_url: LISTENER, version_info: 'some-old-version' });
+    expect((await other.next()).version_info).toBe(r.version_info);
+  });
+});
+
+describe('delta', () => {
+  it('subscribes, unsubscribes, removes, and honors initial_resource_versions', async () => {
+    ready(buildSnapshot([cluster('a'), cluster('b'), endpoints('a', 1), endpoints('b', 2)]));
+    const s = open(true);
+    s.send({ node: node(), type_url: ENDPOINT, resource_names_subscribe: ['a'] });
+    const r1 = await s.next();
+    expect(r1.names).toEqual(['a']);
+    expect(r1.removed).toEqual([]);
+    s.send({ type_url: ENDPOINT, response_nonce: r1.nonce });
+    s.send({ type_url: ENDPOINT, resource_names_subscribe: ['b', 'missing'] });
+    const r2 = await s.next();
+    expect(r2.names).toEqual(['b']);
+    expect(r2.removed).toEqual(['missing']);
+    s.send({ type_url: ENDPOINT, response_nonce: r2.nonce });
+    s.send({ type_url: ENDPOINT, resource_names_unsubscribe: ['a'] });
+    expect(await s.silent()).toBe(true);
+    // b is deleted from the mesh: removed; a (unsubscribed) changes: not sent.
+    env.cache.set(KEY, buildSnapshot([cluster('a'), endpoints('a', 9)]));
+    const r3 = await s.next();
+    expect(r3.names).toEqual([]);
+    expect(r3.removed).toEqual(['b']);
+
+    // Reconnect, claiming a's current version and an old version of nothing else: only what differs comes.
+    const cur = env.cache.peek(KEY)!.get(CLUSTER)!.resources.get('a')!.version;
+    const d = open(true);
+    d.send({ node: node(), type_url: CLUSTER, initial_resource_versions: { a: cur, gone: 'v0' } });
+    const r4 = await d.next();
+    expect(r4.names).toEqual([]);
+    expect(r4.removed).toEqual(['gone']);
+    expect(r4.system_version_info).toBe(env.cache.peek(KEY)!.get(CLUSTER)!.version);
+  });
+
+  it('records a delta NACK without resending', async () => {
+    ready();
+    const s = open(true);
+    s.send({ node: node(), type_url: LISTENER, resource_names_subscribe: ['*'] });
+    const r = await s.next();
+    expect(r.names).toEqual(['l1']);
+    s.send({ type_url: LISTENER, response_nonce: r.nonce, error_detail: { code: 3, message: 'bad listener' } });
+    expect(await s.silent()).toBe(true);
+    const conn = [...env.registry.connections][0];
+    expect(conn.status(LISTENER).lastNack?.error).toBe('bad listener');
+    expect(conn.stream).toBe('delta');
+  });
+});
