@@ -52,7 +52,9 @@ function fmtDuration(d: any): string {
 }
 
 const HEADER_NAME_STRICT = /^:?[0-9a-zA-Z!#$%&'*+\-.^_|~`]+$/;
+// eslint-disable-next-line no-control-regex -- these are the protoc-gen-validate header rules
 const HEADER_VALUE_STRICT = /^[^\u0000-\u0008\u000A-\u001F\u007F]*$/;
+// eslint-disable-next-line no-control-regex
 const HEADER_LOOSE = /^[^\u0000\n\r]*$/;
 const patternCache = new Map<string, RegExp>();
 

@@ -20,7 +20,7 @@ export function cluster(name: string, extra: object = {}): Resource {
 export function endpoints(name: string, port: number, host = '127.0.0.1'): Resource {
   return resourceFromObject(ENDPOINT, {
     cluster_name: name,
-    endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
+    endpoints: [{ locality: {}, load_balancing_weight: { value: 1 }, lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
   });
 }
 
