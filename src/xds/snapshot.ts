@@ -30,7 +30,8 @@ export function resourceFromObject(typeUrl: string, obj: any): Resource {
   if (!type) throw new Error(`unregistered resource type ${typeUrl}`);
   const name = type.nameOf(obj);
   const body = encodeMessage(type.message, obj, `${type.short} ${name}`);
-  return makeResource(typeUrl, body, name, type.refs(obj));
+  const refs = new Map(type.refs(obj).map((r) => [`${r.typeUrl} ${r.name}`, r]));
+  return makeResource(typeUrl, body, name, [...refs.values()]);
 }
 
 /** The version of a list of resources of one type: a hash over their names and versions, in name order. */
@@ -40,16 +41,81 @@ export function versionOf(typeUrl: string, resources: Iterable<Resource>): strin
   return contentHash(parts.join('\n'));
 }
 
+const byName = (a: Resource, b: Resource): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+
+/** A read-only name -> resource map over several disjoint parts, iterated in name order. */
+class UnionMap implements ReadonlyMap<string, Resource> {
+  private sorted?: Resource[];
+  readonly size: number;
+  constructor(private readonly parts: readonly ReadonlyMap<string, Resource>[]) {
+    this.size = parts.reduce((n, p) => n + p.size, 0);
+  }
+  get(name: string): Resource | undefined {
+    for (const p of this.parts) {
+      const r = p.get(name);
+      if (r) return r;
+    }
+    return undefined;
+  }
+  has(name: string): boolean {
+    return this.parts.some((p) => p.has(name));
+  }
+  private list(): Resource[] {
+    return (this.sorted ??= this.parts.flatMap((p) => [...p.values()]).sort(byName));
+  }
+  values(): MapIterator<Resource> {
+    return this.list()[Symbol.iterator]() as MapIterator<Resource>;
+  }
+  keys(): MapIterator<string> {
+    return this.list().map((r) => r.name)[Symbol.iterator]() as MapIterator<string>;
+  }
+  entries(): MapIterator<[string, Resource]> {
+    return this.list().map((r) => [r.name, r] as [string, Resource])[Symbol.iterator]() as MapIterator<[string, Resource]>;
+  }
+  [Symbol.iterator](): MapIterator<[string, Resource]> {
+    return this.entries();
+  }
+  forEach(fn: (value: Resource, key: string, map: ReadonlyMap<string, Resource>) => void): void {
+    for (const r of this.list()) fn(r, r.name, this);
+  }
+}
+
 export class TypeSet {
   readonly version: string;
   readonly resources: ReadonlyMap<string, Resource>;
-  constructor(
+  /** Parts already checked for references (shared by many snapshots, checked once). */
+  readonly trusted: boolean;
+  private constructor(
     readonly typeUrl: string,
-    list: Iterable<Resource>,
+    resources: ReadonlyMap<string, Resource>,
+    version: string,
+    trusted: boolean,
+    private readonly parts: readonly TypeSet[] = [],
   ) {
-    const sorted = [...list].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    this.resources = new Map(sorted.map((r) => [r.name, r]));
-    this.version = versionOf(typeUrl, sorted);
+    this.resources = resources;
+    this.version = version;
+    this.trusted = trusted;
+  }
+
+  static of(typeUrl: string, list: Iterable<Resource>, opts: { trusted?: boolean } = {}): TypeSet {
+    const sorted = [...list].sort(byName);
+    return new TypeSet(typeUrl, new Map(sorted.map((r) => [r.name, r])), versionOf(typeUrl, sorted), opts.trusted ?? false);
+  }
+
+  /** Several disjoint sets as one, without copying; the version is a hash of the parts' versions. */
+  static union(typeUrl: string, parts: readonly TypeSet[]): TypeSet {
+    const nonEmpty = parts.filter((p) => p.resources.size > 0);
+    if (nonEmpty.length === 1) return nonEmpty[0];
+    if (nonEmpty.length === 0) return TypeSet.of(typeUrl, []);
+    const version = contentHash(`union\n${nonEmpty.map((p) => p.version).join('\n')}`);
+    return new TypeSet(typeUrl, new UnionMap(nonEmpty.map((p) => p.resources)), version, nonEmpty.every((p) => p.trusted), nonEmpty);
+  }
+
+  /** The parts a snapshot must check references of. */
+  get untrusted(): Iterable<Resource> {
+    if (this.trusted) return [];
+    if (this.parts.length) return this.parts.flatMap((p) => [...p.untrusted]);
+    return this.resources.values();
   }
 }
 
@@ -88,11 +154,11 @@ export function buildSnapshot(input: Iterable<Resource> | ReadonlyMap<string, Ty
       if (!byType.has(r.typeUrl)) byType.set(r.typeUrl, []);
       byType.get(r.typeUrl)!.push(r);
     }
-    types = new Map([...byType].map(([url, list]) => [url, new TypeSet(url, list)]));
+    types = new Map([...byType].map(([url, list]) => [url, TypeSet.of(url, list)]));
   }
-  for (const t of RESOURCE_TYPES) if (!types.has(t.typeUrl)) types.set(t.typeUrl, new TypeSet(t.typeUrl, []));
+  for (const t of RESOURCE_TYPES) if (!types.has(t.typeUrl)) types.set(t.typeUrl, TypeSet.of(t.typeUrl, []));
   for (const set of types.values()) {
-    for (const r of set.resources.values()) {
+    for (const r of set.untrusted) {
       for (const ref of r.refs) {
         if (!types.get(ref.typeUrl)?.resources.has(ref.name)) {
           const from = resourceType(r.typeUrl)?.short ?? r.typeUrl;

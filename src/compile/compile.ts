@@ -1,0 +1,236 @@
+/**
+ * MeshState -> MeshIR. Pure: resolves ports and endpoints, validates Retry policies, decides which one applies
+ * to each (source identity, destination service) deterministically, and reports every policy's status.
+ */
+import { MONITORED_BY_LABEL, byRef, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
+import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
+import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, ServiceIR } from './ir.js';
+
+const HTTP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'h2c', 'kubernetes.io/h2c', 'grpc-web']);
+const HTTP2_PROTOCOLS = new Set(['http2', 'grpc', 'h2c', 'kubernetes.io/h2c']);
+const TCP_PROTOCOLS = new Set(['tcp', 'tls', 'https', 'mongo', 'mysql', 'redis']);
+
+/** OSM's rule: `appProtocol`, else the port name's prefix (`http-web`, `tcp-db`), else HTTP. */
+export function portProtocol(p: { name?: string; appProtocol?: string; protocol: string }): PortProtocol | 'unsupported' {
+  if (p.protocol && p.protocol !== 'TCP') return 'unsupported';
+  const app = p.appProtocol?.toLowerCase();
+  if (app) return HTTP_PROTOCOLS.has(app) ? 'http' : 'tcp';
+  const prefix = p.name?.toLowerCase().split('-')[0];
+  if (prefix && TCP_PROTOCOLS.has(prefix)) return 'tcp';
+  return 'http';
+}
+
+function cmpEndpoint(a: Endpoint, b: Endpoint): number {
+  return a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.port - b.port;
+}
+
+function matches(selector: Readonly<Record<string, string>> | undefined, labels: Readonly<Record<string, string>>): boolean {
+  if (!selector || Object.keys(selector).length === 0) return false;
+  return Object.entries(selector).every(([k, v]) => labels[k] === v);
+}
+
+interface Topology {
+  services: ServiceIR[];
+  backing: Map<string, { service: ServiceIR; port: PortIR }[]>;
+  diagnostics: Diagnostic[];
+}
+
+function compileTopology(state: MeshState, meshNamespaces: Set<string>): Topology {
+  const diagnostics: Diagnostic[] = [];
+  const slicesBySvc = new Map<string, EndpointSlice[]>();
+  for (const s of state.endpointSlices) {
+    const key = `${s.namespace}/${s.service}`;
+    if (!slicesBySvc.has(key)) slicesBySvc.set(key, []);
+    slicesBySvc.get(key)!.push(s);
+  }
+  const podsByNs = new Map<string, Pod[]>();
+  const podByRef = new Map<string, Pod>();
+  for (const p of state.pods) {
+    if (!podsByNs.has(p.namespace)) podsByNs.set(p.namespace, []);
+    podsByNs.get(p.namespace)!.push(p);
+    podByRef.set(refKey(p), p);
+  }
+  const podByIp = new Map<string, Pod>();
+  for (const p of state.pods) if (p.ip) podByIp.set(`${p.namespace}/${p.ip}`, p);
+
+  const services: ServiceIR[] = [];
+  const backing = new Map<string, { service: ServiceIR; port: PortIR }[]>();
+  const sorted = [...state.services].filter((s) => meshNamespaces.has(s.namespace)).sort(byRef);
+  for (const svc of sorted) {
+    const host = `${svc.name}.${svc.namespace}.svc.cluster.local`;
+    const slices = slicesBySvc.get(refKey(svc));
+    const selected = slices ? [] : (podsByNs.get(svc.namespace) ?? []).filter((p) => matches(svc.selector, p.labels));
+    const ports: PortIR[] = [];
+    const backers: { pod: Pod | undefined; port: PortIR }[] = [];
+    for (const sp of [...svc.ports].sort((a, b) => a.port - b.port)) {
+      const protocol = portProtocol(sp);
+      if (protocol === 'unsupported') {
+        diagnostics.push({ object: `Service ${refKey(svc)}`, message: `port ${sp.port}: protocol ${sp.protocol} is not supported; skipped` });
+        continue;
+      }
+      const endpoints: { ep: Endpoint; pod?: Pod }[] = [];
+      if (slices) {
+        for (const slice of slices) {
+          const match = slice.ports.find((p) => (p.name ?? '') === (sp.name ?? '')) ?? (slice.ports.length === 1 && svc.ports.length === 1 ? slice.ports[0] : undefined);
+          if (!match) continue;
+          for (const a of slice.addresses) {
+            if (!a.ready) continue;
+            const pod = a.pod ? podByRef.get(refKey(a.pod)) : podByIp.get(`${svc.namespace}/${a.ip}`);
+            endpoints.push({ ep: { ip: a.ip, port: match.port }, pod });
+          }
+        }
+      } else {
+        for (const pod of selected) {
+          if (!pod.ip || !pod.ready) continue;
+          const port = typeof sp.targetPort === 'number' ? sp.targetPort : pod.namedPorts[sp.targetPort];
+          if (port === undefined) continue;
+          endpoints.push({ ep: { ip: pod.ip, port }, pod });
+        }
+      }
+      let targetPort: number | undefined = typeof sp.targetPort === 'number' ? sp.targetPort : endpoints[0]?.ep.port;
+      if (targetPort === undefined) {
+        targetPort = sp.port;
+        diagnostics.push({
+          object: `Service ${refKey(svc)}`,
+          message: `port ${sp.port}: named targetPort "${sp.targetPort}" cannot be resolved without endpoints; using ${sp.port}`,
+        });
+      }
+      const unique = new Map(endpoints.map((e) => [`${e.ep.ip}:${e.ep.port}`, e]));
+      const port: PortIR = {
+        ...(sp.name ? { name: sp.name } : {}),
+        port: sp.port,
+        dialPort: svc.clusterIP === undefined ? targetPort : sp.port,
+        targetPort,
+        protocol,
+        http2: protocol === 'http' && HTTP2_PROTOCOLS.has(sp.appProtocol?.toLowerCase() ?? ''),
+        cluster: `${svc.namespace}/${svc.name}|${targetPort}`,
+        endpoints: [...unique.values()].map((e) => e.ep).sort(cmpEndpoint),
+      };
+      ports.push(port);
+      for (const e of unique.values()) backers.push({ pod: e.pod, port });
+    }
+    const headless = svc.clusterIP === undefined;
+    const service: ServiceIR = { namespace: svc.namespace, name: svc.name, host, clusterIP: svc.clusterIP, headless, ports };
+    services.push(service);
+    for (const b of backers) {
+      if (!b.pod) continue;
+      const id = `${b.pod.namespace}/${b.pod.serviceAccount}`;
+      if (!backing.has(id)) backing.set(id, []);
+      const list = backing.get(id)!;
+      if (!list.some((x) => x.port === b.port)) list.push({ service, port: b.port });
+    }
+  }
+  return { services, backing, diagnostics };
+}
+
+interface Candidate {
+  key: string;
+  created: string;
+  spec: RetrySpec;
+}
+
+function compilePolicies(
+  state: MeshState,
+  meshNamespaces: Set<string>,
+  serviceKeys: Set<string>,
+  identities: Set<string>,
+): { reports: PolicyReport[]; retries: Map<string, Map<string, AppliedRetry>> } {
+  const reports = new Map<string, PolicyReport>();
+  const candidates: Candidate[] = [];
+  const retries = new Map<string, Map<string, AppliedRetry>>();
+  const base = (r: MeshState['retries'][number]) => ({
+    namespace: r.namespace,
+    name: r.name,
+    generation: r.generation,
+    appliesTo: [] as string[],
+    ...(r.origin ? { origin: r.origin } : {}),
+  });
+  for (const r of [...state.retries].sort(byRef)) {
+    const key = refKey(r);
+    const parsed = parseRetrySpec(r.spec);
+    if (!parsed.ok) {
+      reports.set(key, {
+        ...base(r),
+        state: 'Invalid',
+        reason: `${parsed.problems.length} problem(s) in ${[...new Set(parsed.problems.map((p) => p.field))].join(', ')}`,
+        messages: parsed.problems.map((p) => `${p.field}: ${p.message}`),
+        problems: parsed.problems,
+      });
+      continue;
+    }
+    const notes = parsed.spec.skipped.map((p) => `${p.field}: ${p.message}`);
+    const ignored = (reason: string): PolicyReport => ({ ...base(r), state: 'Ignored', reason, messages: [reason, ...notes], problems: [] });
+    if (!meshNamespaces.has(r.namespace)) {
+      reports.set(key, ignored(`namespace "${r.namespace}" is not in mesh "${state.meshName}" (label it ${MONITORED_BY_LABEL}=${state.meshName})`));
+    } else if (!state.meshConfig.enableRetryPolicy) {
+      reports.set(key, ignored('retry policies are disabled: mesh config featureFlags.enableRetryPolicy is false'));
+    } else if (parsed.spec.destinations.length === 0) {
+      reports.set(key, ignored('no destination of a supported kind (Service)'));
+    } else {
+      candidates.push({ key, created: r.creationTimestamp ?? '', spec: parsed.spec });
+      reports.set(key, { ...base(r), state: 'Accepted', reason: 'applied', messages: notes, problems: [], source: '' });
+    }
+  }
+  // Oldest creationTimestamp wins, then namespace/name: the same answer on every replica and every restart.
+  candidates.sort((a, b) => (a.created !== b.created ? (a.created === '' ? 1 : b.created === '' ? -1 : a.created < b.created ? -1 : 1) : a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const lost = new Map<string, string[]>();
+  for (const c of candidates) {
+    const source = `${c.spec.source.namespace}/${c.spec.source.name}`;
+    const won: string[] = [];
+    for (const d of c.spec.destinations) {
+      const dst = `${d.namespace}/${d.name}`;
+      if (!retries.has(source)) retries.set(source, new Map());
+      const existing = retries.get(source)!.get(dst);
+      if (existing) {
+        if (!lost.has(c.key)) lost.set(c.key, []);
+        lost.get(c.key)!.push(`conflicts with Retry ${existing.policy} (older) for ${source} -> Service ${dst}; ${existing.policy} applies`);
+        continue;
+      }
+      retries.get(source)!.set(dst, { policy: c.key, spec: c.spec });
+      won.push(dst);
+    }
+    const rep = reports.get(c.key)!;
+    const notes = [...rep.messages, ...(lost.get(c.key) ?? [])];
+    for (const dst of won) if (!serviceKeys.has(dst)) notes.push(`Service ${dst} is not in the mesh (yet); the policy applies once it is`);
+    if (!identities.has(source)) notes.push(`no ServiceAccount or pod ${source} in the mesh (yet); the policy applies once it is`);
+    reports.set(c.key, {
+      ...rep,
+      state: won.length ? 'Accepted' : 'Conflicted',
+      reason: won.length ? (lost.has(c.key) ? 'applied to some destinations; others conflict' : 'applied') : lost.get(c.key)!.join('; '),
+      messages: notes,
+      source,
+      appliesTo: won,
+    });
+  }
+  return { reports: [...reports.values()], retries };
+}
+
+export function meshNamespacesOf(state: MeshState): Set<string> {
+  return new Set(state.namespaces.filter((n) => n.labels[MONITORED_BY_LABEL] === state.meshName).map((n) => n.name));
+}
+
+export function compileTopologyOnly(state: MeshState): Topology & { meshNamespaces: Set<string> } {
+  const meshNamespaces = meshNamespacesOf(state);
+  return { ...compileTopology(state, meshNamespaces), meshNamespaces };
+}
+
+/** The whole compile: topology, identities, policies. */
+export function compile(state: MeshState, topology = compileTopologyOnly(state)): MeshIR {
+  const { meshNamespaces } = topology;
+  const identities = new Set<string>();
+  for (const sa of state.serviceAccounts) if (meshNamespaces.has(sa.namespace)) identities.add(refKey(sa));
+  for (const p of state.pods) if (meshNamespaces.has(p.namespace)) identities.add(`${p.namespace}/${p.serviceAccount}`);
+  const serviceKeys = new Set(topology.services.map((s) => `${s.namespace}/${s.name}`));
+  const { reports, retries } = compilePolicies(state, meshNamespaces, serviceKeys, identities);
+  return {
+    meshName: state.meshName,
+    enableRetryPolicy: state.meshConfig.enableRetryPolicy,
+    services: topology.services,
+    identities: [...identities].sort(),
+    retries,
+    backing: topology.backing,
+    policies: reports,
+    diagnostics: topology.diagnostics,
+  };
+}
+

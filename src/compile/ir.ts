@@ -1,0 +1,79 @@
+/** The mesh IR: validated, resolved, sorted; what the Envoy builders read. Serializable (debug endpoint). */
+import type { RetrySpec, Problem } from '../policy/retry.js';
+
+export type PortProtocol = 'http' | 'tcp';
+
+export interface Endpoint {
+  readonly ip: string;
+  readonly port: number;
+}
+
+export interface PortIR {
+  readonly name?: string;
+  readonly port: number;
+  /** The port clients connect to: the service port, or for a headless service the pod's (target) port. */
+  readonly dialPort: number;
+  /** Resolved numeric target port. */
+  readonly targetPort: number;
+  readonly protocol: PortProtocol;
+  /** The upstream speaks HTTP/2 only (appProtocol grpc, http2, h2c). */
+  readonly http2: boolean;
+  /** `<ns>/<svc>|<targetPort>`: Envoy cluster and ClusterLoadAssignment name. */
+  readonly cluster: string;
+  /** Ready endpoints, sorted. */
+  readonly endpoints: readonly Endpoint[];
+}
+
+export interface ServiceIR {
+  readonly namespace: string;
+  readonly name: string;
+  /** `<name>.<namespace>.svc.cluster.local` */
+  readonly host: string;
+  readonly clusterIP?: string;
+  readonly headless: boolean;
+  readonly ports: readonly PortIR[];
+}
+
+export type PolicyState = 'Accepted' | 'Invalid' | 'Ignored' | 'Conflicted';
+
+export interface PolicyReport {
+  readonly namespace: string;
+  readonly name: string;
+  readonly generation?: number;
+  readonly state: PolicyState;
+  /** One-line reason, for the status condition and tables. */
+  readonly reason: string;
+  /** Every problem (Invalid), or notes (skipped destinations, lost conflicts, missing objects). */
+  readonly messages: readonly string[];
+  readonly problems: readonly Problem[];
+  /** For accepted policies: source identity and the destinations it won. */
+  readonly source?: string;
+  readonly appliesTo: readonly string[];
+  readonly origin?: { file?: string; doc?: number; line?: number };
+}
+
+export interface AppliedRetry {
+  /** `<ns>/<name>` of the winning Retry. */
+  readonly policy: string;
+  readonly spec: RetrySpec;
+}
+
+export interface Diagnostic {
+  readonly object: string;
+  readonly message: string;
+}
+
+export interface MeshIR {
+  readonly meshName: string;
+  readonly enableRetryPolicy: boolean;
+  /** Services of mesh namespaces, sorted by namespace/name. */
+  readonly services: readonly ServiceIR[];
+  /** Identities (`ns/sa`) known in mesh namespaces, sorted. */
+  readonly identities: readonly string[];
+  /** Identity -> destination service `ns/name` -> the Retry that applies. */
+  readonly retries: ReadonlyMap<string, ReadonlyMap<string, AppliedRetry>>;
+  /** Identity -> service ports its pods back (for the inbound listener). */
+  readonly backing: ReadonlyMap<string, readonly { readonly service: ServiceIR; readonly port: PortIR }[]>;
+  readonly policies: readonly PolicyReport[];
+  readonly diagnostics: readonly Diagnostic[];
+}

@@ -1,0 +1,59 @@
+/** Clusters: EDS over ADS for mesh services, STATIC to 127.0.0.1 for the local app, ORIGINAL_DST passthrough. */
+import type { PortIR } from '../compile/ir.js';
+import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from './common.js';
+
+const HTTP_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
+/** gRPC and h2c upstreams speak HTTP/2 only. */
+const HTTP2 = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, explicit_http_config: { http2_protocol_options: {} } };
+
+/** OSM raises every threshold so retries never turn into upstream_rq_retry_overflow. */
+const UNLIMITED = {
+  thresholds: [
+    {
+      priority: 'DEFAULT',
+      max_connections: { value: MAX_UINT32 },
+      max_pending_requests: { value: MAX_UINT32 },
+      max_requests: { value: MAX_UINT32 },
+      max_retries: { value: MAX_UINT32 },
+    },
+  ],
+};
+
+export function outboundCluster(port: PortIR): object {
+  return {
+    name: port.cluster,
+    alt_stat_name: port.cluster,
+    type: 'EDS',
+    eds_cluster_config: { eds_config: ADS_SOURCE },
+    connect_timeout: { seconds: 1 },
+    lb_policy: 'ROUND_ROBIN',
+    circuit_breakers: UNLIMITED,
+    ...(port.http2 ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: HTTP2 } } : {}),
+  };
+}
+
+export function localCluster(port: PortIR): object {
+  const name = localClusterName(port.cluster);
+  return {
+    name,
+    alt_stat_name: name,
+    type: 'STATIC',
+    connect_timeout: { seconds: 1 },
+    lb_policy: 'ROUND_ROBIN',
+    circuit_breakers: UNLIMITED,
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port.targetPort } } } }] }],
+    },
+  };
+}
+
+export function passthroughCluster(): object {
+  return {
+    name: PASSTHROUGH_CLUSTER,
+    type: 'ORIGINAL_DST',
+    connect_timeout: { seconds: 1 },
+    lb_policy: 'CLUSTER_PROVIDED',
+    circuit_breakers: UNLIMITED,
+  };
+}

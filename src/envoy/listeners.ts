@@ -1,0 +1,89 @@
+/**
+ * Listeners: the sidecar's outbound (15001, original_dst, one filter chain per service port) and inbound
+ * (15003) listeners, and the api_listeners proxyless gRPC clients ask for by name.
+ */
+import type { PortIR, ServiceIR } from '../compile/ir.js';
+import {
+  INBOUND_LISTENER,
+  INBOUND_PORT,
+  OUTBOUND_LISTENER,
+  OUTBOUND_PORT,
+  PASSTHROUGH_CLUSTER,
+  T,
+  httpConnectionManager,
+  inboundRouteName,
+  outboundRouteName,
+} from './common.js';
+
+function cidr(ip: string): object {
+  return { address_prefix: ip, prefix_len: { value: ip.includes(':') ? 128 : 32 } };
+}
+
+function tcpProxy(statPrefix: string, cluster: string): object {
+  return { name: 'envoy.filters.network.tcp_proxy', typed_config: { '@type': T.TCP_PROXY, stat_prefix: statPrefix, cluster } };
+}
+
+/** The filter chain for one service port on the outbound listener; undefined if it has no address to match. */
+export function outboundFilterChain(service: ServiceIR, port: PortIR): object | undefined {
+  const ips = service.headless ? [...new Set(port.endpoints.map((e) => e.ip))] : service.clusterIP ? [service.clusterIP] : [];
+  if (ips.length === 0) return undefined;
+  const name = `outbound_${service.namespace}/${service.name}_${port.dialPort}_${port.protocol}`;
+  const filter =
+    port.protocol === 'http'
+      ? {
+          name: 'envoy.filters.network.http_connection_manager',
+          typed_config: httpConnectionManager(`outbound_${port.dialPort}`, outboundRouteName(port.dialPort)),
+        }
+      : tcpProxy(name, port.cluster);
+  return {
+    name,
+    filter_chain_match: {
+      prefix_ranges: ips.map(cidr),
+      // Headless services are reached on the pod's port, ClusterIP services on the service port.
+      destination_port: { value: port.dialPort },
+    },
+    filters: [filter],
+  };
+}
+
+export function outboundListener(chains: readonly object[]): object {
+  return {
+    name: OUTBOUND_LISTENER,
+    address: { socket_address: { address: '0.0.0.0', port_value: OUTBOUND_PORT } },
+    traffic_direction: 'OUTBOUND',
+    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
+    filter_chains: chains,
+    // Permissive mode: traffic to anything that is not a mesh service passes through to its original destination.
+    default_filter_chain: { name: 'outbound-passthrough', filters: [tcpProxy('passthrough-outbound', PASSTHROUGH_CLUSTER)] },
+  };
+}
+
+export function inboundFilterChain(service: ServiceIR, port: PortIR): object {
+  const name = `inbound_${service.namespace}/${service.name}_${port.targetPort}_${port.protocol}`;
+  const filter =
+    port.protocol === 'http'
+      ? {
+          name: 'envoy.filters.network.http_connection_manager',
+          typed_config: httpConnectionManager(`inbound_${port.targetPort}`, inboundRouteName(port.targetPort)),
+        }
+      : tcpProxy(name, `${port.cluster}|local`);
+  return { name, filter_chain_match: { destination_port: { value: port.targetPort } }, filters: [filter] };
+}
+
+export function inboundListener(chains: readonly object[]): object {
+  return {
+    name: INBOUND_LISTENER,
+    address: { socket_address: { address: '0.0.0.0', port_value: INBOUND_PORT } },
+    traffic_direction: 'INBOUND',
+    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
+    filter_chains: chains,
+  };
+}
+
+/** The listener a proxyless gRPC client asks for (`xds:///<name>`): HCM with RDS, router filter last. */
+export function apiListener(name: string, port: PortIR): object {
+  return {
+    name,
+    api_listener: { api_listener: httpConnectionManager(name, outboundRouteName(port.dialPort)) },
+  };
+}

@@ -1,0 +1,63 @@
+/** RouteConfiguration pieces: one virtual host per (service, port), with the applicable Retry as retry_policy. */
+import type { PortIR, ServiceIR } from '../compile/ir.js';
+import type { RetrySpec } from '../policy/retry.js';
+import { protoDuration } from '../policy/duration.js';
+import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName } from './common.js';
+
+/**
+ * OSM's domain list: short name forms only for callers in the service's namespace, each with and without the
+ * port: `httpbin`, `httpbin:14001` (same namespace), `httpbin.httpbin`, `.svc`, `.svc.cluster`, `.svc.cluster.local`.
+ */
+export function serviceDomains(service: Pick<ServiceIR, 'name' | 'namespace'>, port: number, sameNamespace: boolean): string[] {
+  const forms = [
+    ...(sameNamespace ? [service.name] : []),
+    `${service.name}.${service.namespace}`,
+    `${service.name}.${service.namespace}.svc`,
+    `${service.name}.${service.namespace}.svc.cluster`,
+    `${service.name}.${service.namespace}.svc.cluster.local`,
+  ];
+  return forms.flatMap((f) => [f, `${f}:${port}`]);
+}
+
+export interface RetryOptions {
+  /** Proxyless gRPC clients reject `num_retries: 0`; for them it becomes "no retry policy" (same effect). */
+  readonly proxyless: boolean;
+}
+
+/** `envoy.config.route.v3.RetryPolicy` for a validated Retry spec, or undefined when it means no retries. */
+export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): object | undefined {
+  if (opts.proxyless && spec.numRetries === 0) return undefined;
+  return {
+    retry_on: spec.retryOn.join(','),
+    ...(spec.numRetries !== undefined ? { num_retries: { value: spec.numRetries } } : {}),
+    ...(spec.perTryTimeoutNanos !== undefined ? { per_try_timeout: protoDuration(spec.perTryTimeoutNanos) } : {}),
+    ...(spec.retriableStatusCodes.length ? { retriable_status_codes: [...spec.retriableStatusCodes] } : {}),
+    ...(spec.backoffBaseNanos !== undefined ? { retry_back_off: { base_interval: protoDuration(spec.backoffBaseNanos) } } : {}),
+  };
+}
+
+export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: object | undefined): object {
+  return {
+    name: outboundVirtualHostName(service.host),
+    domains: serviceDomains(service, port.dialPort, callerNamespace === service.namespace),
+    routes: [
+      {
+        name: 'default',
+        match: { prefix: '/' },
+        route: {
+          cluster: port.cluster,
+          timeout: NO_TIMEOUT,
+          ...(retry ? { retry_policy: retry } : {}),
+        },
+      },
+    ],
+  };
+}
+
+export function inboundVirtualHost(service: ServiceIR, port: PortIR): object {
+  return {
+    name: inboundVirtualHostName(service.host),
+    domains: ['*'],
+    routes: [{ name: 'default', match: { prefix: '/' }, route: { cluster: localClusterName(port.cluster), timeout: NO_TIMEOUT } }],
+  };
+}

@@ -1,0 +1,104 @@
+/**
+ * Plain data of the mesh as the sources see it: what Kubernetes (or a folder of manifests) says, reduced to
+ * what translation needs. Immutable by convention: sources build a new MeshState, nothing mutates one.
+ */
+
+export interface Ref {
+  readonly namespace: string;
+  readonly name: string;
+}
+
+/** Where an object came from, for messages: a file and document index, or a Kubernetes object. */
+export interface Origin {
+  readonly file?: string;
+  readonly doc?: number;
+  readonly line?: number;
+}
+
+export interface Namespace {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+export interface ServicePort {
+  readonly name?: string;
+  readonly port: number;
+  /** Number, or the name of a container port. */
+  readonly targetPort: number | string;
+  readonly protocol: string;
+  readonly appProtocol?: string;
+}
+
+export interface Service extends Ref {
+  /** A ClusterIP, or undefined for a headless service (`clusterIP: None`). */
+  readonly clusterIP?: string;
+  readonly ports: readonly ServicePort[];
+  readonly selector?: Readonly<Record<string, string>>;
+}
+
+export interface EndpointAddress {
+  readonly ip: string;
+  readonly ready: boolean;
+  /** The pod behind the address, if known. */
+  readonly pod?: Ref;
+}
+
+/** One EndpointSlice (or the equivalent of an Endpoints subset). */
+export interface EndpointSlice extends Ref {
+  /** The Service it belongs to (`kubernetes.io/service-name`). */
+  readonly service: string;
+  readonly ports: readonly { readonly name?: string; readonly port: number; readonly protocol: string }[];
+  readonly addresses: readonly EndpointAddress[];
+}
+
+export interface Pod extends Ref {
+  readonly serviceAccount: string;
+  readonly ip?: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** Container ports by name, to resolve named targetPorts. */
+  readonly namedPorts: Readonly<Record<string, number>>;
+  readonly ready: boolean;
+}
+
+export type ServiceAccount = Ref;
+
+export interface RetryObject extends Ref {
+  readonly creationTimestamp?: string;
+  readonly generation?: number;
+  readonly uid?: string;
+  /** The spec exactly as written: policy/retry.ts validates it. */
+  readonly spec: unknown;
+  readonly origin?: Origin;
+}
+
+export interface MeshConfig {
+  readonly enableRetryPolicy: boolean;
+  readonly enablePermissiveTrafficPolicyMode: boolean;
+}
+
+export const DEFAULT_MESH_CONFIG: MeshConfig = { enableRetryPolicy: false, enablePermissiveTrafficPolicyMode: true };
+
+export const MONITORED_BY_LABEL = 'flomesh.io/monitored-by';
+
+export interface MeshState {
+  readonly meshName: string;
+  readonly meshConfig: MeshConfig;
+  readonly namespaces: readonly Namespace[];
+  readonly services: readonly Service[];
+  readonly endpointSlices: readonly EndpointSlice[];
+  readonly pods: readonly Pod[];
+  readonly serviceAccounts: readonly ServiceAccount[];
+  readonly retries: readonly RetryObject[];
+}
+
+export function emptyMesh(meshName: string, meshConfig: MeshConfig = DEFAULT_MESH_CONFIG): MeshState {
+  return { meshName, meshConfig, namespaces: [], services: [], endpointSlices: [], pods: [], serviceAccounts: [], retries: [] };
+}
+
+export function refKey(r: Ref): string {
+  return `${r.namespace}/${r.name}`;
+}
+
+export function byRef<T extends Ref>(a: T, b: T): number {
+  return a.namespace < b.namespace ? -1 : a.namespace > b.namespace ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
