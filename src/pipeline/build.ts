@@ -68,12 +68,16 @@ export class SnapshotBuilder {
   private readonly bytes = new Memo<Uint8Array>();
   private readonly sets = new Memo<TypeSet>();
 
-  /** Takes a new IR; shared parts are rebuilt (from memoized pieces). */
-  update(ir: MeshIR): void {
+  /**
+   * Takes a new IR. Shared parts are rebuilt (from memoized pieces) when the topology changed; when only
+   * policies changed they are kept, and pieces not used since are kept too (dropped at the next full update).
+   */
+  update(ir: MeshIR, opts: { topologyChanged?: boolean } = {}): void {
+    this.ir = ir;
+    if (opts.topologyChanged === false && this.shared) return;
     this.resources.generation();
     this.bytes.generation();
     this.sets.generation();
-    this.ir = ir;
     this.shared = this.buildShared(ir);
   }
 

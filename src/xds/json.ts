@@ -1,7 +1,15 @@
-/** Encoded resources back to readable JSON (Any expanded with `@type`), for golden files and the debug dump. */
+/**
+ * Encoded resources back to JSON. Two forms:
+ * - `resourceToJson`: protobufjs's plain form (Any expanded), used by golden files;
+ * - `toProto3Json`: the canonical proto3 JSON mapping Envoy's own /config_dump uses (proto field names,
+ *   `@type` on Any, Durations as "1.5s", wrappers as bare values, 64-bit integers as strings), so tools that
+ *   read Envoy dumps read ours.
+ */
+import protobuf from 'protobufjs';
 import { envoyRoot } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { RESOURCE_TYPES, resourceType } from './types.js';
+import { toNumber } from './validate.js';
 
 export function resourceToJson(r: Resource): Record<string, unknown> {
   const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
@@ -13,4 +21,69 @@ export function snapshotToJson(s: Snapshot): Record<string, unknown[]> {
   const out: Record<string, unknown[]> = {};
   for (const t of RESOURCE_TYPES) out[t.short] = [...(s.get(t.typeUrl)?.resources.values() ?? [])].map(resourceToJson);
   return out;
+}
+
+const LONG = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
+const WRAPPERS = new Set(['DoubleValue', 'FloatValue', 'Int64Value', 'UInt64Value', 'Int32Value', 'UInt32Value', 'BoolValue', 'StringValue', 'BytesValue']);
+
+function durationString(m: any): string {
+  const s = toNumber(m.seconds ?? 0);
+  const n = toNumber(m.nanos ?? 0);
+  if (n === 0) return `${s}s`;
+  const total = s + n / 1e9;
+  return `${Number(total.toFixed(9))}s`;
+}
+
+function scalar(field: protobuf.Field, v: any): unknown {
+  if (field.resolvedType instanceof protobuf.Enum) return field.resolvedType.valuesById[v] ?? v;
+  if (LONG.has(field.type)) return String(toNumber(v));
+  if (field.type === 'bytes') return Buffer.from(v).toString('base64');
+  return v;
+}
+
+function structValue(v: any): unknown {
+  if (v.structValue) return Object.fromEntries(Object.entries(v.structValue.fields ?? {}).map(([k, x]) => [k, structValue(x)]));
+  if (v.listValue) return (v.listValue.values ?? []).map(structValue);
+  if ('stringValue' in v) return v.stringValue;
+  if ('numberValue' in v) return v.numberValue;
+  if ('boolValue' in v) return v.boolValue;
+  return null;
+}
+
+/** A decoded message in the proto3 JSON mapping (with proto field names, as Envoy prints them). */
+export function toProto3Json(type: protobuf.Type, msg: any): unknown {
+  const full = type.fullName.slice(1);
+  if (full === 'google.protobuf.Any') {
+    const url: string = msg.type_url ?? '';
+    const inner = type.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
+    const body = toProto3Json(inner, inner.decode(msg.value ?? new Uint8Array()));
+    const innerFull = inner.fullName.slice(1);
+    if (innerFull.startsWith('google.protobuf.') && (innerFull === 'google.protobuf.Duration' || WRAPPERS.has(inner.name))) {
+      return { '@type': url, value: body };
+    }
+    return { '@type': url, ...(body as object) };
+  }
+  if (full === 'google.protobuf.Duration') return durationString(msg);
+  if (full === 'google.protobuf.Timestamp') return new Date(toNumber(msg.seconds ?? 0) * 1000 + toNumber(msg.nanos ?? 0) / 1e6).toISOString();
+  if (full.startsWith('google.protobuf.') && WRAPPERS.has(type.name)) return scalar(type.fields.value, msg.value ?? type.fields.value.defaultValue);
+  if (full === 'google.protobuf.Struct') return structValue({ structValue: msg });
+  if (full === 'google.protobuf.Value') return structValue(msg);
+  const out: Record<string, unknown> = {};
+  for (const field of type.fieldsArray) {
+    if (!Object.prototype.hasOwnProperty.call(msg, field.name)) continue;
+    const v = msg[field.name];
+    if (v === null || v === undefined) continue;
+    const sub = field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined;
+    const conv = (x: any): unknown => (sub ? toProto3Json(sub, x) : scalar(field, x));
+    if (field.map) out[field.name] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, conv(x)]));
+    else if (field.repeated) {
+      if (v.length) out[field.name] = v.map(conv);
+    } else out[field.name] = conv(v);
+  }
+  return out;
+}
+
+export function resourceToProto3Json(r: Resource): Record<string, unknown> {
+  const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
+  return { '@type': r.typeUrl, ...(toProto3Json(type, type.decode(r.body)) as object) };
 }

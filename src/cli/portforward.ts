@@ -1,0 +1,38 @@
+/** Kubernetes API helpers for the CLI: port-forward to a pod's Envoy admin, label a namespace. */
+import net from 'node:net';
+import { PassThrough } from 'node:stream';
+import * as k8s from '@kubernetes/client-node';
+import { MONITORED_BY_LABEL } from '../model/mesh.js';
+
+function kubeConfig(): k8s.KubeConfig {
+  const kc = new k8s.KubeConfig();
+  kc.loadFromDefault();
+  return kc;
+}
+
+/** GETs `path` from the pod's Envoy admin (127.0.0.1:15000 in the pod) through a port-forward. */
+export async function adminThroughPortForward(namespace: string, pod: string, path: string): Promise<string> {
+  const kc = kubeConfig();
+  const forward = new k8s.PortForward(kc);
+  const server = net.createServer((socket) => {
+    const errStream = new PassThrough();
+    void forward.portForward(namespace, pod, [15000], socket, errStream, socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`);
+    return await res.text();
+  } finally {
+    server.close();
+  }
+}
+
+/** Sets (or with `meshName` null, removes) the namespace's flomesh.io/monitored-by label. */
+export async function labelNamespace(namespace: string, meshName: string | null): Promise<void> {
+  const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
+  await api.patchNamespace(
+    { name: namespace, body: { metadata: { labels: { [MONITORED_BY_LABEL]: meshName } } } },
+    k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+  );
+}

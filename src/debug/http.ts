@@ -1,0 +1,238 @@
+/**
+ * The debug and health HTTP server: read-only views of what each proxy was sent and said, the policies and
+ * their status, health, readiness and metrics. Loopback by default.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import type { MeshIR } from '../compile/ir.js';
+import { envoyRetryPolicy } from '../envoy/routes.js';
+import { envoyRoot } from '../xds/protos.js';
+import type { SnapshotCache } from '../xds/cache.js';
+import { toProto3Json } from '../xds/json.js';
+import { proxyKey, type ProxyKind } from '../xds/node.js';
+import type { Snapshot } from '../xds/snapshot.js';
+import { type ProxyConnection, type ProxyRegistry } from '../xds/status.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
+import type { Metrics } from './metrics.js';
+
+export interface DebugSources {
+  cache: SnapshotCache;
+  registry: ProxyRegistry;
+  metrics: Metrics;
+  log: Logger;
+  ir: () => MeshIR | undefined;
+  preview: (key: string) => Snapshot;
+  /** Sources synced and ADS serving. */
+  ready: () => boolean;
+  /** Extra state for /debug/mesh (manifest errors, last build). */
+  meshInfo?: () => Record<string, unknown>;
+}
+
+const ENDPOINTS: Record<string, string> = {
+  '/debug/proxies': 'every connected proxy: identity, stream, and per type the version sent, ACKed, last NACK and state',
+  '/debug/config_dump?proxy=<node id>': "a proxy's resources as Envoy's /config_dump prints them (also ?namespace=&serviceAccount=[&kind=proxyless])",
+  '/debug/policies': 'every Retry with its status, and for accepted ones the identities, services and Envoy retry_policy',
+  '/debug/explain?from=<ns>/<sa>&to=<ns>/<svc>': 'which Retry applies from an identity to a service, and the routes it yields',
+  '/debug/mesh': 'the translated mesh: services, identities, diagnostics, manifest errors, last build',
+  '/healthz': 'the process is alive',
+  '/readyz': 'sources synced and ADS serving',
+  '/metrics': 'Prometheus metrics',
+};
+
+function sortProxies(list: Iterable<ProxyConnection>): ProxyConnection[] {
+  return [...list].sort((a, b) => (a.identity.nodeId < b.identity.nodeId ? -1 : a.identity.nodeId > b.identity.nodeId ? 1 : a.id - b.id));
+}
+
+/** Envoy's ConfigDump for a snapshot, encoded with the admin protos and printed in proto3 JSON. */
+export function configDump(snapshot: Snapshot, versions: Partial<Record<string, string>> = {}): unknown {
+  const root = envoyRoot();
+  const any = (r: { typeUrl: string; body: Uint8Array }) => ({ type_url: r.typeUrl, value: r.body });
+  const list = (url: string) => [...(snapshot.get(url)?.resources.values() ?? [])];
+  const v = (url: string) => versions[url] ?? snapshot.get(url)?.version ?? '';
+  const dumps = [
+    ['envoy.admin.v3.ClustersConfigDump', { version_info: v(CLUSTER), dynamic_active_clusters: list(CLUSTER).map((r) => ({ version_info: v(CLUSTER), cluster: any(r) })) }],
+    ['envoy.admin.v3.EndpointsConfigDump', { dynamic_endpoint_configs: list(ENDPOINT).map((r) => ({ version_info: v(ENDPOINT), endpoint_config: any(r) })) }],
+    [
+      'envoy.admin.v3.ListenersConfigDump',
+      { version_info: v(LISTENER), dynamic_listeners: list(LISTENER).map((r) => ({ name: r.name, active_state: { version_info: v(LISTENER), listener: any(r) } })) },
+    ],
+    ['envoy.admin.v3.RoutesConfigDump', { dynamic_route_configs: list(ROUTE).map((r) => ({ version_info: v(ROUTE), route_config: any(r) })) }],
+  ] as const;
+  const configs = dumps.map(([name, obj]) => {
+    const t = root.lookupType(name);
+    return { type_url: `type.googleapis.com/${name}`, value: t.encode(t.fromObject(obj)).finish() };
+  });
+  const type = root.lookupType('envoy.admin.v3.ConfigDump');
+  return toProto3Json(type, type.decode(type.encode(type.fromObject({ configs })).finish()));
+}
+
+function policiesView(ir: MeshIR | undefined): unknown[] {
+  if (!ir) return [];
+  return ir.policies.map((p) => {
+    if (p.state !== 'Accepted' || !p.source) return p;
+    const applied = ir.retries.get(p.source);
+    const mine = [...(applied ?? [])].filter(([, a]) => a.policy === `${p.namespace}/${p.name}`);
+    const spec = mine[0]?.[1].spec;
+    const policy = spec ? envoyRetryPolicy(spec, { proxyless: false }) : undefined;
+    let envoy: unknown = null;
+    if (policy) {
+      const t = envoyRoot().lookupType('envoy.config.route.v3.RetryPolicy');
+      envoy = toProto3Json(t, t.decode(t.encode(t.fromObject(policy)).finish()));
+    }
+    return { ...p, identities: [p.source], services: mine.map(([dst]) => dst), retryPolicy: envoy, enabled: ir.enableRetryPolicy };
+  });
+}
+
+export class DebugServer {
+  readonly server: http.Server;
+
+  constructor(private readonly src: DebugSources) {
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err) => {
+        src.log.error({ err: (err as Error).message, url: req.url }, 'debug request failed');
+        if (!res.headersSent) this.json(res, 500, { error: (err as Error).message });
+        else res.end();
+      });
+    });
+  }
+
+  listen(address: string): Promise<number> {
+    const i = address.lastIndexOf(':');
+    const host = address.slice(0, i).replace(/^\[|\]$/g, '');
+    const port = Number(address.slice(i + 1));
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => resolve((this.server.address() as AddressInfo).port));
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private json(res: http.ServerResponse, status: number, body: unknown): void {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(`${JSON.stringify(body, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (req.method !== 'GET' && req.method !== 'HEAD') return this.json(res, 405, { error: 'read-only: use GET' });
+    const src = this.src;
+    switch (url.pathname) {
+      case '/healthz':
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        return void res.end('ok\n');
+      case '/readyz': {
+        const ready = src.ready();
+        res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' });
+        return void res.end(ready ? 'ready\n' : 'not ready: sources not synced or ADS not serving\n');
+      }
+      case '/metrics':
+        res.writeHead(200, { 'content-type': src.metrics.registry.contentType });
+        return void res.end(await src.metrics.registry.metrics());
+      case '/':
+      case '/debug':
+      case '/debug/': {
+        if ((req.headers.accept ?? '').includes('application/json')) return this.json(res, 200, { endpoints: ENDPOINTS });
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+        const rows = Object.entries(ENDPOINTS)
+          .map(([p, d]) => `<li><a href="${p.split('?')[0]}">${p.replace(/</g, '&lt;')}</a>: ${d}</li>`)
+          .join('\n');
+        return void res.end(`<!doctype html><title>mesh-xds debug</title><h1>mesh-xds</h1><ul>\n${rows}\n</ul>\n`);
+      }
+      case '/debug/proxies':
+        return this.json(res, 200, { proxies: sortProxies(src.registry.connections).map((c) => c.view()) });
+      case '/debug/policies':
+        return this.json(res, 200, { policies: policiesView(src.ir()) });
+      case '/debug/mesh': {
+        const ir = src.ir();
+        return this.json(res, 200, {
+          ready: src.ready(),
+          meshName: ir?.meshName,
+          enableRetryPolicy: ir?.enableRetryPolicy,
+          identities: ir?.identities ?? [],
+          services: ir?.services ?? [],
+          diagnostics: ir?.diagnostics ?? [],
+          ...(src.meshInfo?.() ?? {}),
+        });
+      }
+      case '/debug/config_dump':
+        return this.configDump(url, res);
+      case '/debug/explain':
+        return this.explain(url, res);
+      default:
+        return this.json(res, 404, { error: `no such endpoint ${url.pathname}`, endpoints: Object.keys(ENDPOINTS) });
+    }
+  }
+
+  private explain(url: URL, res: http.ServerResponse): void {
+    const from = url.searchParams.get('from') ?? '';
+    const to = url.searchParams.get('to') ?? '';
+    const ir = this.src.ir();
+    if (!/^[^/]+\/[^/]+$/.test(from) || !/^[^/]+\/[^/]+$/.test(to)) return this.json(res, 400, { error: 'give ?from=<namespace>/<serviceAccount>&to=<namespace>/<service>' });
+    if (!ir || !this.src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
+    const applied = ir.enableRetryPolicy ? ir.retries.get(from)?.get(to) : undefined;
+    const candidates = ir.policies
+      .filter((p) => p.source === from || (p.state !== 'Accepted' && p.state !== 'Conflicted'))
+      .filter((p) => p.appliesTo.includes(to) || p.messages.some((m) => m.includes(to)) || p.source === from)
+      .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo }));
+    const service = ir.services.find((s) => `${s.namespace}/${s.name}` === to);
+    const [ns, sa] = from.split('/');
+    const routes: unknown[] = [];
+    if (service) {
+      const key = proxyKey({ kind: 'sidecar', namespace: ns, serviceAccount: sa });
+      const snap = this.src.cache.peek(key) ?? this.src.preview(key);
+      const rds = envoyRoot().lookupType('envoy.config.route.v3.RouteConfiguration');
+      for (const port of service.ports.filter((p) => p.protocol === 'http')) {
+        const r = snap.get(ROUTE)?.resources.get(`rds-outbound.${port.dialPort}`);
+        if (!r) continue;
+        const rc: any = toProto3Json(rds, rds.decode(r.body));
+        const vh = (rc.virtual_hosts ?? []).find((v: any) => v.name === `outbound_virtual-host|${service.host}`);
+        routes.push({ routeConfiguration: r.name, virtualHost: vh ?? null });
+      }
+    }
+    return this.json(res, 200, {
+      from,
+      to,
+      serviceExists: Boolean(service),
+      retryPoliciesEnabled: ir.enableRetryPolicy,
+      applied: applied ? { policy: applied.policy } : null,
+      why: !ir.enableRetryPolicy
+        ? 'retry policies are disabled (featureFlags.enableRetryPolicy=false)'
+        : applied
+          ? `Retry ${applied.policy} applies${candidates.length > 1 ? ' (the oldest of several; the others are Conflicted)' : ''}`
+          : 'no accepted Retry has this source and destination',
+      candidates,
+      routes,
+    });
+  }
+
+  private configDump(url: URL, res: http.ServerResponse): void {
+    const src = this.src;
+    const nodeId = url.searchParams.get('proxy');
+    if (nodeId) {
+      const conn = src.registry.byNodeId(nodeId);
+      if (!conn) return this.json(res, 404, { error: `no connected proxy with node id "${nodeId}"`, connected: sortProxies(src.registry.connections).map((c) => c.identity.nodeId) });
+      const snapshot = src.cache.peek(conn.key);
+      if (!snapshot) return this.json(res, 404, { error: `proxy "${nodeId}" has no snapshot yet` });
+      const versions = Object.fromEntries([...conn.types].map(([t, s]) => [t, s.sentVersion ?? '']));
+      return this.json(res, 200, configDump(snapshot, versions));
+    }
+    const namespace = url.searchParams.get('namespace');
+    const serviceAccount = url.searchParams.get('serviceAccount');
+    if (!namespace || !serviceAccount) {
+      return this.json(res, 400, { error: 'give ?proxy=<node id>, or ?namespace=<ns>&serviceAccount=<sa>[&kind=sidecar|proxyless]' });
+    }
+    const kind = (url.searchParams.get('kind') ?? 'sidecar') as ProxyKind;
+    if (kind !== 'sidecar' && kind !== 'proxyless') return this.json(res, 400, { error: 'kind must be sidecar or proxyless' });
+    if (!src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
+    const key = proxyKey({ kind, namespace, serviceAccount });
+    return this.json(res, 200, configDump(src.cache.peek(key) ?? src.preview(key)));
+  }
+}
+

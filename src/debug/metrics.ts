@@ -1,0 +1,56 @@
+/** Prometheus metrics (prom-client), fed by protocol and pipeline events. */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { MeshIR } from '../compile/ir.js';
+import type { BuildReport } from '../pipeline/pipeline.js';
+import type { ProxyRegistry } from '../xds/status.js';
+import { resourceType } from '../xds/types.js';
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly connected = new Gauge({ name: 'mesh_xds_connected_proxies', help: 'Connected ADS streams', labelNames: ['stream', 'kind'], registers: [this.registry] });
+  private readonly pushes = new Counter({ name: 'mesh_xds_pushes_total', help: 'xDS responses sent', labelNames: ['type'], registers: [this.registry] });
+  private readonly bytes = new Counter({ name: 'mesh_xds_pushed_bytes_total', help: 'Bytes of xDS responses sent', labelNames: ['type'], registers: [this.registry] });
+  private readonly acks = new Counter({ name: 'mesh_xds_acks_total', help: 'ACKs received', labelNames: ['type'], registers: [this.registry] });
+  private readonly nacks = new Counter({ name: 'mesh_xds_nacks_total', help: 'NACKs received', labelNames: ['type'], registers: [this.registry] });
+  private readonly ackLatency = new Histogram({
+    name: 'mesh_xds_push_ack_seconds',
+    help: 'Time from sending a response to its ACK',
+    labelNames: ['type'],
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  private readonly buildTime = new Histogram({
+    name: 'mesh_xds_snapshot_build_seconds',
+    help: 'Time to translate the mesh and build changed snapshots',
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  private readonly buildFailures = new Counter({ name: 'mesh_xds_snapshot_failures_total', help: 'Snapshots that failed their checks and were not published', registers: [this.registry] });
+  private readonly policies = new Gauge({ name: 'mesh_xds_policies', help: 'Retry policies by status', labelNames: ['state'], registers: [this.registry] });
+
+  constructor(proxies: ProxyRegistry) {
+    collectDefaultMetrics({ register: this.registry, prefix: 'mesh_xds_process_' });
+    const short = (url: string): string => resourceType(url)?.short ?? url;
+    proxies.observe({
+      connected: (c) => this.connected.inc({ stream: c.stream, kind: c.identity.kind }),
+      disconnected: (c) => this.connected.dec({ stream: c.stream, kind: c.identity.kind }),
+      pushed: (_c, url, n) => {
+        this.pushes.inc({ type: short(url) });
+        this.bytes.inc({ type: short(url) }, n);
+      },
+      acked: (_c, url, ms) => {
+        this.acks.inc({ type: short(url) });
+        if (ms !== undefined) this.ackLatency.observe({ type: short(url) }, ms / 1000);
+      },
+      nacked: (_c, url) => this.nacks.inc({ type: short(url) }),
+    });
+  }
+
+  built(report: BuildReport, ir: MeshIR): void {
+    this.buildTime.observe(report.ms / 1000);
+    if (report.failed.length) this.buildFailures.inc(report.failed.length);
+    for (const state of ['Accepted', 'Invalid', 'Ignored', 'Conflicted']) {
+      this.policies.set({ state }, ir.policies.filter((p) => p.state === state).length);
+    }
+  }
+}

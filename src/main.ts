@@ -1,0 +1,105 @@
+/** Wiring: config -> sources -> pipeline -> ADS server -> debug server. */
+import pino, { type Logger } from 'pino';
+import type { ServeConfig } from './config.js';
+import { DebugServer } from './debug/http.js';
+import { Metrics } from './debug/metrics.js';
+import type { MeshState } from './model/mesh.js';
+import { Pipeline } from './pipeline/pipeline.js';
+import { loadRetrySchema } from './sources/crd.js';
+import { FileSource } from './sources/files.js';
+import { SnapshotCache } from './xds/cache.js';
+import { loadEnvoyProtos } from './xds/protos.js';
+import { AdsServer } from './xds/server.js';
+import { ProxyRegistry } from './xds/status.js';
+
+export interface Running {
+  adsPort: number;
+  debugPort: number;
+  cache: SnapshotCache;
+  registry: ProxyRegistry;
+  pipeline: Pipeline;
+  close(): Promise<void>;
+}
+
+export interface MeshSource {
+  /** Lists once (synced) and returns the first mesh; then calls onChange with every new one. */
+  start(): Promise<MeshState> | MeshState;
+  stop(): void | Promise<void>;
+  info?(): Record<string, unknown>;
+}
+
+export class StartError extends Error {}
+
+function permissiveProblem(state: MeshState): string | undefined {
+  return state.meshConfig.enablePermissiveTrafficPolicyMode
+    ? undefined
+    : 'mesh config traffic.enablePermissiveTrafficPolicyMode=false is not supported: mesh-xds has no access-control policies yet, so it only runs in permissive mode';
+}
+
+export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.logLevel })): Promise<Running> {
+  const { loadMs } = loadEnvoyProtos();
+  log.info({ ms: Math.round(loadMs) }, 'Envoy protos loaded');
+  const cache = new SnapshotCache();
+  const registry = new ProxyRegistry();
+  const metrics = new Metrics(registry);
+  const pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) });
+  let adsServing = false;
+
+  const onChange = (state: MeshState): void => {
+    const problem = permissiveProblem(state);
+    if (problem) {
+      log.error(`${problem}; keeping the last mesh`);
+      return;
+    }
+    pipeline.update(state);
+  };
+
+  let source: MeshSource;
+  if (cfg.manifests) {
+    const files = new FileSource({ dir: cfg.manifests, meshName: cfg.meshName, overrides: cfg.overrides, log, retrySchema: loadRetrySchema(), onChange });
+    source = { start: () => files.start(), stop: () => files.stop(), info: () => ({ source: 'manifests', dir: cfg.manifests, manifestErrors: files.errors }) };
+  } else {
+    const { KubernetesSource } = await import('./sources/kubernetes.js');
+    const kube = new KubernetesSource({ meshName: cfg.meshName, overrides: cfg.overrides, namespace: cfg.namespace, kubeconfig: cfg.kubeconfig, log, onChange });
+    source = kube;
+    pipeline.onPolicies = (ir) => kube.writeStatuses(ir);
+  }
+
+  const ads = new AdsServer({ cache, registry, log });
+  const adsPort = await ads.listen(cfg.adsAddress);
+  adsServing = true;
+  const debug = new DebugServer({
+    cache,
+    registry,
+    metrics,
+    log,
+    ir: () => pipeline.ir,
+    preview: (key) => pipeline.preview(key),
+    ready: () => adsServing && cache.ready,
+    meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),
+  });
+  const debugPort = await debug.listen(cfg.debugAddress);
+  log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`) }, 'listening');
+
+  const first = await source.start();
+  const problem = permissiveProblem(first);
+  if (problem) {
+    await Promise.all([ads.close(0), debug.close(), source.stop()]);
+    throw new StartError(problem);
+  }
+  pipeline.update(first);
+
+  return {
+    adsPort,
+    debugPort,
+    cache,
+    registry,
+    pipeline,
+    async close() {
+      adsServing = false;
+      await source.stop();
+      await ads.close();
+      await debug.close();
+    },
+  };
+}

@@ -1,0 +1,118 @@
+/**
+ * Sources -> compile -> snapshots -> cache. Called with each new MeshState; rebuilds what changed and
+ * publishes only snapshots that passed every check. A proxy whose new snapshot fails keeps its last good one.
+ */
+import type { Logger } from 'pino';
+import { compile, compileTopologyOnly } from '../compile/compile.js';
+import type { MeshIR } from '../compile/ir.js';
+import type { MeshState } from '../model/mesh.js';
+import type { SnapshotCache } from '../xds/cache.js';
+import type { Snapshot } from '../xds/snapshot.js';
+import { SnapshotBuilder } from './build.js';
+
+export interface BuildReport {
+  readonly at: Date;
+  readonly ms: number;
+  readonly rebuilt: number;
+  readonly changed: number;
+  readonly failed: { key: string; error: string }[];
+  readonly topologyChanged: boolean;
+}
+
+export interface PipelineEvents {
+  built?(report: BuildReport, ir: MeshIR): void;
+}
+
+export class Pipeline {
+  private readonly builder = new SnapshotBuilder();
+  private state?: MeshState;
+  private topology?: ReturnType<typeof compileTopologyOnly>;
+  private retriesSig = new Map<string, string>();
+  ir?: MeshIR;
+  lastReport?: BuildReport;
+  /** Told of every new IR (the Kubernetes source writes Retry statuses from it). */
+  onPolicies?: (ir: MeshIR) => void;
+
+  constructor(
+    private readonly cache: SnapshotCache,
+    private readonly log: Logger,
+    private readonly events: PipelineEvents = {},
+  ) {
+    cache.setResolver((key) => this.buildOne(key));
+  }
+
+  /** The snapshot an identity would get now (for the debug endpoint), without caching it. */
+  preview(key: string): Snapshot {
+    return this.builder.build(key);
+  }
+
+  private buildOne(key: string): Snapshot | undefined {
+    try {
+      return this.builder.build(key);
+    } catch (err) {
+      this.log.error({ key, err: (err as Error).message }, 'snapshot failed its checks; not published');
+      return undefined;
+    }
+  }
+
+  update(state: MeshState): BuildReport {
+    const started = performance.now();
+    const prev = this.state;
+    const topologyChanged =
+      !prev ||
+      !this.topology ||
+      prev.namespaces !== state.namespaces ||
+      prev.services !== state.services ||
+      prev.endpointSlices !== state.endpointSlices ||
+      prev.pods !== state.pods ||
+      prev.meshName !== state.meshName;
+    if (topologyChanged) this.topology = compileTopologyOnly(state);
+    const ir = compile(state, this.topology);
+    const flagChanged = prev?.meshConfig.enableRetryPolicy !== state.meshConfig.enableRetryPolicy;
+    this.builder.update(ir, { topologyChanged });
+    this.state = state;
+    this.ir = ir;
+
+    // Which identities' retry policies changed: only their proxies need rebuilding when the topology did not.
+    const sig = new Map<string, string>();
+    const bigints = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? `${v}` : v);
+    for (const [id, m] of ir.retries) sig.set(id, JSON.stringify([...m].map(([dst, a]) => [dst, a.policy, a.spec]), bigints));
+    const touched = new Set<string>();
+    for (const id of new Set([...sig.keys(), ...this.retriesSig.keys()])) if (sig.get(id) !== this.retriesSig.get(id)) touched.add(id);
+    this.retriesSig = sig;
+
+    const eager = new Set(this.builder.eagerKeys());
+    const keys = new Set([...eager, ...this.cache.watchedKeys(), ...this.cache.keys()]);
+    const full = topologyChanged || flagChanged;
+    let rebuilt = 0;
+    let changed = 0;
+    const failed: { key: string; error: string }[] = [];
+    for (const key of keys) {
+      if (!eager.has(key) && !this.isWatched(key)) {
+        this.cache.delete(key);
+        continue;
+      }
+      if (!full && this.cache.peek(key) && !touched.has(key.slice(key.indexOf(':') + 1))) continue;
+      rebuilt++;
+      try {
+        if (this.cache.set(key, this.builder.build(key))) changed++;
+      } catch (err) {
+        failed.push({ key, error: (err as Error).message });
+        this.log.error({ key, err: (err as Error).message }, 'snapshot failed its checks; the proxy keeps its last good config');
+      }
+    }
+    this.cache.markReady();
+    const report: BuildReport = { at: new Date(), ms: performance.now() - started, rebuilt, changed, failed, topologyChanged };
+    this.lastReport = report;
+    this.log.info({ ms: Math.round(report.ms * 10) / 10, rebuilt, changed, failed: failed.length, policies: ir.policies.length }, 'mesh translated');
+    for (const d of ir.diagnostics) this.log.warn({ object: d.object }, d.message);
+    this.events.built?.(report, ir);
+    this.onPolicies?.(ir);
+    return report;
+  }
+
+  private isWatched(key: string): boolean {
+    for (const k of this.cache.watchedKeys()) if (k === key) return true;
+    return false;
+  }
+}

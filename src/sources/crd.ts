@@ -1,0 +1,54 @@
+/**
+ * The Retry CRD's own openAPIV3Schema (deploy/crds/), compiled with ajv: the folder source checks Retry
+ * objects against exactly what the API server would, before the semantic checks.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ErrorObject } from 'ajv';
+import { parse } from 'yaml';
+
+export const CRD_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../deploy/crds');
+const RETRY_CRD = 'retries.policy.flomesh.io.yaml';
+
+export interface SchemaProblem {
+  readonly field: string;
+  readonly message: string;
+}
+
+export type RetrySchemaCheck = (object: unknown) => SchemaProblem[];
+
+function crdDir(): string {
+  // Running from dist/src/sources or from src/sources (tests): find deploy/crds upwards.
+  for (const up of ['../../deploy/crds', '../../../deploy/crds']) {
+    const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), up);
+    try {
+      readFileSync(path.join(dir, RETRY_CRD));
+      return dir;
+    } catch {
+      /* try the next */
+    }
+  }
+  return CRD_DIR;
+}
+
+function fieldOf(e: ErrorObject): string {
+  const base = e.instancePath.replace(/^\//, '').replace(/\/(\d+)(?=\/|$)/g, '[$1]').replace(/\//g, '.');
+  if (e.keyword === 'required') return base ? `${base}.${(e.params as any).missingProperty}` : (e.params as any).missingProperty;
+  return base || '(root)';
+}
+
+/** Loads the Retry CRD schema (for the served version) and returns a checker. */
+export function loadRetrySchema(file = path.join(crdDir(), RETRY_CRD)): RetrySchemaCheck {
+  const crd = parse(readFileSync(file, 'utf8'));
+  const version = crd.spec.versions.find((v: any) => v.name === 'v1alpha1');
+  const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: false });
+  const validate = ajv.compile(version.schema.openAPIV3Schema);
+  return (object) => {
+    if (validate(object)) return [];
+    return (validate.errors ?? []).map((e) => ({
+      field: fieldOf(e),
+      message: e.keyword === 'enum' ? `must be one of ${(e.params as any).allowedValues.join(', ')}` : e.keyword === 'required' ? 'is required' : (e.message ?? 'is invalid'),
+    }));
+  };
+}

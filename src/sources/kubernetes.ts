@@ -1,0 +1,281 @@
+/**
+ * The Kubernetes source: list+watch of Namespaces, Services, EndpointSlices, Pods, ServiceAccounts, Retries and
+ * the MeshConfig, with our own reflectors (client-node's informers stop on error and do not relist): a failed
+ * watch is retried with backoff and a full relist, nothing is published until every resource has listed once,
+ * and a relist replaces a cache whole, so a lost watch never yields a partial mesh. Retry statuses are written
+ * back through the status subresource, only when they change.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import * as k8s from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import type { MeshIR, PolicyReport } from '../compile/ir.js';
+import type { MeshConfig, MeshState } from '../model/mesh.js';
+import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
+
+export interface KubernetesSourceOptions {
+  meshName: string;
+  overrides?: Partial<MeshConfig>;
+  /** The control plane's namespace (where the MeshConfig lives). */
+  namespace: string;
+  kubeconfig?: string;
+  /** A ready KubeConfig (tests point it at a local fake API server). */
+  kubeConfig?: k8s.KubeConfig;
+  log: Logger;
+  onChange: (state: MeshState) => void;
+  debounceMs?: number;
+  /** Backoff after a failed list or watch: first delay and cap (ms). */
+  backoff?: { initialMs: number; maxMs: number };
+}
+
+interface ResourceDef {
+  kind: string;
+  apiVersion: string;
+  /** Collection path for list and watch. */
+  path: (ns: string) => string;
+}
+
+const RESOURCES: ResourceDef[] = [
+  { kind: 'Namespace', apiVersion: 'v1', path: () => '/api/v1/namespaces' },
+  { kind: 'Service', apiVersion: 'v1', path: () => '/api/v1/services' },
+  { kind: 'EndpointSlice', apiVersion: 'discovery.k8s.io/v1', path: () => '/apis/discovery.k8s.io/v1/endpointslices' },
+  { kind: 'Pod', apiVersion: 'v1', path: () => '/api/v1/pods' },
+  { kind: 'ServiceAccount', apiVersion: 'v1', path: () => '/api/v1/serviceaccounts' },
+  { kind: 'Retry', apiVersion: 'policy.flomesh.io/v1alpha1', path: () => '/apis/policy.flomesh.io/v1alpha1/retries' },
+  { kind: 'MeshConfig', apiVersion: 'config.flomesh.io/v1alpha3', path: (ns) => `/apis/config.flomesh.io/v1alpha3/namespaces/${ns}/meshconfigs` },
+];
+
+class GoneError extends Error {}
+
+/** One resource's list+watch loop and cache. */
+class Reflector {
+  objects = new Map<string, KubeObject>();
+  synced = false;
+  lists = 0;
+  private stopped = false;
+  private abort?: AbortController;
+  private delay: number;
+
+  constructor(
+    private readonly def: ResourceDef,
+    private readonly path: string,
+    private readonly kc: k8s.KubeConfig,
+    private readonly log: Logger,
+    private readonly changed: () => void,
+    private readonly backoff: { initialMs: number; maxMs: number },
+  ) {
+    this.delay = backoff.initialMs;
+  }
+
+  /** GET on the collection, through node:http(s) with the kubeconfig's TLS and auth applied. */
+  private async request(query: Record<string, string>, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    const cluster = this.kc.getCurrentCluster();
+    if (!cluster) throw new Error('no current cluster in the kubeconfig');
+    const url = new URL(`${cluster.server.replace(/\/$/, '')}${this.path}`);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const opts: https.RequestOptions = { method: 'GET', headers: { accept: 'application/json' } };
+    await this.kc.applyToHTTPSOptions(opts);
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      const req = (url.protocol === 'https:' ? https : http).request(url, { ...opts, signal }, resolve);
+      req.on('error', reject);
+      req.end();
+    });
+    if (res.statusCode === 410) {
+      res.resume();
+      throw new GoneError('410 Gone');
+    }
+    if (!res.statusCode || res.statusCode >= 300) {
+      let body = '';
+      for await (const c of res) body += c;
+      throw new Error(`${res.statusCode} ${res.statusMessage}: ${body.slice(0, 200)}`);
+    }
+    return res;
+  }
+
+  private normalize(o: any): KubeObject {
+    return { ...o, apiVersion: this.def.apiVersion, kind: this.def.kind };
+  }
+
+  private key(o: KubeObject): string {
+    return `${o.metadata?.namespace ?? ''}/${o.metadata?.name ?? ''}`;
+  }
+
+  async run(): Promise<void> {
+    while (!this.stopped) {
+      try {
+        const res = await this.request({});
+        let text = '';
+        for await (const c of res) text += c;
+        const list: any = JSON.parse(text);
+        this.objects = new Map((list.items ?? []).map((o: any) => [this.key(o), this.normalize(o)]));
+        this.lists++;
+        this.synced = true;
+        this.delay = this.backoff.initialMs;
+        this.changed();
+        let rv: string = list.metadata?.resourceVersion ?? '';
+        // Watch until the server ends it (then re-watch from where we were) or it fails (then relist).
+        for (;;) {
+          if (this.stopped) return;
+          rv = await this.watch(rv);
+        }
+      } catch (err) {
+        if (this.stopped) return;
+        const gone = err instanceof GoneError;
+        this.log[gone ? 'info' : 'warn']({ resource: this.def.kind, err: (err as Error).message, retryInMs: gone ? 0 : this.delay }, gone ? 'watch expired; relisting' : 'list/watch failed; relisting after backoff');
+        if (!gone) {
+          await new Promise((r) => setTimeout(r, this.delay));
+          this.delay = Math.min(this.delay * 2, this.backoff.maxMs);
+        }
+      }
+    }
+  }
+
+  /** One watch request; resolves with the last resourceVersion when the server closes it normally. */
+  private async watch(rv: string): Promise<string> {
+    this.abort = new AbortController();
+    const res = await this.request({ watch: 'true', resourceVersion: rv, allowWatchBookmarks: 'true' }, this.abort.signal);
+    res.setEncoding('utf8');
+    let buffer = '';
+    for await (const chunk of res as AsyncIterable<string>) {
+      buffer += chunk;
+      let nl: number;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, nl).trim();
+        buffer = buffer.slice(nl + 1);
+        if (!line) continue;
+        const event = JSON.parse(line) as { type: string; object: any };
+        if (event.type === 'ERROR') {
+          if (event.object?.code === 410) throw new GoneError(event.object.message ?? '410 Gone');
+          throw new Error(`watch error: ${event.object?.message ?? JSON.stringify(event.object)}`);
+        }
+        const o = this.normalize(event.object);
+        rv = (o.metadata?.resourceVersion as string | undefined) ?? rv;
+        if (event.type === 'BOOKMARK') continue;
+        if (event.type === 'DELETED') this.objects.delete(this.key(o));
+        else this.objects.set(this.key(o), o);
+        this.changed();
+      }
+    }
+    return rv;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.abort?.abort();
+  }
+}
+
+/** The status a Retry should have for its report. */
+export function retryStatus(report: PolicyReport, generation: number | undefined, previous: any): any {
+  const accepted = report.state === 'Accepted';
+  const condition = {
+    type: 'Accepted',
+    status: accepted ? 'True' : 'False',
+    reason: report.state,
+    message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+  };
+  const prevCond = (previous?.conditions ?? []).find((c: any) => c.type === 'Accepted');
+  const same = prevCond && prevCond.status === condition.status && prevCond.reason === condition.reason && prevCond.message === condition.message && prevCond.observedGeneration === condition.observedGeneration;
+  return {
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+    conditions: [{ ...condition, lastTransitionTime: same && prevCond.lastTransitionTime ? prevCond.lastTransitionTime : new Date().toISOString().replace(/\.\d+Z$/, 'Z') }],
+  };
+}
+
+function statusEqual(a: any, b: any): boolean {
+  const strip = (s: any) => JSON.stringify({ ...s, conditions: (s?.conditions ?? []).map(({ lastTransitionTime: _t, ...c }: any) => c) });
+  return strip(a) === strip(b);
+}
+
+export class KubernetesSource {
+  private readonly kc: k8s.KubeConfig;
+  private readonly reflectors: Reflector[];
+  private timer?: NodeJS.Timeout;
+  private resolveSynced?: (s: MeshState) => void;
+  private started = false;
+  private readonly written = new Map<string, string>();
+  statusWrites = 0;
+
+  constructor(private readonly opts: KubernetesSourceOptions) {
+    this.kc = opts.kubeConfig ?? new k8s.KubeConfig();
+    if (!opts.kubeConfig) {
+      if (opts.kubeconfig) this.kc.loadFromFile(opts.kubeconfig);
+      else this.kc.loadFromDefault();
+    }
+    const backoff = opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    this.reflectors = RESOURCES.map((def) => new Reflector(def, def.path(opts.namespace), this.kc, opts.log, () => this.schedule(), backoff));
+  }
+
+  get synced(): boolean {
+    return this.reflectors.every((r) => r.synced);
+  }
+
+  info(): Record<string, unknown> {
+    return { source: 'kubernetes', synced: this.synced, resources: Object.fromEntries(RESOURCES.map((d, i) => [d.kind, { synced: this.reflectors[i].synced, objects: this.reflectors[i].objects.size, lists: this.reflectors[i].lists }])) };
+  }
+
+  /** Starts every reflector; resolves with the first mesh once every resource has listed. */
+  start(): Promise<MeshState> {
+    return new Promise((resolve) => {
+      this.resolveSynced = resolve;
+      for (const r of this.reflectors) void r.run();
+    });
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    for (const r of this.reflectors) r.stop();
+  }
+
+  private schedule(): void {
+    if (!this.synced) return;
+    if (!this.started) {
+      this.started = true;
+      this.resolveSynced?.(this.state());
+      return;
+    }
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.synced) this.opts.onChange(this.state());
+    }, this.opts.debounceMs ?? 100);
+  }
+
+  /** The mesh from the caches (every reflector has listed at least once). */
+  state(): MeshState {
+    const located: Located[] = this.reflectors.flatMap((r) => [...r.objects.values()].map((object) => ({ object, origin: {} })));
+    for (const l of located) {
+      const ts = (l.object.metadata as any)?.creationTimestamp;
+      if (ts instanceof Date) (l.object.metadata as any).creationTimestamp = ts.toISOString();
+    }
+    const { objects, errors } = convertObjects(located);
+    for (const e of errors) this.opts.log.warn({ object: e.object, field: e.field }, e.message);
+    return meshStateOf(objects, this.opts.meshName, this.opts.overrides);
+  }
+
+  /** Writes each Retry's status when it differs from what the object has (or what we last wrote). */
+  async writeStatuses(ir: MeshIR): Promise<void> {
+    const retries = this.reflectors[RESOURCES.findIndex((d) => d.kind === 'Retry')];
+    const api = this.kc.makeApiClient(k8s.CustomObjectsApi);
+    for (const report of ir.policies) {
+      const obj = retries.objects.get(`${report.namespace}/${report.name}`);
+      if (!obj) continue;
+      const current = (obj as any).status;
+      const desired = retryStatus(report, obj.metadata?.generation, current);
+      const key = `${report.namespace}/${report.name}`;
+      const sig = JSON.stringify({ ...desired, conditions: desired.conditions.map(({ lastTransitionTime: _t, ...c }: any) => c) });
+      if (statusEqual(current, desired) || this.written.get(key) === sig) continue;
+      try {
+        await api.patchNamespacedCustomObjectStatus(
+          { group: 'policy.flomesh.io', version: 'v1alpha1', namespace: report.namespace, plural: 'retries', name: report.name, body: { status: desired } },
+          k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+        );
+        this.written.set(key, sig);
+        this.statusWrites++;
+      } catch (err) {
+        this.opts.log.warn({ retry: key, err: (err as Error).message }, 'cannot write Retry status');
+      }
+    }
+  }
+}

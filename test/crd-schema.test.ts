@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { loadRetrySchema } from '../src/sources/crd.js';
+
+const check = loadRetrySchema();
+const guide = {
+  apiVersion: 'policy.flomesh.io/v1alpha1',
+  kind: 'Retry',
+  metadata: { name: 'retry', namespace: 'curl' },
+  spec: {
+    source: { kind: 'ServiceAccount', name: 'curl', namespace: 'curl' },
+    destinations: [{ kind: 'Service', name: 'httpbin', namespace: 'httpbin' }],
+    retryPolicy: { retryOn: '5xx', perTryTimeout: '1s', numRetries: 5, retryBackoffBaseInterval: '1s' },
+  },
+};
+const withPolicy = (p: object): object => ({ ...guide, spec: { ...guide.spec, retryPolicy: { ...guide.spec.retryPolicy, ...p } } });
+
+describe('Retry CRD schema', () => {
+  it("accepts the guide's Retry", () => {
+    expect(check(guide)).toEqual([]);
+    expect(check(withPolicy({ retryOn: '503, 502,unavailable', perTryTimeout: '1m30s' }))).toEqual([]);
+  });
+
+  it('rejects bad ones, naming the field', () => {
+    expect(check(withPolicy({ retryOn: '5XX' }))[0].field).toBe('spec.retryPolicy.retryOn');
+    expect(check(withPolicy({ perTryTimeout: '1 sec' }))[0].field).toBe('spec.retryPolicy.perTryTimeout');
+    expect(check(withPolicy({ numRetries: -1 }))[0]).toMatchObject({ field: 'spec.retryPolicy.numRetries', message: 'must be >= 0' });
+    expect(check(withPolicy({ numRetries: 4294967296 }))[0].field).toBe('spec.retryPolicy.numRetries');
+    expect(check({ ...guide, spec: { ...guide.spec, destinations: [] } })[0].field).toBe('spec.destinations');
+    expect(check({ ...guide, spec: { ...guide.spec, source: { kind: 'Pod', name: 'x', namespace: 'y' } } })).toEqual([
+      { field: 'spec.source.kind', message: 'must be one of ServiceAccount' },
+    ]);
+    const { retryPolicy: _r, ...noPolicy } = guide.spec;
+    expect(check({ ...guide, spec: noPolicy })).toEqual([{ field: 'spec.retryPolicy', message: 'is required' }]);
+  });
+});
