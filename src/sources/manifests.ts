@@ -47,7 +47,8 @@ export function parseManifestText(text: string, file: string): { objects: Locate
   const errors: ManifestError[] = [];
   const list = Array.isArray(docs) ? docs : [docs];
   list.forEach((doc, i) => {
-    const line = doc.range ? lineCounter.linePos(doc.range[0]).line : undefined;
+    const start = doc.contents?.range?.[0] ?? doc.range?.[0];
+    const line = start !== undefined ? lineCounter.linePos(start).line : undefined;
     if (doc.errors.length) {
       for (const e of doc.errors) {
         errors.push({ file, doc: i, line: e.linePos?.[0]?.line ?? line, message: e.message.split('\n')[0] });
