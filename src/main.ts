@@ -62,7 +62,11 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     const { KubernetesSource } = await import('./sources/kubernetes.js');
     const kube = new KubernetesSource({ meshName: cfg.meshName, overrides: cfg.overrides, namespace: cfg.namespace, kubeconfig: cfg.kubeconfig, log, onChange });
     source = kube;
-    pipeline.onPolicies = (ir) => kube.writeStatuses(ir);
+    // Status writes run one after another, so two quick rebuilds never race to write the same object.
+    let writes = Promise.resolve();
+    pipeline.onPolicies = (ir) => {
+      writes = writes.then(() => kube.writeStatuses(ir)).catch((err) => log.warn({ err: (err as Error).message }, 'status writes failed'));
+    };
   }
 
   const ads = new AdsServer({ cache, registry, log });

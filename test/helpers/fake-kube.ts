@@ -1,0 +1,171 @@
+/**
+ * A local HTTP server that speaks the Kubernetes list/watch protocol for a few collections: resourceVersions,
+ * watch streams with bookmarks, 410 Gone for expired versions, dropped connections, failing lists, and the
+ * status subresource (merge patch). No API server can run on these machines; this is the next best thing.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as k8s from '@kubernetes/client-node';
+
+interface Event {
+  rv: number;
+  collection: string;
+  type: 'ADDED' | 'MODIFIED' | 'DELETED';
+  object: any;
+}
+
+export class FakeKube {
+  private rv = 100;
+  private readonly objects = new Map<string, Map<string, any>>();
+  private readonly history: Event[] = [];
+  private readonly watchers = new Set<{ collection: string; res: http.ServerResponse }>();
+  private compactedBefore = 0;
+  private readonly failing = new Map<string, number>();
+  readonly server = http.createServer((req, res) => this.handle(req, res));
+  readonly lists = new Map<string, number>();
+  readonly patches: { path: string; body: any }[] = [];
+  port = 0;
+
+  async start(): Promise<void> {
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  kubeConfig(): k8s.KubeConfig {
+    const kc = new k8s.KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'fake', server: `http://127.0.0.1:${this.port}`, skipTLSVerify: true }],
+      users: [{ name: 'test', token: 'fake-token' }],
+      contexts: [{ name: 'fake', cluster: 'fake', user: 'test' }],
+      currentContext: 'fake',
+    });
+    return kc;
+  }
+
+  close(): Promise<void> {
+    for (const w of this.watchers) w.res.destroy();
+    return new Promise((r) => {
+      this.server.close(() => r());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private coll(collection: string): Map<string, any> {
+    let m = this.objects.get(collection);
+    if (!m) this.objects.set(collection, (m = new Map()));
+    return m;
+  }
+
+  /** Adds or replaces an object in a collection (e.g. `/api/v1/namespaces`) and tells the watchers. */
+  apply(collection: string, object: any): void {
+    const key = `${object.metadata.namespace ?? ''}/${object.metadata.name}`;
+    const m = this.coll(collection);
+    const type = m.has(key) ? 'MODIFIED' : 'ADDED';
+    const rv = ++this.rv;
+    const stored = { ...object, metadata: { generation: 1, ...object.metadata, resourceVersion: String(rv) } };
+    m.set(key, stored);
+    this.emit({ rv, collection, type, object: stored });
+  }
+
+  remove(collection: string, namespace: string | undefined, name: string): void {
+    const m = this.coll(collection);
+    const key = `${namespace ?? ''}/${name}`;
+    const obj = m.get(key);
+    if (!obj) return;
+    m.delete(key);
+    const rv = ++this.rv;
+    this.emit({ rv, collection, type: 'DELETED', object: { ...obj, metadata: { ...obj.metadata, resourceVersion: String(rv) } } });
+  }
+
+  get(collection: string, namespace: string | undefined, name: string): any {
+    return this.coll(collection).get(`${namespace ?? ''}/${name}`);
+  }
+
+  /** Ends every open watch (as an API server or load balancer does). */
+  dropWatches(): void {
+    for (const w of this.watchers) w.res.destroy();
+    this.watchers.clear();
+  }
+
+  /** Forgets history: watches from an older resourceVersion get 410 Gone. */
+  compact(): void {
+    this.compactedBefore = this.rv;
+  }
+
+  /** The next `n` list requests on `collection` fail with 500. */
+  failLists(collection: string, n: number): void {
+    this.failing.set(collection, n);
+  }
+
+  /** Sends a bookmark to every watcher. */
+  bookmark(): void {
+    for (const w of this.watchers) w.res.write(`${JSON.stringify({ type: 'BOOKMARK', object: { metadata: { resourceVersion: String(this.rv) } } })}\n`);
+  }
+
+  private emit(e: Event): void {
+    this.history.push(e);
+    for (const w of this.watchers) if (w.collection === e.collection) w.res.write(`${JSON.stringify({ type: e.type, object: e.object })}\n`);
+  }
+
+  private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const path = url.pathname;
+    if (req.method === 'PATCH' && path.endsWith('/status')) {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        const patch = JSON.parse(body);
+        this.patches.push({ path, body: patch });
+        // /apis/<g>/<v>/namespaces/<ns>/<plural>/<name>/status
+        const m = /^(\/apis\/[^/]+\/[^/]+)\/namespaces\/([^/]+)\/([^/]+)\/([^/]+)\/status$/.exec(path);
+        const collection = m && `${m[1]}/${m[3]}`;
+        const obj = collection && this.get(collection, m[2], m[4]);
+        if (!obj) {
+          res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Status', code: 404 }));
+          return;
+        }
+        this.apply(collection, { ...obj, status: patch.status });
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.get(collection, m[2], m[4])));
+      });
+      return;
+    }
+    if (req.method !== 'GET') {
+      res.writeHead(405).end();
+      return;
+    }
+    // Namespaced lists of a cluster-wide collection path are served from the same store.
+    const collection = path;
+    if (url.searchParams.get('watch') === 'true') {
+      const from = Number(url.searchParams.get('resourceVersion') || '0');
+      res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+      if (from < this.compactedBefore) {
+        res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 410, reason: 'Expired', message: `too old resource version: ${from}` } })}\n`);
+        return;
+      }
+      for (const e of this.history) if (e.collection === collection && e.rv > from) res.write(`${JSON.stringify({ type: e.type, object: e.object })}\n`);
+      const w = { collection, res };
+      this.watchers.add(w);
+      req.on('close', () => this.watchers.delete(w));
+      return;
+    }
+    this.lists.set(collection, (this.lists.get(collection) ?? 0) + 1);
+    const failing = this.failing.get(collection) ?? 0;
+    if (failing > 0) {
+      this.failing.set(collection, failing - 1);
+      res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Status', code: 500, message: 'etcd is sad' }));
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ kind: 'List', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items: [...this.coll(collection).values()] }));
+  }
+}
+
+export const PATHS = {
+  namespaces: '/api/v1/namespaces',
+  services: '/api/v1/services',
+  endpointSlices: '/apis/discovery.k8s.io/v1/endpointslices',
+  pods: '/api/v1/pods',
+  serviceAccounts: '/api/v1/serviceaccounts',
+  retries: '/apis/policy.flomesh.io/v1alpha1/retries',
+  meshConfigs: (ns: string) => `/apis/config.flomesh.io/v1alpha3/namespaces/${ns}/meshconfigs`,
+};
