@@ -1,0 +1,89 @@
+/** deploy/: every YAML parses, the kustomizations name real files, the Envoy bootstrap is a valid Bootstrap. */
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { parseAllDocuments, parse } from 'yaml';
+import { describe, expect, it } from 'vitest';
+import { encodeMessage } from '../src/xds/encode.js';
+import { loadRetrySchema } from '../src/sources/crd.js';
+
+const DEPLOY = path.join(import.meta.dirname, '../deploy');
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((f) => {
+    const p = path.join(dir, f);
+    if (statSync(p).isDirectory()) return yamlFiles(p);
+    return /\.ya?ml$/.test(f) ? [p] : [];
+  });
+}
+
+function docs(file: string): any[] {
+  return parseAllDocuments(readFileSync(file, 'utf8')).map((d) => {
+    expect(d.errors, `${file}: ${d.errors.map((e) => e.message).join('; ')}`).toEqual([]);
+    return d.toJS();
+  });
+}
+
+/** Sets `$(VAR)` the way Kubernetes expands container args. */
+function expand(s: string, env: Record<string, string>): string {
+  return s.replace(/\$\(([A-Z_]+)\)/g, (_m, v) => env[v] ?? `$(${v})`);
+}
+
+describe('deploy/', () => {
+  it('every YAML parses and every object has apiVersion, kind and name', () => {
+    const files = yamlFiles(DEPLOY);
+    expect(files.length).toBeGreaterThan(10);
+    for (const f of files) {
+      for (const d of docs(f).filter(Boolean)) {
+        if (d.kind === 'Kustomization') continue;
+        expect(d.apiVersion, f).toBeTruthy();
+        expect(d.kind, f).toBeTruthy();
+        expect(d.metadata?.name, f).toBeTruthy();
+      }
+    }
+  });
+
+  it('kustomizations list files that exist', () => {
+    for (const k of ['kustomization.yaml', 'samples/kustomization.yaml']) {
+      const kust = parse(readFileSync(path.join(DEPLOY, k), 'utf8'));
+      for (const r of kust.resources) expect(existsSync(path.join(DEPLOY, path.dirname(k), r)), r).toBe(true);
+    }
+  });
+
+  it('the control plane runs 2 replicas with readiness on /readyz and least-privilege RBAC', () => {
+    const [dep] = docs(path.join(DEPLOY, 'control-plane/deployment.yaml'));
+    expect(dep.spec.replicas).toBe(2);
+    const c = dep.spec.template.spec.containers[0];
+    expect(c.readinessProbe.httpGet.path).toBe('/readyz');
+    expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128']));
+    const rbac = docs(path.join(DEPLOY, 'control-plane/rbac.yaml'));
+    const verbs = rbac.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').flatMap((r) => r.rules.flatMap((x: any) => x.verbs));
+    expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update']));
+    const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.includes('patch'));
+    expect(writes.flatMap((r: any) => r.resources)).toEqual(['retries/status']);
+  });
+
+  it("the samples' Retry passes the CRD schema", () => {
+    const check = loadRetrySchema();
+    for (const d of docs(path.join(DEPLOY, 'samples/retry.yaml'))) expect(check(d)).toEqual([]);
+  });
+
+  it('the Envoy bootstrap, with the node the sidecar adds, encodes as envoy.config.bootstrap.v3.Bootstrap and passes its validate rules', () => {
+    const maps = docs(path.join(DEPLOY, 'samples/envoy-bootstrap.yaml'));
+    expect(maps.map((m) => m.metadata.namespace)).toEqual(['httpbin', 'curl']);
+    expect(maps[0].data['bootstrap.yaml']).toBe(maps[1].data['bootstrap.yaml']);
+    const [, , dep] = docs(path.join(DEPLOY, 'samples/curl.yaml'));
+    const envoy = dep.spec.template.spec.containers.find((c: any) => c.name === 'envoy');
+    const nodeYaml = envoy.args[envoy.args.indexOf('--config-yaml') + 1];
+    const node = parse(expand(nodeYaml, { POD_NAME: 'curl-54ccc6954c-9rlvp', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' })).node;
+    expect(node.metadata).toEqual({ namespace: 'curl', serviceAccount: 'curl', podName: 'curl-54ccc6954c-9rlvp' });
+    const bootstrap = parse(maps[1].data['bootstrap.yaml']);
+    // The bootstrap's YAML durations ("1s") are proto3 JSON; the encoder takes {seconds, nanos}.
+    const toDurations = (o: any): any =>
+      Array.isArray(o) ? o.map(toDurations) : o && typeof o === 'object' ? Object.fromEntries(Object.entries(o).map(([k, v]) => [k, typeof v === 'string' && /^\d+s$/.test(v) ? { seconds: parseInt(v, 10) } : toDurations(v)])) : o;
+    const metadata = { fields: Object.fromEntries(Object.entries(node.metadata).map(([k, v]) => [k, { stringValue: v }])) };
+    const msg = toDurations({ ...bootstrap, node: { ...node, metadata } });
+    expect(encodeMessage('envoy.config.bootstrap.v3.Bootstrap', msg).length).toBeGreaterThan(100);
+    expect(bootstrap.admin.address.socket_address).toEqual({ address: '127.0.0.1', port_value: 15000 });
+    expect(bootstrap.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(15128);
+  });
+});
