@@ -10,6 +10,7 @@ import { FileSource } from './sources/files.js';
 import { SnapshotCache } from './xds/cache.js';
 import { loadEnvoyProtos } from './xds/protos.js';
 import { AdsServer } from './xds/server.js';
+import { CSDS_SERVICE, csdsImplementation } from './xds/csds.js';
 import { ProxyRegistry } from './xds/status.js';
 
 export interface Running {
@@ -69,7 +70,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     };
   }
 
-  const ads = new AdsServer({ cache, registry, log });
+  const ads = new AdsServer({ cache, registry, log, services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache) }] });
   const adsPort = await ads.listen(cfg.adsAddress);
   adsServing = true;
   const debug = new DebugServer({

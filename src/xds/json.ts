@@ -26,12 +26,15 @@ export function snapshotToJson(s: Snapshot): Record<string, unknown[]> {
 const LONG = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const WRAPPERS = new Set(['DoubleValue', 'FloatValue', 'Int64Value', 'UInt64Value', 'Int32Value', 'UInt32Value', 'BoolValue', 'StringValue', 'BytesValue']);
 
+/** Proto3 JSON Duration: seconds with 0, 3, 6 or 9 fractional digits ("1s", "0.010s"). */
 function durationString(m: any): string {
   const s = toNumber(m.seconds ?? 0);
   const n = toNumber(m.nanos ?? 0);
   if (n === 0) return `${s}s`;
-  const total = s + n / 1e9;
-  return `${Number(total.toFixed(9))}s`;
+  const sign = s < 0 || n < 0 ? '-' : '';
+  let frac = String(Math.abs(n)).padStart(9, '0');
+  while (frac.length > 3 && frac.endsWith('000')) frac = frac.slice(0, -3);
+  return `${sign}${Math.abs(s)}.${frac}s`;
 }
 
 function scalar(field: protobuf.Field, v: any): unknown {
@@ -86,4 +89,42 @@ export function toProto3Json(type: protobuf.Type, msg: any): unknown {
 export function resourceToProto3Json(r: Resource): Record<string, unknown> {
   const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
   return { '@type': r.typeUrl, ...(toProto3Json(type, type.decode(r.body)) as object) };
+}
+
+function parseDuration(s: string): { seconds: number; nanos: number } {
+  const m = /^(-?\d+)(?:\.(\d{1,9}))?s$/.exec(s);
+  if (!m) throw new Error(`bad Duration "${s}"`);
+  const seconds = Number(m[1]);
+  const nanos = m[2] ? Number(m[2].padEnd(9, '0')) : 0;
+  return { ...(seconds ? { seconds } : {}), ...(nanos ? { nanos } : {}) } as { seconds: number; nanos: number };
+}
+
+/** The inverse of toProto3Json: proto3 JSON back to a message of `type` (for tools and round-trip tests). */
+export function fromProto3Json(type: protobuf.Type, json: any): protobuf.Message {
+  const full = type.fullName.slice(1);
+  if (full === 'google.protobuf.Any') {
+    const url: string = json['@type'];
+    const inner = type.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
+    const { '@type': _t, ...rest } = json;
+    const wrapped = inner.fullName === '.google.protobuf.Duration' || (inner.fullName.startsWith('.google.protobuf.') && WRAPPERS.has(inner.name));
+    const msg = fromProto3Json(inner, wrapped ? rest.value : rest);
+    return type.create({ type_url: url, value: inner.encode(msg).finish() });
+  }
+  if (full === 'google.protobuf.Duration') return type.create(parseDuration(json));
+  if (full === 'google.protobuf.Timestamp') {
+    const ms = Date.parse(json);
+    return type.create({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
+  }
+  if (full.startsWith('google.protobuf.') && WRAPPERS.has(type.name)) return type.fromObject({ value: json });
+  const obj: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(json ?? {})) {
+    const field = type.fields[k];
+    if (!field) throw new Error(`${full}: unknown field "${k}"`);
+    const sub = field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined;
+    const conv = (x: any): unknown => (sub ? fromProto3Json(sub, x) : field.type === 'bytes' && typeof x === 'string' ? Buffer.from(x, 'base64') : x);
+    if (field.map) obj[k] = Object.fromEntries(Object.entries(v as object).map(([mk, mv]) => [mk, conv(mv)]));
+    else if (field.repeated) obj[k] = (v as unknown[]).map(conv);
+    else obj[k] = conv(v);
+  }
+  return type.fromObject(obj);
 }
