@@ -9,10 +9,10 @@ import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener } from '../envoy/listeners.js';
 import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceDomains } from '../envoy/routes.js';
-import { inboundRouteName, outboundRouteName } from '../envoy/common.js';
-import { encodeMessage } from '../xds/encode.js';
+import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName } from '../envoy/common.js';
+import { contentHash, encodeMessage } from '../xds/encode.js';
 import { parseProxyKey, type ProxyKind } from '../xds/node.js';
-import { buildSnapshot, makeResource, resourceFromObject, TypeSet, type Resource, type Snapshot } from '../xds/snapshot.js';
+import { assembleResource, buildSnapshot, refsOf, resourceFromObject, TypeSet, type Resource, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
 
@@ -46,9 +46,17 @@ class Memo<V> {
   }
 }
 
+/** An encoded virtual host as a `virtual_hosts` field record, with its content hash. */
+interface Piece {
+  bytes: Uint8Array;
+  hash: string;
+}
+
 interface HttpPortGroup {
   port: number;
-  entries: { service: ServiceIR; port: PortIR }[];
+  /** Name field of the route configuration `rds-outbound.<port>`. */
+  namePiece: Piece;
+  entries: { service: ServiceIR; port: PortIR; key: string; plain: [Piece?, Piece?] }[];
 }
 
 /** What every proxy of the mesh shares, for one IR. */
@@ -58,14 +66,15 @@ interface Shared {
   passthrough: TypeSet;
   outboundListener: Resource;
   httpPorts: HttpPortGroup[];
-  services: Map<string, ServiceIR>;
+  /** Service `ns/name` -> dial ports of its HTTP ports (which route configurations hold it). */
+  httpPortsOf: Map<string, number[]>;
 }
 
 export class SnapshotBuilder {
   private ir?: MeshIR;
   private shared?: Shared;
   private readonly resources = new Memo<Resource>();
-  private readonly bytes = new Memo<Uint8Array>();
+  private readonly pieces = new Memo<Piece>();
   private readonly sets = new Memo<TypeSet>();
 
   /**
@@ -76,16 +85,16 @@ export class SnapshotBuilder {
     this.ir = ir;
     if (opts.topologyChanged === false && this.shared) return;
     this.resources.generation();
-    this.bytes.generation();
+    this.pieces.generation();
     this.sets.generation();
     this.shared = this.buildShared(ir);
   }
 
   get memoStats(): { hits: number; misses: number; pieces: number } {
     return {
-      hits: this.resources.hits + this.bytes.hits + this.sets.hits,
-      misses: this.resources.misses + this.bytes.misses + this.sets.misses,
-      pieces: this.resources.size + this.bytes.size + this.sets.size,
+      hits: this.resources.hits + this.pieces.hits + this.sets.hits,
+      misses: this.resources.misses + this.pieces.misses + this.sets.misses,
+      pieces: this.resources.size + this.pieces.size + this.sets.size,
     };
   }
 
@@ -97,8 +106,10 @@ export class SnapshotBuilder {
     const clusters: Resource[] = [];
     const endpoints: Resource[] = [];
     const chains: object[] = [];
+    const chainPieces: Piece[] = [];
     const matchKeys = new Set<string>();
     const httpPorts = new Map<number, HttpPortGroup>();
+    const httpPortsOf = new Map<string, number[]>();
     for (const service of ir.services) {
       for (const port of service.ports) {
         clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.http2}`, () => outboundCluster(port)));
@@ -108,14 +119,24 @@ export class SnapshotBuilder {
         if (chain && !matchKeys.has(matchKey!)) {
           matchKeys.add(matchKey!);
           chains.push(chain);
+          chainPieces.push(this.piece(3, 'envoy.config.listener.v3.FilterChain', chain, `LDS ${OUTBOUND_LISTENER} filter chain of ${service.namespace}/${service.name}:${port.port}`));
         }
         if (port.protocol === 'http') {
-          if (!httpPorts.has(port.dialPort)) httpPorts.set(port.dialPort, { port: port.dialPort, entries: [] });
-          httpPorts.get(port.dialPort)!.entries.push({ service, port });
+          if (!httpPorts.has(port.dialPort)) {
+            const name = lenField(1, outboundRouteName(port.dialPort));
+            httpPorts.set(port.dialPort, { port: port.dialPort, namePiece: { bytes: name, hash: contentHash(name) }, entries: [] });
+          }
+          const key = `${service.namespace}/${service.name}`;
+          httpPorts.get(port.dialPort)!.entries.push({ service, port, key, plain: [] });
+          if (!httpPortsOf.has(key)) httpPortsOf.set(key, []);
+          httpPortsOf.get(key)!.push(port.dialPort);
         }
       }
     }
-    const listener = outboundListener(chains);
+    // The outbound listener is assembled from its filter chains, each encoded once (a topology change
+    // re-encodes only the chains it touched).
+    const header = this.piece(0, 'envoy.config.listener.v3.Listener', outboundListener([]), `LDS ${OUTBOUND_LISTENER}`);
+    const listener = assembleResource(LISTENER, OUTBOUND_LISTENER, [header, ...chainPieces], refsOf(LISTENER, outboundListener(chains)));
     const endpointSet = this.sets.get(`endpoints|${endpoints.map((r) => r.version).join(',')}`, () => TypeSet.of(ENDPOINT, endpoints));
     const clusterSet = this.sets.get(`clusters|${endpointSet.version}|${clusters.map((r) => r.version).join(',')}`, () => {
       // Checked once here against the endpoints they name, then trusted by every proxy's snapshot.
@@ -126,9 +147,9 @@ export class SnapshotBuilder {
       clusters: clusterSet,
       endpoints: endpointSet,
       passthrough: this.sets.get('passthrough', () => TypeSet.of(CLUSTER, [resourceFromObject(CLUSTER, passthroughCluster())])),
-      outboundListener: this.resource(LISTENER, JSON.stringify(listener), () => listener),
+      outboundListener: this.resources.get(`${LISTENER}|outbound|${listener.version}`, () => listener),
       httpPorts: [...httpPorts.values()].sort((a, b) => a.port - b.port),
-      services: new Map(ir.services.map((s) => [`${s.namespace}/${s.name}`, s])),
+      httpPortsOf,
     };
   }
 
@@ -144,25 +165,47 @@ export class SnapshotBuilder {
     return out;
   }
 
-  /** One `rds-outbound.<port>` route configuration, assembled from virtual hosts encoded once each. */
+  /**
+   * A message encoded and validated once per distinct content, as field `fieldNo` of its parent
+   * (0: the message itself, to be followed by more fields).
+   */
+  private piece(fieldNo: number, message: string, obj: object, label: string): Piece {
+    const json = JSON.stringify(obj);
+    return this.pieces.get(`${message}|${fieldNo}|${json}`, () => {
+      const bytes = encodeMessage(message, obj, label);
+      return { bytes: fieldNo ? lenField(fieldNo, bytes) : bytes, hash: contentHash(bytes) };
+    });
+  }
+
+  /** A virtual host, encoded and validated once per distinct content. */
+  private virtualHost(entry: HttpPortGroup['entries'][number], callerNs: string, retry: object | undefined): Piece {
+    const same = entry.service.namespace === callerNs;
+    // Without a Retry the virtual host depends only on whether the caller shares the namespace: kept on the entry.
+    if (!retry && entry.plain[same ? 1 : 0]) return entry.plain[same ? 1 : 0]!;
+    const retryKey = retry ? JSON.stringify(retry) : '';
+    const piece = this.pieces.get(`vh|${entry.key}|${entry.port.dialPort}|${entry.port.cluster}|${same}|${retryKey}`, () => {
+      const bytes = encodeMessage(
+        'envoy.config.route.v3.VirtualHost',
+        outboundVirtualHost(entry.service, entry.port, callerNs, retry),
+        `RDS ${outboundRouteName(entry.port.dialPort)} virtual host of ${entry.key}`,
+      );
+      return { bytes: lenField(2, bytes), hash: contentHash(bytes) };
+    });
+    if (!retry) entry.plain[same ? 1 : 0] = piece;
+    return piece;
+  }
+
+  /**
+   * One `rds-outbound.<port>` route configuration, assembled from virtual hosts encoded once each. Callers
+   * in the same namespace with no Retry for the services on this port share one.
+   */
   private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, object>): Resource {
-    const relevant = group.entries
-      .map(({ service }) => `${service.namespace}/${service.name}`)
-      .filter((k) => retries.has(k))
-      .map((k) => `${k}=${JSON.stringify(retries.get(k))}`);
-    const key = `${group.port}|${callerNs}|${relevant.join(';')}`;
-    return this.resources.get(`${ROUTE}|${key}`, () => {
-      const name = outboundRouteName(group.port);
-      const vhosts = group.entries.map(({ service, port }) => {
-        const svcKey = `${service.namespace}/${service.name}`;
-        const retry = retries.get(svcKey);
-        const same = service.namespace === callerNs;
-        return this.bytes.get(`vh|${svcKey}|${port.dialPort}|${port.cluster}|${same}|${retry ? JSON.stringify(retry) : ''}`, () =>
-          encodeMessage('envoy.config.route.v3.VirtualHost', outboundVirtualHost(service, port, callerNs, retry), `RDS ${name} virtual host of ${svcKey}`),
-        );
-      });
-      const body = Buffer.concat([lenField(1, name), ...vhosts.map((v) => lenField(2, v))]);
-      return makeResource(ROUTE, body, name, []);
+    const relevant: string[] = [];
+    for (const [svc, policy] of retries) if (this.shared!.httpPortsOf.get(svc)?.includes(group.port)) relevant.push(`${svc}=${JSON.stringify(policy)}`);
+    relevant.sort();
+    return this.resources.get(`${ROUTE}|${group.port}|${callerNs}|${relevant.join(';')}`, () => {
+      const pieces = group.entries.map((e) => this.virtualHost(e, callerNs, retries.get(e.key)));
+      return assembleResource(ROUTE, outboundRouteName(group.port), [group.namePiece, ...pieces]);
     });
   }
 

@@ -41,6 +41,11 @@ export class Pipeline {
     cache.setResolver((key) => this.buildOne(key));
   }
 
+  /** Memo counters of the builder (hits = pieces reused instead of built and encoded again). */
+  get memoStats(): { hits: number; misses: number; pieces: number } {
+    return this.builder.memoStats;
+  }
+
   /** The snapshot an identity would get now (for the debug endpoint), without caching it. */
   preview(key: string): Snapshot {
     return this.builder.build(key);

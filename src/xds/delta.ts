@@ -6,7 +6,7 @@ import type { Resource, Snapshot } from './snapshot.js';
 import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
-import { lenField } from './wire.js';
+import { lenField, lenFieldParts } from './wire.js';
 import { envoyRoot } from './protos.js';
 
 interface DeltaState extends BaseTypeState {
@@ -20,14 +20,11 @@ interface DeltaState extends BaseTypeState {
 const CONTROL_PLANE = lenField(7, lenField(1, 'mesh-xds'));
 const records = new WeakMap<Resource, Buffer>();
 
-/** `envoy.service.discovery.v3.Resource` for a resource, encoded once. */
-function deltaRecord(r: Resource): Buffer {
-  let b = records.get(r);
-  if (!b) {
-    b = lenField(2, Buffer.concat([lenField(3, r.name), lenField(1, r.version), lenField(2, r.any)]));
-    records.set(r, b);
-  }
-  return b;
+/** `envoy.service.discovery.v3.Resource` for a resource (as field 2 of the response), in pieces. */
+function deltaRecord(r: Resource): Uint8Array[] {
+  let head = records.get(r);
+  if (!head) records.set(r, (head = Buffer.concat([lenField(3, r.name), lenField(1, r.version)])));
+  return lenFieldParts(2, [head, ...r.anyField(2)]);
 }
 
 export class DeltaStream extends AdsStream<DeltaState> {
@@ -111,7 +108,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
     const nonce = this.nextNonce();
     const body = Buffer.concat([
       lenField(1, set.version),
-      ...sortedUpdates.map(deltaRecord),
+      ...sortedUpdates.flatMap(deltaRecord),
       lenField(4, type.typeUrl),
       ...removed.map((n) => lenField(6, n)),
       lenField(5, nonce),

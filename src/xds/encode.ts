@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import protobuf from 'protobufjs';
-import { envoyRoot } from './protos.js';
+import { lookupType, nameOf } from './protos.js';
 import { validateMessage, type Violation } from './validate.js';
 
 export class EncodeError extends Error {
@@ -25,12 +25,12 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
     out.push({ path, message: `expected a ${type.name} object, got ${JSON.stringify(obj)}` });
     return;
   }
-  const isAny = type.fullName === '.google.protobuf.Any';
+  const isAny = nameOf(type) === 'google.protobuf.Any';
   if (isAny && typeof obj['@type'] === 'string') {
     const url: string = obj['@type'];
     let inner: protobuf.Type;
     try {
-      inner = type.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
+      inner = lookupType(url);
     } catch {
       out.push({ path, message: `unknown @type ${url}` });
       return;
@@ -43,7 +43,7 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
     const fpath = path ? `${path}.${key}` : key;
     const field = type.fields[key];
     if (!field) {
-      out.push({ path: fpath, message: `unknown field of ${type.fullName.slice(1)}` });
+      out.push({ path: fpath, message: `unknown field of ${nameOf(type)}` });
       continue;
     }
     if (value === null || value === undefined) continue;
@@ -64,7 +64,7 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
 
 /** Encodes `obj` as `messageName`, or throws EncodeError naming every bad field. */
 export function encodeMessage(messageName: string, obj: any, label = messageName): Uint8Array {
-  const type = envoyRoot().lookupType(messageName);
+  const type = lookupType(messageName);
   const violations: Violation[] = [];
   checkShape(type, obj, '', violations);
   if (violations.length) throw new EncodeError(label, violations);
@@ -83,6 +83,6 @@ export function contentHash(...parts: (Uint8Array | string)[]): string {
 
 /** Decodes bytes back to a plain object (for tests, the debug dump and tools). */
 export function decodeMessage(messageName: string, bytes: Uint8Array): any {
-  const type = envoyRoot().lookupType(messageName);
+  const type = lookupType(messageName);
   return type.toObject(type.decode(bytes), { longs: Number, enums: String, defaults: false, oneofs: false });
 }

@@ -6,7 +6,7 @@
  *   read Envoy dumps read ours.
  */
 import protobuf from 'protobufjs';
-import { envoyRoot } from './protos.js';
+import { envoyRoot, nameOf } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { RESOURCE_TYPES, resourceType } from './types.js';
 import { toNumber } from './validate.js';
@@ -55,12 +55,12 @@ function structValue(v: any): unknown {
 
 /** A decoded message in the proto3 JSON mapping (with proto field names, as Envoy prints them). */
 export function toProto3Json(type: protobuf.Type, msg: any): unknown {
-  const full = type.fullName.slice(1);
+  const full = nameOf(type);
   if (full === 'google.protobuf.Any') {
     const url: string = msg.type_url ?? '';
     const inner = type.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
     const body = toProto3Json(inner, inner.decode(msg.value ?? new Uint8Array()));
-    const innerFull = inner.fullName.slice(1);
+    const innerFull = nameOf(inner);
     if (innerFull.startsWith('google.protobuf.') && (innerFull === 'google.protobuf.Duration' || WRAPPERS.has(inner.name))) {
       return { '@type': url, value: body };
     }
@@ -101,12 +101,12 @@ function parseDuration(s: string): { seconds: number; nanos: number } {
 
 /** The inverse of toProto3Json: proto3 JSON back to a message of `type` (for tools and round-trip tests). */
 export function fromProto3Json(type: protobuf.Type, json: any): protobuf.Message {
-  const full = type.fullName.slice(1);
+  const full = nameOf(type);
   if (full === 'google.protobuf.Any') {
     const url: string = json['@type'];
     const inner = type.root.lookupType(url.slice(url.lastIndexOf('/') + 1));
     const { '@type': _t, ...rest } = json;
-    const wrapped = inner.fullName === '.google.protobuf.Duration' || (inner.fullName.startsWith('.google.protobuf.') && WRAPPERS.has(inner.name));
+    const wrapped = nameOf(inner) === 'google.protobuf.Duration' || (nameOf(inner).startsWith('google.protobuf.') && WRAPPERS.has(inner.name));
     const msg = fromProto3Json(inner, wrapped ? rest.value : rest);
     return type.create({ type_url: url, value: inner.encode(msg).finish() });
   }

@@ -63,8 +63,25 @@ export function loadEnvoyProtos(): { root: protobuf.Root; loadMs: number } {
   return cached;
 }
 
-export function lookupType(name: string): protobuf.Type {
-  return envoyRoot().lookupType(name.replace(/^type\.googleapis\.com\//, ''));
+const typeCache = new Map<string, protobuf.Type>();
+
+/** A message type by full name or type URL (`type.googleapis.com/...`), memoized; throws if unknown. */
+export function lookupType(nameOrUrl: string): protobuf.Type {
+  let t = typeCache.get(nameOrUrl);
+  if (!t) {
+    t = envoyRoot().lookupType(nameOrUrl.slice(nameOrUrl.lastIndexOf('/') + 1));
+    typeCache.set(nameOrUrl, t);
+  }
+  return t;
 }
 
 export const TYPE_PREFIX = 'type.googleapis.com/';
+
+const names = new WeakMap<protobuf.ReflectionObject, string>();
+
+/** Full name without the leading dot, memoized (protobufjs recomputes `fullName` on every access). */
+export function nameOf(t: protobuf.ReflectionObject): string {
+  let n = names.get(t);
+  if (n === undefined) names.set(t, (n = t.fullName.slice(1)));
+  return n;
+}

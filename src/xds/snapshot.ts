@@ -3,25 +3,56 @@
  * and snapshots: the complete config of one proxy, checked for consistency before anyone sees it.
  */
 import { contentHash, encodeMessage } from './encode.js';
-import { lenField } from './wire.js';
+import { lenField, lenFieldParts } from './wire.js';
 import { RESOURCE_TYPES, resourceType, type Reference } from './types.js';
 
-export interface Resource {
-  readonly typeUrl: string;
-  readonly name: string;
-  /** Hash of the encoded message. */
-  readonly version: string;
-  /** The encoded message. */
-  readonly body: Uint8Array;
-  /** The encoded `google.protobuf.Any` holding it. */
-  readonly any: Buffer;
-  /** Resources this one needs to exist in the same snapshot. */
-  readonly refs: readonly Reference[];
+const typeUrlFields = new Map<string, Buffer>();
+
+/**
+ * A resource as it goes on the wire, encoded once and shared by every proxy that gets it. The message is
+ * held as pieces (one for most; a route configuration is its name and its virtual hosts, each encoded once
+ * and shared by every route configuration that has it), so nothing is copied until a response is written.
+ */
+export class Resource {
+  readonly size: number;
+  constructor(
+    readonly typeUrl: string,
+    readonly name: string,
+    /** Hash of the content: of the bytes, or of the pieces' hashes. */
+    readonly version: string,
+    readonly parts: readonly Uint8Array[],
+    /** Resources this one needs to exist in the same snapshot. */
+    readonly refs: readonly Reference[],
+  ) {
+    this.size = parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  /** The encoded message (copied together if it is in pieces). */
+  get body(): Uint8Array {
+    return this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
+  }
+
+  /** The pieces of field `fieldNo` holding this resource as a `google.protobuf.Any`. */
+  anyField(fieldNo: number): Uint8Array[] {
+    let typeField = typeUrlFields.get(this.typeUrl);
+    if (!typeField) typeUrlFields.set(this.typeUrl, (typeField = lenField(1, this.typeUrl)));
+    return lenFieldParts(fieldNo, [typeField, ...lenFieldParts(2, this.parts)]);
+  }
 }
 
 export function makeResource(typeUrl: string, body: Uint8Array, name: string, refs: readonly Reference[]): Resource {
-  const any = Buffer.concat([lenField(1, typeUrl), lenField(2, body)]);
-  return { typeUrl, name, version: contentHash(body), body, any, refs };
+  return new Resource(typeUrl, name, contentHash(body), [body], refs);
+}
+
+/** A resource assembled from pieces whose hashes are known: its version hashes those, not the bytes. */
+export function assembleResource(typeUrl: string, name: string, parts: readonly { bytes: Uint8Array; hash: string }[], refs: readonly Reference[] = []): Resource {
+  return new Resource(typeUrl, name, contentHash(`${typeUrl}\n${name}\n${parts.map((p) => p.hash).join(',')}`), parts.map((p) => p.bytes), refs);
+}
+
+/** The distinct references of a plain builder object of a registered type. */
+export function refsOf(typeUrl: string, obj: any): Reference[] {
+  const refs = new Map(resourceType(typeUrl)!.refs(obj).map((r) => [`${r.typeUrl} ${r.name}`, r]));
+  return [...refs.values()];
 }
 
 /** Encodes a plain builder object of a registered type (throws EncodeError on any bad field). */
@@ -30,8 +61,7 @@ export function resourceFromObject(typeUrl: string, obj: any): Resource {
   if (!type) throw new Error(`unregistered resource type ${typeUrl}`);
   const name = type.nameOf(obj);
   const body = encodeMessage(type.message, obj, `${type.short} ${name}`);
-  const refs = new Map(type.refs(obj).map((r) => [`${r.typeUrl} ${r.name}`, r]));
-  return makeResource(typeUrl, body, name, [...refs.values()]);
+  return makeResource(typeUrl, body, name, refsOf(typeUrl, obj));
 }
 
 /** The version of a list of resources of one type: a hash over their names and versions, in name order. */
@@ -97,9 +127,11 @@ export class TypeSet {
     this.trusted = trusted;
   }
 
+  /** A set of resources; `trusted` if their references were checked already (resources without any are). */
   static of(typeUrl: string, list: Iterable<Resource>, opts: { trusted?: boolean } = {}): TypeSet {
     const sorted = [...list].sort(byName);
-    return new TypeSet(typeUrl, new Map(sorted.map((r) => [r.name, r])), versionOf(typeUrl, sorted), opts.trusted ?? false);
+    const trusted = opts.trusted ?? sorted.every((r) => r.refs.length === 0);
+    return new TypeSet(typeUrl, new Map(sorted.map((r) => [r.name, r])), versionOf(typeUrl, sorted), trusted);
   }
 
   /** Several disjoint sets as one, without copying; the version is a hash of the parts' versions. */

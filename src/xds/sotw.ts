@@ -102,7 +102,7 @@ export class SotwStream extends AdsStream<SotwState> {
     st.current = version;
     st.held = list;
     const body = this.ctx.bodies.get(`${type.typeUrl}|${version}`, () =>
-      Buffer.concat([lenField(1, version), ...list.map((r) => lenField(2, r.any)), lenField(4, type.typeUrl), CONTROL_PLANE]),
+      Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), CONTROL_PLANE]),
     );
     const nonce = this.nextNonce();
     this.send(type, Buffer.concat([body, lenField(5, nonce)]), version, nonce, list.map((r) => r.name));

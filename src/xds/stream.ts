@@ -18,16 +18,28 @@ export interface StreamContext {
   readonly bodies: BodyCache;
 }
 
-/** A small FIFO-bounded memo of encoded response pieces, keyed by content version. */
+/**
+ * Encoded response bodies by content version, shared by every stream that sends the same content; least
+ * recently used first out once they hold more than `maxBytes`.
+ */
 export class BodyCache {
   private readonly map = new Map<string, Buffer>();
-  constructor(private readonly max = 4096) {}
+  private bytes = 0;
+  constructor(private readonly maxBytes = 256 * 1024 * 1024) {}
   get(key: string, make: () => Buffer): Buffer {
     let b = this.map.get(key);
-    if (!b) {
-      b = make();
+    if (b) {
+      this.map.delete(key);
       this.map.set(key, b);
-      if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+      return b;
+    }
+    b = make();
+    this.map.set(key, b);
+    this.bytes += b.length;
+    while (this.bytes > this.maxBytes && this.map.size > 1) {
+      const [oldest, old] = this.map.entries().next().value!;
+      this.map.delete(oldest);
+      this.bytes -= old.length;
     }
     return b;
   }

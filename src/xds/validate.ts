@@ -4,6 +4,7 @@
  * instances (decoded or built with fromObject); `Any` fields are unpacked and checked recursively.
  */
 import protobuf from 'protobufjs';
+import { lookupType, nameOf } from './protos.js';
 
 export interface Violation {
   /** Field path from the resource root, e.g. `virtual_hosts[0].routes[1].route.retry_policy.retry_back_off.base_interval`. */
@@ -171,12 +172,11 @@ function checkValue(rules: Rules, field: protobuf.Field, value: any, present: bo
   }
 }
 
-function unpackAny(root: protobuf.Root, any: any, path: string, out: Violation[]): void {
+function unpackAny(any: any, path: string, out: Violation[]): void {
   const url: string = any.type_url ?? '';
-  const name = url.slice(url.lastIndexOf('/') + 1);
   let type: protobuf.Type;
   try {
-    type = root.lookupType(name);
+    type = lookupType(url);
   } catch {
     out.push({ path, message: `unknown type ${url}` });
     return;
@@ -203,59 +203,107 @@ function join(path: string, name: string): string {
   return path ? `${path}.${name}` : name;
 }
 
+interface FieldPlan {
+  readonly field: protobuf.Field;
+  readonly rules: Rules | null;
+  readonly sub?: protobuf.Type;
+  /** The rules pass when the field is unset (found by running them once on the unset value). */
+  readonly unsetOk: boolean;
+}
+
+function unsetPasses(field: protobuf.Field, rules: Rules | null): boolean {
+  if (!rules) return true;
+  const probe: Violation[] = [];
+  if (field.map) validateMapField(rules, undefined, {}, 'x', probe, undefined);
+  else if (field.repeated) validateRepeatedField(field, rules, undefined, [], 'x', probe, undefined);
+  else checkValue(rules, field, field.resolvedType instanceof protobuf.Type ? null : field.typeDefault, false, 'x', probe);
+  return probe.length === 0;
+}
+
+interface TypePlan {
+  readonly disabled: boolean;
+  readonly requiredOneofs: readonly protobuf.OneOf[];
+  readonly fields: readonly FieldPlan[];
+}
+
+const plans = new WeakMap<protobuf.Type, TypePlan>();
+
+/** What to check on a message type, computed once per type from its descriptors. */
+function planOf(type: protobuf.Type): TypePlan {
+  let plan = plans.get(type);
+  if (!plan) {
+    plan = {
+      disabled: optionsOf(type, '(validate.disabled)') === true,
+      requiredOneofs: type.oneofsArray.filter((o) => optionsOf(o, '(validate.required)') === true),
+      fields: type.fieldsArray.map((field) => {
+        field.resolve();
+        const rules = fieldRules(field);
+        return { field, rules, sub: field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined, unsetOk: unsetPasses(field, rules) };
+      }),
+    };
+    plans.set(type, plan);
+  }
+  return plan;
+}
+
 /** Checks every `validate.rules` / `validate.required` annotation reachable from `msg`; appends to `out`. */
 export function validateMessage(type: protobuf.Type, msg: any, path: string, out: Violation[]): void {
-  if (optionsOf(type, '(validate.disabled)') === true) return;
-  for (const oneof of type.oneofsArray) {
-    if (optionsOf(oneof, '(validate.required)') === true && !oneof.fieldsArray.some((f) => isSet(msg, f.name))) {
+  const plan = planOf(type);
+  if (plan.disabled) return;
+  for (const oneof of plan.requiredOneofs) {
+    if (!oneof.fieldsArray.some((f) => isSet(msg, f.name))) {
       out.push({ path: join(path, oneof.name), message: `one of ${oneof.fieldsArray.map((f) => f.name).join(', ')} is required` });
     }
   }
-  for (const field of type.fieldsArray) {
+  for (const { field, rules, sub, unsetOk } of plan.fields) {
+    const set = isSet(msg, field.name);
     // Fields of a oneof that is not set to them are not checked (as protoc-gen-validate does).
-    if (field.partOf && !isSet(msg, field.name)) continue;
-    const rules = fieldRules(field);
+    if (!set && (field.partOf || unsetOk)) continue;
     const value = msg[field.name];
-    const fpath = join(path, field.name);
-    const sub = field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined;
-    if (field.map) {
-      const entries = Object.entries(value ?? {});
-      const m = rules?.map;
-      if (m?.min_pairs !== undefined && entries.length < toNumber(m.min_pairs)) out.push({ path: fpath, message: `must have at least ${m.min_pairs} entries` });
-      if (m?.max_pairs !== undefined && entries.length > toNumber(m.max_pairs)) out.push({ path: fpath, message: `must have at most ${m.max_pairs} entries` });
-      for (const [k, v] of entries) {
-        if (m?.keys?.string) checkString(m.keys.string, k, `${fpath}[${k}]`, out);
-        if (sub) recurse(type, sub, v, `${fpath}[${k}]`, out);
-      }
-      continue;
+    if (set && !rules && !sub) continue;
+    if (field.map) validateMapField(rules, sub, value ?? {}, join(path, field.name), out, type);
+    else if (field.repeated) {
+      if (!rules && (value?.length ?? 0) === 0) continue;
+      validateRepeatedField(field, rules, sub, value ?? [], join(path, field.name), out, type);
+    } else {
+      const fpath = join(path, field.name);
+      if (rules) checkValue(rules, field, value, set, fpath, out);
+      if (sub && set) recurse(type, sub, value, fpath, out);
     }
-    if (field.repeated) {
-      const items: any[] = value ?? [];
-      const rr = rules?.repeated;
-      if (rr?.min_items !== undefined && items.length < toNumber(rr.min_items)) out.push({ path: fpath, message: `must have at least ${rr.min_items} item(s)` });
-      if (rr?.max_items !== undefined && items.length > toNumber(rr.max_items)) out.push({ path: fpath, message: `must have at most ${rr.max_items} item(s)` });
-      if (rr?.unique) {
-        const seen = new Set(items.map((i) => (typeof i === 'object' ? JSON.stringify(i) : i)));
-        if (seen.size !== items.length) out.push({ path: fpath, message: 'items must be unique' });
-      }
-      items.forEach((item, i) => {
-        const ipath = `${fpath}[${i}]`;
-        if (rr?.items) checkValue(rr.items, field, item, item !== null && item !== undefined, ipath, out);
-        if (sub) recurse(type, sub, item, ipath, out);
-      });
-      continue;
-    }
-    const present = isSet(msg, field.name);
-    if (rules) checkValue(rules, field, value, present, fpath, out);
-    if (sub && present) recurse(type, sub, value, fpath, out);
   }
+}
+
+function validateMapField(rules: Rules | null, sub: protobuf.Type | undefined, value: object, fpath: string, out: Violation[], parent: protobuf.Type | undefined): void {
+  const entries = Object.entries(value);
+  const m = rules?.map;
+  if (m?.min_pairs !== undefined && entries.length < toNumber(m.min_pairs)) out.push({ path: fpath, message: `must have at least ${m.min_pairs} entries` });
+  if (m?.max_pairs !== undefined && entries.length > toNumber(m.max_pairs)) out.push({ path: fpath, message: `must have at most ${m.max_pairs} entries` });
+  for (const [k, v] of entries) {
+    if (m?.keys?.string) checkString(m.keys.string, k, `${fpath}[${k}]`, out);
+    if (sub && parent) recurse(parent, sub, v, `${fpath}[${k}]`, out);
+  }
+}
+
+function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: protobuf.Type | undefined, items: any[], fpath: string, out: Violation[], parent: protobuf.Type | undefined): void {
+  const rr = rules?.repeated;
+  if (rr?.min_items !== undefined && items.length < toNumber(rr.min_items)) out.push({ path: fpath, message: `must have at least ${rr.min_items} item(s)` });
+  if (rr?.max_items !== undefined && items.length > toNumber(rr.max_items)) out.push({ path: fpath, message: `must have at most ${rr.max_items} item(s)` });
+  if (rr?.unique) {
+    const seen = new Set(items.map((i) => (typeof i === 'object' ? JSON.stringify(i) : i)));
+    if (seen.size !== items.length) out.push({ path: fpath, message: 'items must be unique' });
+  }
+  items.forEach((item, i) => {
+    const ipath = `${fpath}[${i}]`;
+    if (rr?.items) checkValue(rr.items, field, item, item !== null && item !== undefined, ipath, out);
+    if (sub && parent) recurse(parent, sub, item, ipath, out);
+  });
 }
 
 function recurse(parent: protobuf.Type, sub: protobuf.Type, value: any, path: string, out: Violation[]): void {
   if (value === null || value === undefined) return;
-  const full = sub.fullName.slice(1);
+  const full = nameOf(sub);
   if (full === 'google.protobuf.Any') {
-    unpackAny(parent.root as protobuf.Root, value, path, out);
+    unpackAny(value, path, out);
     return;
   }
   if (SKIP_RECURSE.has(full) || full.startsWith('google.protobuf.') && full.endsWith('Value')) return;

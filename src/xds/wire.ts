@@ -15,3 +15,10 @@ export function lenField(fieldNo: number, bytes: Uint8Array | string): Buffer {
   const b = typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
   return Buffer.concat([varint((fieldNo << 3) | 2), varint(b.length), b]);
 }
+
+/** A length-delimited field whose value is given in pieces: the header, then the pieces (not copied). */
+export function lenFieldParts(fieldNo: number, parts: readonly Uint8Array[]): Uint8Array[] {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  return [Buffer.concat([varint((fieldNo << 3) | 2), varint(n)]), ...parts];
+}
