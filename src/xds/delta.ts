@@ -77,10 +77,11 @@ export class DeltaStream extends AdsStream<DeltaState> {
 
   protected sync(type: ResourceType, st: DeltaState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
-    const mode = holdRemovals ? 'hold' : 'free';
-    const key = `${set.version}|${st.subRev}|${st.rev}`;
-    if (key === st.lastKey[mode] && !st.force) return false;
-    st.lastKey[mode] = key;
+    const last = holdRemovals ? st.lastKey.hold : st.lastKey.free;
+    if (!st.force && last && last.version === set.version && last.subRev === st.subRev && last.rev === st.rev) return false;
+    const seen = { version: set.version, subRev: st.subRev, rev: st.rev };
+    if (holdRemovals) st.lastKey.hold = seen;
+    else st.lastKey.free = seen;
 
     const candidates = st.wildcard
       ? [...set.resources.values()]

@@ -17,12 +17,29 @@ interface SotwState extends BaseTypeState {
   /** Version the client holds (sent, or claimed on reconnect). */
   current?: string;
   /** What that version holds. */
-  held: Resource[];
+  held: readonly Resource[];
   /** Bumped on every subscription change. */
   subRev: number;
+  /** The subscribed names, sorted and joined: the key under which streams share subset computations. */
+  namesKey: string;
+  /** How many times in a row the current version was sent (EDS resends for cluster warming). */
+  repeat: number;
 }
 
 const CONTROL_PLANE = lenField(6, lenField(1, 'mesh-xds'));
+
+/** Short ids for subscription name lists, so streams with the same subscription share work by a short key. */
+const nameLists = new Map<string, string>();
+let lastListId = 0;
+function namesId(joined: string): string {
+  let id = nameLists.get(joined);
+  if (id === undefined) {
+    // Ids are never reused (a stream may hold an old one), so forgetting the table only costs sharing.
+    if (nameLists.size > 100_000) nameLists.clear();
+    nameLists.set(joined, (id = (++lastListId).toString(36)));
+  }
+  return id;
+}
 
 export class SotwStream extends AdsStream<SotwState> {
   private static requestType = envoyRoot().lookupType('envoy.service.discovery.v3.DiscoveryRequest');
@@ -36,7 +53,7 @@ export class SotwStream extends AdsStream<SotwState> {
   }
 
   protected newState(): SotwState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0 };
   }
 
   protected apply(type: ResourceType, st: SotwState, req: any, status: TypeStatus): void {
@@ -56,27 +73,37 @@ export class SotwStream extends AdsStream<SotwState> {
     if (wildcard !== st.wildcard || set.size !== st.names.size || [...set].some((n) => !st.names.has(n))) {
       st.wildcard = wildcard;
       st.names = set;
+      st.namesKey = namesId([...set].sort().join('\n'));
       st.subRev++;
     }
   }
 
   protected sync(type: ResourceType, st: SotwState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
-    const mode = holdRemovals ? 'hold' : 'free';
-    const key = `${set.version}|${st.subRev}|${st.rev}`;
-    if (key === st.lastKey[mode] && !st.force) return false;
-    st.lastKey[mode] = key;
+    // Nothing changed since this stream last looked (the case for every ACK): O(1), no allocation.
+    const last = holdRemovals ? st.lastKey.hold : st.lastKey.free;
+    if (!st.force && last && last.version === set.version && last.subRev === st.subRev && last.rev === st.rev) return false;
+    const seen = { version: set.version, subRev: st.subRev, rev: st.rev };
+    if (holdRemovals) st.lastKey.hold = seen;
+    else st.lastKey.free = seen;
 
     const all = type.fullState && st.wildcard;
-    let list: Resource[] = all
-      ? [...set.resources.values()]
-      : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
-    if (holdRemovals && st.held.length) {
-      const kept = st.held.filter((r) => !set.resources.has(r.name) && (st.wildcard || st.names.has(r.name)));
-      if (kept.length) list = list.concat(kept);
+    const kept = holdRemovals && st.held.length ? st.held.filter((r) => !set.resources.has(r.name) && (st.wildcard || st.names.has(r.name))) : [];
+    let list: readonly Resource[];
+    let names: readonly string[];
+    let version: string;
+    if (kept.length === 0) {
+      // What most streams compute: shared by every stream with the same subscription and snapshot.
+      ({ list, names, version } = this.ctx.subsets.get(`${type.short}|${set.version}|${all ? '*' : st.namesKey}`, () => {
+        const l = all ? [...set.resources.values()] : AdsStream.sorted([...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined));
+        return { list: l, names: l.map((r) => r.name), version: all ? set.version : versionOf(type.typeUrl, l) };
+      }));
+    } else {
+      const base = all ? [...set.resources.values()] : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
+      list = AdsStream.sorted([...base, ...kept]);
+      names = list.map((r) => r.name);
+      version = versionOf(type.typeUrl, list);
     }
-    list = AdsStream.sorted(list);
-    const version = all && list.length === set.resources.size ? set.version : versionOf(type.typeUrl, list);
     const status = this.conn!.status(type.typeUrl);
 
     if (st.current === undefined && st.clientVersion === version) {
@@ -85,7 +112,7 @@ export class SotwStream extends AdsStream<SotwState> {
       st.held = list;
       st.rev++;
       status.sentVersion = version;
-      status.names = list.map((r) => r.name);
+      status.names = names;
       this.ack(type, status, version);
       return false;
     }
@@ -99,13 +126,16 @@ export class SotwStream extends AdsStream<SotwState> {
       st.rev++;
       return false;
     }
+    st.repeat = changed ? 0 : st.repeat + 1;
     st.current = version;
     st.held = list;
-    const body = this.ctx.bodies.get(`${type.typeUrl}|${version}`, () =>
-      Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), CONTROL_PLANE]),
+    // The nonce is the version and how many times in a row it was sent: unique between consecutive responses
+    // of a stream, and the same for every stream sent the same content, so the whole response is shared.
+    const nonce = `${version}.${st.repeat}`;
+    const body = this.ctx.bodies.get(`${type.typeUrl}|${nonce}`, () =>
+      Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]),
     );
-    const nonce = this.nextNonce();
-    this.send(type, Buffer.concat([body, lenField(5, nonce)]), version, nonce, list.map((r) => r.name));
+    this.send(type, body, version, nonce, names);
     return true;
   }
 }

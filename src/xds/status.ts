@@ -23,7 +23,7 @@ export interface TypeStatus {
   /** True while the last response sent has not been ACKed or NACKed. */
   awaiting: boolean;
   /** Names of the resources in the last response (SotW) or known to the client (delta). */
-  names: string[];
+  names: readonly string[];
 }
 
 export type SyncState = 'SYNCED' | 'NOT SENT' | 'STALE' | 'NACKED';

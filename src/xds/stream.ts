@@ -16,6 +16,26 @@ export interface StreamContext {
   readonly log: Logger;
   /** Encoded response bodies shared by every stream that sends the same content. */
   readonly bodies: BodyCache;
+  /** Subsets of a snapshot's type set for a list of names (with their version), shared by streams. */
+  readonly subsets: Memo<{ list: readonly Resource[]; names: readonly string[]; version: string }>;
+}
+
+/** A bounded memo (least recently used out first). */
+export class Memo<V> {
+  private readonly map = new Map<string, V>();
+  constructor(private readonly max = 10_000) {}
+  get(key: string, make: () => V): V {
+    let v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+      return v;
+    }
+    v = make();
+    this.map.set(key, v);
+    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    return v;
+  }
 }
 
 /**
@@ -45,6 +65,12 @@ export class BodyCache {
   }
 }
 
+export interface SyncInputs {
+  readonly version: string;
+  readonly subRev: number;
+  readonly rev: number;
+}
+
 export interface BaseTypeState {
   /** A request for this type has been seen on this stream. */
   seen: boolean;
@@ -57,7 +83,7 @@ export interface BaseTypeState {
   /** Bumped on every send to the client (or change of what it holds). */
   rev: number;
   /** Inputs of the last decision per mode (holding removals or not), to make an unchanged push O(1). */
-  lastKey: { hold?: string; free?: string };
+  lastKey: { hold?: SyncInputs; free?: SyncInputs };
 }
 
 export type DuplexCall = grpc.ServerDuplexStream<Buffer, Buffer>;
@@ -162,7 +188,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   /** Writes a response and records it as sent. */
-  protected send(type: ResourceType, body: Buffer, version: string, nonce: string, names: string[]): void {
+  protected send(type: ResourceType, body: Buffer, version: string, nonce: string, names: readonly string[]): void {
     const status = this.conn!.status(type.typeUrl);
     status.sentVersion = version;
     status.sentNonce = nonce;

@@ -1,0 +1,68 @@
+/**
+ * The server side of the ADS benchmark (a child process of bench/ads-streams.ts): the real pipeline and ADS
+ * server on a generated mesh; reports over IPC when every stream has ACKed, with RSS and CPU time.
+ */
+import pino from 'pino';
+import { Pipeline } from '../src/pipeline/pipeline.js';
+import { SnapshotCache } from '../src/xds/cache.js';
+import { AdsServer } from '../src/xds/server.js';
+import { ProxyRegistry, syncState, type ProxyConnection } from '../src/xds/status.js';
+import { ENDPOINT, RESOURCE_TYPES } from '../src/xds/types.js';
+import { generateMesh, type MeshSize } from './mesh-gen.js';
+
+const size: MeshSize = JSON.parse(process.argv[2]);
+const log = pino({ level: 'silent' });
+const cache = new SnapshotCache();
+const registry = new ProxyRegistry();
+const pipeline = new Pipeline(cache, log);
+let state = generateMesh(size);
+pipeline.update(state);
+const server = new AdsServer({ cache, registry, log });
+const port = await server.listen('127.0.0.1:0');
+
+const send = (m: object): void => void process.send!(m);
+const mem = (): number => process.memoryUsage().rss;
+
+let expected = 0;
+let waiting: { kind: 'initial' | 'change'; t0: number; cpu0: NodeJS.CpuUsage; since: Date; done: Set<ProxyConnection> } | undefined;
+
+function synced(c: ProxyConnection): boolean {
+  if (!waiting) return false;
+  if (waiting.kind === 'initial') return RESOURCE_TYPES.every((t) => syncState(c.types.get(t.typeUrl)) === 'SYNCED');
+  const s = c.types.get(ENDPOINT);
+  return !!s && syncState(s) === 'SYNCED' && !!s.ackedAt && s.sentAt! >= waiting.since;
+}
+
+function check(c: ProxyConnection): void {
+  if (!waiting || waiting.done.has(c) || !synced(c)) return;
+  waiting.done.add(c);
+  if (waiting.done.size === expected) {
+    const cpu = process.cpuUsage(waiting.cpu0);
+    send({ cmd: `${waiting.kind}-acked`, ms: performance.now() - waiting.t0, cpuMs: (cpu.user + cpu.system) / 1000, rss: mem() });
+    waiting = undefined;
+  }
+}
+registry.observe({ acked: (c) => check(c) });
+
+process.on('message', (m: any) => {
+  if (m.cmd === 'expect') {
+    expected = m.n;
+    waiting = { kind: 'initial', t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
+    send({ cmd: 'ok' });
+  } else if (m.cmd === 'change') {
+    // One more ready endpoint for service 0: its ClusterLoadAssignment changes for every proxy.
+    waiting = { kind: 'change', t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
+    const pod = { ...state.pods[0], name: `extra-${m.i}`, ip: `10.254.${m.i}.1` };
+    state = { ...state, pods: [...state.pods, pod] };
+    pipeline.update(state);
+  } else if (m.cmd === 'stats') {
+    send({ cmd: 'stats', rss: mem(), connections: registry.connections.size });
+  } else if (m.cmd === 'stop') {
+    void server.close(1000).then(() => process.exit(0));
+  }
+});
+
+const ids = pipeline.ir!.identities;
+const clusters = pipeline.ir!.services.flatMap((s) => s.ports.map((p) => p.cluster)).sort();
+const routes = [...new Set(pipeline.ir!.services.flatMap((s) => s.ports.filter((p) => p.protocol === 'http').map((p) => `rds-outbound.${p.dialPort}`)))].sort();
+send({ cmd: 'ready', port, identities: ids, clusters, routes, rss: mem() });

@@ -1,0 +1,114 @@
+/**
+ * ADS benchmark (issue 2): N simulated proxies as raw SotW ADS streams on loopback (one process of clients,
+ * one server process). Measures the time until all have ACKed their initial config, the time from a change
+ * (an endpoint added to a service every proxy uses) until all have ACKed it, and the server's RSS and CPU.
+ * Run: npm run bench:ads -- 10000     (after npm run build)
+ */
+import { fork } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { ADS_SERVICE } from '../src/xds/server.js';
+import { envoyRoot } from '../src/xds/protos.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+
+const N = Number(process.argv[2] ?? 2000);
+const STREAMS_PER_CONNECTION = 100;
+const SIZE = { namespaces: 10, services: 10, pods: 50, serviceAccounts: 100, retries: 50 };
+const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MB`;
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const child = fork(path.join(here, 'ads-server.js'), [JSON.stringify(SIZE)], { stdio: 'inherit', execArgv: process.env.ADS_SERVER_NODE_OPTIONS ? process.env.ADS_SERVER_NODE_OPTIONS.split(' ') : [] });
+const inbox: any[] = [];
+let wake: (() => void) | undefined;
+child.on('message', (m) => {
+  inbox.push(m);
+  wake?.();
+});
+async function receive(cmd: string, ms = 120_000): Promise<any> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const i = inbox.findIndex((m) => m.cmd === cmd);
+    if (i >= 0) return inbox.splice(i, 1)[0];
+    if (Date.now() > until) throw new Error(`timed out waiting for ${cmd}`);
+    await new Promise<void>((r) => {
+      wake = r;
+      setTimeout(r, 200);
+    });
+  }
+}
+
+const ready = await receive('ready');
+const Req = envoyRoot().lookupType('envoy.service.discovery.v3.DiscoveryRequest');
+const Client = grpc.makeGenericClientConstructor(ADS_SERVICE, 'ADS');
+
+/** The top-level string fields 1 (version_info), 4 (type_url) and 5 (nonce) of a DiscoveryResponse. */
+function peek(buf: Buffer): { version: string; typeUrl: string; nonce: string } {
+  const out = { version: '', typeUrl: '', nonce: '' };
+  let i = 0;
+  const varint = (): number => {
+    let r = 0;
+    let s = 1;
+    for (;;) {
+      const b = buf[i++];
+      r += (b & 0x7f) * s;
+      if (b < 0x80) return r;
+      s *= 128;
+    }
+  };
+  while (i < buf.length) {
+    const tag = varint();
+    const len = varint();
+    if ((tag & 7) !== 2) throw new Error('unexpected wire type');
+    const f = tag >>> 3;
+    if (f === 1) out.version = buf.toString('utf8', i, i + len);
+    else if (f === 4) out.typeUrl = buf.toString('utf8', i, i + len);
+    else if (f === 5) out.nonce = buf.toString('utf8', i, i + len);
+    i += len;
+  }
+  return out;
+}
+
+const names: Record<string, string[]> = { [CLUSTER]: [], [ENDPOINT]: ready.clusters, [LISTENER]: [], [ROUTE]: ready.routes };
+const encode = (o: object): Buffer => Buffer.from(Req.encode(Req.fromObject(o)).finish());
+const clients: grpc.Client[] = [];
+const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
+
+child.send({ cmd: 'expect', n: N });
+await receive('ok');
+const t0 = performance.now();
+for (let i = 0; i < N; i++) {
+  if (i % STREAMS_PER_CONNECTION === 0) {
+    clients.push(new Client(`127.0.0.1:${ready.port}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }));
+  }
+  const id: string = ready.identities[i % ready.identities.length];
+  const [namespace, serviceAccount] = id.split('/');
+  const call = (clients[clients.length - 1] as any).StreamAggregatedResources() as grpc.ClientDuplexStream<Buffer, Buffer>;
+  call.on('error', () => {});
+  call.on('data', (buf: Buffer) => {
+    const r = peek(buf);
+    call.write(encode({ type_url: r.typeUrl, resource_names: names[r.typeUrl], version_info: r.version, response_nonce: r.nonce }));
+  });
+  const node = { id: `proxy-${i}`, user_agent_name: 'envoy', metadata: { fields: { namespace: { stringValue: namespace }, serviceAccount: { stringValue: serviceAccount } } } };
+  call.write(encode({ node, type_url: CLUSTER }));
+  for (const t of [ENDPOINT, LISTENER, ROUTE]) call.write(encode({ type_url: t, resource_names: names[t] }));
+  calls.push(call);
+  if (i % 500 === 499) await new Promise((r) => setImmediate(r));
+}
+const initial = await receive('initial-acked', 600_000);
+console.log(`${N} streams (${clients.length} connections), mesh of ${SIZE.services} services x 2 ports and ${ready.identities.length} identities`);
+console.log(`initial config (CDS, EDS, LDS, RDS) ACKed by all: ${initial.ms.toFixed(0)} ms after the first stream opened (${(performance.now() - t0).toFixed(0)} ms client side); server CPU ${initial.cpuMs.toFixed(0)} ms, RSS ${mb(initial.rss)}`);
+
+const changes: any[] = [];
+for (let i = 0; i < 3; i++) {
+  await new Promise((r) => setTimeout(r, 500));
+  child.send({ cmd: 'change', i });
+  changes.push(await receive('change-acked', 120_000));
+}
+for (const [i, c] of changes.entries()) {
+  console.log(`change ${i + 1} (one endpoint added; EDS pushed to all): ACKed by all ${N} in ${c.ms.toFixed(0)} ms; server CPU ${c.cpuMs.toFixed(0)} ms; RSS ${mb(c.rss)}`);
+}
+child.send({ cmd: 'stop' });
+for (const c of calls) c.cancel();
+for (const c of clients) c.close();
+setTimeout(() => process.exit(0), 1500).unref();
