@@ -12,7 +12,7 @@ import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceDomai
 import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
 import { parseProxyKey, type ProxyKind } from '../xds/node.js';
-import { assembleResource, buildSnapshot, refsOf, resourceFromObject, TypeSet, type Resource, type Snapshot } from '../xds/snapshot.js';
+import { assembleResource, buildSnapshot, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
 
@@ -57,6 +57,8 @@ interface HttpPortGroup {
   /** Name field of the route configuration `rds-outbound.<port>`. */
   namePiece: Piece;
   entries: { service: ServiceIR; port: PortIR; key: string; plain: [Piece?, Piece?] }[];
+  /** Service `ns/name` -> its index in `entries`. */
+  index: Map<string, number>;
 }
 
 /** What every proxy of the mesh shares, for one IR. */
@@ -124,10 +126,12 @@ export class SnapshotBuilder {
         if (port.protocol === 'http') {
           if (!httpPorts.has(port.dialPort)) {
             const name = lenField(1, outboundRouteName(port.dialPort));
-            httpPorts.set(port.dialPort, { port: port.dialPort, namePiece: { bytes: name, hash: contentHash(name) }, entries: [] });
+            httpPorts.set(port.dialPort, { port: port.dialPort, namePiece: { bytes: name, hash: contentHash(name) }, entries: [], index: new Map() });
           }
           const key = `${service.namespace}/${service.name}`;
-          httpPorts.get(port.dialPort)!.entries.push({ service, port, key, plain: [] });
+          const group = httpPorts.get(port.dialPort)!;
+          group.index.set(key, group.entries.length);
+          group.entries.push({ service, port, key, plain: [] });
           if (!httpPortsOf.has(key)) httpPortsOf.set(key, []);
           httpPortsOf.get(key)!.push(port.dialPort);
         }
@@ -196,16 +200,25 @@ export class SnapshotBuilder {
   }
 
   /**
-   * One `rds-outbound.<port>` route configuration, assembled from virtual hosts encoded once each. Callers
-   * in the same namespace with no Retry for the services on this port share one.
+   * One `rds-outbound.<port>` route configuration, assembled from virtual hosts encoded once each. Callers in
+   * the same namespace share one; a caller with Retry policies gets that one with its few virtual hosts
+   * replaced, at a cost that does not grow with the number of services.
    */
   private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, object>): Resource {
-    const relevant: string[] = [];
-    for (const [svc, policy] of retries) if (this.shared!.httpPortsOf.get(svc)?.includes(group.port)) relevant.push(`${svc}=${JSON.stringify(policy)}`);
-    relevant.sort();
-    return this.resources.get(`${ROUTE}|${group.port}|${callerNs}|${relevant.join(';')}`, () => {
-      const pieces = group.entries.map((e) => this.virtualHost(e, callerNs, retries.get(e.key)));
-      return assembleResource(ROUTE, outboundRouteName(group.port), [group.namePiece, ...pieces]);
+    const base = this.resources.get(`${ROUTE}|${group.port}|${callerNs}`, () =>
+      assembleResource(ROUTE, outboundRouteName(group.port), [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined))]),
+    );
+    const overrides: [number, Piece][] = [];
+    for (const [svc, policy] of retries) {
+      const i = group.index.get(svc);
+      if (i !== undefined) overrides.push([i, this.virtualHost(group.entries[i], callerNs, policy)]);
+    }
+    if (overrides.length === 0) return base;
+    overrides.sort((a, b) => a[0] - b[0]);
+    const variant = overrides.map(([i, p]) => `${i}:${p.hash}`).join(',');
+    return this.resources.get(`${ROUTE}|${group.port}|${callerNs}|${variant}`, () => {
+      const replaced = new Map(overrides.map(([i, p]) => [i + 1, p.bytes]));
+      return new Resource(ROUTE, base.name, contentHash(`${base.version}\n${variant}`), () => base.parts.map((part, j) => replaced.get(j) ?? part), []);
     });
   }
 

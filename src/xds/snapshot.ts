@@ -14,17 +14,31 @@ const typeUrlFields = new Map<string, Buffer>();
  * and shared by every route configuration that has it), so nothing is copied until a response is written.
  */
 export class Resource {
-  readonly size: number;
+  private pieces?: readonly Uint8Array[];
+  private bytes?: number;
   constructor(
     readonly typeUrl: string,
     readonly name: string,
     /** Hash of the content: of the bytes, or of the pieces' hashes. */
     readonly version: string,
-    readonly parts: readonly Uint8Array[],
+    /** The pieces, or how to get them when first needed (a variant of another resource). */
+    parts: readonly Uint8Array[] | (() => readonly Uint8Array[]),
     /** Resources this one needs to exist in the same snapshot. */
     readonly refs: readonly Reference[],
   ) {
-    this.size = parts.reduce((n, p) => n + p.length, 0);
+    if (typeof parts === 'function') this.lazy = parts;
+    else this.pieces = parts;
+  }
+
+  private readonly lazy?: () => readonly Uint8Array[];
+
+  get parts(): readonly Uint8Array[] {
+    return (this.pieces ??= this.lazy!());
+  }
+
+  /** Size of the encoded message in bytes. */
+  get size(): number {
+    return (this.bytes ??= this.parts.reduce((n, p) => n + p.length, 0));
   }
 
   /** The encoded message (copied together if it is in pieces). */

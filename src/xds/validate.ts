@@ -78,8 +78,9 @@ function checkComparable(
 
 function checkString(rules: Rules, s: string, path: string, out: Violation[]): void {
   if (rules.ignore_empty && s === '') return;
-  const chars = [...s].length;
-  const bytes = Buffer.byteLength(s);
+  // Code points (only surrogate pairs make them differ from UTF-16 units) and UTF-8 bytes, only when needed.
+  const chars = /[\uD800-\uDFFF]/.test(s) ? [...s].length : s.length;
+  const bytes = rules.min_bytes !== undefined || rules.max_bytes !== undefined ? Buffer.byteLength(s) : 0;
   if (rules.const !== undefined && s !== rules.const) out.push({ path, message: `must equal "${rules.const}"` });
   if (rules.len !== undefined && chars !== toNumber(rules.len)) out.push({ path, message: `must be ${rules.len} characters` });
   if (rules.min_len !== undefined && chars < toNumber(rules.min_len)) out.push({ path, message: `must be at least ${rules.min_len} characters` });
