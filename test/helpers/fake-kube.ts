@@ -129,6 +129,23 @@ export class FakeKube {
       });
       return;
     }
+    const clusterScoped = /^(\/api\/v1\/[^/]+)\/([^/]+)$/.exec(path);
+    if (req.method === 'PATCH' && clusterScoped) {
+      let body = '';
+      req.on('data', (c) => (body += c));
+      req.on('end', () => {
+        const patch = JSON.parse(body);
+        this.patches.push({ path, body: patch });
+        const obj = this.get(clusterScoped[1], undefined, clusterScoped[2]);
+        if (!obj) {
+          res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Status', code: 404 }));
+          return;
+        }
+        this.apply(clusterScoped[1], mergePatch(obj, patch));
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.get(clusterScoped[1], undefined, clusterScoped[2])));
+      });
+      return;
+    }
     if (req.method !== 'GET') {
       res.writeHead(405).end();
       return;
@@ -169,3 +186,14 @@ export const PATHS = {
   retries: '/apis/policy.flomesh.io/v1alpha1/retries',
   meshConfigs: (ns: string) => `/apis/config.flomesh.io/v1alpha3/namespaces/${ns}/meshconfigs`,
 };
+
+/** JSON merge patch (RFC 7386): objects merge, null deletes, anything else replaces. */
+function mergePatch(target: any, patch: any): any {
+  if (patch === null || typeof patch !== 'object' || Array.isArray(patch)) return patch;
+  const out = { ...(target && typeof target === 'object' ? target : {}) };
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}

@@ -1,0 +1,57 @@
+/** The snapshot builder's promises: identical pieces shared, only affected proxies change, checks run. */
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import { Pipeline } from '../src/pipeline/pipeline.js';
+import { SnapshotCache } from '../src/xds/cache.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { resourceToJson } from '../src/xds/json.js';
+import { generateMesh, retryObject } from '../bench/mesh-gen.js';
+
+const SIZE = { namespaces: 3, services: 12, pods: 24, serviceAccounts: 12, retries: 4 };
+
+function setup(): { cache: SnapshotCache; pipeline: Pipeline; state: ReturnType<typeof generateMesh> } {
+  const cache = new SnapshotCache();
+  const pipeline = new Pipeline(cache, pino({ level: 'silent' }));
+  const state = generateMesh(SIZE);
+  pipeline.update(state);
+  return { cache, pipeline, state };
+}
+
+describe('snapshot builder', () => {
+  it('shares identical resources between proxies, by reference', () => {
+    const { cache, pipeline } = setup();
+    const withPolicy = new Set(pipeline.ir!.retries.keys());
+    // Two identities of one namespace without Retry policies get the very same route configuration objects.
+    const plain = pipeline.ir!.identities.filter((id) => !withPolicy.has(id) && id.startsWith('ns-1/'));
+    expect(plain.length).toBeGreaterThanOrEqual(2);
+    const [a, b] = plain.map((id) => cache.peek(`sidecar:${id}`)!);
+    expect(a.get(ROUTE)!.resources.get('rds-outbound.80')).toBe(b.get(ROUTE)!.resources.get('rds-outbound.80'));
+    expect(a.get(ENDPOINT)).toBe(b.get(ENDPOINT));
+    expect(a.get(LISTENER)!.resources.get('outbound-listener')).toBe(b.get(LISTENER)!.resources.get('outbound-listener'));
+    expect(a.get(CLUSTER)!.resources.get('ns-0/svc-0|8080')).toBe(b.get(CLUSTER)!.resources.get('ns-0/svc-0|8080'));
+  });
+
+  it('gives a new version only to the proxies a Retry change affects', () => {
+    const { cache, pipeline, state } = setup();
+    const before = new Map([...cache.keys()].map((k) => [k, cache.peek(k)!.version]));
+    const retries = [...state.retries];
+    retries[1] = retryObject(1, SIZE, 9);
+    const report = pipeline.update({ ...state, retries });
+    const changed = [...cache.keys()].filter((k) => cache.peek(k)!.version !== before.get(k));
+    const source = (retries[1].spec as any).source;
+    expect(changed).toEqual([`sidecar:${source.namespace}/${source.name}`]);
+    expect(report.changed).toBe(1);
+    // The changed route is the variant with the new retry policy; the other virtual hosts are untouched.
+    const rds = cache.peek(changed[0])!.get(ROUTE)!.resources.get('rds-outbound.80')!;
+    const dst = (retries[1].spec as any).destinations[0];
+    const vhs = (resourceToJson(rds) as any).virtual_hosts;
+    const target = vhs.find((v: any) => v.name === `outbound_virtual-host|${dst.name}.${dst.namespace}.svc.cluster.local`);
+    expect(target.routes[0].route.retry_policy.num_retries).toEqual({ value: 9 });
+    expect(vhs.filter((v: any) => v.routes[0].route.retry_policy).length).toBe(1);
+  });
+
+  it('an unchanged mesh changes nothing', () => {
+    const { pipeline, state } = setup();
+    expect(pipeline.update({ ...state }).changed).toBe(0);
+  });
+});

@@ -1,0 +1,44 @@
+/** CLI commands that talk to the Kubernetes API, run as subprocesses against the local list/watch server. */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { FakeKube, PATHS } from './helpers/fake-kube.js';
+
+const ROOT = path.join(import.meta.dirname, '..');
+let kube: FakeKube;
+let kubeconfig: string;
+
+beforeAll(async () => {
+  kube = new FakeKube();
+  await kube.start();
+  kube.apply(PATHS.namespaces, { metadata: { name: 'httpbin', labels: { team: 'web' } } });
+  kubeconfig = path.join(mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-')), 'config');
+  writeFileSync(kubeconfig, kube.kubeConfig().exportConfig());
+});
+
+afterAll(() => kube?.close());
+
+function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), ...args], { cwd: ROOT, env: { ...process.env, KUBECONFIG: kubeconfig } }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as any).code ?? 1) : 0, stdout, stderr }),
+    );
+  });
+}
+
+it('namespace add labels the namespace into the mesh, and remove takes the label off', async () => {
+  const add = await cli(['namespace', 'add', 'httpbin']);
+  expect(add).toMatchObject({ code: 0, stdout: 'namespace httpbin is in mesh mesh-xds\n' });
+  expect(kube.get(PATHS.namespaces, undefined, 'httpbin').metadata.labels).toEqual({ team: 'web', 'flomesh.io/monitored-by': 'mesh-xds' });
+  const remove = await cli(['namespace', 'remove', 'httpbin']);
+  expect(remove.code).toBe(0);
+  expect(kube.get(PATHS.namespaces, undefined, 'httpbin').metadata.labels).toEqual({ team: 'web' });
+});
+
+it('namespace add of a namespace that does not exist fails with exit code 3 and says why', async () => {
+  const r = await cli(['namespace', 'add', 'nope']);
+  expect(r.code).toBe(3);
+  expect(r.stderr).toMatch(/cannot update namespace nope/);
+});
