@@ -7,14 +7,12 @@ import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } fr
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
 import { lenField, lenFieldParts } from './wire.js';
-import { envoyRoot } from './protos.js';
 
 interface DeltaState extends BaseTypeState {
   /** Resource name -> version the client has (from our sends or its initial_resource_versions). */
   known: Map<string, string>;
   /** Subscribed names already reported as not existing. */
   absent: Set<string>;
-  subRev: number;
 }
 
 const CONTROL_PLANE = lenField(7, lenField(1, 'mesh-xds'));
@@ -28,14 +26,8 @@ function deltaRecord(r: Resource): Uint8Array[] {
 }
 
 export class DeltaStream extends AdsStream<DeltaState> {
-  private static requestType = envoyRoot().lookupType('envoy.service.discovery.v3.DeltaDiscoveryRequest');
-
   constructor(ctx: StreamContext, call: DuplexCall) {
-    super(ctx, call, 'delta');
-  }
-
-  protected decode(buf: Buffer): any {
-    return DeltaStream.requestType.decode(buf);
+    super(ctx, call, 'delta', 'envoy.service.discovery.v3.DeltaDiscoveryRequest');
   }
 
   protected newState(): DeltaState {
@@ -77,12 +69,6 @@ export class DeltaStream extends AdsStream<DeltaState> {
 
   protected sync(type: ResourceType, st: DeltaState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
-    const last = holdRemovals ? st.lastKey.hold : st.lastKey.free;
-    if (!st.force && last && last.version === set.version && last.subRev === st.subRev && last.rev === st.rev) return false;
-    const seen = { version: set.version, subRev: st.subRev, rev: st.rev };
-    if (holdRemovals) st.lastKey.hold = seen;
-    else st.lastKey.free = seen;
-
     const candidates = st.wildcard
       ? [...set.resources.values()]
       : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);

@@ -9,7 +9,6 @@ import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } fr
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
 import { lenField } from './wire.js';
-import { envoyRoot } from './protos.js';
 
 interface SotwState extends BaseTypeState {
   /** `version_info` of a request without nonce: what a reconnecting client already has. */
@@ -18,8 +17,6 @@ interface SotwState extends BaseTypeState {
   current?: string;
   /** What that version holds. */
   held: readonly Resource[];
-  /** Bumped on every subscription change. */
-  subRev: number;
   /** The subscribed names, sorted and joined: the key under which streams share subset computations. */
   namesKey: string;
   /** How many times in a row the current version was sent (EDS resends for cluster warming). */
@@ -42,14 +39,8 @@ function namesId(joined: string): string {
 }
 
 export class SotwStream extends AdsStream<SotwState> {
-  private static requestType = envoyRoot().lookupType('envoy.service.discovery.v3.DiscoveryRequest');
-
   constructor(ctx: StreamContext, call: DuplexCall) {
-    super(ctx, call, 'sotw');
-  }
-
-  protected decode(buf: Buffer): any {
-    return SotwStream.requestType.decode(buf);
+    super(ctx, call, 'sotw', 'envoy.service.discovery.v3.DiscoveryRequest');
   }
 
   protected newState(): SotwState {
@@ -80,13 +71,6 @@ export class SotwStream extends AdsStream<SotwState> {
 
   protected sync(type: ResourceType, st: SotwState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
-    // Nothing changed since this stream last looked (the case for every ACK): O(1), no allocation.
-    const last = holdRemovals ? st.lastKey.hold : st.lastKey.free;
-    if (!st.force && last && last.version === set.version && last.subRev === st.subRev && last.rev === st.rev) return false;
-    const seen = { version: set.version, subRev: st.subRev, rev: st.rev };
-    if (holdRemovals) st.lastKey.hold = seen;
-    else st.lastKey.free = seen;
-
     const all = type.fullState && st.wildcard;
     const kept = holdRemovals && st.held.length ? st.held.filter((r) => !set.resources.has(r.name) && (st.wildcard || st.names.has(r.name))) : [];
     let list: readonly Resource[];

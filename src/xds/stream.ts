@@ -3,9 +3,11 @@
  * exists, writing responses in ADS order, recording ACKs and NACKs, and tearing down.
  */
 import * as grpc from '@grpc/grpc-js';
+import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from './cache.js';
 import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from './node.js';
+import { lookupType } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
 import { ENDPOINT, RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
@@ -82,6 +84,8 @@ export interface BaseTypeState {
   force: boolean;
   /** Bumped on every send to the client (or change of what it holds). */
   rev: number;
+  /** Bumped on every subscription change. */
+  subRev: number;
   /** Inputs of the last decision per mode (holding removals or not), to make an unchanged push O(1). */
   lastKey: { hold?: SyncInputs; free?: SyncInputs };
 }
@@ -97,11 +101,15 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private nonceCounter = 0;
   private closed = false;
 
+  private readonly requestType: protobuf.Type;
+
   constructor(
     protected readonly ctx: StreamContext,
     protected readonly call: DuplexCall,
     private readonly kind: 'sotw' | 'delta',
+    requestMessage: string,
   ) {
+    this.requestType = lookupType(requestMessage);
     call.on('data', (buf: Buffer) => this.onData(buf));
     call.on('end', () => this.close());
     call.on('error', (err) => {
@@ -111,18 +119,28 @@ export abstract class AdsStream<S extends BaseTypeState> {
     call.on('cancelled', () => this.close());
   }
 
-  protected abstract decode(buf: Buffer): any;
   protected abstract newState(): S;
   /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
   protected abstract apply(type: ResourceType, state: S, req: any, status: TypeStatus): void;
   /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
   protected abstract sync(type: ResourceType, state: S, snapshot: Snapshot, holdRemovals: boolean): boolean;
 
+  /** Syncs a type unless nothing changed since it last did (the case for every ACK): O(1), no allocation. */
+  private syncIfChanged(type: ResourceType, st: S, snapshot: Snapshot, holdRemovals: boolean): boolean {
+    const set = snapshot.get(type.typeUrl)!;
+    const last = holdRemovals ? st.lastKey.hold : st.lastKey.free;
+    if (!st.force && last && last.version === set.version && last.subRev === st.subRev && last.rev === st.rev) return false;
+    const seen = { version: set.version, subRev: st.subRev, rev: st.rev };
+    if (holdRemovals) st.lastKey.hold = seen;
+    else st.lastKey.free = seen;
+    return this.sync(type, st, snapshot, holdRemovals);
+  }
+
   private onData(buf: Buffer): void {
     if (this.closed) return;
     let req: any;
     try {
-      req = this.decode(buf);
+      req = this.requestType.decode(buf);
     } catch (e) {
       this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`);
       return;
@@ -169,7 +187,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     // once every type after it has settled, so no listener or route points at a cluster already deleted.
     for (const type of types) {
       const state = this.states.get(type.typeUrl)!;
-      const sent = this.sync(type, state, snapshot, type.fullState);
+      const sent = this.syncIfChanged(type, state, snapshot, type.fullState);
       if (sent && type.short === 'CDS') {
         const eds = this.states.get(ENDPOINT);
         if (eds?.seen) eds.force = true;
@@ -179,7 +197,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     const unsettled = (after: ResourceType): boolean =>
       types.some((t) => t.order > after.order && this.conn!.status(t.typeUrl).awaiting);
     for (const type of types) {
-      if (type.fullState && !unsettled(type)) this.sync(type, this.states.get(type.typeUrl)!, snapshot, false);
+      if (type.fullState && !unsettled(type)) this.syncIfChanged(type, this.states.get(type.typeUrl)!, snapshot, false);
     }
   }
 
