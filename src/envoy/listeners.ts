@@ -46,13 +46,20 @@ export function outboundFilterChain(service: ServiceIR, port: PortIR): object | 
   };
 }
 
-export function outboundListener(chains: readonly object[]): object {
+/** A listener for traffic redirected by iptables: it matches filter chains on the original destination. */
+function redirectListener(name: string, port: number, direction: 'INBOUND' | 'OUTBOUND', chains: readonly object[]): object {
   return {
-    name: OUTBOUND_LISTENER,
-    address: { socket_address: { address: '0.0.0.0', port_value: OUTBOUND_PORT } },
-    traffic_direction: 'OUTBOUND',
+    name,
+    address: { socket_address: { address: '0.0.0.0', port_value: port } },
+    traffic_direction: direction,
     listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
     filter_chains: chains,
+  };
+}
+
+export function outboundListener(chains: readonly object[]): object {
+  return {
+    ...redirectListener(OUTBOUND_LISTENER, OUTBOUND_PORT, 'OUTBOUND', chains),
     // Permissive mode: traffic to anything that is not a mesh service passes through to its original destination.
     default_filter_chain: { name: 'outbound-passthrough', filters: [tcpProxy('passthrough-outbound', PASSTHROUGH_CLUSTER)] },
   };
@@ -71,13 +78,7 @@ export function inboundFilterChain(service: ServiceIR, port: PortIR): object {
 }
 
 export function inboundListener(chains: readonly object[]): object {
-  return {
-    name: INBOUND_LISTENER,
-    address: { socket_address: { address: '0.0.0.0', port_value: INBOUND_PORT } },
-    traffic_direction: 'INBOUND',
-    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
-    filter_chains: chains,
-  };
+  return redirectListener(INBOUND_LISTENER, INBOUND_PORT, 'INBOUND', chains);
 }
 
 /** The listener a proxyless gRPC client asks for (`xds:///<name>`): HCM with RDS, router filter last. */
