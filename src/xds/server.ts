@@ -8,7 +8,7 @@ import type { SnapshotCache } from './cache.js';
 import { DeltaStream } from './delta.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
-import { BodyCache, Memo, type DuplexCall, type StreamContext } from './stream.js';
+import { Lru, type DuplexCall, type StreamContext } from './stream.js';
 
 const identity = (b: Buffer): Buffer => b;
 
@@ -58,7 +58,13 @@ export class AdsServer {
   port = 0;
 
   constructor(opts: AdsServerOptions) {
-    this.ctx = { cache: opts.cache, registry: opts.registry, log: opts.log, bodies: new BodyCache(), subsets: new Memo() };
+    this.ctx = {
+      cache: opts.cache,
+      registry: opts.registry,
+      log: opts.log,
+      bodies: new Lru<Buffer>(256 * 1024 * 1024, (b) => b.length),
+      subsets: new Lru(10_000),
+    };
     const track = (s: SotwStream | DeltaStream, call: DuplexCall): void => {
       this.streams.add(s);
       call.on('close', () => this.streams.delete(s));

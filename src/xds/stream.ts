@@ -16,16 +16,24 @@ export interface StreamContext {
   readonly cache: SnapshotCache;
   readonly registry: ProxyRegistry;
   readonly log: Logger;
-  /** Encoded response bodies shared by every stream that sends the same content. */
-  readonly bodies: BodyCache;
+  /** Encoded response bodies shared by every stream that sends the same content (bounded by bytes). */
+  readonly bodies: Lru<Buffer>;
   /** Subsets of a snapshot's type set for a list of names (with their version), shared by streams. */
-  readonly subsets: Memo<{ list: readonly Resource[]; names: readonly string[]; version: string }>;
+  readonly subsets: Lru<{ list: readonly Resource[]; names: readonly string[]; version: string }>;
 }
 
-/** A bounded memo (least recently used out first). */
-export class Memo<V> {
+/**
+ * A memo bounded by total weight (entries, or bytes): least recently used out first. Streams share encoded
+ * response bodies and subscription subsets through it.
+ */
+export class Lru<V> {
   private readonly map = new Map<string, V>();
-  constructor(private readonly max = 10_000) {}
+  private total = 0;
+  constructor(
+    private readonly maxWeight: number,
+    private readonly weigh: (v: V) => number = () => 1,
+  ) {}
+
   get(key: string, make: () => V): V {
     let v = this.map.get(key);
     if (v !== undefined) {
@@ -35,35 +43,13 @@ export class Memo<V> {
     }
     v = make();
     this.map.set(key, v);
-    if (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
-    return v;
-  }
-}
-
-/**
- * Encoded response bodies by content version, shared by every stream that sends the same content; least
- * recently used first out once they hold more than `maxBytes`.
- */
-export class BodyCache {
-  private readonly map = new Map<string, Buffer>();
-  private bytes = 0;
-  constructor(private readonly maxBytes = 256 * 1024 * 1024) {}
-  get(key: string, make: () => Buffer): Buffer {
-    let b = this.map.get(key);
-    if (b) {
-      this.map.delete(key);
-      this.map.set(key, b);
-      return b;
-    }
-    b = make();
-    this.map.set(key, b);
-    this.bytes += b.length;
-    while (this.bytes > this.maxBytes && this.map.size > 1) {
+    this.total += this.weigh(v);
+    while (this.total > this.maxWeight && this.map.size > 1) {
       const [oldest, old] = this.map.entries().next().value!;
       this.map.delete(oldest);
-      this.bytes -= old.length;
+      this.total -= this.weigh(old);
     }
-    return b;
+    return v;
   }
 }
 
