@@ -2,13 +2,12 @@
  * The Retry CRD's own openAPIV3Schema (deploy/crds/), compiled with ajv: the folder source checks Retry
  * objects against exactly what the API server would, before the semantic checks.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parse } from 'yaml';
 
-export const CRD_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../deploy/crds');
 const RETRY_CRD = 'retries.policy.flomesh.io.yaml';
 
 export interface SchemaProblem {
@@ -18,18 +17,11 @@ export interface SchemaProblem {
 
 export type RetrySchemaCheck = (object: unknown) => SchemaProblem[];
 
+/** deploy/crds of this package, from src/sources (tests) or dist/src/sources (built). */
 function crdDir(): string {
-  // Running from dist/src/sources or from src/sources (tests): find deploy/crds upwards.
-  for (const up of ['../../deploy/crds', '../../../deploy/crds']) {
-    const dir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), up);
-    try {
-      readFileSync(path.join(dir, RETRY_CRD));
-      return dir;
-    } catch {
-      /* try the next */
-    }
-  }
-  return CRD_DIR;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = ['../../deploy/crds', '../../../deploy/crds'].map((up) => path.resolve(here, up));
+  return candidates.find((dir) => existsSync(path.join(dir, RETRY_CRD))) ?? candidates[0];
 }
 
 function fieldOf(e: ErrorObject): string {

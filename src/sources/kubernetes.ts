@@ -245,10 +245,6 @@ export class KubernetesSource {
   /** The mesh from the caches (every reflector has listed at least once). */
   state(): MeshState {
     const located: Located[] = this.reflectors.flatMap((r) => [...r.objects.values()].map((object) => ({ object, origin: {} })));
-    for (const l of located) {
-      const ts = (l.object.metadata as any)?.creationTimestamp;
-      if (ts instanceof Date) (l.object.metadata as any).creationTimestamp = ts.toISOString();
-    }
     const { objects, errors } = convertObjects(located);
     for (const e of errors) this.opts.log.warn({ object: e.object, field: e.field }, e.message);
     return meshStateOf(objects, this.opts.meshName, this.opts.overrides);

@@ -205,7 +205,9 @@ export abstract class AdsStream<S extends BaseTypeState> {
     state.rev++;
     this.call.write(body);
     this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, body.length);
-    this.ctx.log.debug({ node: this.identity!.nodeId, type: type.short, version, nonce, resources: names.length }, 'push');
+    if (this.ctx.log.isLevelEnabled('debug')) {
+      this.ctx.log.debug({ node: this.identity!.nodeId, type: type.short, version, nonce, resources: names.length }, 'push');
+    }
   }
 
   protected ack(type: ResourceType, status: TypeStatus, version: string): void {
