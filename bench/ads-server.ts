@@ -2,6 +2,8 @@
  * The server side of the ADS benchmark (a child process of bench/ads-streams.ts): the real pipeline and ADS
  * server on a generated mesh; reports over IPC when every stream has ACKed, with RSS and CPU time.
  */
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/cache.js';
@@ -33,23 +35,36 @@ function synced(c: ProxyConnection): boolean {
   return !!s && syncState(s) === 'SYNCED' && !!s.ackedAt && s.sentAt! >= waiting.since;
 }
 
+// ADS_PROFILE=FILE: a CPU profile of the server during the first change, for chrome://inspect or speedscope.
+const profile = process.env.ADS_PROFILE ? new Session() : undefined;
+profile?.connect();
+let profiled = false;
+
 function check(c: ProxyConnection): void {
   if (!waiting || waiting.done.has(c) || !synced(c)) return;
   waiting.done.add(c);
   if (waiting.done.size === expected) {
     const cpu = process.cpuUsage(waiting.cpu0);
     send({ cmd: `${waiting.kind}-acked`, ms: performance.now() - waiting.t0, cpuMs: (cpu.user + cpu.system) / 1000, rss: mem() });
+    if (profile && waiting.kind === 'change' && !profiled) {
+      profiled = true;
+      void profile.post('Profiler.stop').then(({ profile: p }) => writeFileSync(process.env.ADS_PROFILE!, JSON.stringify(p)));
+    }
     waiting = undefined;
   }
 }
 registry.observe({ acked: (c) => check(c) });
 
-process.on('message', (m: any) => {
+process.on('message', async (m: any) => {
   if (m.cmd === 'expect') {
     expected = m.n;
     waiting = { kind: 'initial', t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
     send({ cmd: 'ok' });
   } else if (m.cmd === 'change') {
+    if (profile && m.i === 0) {
+      await profile.post('Profiler.enable');
+      await profile.post('Profiler.start');
+    }
     // One more ready endpoint for service 0: its ClusterLoadAssignment changes for every proxy.
     waiting = { kind: 'change', t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
     const pod = { ...state.pods[0], name: `extra-${m.i}`, ip: `10.254.${m.i}.1` };
