@@ -146,6 +146,22 @@ describe('after a push the client rejects', () => {
     expect(byType('type.googleapis.com/envoy.config.cluster.v3.Cluster')[0]).toMatchObject({ config_status: 'SYNCED', client_status: 'ACKED', name: 'httpbin/httpbin|14001' });
   });
 
+  it('CSDS streams answer each request', async () => {
+    const Client = grpc.makeGenericClientConstructor(CSDS_SERVICE, 'CSDS');
+    const c = new Client(demo.ads, grpc.credentials.createInsecure()) as any;
+    const call = c.StreamClientStatus();
+    const answers: any[] = [];
+    call.on('data', (r: any) => answers.push(r));
+    call.write({ node_matchers: [{ node_id: { prefix: 'curl-' } }], exclude_resource_contents: true });
+    call.write({ node_matchers: [{ node_id: { exact: 'nobody' } }] });
+    await eventually(() => answers.length === 2, 5000, 'two CSDS answers');
+    call.end();
+    c.close();
+    expect(answers[0].config.map((x: any) => x.node.id)).toEqual([NODE]);
+    expect(answers[0].config[0].generic_xds_configs.every((g: any) => g.xds_config === undefined)).toBe(true);
+    expect(answers[1].config ?? []).toEqual([]);
+  });
+
   it('metrics count the proxy, pushes and the NACK', async () => {
     const { text } = await get('/metrics', 'text/plain');
     expect(text).toMatch(/mesh_xds_connected_proxies\{stream="sotw",kind="proxyless"\} 1/);
