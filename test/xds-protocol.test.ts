@@ -214,6 +214,13 @@ describe('state of the world', () => {
     expect(e2.nonce).not.toBe(e.nonce);
   });
 
+  it('treats a nonce on the first request of a stream as a fresh request, not a stale one', async () => {
+    ready();
+    const s = open();
+    s.send({ node: node(), type_url: ROUTE, resource_names: ['r1'], response_nonce: 'from-another-stream' });
+    expect((await s.next()).names).toEqual(['r1']);
+  });
+
   it('sends nothing to a client that reconnects with the version it has', async () => {
     ready();
     const s = open();

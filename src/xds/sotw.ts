@@ -48,7 +48,9 @@ export class SotwStream extends AdsStream<SotwState> {
   }
 
   protected apply(type: ResourceType, st: SotwState, req: any, status: TypeStatus): void {
-    const nonce: string = req.response_nonce ?? '';
+    // A nonce on the first request of a type on this stream answers nothing sent here (a client that kept it
+    // across a reconnect): the request counts as a fresh one.
+    const nonce: string = st.seen ? (req.response_nonce ?? '') : '';
     if (nonce) {
       // Only the answer to the latest response counts; an older one is stale and ignored whole.
       if (nonce !== st.nonce) return;
