@@ -55,3 +55,21 @@ describe('snapshot builder', () => {
     expect(pipeline.update({ ...state }).changed).toBe(0);
   });
 });
+
+describe('after a topology change', () => {
+  it('route configurations and proxyless listeners follow: no stale piece is reused', () => {
+    const { cache, pipeline, state } = setup();
+    const withPolicy = [...pipeline.ir!.retries.keys()][0];
+    const plain = pipeline.ir!.identities.find((id) => !pipeline.ir!.retries.has(id))!;
+    const proxyless = `proxyless:${plain}`;
+    cache.set(proxyless, pipeline.preview(proxyless));
+    const extra = { namespace: 'ns-0', name: 'brand-new', clusterIP: '10.99.0.1', ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] };
+    pipeline.update({ ...state, services: [...state.services, extra] });
+    for (const key of [`sidecar:${withPolicy}`, `sidecar:${plain}`]) {
+      const rds: any = resourceToJson(cache.peek(key)!.get(ROUTE)!.resources.get('rds-outbound.80')!);
+      expect(rds.virtual_hosts.map((v: any) => v.name), key).toContain('outbound_virtual-host|brand-new.ns-0.svc.cluster.local');
+    }
+    const preview = pipeline.preview(proxyless);
+    expect(preview.get(LISTENER)!.resources.has('brand-new.ns-0.svc.cluster.local:80')).toBe(true);
+  });
+});

@@ -46,7 +46,7 @@ class Memo<V> {
   }
 }
 
-/** An encoded virtual host as a `virtual_hosts` field record, with its content hash. */
+/** An encoded message as a field record of its parent (or the parent's own fields), with its content hash. */
 interface Piece {
   bytes: Uint8Array;
   hash: string;
@@ -54,6 +54,8 @@ interface Piece {
 
 interface HttpPortGroup {
   port: number;
+  /** Hash of what the group's route configurations are made of (services, ports, clusters). */
+  sig: string;
   /** Name field of the route configuration `rds-outbound.<port>`. */
   namePiece: Piece;
   entries: { service: ServiceIR; port: PortIR; key: string; plain: [Piece?, Piece?] }[];
@@ -68,8 +70,8 @@ interface Shared {
   passthrough: TypeSet;
   outboundListener: Resource;
   httpPorts: HttpPortGroup[];
-  /** Service `ns/name` -> dial ports of its HTTP ports (which route configurations hold it). */
-  httpPortsOf: Map<string, number[]>;
+  /** Hash of all HTTP port groups (what proxyless listeners are made of). */
+  httpSig: string;
 }
 
 export class SnapshotBuilder {
@@ -111,7 +113,6 @@ export class SnapshotBuilder {
     const chainPieces: Piece[] = [];
     const matchKeys = new Set<string>();
     const httpPorts = new Map<number, HttpPortGroup>();
-    const httpPortsOf = new Map<string, number[]>();
     for (const service of ir.services) {
       for (const port of service.ports) {
         clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.http2}`, () => outboundCluster(port)));
@@ -126,14 +127,12 @@ export class SnapshotBuilder {
         if (port.protocol === 'http') {
           if (!httpPorts.has(port.dialPort)) {
             const name = lenField(1, outboundRouteName(port.dialPort));
-            httpPorts.set(port.dialPort, { port: port.dialPort, namePiece: { bytes: name, hash: contentHash(name) }, entries: [], index: new Map() });
+            httpPorts.set(port.dialPort, { port: port.dialPort, sig: '', namePiece: { bytes: name, hash: contentHash(name) }, entries: [], index: new Map() });
           }
           const key = `${service.namespace}/${service.name}`;
           const group = httpPorts.get(port.dialPort)!;
           group.index.set(key, group.entries.length);
           group.entries.push({ service, port, key, plain: [] });
-          if (!httpPortsOf.has(key)) httpPortsOf.set(key, []);
-          httpPortsOf.get(key)!.push(port.dialPort);
         }
       }
     }
@@ -147,13 +146,17 @@ export class SnapshotBuilder {
       buildSnapshot(new Map([[CLUSTER, TypeSet.of(CLUSTER, clusters)], [ENDPOINT, endpointSet]]));
       return TypeSet.of(CLUSTER, clusters, { trusted: true });
     });
+    // Memo keys must name everything a value is made of: a key that outlives the topology it was built from
+    // would hand out a stale resource.
+    const groups = [...httpPorts.values()].sort((a, b) => a.port - b.port);
+    for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
     return {
       clusters: clusterSet,
       endpoints: endpointSet,
       passthrough: this.sets.get('passthrough', () => TypeSet.of(CLUSTER, [resourceFromObject(CLUSTER, passthroughCluster())])),
       outboundListener: this.resources.get(`${LISTENER}|outbound|${listener.version}`, () => listener),
-      httpPorts: [...httpPorts.values()].sort((a, b) => a.port - b.port),
-      httpPortsOf,
+      httpPorts: groups,
+      httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
 
@@ -205,7 +208,7 @@ export class SnapshotBuilder {
    * replaced, at a cost that does not grow with the number of services.
    */
   private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, object>): Resource {
-    const base = this.resources.get(`${ROUTE}|${group.port}|${callerNs}`, () =>
+    const base = this.resources.get(`${ROUTE}|${group.sig}|${callerNs}`, () =>
       assembleResource(ROUTE, outboundRouteName(group.port), [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined))]),
     );
     const overrides: [number, Piece][] = [];
@@ -216,7 +219,7 @@ export class SnapshotBuilder {
     if (overrides.length === 0) return base;
     overrides.sort((a, b) => a[0] - b[0]);
     const variant = overrides.map(([i, p]) => `${i}:${p.hash}`).join(',');
-    return this.resources.get(`${ROUTE}|${group.port}|${callerNs}|${variant}`, () => {
+    return this.resources.get(`${ROUTE}|${base.version}|${variant}`, () => {
       const replaced = new Map(overrides.map(([i, p]) => [i + 1, p.bytes]));
       return new Resource(ROUTE, base.name, contentHash(`${base.version}\n${variant}`), () => base.parts.map((part, j) => replaced.get(j) ?? part), []);
     });
@@ -232,7 +235,7 @@ export class SnapshotBuilder {
     const routes = shared.httpPorts.map((g) => this.outboundRoute(g, namespace, retries));
 
     if (kind === 'proxyless') {
-      const listeners = this.sets.get(`proxyless-lds|${namespace}`, () =>
+      const listeners = this.sets.get(`proxyless-lds|${shared.httpSig}|${namespace}`, () =>
         TypeSet.of(
           LISTENER,
           shared.httpPorts.flatMap((g) =>
