@@ -87,13 +87,14 @@ export class Pipeline {
     this.retriesSig = sig;
 
     const eager = new Set(this.builder.eagerKeys());
-    const keys = new Set([...eager, ...this.cache.watchedKeys(), ...this.cache.keys()]);
+    const watched = new Set(this.cache.watchedKeys());
+    const keys = new Set([...eager, ...watched, ...this.cache.keys()]);
     const full = topologyChanged || flagChanged;
     let rebuilt = 0;
     let changed = 0;
     const failed: { key: string; error: string }[] = [];
     for (const key of keys) {
-      if (!eager.has(key) && !this.isWatched(key)) {
+      if (!eager.has(key) && !watched.has(key)) {
         this.cache.delete(key);
         continue;
       }
@@ -114,10 +115,5 @@ export class Pipeline {
     this.events.built?.(report, ir);
     this.onPolicies?.(ir);
     return report;
-  }
-
-  private isWatched(key: string): boolean {
-    for (const k of this.cache.watchedKeys()) if (k === key) return true;
-    return false;
   }
 }
