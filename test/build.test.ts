@@ -73,3 +73,15 @@ describe('after a topology change', () => {
     expect(preview.get(LISTENER)!.resources.has('brand-new.ns-0.svc.cluster.local:80')).toBe(true);
   });
 });
+
+it('two ports of a service with the same target port share one cluster (no duplicate names)', () => {
+  const { cache, pipeline, state } = setup();
+  const svc = { ...state.services[0], ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }, { name: 'http-alt', port: 8080, targetPort: 8080, protocol: 'TCP' }] };
+  const report = pipeline.update({ ...state, services: [svc, ...state.services.slice(1)] });
+  expect(report.failed).toEqual([]);
+  const snap = cache.peek(`sidecar:${pipeline.ir!.identities[0]}`)!;
+  expect([...snap.get(CLUSTER)!.resources.keys()].filter((n) => n.startsWith('ns-0/svc-0|') && !n.endsWith('|local'))).toEqual(['ns-0/svc-0|8080']);
+  const rds80: any = resourceToJson(snap.get(ROUTE)!.resources.get('rds-outbound.80')!);
+  const rds8080: any = resourceToJson(snap.get(ROUTE)!.resources.get('rds-outbound.8080')!);
+  for (const rds of [rds80, rds8080]) expect(rds.virtual_hosts.find((v: any) => v.name.includes('svc-0.ns-0')).routes[0].route.cluster).toBe('ns-0/svc-0|8080');
+});

@@ -113,10 +113,15 @@ export class SnapshotBuilder {
     const chainPieces: Piece[] = [];
     const matchKeys = new Set<string>();
     const httpPorts = new Map<number, HttpPortGroup>();
+    const clusterNames = new Set<string>();
     for (const service of ir.services) {
       for (const port of service.ports) {
-        clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.http2}`, () => outboundCluster(port)));
-        endpoints.push(this.resource(ENDPOINT, JSON.stringify([port.cluster, port.endpoints]), () => clusterLoadAssignment(port)));
+        // Two ports of a service with the same target port (80 -> 8080 and 8080 -> 8080) share one cluster.
+        if (!clusterNames.has(port.cluster)) {
+          clusterNames.add(port.cluster);
+          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.http2}`, () => outboundCluster(port)));
+          endpoints.push(this.resource(ENDPOINT, JSON.stringify([port.cluster, port.endpoints]), () => clusterLoadAssignment(port)));
+        }
         const chain = outboundFilterChain(service, port) as { filter_chain_match: unknown } | undefined;
         const matchKey = chain && JSON.stringify(chain.filter_chain_match);
         if (chain && !matchKeys.has(matchKey!)) {
@@ -261,7 +266,9 @@ export class SnapshotBuilder {
     const backing = [...(this.ir.backing.get(identity) ?? [])].sort((a, b) => a.port.targetPort - b.port.targetPort || (a.port.cluster < b.port.cluster ? -1 : 1));
     const byTarget = new Map<number, { service: ServiceIR; port: PortIR }>();
     for (const b of backing) if (!byTarget.has(b.port.targetPort)) byTarget.set(b.port.targetPort, b);
-    const localClusters = backing.map((b) => this.resource(CLUSTER, `local|${b.port.cluster}`, () => localCluster(b.port)));
+    const localClusters = [...new Map(backing.map((b) => [b.port.cluster, b])).values()].map((b) =>
+      this.resource(CLUSTER, `local|${b.port.cluster}`, () => localCluster(b.port)),
+    );
     const inboundRoutes = [...byTarget.values()]
       .filter((b) => b.port.protocol === 'http')
       .map((b) =>
