@@ -144,6 +144,11 @@ export class TypeSet {
   /** A set of resources; `trusted` if their references were checked already (resources without any are). */
   static of(typeUrl: string, list: Iterable<Resource>, opts: { trusted?: boolean } = {}): TypeSet {
     const sorted = [...list].sort(byName);
+    for (let i = 1; i < sorted.length; i++) {
+      if (sorted[i].name === sorted[i - 1].name) {
+        throw new SnapshotError([`two ${resourceType(typeUrl)?.short ?? typeUrl} resources named "${sorted[i].name}"`]);
+      }
+    }
     const trusted = opts.trusted ?? sorted.every((r) => r.refs.length === 0);
     return new TypeSet(typeUrl, new Map(sorted.map((r) => [r.name, r])), versionOf(typeUrl, sorted), trusted);
   }
