@@ -85,3 +85,19 @@ it('two ports of a service with the same target port share one cluster (no dupli
   const rds8080: any = resourceToJson(snap.get(ROUTE)!.resources.get('rds-outbound.8080')!);
   for (const rds of [rds80, rds8080]) expect(rds.virtual_hosts.find((v: any) => v.name.includes('svc-0.ns-0')).routes[0].route.cluster).toBe('ns-0/svc-0|8080');
 });
+
+it('a failure of the translation itself publishes nothing: proxies keep their last good snapshot', async () => {
+  const { vi } = await import('vitest');
+  const { SnapshotBuilder } = await import('../src/pipeline/build.js');
+  const { cache, pipeline, state } = setup();
+  const before = new Map([...cache.keys()].map((k) => [k, cache.peek(k)!.version]));
+  const spy = vi.spyOn(SnapshotBuilder.prototype, 'update').mockImplementationOnce(() => {
+    throw new Error('encoder exploded');
+  });
+  const report = pipeline.update({ ...state, services: state.services.slice(1) });
+  spy.mockRestore();
+  expect(report.failed).toEqual([{ key: '*', error: 'encoder exploded' }]);
+  expect(new Map([...cache.keys()].map((k) => [k, cache.peek(k)!.version]))).toEqual(before);
+  // The next good input is translated normally.
+  expect(pipeline.update({ ...state, services: state.services.slice(1) }).failed).toEqual([]);
+});

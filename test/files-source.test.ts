@@ -98,3 +98,15 @@ describe('folder source', () => {
     expect(s.retries).toEqual([]);
   });
 });
+
+describe('object names', () => {
+  it('a name the API server would refuse is an error on that object only', async () => {
+    const { convertObjects } = await import('../src/sources/manifests.js');
+    const r = convertObjects([
+      { object: { apiVersion: 'v1', kind: 'Service', metadata: { name: 'Web\nx', namespace: 'app' }, spec: { clusterIP: '10.0.0.1', ports: [{ port: 80 }] } }, origin: { file: 'a.yaml', doc: 0, line: 1 } },
+      { object: { apiVersion: 'v1', kind: 'ServiceAccount', metadata: { name: 'ok', namespace: 'app' } }, origin: { file: 'a.yaml', doc: 1, line: 5 } },
+    ]);
+    expect(r.errors).toEqual([expect.objectContaining({ file: 'a.yaml', doc: 0, field: 'metadata.name' })]);
+    expect(r.objects.serviceAccounts).toEqual([{ namespace: 'app', name: 'ok' }]);
+  });
+});

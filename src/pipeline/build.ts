@@ -86,12 +86,17 @@ export class SnapshotBuilder {
    * policies changed they are kept, and pieces not used since are kept too (dropped at the next full update).
    */
   update(ir: MeshIR, opts: { topologyChanged?: boolean } = {}): void {
-    this.ir = ir;
-    if (opts.topologyChanged === false && this.shared) return;
+    if (opts.topologyChanged === false && this.shared) {
+      this.ir = ir;
+      return;
+    }
     this.resources.generation();
     this.pieces.generation();
     this.sets.generation();
-    this.shared = this.buildShared(ir);
+    // If the shared part fails its checks, this throws and the builder keeps the previous IR and parts.
+    const shared = this.buildShared(ir);
+    this.ir = ir;
+    this.shared = shared;
   }
 
   get memoStats(): { hits: number; misses: number; pieces: number } {

@@ -71,10 +71,21 @@ export class Pipeline {
       prev.endpointSlices !== state.endpointSlices ||
       prev.pods !== state.pods ||
       prev.meshName !== state.meshName;
-    if (topologyChanged) this.topology = compileTopologyOnly(state);
-    const ir = compile(state, this.topology);
     const flagChanged = prev?.meshConfig.enableRetryPolicy !== state.meshConfig.enableRetryPolicy;
-    this.builder.update(ir, { topologyChanged });
+    let ir: MeshIR;
+    try {
+      const topology = topologyChanged ? compileTopologyOnly(state) : this.topology!;
+      ir = compile(state, topology);
+      this.builder.update(ir, { topologyChanged });
+      this.topology = topology;
+    } catch (err) {
+      // A system error (user errors are diagnostics): publish nothing, every proxy keeps its last good config.
+      const error = (err as Error).message;
+      this.log.error({ err: error }, 'translating the mesh failed; nothing published, proxies keep their last good config');
+      const report: BuildReport = { at: new Date(), ms: performance.now() - started, rebuilt: 0, changed: 0, failed: [{ key: '*', error }], topologyChanged };
+      this.lastReport = report;
+      return report;
+    }
     this.state = state;
     this.ir = ir;
 

@@ -86,6 +86,9 @@ export function emptyObjects(): MeshObjects {
 
 export const SUPPORTED_KINDS = ['Namespace', 'Service', 'Endpoints', 'EndpointSlice', 'Pod', 'ServiceAccount', 'Retry', 'MeshConfig'];
 
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
 class ObjectError extends Error {
   constructor(
     readonly field: string,
@@ -238,6 +241,14 @@ export function convertObjects(located: readonly Located[], defaultNamespace = '
         continue;
       }
       const name = str(o.metadata?.name, 'metadata.name');
+      // What the API server would refuse never reaches translation (a name ends up in Envoy names and domains).
+      const labelOnly = kind === 'Namespace' || kind === 'Service';
+      if (name.length > (labelOnly ? 63 : 253) || !(labelOnly ? DNS_LABEL : DNS_SUBDOMAIN).test(name)) {
+        throw new ObjectError('metadata.name', `"${name}" is not a valid ${kind} name (lowercase letters, digits and '-'${labelOnly ? '' : ", '.'"})`);
+      }
+      if (o.metadata?.namespace !== undefined && (typeof o.metadata.namespace !== 'string' || !DNS_LABEL.test(o.metadata.namespace))) {
+        throw new ObjectError('metadata.namespace', `${JSON.stringify(o.metadata.namespace)} is not a valid namespace name`);
+      }
       switch (kind) {
         case 'Namespace':
           objects.namespaces.push({ name, labels: labelsOf(o) });
