@@ -142,6 +142,7 @@ function compilePolicies(
     namespace: r.namespace,
     name: r.name,
     generation: r.generation,
+    declared: declaredRefs(r.spec),
     appliesTo: [] as string[],
     ...(r.origin ? { origin: r.origin } : {}),
   });
@@ -203,6 +204,15 @@ function compilePolicies(
     });
   }
   return { reports: [...reports.values()], retries };
+}
+
+/** Source and Service destinations of a Retry spec as written, read leniently (even from an invalid spec). */
+function declaredRefs(spec: unknown): PolicyReport['declared'] {
+  const s = spec as any;
+  const ref = (o: any): string | undefined => (typeof o?.namespace === 'string' && typeof o?.name === 'string' ? `${o.namespace}/${o.name}` : undefined);
+  const source = ref(s?.source);
+  const destinations = Array.isArray(s?.destinations) ? s.destinations.filter((d: any) => d?.kind === 'Service').map(ref).filter(Boolean) : [];
+  return { ...(source ? { source } : {}), destinations };
 }
 
 export function meshNamespacesOf(state: MeshState): Set<string> {

@@ -46,8 +46,11 @@ export interface PolicyReport {
   /** Every problem (Invalid), or notes (skipped destinations, lost conflicts, missing objects). */
   readonly messages: readonly string[];
   readonly problems: readonly Problem[];
-  /** For accepted policies: source identity and the destinations it won. */
+  /** Source identity `ns/sa` and Service destinations `ns/name` as written (as far as they can be read). */
+  readonly declared: { readonly source?: string; readonly destinations: readonly string[] };
+  /** For accepted and conflicted policies: the source identity. */
   readonly source?: string;
+  /** For accepted policies: the destinations it won. */
   readonly appliesTo: readonly string[];
   readonly origin?: { file?: string; doc?: number; line?: number };
 }

@@ -178,8 +178,7 @@ export class DebugServer {
     if (!ir || !this.src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
     const applied = ir.enableRetryPolicy ? ir.retries.get(from)?.get(to) : undefined;
     const candidates = ir.policies
-      .filter((p) => p.source === from || (p.state !== 'Accepted' && p.state !== 'Conflicted'))
-      .filter((p) => p.appliesTo.includes(to) || p.messages.some((m) => m.includes(to)) || p.source === from)
+      .filter((p) => p.declared.source === from && p.declared.destinations.includes(to))
       .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo }));
     const service = ir.services.find((s) => `${s.namespace}/${s.name}` === to);
     const [ns, sa] = from.split('/');
