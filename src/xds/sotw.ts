@@ -62,6 +62,8 @@ export class SotwStream extends AdsStream<SotwState> {
     const names: string[] = req.resource_names ?? [];
     // Legacy wildcard: an empty first request; later empty requests keep whatever the stream had.
     const wildcard = names.length === 0 ? (st.seen ? st.wildcard : true) : names.includes('*');
+    // The usual request (an ACK) repeats the subscription: no new set for it.
+    if (wildcard === st.wildcard && names.length === st.names.size && names.every((n) => st.names.has(n))) return;
     const set = new Set(names.filter((n) => n !== '*'));
     if (wildcard !== st.wildcard || set.size !== st.names.size || [...set].some((n) => !st.names.has(n))) {
       st.wildcard = wildcard;
