@@ -42,3 +42,19 @@ it('namespace add of a namespace that does not exist fails with exit code 3 and 
   expect(r.code).toBe(3);
   expect(r.stderr).toMatch(/cannot update namespace nope/);
 });
+
+it("proxy get stats reaches the pod's Envoy admin through a Kubernetes port-forward", async () => {
+  const http = await import('node:http');
+  const admin = http.createServer((req, res) => {
+    res.end(req.url === '/stats' ? 'cluster.httpbin/httpbin|14001.upstream_rq_retry: 5\nserver.live: 1\n' : 'not found\n');
+  });
+  await new Promise<void>((r) => admin.listen(0, '127.0.0.1', r));
+  kube.podPorts.set('curl/curl-54ccc6954c-9rlvp', (admin.address() as import('node:net').AddressInfo).port);
+  const r = await cli(['proxy', 'get', 'stats', 'curl-54ccc6954c-9rlvp', '-n', 'curl', '--filter', 'upstream_rq_retry']);
+  admin.close();
+  expect(r.stderr).toBe('');
+  expect(r).toMatchObject({ code: 0, stdout: 'cluster.httpbin/httpbin|14001.upstream_rq_retry: 5\n' });
+  const missing = await cli(['proxy', 'get', 'stats', 'no-such-pod', '-n', 'curl']);
+  expect(missing.code).toBe(3);
+  expect(missing.stderr).toMatch(/cannot reach pod curl\/no-such-pod's Envoy admin \(15000\) through the Kubernetes API: .*404/);
+});

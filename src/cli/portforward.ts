@@ -14,15 +14,22 @@ function kubeConfig(): k8s.KubeConfig {
 export async function adminThroughPortForward(namespace: string, pod: string, path: string): Promise<string> {
   const kc = kubeConfig();
   const forward = new k8s.PortForward(kc);
+  let failure: Error | undefined;
   const server = net.createServer((socket) => {
     const errStream = new PassThrough();
-    void forward.portForward(namespace, pod, [15000], socket, errStream, socket);
+    forward.portForward(namespace, pod, [15000], socket, errStream, socket).catch((err: unknown) => {
+      const e = err as { message?: string; error?: Error };
+      failure = new Error(e?.error?.message ?? e?.message ?? `port-forward to ${namespace}/${pod} failed`);
+      socket.destroy();
+    });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;
   try {
     const res = await fetch(`http://127.0.0.1:${port}${path}`);
     return await res.text();
+  } catch (err) {
+    throw failure ?? err;
   } finally {
     server.close();
   }

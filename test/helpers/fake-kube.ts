@@ -4,7 +4,8 @@
  * status subresource (merge patch). No API server can run on these machines; this is the next best thing.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
+import { WebSocketServer } from 'ws';
 import * as k8s from '@kubernetes/client-node';
 
 interface Event {
@@ -25,8 +26,12 @@ export class FakeKube {
   readonly lists = new Map<string, number>();
   readonly patches: { path: string; body: any }[] = [];
   port = 0;
+  /** Where a pod port-forward leads (pod "ns/name" -> a local TCP port standing in for the pod's port). */
+  readonly podPorts = new Map<string, number>();
+  private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => (protocols.has('v4.channel.k8s.io') ? 'v4.channel.k8s.io' : false) });
 
   async start(): Promise<void> {
+    this.server.on('upgrade', (req, socket, head) => this.portForward(req, socket as net.Socket, head));
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     this.port = (this.server.address() as AddressInfo).port;
   }
@@ -42,8 +47,37 @@ export class FakeKube {
     return kc;
   }
 
+  /**
+   * The pod portforward subresource over a websocket (channel protocol v4): each stream's first frame holds
+   * the port; then binary frames of [stream, ...data], stream 0 data, stream 1 errors.
+   */
+  private portForward(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/portforward$/.exec(url.pathname);
+    const target = m && this.podPorts.get(`${m[1]}/${m[2]}`);
+    if (!m || !target) {
+      socket.end('HTTP/1.1 404 Not Found\r\n\r\n');
+      return;
+    }
+    const port = Number(url.searchParams.get('ports'));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const portFrame = (stream: number): Buffer => Buffer.from([stream, port & 0xff, port >> 8]);
+      ws.send(portFrame(0));
+      ws.send(portFrame(1));
+      const upstream = net.connect(target, '127.0.0.1');
+      upstream.on('data', (d) => ws.send(Buffer.concat([Buffer.from([0]), d])));
+      upstream.on('end', () => ws.close());
+      upstream.on('error', () => ws.close());
+      ws.on('message', (d: Buffer) => {
+        if (d[0] === 0) upstream.write(d.subarray(1));
+      });
+      ws.on('close', () => upstream.destroy());
+    });
+  }
+
   close(): Promise<void> {
     for (const w of this.watchers) w.res.destroy();
+    for (const c of this.wss.clients) c.terminate();
     return new Promise((r) => {
       this.server.close(() => r());
       this.server.closeAllConnections();
