@@ -12,8 +12,6 @@ export const INBOUND_LISTENER = 'inbound-listener';
 export const OUTBOUND_PORT = 15001;
 export const INBOUND_PORT = 15003;
 export const PASSTHROUGH_CLUSTER = 'passthrough-outbound';
-export const ADS_PORT = 15128;
-export const ADMIN_PORT = 15000;
 
 export const outboundRouteName = (port: number): string => `rds-outbound.${port}`;
 export const inboundRouteName = (targetPort: number): string => `rds-inbound.${targetPort}`;

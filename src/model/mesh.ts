@@ -91,10 +91,6 @@ export interface MeshState {
   readonly retries: readonly RetryObject[];
 }
 
-export function emptyMesh(meshName: string, meshConfig: MeshConfig = DEFAULT_MESH_CONFIG): MeshState {
-  return { meshName, meshConfig, namespaces: [], services: [], endpointSlices: [], pods: [], serviceAccounts: [], retries: [] };
-}
-
 export function refKey(r: Ref): string {
   return `${r.namespace}/${r.name}`;
 }

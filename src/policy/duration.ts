@@ -11,8 +11,6 @@ const UNITS: Record<string, bigint> = {
   h: 3_600_000_000_000n,
 };
 
-export const GO_DURATION_PATTERN = '^[-+]?(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$|^0$';
-
 /** Nanoseconds of a Go duration string, or an error message. */
 export function parseGoDuration(text: string): { nanos: bigint } | { error: string } {
   let s = text.trim();
@@ -47,12 +45,4 @@ export function protoDuration(nanos: bigint): { seconds?: number; nanos?: number
   const seconds = Number(nanos / 1_000_000_000n);
   const rem = Number(nanos % 1_000_000_000n);
   return { ...(seconds ? { seconds } : {}), ...(rem ? { nanos: rem } : {}) };
-}
-
-/** Shortest Go-style rendering, for messages and the debug endpoint. */
-export function formatNanos(nanos: bigint): string {
-  if (nanos % 1_000_000_000n === 0n) return `${nanos / 1_000_000_000n}s`;
-  if (nanos % 1_000_000n === 0n) return `${nanos / 1_000_000n}ms`;
-  if (nanos % 1_000n === 0n) return `${nanos / 1_000n}us`;
-  return `${nanos}ns`;
 }

@@ -86,10 +86,6 @@ export function toProto3Json(type: protobuf.Type, msg: any): unknown {
   return out;
 }
 
-export function resourceToProto3Json(r: Resource): Record<string, unknown> {
-  const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
-  return { '@type': r.typeUrl, ...(toProto3Json(type, type.decode(r.body)) as object) };
-}
 
 function parseDuration(s: string): { seconds: number; nanos: number } {
   const m = /^(-?\d+)(?:\.(\d{1,9}))?s$/.exec(s);

@@ -75,8 +75,6 @@ export function lookupType(nameOrUrl: string): protobuf.Type {
   return t;
 }
 
-export const TYPE_PREFIX = 'type.googleapis.com/';
-
 const names = new WeakMap<protobuf.ReflectionObject, string>();
 
 /** Full name without the leading dot, memoized (protobufjs recomputes `fullName` on every access). */

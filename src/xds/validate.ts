@@ -215,8 +215,8 @@ interface FieldPlan {
 function unsetPasses(field: protobuf.Field, rules: Rules | null): boolean {
   if (!rules) return true;
   const probe: Violation[] = [];
-  if (field.map) validateMapField(rules, undefined, {}, 'x', probe, undefined);
-  else if (field.repeated) validateRepeatedField(field, rules, undefined, [], 'x', probe, undefined);
+  if (field.map) validateMapField(rules, undefined, {}, 'x', probe);
+  else if (field.repeated) validateRepeatedField(field, rules, undefined, [], 'x', probe);
   else checkValue(rules, field, field.resolvedType instanceof protobuf.Type ? null : field.typeDefault, false, 'x', probe);
   return probe.length === 0;
 }
@@ -262,30 +262,30 @@ export function validateMessage(type: protobuf.Type, msg: any, path: string, out
     if (!set && (field.partOf || unsetOk)) continue;
     const value = msg[field.name];
     if (set && !rules && !sub) continue;
-    if (field.map) validateMapField(rules, sub, value ?? {}, join(path, field.name), out, type);
+    if (field.map) validateMapField(rules, sub, value ?? {}, join(path, field.name), out);
     else if (field.repeated) {
       if (!rules && (value?.length ?? 0) === 0) continue;
-      validateRepeatedField(field, rules, sub, value ?? [], join(path, field.name), out, type);
+      validateRepeatedField(field, rules, sub, value ?? [], join(path, field.name), out);
     } else {
       const fpath = join(path, field.name);
       if (rules) checkValue(rules, field, value, set, fpath, out);
-      if (sub && set) recurse(type, sub, value, fpath, out);
+      if (sub && set) recurse(sub, value, fpath, out);
     }
   }
 }
 
-function validateMapField(rules: Rules | null, sub: protobuf.Type | undefined, value: object, fpath: string, out: Violation[], parent: protobuf.Type | undefined): void {
+function validateMapField(rules: Rules | null, sub: protobuf.Type | undefined, value: object, fpath: string, out: Violation[]): void {
   const entries = Object.entries(value);
   const m = rules?.map;
   if (m?.min_pairs !== undefined && entries.length < toNumber(m.min_pairs)) out.push({ path: fpath, message: `must have at least ${m.min_pairs} entries` });
   if (m?.max_pairs !== undefined && entries.length > toNumber(m.max_pairs)) out.push({ path: fpath, message: `must have at most ${m.max_pairs} entries` });
   for (const [k, v] of entries) {
     if (m?.keys?.string) checkString(m.keys.string, k, `${fpath}[${k}]`, out);
-    if (sub && parent) recurse(parent, sub, v, `${fpath}[${k}]`, out);
+    if (sub) recurse(sub, v, `${fpath}[${k}]`, out);
   }
 }
 
-function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: protobuf.Type | undefined, items: any[], fpath: string, out: Violation[], parent: protobuf.Type | undefined): void {
+function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: protobuf.Type | undefined, items: any[], fpath: string, out: Violation[]): void {
   const rr = rules?.repeated;
   if (rr?.min_items !== undefined && items.length < toNumber(rr.min_items)) out.push({ path: fpath, message: `must have at least ${rr.min_items} item(s)` });
   if (rr?.max_items !== undefined && items.length > toNumber(rr.max_items)) out.push({ path: fpath, message: `must have at most ${rr.max_items} item(s)` });
@@ -296,17 +296,17 @@ function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: 
   items.forEach((item, i) => {
     const ipath = `${fpath}[${i}]`;
     if (rr?.items) checkValue(rr.items, field, item, item !== null && item !== undefined, ipath, out);
-    if (sub && parent) recurse(parent, sub, item, ipath, out);
+    if (sub) recurse(sub, item, ipath, out);
   });
 }
 
-function recurse(parent: protobuf.Type, sub: protobuf.Type, value: any, path: string, out: Violation[]): void {
+function recurse(sub: protobuf.Type, value: any, path: string, out: Violation[]): void {
   if (value === null || value === undefined) return;
   const full = nameOf(sub);
   if (full === 'google.protobuf.Any') {
     unpackAny(value, path, out);
     return;
   }
-  if (SKIP_RECURSE.has(full) || full.startsWith('google.protobuf.') && full.endsWith('Value')) return;
+  if (SKIP_RECURSE.has(full) || (full.startsWith('google.protobuf.') && full.endsWith('Value'))) return;
   validateMessage(sub, value, path, out);
 }
