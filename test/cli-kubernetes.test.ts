@@ -1,12 +1,11 @@
 /** CLI commands that talk to the Kubernetes API, run as subprocesses against the local list/watch server. */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { cli } from './helpers/cli.js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { FakeKube, PATHS } from './helpers/fake-kube.js';
 
-const ROOT = path.join(import.meta.dirname, '..');
 let kube: FakeKube;
 let kubeconfig: string;
 
@@ -20,25 +19,19 @@ beforeAll(async () => {
 
 afterAll(() => kube?.close());
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), ...args], { cwd: ROOT, env: { ...process.env, KUBECONFIG: kubeconfig } }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as any).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
+const kubeCli = (args: string[]) => cli(args, { KUBECONFIG: kubeconfig });
 
 it('namespace add labels the namespace into the mesh, and remove takes the label off', async () => {
-  const add = await cli(['namespace', 'add', 'httpbin']);
+  const add = await kubeCli(['namespace', 'add', 'httpbin']);
   expect(add).toMatchObject({ code: 0, stdout: 'namespace httpbin is in mesh mesh-xds\n' });
   expect(kube.get(PATHS.namespaces, undefined, 'httpbin').metadata.labels).toEqual({ team: 'web', 'flomesh.io/monitored-by': 'mesh-xds' });
-  const remove = await cli(['namespace', 'remove', 'httpbin']);
+  const remove = await kubeCli(['namespace', 'remove', 'httpbin']);
   expect(remove.code).toBe(0);
   expect(kube.get(PATHS.namespaces, undefined, 'httpbin').metadata.labels).toEqual({ team: 'web' });
 });
 
 it('namespace add of a namespace that does not exist fails with exit code 3 and says why', async () => {
-  const r = await cli(['namespace', 'add', 'nope']);
+  const r = await kubeCli(['namespace', 'add', 'nope']);
   expect(r.code).toBe(3);
   expect(r.stderr).toMatch(/cannot update namespace nope/);
 });
@@ -50,11 +43,11 @@ it("proxy get stats reaches the pod's Envoy admin through a Kubernetes port-forw
   });
   await new Promise<void>((r) => admin.listen(0, '127.0.0.1', r));
   kube.podPorts.set('curl/curl-54ccc6954c-9rlvp', (admin.address() as import('node:net').AddressInfo).port);
-  const r = await cli(['proxy', 'get', 'stats', 'curl-54ccc6954c-9rlvp', '-n', 'curl', '--filter', 'upstream_rq_retry']);
+  const r = await kubeCli(['proxy', 'get', 'stats', 'curl-54ccc6954c-9rlvp', '-n', 'curl', '--filter', 'upstream_rq_retry']);
   admin.close();
   expect(r.stderr).toBe('');
   expect(r).toMatchObject({ code: 0, stdout: 'cluster.httpbin/httpbin|14001.upstream_rq_retry: 5\n' });
-  const missing = await cli(['proxy', 'get', 'stats', 'no-such-pod', '-n', 'curl']);
+  const missing = await kubeCli(['proxy', 'get', 'stats', 'no-such-pod', '-n', 'curl']);
   expect(missing.code).toBe(3);
   expect(missing.stderr).toMatch(/cannot reach pod curl\/no-such-pod's Envoy admin \(15000\) through the Kubernetes API: .*404/);
 });

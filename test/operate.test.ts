@@ -2,12 +2,12 @@
  * Operating it: real HTTP requests to the debug server, CSDS over gRPC, and the CLI as a subprocess, while a
  * real @grpc/grpc-js-xds client is connected to the server serving the demo mesh.
  */
-import { execFile } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
+import { cli } from './helpers/cli.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { XdsTestClient, eventually, startBackend, type Backend } from './helpers/grpc-xds.js';
@@ -19,7 +19,6 @@ import { fromProto3Json, resourceToJson } from '../src/xds/json.js';
 import { envoyRoot } from '../src/xds/protos.js';
 import { ROUTE } from '../src/xds/types.js';
 
-const ROOT = path.join(import.meta.dirname, '..');
 let backend: Backend;
 let demo: DemoServer;
 let client: XdsTestClient;
@@ -38,13 +37,6 @@ async function get(p: string, accept = 'application/json'): Promise<{ status: nu
   return { status: res.status, text, json };
 }
 
-function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), ...args], { cwd: ROOT }, (err, stdout, stderr) =>
-      resolve({ code: err ? ((err as any).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
 
 const proxy = async () => (await get('/debug/proxies')).json.proxies.find((p: any) => p.nodeId === NODE);
 
