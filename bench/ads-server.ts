@@ -39,13 +39,15 @@ function synced(c: ProxyConnection): boolean {
 const profile = process.env.ADS_PROFILE ? new Session() : undefined;
 profile?.connect();
 let profiled = false;
+/** Time spent translating and writing the responses of the last change (the rest is reading ACKs). */
+let pushMs = 0;
 
 function check(c: ProxyConnection): void {
   if (!waiting || waiting.done.has(c) || !synced(c)) return;
   waiting.done.add(c);
   if (waiting.done.size === expected) {
     const cpu = process.cpuUsage(waiting.cpu0);
-    send({ cmd: `${waiting.kind}-acked`, ms: performance.now() - waiting.t0, cpuMs: (cpu.user + cpu.system) / 1000, rss: mem() });
+    send({ cmd: `${waiting.kind}-acked`, ms: performance.now() - waiting.t0, cpuMs: (cpu.user + cpu.system) / 1000, rss: mem(), pushMs });
     if (profile && waiting.kind === 'change' && !profiled) {
       profiled = true;
       void profile.post('Profiler.stop').then(({ profile: p }) => writeFileSync(process.env.ADS_PROFILE!, JSON.stringify(p)));
@@ -69,7 +71,9 @@ process.on('message', async (m: any) => {
     waiting = { kind: 'change', t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
     const pod = { ...state.pods[0], name: `extra-${m.i}`, ip: `10.254.${m.i}.1` };
     state = { ...state, pods: [...state.pods, pod] };
+    const t = performance.now();
     pipeline.update(state);
+    pushMs = performance.now() - t;
   } else if (m.cmd === 'stats') {
     send({ cmd: 'stats', rss: mem(), connections: registry.connections.size });
   } else if (m.cmd === 'stop') {

@@ -106,7 +106,9 @@ for (let i = 0; i < 3; i++) {
   changes.push(await receive('change-acked', 120_000));
 }
 for (const [i, c] of changes.entries()) {
-  console.log(`change ${i + 1} (one endpoint added; EDS pushed to all): ACKed by all ${N} in ${c.ms.toFixed(0)} ms; server CPU ${c.cpuMs.toFixed(0)} ms; RSS ${mb(c.rss)}`);
+  console.log(
+    `change ${i + 1} (one endpoint added; EDS pushed to all): ACKed by all ${N} in ${c.ms.toFixed(0)} ms (translate and write all: ${c.pushMs.toFixed(0)} ms); server CPU ${c.cpuMs.toFixed(0)} ms; RSS ${mb(c.rss)}`,
+  );
 }
 child.send({ cmd: 'stop' });
 for (const c of calls) c.cancel();
