@@ -158,6 +158,16 @@ export class TypeSet {
     const nonEmpty = parts.filter((p) => p.resources.size > 0);
     if (nonEmpty.length === 1) return nonEmpty[0];
     if (nonEmpty.length === 0) return TypeSet.of(typeUrl, []);
+    // Disjoint by construction; checked on all parts but the largest (the shared one), which is cheap.
+    const largest = nonEmpty.reduce((a, b) => (b.resources.size > a.resources.size ? b : a));
+    for (const p of nonEmpty) {
+      if (p === largest) continue;
+      for (const name of p.resources.keys()) {
+        if (nonEmpty.some((q) => q !== p && q.resources.has(name))) {
+          throw new SnapshotError([`two ${resourceType(typeUrl)?.short ?? typeUrl} resources named "${name}"`]);
+        }
+      }
+    }
     const version = contentHash(`union\n${nonEmpty.map((p) => p.version).join('\n')}`);
     return new TypeSet(typeUrl, new UnionMap(nonEmpty.map((p) => p.resources)), version, nonEmpty.every((p) => p.trusted), nonEmpty);
   }
