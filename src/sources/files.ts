@@ -12,8 +12,8 @@ import type { RetrySchemaCheck } from './crd.js';
 const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
 
 interface FileState {
-  /** Last good objects of this file, by kind/namespace/name. */
-  good: Map<string, Located>;
+  /** Last good objects of this file, by kind/namespace/name, as model data. */
+  good: Map<string, MeshObjects>;
   errors: ManifestError[];
   mtimeMs: number;
   size: number;
@@ -52,10 +52,15 @@ export function listManifestFiles(dir: string): string[] {
  * Reads one file's text into good objects and errors. Objects that fail keep their last good version (if
  * the file had one); a file that does not parse keeps all its last good objects.
  */
-export function loadFileText(text: string, file: string, previous: Map<string, Located> | undefined, retrySchema?: RetrySchemaCheck): { good: Map<string, Located>; errors: ManifestError[]; skipped: string[] } {
+export function loadFileText(
+  text: string,
+  file: string,
+  previous: Map<string, MeshObjects> | undefined,
+  retrySchema?: RetrySchemaCheck,
+): { good: Map<string, MeshObjects>; errors: ManifestError[]; skipped: string[] } {
   const parsed = parseManifestText(text, file);
   if (parsed.errors.length) return { good: previous ?? new Map(), errors: parsed.errors, skipped: [] };
-  const good = new Map<string, Located>();
+  const good = new Map<string, MeshObjects>();
   const errors: ManifestError[] = [];
   const skipped: string[] = [];
   for (const located of parsed.objects) {
@@ -86,7 +91,7 @@ export function loadFileText(text: string, file: string, previous: Map<string, L
       skipped.push(`${file}: document ${located.origin.doc} (line ${located.origin.line}): kind ${located.object.kind} is not used by mesh-xds; skipped`);
       continue;
     }
-    good.set(key, located);
+    good.set(key, converted.objects);
   }
   return { good, errors, skipped };
 }
@@ -185,8 +190,12 @@ export class FileSource {
       for (const s of skipped) log.info(s);
       for (const e of errors) log.error({ file: e.file, doc: e.doc, line: e.line, object: e.object, field: e.field }, e.message);
     }
-    const located = [...this.files.values()].flatMap((f) => [...f.good.values()]);
-    const { objects } = convertObjects(located);
+    const objects = emptyObjects();
+    for (const f of this.files.values()) {
+      for (const model of f.good.values()) {
+        for (const k of Object.keys(objects) as (keyof MeshObjects)[]) (objects[k] as unknown[]).push(...model[k]);
+      }
+    }
     return meshStateOf(this.stable(objects), this.opts.meshName, this.opts.overrides);
   }
 
