@@ -62,7 +62,7 @@ export class AdsServer {
       cache: opts.cache,
       registry: opts.registry,
       log: opts.log,
-      bodies: new Lru<Buffer>(256 * 1024 * 1024, (b) => b.length),
+      bodies: new Lru<Buffer>(128 * 1024 * 1024, (b) => b.length),
       subsets: new Lru(10_000),
     };
     const track = (s: SotwStream | DeltaStream, call: DuplexCall): void => {
