@@ -86,6 +86,8 @@ describe('debug HTTP server', () => {
     const vh = json.configs[3].dynamic_route_configs[0].route_config.virtual_hosts.find((v: any) => v.name.includes('httpbin'));
     expect(vh.routes[0].route.retry_policy).toEqual({ retry_on: 'unavailable', num_retries: 2, retry_back_off: { base_interval: '0.010s' } });
     expect(vh.routes[0].route.timeout).toBe('0s');
+    // Only what this proxy was sent: the one listener it asked for, not every api_listener of its identity.
+    expect(json.configs[2].dynamic_listeners.map((l: any) => l.name)).toEqual(['httpbin.httpbin.svc.cluster.local:14001']);
   });
 
   it('dumps what an identity that is not connected would get', async () => {

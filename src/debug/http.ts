@@ -44,12 +44,20 @@ function sortProxies(list: Iterable<ProxyConnection>): ProxyConnection[] {
   return [...list].sort((a, b) => (a.identity.nodeId < b.identity.nodeId ? -1 : a.identity.nodeId > b.identity.nodeId ? 1 : a.id - b.id));
 }
 
-/** Envoy's ConfigDump for a snapshot, encoded with the admin protos and printed in proto3 JSON. */
-export function configDump(snapshot: Snapshot, versions: Partial<Record<string, string>> = {}): unknown {
+/**
+ * Envoy's ConfigDump for a snapshot, encoded with the admin protos and printed in proto3 JSON. For a connected
+ * proxy, `sent` limits each type to the resources it was sent, with the version it was sent.
+ */
+export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { version?: string; names: readonly string[] }> = new Map()): unknown {
   const root = envoyRoot();
   const any = (r: { typeUrl: string; body: Uint8Array }) => ({ type_url: r.typeUrl, value: r.body });
-  const list = (url: string) => [...(snapshot.get(url)?.resources.values() ?? [])];
-  const v = (url: string) => versions[url] ?? snapshot.get(url)?.version ?? '';
+  const list = (url: string) => {
+    const all = [...(snapshot.get(url)?.resources.values() ?? [])];
+    const names = sent.get(url)?.names;
+    return names ? all.filter((r) => names.includes(r.name)) : all;
+  };
+  const versions = Object.fromEntries([...sent].map(([url, s]) => [url, s.version ?? '']));
+  const v = (url: string) => (versions[url] as string | undefined) ?? snapshot.get(url)?.version ?? '';
   const dumps = [
     ['envoy.admin.v3.ClustersConfigDump', { version_info: v(CLUSTER), dynamic_active_clusters: list(CLUSTER).map((r) => ({ version_info: v(CLUSTER), cluster: any(r) })) }],
     ['envoy.admin.v3.EndpointsConfigDump', { dynamic_endpoint_configs: list(ENDPOINT).map((r) => ({ version_info: v(ENDPOINT), endpoint_config: any(r) })) }],
@@ -219,8 +227,8 @@ export class DebugServer {
       if (!conn) return this.json(res, 404, { error: `no connected proxy with node id "${nodeId}"`, connected: sortProxies(src.registry.connections).map((c) => c.identity.nodeId) });
       const snapshot = src.cache.peek(conn.key);
       if (!snapshot) return this.json(res, 404, { error: `proxy "${nodeId}" has no snapshot yet` });
-      const versions = Object.fromEntries([...conn.types].map(([t, s]) => [t, s.sentVersion ?? '']));
-      return this.json(res, 200, configDump(snapshot, versions));
+      const sent = new Map([...conn.types].map(([t, s]) => [t, { version: s.sentVersion, names: s.names }]));
+      return this.json(res, 200, configDump(snapshot, sent));
     }
     const namespace = url.searchParams.get('namespace');
     const serviceAccount = url.searchParams.get('serviceAccount');
