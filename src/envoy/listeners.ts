@@ -12,6 +12,7 @@ import {
   T,
   httpConnectionManager,
   inboundRouteName,
+  localClusterName,
   outboundRouteName,
 } from './common.js';
 
@@ -23,18 +24,19 @@ function tcpProxy(statPrefix: string, cluster: string): object {
   return { name: 'envoy.filters.network.tcp_proxy', typed_config: { '@type': T.TCP_PROXY, stat_prefix: statPrefix, cluster } };
 }
 
+/** The network filter for a service port: HTTP through the connection manager and RDS, TCP straight to a cluster. */
+function portFilter(port: PortIR, statPrefix: string, routeName: string, tcpStatPrefix: string, tcpCluster: string): object {
+  return port.protocol === 'http'
+    ? { name: 'envoy.filters.network.http_connection_manager', typed_config: httpConnectionManager(statPrefix, routeName) }
+    : tcpProxy(tcpStatPrefix, tcpCluster);
+}
+
 /** The filter chain for one service port on the outbound listener; undefined if it has no address to match. */
 export function outboundFilterChain(service: ServiceIR, port: PortIR): object | undefined {
   const ips = service.headless ? [...new Set(port.endpoints.map((e) => e.ip))] : service.clusterIP ? [service.clusterIP] : [];
   if (ips.length === 0) return undefined;
   const name = `outbound_${service.namespace}/${service.name}_${port.dialPort}_${port.protocol}`;
-  const filter =
-    port.protocol === 'http'
-      ? {
-          name: 'envoy.filters.network.http_connection_manager',
-          typed_config: httpConnectionManager(`outbound_${port.dialPort}`, outboundRouteName(port.dialPort)),
-        }
-      : tcpProxy(name, port.cluster);
+  const filter = portFilter(port, `outbound_${port.dialPort}`, outboundRouteName(port.dialPort), name, port.cluster);
   return {
     name,
     filter_chain_match: {
@@ -67,13 +69,7 @@ export function outboundListener(chains: readonly object[]): object {
 
 export function inboundFilterChain(service: ServiceIR, port: PortIR): object {
   const name = `inbound_${service.namespace}/${service.name}_${port.targetPort}_${port.protocol}`;
-  const filter =
-    port.protocol === 'http'
-      ? {
-          name: 'envoy.filters.network.http_connection_manager',
-          typed_config: httpConnectionManager(`inbound_${port.targetPort}`, inboundRouteName(port.targetPort)),
-        }
-      : tcpProxy(name, `${port.cluster}|local`);
+  const filter = portFilter(port, `inbound_${port.targetPort}`, inboundRouteName(port.targetPort), name, localClusterName(port.cluster));
   return { name, filter_chain_match: { destination_port: { value: port.targetPort } }, filters: [filter] };
 }
 
