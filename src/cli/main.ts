@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError, SERVE_HELP, parseServeArgs } from '../config.js';
 import { StartError, serve } from '../main.js';
+import { packagePath } from '../paths.js';
 import { validateCommand } from './validate.js';
 import { proxyCommand, policyCommand, namespaceCommand } from './ops.js';
 
@@ -59,7 +60,7 @@ async function main(argv: string[]): Promise<number> {
       return namespaceCommand(rest);
     case '--version':
     case 'version': {
-      const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'));
+      const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8'));
       process.stdout.write(`mesh-xds ${pkg.version}\n`);
       return 0;
     }

@@ -5,6 +5,7 @@ import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from '.
 const HTTP_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
 /** gRPC and h2c upstreams speak HTTP/2 only. */
 const HTTP2 = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, explicit_http_config: { http2_protocol_options: {} } };
+const http2Options = (port: PortIR): object => (port.http2 ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: HTTP2 } } : {});
 
 /** OSM raises every threshold so retries never turn into upstream_rq_retry_overflow. */
 const UNLIMITED = {
@@ -28,7 +29,7 @@ export function outboundCluster(port: PortIR): object {
     connect_timeout: { seconds: 1 },
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: UNLIMITED,
-    ...(port.http2 ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: HTTP2 } } : {}),
+    ...http2Options(port),
   };
 }
 
@@ -41,6 +42,8 @@ export function localCluster(port: PortIR): object {
     connect_timeout: { seconds: 1 },
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: UNLIMITED,
+    // The inbound sidecar speaks to the local app in the port's protocol too (gRPC needs HTTP/2 end to end).
+    ...http2Options(port),
     load_assignment: {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port.targetPort } } } }] }],

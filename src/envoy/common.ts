@@ -32,6 +32,8 @@ export function httpConnectionManager(statPrefix: string, routeName: string): ob
     '@type': T.HCM,
     stat_prefix: statPrefix,
     codec_type: 'AUTO',
+    // A sidecar is transparent: the app's own Server header reaches the caller (the guide shows gunicorn's).
+    server_header_transformation: 'PASS_THROUGH',
     rds: { route_config_name: routeName, config_source: ADS_SOURCE },
     http_filters: [ROUTER_FILTER],
   };

@@ -272,7 +272,7 @@ export class SnapshotBuilder {
     const byTarget = new Map<number, { service: ServiceIR; port: PortIR }>();
     for (const b of backing) if (!byTarget.has(b.port.targetPort)) byTarget.set(b.port.targetPort, b);
     const localClusters = [...new Map(backing.map((b) => [b.port.cluster, b])).values()].map((b) =>
-      this.resource(CLUSTER, `local|${b.port.cluster}`, () => localCluster(b.port)),
+      this.resource(CLUSTER, `local|${b.port.cluster}|${b.port.http2}`, () => localCluster(b.port)),
     );
     const inboundRoutes = [...byTarget.values()]
       .filter((b) => b.port.protocol === 'http')

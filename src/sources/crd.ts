@@ -2,11 +2,10 @@
  * The Retry CRD's own openAPIV3Schema (deploy/crds/), compiled with ajv: the folder source checks Retry
  * objects against exactly what the API server would, before the semantic checks.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
 import { parse } from 'yaml';
+import { packagePath } from '../paths.js';
 
 const RETRY_CRD = 'retries.policy.flomesh.io.yaml';
 
@@ -17,12 +16,6 @@ export interface SchemaProblem {
 
 export type RetrySchemaCheck = (object: unknown) => SchemaProblem[];
 
-/** deploy/crds of this package, from src/sources (tests) or dist/src/sources (built). */
-function crdDir(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = ['../../deploy/crds', '../../../deploy/crds'].map((up) => path.resolve(here, up));
-  return candidates.find((dir) => existsSync(path.join(dir, RETRY_CRD))) ?? candidates[0];
-}
 
 function fieldOf(e: ErrorObject): string {
   const base = e.instancePath.replace(/^\//, '').replace(/\/(\d+)(?=\/|$)/g, '[$1]').replace(/\//g, '.');
@@ -31,7 +24,7 @@ function fieldOf(e: ErrorObject): string {
 }
 
 /** Loads the Retry CRD schema (for the served version) and returns a checker. */
-export function loadRetrySchema(file = path.join(crdDir(), RETRY_CRD)): RetrySchemaCheck {
+export function loadRetrySchema(file = packagePath('deploy/crds', RETRY_CRD)): RetrySchemaCheck {
   const crd = parse(readFileSync(file, 'utf8'));
   const version = crd.spec.versions.find((v: any) => v.name === 'v1alpha1');
   const ajv = new Ajv({ strict: false, allErrors: true, validateFormats: false });

