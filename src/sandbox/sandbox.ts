@@ -13,7 +13,7 @@ import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { packagePath } from '../paths.js';
 import { Network, Proc, type ExecResult, type Pod } from './netns.js';
 import { ENVOY_VERSION, GUNICORN_BIN, envoyForSidecars, sandboxProblems } from './parts.js';
-import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarNode, sidecarUid, type KubeObject } from './samples.js';
+import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
 
 export type AdsFlavour = 'GRPC' | 'DELTA_GRPC';
 
@@ -164,6 +164,46 @@ export class Sidecar {
   }
 }
 
+export interface SidecarOptions {
+  /** deploy/samples file whose pod template (args, uid) and namespace's bootstrap the sidecar uses. */
+  sample: string;
+  /** The pod as the downward API describes it. */
+  facts: PodFacts;
+  /** A folder the sidecar's uid can read, for its bootstrap. */
+  dir: string;
+  flavour?: AdsFlavour;
+  /** HOST:PORT to reach the control plane at directly, instead of the bootstrap's Service name. */
+  adsAddress?: string;
+}
+
+/** Starts the sample's Envoy sidecar in a pod: its bootstrap, its args with the downward API filled in, its uid. */
+export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
+  const bootstrap = parse(sidecarBootstrap(o.sample));
+  if (o.flavour) bootstrap.dynamic_resources.ads_config.api_type = o.flavour;
+  if (o.adsAddress) {
+    const [host, port] = [o.adsAddress.replace(/:\d+$/, ''), Number(o.adsAddress.replace(/^.*:/, ''))];
+    const cluster = bootstrap.static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
+    cluster.type = 'STATIC';
+    cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address = { address: host, port_value: port };
+  }
+  const dir = path.join(o.dir, o.facts.name);
+  mkdirSync(dir, { mode: 0o755 });
+  const file = path.join(dir, 'bootstrap.yaml');
+  writeFileSync(file, stringify(bootstrap), { mode: 0o644 });
+  // The sample's args with the downward API filled in; -c points at the ConfigMap's mount, here the file.
+  const args = sidecarArgs(o.sample, o.facts);
+  args[args.indexOf('-c') + 1] = file;
+  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid: sidecarUid(o.sample) });
+  return new Sidecar(pod, proc, sidecarNode(args).id);
+}
+
+/** Resolves once the sidecar's admin says LIVE (initial xDS done, listeners warmed). */
+export async function sidecarLive(sidecar: Sidecar, timeoutMs = 30_000): Promise<void> {
+  await until(async () => (await sidecar.admin('/ready')).trim() === 'LIVE', timeoutMs, `the sidecar ${sidecar.nodeId} to be LIVE`).catch((e) => {
+    throw new Error(`${(e as Error).message}\n${sidecar.proc.tail()}`);
+  });
+}
+
 export interface Workload {
   spec: WorkloadSpec;
   podName: string;
@@ -303,13 +343,11 @@ export class Sandbox {
         const init = await pod.exec('/bin/sh', ['-c', initScript(w.sample)]);
         if (init.code !== 0) throw new Error(`pod ${name}: the init script of deploy/samples/${w.sample} failed: ${init.stderr}`);
         await this.routeControlPlane(pod, this.controlPlane, true);
-        const sidecar = this.startSidecar(pod, w, name);
+        const sidecar = startSidecar(pod, { sample: w.sample, facts: { name, namespace: w.namespace, serviceAccount: w.serviceAccount, ip: pod.ip }, dir: this.files, flavour: w.flavour });
         const app = w.app ? pod.spawn(w.name, w.app.command[0], w.app.command.slice(1)) : undefined;
         this.workloads.set(w.name, { spec: w, podName: name, pod, sidecar, app });
         await Promise.all([
-          until(async () => (await sidecar.admin('/ready')).trim() === 'LIVE', 30_000, `the sidecar of ${name} to be LIVE`).catch((e) => {
-            throw new Error(`${(e as Error).message}\n${sidecar.proc.tail()}`);
-          }),
+          sidecarLive(sidecar),
           app?.waitFor(w.app!.ready, 30_000),
         ]);
         this.say(`pod ${w.namespace}/${name} (${pod.ip}): ${w.app ? `${w.name} and ` : ''}Envoy ${ENVOY_VERSION} sidecar, traffic redirected by the sample's init script`);
@@ -353,21 +391,6 @@ export class Sandbox {
     }
     this.writeManifest('mesh.yaml', docs.map((d) => stringify(d)).join('---\n'));
     for (const [file, text] of Object.entries(this.opts.manifests ?? { 'retry.yaml': sampleRetryText() })) this.writeManifest(file, text);
-  }
-
-  private startSidecar(pod: Pod, w: WorkloadSpec, name: string): Sidecar {
-    const facts = { name, namespace: w.namespace, serviceAccount: w.serviceAccount, ip: pod.ip };
-    const bootstrap = parse(sidecarBootstrap(w.sample));
-    if (w.flavour) bootstrap.dynamic_resources.ads_config.api_type = w.flavour;
-    const dir = path.join(this.files, name);
-    mkdirSync(dir, { mode: 0o755 });
-    const file = path.join(dir, 'bootstrap.yaml');
-    writeFileSync(file, stringify(bootstrap), { mode: 0o644 });
-    // The sample's args with the downward API filled in; -c points at the ConfigMap's mount, here the file.
-    const args = sidecarArgs(w.sample, facts);
-    args[args.indexOf('-c') + 1] = file;
-    const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid: sidecarUid(w.sample) });
-    return new Sidecar(pod, proc, sidecarNode(args).id);
   }
 
   writeManifest(file: string, text: string): void {

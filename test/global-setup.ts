@@ -1,0 +1,10 @@
+/** Before and after the whole run: remove what sandboxes of test processes that no longer run left behind. */
+import { sweepStaleSandboxes } from '../src/sandbox/netns.js';
+
+export function setup(): void {
+  sweepStaleSandboxes();
+}
+
+export function teardown(): void {
+  sweepStaleSandboxes();
+}
