@@ -1,5 +1,5 @@
 /**
- * A second real xDS client: gRPC C-core (Debian's python3-grpcio, installed by .ci/run) against the server
+ * A second real xDS client: gRPC C-core (Debian's python3-grpcio, installed by scripts/install-real-parts.sh) against the server
  * serving the demo mesh; attempts counted at the backend.
  */
 import { execFile, execFileSync } from 'node:child_process';
