@@ -59,6 +59,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   if (cfg.manifests) {
     const files = new FileSource({ dir: cfg.manifests, meshName: cfg.meshName, overrides: cfg.overrides, log, retrySchema: loadRetrySchema(), onChange });
     source = { start: () => files.start(), stop: () => files.stop(), info: () => ({ source: 'manifests', dir: cfg.manifests, manifestErrors: files.errors }) };
+    metrics.sourceErrors = () => files.errors.length;
   } else {
     const { KubernetesSource } = await import('./sources/kubernetes.js');
     const kube = new KubernetesSource({ meshName: cfg.meshName, overrides: cfg.overrides, namespace: cfg.namespace, kubeconfig: cfg.kubeconfig, log, onChange });
@@ -70,7 +71,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     };
   }
 
-  const ads = new AdsServer({ cache, registry, log, services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache) }] });
+  const ads = new AdsServer({ cache, registry, log, services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache, (reason) => registry.emit('refused', reason)) }] });
   const adsPort = await ads.listen(cfg.adsAddress);
   adsServing = true;
   const debug = new DebugServer({

@@ -1,4 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { RETRY_ON_CONDITIONS } from '../src/policy/retry.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 
 const check = loadRetrySchema();
@@ -21,7 +25,7 @@ describe('Retry CRD schema', () => {
   });
 
   it('rejects bad ones, naming the field', () => {
-    expect(check(withPolicy({ retryOn: '5XX' }))[0].field).toBe('spec.retryPolicy.retryOn');
+    expect(check(withPolicy({ retryOn: '' }))[0].field).toBe('spec.retryPolicy.retryOn');
     expect(check(withPolicy({ perTryTimeout: '1 sec' }))[0].field).toBe('spec.retryPolicy.perTryTimeout');
     expect(check(withPolicy({ numRetries: -1 }))[0]).toMatchObject({ field: 'spec.retryPolicy.numRetries', message: 'must be >= 0' });
     expect(check(withPolicy({ numRetries: 4294967296 }))[0].field).toBe('spec.retryPolicy.numRetries');
@@ -31,5 +35,14 @@ describe('Retry CRD schema', () => {
     ]);
     const { retryPolicy: _r, ...noPolicy } = guide.spec;
     expect(check({ ...guide, spec: noPolicy })).toEqual([{ field: 'spec.retryPolicy', message: 'is required' }]);
+  });
+
+  it("lists in its retryOn rule exactly the conditions the server accepts, and names the bad one in its message", () => {
+    const crd = parse(readFileSync(path.join(import.meta.dirname, '../deploy/crds/retries.policy.flomesh.io.yaml'), 'utf8'));
+    const retryOn = crd.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.retryPolicy.properties.retryOn;
+    const [rule] = retryOn['x-kubernetes-validations'];
+    const lists = [rule.rule, rule.messageExpression].map((cel: string) => /in \[([^\]]*)\]/.exec(cel)![1].split(', ').map((c) => c.replace(/'/g, '')));
+    for (const list of lists) expect([...list].sort()).toEqual([...RETRY_ON_CONDITIONS].sort());
+    expect(rule.messageExpression.startsWith(`'unknown retryOn condition "' + `)).toBe(true);
   });
 });

@@ -39,8 +39,8 @@ afterEach(() => {
 });
 
 describe('folder source', () => {
-  it('reads every manifest, with the mesh config and --set overrides', () => {
-    const s = source.start();
+  it('reads every manifest, with the mesh config and --set overrides', async () => {
+    const s = await source.start();
     expect(s.namespaces.map((n) => n.name).sort()).toEqual(['curl', 'httpbin']);
     expect(s.services.map((x) => `${x.namespace}/${x.name}`).sort()).toEqual(['curl/curl', 'httpbin/httpbin']);
     expect(s.retries.map((r) => r.name)).toEqual(['retry']);
@@ -48,14 +48,14 @@ describe('folder source', () => {
   });
 
   it('picks up a change by itself', async () => {
-    source.start();
+    await source.start();
     writeFileSync(path.join(dir, 'retry.yaml'), readFileSync(path.join(dir, 'retry.yaml'), 'utf8').replace('numRetries: 5', 'numRetries: 2'));
     const s = await next();
     expect((s.retries[0].spec as any).retryPolicy.numRetries).toBe(2);
   });
 
   it('keeps the last good objects of a file that does not parse, and reports where', async () => {
-    source.start();
+    await source.start();
     writeFileSync(path.join(dir, 'retry.yaml'), 'kind: Retry\nmetadata: {name: retry\n  bad: [\n');
     const s = await next();
     expect((s.retries[0].spec as any).retryPolicy.numRetries).toBe(5);
@@ -63,15 +63,15 @@ describe('folder source', () => {
     expect(source.errors[0].line).toBeGreaterThan(0);
   });
 
-  it('rejects a Retry that fails the CRD schema, naming file, document, line, object and field; keeps its last good version', async () => {
-    source.start();
+  it("rejects a Retry that fails the CRD schema, naming file, document, the field's own line, object and field; keeps its last good version", async () => {
+    await source.start();
     const text = readFileSync(path.join(dir, 'retry.yaml'), 'utf8');
     const extra = `apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated, namespace: curl}\n---\n`;
     writeFileSync(path.join(dir, 'retry.yaml'), extra + text.replace('numRetries: 5', 'numRetries: -3'));
     const s = await next();
     expect((s.retries[0].spec as any).retryPolicy.numRetries).toBe(5);
     expect(source.errors).toEqual([
-      { file: 'retry.yaml', doc: 1, line: 6, object: 'Retry curl/retry', field: 'spec.retryPolicy.numRetries', message: 'must be >= 0 (Retry CRD schema)' },
+      { file: 'retry.yaml', doc: 1, line: 23, object: 'Retry curl/retry', field: 'spec.retryPolicy.numRetries', message: 'must be >= 0 (Retry CRD schema)' },
     ]);
     // Fixed: the error goes and the new value is used.
     writeFileSync(path.join(dir, 'retry.yaml'), text.replace('numRetries: 5', 'numRetries: 7'));
@@ -81,7 +81,7 @@ describe('folder source', () => {
   });
 
   it('reports a bad object without losing the other objects of its file', async () => {
-    source.start();
+    await source.start();
     writeFileSync(path.join(dir, 'more.yaml'), 'apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: extra, namespace: curl}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: nope, namespace: curl}\nspec: {ports: [{port: 99999}]}\n');
     const s = await next();
     expect(s.serviceAccounts.map((a) => a.name)).toContain('extra');
@@ -90,7 +90,7 @@ describe('folder source', () => {
   });
 
   it('drops the objects of a deleted file', async () => {
-    source.start();
+    await source.start();
     unlinkSync(path.join(dir, 'retry.yaml'));
     const s = await next();
     expect(s.retries).toEqual([]);

@@ -125,7 +125,7 @@ describe('Kubernetes source', () => {
     expect(kube.patches).toHaveLength(2);
     expect(kube.patches[1].body.status).toMatchObject({
       observedGeneration: 2,
-      conditions: [{ type: 'Accepted', status: 'False', reason: 'Invalid', message: expect.stringContaining('unknown retry condition "5xxx"') }],
+      conditions: [{ type: 'Accepted', status: 'False', reason: 'Invalid', message: expect.stringContaining('unknown retryOn condition "5xxx"') }],
     });
   });
 });

@@ -5,13 +5,13 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import { cli } from './helpers/cli.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { XdsTestClient, eventually, startBackend, type Backend } from './helpers/grpc-xds.js';
-import { startDemo, useBackend, type DemoServer } from './helpers/demo.js';
+import { DEMO, startDemo, useBackend, type DemoServer } from './helpers/demo.js';
 import { CSDS_SERVICE } from '../src/xds/csds.js';
 import { buildSnapshot, resourceFromObject, TypeSet } from '../src/xds/snapshot.js';
 import { decodeMessage } from '../src/xds/encode.js';
@@ -194,8 +194,28 @@ describe('the mesh-xds CLI', () => {
     expect(r.code).toBe(1);
     const out = JSON.parse(r.stdout);
     expect(out.valid).toBe(false);
-    expect(out.objects[0].problems.map((p: any) => p.field)).toEqual(['spec.retryPolicy.retryOn', 'spec.retryPolicy.numRetries']);
+    expect(out.objects[0].problems.map((p: any) => p.field).sort()).toEqual(['spec.retryPolicy.numRetries', 'spec.retryPolicy.retryOn']);
     expect((await cli(['validate'])).code).toBe(2);
+  });
+
+  it('validate names the bad retryOn condition at its own line, and fails a document without kind', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cli-'));
+    const bad = path.join(dir, 'bad.yaml');
+    writeFileSync(bad, readFileSync(path.join(DEMO, 'retry.yaml'), 'utf8').replace('retryOn: "5xx"', 'retryOn: "5xx,bogus"'));
+    const line = readFileSync(bad, 'utf8').split('\n').findIndex((l) => l.includes('bogus')) + 1;
+    const r = await cli(['validate', '-f', bad]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain(`${line}`);
+    expect(r.stdout).toContain('spec.retryPolicy.retryOn: unknown retryOn condition "bogus"');
+    expect(r.stdout).not.toMatch(/\^ \*\(5xx\|/);
+    const json = JSON.parse((await cli(['validate', '-f', bad, '-o', 'json'])).stdout);
+    expect(json.objects[0].problems).toEqual([expect.objectContaining({ field: 'spec.retryPolicy.retryOn', line })]);
+
+    const noKind = path.join(dir, 'nokind.yaml');
+    writeFileSync(noKind, 'apiVersion: v1\nmetadata: {name: x}\n');
+    const n = await cli(['validate', '-f', noKind]);
+    expect(n.code).toBe(1);
+    expect(n.stdout).toContain('kind: is required');
   });
 
   it('proxy get stats reads an Envoy admin and filters it', async () => {

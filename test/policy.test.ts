@@ -77,7 +77,7 @@ describe('Retry spec', () => {
       'spec.retryPolicy.retryBackoffBaseInterval',
       'spec.retryPolicy.numRetries',
     ]);
-    expect(r.problems[6].message).toMatch(/unknown retry condition "5XX" \(conditions are case-sensitive: did you mean "5xx"\?\); Envoy would silently ignore it/);
+    expect(r.problems[6].message).toMatch(/unknown retryOn condition "5XX" \(Envoy would silently ignore it; conditions are case-sensitive: did you mean "5xx"\?\)/);
     expect(r.problems[9].message).toMatch(/greater than 0/);
   });
 

@@ -2,7 +2,7 @@
  * MeshState -> MeshIR. Pure: resolves ports and endpoints, validates Retry policies, decides which one applies
  * to each (source identity, destination service) deterministically, and reports every policy's status.
  */
-import { MONITORED_BY_LABEL, byRef, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
+import { MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
 import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, ServiceIR } from './ir.js';
 
@@ -56,7 +56,12 @@ function compileTopology(state: MeshState, meshNamespaces: Set<string>): Topolog
   const services: ServiceIR[] = [];
   const backing = new Map<string, { service: ServiceIR; port: PortIR }[]>();
   const sorted = [...state.services].filter((s) => meshNamespaces.has(s.namespace)).sort(byRef);
-  for (const svc of sorted) {
+  for (const [i, svc] of sorted.entries()) {
+    // Two definitions of one Service (a source that does not dedupe): the first is used, never both.
+    if (i > 0 && byRef(sorted[i - 1], svc) === 0) {
+      diagnostics.push({ object: `Service ${refKey(svc)}`, message: 'is defined more than once; the first definition is used' });
+      continue;
+    }
     const host = `${svc.name}.${svc.namespace}.svc.cluster.local`;
     const slices = slicesBySvc.get(refKey(svc));
     const selected = slices ? [] : (podsByNs.get(svc.namespace) ?? []).filter((p) => matches(svc.selector, p.labels));
@@ -144,10 +149,12 @@ function compilePolicies(
     generation: r.generation,
     declared: declaredRefs(r.spec),
     appliesTo: [] as string[],
-    ...(r.origin ? { origin: r.origin } : {}),
+    ...(r.origin ? { origin: { file: r.origin.file, doc: r.origin.doc, line: r.origin.line } } : {}),
   });
   for (const r of [...state.retries].sort(byRef)) {
     const key = refKey(r);
+    // Two definitions of one Retry (a source that does not dedupe): the first is used, not both.
+    if (reports.has(key)) continue;
     const parsed = parseRetrySpec(r.spec);
     if (!parsed.ok) {
       reports.set(key, {
@@ -155,7 +162,7 @@ function compilePolicies(
         state: 'Invalid',
         reason: `${parsed.problems.length} problem(s) in ${[...new Set(parsed.problems.map((p) => p.field))].join(', ')}`,
         messages: parsed.problems.map((p) => `${p.field}: ${p.message}`),
-        problems: parsed.problems,
+        problems: parsed.problems.map((p) => ({ ...p, ...(r.origin ? { line: lineOfField(r.origin, p.field) } : {}) })),
       });
       continue;
     }

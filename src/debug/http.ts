@@ -92,8 +92,41 @@ function policiesView(ir: MeshIR | undefined): unknown[] {
   });
 }
 
+/** Endpoints whose answer grows with the mesh or the number of proxies: served a few at a time. */
+const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain']);
+
+/**
+ * At most `max` expensive requests at once and `queue` waiting; beyond that the answer is 429. Each next one
+ * starts from a fresh turn of the event loop, so health checks and ADS are served in between.
+ */
+export class Limiter {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(
+    readonly max: number,
+    readonly queue: number,
+  ) {}
+
+  /** Resolves true once a slot is held (release it), or false at once when the queue is full. */
+  acquire(): Promise<boolean> {
+    if (this.active < this.max) {
+      this.active++;
+      return Promise.resolve(true);
+    }
+    if (this.waiting.length >= this.queue) return Promise.resolve(false);
+    return new Promise((resolve) => this.waiting.push(() => resolve(true)));
+  }
+
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) setImmediate(next);
+    else this.active--;
+  }
+}
+
 export class DebugServer {
   readonly server: http.Server;
+  readonly limiter = new Limiter(2, 16);
 
   constructor(private readonly src: DebugSources) {
     this.server = http.createServer((req, res) => {
@@ -130,6 +163,19 @@ export class DebugServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (req.method !== 'GET' && req.method !== 'HEAD') return this.json(res, 405, { error: 'read-only: use GET' });
+    if (!EXPENSIVE.has(url.pathname)) return this.route(url, req, res);
+    if (!(await this.limiter.acquire())) {
+      res.setHeader('retry-after', '1');
+      return this.json(res, 429, { error: `busy: ${this.limiter.max} debug requests are being answered and ${this.limiter.queue} wait; try again` });
+    }
+    try {
+      return await this.route(url, req, res);
+    } finally {
+      this.limiter.release();
+    }
+  }
+
+  private async route(url: URL, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const src = this.src;
     switch (url.pathname) {
       case '/healthz':

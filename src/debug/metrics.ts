@@ -26,9 +26,27 @@ export class Metrics {
     registers: [this.registry],
   });
   private readonly buildFailures = new Counter({ name: 'mesh_xds_snapshot_failures_total', help: 'Snapshots that failed their checks and were not published', registers: [this.registry] });
+  private readonly refused = new Counter({
+    name: 'mesh_xds_streams_refused_total',
+    help: 'Streams and requests the server ended because of what the client sent, by the bound or rule crossed',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   private readonly policies = new Gauge({ name: 'mesh_xds_policies', help: 'Retry policies by status', labelNames: ['state'], registers: [this.registry] });
 
+  /** Errors the source currently reports (folder: files and objects that fail; their last good objects stay). */
+  sourceErrors: () => number = () => 0;
+
   constructor(proxies: ProxyRegistry) {
+    const errors = (): number => this.sourceErrors();
+    new Gauge({
+      name: 'mesh_xds_source_errors',
+      help: 'Current errors of the source (manifest files, directories and objects it cannot use), each listed in /debug/mesh',
+      registers: [this.registry],
+      collect() {
+        this.set(errors());
+      },
+    });
     collectDefaultMetrics({ register: this.registry, prefix: 'mesh_xds_process_' });
     const short = (url: string): string => resourceType(url)?.short ?? url;
     proxies.observe({
@@ -43,6 +61,7 @@ export class Metrics {
         if (ms !== undefined) this.ackLatency.observe({ type: short(url) }, ms / 1000);
       },
       nacked: (_c, url) => this.nacks.inc({ type: short(url) }),
+      refused: (reason) => this.refused.inc({ reason }),
     });
   }
 

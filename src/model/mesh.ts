@@ -13,6 +13,8 @@ export interface Origin {
   readonly file?: string;
   readonly doc?: number;
   readonly line?: number;
+  /** Lines of the object's fields (`spec.retryPolicy.retryOn` -> 17), where it was read from a file. */
+  readonly fieldLines?: Readonly<Record<string, number>>;
 }
 
 export interface Namespace {
@@ -97,4 +99,15 @@ export function refKey(r: Ref): string {
 
 export function byRef<T extends Ref>(a: T, b: T): number {
   return a.namespace < b.namespace ? -1 : a.namespace > b.namespace ? 1 : a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
+/** The line of a field in its file, or of its nearest ancestor that is written there (a missing field). */
+export function lineOfField(origin: Origin | undefined, field: string): number | undefined {
+  const lines = origin?.fieldLines;
+  if (!lines) return origin?.line;
+  for (let f = field; f; f = f.replace(/(\.[^.[\]]*|\[\d+\])$/, '')) {
+    if (lines[f] !== undefined) return lines[f];
+    if (!/[.[]/.test(f)) break;
+  }
+  return origin?.line;
 }

@@ -9,10 +9,10 @@ import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener } from '../envoy/listeners.js';
 import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceDomains } from '../envoy/routes.js';
-import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName } from '../envoy/common.js';
+import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
 import { parseProxyKey, type ProxyKind } from '../xds/node.js';
-import { assembleResource, buildSnapshot, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
+import { assembleResource, buildSnapshot, checkVirtualHosts, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
 
@@ -80,6 +80,12 @@ export class SnapshotBuilder {
   private readonly resources = new Memo<Resource>();
   private readonly pieces = new Memo<Piece>();
   private readonly sets = new Memo<TypeSet>();
+  /**
+   * Route configurations in which some virtual hosts carry a Retry, and those virtual hosts. Every policy edit
+   * makes new ones, so they are kept only while a published snapshot holds them (`retain`), not per topology.
+   */
+  private readonly variants = new Map<string, { resource: Resource; hosts: Piece[] }>();
+  private readonly retryHosts = new Map<string, Piece>();
 
   /**
    * Takes a new IR. Shared parts are rebuilt (from memoized pieces) when the topology changed; when only
@@ -103,8 +109,19 @@ export class SnapshotBuilder {
     return {
       hits: this.resources.hits + this.pieces.hits + this.sets.hits,
       misses: this.resources.misses + this.pieces.misses + this.sets.misses,
-      pieces: this.resources.size + this.pieces.size + this.sets.size,
+      pieces: this.resources.size + this.pieces.size + this.sets.size + this.variants.size + this.retryHosts.size,
     };
+  }
+
+  /** Drops the route variants (and their Retry virtual hosts) that no published route configuration is. */
+  retain(published: Iterable<Resource>): void {
+    const live = new Set(published);
+    const hosts = new Set<Piece>();
+    for (const [key, v] of this.variants) {
+      if (live.has(v.resource)) for (const h of v.hosts) hosts.add(h);
+      else this.variants.delete(key);
+    }
+    for (const [key, h] of this.retryHosts) if (!hosts.has(h)) this.retryHosts.delete(key);
   }
 
   private resource(typeUrl: string, key: string, make: () => object): Resource {
@@ -199,16 +216,19 @@ export class SnapshotBuilder {
     const same = entry.service.namespace === callerNs;
     // Without a Retry the virtual host depends only on whether the caller shares the namespace: kept on the entry.
     if (!retry && entry.plain[same ? 1 : 0]) return entry.plain[same ? 1 : 0]!;
-    const retryKey = retry ? JSON.stringify(retry) : '';
-    const piece = this.pieces.get(`vh|${entry.key}|${entry.port.dialPort}|${entry.port.cluster}|${same}|${retryKey}`, () => {
+    const make = (): Piece => {
       const bytes = encodeMessage(
         'envoy.config.route.v3.VirtualHost',
         outboundVirtualHost(entry.service, entry.port, callerNs, retry),
         `RDS ${outboundRouteName(entry.port.dialPort)} virtual host of ${entry.key}`,
       );
       return { bytes: lenField(2, bytes), hash: contentHash(bytes) };
-    });
-    if (!retry) entry.plain[same ? 1 : 0] = piece;
+    };
+    const key = `vh|${entry.key}|${entry.port.dialPort}|${entry.port.cluster}|${same}`;
+    if (!retry) return (entry.plain[same ? 1 : 0] = this.pieces.get(key, make));
+    const retryKey = `${key}|${JSON.stringify(retry)}`;
+    let piece = this.retryHosts.get(retryKey);
+    if (!piece) this.retryHosts.set(retryKey, (piece = make()));
     return piece;
   }
 
@@ -218,9 +238,14 @@ export class SnapshotBuilder {
    * replaced, at a cost that does not grow with the number of services.
    */
   private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, object>): Resource {
-    const base = this.resources.get(`${ROUTE}|${group.sig}|${callerNs}`, () =>
-      assembleResource(ROUTE, outboundRouteName(group.port), [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined))]),
-    );
+    const base = this.resources.get(`${ROUTE}|${group.sig}|${callerNs}`, () => {
+      const name = outboundRouteName(group.port);
+      checkVirtualHosts(
+        name,
+        group.entries.map((e) => ({ name: outboundVirtualHostName(e.service.host), domains: serviceDomains(e.service, e.port.dialPort, e.service.namespace === callerNs) })),
+      );
+      return assembleResource(ROUTE, name, [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined))]);
+    });
     const overrides: [number, Piece][] = [];
     for (const [svc, policy] of retries) {
       const i = group.index.get(svc);
@@ -229,10 +254,14 @@ export class SnapshotBuilder {
     if (overrides.length === 0) return base;
     overrides.sort((a, b) => a[0] - b[0]);
     const variant = overrides.map(([i, p]) => `${i}:${p.hash}`).join(',');
-    return this.resources.get(`${ROUTE}|${base.version}|${variant}`, () => {
+    const key = `${base.version}|${variant}`;
+    let v = this.variants.get(key);
+    if (!v) {
       const replaced = new Map(overrides.map(([i, p]) => [i + 1, p.bytes]));
-      return new Resource(ROUTE, base.name, contentHash(`${base.version}\n${variant}`), () => base.parts.map((part, j) => replaced.get(j) ?? part), []);
-    });
+      const resource = new Resource(ROUTE, base.name, contentHash(`${base.version}\n${variant}`), () => base.parts.map((part, j) => replaced.get(j) ?? part), []);
+      this.variants.set(key, (v = { resource, hosts: overrides.map(([, p]) => p) }));
+    }
+    return v.resource;
   }
 
   /** The snapshot for a proxy key (`sidecar:ns/sa` or `proxyless:ns/sa`). Throws EncodeError/SnapshotError. */

@@ -8,6 +8,7 @@ import type { MeshIR } from '../compile/ir.js';
 import type { MeshState } from '../model/mesh.js';
 import type { SnapshotCache } from '../xds/cache.js';
 import type { Snapshot } from '../xds/snapshot.js';
+import { ROUTE } from '../xds/types.js';
 import { SnapshotBuilder } from './build.js';
 
 export interface BuildReport {
@@ -119,6 +120,8 @@ export class Pipeline {
       }
     }
     this.cache.markReady();
+    // Route variants of edited policies that no proxy holds any more are dropped.
+    this.builder.retain([...this.cache.keys()].flatMap((k) => [...(this.cache.peek(k)?.get(ROUTE)?.resources.values() ?? [])]));
     const report: BuildReport = { at: new Date(), ms: performance.now() - started, rebuilt, changed, failed, topologyChanged };
     this.lastReport = report;
     this.log.info({ ms: Math.round(report.ms * 10) / 10, rebuilt, changed, failed: failed.length, policies: ir.policies.length }, 'mesh translated');

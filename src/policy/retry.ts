@@ -22,10 +22,14 @@ export const HTTP_RETRY_ON = [
 ] as const;
 export const GRPC_RETRY_ON = ['cancelled', 'deadline-exceeded', 'internal', 'resource-exhausted', 'unavailable'] as const;
 const KNOWN = new Set<string>([...HTTP_RETRY_ON, ...GRPC_RETRY_ON]);
+/** The conditions a Retry may name (retriable-headers needs headers a Retry cannot give); the CRD lists the same. */
+export const RETRY_ON_CONDITIONS: readonly string[] = [...KNOWN].filter((c) => c !== 'retriable-headers');
 
 export interface Problem {
   readonly field: string;
   readonly message: string;
+  /** Where the field is written, when the object came from a file. */
+  readonly line?: number;
 }
 
 export interface RetrySpec {
@@ -112,10 +116,10 @@ export function parseRetryOn(value: unknown, problems: Problem[]): { tokens: str
       problems.push({ field, message: '"retriable-headers" needs retriable_headers, which a Retry policy cannot set' });
     } else if (!KNOWN.has(p)) {
       const lower = p.toLowerCase();
-      const hint = KNOWN.has(lower) ? ` (conditions are case-sensitive: did you mean "${lower}"?)` : '';
+      const hint = KNOWN.has(lower) ? `; conditions are case-sensitive: did you mean "${lower}"?` : '';
       problems.push({
         field,
-        message: `unknown retry condition "${p}"${hint}; Envoy would silently ignore it. Known: ${[...KNOWN].join(', ')}, or HTTP status codes`,
+        message: `unknown retryOn condition "${p}" (Envoy would silently ignore it${hint}); known: ${RETRY_ON_CONDITIONS.join(', ')}, or an HTTP status code`,
       });
     } else if (!tokens.includes(p)) tokens.push(p);
   });

@@ -1,22 +1,42 @@
 /**
- * The folder source: every .yaml/.yml/.json file of a directory (recursively), watched. A change is picked up
- * within a second (debounced). A file that fails keeps its last good objects; everything else goes on.
+ * The folder source: every .yaml/.yml/.json file of a directory (recursively), watched. A change is applied
+ * 200 ms after the last one, and at least once a second while changes keep coming. Every failure stays with
+ * its file or object: a file that cannot be read or parsed (syntax, an alias bomb, too big, a symlink loop,
+ * no permission) or an unreadable directory is one error naming it, listed in /debug/mesh and /metrics, and
+ * keeps its last good objects; every other file's edits keep applying. Nothing here can throw out of a timer
+ * or watcher, and large trees are read without blocking the event loop for long.
  */
-import { readdirSync, readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { MeshConfig, MeshState } from '../model/mesh.js';
-import { convertObjects, emptyObjects, meshStateOf, parseManifestText, type Located, type ManifestError, type MeshObjects } from './manifests.js';
+import { convertObjects, emptyObjects, meshStateOf, objectLabel, parseManifestText, type Located, type ManifestError, type MeshObjects } from './manifests.js';
 import type { RetrySchemaCheck } from './crd.js';
 
 const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
+/** Files larger than this are not read (an error says so): a YAML document costs many times its size to parse. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+const DEBOUNCE_MS = 200;
+/** A steady stream of edits is still applied at least this often. */
+const MAX_WAIT_MS = 1000;
+/** Work done between two yields to the event loop while reading a folder. */
+const SLICE_MS = 20;
+
+/** One object a file defines, converted, with where it is written. */
+interface GoodObject {
+  objects: MeshObjects;
+  label: string;
+  doc?: number;
+  line?: number;
+}
 
 interface FileState {
-  /** Last good objects of this file, by kind/namespace/name, as model data. */
-  good: Map<string, MeshObjects>;
+  /** Last good objects of this file, by kind/namespace/name. */
+  good: Map<string, GoodObject>;
   errors: ManifestError[];
-  mtimeMs: number;
-  size: number;
+  /** `mtime:size` of what was read, or `error:CODE` for a file that could not be: unchanged means no re-read. */
+  signature: string;
 }
 
 export interface FileSourceOptions {
@@ -34,51 +54,76 @@ function objectKey(o: Located['object'], defaultNs: string): string {
   return `${o.kind}/${o.metadata?.namespace ?? defaultNs}/${o.metadata?.name}`;
 }
 
-export function listManifestFiles(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string): void => {
-    for (const entry of readdirSync(d, { withFileTypes: true })) {
+const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** What a filesystem error says, for a person: the code and the message. */
+function fsError(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  return err.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(err?.message ?? e);
+}
+
+/**
+ * The manifest files under `dir` (sorted), the directories walked, and an error per directory that cannot be
+ * read. Symlinks to files are followed when read; symlinks to directories are not walked (no loops).
+ */
+export async function listManifestFiles(dir: string): Promise<{ files: string[]; dirs: string[]; errors: ManifestError[] }> {
+  const files: string[] = [];
+  const dirs: string[] = [];
+  const errors: ManifestError[] = [];
+  const walk = async (d: string): Promise<void> => {
+    let entries;
+    try {
+      entries = await readdir(d, { withFileTypes: true });
+    } catch (e) {
+      errors.push({ file: path.relative(dir, d) || '.', message: `cannot read directory: ${fsError(e)}; its files are kept as last read` });
+      return;
+    }
+    dirs.push(d);
+    for (const entry of entries) {
       if (entry.name.startsWith('.')) continue;
       const p = path.join(d, entry.name);
-      if (entry.isDirectory()) walk(p);
-      else if (EXTENSIONS.has(path.extname(entry.name).toLowerCase())) out.push(p);
+      if (entry.isDirectory()) await walk(p);
+      else if (EXTENSIONS.has(path.extname(entry.name).toLowerCase())) files.push(p);
     }
   };
-  walk(dir);
-  return out.sort();
+  await walk(dir);
+  return { files: files.sort(), dirs, errors };
 }
 
 /**
  * Reads one file's text into good objects and errors. Objects that fail keep their last good version (if
- * the file had one); a file that does not parse keeps all its last good objects.
+ * the file had one); a file that does not parse keeps all its last good objects. Errors carry the line of the
+ * field at fault where there is one.
  */
 export function loadFileText(
   text: string,
   file: string,
-  previous: Map<string, MeshObjects> | undefined,
+  previous: Map<string, GoodObject> | undefined,
   retrySchema?: RetrySchemaCheck,
-): { good: Map<string, MeshObjects>; errors: ManifestError[]; skipped: string[] } {
+): { good: Map<string, GoodObject>; errors: ManifestError[]; skipped: string[]; located: Located[] } {
   const parsed = parseManifestText(text, file);
-  if (parsed.errors.length) return { good: previous ?? new Map(), errors: parsed.errors, skipped: [] };
-  const good = new Map<string, MeshObjects>();
+  if (parsed.errors.length) return { good: previous ?? new Map(), errors: parsed.errors, skipped: [], located: parsed.objects };
+  const good = new Map<string, GoodObject>();
   const errors: ManifestError[] = [];
   const skipped: string[] = [];
   for (const located of parsed.objects) {
-    const key = objectKey(located.object, 'default');
-    const label = `${located.object.kind} ${located.object.metadata?.namespace ?? 'default'}/${located.object.metadata?.name}`;
+    const { object, origin } = located;
+    const key = objectKey(object, 'default');
+    const label = objectLabel(object);
     const fail = (errs: ManifestError[]): void => {
       errors.push(...errs);
       const last = previous?.get(key);
       if (last) good.set(key, last);
     };
     if (good.has(key)) {
-      fail([{ file, doc: located.origin.doc, line: located.origin.line, object: label, message: `defined twice in ${file}; the first definition is used` }]);
+      const first = good.get(key)!;
+      fail([{ file, doc: origin.doc, line: origin.line, object: label, message: `is defined twice in ${file} (first at line ${first.line}, which is used); this definition is ignored` }]);
       continue;
     }
-    if (located.object.kind === 'Retry' && retrySchema) {
-      const problems = retrySchema(located.object);
+    if (object.kind === 'Retry' && retrySchema) {
+      const problems = retrySchema(object);
       if (problems.length) {
-        fail(problems.map((p) => ({ file, doc: located.origin.doc, line: located.origin.line, object: label, field: p.field, message: `${p.message} (Retry CRD schema)` })));
+        fail(problems.map((p) => ({ file, doc: origin.doc, line: located.lineOf?.(p.field) ?? origin.line, object: label, field: p.field, message: `${p.message} (Retry CRD schema)` })));
         continue;
       }
     }
@@ -88,115 +133,227 @@ export function loadFileText(
       continue;
     }
     if (converted.skipped.length) {
-      skipped.push(`${file}: document ${located.origin.doc} (line ${located.origin.line}): kind ${located.object.kind} is not used by mesh-xds; skipped`);
+      skipped.push(`${file}: document ${origin.doc} (line ${origin.line}): kind ${object.kind} is not used by mesh-xds; skipped`);
       continue;
     }
-    good.set(key, converted.objects);
+    good.set(key, { objects: converted.objects, label, doc: origin.doc, line: origin.line });
   }
-  return { good, errors, skipped };
+  return { good, errors, skipped, located: parsed.objects };
 }
 
 export class FileSource {
   private readonly files = new Map<string, FileState>();
-  private watcher?: FSWatcher;
+  private readonly watchers = new Map<string, FSWatcher>();
+  private dirErrors: ManifestError[] = [];
+  /** Objects defined in more than one file: the first file in path order wins, the others are errors. */
+  private duplicateErrors: ManifestError[] = [];
   private timer?: NodeJS.Timeout;
+  private firstPending?: number;
   private poller?: NodeJS.Timeout;
+  private running = false;
+  private again = false;
+  private polling = false;
+  private stopped = false;
   private lastObjects?: MeshObjects;
   synced = false;
 
   constructor(private readonly opts: FileSourceOptions) {}
 
-  /** Every current error, for the debug endpoint and `validate`. */
+  /** Every current error, for the debug endpoint, metrics and `validate`. */
   get errors(): ManifestError[] {
-    return [...this.files.values()].flatMap((f) => f.errors);
+    return [...this.dirErrors, ...[...this.files.values()].flatMap((f) => f.errors), ...this.duplicateErrors];
   }
 
   /** Loads the folder once and starts watching it. */
-  start(): MeshState {
+  async start(): Promise<MeshState> {
     const dir = this.opts.dir;
-    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`--manifests ${dir}: not a directory`);
-    const state = this.reload();
+    const st = await stat(dir).catch(() => undefined);
+    if (!st?.isDirectory()) throw new Error(`--manifests ${dir}: not a directory`);
+    const state = await this.reload();
     this.synced = true;
-    try {
-      this.watcher = watch(dir, { recursive: true }, () => this.schedule());
-      this.watcher.on('error', (err) => this.opts.log.warn({ err: err.message }, 'watch error; falling back to polling'));
-    } catch (err) {
-      this.opts.log.warn({ err: (err as Error).message }, 'cannot watch the folder; polling it every second');
-    }
     // fs.watch misses events on some file systems (network mounts, editors that rename): poll as a safety net.
-    this.poller = setInterval(() => this.pollChanges(), 1000);
+    this.poller = setInterval(() => void this.pollChanges(), 1000);
     this.poller.unref();
     return state;
   }
 
   stop(): void {
-    this.watcher?.close();
+    this.stopped = true;
+    for (const w of this.watchers.values()) w.close();
+    this.watchers.clear();
     if (this.timer) clearTimeout(this.timer);
     if (this.poller) clearInterval(this.poller);
   }
 
-  private schedule(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      try {
-        this.opts.onChange(this.reload());
-      } catch (err) {
-        this.opts.log.error({ err: (err as Error).message }, 'reloading the manifests folder failed; keeping the last mesh');
+  /** One non-recursive watcher per directory (Node 20's recursive watch on Linux walks and blocks on big trees). */
+  private syncWatchers(dirs: string[]): void {
+    const wanted = new Set(dirs);
+    for (const [d, w] of this.watchers) {
+      if (!wanted.has(d)) {
+        w.close();
+        this.watchers.delete(d);
       }
-    }, this.opts.debounceMs ?? 200);
+    }
+    for (const d of dirs) {
+      if (this.watchers.has(d) || this.stopped) continue;
+      try {
+        const w = watch(d, () => this.schedule());
+        w.on('error', (err) => {
+          this.opts.log.warn({ dir: d, err: err.message }, 'watch error; polling this directory every second');
+          w.close();
+          this.watchers.delete(d);
+        });
+        this.watchers.set(d, w);
+      } catch (err) {
+        this.opts.log.warn({ dir: d, err: (err as Error).message }, 'cannot watch directory; polling it every second');
+      }
+    }
   }
 
-  private pollChanges(): void {
-    let files: string[];
-    try {
-      files = listManifestFiles(this.opts.dir);
-    } catch {
+  /** Applies changes 200 ms after the last one, but never later than a second after the first. */
+  private schedule(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    this.firstPending ??= now;
+    if (this.timer) clearTimeout(this.timer);
+    const wait = Math.max(0, Math.min(this.opts.debounceMs ?? DEBOUNCE_MS, this.firstPending + MAX_WAIT_MS - now));
+    this.timer = setTimeout(() => void this.apply(), wait);
+  }
+
+  private async apply(): Promise<void> {
+    this.timer = undefined;
+    this.firstPending = undefined;
+    if (this.running) {
+      this.again = true;
       return;
     }
-    const changed =
-      files.length !== this.files.size ||
-      files.some((f) => {
-        const st = statSync(f, { throwIfNoEntry: false });
-        const known = this.files.get(f);
-        return !known || !st || st.mtimeMs !== known.mtimeMs || st.size !== known.size;
-      });
-    if (changed && !this.timer) this.schedule();
+    this.running = true;
+    try {
+      const state = await this.reload();
+      if (!this.stopped) this.opts.onChange(state);
+    } catch (err) {
+      this.opts.log.error({ err: (err as Error).message }, 'reloading the manifests folder failed; keeping the last mesh');
+    } finally {
+      this.running = false;
+      if (this.again) {
+        this.again = false;
+        this.schedule();
+      }
+    }
   }
 
-  /** Re-reads changed files and assembles the mesh. */
-  private reload(): MeshState {
-    const log = this.opts.log;
-    const files = listManifestFiles(this.opts.dir);
-    for (const gone of [...this.files.keys()].filter((f) => !files.includes(f))) {
-      this.files.delete(gone);
-      log.info({ file: gone }, 'manifest file removed');
+  /** What stat says of a file, as compared between reads. */
+  private static async signature(file: string): Promise<{ sig: string; size?: number; error?: string }> {
+    try {
+      const st = await stat(file);
+      if (!st.isFile()) return { sig: 'error:not-a-file', error: 'not a regular file' };
+      return { sig: `${st.mtimeMs}:${st.size}`, size: st.size };
+    } catch (e) {
+      return { sig: `error:${(e as NodeJS.ErrnoException).code ?? 'unknown'}`, error: `cannot read: ${fsError(e)}` };
     }
+  }
+
+  private async pollChanges(): Promise<void> {
+    if (this.polling || this.running || this.timer || this.stopped) return;
+    this.polling = true;
+    try {
+      const { files, errors } = await listManifestFiles(this.opts.dir);
+      let changed = JSON.stringify(errors) !== JSON.stringify(this.dirErrors) || this.gone(files, errors).length > 0;
+      for (const f of files) {
+        if (changed) break;
+        const known = this.files.get(f);
+        changed = !known || (await FileSource.signature(f)).sig !== known.signature;
+      }
+      if (changed) this.schedule();
+    } catch (err) {
+      this.opts.log.warn({ err: (err as Error).message }, 'polling the manifests folder failed');
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  /** Known files no longer listed; a file in a directory that could not be read is not gone (it keeps its objects). */
+  private gone(listed: string[], dirErrors: ManifestError[]): string[] {
+    const present = new Set(listed);
+    const unreadable = dirErrors.map((e) => path.join(this.opts.dir, e.file) + path.sep);
+    return [...this.files.keys()].filter((f) => !present.has(f) && !unreadable.some((d) => f.startsWith(d)));
+  }
+
+  /** Re-reads what changed and assembles the mesh, yielding to the event loop as it goes. */
+  private async reload(): Promise<MeshState> {
+    const log = this.opts.log;
+    const { files, dirs, errors: dirErrors } = await listManifestFiles(this.opts.dir);
+    for (const e of dirErrors) if (!this.dirErrors.some((x) => x.file === e.file && x.message === e.message)) log.error({ file: e.file }, e.message);
+    this.dirErrors = dirErrors;
+    this.syncWatchers(dirs);
+    for (const gone of this.gone(files, dirErrors)) {
+      this.files.delete(gone);
+      log.info({ file: path.relative(this.opts.dir, gone) }, 'manifest file removed');
+    }
+    let slice = performance.now();
     for (const file of files) {
-      const st = statSync(file, { throwIfNoEntry: false });
-      if (!st) continue;
+      if (performance.now() - slice > SLICE_MS) {
+        await yieldToEventLoop();
+        slice = performance.now();
+      }
       const known = this.files.get(file);
-      if (known && known.mtimeMs === st.mtimeMs && known.size === st.size) continue;
+      const { sig, size, error } = await FileSource.signature(file);
+      if (known?.signature === sig) continue;
       const rel = path.relative(this.opts.dir, file) || file;
+      const keep = (message: string): void => {
+        this.files.set(file, { good: known?.good ?? new Map(), errors: [{ file: rel, message }], signature: sig });
+        log.error({ file: rel }, message);
+      };
+      if (error) {
+        keep(`${error}; its last good objects are kept`);
+        continue;
+      }
+      if (size! > MAX_MANIFEST_BYTES) {
+        keep(`is ${size} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest file; not read, its last good objects are kept`);
+        continue;
+      }
       let text: string;
       try {
-        text = readFileSync(file, 'utf8');
-      } catch (err) {
-        log.warn({ file: rel, err: (err as Error).message }, 'cannot read manifest file; keeping its last good objects');
+        text = await readFile(file, 'utf8');
+      } catch (e) {
+        keep(`cannot read: ${fsError(e)}; its last good objects are kept`);
         continue;
       }
       const { good, errors, skipped } = loadFileText(text, rel, known?.good, this.opts.retrySchema);
-      this.files.set(file, { good, errors, mtimeMs: st.mtimeMs, size: st.size });
+      this.files.set(file, { good, errors, signature: sig });
       for (const s of skipped) log.info(s);
       for (const e of errors) log.error({ file: e.file, doc: e.doc, line: e.line, object: e.object, field: e.field }, e.message);
     }
+    return meshStateOf(this.stable(this.assemble()), this.opts.meshName, this.opts.overrides);
+  }
+
+  /** Every file's good objects, in path order; an object a previous file already defines is an error. */
+  private assemble(): MeshObjects {
     const objects = emptyObjects();
-    for (const f of this.files.values()) {
-      for (const model of f.good.values()) {
-        for (const k of Object.keys(objects) as (keyof MeshObjects)[]) (objects[k] as unknown[]).push(...model[k]);
+    const owner = new Map<string, { file: string; line?: number }>();
+    const duplicates: ManifestError[] = [];
+    for (const file of [...this.files.keys()].sort()) {
+      const rel = path.relative(this.opts.dir, file) || file;
+      for (const [key, g] of this.files.get(file)!.good) {
+        const first = owner.get(key);
+        if (first) {
+          duplicates.push({
+            file: rel,
+            doc: g.doc,
+            line: g.line,
+            object: g.label,
+            message: `is also defined in ${first.file}${first.line ? `:${first.line}` : ''}, which is used (the first file in path order wins); this definition is ignored`,
+          });
+          continue;
+        }
+        owner.set(key, { file: rel, line: g.line });
+        for (const k of Object.keys(objects) as (keyof MeshObjects)[]) (objects[k] as unknown[]).push(...g.objects[k]);
       }
     }
-    return meshStateOf(this.stable(objects), this.opts.meshName, this.opts.overrides);
+    const before = new Set(this.duplicateErrors.map((e) => JSON.stringify(e)));
+    for (const e of duplicates) if (!before.has(JSON.stringify(e))) this.opts.log.error({ file: e.file, line: e.line, object: e.object }, e.message);
+    this.duplicateErrors = duplicates;
+    return objects;
   }
 
   /** Keeps the previous array of a kind when its content did not change, so the pipeline can skip work. */

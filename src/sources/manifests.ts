@@ -2,7 +2,7 @@
  * Kubernetes objects (as `kubectl apply` takes them) -> the mesh model. Parsing of YAML/JSON text lives here
  * too, so the folder source and the `validate` command read manifests the same way. Pure: no file I/O.
  */
-import { LineCounter, parseAllDocuments } from 'yaml';
+import { LineCounter, isMap, isSeq, parseAllDocuments, type Document, type Node as YamlNode } from 'yaml';
 import {
   DEFAULT_MESH_CONFIG,
   type EndpointSlice,
@@ -28,7 +28,62 @@ export interface KubeObject {
 export interface Located {
   readonly object: KubeObject;
   readonly origin: Origin;
+  /** The line of a field of the object (`spec.ports[0].port`), or of its nearest ancestor written in the file. */
+  readonly lineOf?: (field: string) => number | undefined;
+  /** The lines of every field under `field` (`spec` -> {'spec.retryPolicy.retryOn': 17, ...}). */
+  readonly linesUnder?: (field: string) => Record<string, number>;
 }
+
+/** `spec.destinations[0].kind` -> ['spec', 'destinations', 0, 'kind']. */
+export function fieldPath(field: string): (string | number)[] {
+  return field
+    .split(/\.|(?=\[)/)
+    .filter(Boolean)
+    .map((s) => (/^\[\d+\]$/.test(s) ? Number(s.slice(1, -1)) : s));
+}
+
+/** The YAML node of a value, walking map keys and sequence indexes; the lines of the keys on the way. */
+function walk(root: unknown, path: readonly (string | number)[], line: (offset: number) => number, onKey?: (path: string, line: number) => void, prefix = ''): number | undefined {
+  let node = root as YamlNode | null | undefined;
+  let best: number | undefined;
+  for (const seg of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => (p.key as any)?.value === seg);
+      if (!pair) return best;
+      const at = (pair.key as any)?.range?.[0];
+      if (at !== undefined) best = line(at);
+      node = pair.value as YamlNode;
+    } else if (isSeq(node) && typeof seg === 'number') {
+      const item = node.items[seg] as YamlNode | undefined;
+      if (!item) return best;
+      if (item.range) best = line(item.range[0]);
+      node = item;
+    } else return best;
+  }
+  if (onKey) collect(node, line, onKey, prefix);
+  return best;
+}
+
+/** Every field path under a node with the line of its key (`spec.retryPolicy.retryOn` -> 17). */
+function collect(node: unknown, line: (offset: number) => number, out: (path: string, line: number) => void, prefix: string): void {
+  if (isMap(node)) {
+    for (const p of node.items) {
+      const key = (p.key as any)?.value;
+      const at = (p.key as any)?.range?.[0];
+      if (key === undefined || at === undefined) continue;
+      const path = prefix ? `${prefix}.${key}` : String(key);
+      out(path, line(at));
+      collect(p.value, line, out, path);
+    }
+  } else if (isSeq(node)) {
+    node.items.forEach((item: any, i) => {
+      const path = `${prefix}[${i}]`;
+      if (item?.range) out(path, line(item.range[0]));
+      collect(item, line, out, path);
+    });
+  }
+}
+
 
 export interface ManifestError {
   readonly file: string;
@@ -39,33 +94,64 @@ export interface ManifestError {
   readonly message: string;
 }
 
-/** Parses multi-document YAML (or JSON, a subset) into objects with file, document index and line. */
+/** YAML aliases a document may expand (the yaml library's own default): more is an alias bomb. */
+const MAX_ALIAS_COUNT = 100;
+
+/**
+ * Parses multi-document YAML (or JSON, a subset) into objects with file, document index and line. Never
+ * throws: a document that cannot be read (syntax, an alias bomb, nesting too deep) is an error with its line.
+ */
 export function parseManifestText(text: string, file: string): { objects: Located[]; errors: ManifestError[] } {
   const lineCounter = new LineCounter();
-  const docs = parseAllDocuments(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   const objects: Located[] = [];
   const errors: ManifestError[] = [];
-  const list = Array.isArray(docs) ? docs : [docs];
+  let list: Document.Parsed[];
+  try {
+    const docs = parseAllDocuments(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
+    list = Array.isArray(docs) ? docs : [docs];
+  } catch (e) {
+    return { objects, errors: [{ file, message: `cannot parse: ${(e as Error).message}` }] };
+  }
+  const lineAt = (offset: number): number => lineCounter.linePos(offset).line;
   list.forEach((doc, i) => {
     const start = doc.contents?.range?.[0] ?? doc.range?.[0];
-    const line = start !== undefined ? lineCounter.linePos(start).line : undefined;
+    const line = start !== undefined ? lineAt(start) : undefined;
     if (doc.errors.length) {
       for (const e of doc.errors) {
         errors.push({ file, doc: i, line: e.linePos?.[0]?.line ?? line, message: e.message.split('\n')[0] });
       }
       return;
     }
-    const value = doc.toJS();
+    let value: any;
+    try {
+      value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    } catch (e) {
+      const bomb = /alias/i.test((e as Error).message);
+      errors.push({ file, doc: i, line, message: bomb ? `YAML aliases expand too far (more than ${MAX_ALIAS_COUNT}): ${(e as Error).message}` : `cannot read the document: ${(e as Error).message}` });
+      return;
+    }
     if (value === null || value === undefined) return;
     // A `kind: List` (kubectl get -o yaml) holds items.
-    const items: unknown[] = value?.kind === 'List' && Array.isArray(value.items) ? value.items : [value];
-    for (const item of items) {
+    const isList = value?.kind === 'List' && Array.isArray(value.items);
+    const items: unknown[] = isList ? value.items : [value];
+    items.forEach((item, j) => {
+      const base = isList ? ['items', j] : [];
+      const itemLine = isList ? (walk(doc.contents, base, lineAt) ?? line) : line;
       if (typeof item !== 'object' || item === null || Array.isArray(item)) {
-        errors.push({ file, doc: i, line, message: 'a document must be a Kubernetes object (a mapping with apiVersion and kind)' });
-        continue;
+        errors.push({ file, doc: i, line: itemLine, message: 'a document must be a Kubernetes object (a mapping with apiVersion and kind)' });
+        return;
       }
-      objects.push({ object: item as KubeObject, origin: { file, doc: i, line } });
-    }
+      objects.push({
+        object: item as KubeObject,
+        origin: { file, doc: i, line: itemLine },
+        lineOf: (field) => walk(doc.contents, [...base, ...fieldPath(field)], lineAt) ?? itemLine,
+        linesUnder: (field) => {
+          const out: Record<string, number> = {};
+          walk(doc.contents, [...base, ...fieldPath(field)], lineAt, (p, l) => (out[p] = l), field);
+          return out;
+        },
+      });
+    });
   });
   return { objects, errors };
 }
@@ -116,6 +202,11 @@ function num(v: unknown, field: string): number {
 function labelsOf(o: KubeObject): Record<string, string> {
   const l = o.metadata?.labels;
   return l && typeof l === 'object' ? Object.fromEntries(Object.entries(l).map(([k, v]) => [k, String(v)])) : {};
+}
+
+/** How messages name an object: `Kind namespace/name` (`Kind name` when it sets no namespace). */
+export function objectLabel(o: KubeObject): string {
+  return `${o.kind || '(no kind)'} ${o.metadata?.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata?.name ?? '(no name)'}`;
 }
 
 /** Namespace of a namespaced object: its own, or the default one (as `kubectl apply -n`). */
@@ -225,14 +316,15 @@ export interface ConvertResult {
 }
 
 /** Kubernetes objects -> model objects. A bad object is reported and left out; the rest goes on. */
-export function convertObjects(located: readonly Located[], defaultNamespace = 'default'): ConvertResult {
+export function convertObjects(locatedObjects: readonly Located[], defaultNamespace = 'default'): ConvertResult {
   const objects = emptyObjects();
   const errors: ManifestError[] = [];
   const skipped: ConvertResult['skipped'] = [];
-  for (const { object: o, origin } of located) {
+  for (const located of locatedObjects) {
+    const { object: o, origin } = located;
     const kind = o.kind ?? '';
     const ns = nsOf(o, defaultNamespace);
-    const label = `${kind || '(no kind)'} ${o.metadata?.namespace ? `${ns}/` : ''}${o.metadata?.name ?? '(no name)'}`;
+    const label = objectLabel(o);
     try {
       if (!o.kind) throw new ObjectError('kind', 'is required');
       if (!o.apiVersion) throw new ObjectError('apiVersion', 'is required');
@@ -277,7 +369,8 @@ export function convertObjects(located: readonly Located[], defaultNamespace = '
             generation: o.metadata?.generation,
             uid: o.metadata?.uid,
             spec: o.spec,
-            origin,
+            // Where each field was written, so the policy's status can point at the bad field's own line.
+            origin: { ...origin, ...(located.linesUnder ? { fieldLines: located.linesUnder('spec') } : {}) },
           });
           break;
         case 'MeshConfig':
@@ -287,7 +380,7 @@ export function convertObjects(located: readonly Located[], defaultNamespace = '
       }
     } catch (e) {
       if (!(e instanceof ObjectError)) throw e;
-      errors.push({ file: origin.file ?? '', doc: origin.doc, line: origin.line, object: label, field: e.field, message: e.message });
+      errors.push({ file: origin.file ?? '', doc: origin.doc, line: located.lineOf?.(e.field) ?? origin.line, object: label, field: e.field, message: e.message });
     }
   }
   return { objects, errors, skipped };

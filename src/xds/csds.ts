@@ -3,6 +3,7 @@
  * resources it was sent with their versions and client status, for standard xDS tooling.
  */
 import * as grpc from '@grpc/grpc-js';
+import { RE2JS } from 're2js';
 import type { SnapshotCache } from './cache.js';
 import { envoyRoot } from './protos.js';
 import { syncState, type ProxyConnection, type ProxyRegistry } from './status.js';
@@ -42,14 +43,57 @@ export const CSDS_SERVICE: grpc.ServiceDefinition = {
   },
 };
 
-function matchString(m: any, value: string): boolean {
-  if (!m) return true;
-  if (m.exact !== undefined) return value === m.exact;
-  if (m.prefix !== undefined) return value.startsWith(m.prefix);
-  if (m.suffix !== undefined) return value.endsWith(m.suffix);
-  if (m.contains !== undefined) return value.includes(m.contains);
-  if (m.safe_regex?.regex !== undefined) return new RegExp(`^(?:${m.safe_regex.regex})$`).test(value);
-  return true;
+/** Bounds on what a CSDS request may ask the server to evaluate. */
+export const CSDS_LIMITS = { matchers: 64, regexLength: 1024 } as const;
+
+/** A request the server refuses (the status says why); nothing a client sends can throw out of a handler. */
+export class CsdsRequestError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const invalid = (message: string): CsdsRequestError => new CsdsRequestError(grpc.status.INVALID_ARGUMENT, message);
+
+/**
+ * An `envoy.type.matcher.v3.StringMatcher` as a predicate. `safe_regex` is RE2, as in Envoy: compiled once per
+ * request with a linear-time engine (re2js), so no pattern can make matching slow; a pattern that does not
+ * compile is INVALID_ARGUMENT.
+ */
+function stringMatcher(m: any, field: string): (value: string) => boolean {
+  if (!m) return () => true;
+  const fold = m.ignore_case ? (v: string) => v.toLowerCase() : (v: string) => v;
+  const want = (v: string) => fold(String(v));
+  if (m.exact !== undefined) return (v) => fold(v) === want(m.exact);
+  if (m.prefix !== undefined) return (v) => fold(v).startsWith(want(m.prefix));
+  if (m.suffix !== undefined) return (v) => fold(v).endsWith(want(m.suffix));
+  if (m.contains !== undefined) return (v) => fold(v).includes(want(m.contains));
+  if (m.safe_regex !== undefined) {
+    const regex = String(m.safe_regex.regex ?? '');
+    if (regex.length > CSDS_LIMITS.regexLength) throw invalid(`${field}.safe_regex.regex is ${regex.length} characters; at most ${CSDS_LIMITS.regexLength}`);
+    let re: RE2JS;
+    try {
+      re = RE2JS.compile(regex);
+    } catch (e) {
+      throw invalid(`${field}.safe_regex.regex: ${(e as Error).message}`);
+    }
+    return (v) => re.matches(v);
+  }
+  throw invalid(`${field}: no supported match (exact, prefix, suffix, contains or safe_regex)`);
+}
+
+/** The request's node matchers as one predicate on node ids. */
+function nodeFilter(request: any): (nodeId: string) => boolean {
+  const matchers: any[] = request?.node_matchers ?? [];
+  if (matchers.length > CSDS_LIMITS.matchers) throw invalid(`${matchers.length} node_matchers; at most ${CSDS_LIMITS.matchers}`);
+  const tests = matchers.map((m, i) => {
+    if (m.node_metadatas?.length) throw invalid(`node_matchers[${i}].node_metadatas is not supported; match on node_id`);
+    return stringMatcher(m.node_id, `node_matchers[${i}].node_id`);
+  });
+  return (id) => tests.length === 0 || tests.some((t) => t(id));
 }
 
 function timestamp(d: Date | undefined): object | undefined {
@@ -87,19 +131,47 @@ function clientConfig(c: ProxyConnection, cache: SnapshotCache, withContents: bo
   return { node: { id: c.identity.nodeId, user_agent_name: c.identity.userAgent, metadata }, generic_xds_configs: generic };
 }
 
+/** The answer to one ClientStatusRequest; throws CsdsRequestError for a request it refuses. */
 export function clientStatus(request: any, registry: ProxyRegistry, cache: SnapshotCache): object {
-  const matchers: any[] = request?.node_matchers ?? [];
+  const matches = nodeFilter(request);
   const conns = [...registry.connections]
-    .filter((c) => matchers.length === 0 || matchers.some((m) => matchString(m.node_id, c.identity.nodeId)))
+    .filter((c) => matches(c.identity.nodeId))
     .sort((a, b) => (a.identity.nodeId < b.identity.nodeId ? -1 : a.identity.nodeId > b.identity.nodeId ? 1 : a.id - b.id));
   return { config: conns.map((c) => clientConfig(c, cache, !request?.exclude_resource_contents)) };
 }
 
-export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache): grpc.UntypedServiceImplementation {
+/** An error as the gRPC status to end the call with: the request's own fault, or INTERNAL (never a throw). */
+function statusOf(e: unknown): grpc.StatusObject {
+  if (e instanceof CsdsRequestError) return { code: e.code, details: e.message, metadata: new grpc.Metadata() };
+  return { code: grpc.status.INTERNAL, details: `CSDS failed: ${(e as Error)?.message ?? e}`, metadata: new grpc.Metadata() };
+}
+
+export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void): grpc.UntypedServiceImplementation {
+  const answer = (request: any): { ok: object } | { error: grpc.StatusObject } => {
+    try {
+      return { ok: clientStatus(request, registry, cache) };
+    } catch (e) {
+      onRefused?.(e instanceof CsdsRequestError ? 'csds_invalid_request' : 'csds_internal');
+      return { error: statusOf(e) };
+    }
+  };
   return {
-    FetchClientStatus: (call: grpc.ServerUnaryCall<any, object>, cb: grpc.sendUnaryData<object>) => cb(null, clientStatus(call.request, registry, cache)),
+    FetchClientStatus: (call: grpc.ServerUnaryCall<any, object>, cb: grpc.sendUnaryData<object>) => {
+      const r = answer(call.request);
+      if ('ok' in r) cb(null, r.ok);
+      else cb(r.error);
+    },
     StreamClientStatus: (call: grpc.ServerDuplexStream<any, object>) => {
-      call.on('data', (r) => call.write(clientStatus(r, registry, cache)));
+      let done = false;
+      call.on('data', (request) => {
+        if (done) return;
+        const r = answer(request);
+        if ('ok' in r) call.write(r.ok);
+        else {
+          done = true;
+          call.emit('error', r.error);
+        }
+      });
       call.on('end', () => call.end());
       call.on('error', () => call.end());
     },

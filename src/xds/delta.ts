@@ -31,14 +31,19 @@ export class DeltaStream extends AdsStream<DeltaState> {
   }
 
   protected newState(): DeltaState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), subRev: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), subRev: 0, heldNames: 0, heldBytes: 0 };
+  }
+
+  protected nameSets(st: DeltaState): Iterable<Iterable<string>> {
+    return [st.names, st.known.keys(), st.absent];
   }
 
   protected apply(type: ResourceType, st: DeltaState, req: any, status: TypeStatus): void {
     const subscribe: string[] = req.resource_names_subscribe ?? [];
     const unsubscribe: string[] = req.resource_names_unsubscribe ?? [];
     if (!st.seen) {
-      for (const [name, version] of Object.entries(req.initial_resource_versions ?? {})) st.known.set(name, String(version));
+      // A version longer than any we hand out cannot be one of ours: the client has nothing we know of.
+      for (const [name, version] of Object.entries(req.initial_resource_versions ?? {})) if (String(version).length <= 64) st.known.set(name, String(version));
       if (subscribe.length === 0) st.wildcard = true;
     }
     for (const n of subscribe) {
@@ -58,6 +63,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
         if (!st.wildcard) st.known.delete(n);
       }
     }
+    // The names held changed: the stream recounts them against its bounds.
     if (subscribe.length || unsubscribe.length || !st.seen) st.subRev++;
     // Subscriptions always apply; ACK/NACK only for the latest response of this type.
     const nonce: string = req.response_nonce ?? '';

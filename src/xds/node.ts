@@ -1,4 +1,5 @@
 /** Who is on the other end of a stream: read from the xDS `node` of its first request. */
+import { LIMITS, clip } from './limits.js';
 
 export type ProxyKind = 'sidecar' | 'proxyless';
 
@@ -29,25 +30,27 @@ export function identityFromNode(node: any): ProxyIdentity {
   if (!node) throw new IdentityError('the first request on a stream must carry a node');
   const nodeId: string = node.id ?? '';
   if (!nodeId) throw new IdentityError('node.id is empty');
+  if (nodeId.length > LIMITS.nodeIdLength) throw new IdentityError(`node.id is ${nodeId.length} characters; at most ${LIMITS.nodeIdLength}: ${clip(nodeId, 64)}`);
   const namespace = structString(node.metadata, 'namespace');
   const serviceAccount = structString(node.metadata, 'serviceAccount');
   const missing = [!namespace && 'namespace', !serviceAccount && 'serviceAccount'].filter(Boolean);
   if (missing.length) {
     throw new IdentityError(
-      `node "${nodeId}" lacks string node.metadata.${missing.join(' and node.metadata.')} (the proxy's Kubernetes namespace and service account)`,
+      `node "${clip(nodeId)}" lacks string node.metadata.${missing.join(' and node.metadata.')} (the proxy's Kubernetes namespace and service account)`,
     );
   }
   for (const [field, value] of [['namespace', namespace!], ['serviceAccount', serviceAccount!]] as const) {
     if (value.length > 253 || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(value) || (field === 'namespace' && !DNS_LABEL.test(value))) {
-      throw new IdentityError(`node "${nodeId}": node.metadata.${field} "${value}" is not a valid Kubernetes name`);
+      throw new IdentityError(`node "${clip(nodeId)}": node.metadata.${field} "${clip(value, 64)}" is not a valid Kubernetes name`);
     }
   }
-  const userAgent: string = node.user_agent_name ?? '';
+  const userAgent: string = clip(node.user_agent_name ?? '', 64);
+  const podName = structString(node.metadata, 'podName');
   return {
     nodeId,
     namespace: namespace!,
     serviceAccount: serviceAccount!,
-    podName: structString(node.metadata, 'podName'),
+    podName: podName === undefined ? undefined : clip(podName, 253),
     kind: userAgent === 'envoy' ? 'sidecar' : 'proxyless',
     userAgent,
   };

@@ -53,7 +53,11 @@ export interface AdsServerOptions {
 
 export class AdsServer {
   readonly server = new grpc.Server(SERVER_OPTIONS);
-  private readonly streams = new Set<{ close(): void }>();
+  private readonly streams = new Set<SotwStream | DeltaStream>();
+  /** Ends streams whose client stopped reading (LIMITS.unreadSeconds). */
+  private readonly readingCheck = setInterval(() => {
+    for (const s of this.streams) s.checkReading();
+  }, 5_000).unref();
   readonly ctx: StreamContext;
   port = 0;
 
@@ -89,6 +93,7 @@ export class AdsServer {
 
   /** Stops taking streams, ends the open ones, and waits (up to `graceMs`) for them to close. */
   async close(graceMs = 5_000): Promise<void> {
+    clearInterval(this.readingCheck);
     for (const s of [...this.streams]) s.close();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {

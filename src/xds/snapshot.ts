@@ -187,6 +187,26 @@ export class SnapshotError extends Error {
   }
 }
 
+/**
+ * One of Envoy's rules that proto validation does not catch (REFERENCE §7): a route configuration with two
+ * virtual hosts of one name, or one domain in two virtual hosts, is rejected whole. Checked before publishing.
+ */
+export function checkVirtualHosts(route: string, hosts: Iterable<{ readonly name: string; readonly domains: readonly string[] }>): void {
+  const names = new Set<string>();
+  const domains = new Map<string, string>();
+  const problems: string[] = [];
+  for (const h of hosts) {
+    if (names.has(h.name)) problems.push(`RDS ${route}: two virtual hosts named "${h.name}"`);
+    names.add(h.name);
+    for (const d of h.domains) {
+      const other = domains.get(d);
+      if (other !== undefined) problems.push(`RDS ${route}: domain "${d}" is in virtual hosts "${other}" and "${h.name}" (Envoy rejects the route configuration)`);
+      else domains.set(d, h.name);
+    }
+  }
+  if (problems.length) throw new SnapshotError(problems);
+}
+
 export class Snapshot {
   readonly version: string;
   constructor(readonly types: ReadonlyMap<string, TypeSet>) {

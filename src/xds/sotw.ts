@@ -8,6 +8,7 @@ import { versionOf } from './snapshot.js';
 import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
+import { contentHash } from './encode.js';
 import { lenField } from './wire.js';
 
 interface SotwState extends BaseTypeState {
@@ -25,26 +26,17 @@ interface SotwState extends BaseTypeState {
 
 const CONTROL_PLANE = lenField(6, lenField(1, 'mesh-xds'));
 
-/** Short ids for subscription name lists, so streams with the same subscription share work by a short key. */
-const nameLists = new Map<string, string>();
-let lastListId = 0;
-function namesId(joined: string): string {
-  let id = nameLists.get(joined);
-  if (id === undefined) {
-    // Ids are never reused (a stream may hold an old one), so forgetting the table only costs sharing.
-    if (nameLists.size > 100_000) nameLists.clear();
-    nameLists.set(joined, (id = (++lastListId).toString(36)));
-  }
-  return id;
-}
-
 export class SotwStream extends AdsStream<SotwState> {
   constructor(ctx: StreamContext, call: DuplexCall) {
     super(ctx, call, 'sotw', 'envoy.service.discovery.v3.DiscoveryRequest');
   }
 
   protected newState(): SotwState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0, heldNames: 0, heldBytes: 0 };
+  }
+
+  protected nameSets(st: SotwState): Iterable<Iterable<string>> {
+    return [st.names];
   }
 
   protected apply(type: ResourceType, st: SotwState, req: any, status: TypeStatus): void {
@@ -68,7 +60,8 @@ export class SotwStream extends AdsStream<SotwState> {
     if (wildcard !== st.wildcard || set.size !== st.names.size || [...set].some((n) => !st.names.has(n))) {
       st.wildcard = wildcard;
       st.names = set;
-      st.namesKey = namesId([...set].sort().join('\n'));
+      // A fixed-size key under which streams with the same subscription share subset computations.
+      st.namesKey = contentHash([...set].sort().join('\n'));
       st.subRev++;
     }
   }

@@ -41,6 +41,8 @@ export interface XdsEvents {
   pushed?(c: ProxyConnection, typeUrl: string, bytes: number): void;
   acked?(c: ProxyConnection, typeUrl: string, latencyMs: number | undefined): void;
   nacked?(c: ProxyConnection, typeUrl: string, nack: Nack): void;
+  /** A stream or request the server ended because of what the client sent (the reason names the bound). */
+  refused?(reason: string): void;
 }
 
 let nextId = 1;

@@ -6,6 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from './cache.js';
+import { LIMITS, RateLimit, clip } from './limits.js';
 import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from './node.js';
 import { lookupType } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
@@ -74,7 +75,13 @@ export interface BaseTypeState {
   subRev: number;
   /** Inputs of the last decision per mode (holding removals or not), to make an unchanged push O(1). */
   lastKey: { hold?: SyncInputs; free?: SyncInputs };
+  /** Resource names this type's state holds, and their characters (counted when the subscription changes). */
+  heldNames: number;
+  heldBytes: number;
 }
+
+/** Why the server ended a stream: the reason label of `mesh_xds_streams_refused_total`. */
+export type RefusalReason = 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading';
 
 export type DuplexCall = grpc.ServerDuplexStream<Buffer, Buffer>;
 
@@ -86,6 +93,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private unwatch?: () => void;
   private nonceCounter = 0;
   private closed = false;
+  private readonly rate = new RateLimit(LIMITS.requestBurst, LIMITS.requestsPerSecond);
+  /** Bytes written and not yet taken by the client, and when each pending write was made (oldest first). */
+  private queuedBytes = 0;
+  private readonly pendingSince: number[] = [];
 
   private readonly requestType: protobuf.Type;
 
@@ -106,6 +117,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   protected abstract newState(): S;
+  /** The collections of names a type's state holds (subscriptions, known versions...), for the bounds. */
+  protected abstract nameSets(state: S): Iterable<Iterable<string>>;
   /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
   protected abstract apply(type: ResourceType, state: S, req: any, status: TypeStatus): void;
   /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
@@ -124,24 +137,73 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   private onData(buf: Buffer): void {
     if (this.closed) return;
+    try {
+      this.handle(buf);
+    } catch (e) {
+      // Nothing a client sends may throw out of the stream: whatever slipped through ends this stream only.
+      this.ctx.log.error({ node: clip(this.identity?.nodeId ?? ''), err: (e as Error).stack ?? String(e) }, 'request handling failed; stream ended');
+      this.fail(grpc.status.INTERNAL, `the server failed to handle the request: ${(e as Error).message}`, 'bad_request');
+    }
+  }
+
+  private handle(buf: Buffer): void {
+    if (!this.rate.take()) {
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `more than ${LIMITS.requestBurst} requests at once or ${LIMITS.requestsPerSecond} per second on one stream`, 'too_many_requests');
+      return;
+    }
     let req: any;
     try {
       req = this.requestType.decode(buf);
     } catch (e) {
-      this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`);
+      this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
       return;
     }
     if (!this.identity && !this.start(req.node)) return;
     const type = resourceType(req.type_url);
     if (!type) {
-      this.ctx.log.warn({ node: this.identity!.nodeId, typeUrl: req.type_url }, 'request for an unsupported resource type ignored');
+      this.ctx.log.warn({ node: clip(this.identity!.nodeId), typeUrl: clip(String(req.type_url)) }, 'request for an unsupported resource type ignored');
       return;
     }
     let state = this.states.get(type.typeUrl);
     if (!state) this.states.set(type.typeUrl, (state = this.newState()));
+    const subRev = state.subRev;
     this.apply(type, state, req, this.conn!.status(type.typeUrl));
     state.seen = true;
+    if (state.subRev !== subRev && !this.countNames(state)) return;
     this.flush();
+  }
+
+  /** Recounts the names a type's state holds; ends the stream (false) if a bound is crossed. */
+  private countNames(state: S): boolean {
+    let count = 0;
+    let bytes = 0;
+    for (const names of this.nameSets(state)) {
+      for (const n of names) {
+        if (n.length > LIMITS.nameLength) {
+          this.fail(grpc.status.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${LIMITS.nameLength}): ${clip(n, 64)}`, 'name_too_long');
+          return false;
+        }
+        count++;
+        bytes += n.length;
+      }
+    }
+    state.heldNames = count;
+    state.heldBytes = bytes;
+    let total = 0;
+    let totalBytes = 0;
+    for (const st of this.states.values()) {
+      total += st.heldNames;
+      totalBytes += st.heldBytes;
+    }
+    if (total > LIMITS.namesPerStream || totalBytes > LIMITS.nameBytesPerStream) {
+      this.fail(
+        grpc.status.RESOURCE_EXHAUSTED,
+        `the stream holds ${total} resource names (${totalBytes} characters); at most ${LIMITS.namesPerStream} names and ${LIMITS.nameBytesPerStream} characters per stream`,
+        'too_many_names',
+      );
+      return false;
+    }
+    return true;
   }
 
   private start(node: any): boolean {
@@ -149,13 +211,13 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.identity = identityFromNode(node);
     } catch (e) {
       if (!(e instanceof IdentityError)) throw e;
-      this.fail(grpc.status.INVALID_ARGUMENT, e.message);
+      this.fail(grpc.status.INVALID_ARGUMENT, e.message, 'bad_node');
       return false;
     }
     const key = proxyKey(this.identity);
     this.conn = new ProxyConnection(this.identity, key, this.kind, this.call.getPeer());
     this.ctx.registry.add(this.conn);
-    this.ctx.log.info({ node: this.identity.nodeId, key, stream: this.kind, peer: this.conn.peer }, 'stream opened');
+    this.ctx.log.info({ node: clip(this.identity.nodeId), key, stream: this.kind, peer: this.conn.peer }, 'stream opened');
     this.unwatch = this.ctx.cache.watch(key, (s) => {
       this.snapshot = s;
       this.flush();
@@ -203,10 +265,27 @@ export abstract class AdsStream<S extends BaseTypeState> {
     const state = this.states.get(type.typeUrl)!;
     state.nonce = nonce;
     state.rev++;
-    this.call.write(body);
+    this.queuedBytes += body.length;
+    this.pendingSince.push(performance.now());
+    this.call.write(body, () => {
+      // Called once the client's flow control let the bytes out: the client is reading.
+      this.queuedBytes -= body.length;
+      this.pendingSince.shift();
+    });
     this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, body.length);
     if (this.ctx.log.isLevelEnabled('debug')) {
-      this.ctx.log.debug({ node: this.identity!.nodeId, type: type.short, version, nonce, resources: names.length }, 'push');
+      this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
+    }
+    if (this.queuedBytes > LIMITS.queuedBytesPerStream) {
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${LIMITS.queuedBytesPerStream})`, 'not_reading');
+    }
+  }
+
+  /** Ends the stream if a response has waited longer than the bound for the client to read it. */
+  checkReading(now = performance.now()): void {
+    const oldest = this.pendingSince[0];
+    if (!this.closed && oldest !== undefined && now - oldest > LIMITS.unreadSeconds * 1000) {
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client has not read a response for ${LIMITS.unreadSeconds} s (${this.queuedBytes} bytes unread)`, 'not_reading');
     }
   }
 
@@ -221,21 +300,23 @@ export abstract class AdsStream<S extends BaseTypeState> {
   protected nack(type: ResourceType, status: TypeStatus, error: any): void {
     const nack = {
       version: status.sentVersion ?? '',
-      error: String(error?.message ?? '') || `code ${error?.code ?? '?'}`,
+      error: clip(String(error?.message ?? ''), LIMITS.nackDetail) || `code ${error?.code ?? '?'}`,
       at: new Date(),
     };
     status.lastNack = nack;
     status.awaiting = false;
     this.ctx.registry.emit('nacked', this.conn!, type.typeUrl, nack);
-    this.ctx.log.warn({ node: this.identity!.nodeId, type: type.short, version: nack.version, error: nack.error }, 'NACK');
+    this.ctx.log.warn({ node: clip(this.identity!.nodeId), type: type.short, version: nack.version, error: clip(nack.error, 1024) }, 'NACK');
   }
 
   protected static sorted(resources: Iterable<Resource>): Resource[] {
     return [...resources].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  private fail(code: grpc.status, details: string): void {
-    this.ctx.log.warn({ code: grpc.status[code], details, peer: this.call.getPeer() }, 'stream refused');
+  private fail(code: grpc.status, details: string, reason: RefusalReason): void {
+    if (this.closed) return;
+    this.ctx.log.warn({ code: grpc.status[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer() }, 'stream refused');
+    this.ctx.registry.emit('refused', reason);
     this.call.emit('error', { code, details });
     this.close();
   }
@@ -246,7 +327,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     this.unwatch?.();
     if (this.conn) {
       this.ctx.registry.remove(this.conn);
-      this.ctx.log.info({ node: this.identity!.nodeId, stream: this.kind }, 'stream closed');
+      this.ctx.log.info({ node: clip(this.identity!.nodeId), stream: this.kind }, 'stream closed');
     }
     try {
       this.call.end();

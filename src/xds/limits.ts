@@ -1,0 +1,53 @@
+/**
+ * Bounds on what one client can make the server hold or do. Crossing one ends that stream with a status that
+ * names the bound (the proxy reconnects and resyncs as usual) and is counted in /metrics
+ * (`mesh_xds_streams_refused_total{reason}`). Sized well above what a real proxy does: an Envoy subscribes to
+ * one EDS name per cluster, and a 10,000-service mesh with 2 ports each is 20,000 names.
+ */
+export const LIMITS = {
+  /** Characters of `node.id`. */
+  nodeIdLength: 1024,
+  /** Characters of one resource name in a request. */
+  nameLength: 1024,
+  /** Resource names one stream may hold across its types (subscribed, known, or reported absent). */
+  namesPerStream: 100_000,
+  /** Total characters of those names. */
+  nameBytesPerStream: 8 * 1024 * 1024,
+  /** Requests a stream may send at once, and per second after that (a token bucket). */
+  requestBurst: 1_000,
+  requestsPerSecond: 200,
+  /** Response bytes written to a stream and not yet taken by the client. */
+  queuedBytesPerStream: 64 * 1024 * 1024,
+  /** Seconds a written response may wait for the client to read it. */
+  unreadSeconds: 60,
+  /** Characters of a client-supplied string in a log line or status (node ids, error details). */
+  logField: 256,
+  /** Characters of a NACK's error detail that are kept (debug endpoint, CSDS). */
+  nackDetail: 4096,
+} as const;
+
+/** A client-supplied string cut to `max` characters for logs and statuses, saying how long it was. */
+export function clip(s: string, max: number = LIMITS.logField): string {
+  return s.length <= max ? s : `${s.slice(0, max)}…(${s.length} chars)`;
+}
+
+/** A token bucket: `take()` is false once the client sends faster than the bucket refills. */
+export class RateLimit {
+  private tokens: number;
+  private last = performance.now();
+  constructor(
+    private readonly burst: number,
+    private readonly perSecond: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  take(): boolean {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
