@@ -96,8 +96,9 @@ function policiesView(ir: MeshIR | undefined): unknown[] {
 const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain']);
 
 /**
- * At most `max` expensive requests at once and `queue` waiting; beyond that the answer is 429. Each next one
- * starts from a fresh turn of the event loop, so health checks and ADS are served in between.
+ * At most `max` expensive requests at once and `queue` waiting; beyond that the answer is 429. Each one starts
+ * on a later turn of the event loop than its arrival, so a burst of them is sorted (served, queued or refused)
+ * before any runs, and health checks and ADS are served in between.
  */
 export class Limiter {
   private active = 0;
@@ -111,7 +112,7 @@ export class Limiter {
   acquire(): Promise<boolean> {
     if (this.active < this.max) {
       this.active++;
-      return Promise.resolve(true);
+      return new Promise((resolve) => setImmediate(() => resolve(true)));
     }
     if (this.waiting.length >= this.queue) return Promise.resolve(false);
     return new Promise((resolve) => this.waiting.push(() => resolve(true)));

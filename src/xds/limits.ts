@@ -26,6 +26,8 @@ export const LIMITS = {
   nackDetail: 4096,
 } as const;
 
+export type Limits = { readonly [K in keyof typeof LIMITS]: number };
+
 /** A client-supplied string cut to `max` characters for logs and statuses, saying how long it was. */
 export function clip(s: string, max: number = LIMITS.logField): string {
   return s.length <= max ? s : `${s.slice(0, max)}…(${s.length} chars)`;

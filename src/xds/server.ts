@@ -8,6 +8,7 @@ import type { SnapshotCache } from './cache.js';
 import { DeltaStream } from './delta.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
+import { LIMITS, type Limits } from './limits.js';
 import { Lru, type DuplexCall, type StreamContext } from './stream.js';
 
 const identity = (b: Buffer): Buffer => b;
@@ -47,6 +48,8 @@ export interface AdsServerOptions {
   cache: SnapshotCache;
   registry: ProxyRegistry;
   log: Logger;
+  /** Bounds per stream (default: LIMITS); tests lower them. */
+  limits?: Partial<Limits>;
   /** Extra services on the same port (CSDS). */
   services?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }[];
 }
@@ -54,10 +57,8 @@ export interface AdsServerOptions {
 export class AdsServer {
   readonly server = new grpc.Server(SERVER_OPTIONS);
   private readonly streams = new Set<SotwStream | DeltaStream>();
-  /** Ends streams whose client stopped reading (LIMITS.unreadSeconds). */
-  private readonly readingCheck = setInterval(() => {
-    for (const s of this.streams) s.checkReading();
-  }, 5_000).unref();
+  /** Ends streams whose client stopped reading (limits.unreadSeconds), checked every few seconds. */
+  private readonly readingCheck: NodeJS.Timeout;
   readonly ctx: StreamContext;
   port = 0;
 
@@ -68,7 +69,11 @@ export class AdsServer {
       log: opts.log,
       bodies: new Lru<Buffer>(128 * 1024 * 1024, (b) => b.length),
       subsets: new Lru(10_000),
+      limits: { ...LIMITS, ...opts.limits },
     };
+    this.readingCheck = setInterval(() => {
+      for (const s of this.streams) s.checkReading();
+    }, Math.min(5_000, this.ctx.limits.unreadSeconds * 500)).unref();
     const track = (s: SotwStream | DeltaStream, call: DuplexCall): void => {
       this.streams.add(s);
       call.on('close', () => this.streams.delete(s));

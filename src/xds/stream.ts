@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from './cache.js';
-import { LIMITS, RateLimit, clip } from './limits.js';
+import { RateLimit, clip, type Limits } from './limits.js';
 import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from './node.js';
 import { lookupType } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
@@ -21,6 +21,8 @@ export interface StreamContext {
   readonly bodies: Lru<Buffer>;
   /** Subsets of a snapshot's type set for a list of names (with their version), shared by streams. */
   readonly subsets: Lru<{ list: readonly Resource[]; names: readonly string[]; version: string }>;
+  /** What one stream may make the server hold or do (limits.ts). */
+  readonly limits: Limits;
 }
 
 /**
@@ -93,7 +95,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private unwatch?: () => void;
   private nonceCounter = 0;
   private closed = false;
-  private readonly rate = new RateLimit(LIMITS.requestBurst, LIMITS.requestsPerSecond);
+  private readonly rate: RateLimit;
   /** Bytes written and not yet taken by the client, and when each pending write was made (oldest first). */
   private queuedBytes = 0;
   private readonly pendingSince: number[] = [];
@@ -107,6 +109,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     requestMessage: string,
   ) {
     this.requestType = lookupType(requestMessage);
+    this.rate = new RateLimit(ctx.limits.requestBurst, ctx.limits.requestsPerSecond);
     call.on('data', (buf: Buffer) => this.onData(buf));
     call.on('end', () => this.close());
     call.on('error', (err) => {
@@ -148,7 +151,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   private handle(buf: Buffer): void {
     if (!this.rate.take()) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `more than ${LIMITS.requestBurst} requests at once or ${LIMITS.requestsPerSecond} per second on one stream`, 'too_many_requests');
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `more than ${this.ctx.limits.requestBurst} requests at once or ${this.ctx.limits.requestsPerSecond} per second on one stream`, 'too_many_requests');
       return;
     }
     let req: any;
@@ -179,8 +182,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
     let bytes = 0;
     for (const names of this.nameSets(state)) {
       for (const n of names) {
-        if (n.length > LIMITS.nameLength) {
-          this.fail(grpc.status.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${LIMITS.nameLength}): ${clip(n, 64)}`, 'name_too_long');
+        if (n.length > this.ctx.limits.nameLength) {
+          this.fail(grpc.status.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${this.ctx.limits.nameLength}): ${clip(n, 64)}`, 'name_too_long');
           return false;
         }
         count++;
@@ -195,10 +198,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
       total += st.heldNames;
       totalBytes += st.heldBytes;
     }
-    if (total > LIMITS.namesPerStream || totalBytes > LIMITS.nameBytesPerStream) {
+    if (total > this.ctx.limits.namesPerStream || totalBytes > this.ctx.limits.nameBytesPerStream) {
       this.fail(
         grpc.status.RESOURCE_EXHAUSTED,
-        `the stream holds ${total} resource names (${totalBytes} characters); at most ${LIMITS.namesPerStream} names and ${LIMITS.nameBytesPerStream} characters per stream`,
+        `the stream holds ${total} resource names (${totalBytes} characters); at most ${this.ctx.limits.namesPerStream} names and ${this.ctx.limits.nameBytesPerStream} characters per stream`,
         'too_many_names',
       );
       return false;
@@ -276,16 +279,16 @@ export abstract class AdsStream<S extends BaseTypeState> {
     if (this.ctx.log.isLevelEnabled('debug')) {
       this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
     }
-    if (this.queuedBytes > LIMITS.queuedBytesPerStream) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${LIMITS.queuedBytesPerStream})`, 'not_reading');
+    if (this.queuedBytes > this.ctx.limits.queuedBytesPerStream) {
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${this.ctx.limits.queuedBytesPerStream})`, 'not_reading');
     }
   }
 
   /** Ends the stream if a response has waited longer than the bound for the client to read it. */
   checkReading(now = performance.now()): void {
     const oldest = this.pendingSince[0];
-    if (!this.closed && oldest !== undefined && now - oldest > LIMITS.unreadSeconds * 1000) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client has not read a response for ${LIMITS.unreadSeconds} s (${this.queuedBytes} bytes unread)`, 'not_reading');
+    if (!this.closed && oldest !== undefined && now - oldest > this.ctx.limits.unreadSeconds * 1000) {
+      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client has not read a response for ${this.ctx.limits.unreadSeconds} s (${this.queuedBytes} bytes unread)`, 'not_reading');
     }
   }
 
@@ -300,7 +303,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   protected nack(type: ResourceType, status: TypeStatus, error: any): void {
     const nack = {
       version: status.sentVersion ?? '',
-      error: clip(String(error?.message ?? ''), LIMITS.nackDetail) || `code ${error?.code ?? '?'}`,
+      error: clip(String(error?.message ?? ''), this.ctx.limits.nackDetail) || `code ${error?.code ?? '?'}`,
       at: new Date(),
     };
     status.lastNack = nack;

@@ -17,7 +17,7 @@ export interface DemoServer {
   close(): Promise<void>;
 }
 
-export async function startDemo(prepare: (dir: string) => void = () => {}): Promise<DemoServer> {
+export async function startDemo(prepare: (dir: string) => void = () => {}, log = pino({ level: process.env.LOG_LEVEL ?? 'silent' })): Promise<DemoServer> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-demo-'));
   cpSync(DEMO, dir, { recursive: true });
   prepare(dir);
@@ -32,7 +32,7 @@ export async function startDemo(prepare: (dir: string) => void = () => {}): Prom
       logLevel: 'silent',
       namespace: 'mesh-xds',
     },
-    pino({ level: process.env.LOG_LEVEL ?? 'silent' }),
+    log,
   );
   return {
     dir,

@@ -1,0 +1,256 @@
+/**
+ * Fuzzing what clients and operators feed the server: `mesh-xds serve` as a process on a copy of the demo
+ * folder, then random and mutated ADS (SotW and delta) and CSDS requests and random mutations of the manifests
+ * (truncation, junk, alias bombs, duplicates, symlink loops, oversized files, deletions), while /healthz is
+ * probed every 50 ms. The server must stay up and answer every probe; after the bad input is removed, a good
+ * edit must be applied. Seeded and reproducible.
+ * Run: npm run build && npm run fuzz:inputs [-- ITERATIONS [SEED]]   (the test suite runs a short one)
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cpSync, lstatSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { packagePath } from '../src/paths.js';
+import { CSDS_SERVICE } from '../src/xds/csds.js';
+import { envoyRoot, loadEnvoyProtos } from '../src/xds/protos.js';
+import { ADS_SERVICE } from '../src/xds/server.js';
+import { RESOURCE_TYPES } from '../src/xds/types.js';
+
+export interface FuzzReport {
+  iterations: number;
+  seed: number;
+  adsRequests: number;
+  csdsRequests: number;
+  fileMutations: number;
+  healthProbes: number;
+  healthMaxMs: number;
+  healthFailures: string[];
+  serverExited: string | null;
+  goodEditApplied: boolean;
+}
+
+/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Probes a URL every 50 ms until stdin closes; prints {probes, maxMs, failures}. */
+const PROBER = `
+const url = process.argv[1];
+let open = true, probes = 0, maxMs = 0; const failures = [];
+process.stdin.on('end', () => (open = false)); process.stdin.resume();
+await fetch(url).then((r) => r.text()); // warm-up: the first fetch of a process loads its HTTP client
+while (open) {
+  const t0 = performance.now();
+  try { const r = await fetch(url, { signal: AbortSignal.timeout(2000) }); if (r.status !== 200) failures.push('status ' + r.status); await r.text(); }
+  catch (e) { failures.push(e.message); }
+  maxMs = Math.max(maxMs, performance.now() - t0); probes++;
+  await new Promise((r) => setTimeout(r, 50));
+}
+console.log(JSON.stringify({ probes, maxMs, failures }));
+`;
+
+const REGEXES = ['(', '(a+)+$', '(a|aa)*b', '.*', '(?=x)', '[', 'curl-.*', '\\', '(((((((((a)))))))))', 'x{1000}{1000}', '', 'a'.repeat(5000)];
+
+export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzReport> {
+  loadEnvoyProtos();
+  const random = rng(seed);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)];
+  const int = (n: number): number => Math.floor(random() * n);
+  const str = (n: number): string => Array.from({ length: n }, () => String.fromCharCode(32 + int(95))).join('');
+  const bytes = (n: number): Buffer => Buffer.from(Array.from({ length: n }, () => int(256)));
+
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-fuzz-'));
+  cpSync(packagePath('deploy/demo'), dir, { recursive: true });
+  const originals = new Map(['httpbin.yaml', 'curl.yaml', 'mesh.yaml', 'retry.yaml'].map((f) => [f, readFileSync(path.join(dir, f), 'utf8')]));
+  const report: FuzzReport = { iterations, seed, adsRequests: 0, csdsRequests: 0, fileMutations: 0, healthProbes: 0, healthMaxMs: 0, healthFailures: [], serverExited: null, goodEditApplied: false };
+
+  const child: ChildProcess = spawn(process.execPath, [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', dir, '--ads-address', '127.0.0.1:0', '--debug-address', '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let stopping = false;
+  const keep = (d: Buffer): void => {
+    out = (out + d).slice(-200_000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  child.on('exit', (code, signal) => {
+    if (!stopping) report.serverExited ??= `exit ${code ?? signal}: ${out.slice(-3000)}`;
+  });
+  const listening = await new Promise<{ ads: string; debug: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no "listening" line:\n${out}`)), 20_000);
+    const check = (): void => {
+      const line = out.split('\n').find((l) => l.includes('"msg":"listening"'));
+      if (line) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line));
+      }
+    };
+    child.stdout!.on('data', check);
+    check();
+  });
+  const debug = `http://${listening.debug}`;
+  const adsAddress = listening.ads;
+
+  // Probing starts once the server is ready (loading the mesh at start-up is not what is measured).
+  for (let t = 0; t < 200 && (await fetch(`${debug}/readyz`).then((r) => r.status, () => 0)) !== 200; t++) await new Promise((r) => setTimeout(r, 50));
+  // The prober is a process of its own, so that what this one does (building requests) is not counted.
+  const prober = spawn(process.execPath, ['--input-type=module', '-e', PROBER, `${debug}/healthz`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let proberOut = '';
+  prober.stdout!.on('data', (d) => (proberOut += d));
+  await new Promise((r) => setTimeout(r, 100));
+
+  const Ads = grpc.makeGenericClientConstructor(ADS_SERVICE, 'ADS');
+  const Csds = grpc.makeGenericClientConstructor(CSDS_SERVICE, 'CSDS');
+  const ads = new Ads(adsAddress, grpc.credentials.createInsecure()) as any;
+  const csds = new Csds(adsAddress, grpc.credentials.createInsecure()) as any;
+  const root = envoyRoot();
+  const sotwReq = root.lookupType('envoy.service.discovery.v3.DiscoveryRequest');
+  const deltaReq = root.lookupType('envoy.service.discovery.v3.DeltaDiscoveryRequest');
+  const typeUrls = [...RESOURCE_TYPES.map((t) => t.typeUrl), 'type.googleapis.com/bogus', ''];
+  const streams: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
+
+  const randomNode = (): object => {
+    const fields: Record<string, object> = {};
+    if (random() < 0.9) fields.namespace = { stringValue: pick(['curl', 'httpbin', 'other', 'BAD NS', str(int(300))]) };
+    if (random() < 0.9) fields.serviceAccount = { stringValue: pick(['curl', 'httpbin', '', str(int(300))]) };
+    return { id: random() < 0.1 ? str(int(5000)) : `fuzz-${int(20)}`, user_agent_name: pick(['envoy', 'grpc', '']), metadata: { fields } };
+  };
+  const names = (): string[] => Array.from({ length: int(random() < 0.1 ? 3000 : 5) }, () => (random() < 0.5 ? pick(['httpbin/httpbin|14001', 'rds-outbound.14001', '*', 'outbound-listener']) : str(int(random() < 0.05 ? 2000 : 30))));
+  const adsRequest = (delta: boolean): Buffer => {
+    const common = { type_url: pick(typeUrls), response_nonce: random() < 0.5 ? '' : str(int(20)), ...(random() < 0.3 ? { node: randomNode() } : {}) };
+    const msg = delta
+      ? deltaReq.fromObject({ ...common, resource_names_subscribe: names(), resource_names_unsubscribe: random() < 0.3 ? names() : [], initial_resource_versions: random() < 0.2 ? { [str(10)]: str(int(100)) } : {} })
+      : sotwReq.fromObject({ ...common, version_info: str(int(20)), resource_names: names(), ...(random() < 0.1 ? { error_detail: { code: 3, message: str(int(10000)) } } : {}) });
+    const buf = Buffer.from((delta ? deltaReq : sotwReq).encode(msg).finish());
+    const r = random();
+    if (r < 0.1) return bytes(int(200));
+    if (r < 0.2) return buf.subarray(0, int(buf.length + 1));
+    if (r < 0.3) {
+      const m = Buffer.from(buf);
+      for (let i = 0; i < 1 + int(4); i++) if (m.length) m[int(m.length)] = int(256);
+      return m;
+    }
+    return buf;
+  };
+
+  const fileMutation = (): void => {
+    const file = pick([...originals.keys(), 'extra.yaml']);
+    const p = path.join(dir, file);
+    const text = originals.get(file) ?? originals.get('retry.yaml')!;
+    try {
+      if (present(p)) unlinkSync(p);
+    } catch {
+      /* already gone */
+    }
+    switch (int(8)) {
+      case 0:
+        writeFileSync(p, text.slice(0, int(text.length)));
+        break;
+      case 1:
+        writeFileSync(p, text.slice(0, int(text.length)) + str(int(50)) + text.slice(int(text.length)));
+        break;
+      case 2:
+        writeFileSync(p, 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n');
+        break;
+      case 3:
+        writeFileSync(p, `${text}\n---\n${text}`);
+        break;
+      case 4:
+        symlinkSync(path.basename(p), p);
+        break;
+      case 5:
+        writeFileSync(p, `# ${'x'.repeat(5 * 1024 * 1024)}\n`);
+        break;
+      case 6:
+        break; // deleted
+      default:
+        writeFileSync(p, text.replace(/: [^\n]+/, `: ${pick(['-1', '"5xx,bogus"', '{', 'null', '[]', str(10)])}`));
+    }
+    report.fileMutations++;
+  };
+
+  for (let i = 0; i < iterations && !report.serverExited; i++) {
+    const op = random();
+    if (op < 0.55) {
+      const delta = random() < 0.5;
+      if (streams.length < 20 || random() < 0.1) {
+        const call = delta ? ads.DeltaAggregatedResources() : ads.StreamAggregatedResources();
+        call.on('error', () => {});
+        call.on('data', () => {});
+        streams.push(call);
+      }
+      const call = pick(streams);
+      try {
+        call.write(adsRequest(delta));
+      } catch {
+        /* the stream was ended by the server */
+      }
+      report.adsRequests++;
+    } else if (op < 0.75) {
+      const matcher = random() < 0.5 ? { node_id: { safe_regex: { regex: pick(REGEXES) + (random() < 0.3 ? str(int(10)) : '') } } } : { node_id: { [pick(['exact', 'prefix', 'suffix', 'contains'])]: str(int(20)), ignore_case: random() < 0.5 } };
+      const request = { node_matchers: Array.from({ length: int(random() < 0.05 ? 100 : 3) }, () => matcher), exclude_resource_contents: random() < 0.5 };
+      if (random() < 0.5) await new Promise<void>((resolve) => csds.FetchClientStatus(request, { deadline: Date.now() + 5000 }, () => resolve()));
+      else {
+        const call = csds.StreamClientStatus();
+        call.on('error', () => {});
+        call.on('data', () => {});
+        call.write(request);
+        call.end();
+      }
+      report.csdsRequests++;
+    } else fileMutation();
+    if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  // The bad input goes; a good edit must be applied.
+  for (const f of ['extra.yaml', ...originals.keys()]) {
+    const p = path.join(dir, f);
+    if (present(p)) unlinkSync(p);
+  }
+  for (const [f, text] of originals) writeFileSync(path.join(dir, f), f === 'retry.yaml' ? text.replace('numRetries: 5', 'numRetries: 9') : text);
+  const deadline = Date.now() + 10_000;
+  while (!report.serverExited && Date.now() < deadline && !report.goodEditApplied) {
+    await new Promise((r) => setTimeout(r, 100));
+    const policies = await fetch(`${debug}/debug/policies`).then((r) => (r.ok ? r.json() : { policies: [] }), () => ({ policies: [] }));
+    report.goodEditApplied = policies.policies.some((p: any) => p.name === 'retry' && p.state === 'Accepted' && p.retryPolicy?.num_retries === 9);
+  }
+  prober.stdin!.end();
+  await new Promise((r) => prober.on('exit', r));
+  const probed = JSON.parse(proberOut);
+  report.healthProbes = probed.probes;
+  report.healthMaxMs = probed.maxMs;
+  report.healthFailures = probed.failures;
+  for (const s of streams) s.cancel();
+  ads.close();
+  csds.close();
+  stopping = true;
+  child.kill('SIGTERM');
+  await new Promise((r) => (child.exitCode !== null ? r(null) : child.on('exit', r)));
+  rmSync(dir, { recursive: true, force: true });
+  return report;
+}
+
+/** The path exists, as a file or as a (possibly dangling or looping) symlink. */
+function present(p: string): boolean {
+  return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
+}
+
+if (process.argv[1]?.endsWith('fuzz-inputs.js')) {
+  const iterations = Number(process.argv[2] ?? 2000);
+  const seed = Number(process.argv[3] ?? Date.now() % 100000);
+  const r = await fuzzInputs(iterations, seed);
+  console.log(JSON.stringify(r, null, 2));
+  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100;
+  console.log(ok ? `OK: ${iterations} iterations (seed ${seed}), /healthz max ${r.healthMaxMs.toFixed(1)} ms` : 'FAILED');
+  process.exit(ok ? 0 : 1);
+}
