@@ -15,6 +15,7 @@ import { convertObjects, emptyObjects, meshStateOf, objectLabel, parseManifestTe
 import type { RetrySchemaCheck } from './crd.js';
 
 const EXTENSIONS = new Set(['.yaml', '.yml', '.json']);
+const KINDS = Object.keys(emptyObjects()) as (keyof MeshObjects)[];
 /** Files larger than this are not read (an error says so): a YAML document costs many times its size to parse. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const DEBOUNCE_MS = 200;
@@ -32,6 +33,8 @@ interface GoodObject {
 }
 
 interface FileState {
+  /** The path relative to the folder, as messages name the file. */
+  rel: string;
   /** Last good objects of this file, by kind/namespace/name. */
   good: Map<string, GoodObject>;
   errors: ManifestError[];
@@ -54,7 +57,24 @@ function objectKey(o: Located['object'], defaultNs: string): string {
   return `${o.kind}/${o.metadata?.namespace ?? defaultNs}/${o.metadata?.name}`;
 }
 
+/** File system requests in flight at once while reading the folder. */
+const IO_CONCURRENCY = 32;
+
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** `fn` over `items`, at most `limit` at a time, results in order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
 
 /** What a filesystem error says, for a person: the code and the message. */
 function fsError(e: unknown): string {
@@ -258,12 +278,8 @@ export class FileSource {
     this.polling = true;
     try {
       const { files, errors } = await listManifestFiles(this.opts.dir);
-      let changed = JSON.stringify(errors) !== JSON.stringify(this.dirErrors) || this.gone(files, errors).length > 0;
-      for (const f of files) {
-        if (changed) break;
-        const known = this.files.get(f);
-        changed = !known || (await FileSource.signature(f)).sig !== known.signature;
-      }
+      let changed = JSON.stringify(errors) !== JSON.stringify(this.dirErrors) || this.gone(files, errors).length > 0 || files.some((f) => !this.files.has(f));
+      if (!changed) changed = (await mapLimit(files, IO_CONCURRENCY, (f) => FileSource.signature(f))).some((s, i) => s.sig !== this.files.get(files[i])?.signature);
       if (changed) this.schedule();
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'polling the manifests folder failed');
@@ -290,39 +306,37 @@ export class FileSource {
       this.files.delete(gone);
       log.info({ file: path.relative(this.opts.dir, gone) }, 'manifest file removed');
     }
+    // The file system is asked in parallel (a few dozen at a time); parsing goes file by file, yielding.
+    const signatures = await mapLimit(files, IO_CONCURRENCY, (f) => FileSource.signature(f));
+    const changed = files.map((file, i) => ({ file, ...signatures[i] })).filter(({ file, sig }) => this.files.get(file)?.signature !== sig);
     let slice = performance.now();
-    for (const file of files) {
-      if (performance.now() - slice > SLICE_MS) {
-        await yieldToEventLoop();
-        slice = performance.now();
+    for (let c = 0; c < changed.length; c += IO_CONCURRENCY) {
+      const batch = changed.slice(c, c + IO_CONCURRENCY);
+      const texts = await mapLimit(batch, IO_CONCURRENCY, ({ file, error, size }) =>
+        error || size! > MAX_MANIFEST_BYTES ? Promise.resolve(undefined) : readFile(file, 'utf8').catch((e: unknown) => e as Error),
+      );
+      for (const [j, { file, sig, size, error }] of batch.entries()) {
+        if (performance.now() - slice > SLICE_MS) {
+          await yieldToEventLoop();
+          slice = performance.now();
+        }
+        const known = this.files.get(file);
+        const rel = path.relative(this.opts.dir, file) || file;
+        const keep = (message: string): void => {
+          this.files.set(file, { rel, good: known?.good ?? new Map(), errors: [{ file: rel, message }], signature: sig });
+          log.error({ file: rel }, message);
+        };
+        const text = texts[j];
+        if (error) keep(`${error}; its last good objects are kept`);
+        else if (size! > MAX_MANIFEST_BYTES) keep(`is ${size} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest file; not read, its last good objects are kept`);
+        else if (typeof text !== 'string') keep(`cannot read: ${fsError(text)}; its last good objects are kept`);
+        else {
+          const { good, errors, skipped } = loadFileText(text, rel, known?.good, this.opts.retrySchema);
+          this.files.set(file, { rel, good, errors, signature: sig });
+          for (const s of skipped) log.info(s);
+          for (const e of errors) log.error({ file: e.file, doc: e.doc, line: e.line, object: e.object, field: e.field }, e.message);
+        }
       }
-      const known = this.files.get(file);
-      const { sig, size, error } = await FileSource.signature(file);
-      if (known?.signature === sig) continue;
-      const rel = path.relative(this.opts.dir, file) || file;
-      const keep = (message: string): void => {
-        this.files.set(file, { good: known?.good ?? new Map(), errors: [{ file: rel, message }], signature: sig });
-        log.error({ file: rel }, message);
-      };
-      if (error) {
-        keep(`${error}; its last good objects are kept`);
-        continue;
-      }
-      if (size! > MAX_MANIFEST_BYTES) {
-        keep(`is ${size} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest file; not read, its last good objects are kept`);
-        continue;
-      }
-      let text: string;
-      try {
-        text = await readFile(file, 'utf8');
-      } catch (e) {
-        keep(`cannot read: ${fsError(e)}; its last good objects are kept`);
-        continue;
-      }
-      const { good, errors, skipped } = loadFileText(text, rel, known?.good, this.opts.retrySchema);
-      this.files.set(file, { good, errors, signature: sig });
-      for (const s of skipped) log.info(s);
-      for (const e of errors) log.error({ file: e.file, doc: e.doc, line: e.line, object: e.object, field: e.field }, e.message);
     }
     return meshStateOf(this.stable(this.assemble()), this.opts.meshName, this.opts.overrides);
   }
@@ -333,8 +347,8 @@ export class FileSource {
     const owner = new Map<string, { file: string; line?: number }>();
     const duplicates: ManifestError[] = [];
     for (const file of [...this.files.keys()].sort()) {
-      const rel = path.relative(this.opts.dir, file) || file;
-      for (const [key, g] of this.files.get(file)!.good) {
+      const { rel, good } = this.files.get(file)!;
+      for (const [key, g] of good) {
         const first = owner.get(key);
         if (first) {
           duplicates.push({
@@ -347,7 +361,7 @@ export class FileSource {
           continue;
         }
         owner.set(key, { file: rel, line: g.line });
-        for (const k of Object.keys(objects) as (keyof MeshObjects)[]) (objects[k] as unknown[]).push(...g.objects[k]);
+        for (const k of KINDS) if (g.objects[k].length) (objects[k] as unknown[]).push(...g.objects[k]);
       }
     }
     const before = new Set(this.duplicateErrors.map((e) => JSON.stringify(e)));
@@ -356,13 +370,15 @@ export class FileSource {
     return objects;
   }
 
-  /** Keeps the previous array of a kind when its content did not change, so the pipeline can skip work. */
+  /**
+   * Keeps the previous array of a kind when its content did not change, so the pipeline can skip work. Objects
+   * of files that were not re-read are the same objects: only those of re-read files are compared by content.
+   */
   private stable(objects: MeshObjects): MeshObjects {
     const prev = this.lastObjects ?? emptyObjects();
     const out = { ...objects };
-    for (const k of Object.keys(objects) as (keyof MeshObjects)[]) {
-      if (JSON.stringify(objects[k]) === JSON.stringify(prev[k])) (out as any)[k] = prev[k];
-    }
+    const same = (a: readonly unknown[], b: readonly unknown[]): boolean => a.length === b.length && a.every((x, i) => x === b[i] || JSON.stringify(x) === JSON.stringify(b[i]));
+    for (const k of KINDS) if (same(objects[k], prev[k])) (out as any)[k] = prev[k];
     this.lastObjects = out;
     return out;
   }

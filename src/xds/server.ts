@@ -9,7 +9,7 @@ import { DeltaStream } from './delta.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
 import { LIMITS, type Limits } from './limits.js';
-import { Lru, type DuplexCall, type StreamContext } from './stream.js';
+import type { DuplexCall, StreamContext } from './stream.js';
 
 const identity = (b: Buffer): Buffer => b;
 
@@ -41,7 +41,8 @@ export const SERVER_OPTIONS: grpc.ChannelOptions = {
   // Requests are small (names, versions, nonces); a full config for a large mesh is tens of MB.
   'grpc.max_receive_message_length': 4 * 1024 * 1024,
   'grpc.max_send_message_length': 256 * 1024 * 1024,
-  'grpc.max_concurrent_streams': 100_000,
+  // An Envoy opens one ADS stream per connection, a gRPC client one per channel: 1,000 is room for tools and tests.
+  'grpc.max_concurrent_streams': 1_000,
 };
 
 export interface AdsServerOptions {
@@ -67,8 +68,6 @@ export class AdsServer {
       cache: opts.cache,
       registry: opts.registry,
       log: opts.log,
-      bodies: new Lru<Buffer>(128 * 1024 * 1024, (b) => b.length),
-      subsets: new Lru(10_000),
       limits: { ...LIMITS, ...opts.limits },
     };
     this.readingCheck = setInterval(() => {

@@ -3,7 +3,7 @@
  * set, RDS/EDS the names asked for. The version of a response is the hash of exactly what it holds, so a
  * proxy that reconnects with the version it has is sent nothing, and a NACKed content is never resent.
  */
-import type { Resource, Snapshot } from './snapshot.js';
+import type { Resource, Snapshot, TypeSet } from './snapshot.js';
 import { versionOf } from './snapshot.js';
 import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
@@ -25,6 +25,34 @@ interface SotwState extends BaseTypeState {
 }
 
 const CONTROL_PLANE = lenField(6, lenField(1, 'mesh-xds'));
+
+/** The resources of a type set a subscription selects, with their version, and the responses that carry them. */
+interface Subset {
+  readonly list: readonly Resource[];
+  readonly names: readonly string[];
+  readonly version: string;
+  /** Encoded responses, by how many times in a row the version was sent (the nonce's suffix). */
+  readonly bodies: Buffer[];
+}
+
+/**
+ * Per type set (one type of a snapshot), the subsets streams subscribe to: computed and encoded once for every
+ * stream with the same subscription, so the same bytes go to all; forgotten with the type set itself.
+ */
+const subsets = new WeakMap<TypeSet, Map<string, Subset>>();
+/** Distinct subscriptions remembered per type set; beyond, the table starts over (only sharing is lost). */
+const MAX_SUBSETS = 1_000;
+
+function subsetOf(set: TypeSet, key: string, make: () => Omit<Subset, 'bodies'>): Subset {
+  let bySubscription = subsets.get(set);
+  if (!bySubscription) subsets.set(set, (bySubscription = new Map()));
+  let s = bySubscription.get(key);
+  if (!s) {
+    if (bySubscription.size >= MAX_SUBSETS) bySubscription.clear();
+    bySubscription.set(key, (s = { ...make(), bodies: [] }));
+  }
+  return s;
+}
 
 export class SotwStream extends AdsStream<SotwState> {
   constructor(ctx: StreamContext, call: DuplexCall) {
@@ -73,12 +101,14 @@ export class SotwStream extends AdsStream<SotwState> {
     let list: readonly Resource[];
     let names: readonly string[];
     let version: string;
+    let shared: Subset | undefined;
     if (kept.length === 0) {
       // What most streams compute: shared by every stream with the same subscription and snapshot.
-      ({ list, names, version } = this.ctx.subsets.get(`${type.short}|${set.version}|${all ? '*' : st.namesKey}`, () => {
+      shared = subsetOf(set, all ? '*' : st.namesKey, () => {
         const l = all ? [...set.resources.values()] : AdsStream.sorted([...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined));
         return { list: l, names: l.map((r) => r.name), version: all ? set.version : versionOf(type.typeUrl, l) };
-      }));
+      });
+      ({ list, names, version } = shared);
     } else {
       const base = all ? [...set.resources.values()] : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
       list = AdsStream.sorted([...base, ...kept]);
@@ -113,9 +143,8 @@ export class SotwStream extends AdsStream<SotwState> {
     // The nonce is the version and how many times in a row it was sent: unique between consecutive responses
     // of a stream, and the same for every stream sent the same content, so the whole response is shared.
     const nonce = `${version}.${st.repeat}`;
-    const body = this.ctx.bodies.get(`${type.typeUrl}|${nonce}`, () =>
-      Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]),
-    );
+    const encode = (): Buffer => Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]);
+    const body = shared ? (shared.bodies[st.repeat] ??= encode()) : encode();
     this.send(type, body, version, nonce, names);
     return true;
   }

@@ -17,43 +17,8 @@ export interface StreamContext {
   readonly cache: SnapshotCache;
   readonly registry: ProxyRegistry;
   readonly log: Logger;
-  /** Encoded response bodies shared by every stream that sends the same content (bounded by bytes). */
-  readonly bodies: Lru<Buffer>;
-  /** Subsets of a snapshot's type set for a list of names (with their version), shared by streams. */
-  readonly subsets: Lru<{ list: readonly Resource[]; names: readonly string[]; version: string }>;
   /** What one stream may make the server hold or do (limits.ts). */
   readonly limits: Limits;
-}
-
-/**
- * A memo bounded by total weight (entries, or bytes): least recently used out first. Streams share encoded
- * response bodies and subscription subsets through it.
- */
-export class Lru<V> {
-  private readonly map = new Map<string, V>();
-  private total = 0;
-  constructor(
-    private readonly maxWeight: number,
-    private readonly weigh: (v: V) => number = () => 1,
-  ) {}
-
-  get(key: string, make: () => V): V {
-    let v = this.map.get(key);
-    if (v !== undefined) {
-      this.map.delete(key);
-      this.map.set(key, v);
-      return v;
-    }
-    v = make();
-    this.map.set(key, v);
-    this.total += this.weigh(v);
-    while (this.total > this.maxWeight && this.map.size > 1) {
-      const [oldest, old] = this.map.entries().next().value!;
-      this.map.delete(oldest);
-      this.total -= this.weigh(old);
-    }
-    return v;
-  }
 }
 
 export interface SyncInputs {
@@ -150,10 +115,6 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   private handle(buf: Buffer): void {
-    if (!this.rate.take()) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `more than ${this.ctx.limits.requestBurst} requests at once or ${this.ctx.limits.requestsPerSecond} per second on one stream`, 'too_many_requests');
-      return;
-    }
     let req: any;
     try {
       req = this.requestType.decode(buf);
@@ -161,13 +122,23 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
       return;
     }
-    if (!this.identity && !this.start(req.node)) return;
     const type = resourceType(req.type_url);
+    let state = type && this.states.get(type.typeUrl);
+    // The first answer to the latest push of a type (an ACK or NACK) is the server's own doing: not counted.
+    const answersPush = state && req.response_nonce && req.response_nonce === state.nonce && this.conn?.status(type!.typeUrl).awaiting;
+    if (!answersPush && !this.rate.take()) {
+      this.fail(
+        grpc.status.RESOURCE_EXHAUSTED,
+        `more than ${this.ctx.limits.requestBurst} requests at once or ${this.ctx.limits.requestsPerSecond} per second on one stream (answers to pushes not counted)`,
+        'too_many_requests',
+      );
+      return;
+    }
+    if (!this.identity && !this.start(req.node)) return;
     if (!type) {
       this.ctx.log.warn({ node: clip(this.identity!.nodeId), typeUrl: clip(String(req.type_url)) }, 'request for an unsupported resource type ignored');
       return;
     }
-    let state = this.states.get(type.typeUrl);
     if (!state) this.states.set(type.typeUrl, (state = this.newState()));
     const subRev = state.subRev;
     this.apply(type, state, req, this.conn!.status(type.typeUrl));
