@@ -3,9 +3,13 @@ import type { PortIR } from '../compile/ir.js';
 import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from './common.js';
 
 const HTTP_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
-/** gRPC and h2c upstreams speak HTTP/2 only. */
+/** gRPC and h2c upstreams (appProtocol) speak HTTP/2 only. */
 const HTTP2 = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, explicit_http_config: { http2_protocol_options: {} } };
-const http2Options = (port: PortIR): object => (port.http2 ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: HTTP2 } } : {});
+/** Other HTTP ports: the upstream is spoken to as the caller spoke (HTTP/1.1, or h2c such as gRPC on a port named `http`), as OSM does. */
+const DOWNSTREAM = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} } };
+/** The upstream protocol of a port's clusters (outbound, and the inbound sidecar's to the local app). */
+const protocolOptions = (port: PortIR): object =>
+  port.protocol === 'http' ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: port.http2 ? HTTP2 : DOWNSTREAM } } : {};
 
 /** OSM raises every threshold so retries never turn into upstream_rq_retry_overflow. */
 const UNLIMITED = {
@@ -29,7 +33,7 @@ export function outboundCluster(port: PortIR): object {
     connect_timeout: { seconds: 1 },
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: UNLIMITED,
-    ...http2Options(port),
+    ...protocolOptions(port),
   };
 }
 
@@ -43,7 +47,7 @@ export function localCluster(port: PortIR): object {
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: UNLIMITED,
     // The inbound sidecar speaks to the local app in the port's protocol too (gRPC needs HTTP/2 end to end).
-    ...http2Options(port),
+    ...protocolOptions(port),
     load_assignment: {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port.targetPort } } } }] }],

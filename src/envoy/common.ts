@@ -35,6 +35,8 @@ export function httpConnectionManager(statPrefix: string, routeName: string): ob
     // A sidecar is transparent: the app's own Server header reaches the caller (the guide shows gunicorn's).
     server_header_transformation: 'PASS_THROUGH',
     rds: { route_config_name: routeName, config_source: ADS_SOURCE },
+    // WebSocket upgrades pass through (gRPC clients ignore this).
+    upgrade_configs: [{ upgrade_type: 'websocket' }],
     http_filters: [ROUTER_FILTER],
   };
 }

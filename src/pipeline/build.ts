@@ -141,7 +141,7 @@ export class SnapshotBuilder {
         // Two ports of a service with the same target port (80 -> 8080 and 8080 -> 8080) share one cluster.
         if (!clusterNames.has(port.cluster)) {
           clusterNames.add(port.cluster);
-          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.http2}`, () => outboundCluster(port)));
+          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}`, () => outboundCluster(port)));
           endpoints.push(this.resource(ENDPOINT, JSON.stringify([port.cluster, port.endpoints]), () => clusterLoadAssignment(port)));
         }
         const chain = outboundFilterChain(service, port) as { filter_chain_match: unknown } | undefined;
@@ -301,7 +301,7 @@ export class SnapshotBuilder {
     const byTarget = new Map<number, { service: ServiceIR; port: PortIR }>();
     for (const b of backing) if (!byTarget.has(b.port.targetPort)) byTarget.set(b.port.targetPort, b);
     const localClusters = [...new Map(backing.map((b) => [b.port.cluster, b])).values()].map((b) =>
-      this.resource(CLUSTER, `local|${b.port.cluster}|${b.port.http2}`, () => localCluster(b.port)),
+      this.resource(CLUSTER, `local|${b.port.cluster}|${b.port.protocol}|${b.port.http2}`, () => localCluster(b.port)),
     );
     const inboundRoutes = [...byTarget.values()]
       .filter((b) => b.port.protocol === 'http')

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type Workload } from '../../src/sandbox/sandbox.js';
-import { sampleRetryText } from '../../src/sandbox/samples.js';
+import { initScript, sampleRetryText } from '../../src/sandbox/samples.js';
 import { sandboxMissing } from './sandbox.js';
 
 const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
@@ -54,8 +54,13 @@ export function guideSuite(flavour: AdsFlavour): void {
             name: 'greeter',
             namespace: 'greeter',
             serviceAccount: 'greeter',
-            ports: [{ name: 'grpc', port: 50051, targetPort: 50051, appProtocol: 'grpc' }],
-            app: { command: [process.execPath, GRPC_APP, 'serve', '50051'], ready: /^listening$/ },
+            ports: [
+              { name: 'grpc', port: 50051, targetPort: 50051, appProtocol: 'grpc' },
+              // gRPC on a port that says only "http", and a WebSocket echo.
+              { name: 'http', port: 8080, targetPort: 8080 },
+              { name: 'http-ws', port: 8081, targetPort: 8081 },
+            ],
+            app: { command: [process.execPath, GRPC_APP, 'serve', '50051,8080', '8081'], ready: /^listening$/ },
             flavour,
           }),
           sampleWorkload('curl.yaml', { name: 'greeter-client', namespace: 'greeter-client', serviceAccount: 'greeter-client', ports: undefined, flavour }),
@@ -180,6 +185,28 @@ export function guideSuite(flavour: AdsFlavour): void {
       expect(await greeter.sidecar.stat('cluster.greeter/greeter|50051|local.upstream_cx_http2_total')).toBeGreaterThan(0);
       expect(await greeter.sidecar.stat('cluster.greeter/greeter|50051|local.upstream_cx_http1_total')).toBe(0);
     }, 60_000);
+
+    it('gRPC on a port named plain http, and a WebSocket upgrade, pass both sidecars (the upstream speaks as the caller spoke)', async () => {
+      const client = sb.workload('greeter-client');
+      const greeter = sb.workload('greeter');
+      const r = await client.pod.exec(process.execPath, [GRPC_APP, 'call', 'dns:///greeter.greeter.svc.cluster.local:8080', 'Ok']);
+      expect(r.stdout.trim(), r.stderr).toBe('OK');
+      expect(await greeter.sidecar.stat('cluster.greeter/greeter|8080|local.upstream_cx_http2_total')).toBeGreaterThan(0);
+      const ws = await client.pod.exec(process.execPath, [GRPC_APP, 'ws', 'ws://greeter.greeter.svc.cluster.local:8081/']);
+      expect(ws.stdout.trim(), ws.stderr).toBe('ping');
+      expect(await greeter.sidecar.stat('cluster.greeter/greeter|8081|local.upstream_cx_http1_total')).toBeGreaterThan(0);
+    });
+
+    it("the init container's script is safe to run twice and redirects IPv6 too", async () => {
+      const rules = async (): Promise<string> =>
+        (await Promise.all(['iptables', 'ip6tables'].map((t) => curl.pod.exec(t, ['-t', 'nat', '-S'])))).map((r) => r.stdout).join('');
+      const before = await rules();
+      expect(before).toMatch(/-A PROXY_OUTPUT -d ::1\/128 -j RETURN/);
+      expect(before).toMatch(/-A PROXY_REDIRECT -p tcp -m tcp -j REDIRECT --to-ports 15001|-A PROXY_REDIRECT -p tcp -j REDIRECT --to-ports 15001/);
+      const again = await curl.pod.exec('/bin/sh', ['-c', initScript('curl.yaml')]);
+      expect(again.code, again.stderr).toBe(0);
+      expect(await rules()).toBe(before);
+    });
 
     it("the server's /debug/config_dump equals, resource by resource, what each Envoy prints in its own /config_dump", async () => {
       for (const w of sb.workloads.values()) {
