@@ -158,6 +158,9 @@ export class SnapshotBuilder {
           }
           const key = `${service.namespace}/${service.name}`;
           const group = httpPorts.get(port.dialPort)!;
+          // One virtual host per service and dial port: two ports of a headless service on one target port
+          // are dialled alike (the first one's route is used; a second virtual host would repeat its domains).
+          if (group.index.has(key)) continue;
           group.index.set(key, group.entries.length);
           group.entries.push({ service, port, key, plain: [] });
         }

@@ -276,8 +276,11 @@ export class Network {
 
   /** A new pod on the bridge, with loopback up and a route for the Service range. */
   async pod(name: string): Promise<Pod> {
-    const index = this.pods.length + 2;
-    if (index > 200) throw new Error('too many pods in one sandbox');
+    // The lowest address not held by a pod (.1 is the bridge; .250 and up are for control-plane replicas).
+    const held = new Set(this.pods.map((p) => Number(p.ip.split('.')[3])));
+    let index = 2;
+    while (held.has(index)) index++;
+    if (index >= 250) throw new Error('too many pods in one sandbox (at most 248)');
     const netns = `mx${this.n}-${name}`;
     const pod = new Pod(netns, `${SUBNET}.${this.n}.${index}`);
     this.pods.push(pod);
@@ -294,6 +297,14 @@ export class Network {
     await ip('-n', netns, 'link', 'set', 'lo', 'up');
     await ip('-n', netns, 'route', 'add', SERVICE_CIDR, 'dev', 'eth0');
     return pod;
+  }
+
+  /** Stops a pod's processes and removes it. */
+  async removePod(pod: Pod): Promise<void> {
+    await pod.stopAll();
+    removeNetnsSync(pod.netns);
+    const i = this.pods.indexOf(pod);
+    if (i >= 0) this.pods.splice(i, 1);
   }
 
   /** Stops every pod's processes, then removes the pods and the bridge. */

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type Workload } from '../../src/sandbox/sandbox.js';
 import { initScript, sampleRetryText } from '../../src/sandbox/samples.js';
 import { sandboxMissing } from './sandbox.js';
+import { dynamicResources } from '../../src/sandbox/accept.js';
 
 const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
@@ -246,14 +247,4 @@ export function guideSuite(flavour: AdsFlavour): void {
       expect((await retries()) - n).toBe(2);
     }, 120_000);
   });
-}
-
-/** The dynamic clusters, listeners and route configurations of a ConfigDump, by name, as plain JSON. */
-export function dynamicResources(dump: any): Record<string, unknown> {
-  const byType = (name: string) => dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/envoy.admin.v3.${name}`) ?? {};
-  const out: Record<string, unknown> = {};
-  for (const c of byType('ClustersConfigDump').dynamic_active_clusters ?? []) out[`CDS ${c.cluster.name}`] = c.cluster;
-  for (const l of byType('ListenersConfigDump').dynamic_listeners ?? []) out[`LDS ${l.name}`] = l.active_state?.listener ?? l;
-  for (const r of byType('RoutesConfigDump').dynamic_route_configs ?? []) out[`RDS ${r.route_config.name}`] = r.route_config;
-  return out;
 }

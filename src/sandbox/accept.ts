@@ -1,0 +1,156 @@
+/**
+ * Does a real client accept everything the server publishes for a mesh? The server serves a manifests folder on
+ * the sandbox's bridge; for every identity of the mesh a real Envoy sidecar (per ADS flavour, each in a pod of
+ * its own) and, optionally, a proxyless gRPC client (grpc-js-xds) connect. Every problem is reported: a NACK, an
+ * update Envoy rejected, a listener left warming, a cluster not initialised, a type never ACKed, and (optionally)
+ * a difference between the server's /debug/config_dump and Envoy's own.
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as grpcXds from '@grpc/grpc-js-xds';
+import pino from 'pino';
+import { serve, type Running } from '../main.js';
+import type { MeshConfig } from '../model/mesh.js';
+import { syncState } from '../xds/status.js';
+import { RESOURCE_TYPES } from '../xds/types.js';
+import type { Network, Pod } from './netns.js';
+import { startSidecar, until, type AdsFlavour, type Sidecar } from './sandbox.js';
+
+grpcXds.register();
+
+/** Pods made by acceptMesh so far (their names must differ, also between meshes checked at once). */
+let podCount = 0;
+
+export interface AcceptOptions {
+  /** A folder the sidecars' uid can read (bootstraps). */
+  tmp: string;
+  overrides?: Partial<MeshConfig>;
+  flavours?: AdsFlavour[];
+  /** Also a proxyless gRPC client per identity (for a service with an HTTP port, if the mesh has one). */
+  proxyless?: boolean;
+  /** Compare the server's /debug/config_dump of each sidecar with Envoy's own. */
+  compareDumps?: boolean;
+  timeoutMs?: number;
+}
+
+export interface Checked {
+  identity: string;
+  client: string;
+  nodeId: string;
+}
+
+export interface Verdict {
+  checked: Checked[];
+  problems: string[];
+}
+
+/** The dynamic clusters, listeners and route configurations of a ConfigDump, by name, as plain JSON. */
+export function dynamicResources(dump: any): Record<string, unknown> {
+  const byType = (name: string) => dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/envoy.admin.v3.${name}`) ?? {};
+  const out: Record<string, unknown> = {};
+  for (const c of byType('ClustersConfigDump').dynamic_active_clusters ?? []) out[`CDS ${c.cluster.name}`] = c.cluster;
+  for (const l of byType('ListenersConfigDump').dynamic_listeners ?? []) out[`LDS ${l.name}`] = l.active_state?.listener ?? l;
+  for (const r of byType('RoutesConfigDump').dynamic_route_configs ?? []) out[`RDS ${r.route_config.name}`] = r.route_config;
+  return out;
+}
+
+const id = (b: Buffer): Buffer => b;
+const ProbeClient = grpc.makeGenericClientConstructor(
+  { Call: { path: '/meshxds.probe.Probe/Call', requestStream: false, responseStream: false, requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id } },
+  'Probe',
+);
+
+/** Serves the folder `dir` and checks every identity with real clients; removes what it made before returning. */
+export async function acceptMesh(net: Network, dir: string, o: AcceptOptions): Promise<Verdict> {
+  const problems: string[] = [];
+  const checked: Checked[] = [];
+  let running: Running | undefined;
+  const pods: Pod[] = [];
+  const sidecars: { sidecar: Sidecar; identity: string; flavour: AdsFlavour }[] = [];
+  const clients: grpc.Client[] = [];
+  try {
+    running = await serve(
+      { adsAddress: `${net.gateway}:0`, debugAddress: '127.0.0.1:0', manifests: dir, kubernetes: false, meshName: 'mesh-xds', overrides: o.overrides ?? {}, logLevel: 'silent', namespace: 'mesh-xds' },
+      pino({ level: 'silent' }),
+    );
+    const ads = `${net.gateway}:${running.adsPort}`;
+    const ir = running.pipeline.ir!;
+    for (const identity of ir.identities) {
+      const [namespace, serviceAccount] = identity.split('/');
+      for (const flavour of o.flavours ?? ['GRPC']) {
+        const name = `${serviceAccount.slice(0, 30)}-${++podCount}`;
+        const pod = await net.pod(name);
+        pods.push(pod);
+        const sidecar = startSidecar(pod, { sample: 'curl.yaml', facts: { name, namespace, serviceAccount, ip: pod.ip }, dir: o.tmp, flavour, adsAddress: ads });
+        sidecars.push({ sidecar, identity, flavour });
+        checked.push({ identity, client: `envoy ${flavour}`, nodeId: sidecar.nodeId });
+      }
+      const target = ir.services.flatMap((s) => s.ports.filter((p) => p.protocol === 'http').map((p) => `${s.name}.${s.namespace}.svc.cluster.local:${p.dialPort}`))[0];
+      if (o.proxyless && target) {
+        const nodeId = `proxyless-${namespace}-${serviceAccount}`;
+        const bootstrap = {
+          xds_servers: [{ server_uri: ads, channel_creds: [{ type: 'insecure' }], server_features: ['xds_v3'] }],
+          node: { id: nodeId, locality: {}, metadata: { namespace, serviceAccount } },
+        };
+        const c = new ProbeClient(`xds:///${target}`, grpc.credentials.createInsecure(), { 'grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config': JSON.stringify(bootstrap) }) as any;
+        clients.push(c);
+        // The call makes the client fetch its config; its outcome (the endpoints are not real) does not matter.
+        c.Call(Buffer.from('x'), { deadline: Date.now() + 3000 }, () => {});
+        checked.push({ identity, client: 'grpc-js-xds', nodeId });
+      }
+    }
+    const timeout = o.timeoutMs ?? 60_000;
+    // Every client has an answer (ACK or NACK) for every type it asked for.
+    await until(
+      () =>
+        checked.every((c) => {
+          const conn = running!.registry.byNodeId(c.nodeId);
+          return conn !== undefined && RESOURCE_TYPES.every((t) => conn.types.has(t.typeUrl)) && [...conn.types.values()].every((s) => syncState(s) === 'SYNCED' || syncState(s) === 'NACKED');
+        }),
+      timeout,
+      'every client to answer every type',
+    ).catch((e) => problems.push((e as Error).message));
+    for (const c of checked) {
+      const conn = running.registry.byNodeId(c.nodeId);
+      if (!conn) {
+        problems.push(`${c.identity} (${c.client}): never connected`);
+        continue;
+      }
+      for (const t of RESOURCE_TYPES) {
+        const s = conn.types.get(t.typeUrl);
+        if (!s) problems.push(`${c.identity} (${c.client}): never asked for ${t.short}`);
+        else if (s.lastNack) problems.push(`${c.identity} (${c.client}): NACK of ${t.short} ${s.lastNack.version}: ${s.lastNack.error}`);
+        else if (syncState(s) !== 'SYNCED') problems.push(`${c.identity} (${c.client}): ${t.short} ${syncState(s)}`);
+      }
+    }
+    for (const { sidecar, identity, flavour } of sidecars) {
+      const who = `${identity} (envoy ${flavour})`;
+      try {
+        const rejected = await sidecar.rejected();
+        if (Object.keys(rejected).length) problems.push(`${who}: rejected ${JSON.stringify(rejected)}`);
+        const stats = await sidecar.stats();
+        if (stats.get('listener_manager.total_listeners_warming')) problems.push(`${who}: ${stats.get('listener_manager.total_listeners_warming')} listener(s) warming`);
+        if (stats.get('cluster_manager.warming_clusters')) problems.push(`${who}: ${stats.get('cluster_manager.warming_clusters')} cluster(s) warming`);
+        if (!stats.get('listener_manager.total_listeners_active')) problems.push(`${who}: no active listener`);
+        if (o.compareDumps) {
+          const ours = await fetch(`http://127.0.0.1:${running.debugPort}/debug/config_dump?proxy=${encodeURIComponent(sidecar.nodeId)}`).then((r) => r.json());
+          const theirs = dynamicResources(await sidecar.configDump());
+          if (JSON.stringify(sortKeys(dynamicResources(ours))) !== JSON.stringify(sortKeys(theirs))) problems.push(`${who}: /debug/config_dump differs from Envoy's /config_dump`);
+        }
+      } catch (e) {
+        problems.push(`${who}: ${(e as Error).message}\n${sidecar.proc.tail(10)}`);
+      }
+    }
+  } finally {
+    for (const c of clients) c.close();
+    await running?.close();
+    for (const pod of pods) await net.removePod(pod);
+  }
+  return { checked, problems };
+}
+
+/** Plain JSON with object keys sorted, for comparing documents whatever their key order. */
+export function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  return v;
+}
