@@ -20,7 +20,7 @@ function setup(): { cache: SnapshotCache; pipeline: Pipeline; state: ReturnType<
 describe('snapshot builder', () => {
   it('shares identical resources between proxies, by reference', () => {
     const { cache, pipeline } = setup();
-    const withPolicy = new Set(pipeline.ir!.retries.keys());
+    const withPolicy = new Set(Object.keys(pipeline.ir!.retries));
     // Two identities of one namespace without Retry policies get the very same route configuration objects.
     const plain = pipeline.ir!.identities.filter((id) => !withPolicy.has(id) && id.startsWith('ns-1/'));
     expect(plain.length).toBeGreaterThanOrEqual(2);
@@ -59,8 +59,8 @@ describe('snapshot builder', () => {
 describe('after a topology change', () => {
   it('route configurations and proxyless listeners follow: no stale piece is reused', () => {
     const { cache, pipeline, state } = setup();
-    const withPolicy = [...pipeline.ir!.retries.keys()][0];
-    const plain = pipeline.ir!.identities.find((id) => !pipeline.ir!.retries.has(id))!;
+    const withPolicy = Object.keys(pipeline.ir!.retries)[0];
+    const plain = pipeline.ir!.identities.find((id) => !(id in pipeline.ir!.retries))!;
     const proxyless = `proxyless:${plain}`;
     cache.set(proxyless, pipeline.preview(proxyless));
     const extra = { namespace: 'ns-0', name: 'brand-new', clusterIP: '10.99.0.1', ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] };

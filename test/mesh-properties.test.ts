@@ -136,7 +136,7 @@ describe('memory under policy churn', () => {
     // A mesh where some Retry applies from an identity that has a proxy to a service with an HTTP port.
     const applies = (p: Pipeline): boolean =>
       p.ir!.enableRetryPolicy &&
-      [...p.ir!.retries].some(([id, dsts]) => p.ir!.identities.includes(id) && [...dsts.keys()].some((d) => p.ir!.services.some((s) => `${s.namespace}/${s.name}` === d && s.ports.some((x) => x.protocol === 'http'))));
+      Object.entries(p.ir!.retries).some(([id, dsts]) => p.ir!.identities.includes(id) && Object.keys(dsts).some((d) => p.ir!.services.some((s) => `${s.namespace}/${s.name}` === d && s.ports.some((x) => x.protocol === 'http'))));
     let seed = 0;
     let state: MeshState;
     let pipeline: Pipeline;

@@ -4,7 +4,7 @@
  */
 import { MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
-import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, ServiceIR } from './ir.js';
+import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
 
 const HTTP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'h2c', 'kubernetes.io/h2c', 'grpc-web']);
 const HTTP2_PROTOCOLS = new Set(['http2', 'grpc', 'h2c', 'kubernetes.io/h2c']);
@@ -31,7 +31,7 @@ function matches(selector: Readonly<Record<string, string>> | undefined, labels:
 
 interface Topology {
   services: ServiceIR[];
-  backing: Map<string, { service: ServiceIR; port: PortIR }[]>;
+  backing: Record<string, PortRef[]>;
   diagnostics: Diagnostic[];
 }
 
@@ -54,7 +54,7 @@ function compileTopology(state: MeshState, meshNamespaces: Set<string>): Topolog
   for (const p of state.pods) if (p.ip) podByIp.set(`${p.namespace}/${p.ip}`, p);
 
   const services: ServiceIR[] = [];
-  const backing = new Map<string, { service: ServiceIR; port: PortIR }[]>();
+  const backing: Record<string, PortRef[]> = {};
   const sorted = [...state.services].filter((s) => meshNamespaces.has(s.namespace)).sort(byRef);
   for (const [i, svc] of sorted.entries()) {
     // Two definitions of one Service (a source that does not dedupe): the first is used, never both.
@@ -120,11 +120,11 @@ function compileTopology(state: MeshState, meshNamespaces: Set<string>): Topolog
     for (const b of backers) {
       if (!b.pod) continue;
       const id = `${b.pod.namespace}/${b.pod.serviceAccount}`;
-      if (!backing.has(id)) backing.set(id, []);
-      const list = backing.get(id)!;
-      if (!list.some((x) => x.port === b.port)) list.push({ service, port: b.port });
+      const list = (backing[id] ??= []);
+      if (!list.some((x) => x.service === refKey(service) && x.port === b.port.port)) list.push({ service: refKey(service), port: b.port.port });
     }
   }
+  for (const list of Object.values(backing)) list.sort((a, b) => (a.service < b.service ? -1 : a.service > b.service ? 1 : a.port - b.port));
   return { services, backing, diagnostics };
 }
 
@@ -139,10 +139,10 @@ function compilePolicies(
   meshNamespaces: Set<string>,
   serviceKeys: Set<string>,
   identities: Set<string>,
-): { reports: PolicyReport[]; retries: Map<string, Map<string, AppliedRetry>> } {
+): { reports: PolicyReport[]; retries: Record<string, Record<string, AppliedRetry>> } {
   const reports = new Map<string, PolicyReport>();
   const candidates: Candidate[] = [];
-  const retries = new Map<string, Map<string, AppliedRetry>>();
+  const retries: Record<string, Record<string, AppliedRetry>> = {};
   const base = (r: MeshState['retries'][number]) => ({
     namespace: r.namespace,
     name: r.name,
@@ -187,14 +187,14 @@ function compilePolicies(
     const won: string[] = [];
     for (const d of c.spec.destinations) {
       const dst = `${d.namespace}/${d.name}`;
-      if (!retries.has(source)) retries.set(source, new Map());
-      const existing = retries.get(source)!.get(dst);
+      const forSource = (retries[source] ??= {});
+      const existing = forSource[dst];
       if (existing) {
         if (!lost.has(c.key)) lost.set(c.key, []);
         lost.get(c.key)!.push(`conflicts with Retry ${existing.policy} (older) for ${source} -> Service ${dst}; ${existing.policy} applies`);
         continue;
       }
-      retries.get(source)!.set(dst, { policy: c.key, spec: c.spec });
+      forSource[dst] = { policy: c.key, spec: c.spec };
       won.push(dst);
     }
     const rep = reports.get(c.key)!;

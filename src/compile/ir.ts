@@ -66,6 +66,16 @@ export interface Diagnostic {
   readonly message: string;
 }
 
+/** A service port by reference: the service `ns/name` and its port number. */
+export interface PortRef {
+  readonly service: string;
+  readonly port: number;
+}
+
+/**
+ * The mesh, compiled. Plain data (no Maps, no shared references: ports are named by PortRef), so it prints as
+ * JSON as it is (golden `ir.json`, /debug/mesh).
+ */
 export interface MeshIR {
   readonly meshName: string;
   readonly enableRetryPolicy: boolean;
@@ -74,9 +84,9 @@ export interface MeshIR {
   /** Identities (`ns/sa`) known in mesh namespaces, sorted. */
   readonly identities: readonly string[];
   /** Identity -> destination service `ns/name` -> the Retry that applies. */
-  readonly retries: ReadonlyMap<string, ReadonlyMap<string, AppliedRetry>>;
-  /** Identity -> service ports its pods back (for the inbound listener). */
-  readonly backing: ReadonlyMap<string, readonly { readonly service: ServiceIR; readonly port: PortIR }[]>;
+  readonly retries: Readonly<Record<string, Readonly<Record<string, AppliedRetry>>>>;
+  /** Identity -> the service ports its pods back (for the inbound listener), sorted. */
+  readonly backing: Readonly<Record<string, readonly PortRef[]>>;
   readonly policies: readonly PolicyReport[];
   readonly diagnostics: readonly Diagnostic[];
 }

@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { MeshIR } from '../compile/ir.js';
+import { outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { envoyRetryPolicy } from '../envoy/routes.js';
 import { envoyRoot } from '../xds/protos.js';
 import type { SnapshotCache } from '../xds/cache.js';
@@ -79,8 +80,7 @@ function policiesView(ir: MeshIR | undefined): unknown[] {
   if (!ir) return [];
   return ir.policies.map((p) => {
     if (p.state !== 'Accepted' || !p.source) return p;
-    const applied = ir.retries.get(p.source);
-    const mine = [...(applied ?? [])].filter(([, a]) => a.policy === `${p.namespace}/${p.name}`);
+    const mine = Object.entries(ir.retries[p.source] ?? {}).filter(([, a]) => a.policy === `${p.namespace}/${p.name}`);
     const spec = mine[0]?.[1].spec;
     const policy = spec ? envoyRetryPolicy(spec, { proxyless: false }) : undefined;
     let envoy: unknown = null;
@@ -231,7 +231,7 @@ export class DebugServer {
     const ir = this.src.ir();
     if (!/^[^/]+\/[^/]+$/.test(from) || !/^[^/]+\/[^/]+$/.test(to)) return this.json(res, 400, { error: 'give ?from=<namespace>/<serviceAccount>&to=<namespace>/<service>' });
     if (!ir || !this.src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
-    const applied = ir.enableRetryPolicy ? ir.retries.get(from)?.get(to) : undefined;
+    const applied = ir.enableRetryPolicy ? ir.retries[from]?.[to] : undefined;
     const candidates = ir.policies
       .filter((p) => p.declared.source === from && p.declared.destinations.includes(to))
       .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo }));
@@ -243,10 +243,10 @@ export class DebugServer {
       const snap = this.src.cache.peek(key) ?? this.src.preview(key);
       const rds = envoyRoot().lookupType('envoy.config.route.v3.RouteConfiguration');
       for (const port of service.ports.filter((p) => p.protocol === 'http')) {
-        const r = snap.get(ROUTE)?.resources.get(`rds-outbound.${port.dialPort}`);
+        const r = snap.get(ROUTE)?.resources.get(outboundRouteName(port.dialPort));
         if (!r) continue;
         const rc: any = toProto3Json(rds, rds.decode(r.body));
-        const vh = (rc.virtual_hosts ?? []).find((v: any) => v.name === `outbound_virtual-host|${service.host}`);
+        const vh = (rc.virtual_hosts ?? []).find((v: any) => v.name === outboundVirtualHostName(service.host));
         routes.push({ routeConfiguration: r.name, virtualHost: vh ?? null });
       }
     }

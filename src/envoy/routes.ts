@@ -1,23 +1,9 @@
 /** RouteConfiguration pieces: one virtual host per (service, port), with the applicable Retry as retry_policy. */
 import type { PortIR, ServiceIR } from '../compile/ir.js';
+import { serviceDomains } from '../compile/plan.js';
 import type { RetrySpec } from '../policy/retry.js';
 import { protoDuration } from '../policy/duration.js';
 import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName } from './common.js';
-
-/**
- * OSM's domain list: short name forms only for callers in the service's namespace, each with and without the
- * port: `httpbin`, `httpbin:14001` (same namespace), `httpbin.httpbin`, `.svc`, `.svc.cluster`, `.svc.cluster.local`.
- */
-export function serviceDomains(service: Pick<ServiceIR, 'name' | 'namespace'>, port: number, sameNamespace: boolean): string[] {
-  const forms = [
-    ...(sameNamespace ? [service.name] : []),
-    `${service.name}.${service.namespace}`,
-    `${service.name}.${service.namespace}.svc`,
-    `${service.name}.${service.namespace}.svc.cluster`,
-    `${service.name}.${service.namespace}.svc.cluster.local`,
-  ];
-  return forms.flatMap((f) => [f, `${f}:${port}`]);
-}
 
 export interface RetryOptions {
   /** Proxyless gRPC clients reject `num_retries: 0`; for them it becomes "no retry policy" (same effect). */
@@ -30,9 +16,9 @@ export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): object | 
   return {
     retry_on: spec.retryOn.join(','),
     ...(spec.numRetries !== undefined ? { num_retries: { value: spec.numRetries } } : {}),
-    ...(spec.perTryTimeoutNanos !== undefined ? { per_try_timeout: protoDuration(spec.perTryTimeoutNanos) } : {}),
+    ...(spec.perTryTimeout !== undefined ? { per_try_timeout: protoDuration(spec.perTryTimeout) } : {}),
     ...(spec.retriableStatusCodes.length ? { retriable_status_codes: [...spec.retriableStatusCodes] } : {}),
-    ...(spec.backoffBaseNanos !== undefined ? { retry_back_off: { base_interval: protoDuration(spec.backoffBaseNanos) } } : {}),
+    ...(spec.backoffBaseInterval !== undefined ? { retry_back_off: { base_interval: protoDuration(spec.backoffBaseInterval) } } : {}),
   };
 }
 

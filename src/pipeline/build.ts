@@ -8,10 +8,10 @@ import type { MeshIR, PortIR, ServiceIR } from '../compile/ir.js';
 import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener } from '../envoy/listeners.js';
-import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceDomains } from '../envoy/routes.js';
+import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost } from '../envoy/routes.js';
 import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
-import { parseProxyKey, type ProxyKind } from '../xds/node.js';
+import { planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
 import { assembleResource, buildSnapshot, checkVirtualHosts, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
@@ -190,13 +190,11 @@ export class SnapshotBuilder {
     };
   }
 
-  /** Retry policy (as an Envoy object) per destination service for an identity. */
-  private retriesOf(identity: string, kind: ProxyKind): Map<string, object> {
+  /** The Envoy retry policy per destination service of a plan (none where the spec means no retries). */
+  private static retriesOf(plan: ProxyPlan): Map<string, object> {
     const out = new Map<string, object>();
-    const applied = this.ir!.retries.get(identity);
-    if (!applied || !this.ir!.enableRetryPolicy) return out;
-    for (const [dst, a] of applied) {
-      const policy = envoyRetryPolicy(a.spec, { proxyless: kind === 'proxyless' });
+    for (const [dst, spec] of Object.entries(plan.retries)) {
+      const policy = envoyRetryPolicy(spec, { proxyless: plan.kind === 'proxyless' });
       if (policy) out.set(dst, policy);
     }
     return out;
@@ -270,23 +268,16 @@ export class SnapshotBuilder {
   /** The snapshot for a proxy key (`sidecar:ns/sa` or `proxyless:ns/sa`). Throws EncodeError/SnapshotError. */
   build(key: string): Snapshot {
     if (!this.ir || !this.shared) throw new Error('no mesh yet');
-    const { kind, namespace, serviceAccount } = parseProxyKey(key);
-    const identity = `${namespace}/${serviceAccount}`;
+    const plan = planProxy(this.ir, key);
     const shared = this.shared;
-    const retries = this.retriesOf(identity, kind);
-    const routes = shared.httpPorts.map((g) => this.outboundRoute(g, namespace, retries));
+    const retries = SnapshotBuilder.retriesOf(plan);
+    const routes = shared.httpPorts.map((g) => this.outboundRoute(g, plan.namespace, retries));
 
-    if (kind === 'proxyless') {
-      const listeners = this.sets.get(`proxyless-lds|${shared.httpSig}|${namespace}`, () =>
+    if (plan.kind === 'proxyless') {
+      const listeners = this.sets.get(`proxyless-lds|${shared.httpSig}|${plan.namespace}`, () =>
         TypeSet.of(
           LISTENER,
-          shared.httpPorts.flatMap((g) =>
-            g.entries.flatMap(({ service, port }) =>
-              serviceDomains(service, port.dialPort, service.namespace === namespace)
-                .filter((d) => d.endsWith(`:${port.dialPort}`))
-                .map((d) => this.resource(LISTENER, `api|${d}|${port.dialPort}`, () => apiListener(d, port))),
-            ),
-          ),
+          plan.apiListeners.map(({ name, port }) => this.resource(LISTENER, `api|${name}|${port.dialPort}`, () => apiListener(name, port))),
         ),
       );
       return buildSnapshot(
@@ -299,24 +290,19 @@ export class SnapshotBuilder {
       );
     }
 
-    // Sidecar: inbound side for the services this identity's pods back.
-    const backing = [...(this.ir.backing.get(identity) ?? [])].sort((a, b) => a.port.targetPort - b.port.targetPort || (a.port.cluster < b.port.cluster ? -1 : 1));
-    const byTarget = new Map<number, { service: ServiceIR; port: PortIR }>();
-    for (const b of backing) if (!byTarget.has(b.port.targetPort)) byTarget.set(b.port.targetPort, b);
-    const localClusters = [...new Map(backing.map((b) => [b.port.cluster, b])).values()].map((b) =>
-      this.resource(CLUSTER, `local|${b.port.cluster}|${b.port.protocol}|${b.port.http2}`, () => localCluster(b.port)),
-    );
-    const inboundRoutes = [...byTarget.values()]
-      .filter((b) => b.port.protocol === 'http')
-      .map((b) =>
-        this.resource(ROUTE, `inbound|${b.port.targetPort}|${b.service.host}|${b.port.cluster}`, () => ({
-          name: inboundRouteName(b.port.targetPort),
-          virtual_hosts: [inboundVirtualHost(b.service, b.port)],
+    // Sidecar: the inbound side for the service ports this identity's pods serve.
+    const localClusters = plan.localClusters.map(({ port }) => this.resource(CLUSTER, `local|${port.cluster}|${port.protocol}|${port.http2}`, () => localCluster(port)));
+    const inboundRoutes = plan.inbound
+      .filter(({ port }) => port.protocol === 'http')
+      .map(({ service, port }) =>
+        this.resource(ROUTE, `inbound|${port.targetPort}|${service.host}|${port.cluster}`, () => ({
+          name: inboundRouteName(port.targetPort),
+          virtual_hosts: [inboundVirtualHost(service, port)],
         })),
       );
     const listeners: Resource[] = [shared.outboundListener];
-    if (byTarget.size) {
-      const chains = [...byTarget.values()].map((b) => inboundFilterChain(b.service, b.port));
+    if (plan.inbound.length) {
+      const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
       listeners.push(this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => inboundListener(chains)));
     }
     return buildSnapshot(

@@ -92,8 +92,7 @@ export class Pipeline {
 
     // Which identities' retry policies changed: only their proxies need rebuilding when the topology did not.
     const sig = new Map<string, string>();
-    const bigints = (_k: string, v: unknown): unknown => (typeof v === 'bigint' ? `${v}` : v);
-    for (const [id, m] of ir.retries) sig.set(id, JSON.stringify([...m].map(([dst, a]) => [dst, a.policy, a.spec]), bigints));
+    for (const [id, m] of Object.entries(ir.retries)) sig.set(id, JSON.stringify(m));
     const touched = new Set<string>();
     for (const id of new Set([...sig.keys(), ...this.retriesSig.keys()])) if (sig.get(id) !== this.retriesSig.get(id)) touched.add(id);
     this.retriesSig = sig;

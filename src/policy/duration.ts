@@ -40,9 +40,17 @@ export function parseGoDuration(text: string): { nanos: bigint } | { error: stri
   return { nanos: sign * total };
 }
 
-/** `google.protobuf.Duration` in the plain-object form the builders use. */
-export function protoDuration(nanos: bigint): { seconds?: number; nanos?: number } {
-  const seconds = Number(nanos / 1_000_000_000n);
-  const rem = Number(nanos % 1_000_000_000n);
-  return { ...(seconds ? { seconds } : {}), ...(rem ? { nanos: rem } : {}) };
+/** A duration as plain data (`google.protobuf.Duration`'s fields: seconds and the nanoseconds beyond them). */
+export interface Duration {
+  readonly seconds: number;
+  readonly nanos: number;
+}
+
+export function durationOf(nanos: bigint): Duration {
+  return { seconds: Number(nanos / 1_000_000_000n), nanos: Number(nanos % 1_000_000_000n) };
+}
+
+/** `google.protobuf.Duration` in the plain-object form the builders use (zero fields left out). */
+export function protoDuration(d: Duration): { seconds?: number; nanos?: number } {
+  return { ...(d.seconds ? { seconds: d.seconds } : {}), ...(d.nanos ? { nanos: d.nanos } : {}) };
 }

@@ -2,7 +2,7 @@
  * The Retry policy (`policy.flomesh.io/v1alpha1`, kind Retry): parse and validate its spec. Pure: returns
  * the spec or every problem with its field path; never throws on user input.
  */
-import { parseGoDuration } from './duration.js';
+import { durationOf, parseGoDuration, type Duration } from './duration.js';
 
 export const RETRY_API_VERSION = 'policy.flomesh.io/v1alpha1';
 
@@ -42,9 +42,9 @@ export interface RetrySpec {
   readonly retryOn: readonly string[];
   /** HTTP status codes written in retryOn (they become retriable-status-codes). */
   readonly retriableStatusCodes: readonly number[];
-  readonly perTryTimeoutNanos?: bigint;
+  readonly perTryTimeout?: Duration;
   readonly numRetries?: number;
-  readonly backoffBaseNanos?: bigint;
+  readonly backoffBaseInterval?: Duration;
 }
 
 export type RetryParse = { ok: true; spec: RetrySpec } | { ok: false; problems: Problem[] };
@@ -73,7 +73,7 @@ function checkUnknown(obj: Record<string, unknown>, allowed: string[], path: str
   }
 }
 
-function positiveDuration(value: unknown, field: string, problems: Problem[]): bigint | undefined {
+function positiveDuration(value: unknown, field: string, problems: Problem[]): Duration | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'string') {
     problems.push({ field, message: `must be a duration string such as "1s" or "250ms", got ${JSON.stringify(value)}` });
@@ -92,7 +92,7 @@ function positiveDuration(value: unknown, field: string, problems: Problem[]): b
     problems.push({ field, message: `"${value}" is finer than Envoy's millisecond resolution` });
     return undefined;
   }
-  return d.nanos;
+  return durationOf(d.nanos);
 }
 
 /** Parses `retryOn`: Envoy condition tokens and numeric HTTP status codes, comma separated. */
@@ -170,16 +170,16 @@ export function parseRetrySpec(spec: unknown): RetryParse {
   }
 
   let retryOn = { tokens: [] as string[], codes: [] as number[] };
-  let perTryTimeoutNanos: bigint | undefined;
+  let perTryTimeout: Duration | undefined;
   let numRetries: number | undefined;
-  let backoffBaseNanos: bigint | undefined;
+  let backoffBaseInterval: Duration | undefined;
   const rp = spec.retryPolicy;
   if (!isObject(rp)) problems.push({ field: 'spec.retryPolicy', message: 'is required: {retryOn, perTryTimeout, numRetries, retryBackoffBaseInterval}' });
   else {
     checkUnknown(rp, ['retryOn', 'perTryTimeout', 'numRetries', 'retryBackoffBaseInterval'], 'spec.retryPolicy', problems);
     retryOn = parseRetryOn(rp.retryOn, problems);
-    perTryTimeoutNanos = positiveDuration(rp.perTryTimeout, 'spec.retryPolicy.perTryTimeout', problems);
-    backoffBaseNanos = positiveDuration(rp.retryBackoffBaseInterval, 'spec.retryPolicy.retryBackoffBaseInterval', problems);
+    perTryTimeout = positiveDuration(rp.perTryTimeout, 'spec.retryPolicy.perTryTimeout', problems);
+    backoffBaseInterval = positiveDuration(rp.retryBackoffBaseInterval, 'spec.retryPolicy.retryBackoffBaseInterval', problems);
     if (rp.numRetries !== undefined && rp.numRetries !== null) {
       const n = rp.numRetries;
       if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 4294967295) {
@@ -196,9 +196,9 @@ export function parseRetrySpec(spec: unknown): RetryParse {
       skipped,
       retryOn: retryOn.tokens,
       retriableStatusCodes: retryOn.codes,
-      perTryTimeoutNanos,
+      perTryTimeout,
       numRetries,
-      backoffBaseNanos,
+      backoffBaseInterval,
     },
   };
 }

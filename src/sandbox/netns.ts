@@ -256,6 +256,9 @@ export class Network {
       const net = new Network(n);
       try {
         await ip('link', 'set', net.bridge, 'alias', `${OWNER_ALIAS}${process.pid}`);
+        // A fixed MAC: by default a bridge takes the lowest MAC of its ports, so adding or removing a pod would
+        // change it, and the other pods' ARP entries for the gateway would point nowhere for a while.
+        await ip('link', 'set', net.bridge, 'address', `02:00:0a:e9:${n.toString(16).padStart(2, '0')}:01`);
         await ip('addr', 'add', `${net.gateway}/24`, 'dev', net.bridge);
         await ip('link', 'set', net.bridge, 'up');
       } catch (e) {

@@ -1,7 +1,9 @@
 /** Who is on the other end of a stream: read from the xDS `node` of its first request. */
 import { LIMITS, clip } from './limits.js';
 
-export type ProxyKind = 'sidecar' | 'proxyless';
+import type { ProxyKind } from '../compile/plan.js';
+
+export { parseProxyKey, proxyKey, type ProxyKind } from '../compile/plan.js';
 
 export interface ProxyIdentity {
   readonly nodeId: string;
@@ -54,15 +56,4 @@ export function identityFromNode(node: any): ProxyIdentity {
     kind: userAgent === 'envoy' ? 'sidecar' : 'proxyless',
     userAgent,
   };
-}
-
-/** The cache key of the config an identity gets: proxies of the same identity and kind share it. */
-export function proxyKey(id: Pick<ProxyIdentity, 'kind' | 'namespace' | 'serviceAccount'>): string {
-  return `${id.kind}:${id.namespace}/${id.serviceAccount}`;
-}
-
-export function parseProxyKey(key: string): { kind: ProxyKind; namespace: string; serviceAccount: string } {
-  const m = /^(sidecar|proxyless):([^/]+)\/(.+)$/.exec(key);
-  if (!m) throw new Error(`bad proxy key ${key}`);
-  return { kind: m[1] as ProxyKind, namespace: m[2], serviceAccount: m[3] };
 }

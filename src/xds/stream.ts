@@ -123,6 +123,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
       return;
     }
     const type = resourceType(req.type_url);
+    if (this.ctx.log.isLevelEnabled('debug')) {
+      const names = req.resource_names ?? req.resource_names_subscribe ?? [];
+      this.ctx.log.debug({ node: clip(this.identity?.nodeId ?? ''), type: type?.short ?? clip(String(req.type_url)), version: clip(req.version_info ?? '', 64), nonce: clip(req.response_nonce ?? '', 64), names: names.length, nack: Boolean(req.error_detail) }, 'request');
+    }
     let state = type && this.states.get(type.typeUrl);
     // The first answer to the latest push of a type (an ACK or NACK) is the server's own doing: not counted.
     const answersPush = state && req.response_nonce && req.response_nonce === state.nonce && this.conn?.status(type!.typeUrl).awaiting;
