@@ -1,5 +1,8 @@
 /**
- * Golden tests: test/golden/<case>/input.yaml (+ case.json: mesh config overrides, proxies) -> expected/.
+ * Golden tests, one stage each (as Envoy Gateway keeps them): test/golden/<case>/input.yaml (+ case.json: mesh
+ * config overrides, proxies) -> expected/ir.json (the compiled mesh: services, identities, which Retry applies,
+ * every policy's status, diagnostics) and expected/manifest-errors.json (what the source refused), then per proxy
+ * expected/<proxy>/<CDS|EDS|LDS|RDS>.json: its resources in the proto3 JSON Envoy's own /config_dump prints.
  * Regenerate with `npm run golden:update`, then review the diff by hand.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,19 +21,27 @@ interface CaseConfig {
   proxies?: string[];
 }
 
-function fileName(key: string): string {
-  return `${key.replace(/[:/]/g, '_')}.json`;
+function proxyDir(key: string): string {
+  return key.replace(/[:/]/g, '_');
+}
+
+/** Every file under a folder, relative, sorted. */
+function files(dir: string, prefix = ''): string[] {
+  return readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`]))
+    .sort();
 }
 
 function check(dir: string, name: string, value: unknown): void {
   const file = path.join(dir, 'expected', name);
   const text = `${JSON.stringify(value, null, 2)}\n`;
   if (UPDATE) {
+    mkdirSync(path.dirname(file), { recursive: true });
     writeFileSync(file, text);
     return;
   }
   expect(existsSync(file), `${file} is missing: run npm run golden:update`).toBe(true);
-  expect(JSON.parse(text)).toEqual(JSON.parse(readFileSync(file, 'utf8')));
+  expect(JSON.parse(text), name).toEqual(JSON.parse(readFileSync(file, 'utf8')));
 }
 
 const cases = readdirSync(ROOT)
@@ -39,7 +50,7 @@ const cases = readdirSync(ROOT)
 
 describe('golden', () => {
   it('has the cases the translation must cover', () => {
-    expect(cases).toEqual(expect.arrayContaining(['guide', 'flag-off', 'invalid-and-valid', 'conflict', 'two-ports', 'same-namespace', 'headless', 'tcp-port', 'no-endpoints']));
+    expect(cases).toEqual(expect.arrayContaining(['guide', 'flag-off', 'invalid-and-valid', 'conflict', 'two-ports', 'same-namespace', 'headless', 'tcp-port', 'no-endpoints', 'headless-shared-target']));
   });
 
   for (const c of cases) {
@@ -48,20 +59,20 @@ describe('golden', () => {
       const cfg: CaseConfig = existsSync(path.join(dir, 'case.json')) ? JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8')) : {};
       const input = path.join(dir, cfg.input ?? 'input.yaml');
       const { ir, builder, errors } = meshFromYaml(readFileSync(input, 'utf8'), cfg.set ?? {});
-      if (UPDATE) {
-        rmSync(path.join(dir, 'expected'), { recursive: true, force: true });
-        mkdirSync(path.join(dir, 'expected'));
-      }
-      check(dir, 'status.json', { manifestErrors: errors, policies: ir.policies, diagnostics: ir.diagnostics });
+      if (UPDATE) rmSync(path.join(dir, 'expected'), { recursive: true, force: true });
+      check(dir, 'manifest-errors.json', errors);
+      // The IR is plain data: it prints as it is.
+      check(dir, 'ir.json', ir);
       const keys = cfg.proxies ?? builder.eagerKeys();
+      const written = ['ir.json', 'manifest-errors.json'];
       for (const key of keys) {
         // build() runs every check the server runs before publishing (protos, validate rules, references).
-        check(dir, fileName(key), snapshotToJson(builder.build(key)));
+        for (const [type, resources] of Object.entries(snapshotToJson(builder.build(key)))) {
+          check(dir, `${proxyDir(key)}/${type}.json`, resources);
+          written.push(`${proxyDir(key)}/${type}.json`);
+        }
       }
-      if (!UPDATE) {
-        const expected = readdirSync(path.join(dir, 'expected')).sort();
-        expect(expected).toEqual(['status.json', ...keys.map(fileName)].sort());
-      }
+      if (!UPDATE) expect(files(path.join(dir, 'expected'))).toEqual(written.sort());
     });
   }
 });

@@ -16,10 +16,16 @@ export function resourceToJson(r: Resource): Record<string, unknown> {
   return type.toObject(type.decode(r.body), { json: true, enums: String, longs: Number, defaults: false }) as Record<string, unknown>;
 }
 
-/** `{CDS: [...], EDS: [...], LDS: [...], RDS: [...]}` in name order. */
+/** A resource as Envoy's /config_dump prints it: proto3 JSON with its `@type`. */
+export function resourceToProto3Json(r: Resource): unknown {
+  const anyType = envoyRoot().lookupType('google.protobuf.Any');
+  return toProto3Json(anyType, { type_url: r.typeUrl, value: r.body });
+}
+
+/** `{CDS: [...], EDS: [...], LDS: [...], RDS: [...]}` in name order, each resource as Envoy prints it. */
 export function snapshotToJson(s: Snapshot): Record<string, unknown[]> {
   const out: Record<string, unknown[]> = {};
-  for (const t of RESOURCE_TYPES) out[t.short] = [...(s.get(t.typeUrl)?.resources.values() ?? [])].map(resourceToJson);
+  for (const t of RESOURCE_TYPES) out[t.short] = [...(s.get(t.typeUrl)?.resources.values() ?? [])].map(resourceToProto3Json);
   return out;
 }
 
