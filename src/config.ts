@@ -1,6 +1,7 @@
 /** Flags of `mesh-xds serve`, validated once at start. */
 import { parseArgs } from 'node:util';
 import type { MeshConfig } from './model/mesh.js';
+import { isDnsLabel } from './model/names.js';
 import { parseSetFlag } from './sources/manifests.js';
 
 export interface ServeConfig {
@@ -73,7 +74,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
   }
   const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
   if (!levels.includes(values['log-level']!)) throw new ConfigError(`--log-level must be one of ${levels.join(', ')}`);
-  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(values['mesh-name']!)) throw new ConfigError(`--mesh-name ${values['mesh-name']}: must be a Kubernetes label value`);
+  if (!isDnsLabel(values['mesh-name']!)) throw new ConfigError(`--mesh-name ${values['mesh-name']}: must be a Kubernetes label value`);
   return {
     adsAddress: address('--ads-address', values['ads-address']!),
     debugAddress: address('--debug-address', values['debug-address']!),

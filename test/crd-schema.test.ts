@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
+import { DNS_LABEL, OBJECT_NAME } from '../src/model/names.js';
 import { RETRY_ON_CONDITIONS } from '../src/policy/retry.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 
@@ -44,5 +45,14 @@ describe('Retry CRD schema', () => {
     const lists = [rule.rule, rule.messageExpression].map((cel: string) => /in \[([^\]]*)\]/.exec(cel)![1].split(', ').map((c) => c.replace(/'/g, '')));
     for (const list of lists) expect([...list].sort()).toEqual([...RETRY_ON_CONDITIONS].sort());
     expect(rule.messageExpression.startsWith(`'unknown retryOn condition "' + `)).toBe(true);
+  });
+
+  it('names its fields with the same patterns the server uses', () => {
+    const crd = parse(readFileSync(path.join(import.meta.dirname, '../deploy/crds/retries.policy.flomesh.io.yaml'), 'utf8'));
+    const spec = crd.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties;
+    expect(spec.source.properties.name.pattern).toBe(OBJECT_NAME.source);
+    expect(spec.source.properties.namespace.pattern).toBe(DNS_LABEL.source);
+    expect(spec.destinations.items.properties.name.pattern).toBe(DNS_LABEL.source);
+    expect(spec.destinations.items.properties.namespace.pattern).toBe(DNS_LABEL.source);
   });
 });

@@ -50,7 +50,7 @@ const cases = readdirSync(ROOT)
 
 describe('golden', () => {
   it('has the cases the translation must cover', () => {
-    expect(cases).toEqual(expect.arrayContaining(['guide', 'flag-off', 'invalid-and-valid', 'conflict', 'two-ports', 'same-namespace', 'headless', 'tcp-port', 'no-endpoints', 'headless-shared-target']));
+    expect(cases).toEqual(expect.arrayContaining(['guide', 'flag-off', 'invalid-and-valid', 'conflict', 'two-ports', 'same-namespace', 'headless', 'tcp-port', 'no-endpoints', 'headless-shared-target', 'headless-overlap']));
   });
 
   for (const c of cases) {

@@ -1,4 +1,5 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
+import { RESOURCE_TYPES } from '../xds/types.js';
 import { flag, table, wantsJson, UsageError } from './output.js';
 
 const DEFAULT_DEBUG = 'http://127.0.0.1:9091';
@@ -49,8 +50,8 @@ async function proxyStatus(args: string[]): Promise<number> {
     const state = (p: any, t: string): string => p.types[t]?.state ?? 'NOT SENT';
     process.stdout.write(
       table(
-        ['NODE', 'IDENTITY', 'POD', 'KIND', 'STREAM', 'CDS', 'EDS', 'LDS', 'RDS'],
-        proxies.map((p) => [p.nodeId, `${p.namespace}/${p.serviceAccount}`, p.podName ?? '-', p.kind, p.stream, state(p, 'CDS'), state(p, 'EDS'), state(p, 'LDS'), state(p, 'RDS')]),
+        ['NODE', 'IDENTITY', 'POD', 'KIND', 'STREAM', ...RESOURCE_TYPES.map((t) => t.short)],
+        proxies.map((p) => [p.nodeId, `${p.namespace}/${p.serviceAccount}`, p.podName ?? '-', p.kind, p.stream, ...RESOURCE_TYPES.map((t) => state(p, t.short))]),
       ),
     );
     for (const p of proxies) {

@@ -63,6 +63,31 @@ export function serviceDomains(service: Pick<ServiceIR, 'name' | 'namespace'>, p
   return forms.flatMap((f) => [f, `${f}:${port}`]);
 }
 
+/** A service port on the outbound listener, and the addresses (with its dial port) its filter chain matches. */
+export interface OutboundMatch extends PortOf {
+  readonly ips: readonly string[];
+}
+
+/**
+ * The outbound listener's filter chains, mesh-wide: a ClusterIP service is matched on its ClusterIP and service
+ * port, a headless one on its pods' addresses and target port. Envoy refuses two chains whose matches overlap,
+ * so an address and port belongs to the first service port that claims it (services in namespace/name order):
+ * a pod that two headless services select is reached through the first; a port left with no address has no chain.
+ */
+export function planOutbound(ir: MeshIR): OutboundMatch[] {
+  const claimed = new Set<string>();
+  const out: OutboundMatch[] = [];
+  for (const service of ir.services) {
+    for (const port of service.ports) {
+      const candidates = service.headless ? [...new Set(port.endpoints.map((e) => e.ip))] : service.clusterIP ? [service.clusterIP] : [];
+      const ips = candidates.filter((ip) => !claimed.has(`${ip}|${port.dialPort}`));
+      for (const ip of ips) claimed.add(`${ip}|${port.dialPort}`);
+      if (ips.length) out.push({ service, port, ips });
+    }
+  }
+  return out;
+}
+
 export function planProxy(ir: MeshIR, key: string): ProxyPlan {
   const { kind, namespace, serviceAccount } = parseProxyKey(key);
   const identity = `${namespace}/${serviceAccount}`;

@@ -14,7 +14,7 @@ import { toProto3Json } from '../xds/json.js';
 import { proxyKey, type ProxyKind } from '../xds/node.js';
 import type { Snapshot } from '../xds/snapshot.js';
 import { type ProxyConnection, type ProxyRegistry } from '../xds/status.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
+import { RESOURCE_TYPES, ROUTE } from '../xds/types.js';
 import type { Metrics } from './metrics.js';
 
 export interface DebugSources {
@@ -57,20 +57,12 @@ export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { versi
     const names = sent.get(url)?.names;
     return names ? all.filter((r) => names.includes(r.name)) : all;
   };
-  const versions = Object.fromEntries([...sent].map(([url, s]) => [url, s.version ?? '']));
-  const v = (url: string) => (versions[url] as string | undefined) ?? snapshot.get(url)?.version ?? '';
-  const dumps = [
-    ['envoy.admin.v3.ClustersConfigDump', { version_info: v(CLUSTER), dynamic_active_clusters: list(CLUSTER).map((r) => ({ version_info: v(CLUSTER), cluster: any(r) })) }],
-    ['envoy.admin.v3.EndpointsConfigDump', { dynamic_endpoint_configs: list(ENDPOINT).map((r) => ({ version_info: v(ENDPOINT), endpoint_config: any(r) })) }],
-    [
-      'envoy.admin.v3.ListenersConfigDump',
-      { version_info: v(LISTENER), dynamic_listeners: list(LISTENER).map((r) => ({ name: r.name, active_state: { version_info: v(LISTENER), listener: any(r) } })) },
-    ],
-    ['envoy.admin.v3.RoutesConfigDump', { dynamic_route_configs: list(ROUTE).map((r) => ({ version_info: v(ROUTE), route_config: any(r) })) }],
-  ] as const;
-  const configs = dumps.map(([name, obj]) => {
-    const t = root.lookupType(name);
-    return { type_url: `type.googleapis.com/${name}`, value: t.encode(t.fromObject(obj)).finish() };
+  const version = (url: string) => sent.get(url)?.version ?? snapshot.get(url)?.version ?? '';
+  // One section per registered type, in ADS order, shaped as the registry says Envoy holds it.
+  const configs = RESOURCE_TYPES.map(({ typeUrl, dump }) => {
+    const t = root.lookupType(dump.message);
+    const section = dump.section(version(typeUrl), list(typeUrl).map((r) => ({ name: r.name, any: any(r) })));
+    return { type_url: `type.googleapis.com/${dump.message}`, value: t.encode(t.fromObject(section)).finish() };
   });
   const type = root.lookupType('envoy.admin.v3.ConfigDump');
   return toProto3Json(type, type.decode(type.encode(type.fromObject({ configs })).finish()));

@@ -1,6 +1,7 @@
 /** Clusters: EDS over ADS for mesh services, STATIC to 127.0.0.1 for the local app, ORIGINAL_DST passthrough. */
 import type { PortIR } from '../compile/ir.js';
 import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from './common.js';
+import type { Cluster } from './types.js';
 
 const HTTP_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
 /** gRPC and h2c upstreams (appProtocol) speak HTTP/2 only. */
@@ -8,11 +9,11 @@ const HTTP2 = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, explicit_http_co
 /** Other HTTP ports: the upstream is spoken to as the caller spoke (HTTP/1.1, or h2c such as gRPC on a port named `http`), as OSM does. */
 const DOWNSTREAM = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} } };
 /** The upstream protocol of a port's clusters (outbound, and the inbound sidecar's to the local app). */
-const protocolOptions = (port: PortIR): object =>
+const protocolOptions = (port: PortIR): Pick<Cluster, 'typed_extension_protocol_options'> =>
   port.protocol === 'http' ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: port.http2 ? HTTP2 : DOWNSTREAM } } : {};
 
 /** OSM raises every threshold so retries never turn into upstream_rq_retry_overflow. */
-const UNLIMITED = {
+const UNLIMITED: Cluster['circuit_breakers'] = {
   thresholds: [
     {
       priority: 'DEFAULT',
@@ -24,7 +25,7 @@ const UNLIMITED = {
   ],
 };
 
-export function outboundCluster(port: PortIR): object {
+export function outboundCluster(port: PortIR): Cluster {
   return {
     name: port.cluster,
     alt_stat_name: port.cluster,
@@ -37,7 +38,7 @@ export function outboundCluster(port: PortIR): object {
   };
 }
 
-export function localCluster(port: PortIR): object {
+export function localCluster(port: PortIR): Cluster {
   const name = localClusterName(port.cluster);
   return {
     name,
@@ -55,7 +56,7 @@ export function localCluster(port: PortIR): object {
   };
 }
 
-export function passthroughCluster(): object {
+export function passthroughCluster(): Cluster {
   return {
     name: PASSTHROUGH_CLUSTER,
     type: 'ORIGINAL_DST',

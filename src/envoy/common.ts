@@ -1,4 +1,5 @@
 /** Names and small pieces shared by the Envoy builders (OSM's naming, so Envoy's stat names match the guide). */
+import type { ConfigSource, Duration, HttpConnectionManager, HttpFilter, Packed } from './types.js';
 
 export const T = {
   HCM: 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
@@ -20,14 +21,14 @@ export const outboundVirtualHostName = (host: string): string => `outbound_virtu
 export const inboundVirtualHostName = (host: string): string => `inbound_virtual-host|${host}`;
 
 /** Config source for resources fetched over the same ADS stream. */
-export const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' } as const;
+export const ADS_SOURCE: ConfigSource = { ads: {}, resource_api_version: 'V3' };
 
 export const MAX_UINT32 = 4294967295;
 
 /** The router filter, last in every HTTP filter chain (gRPC clients require it last). */
-export const ROUTER_FILTER = { name: 'envoy.filters.http.router', typed_config: { '@type': T.ROUTER } };
+export const ROUTER_FILTER: HttpFilter = { name: 'envoy.filters.http.router', typed_config: { '@type': T.ROUTER } };
 
-export function httpConnectionManager(statPrefix: string, routeName: string): object {
+export function httpConnectionManager(statPrefix: string, routeName: string): Packed<HttpConnectionManager> {
   return {
     '@type': T.HCM,
     stat_prefix: statPrefix,
@@ -42,4 +43,4 @@ export function httpConnectionManager(statPrefix: string, routeName: string): ob
 }
 
 /** `0s`: no route-level timeout (OSM's choice), so retries are bounded by per_try_timeout and num_retries. */
-export const NO_TIMEOUT = {};
+export const NO_TIMEOUT: Duration = {};

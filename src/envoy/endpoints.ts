@@ -1,7 +1,8 @@
 /** ClusterLoadAssignments for EDS clusters. */
 import type { PortIR } from '../compile/ir.js';
+import type { ClusterLoadAssignment } from './types.js';
 
-export function clusterLoadAssignment(port: PortIR): object {
+export function clusterLoadAssignment(port: PortIR): ClusterLoadAssignment {
   return {
     cluster_name: port.cluster,
     endpoints: port.endpoints.length

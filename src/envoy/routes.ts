@@ -1,6 +1,7 @@
 /** RouteConfiguration pieces: one virtual host per (service, port), with the applicable Retry as retry_policy. */
 import type { PortIR, ServiceIR } from '../compile/ir.js';
 import { serviceDomains } from '../compile/plan.js';
+import type { RetryPolicy, VirtualHost } from './types.js';
 import type { RetrySpec } from '../policy/retry.js';
 import { protoDuration } from '../policy/duration.js';
 import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName } from './common.js';
@@ -11,7 +12,7 @@ export interface RetryOptions {
 }
 
 /** `envoy.config.route.v3.RetryPolicy` for a validated Retry spec, or undefined when it means no retries. */
-export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): object | undefined {
+export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): RetryPolicy | undefined {
   if (opts.proxyless && spec.numRetries === 0) return undefined;
   return {
     retry_on: spec.retryOn.join(','),
@@ -22,7 +23,7 @@ export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): object | 
   };
 }
 
-export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: object | undefined): object {
+export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: RetryPolicy | undefined): VirtualHost {
   return {
     name: outboundVirtualHostName(service.host),
     domains: serviceDomains(service, port.dialPort, callerNamespace === service.namespace),
@@ -40,7 +41,7 @@ export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerName
   };
 }
 
-export function inboundVirtualHost(service: ServiceIR, port: PortIR): object {
+export function inboundVirtualHost(service: ServiceIR, port: PortIR): VirtualHost {
   return {
     name: inboundVirtualHostName(service.host),
     domains: ['*'],

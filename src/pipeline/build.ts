@@ -9,10 +9,11 @@ import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener } from '../envoy/listeners.js';
 import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost } from '../envoy/routes.js';
-import { OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
+import type { RetryPolicy } from '../envoy/types.js';
+import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
-import { planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
-import { assembleResource, buildSnapshot, checkVirtualHosts, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
+import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
+import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
 
@@ -131,9 +132,9 @@ export class SnapshotBuilder {
   private buildShared(ir: MeshIR): Shared {
     const clusters: Resource[] = [];
     const endpoints: Resource[] = [];
-    const chains: object[] = [];
-    const chainPieces: Piece[] = [];
-    const matchKeys = new Set<string>();
+    const chains = planOutbound(ir).map(outboundFilterChain);
+    checkFilterChains(OUTBOUND_LISTENER, chains);
+    const chainPieces = chains.map((chain) => this.piece(3, 'envoy.config.listener.v3.FilterChain', chain, `LDS ${OUTBOUND_LISTENER} filter chain ${chain.name}`));
     const httpPorts = new Map<number, HttpPortGroup>();
     const clusterNames = new Set<string>();
     for (const service of ir.services) {
@@ -143,13 +144,6 @@ export class SnapshotBuilder {
           clusterNames.add(port.cluster);
           clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}`, () => outboundCluster(port)));
           endpoints.push(this.resource(ENDPOINT, JSON.stringify([port.cluster, port.endpoints]), () => clusterLoadAssignment(port)));
-        }
-        const chain = outboundFilterChain(service, port) as { filter_chain_match: unknown } | undefined;
-        const matchKey = chain && JSON.stringify(chain.filter_chain_match);
-        if (chain && !matchKeys.has(matchKey!)) {
-          matchKeys.add(matchKey!);
-          chains.push(chain);
-          chainPieces.push(this.piece(3, 'envoy.config.listener.v3.FilterChain', chain, `LDS ${OUTBOUND_LISTENER} filter chain of ${service.namespace}/${service.name}:${port.port}`));
         }
         if (port.protocol === 'http') {
           if (!httpPorts.has(port.dialPort)) {
@@ -191,8 +185,8 @@ export class SnapshotBuilder {
   }
 
   /** The Envoy retry policy per destination service of a plan (none where the spec means no retries). */
-  private static retriesOf(plan: ProxyPlan): Map<string, object> {
-    const out = new Map<string, object>();
+  private static retriesOf(plan: ProxyPlan): Map<string, RetryPolicy> {
+    const out = new Map<string, RetryPolicy>();
     for (const [dst, spec] of Object.entries(plan.retries)) {
       const policy = envoyRetryPolicy(spec, { proxyless: plan.kind === 'proxyless' });
       if (policy) out.set(dst, policy);
@@ -213,7 +207,7 @@ export class SnapshotBuilder {
   }
 
   /** A virtual host, encoded and validated once per distinct content. */
-  private virtualHost(entry: HttpPortGroup['entries'][number], callerNs: string, retry: object | undefined): Piece {
+  private virtualHost(entry: HttpPortGroup['entries'][number], callerNs: string, retry: RetryPolicy | undefined): Piece {
     const same = entry.service.namespace === callerNs;
     // Without a Retry the virtual host depends only on whether the caller shares the namespace: kept on the entry.
     if (!retry && entry.plain[same ? 1 : 0]) return entry.plain[same ? 1 : 0]!;
@@ -238,7 +232,7 @@ export class SnapshotBuilder {
    * the same namespace share one; a caller with Retry policies gets that one with its few virtual hosts
    * replaced, at a cost that does not grow with the number of services.
    */
-  private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, object>): Resource {
+  private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, RetryPolicy>): Resource {
     const base = this.resources.get(`${ROUTE}|${group.sig}|${callerNs}`, () => {
       const name = outboundRouteName(group.port);
       checkVirtualHosts(
@@ -303,7 +297,12 @@ export class SnapshotBuilder {
     const listeners: Resource[] = [shared.outboundListener];
     if (plan.inbound.length) {
       const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
-      listeners.push(this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => inboundListener(chains)));
+      listeners.push(
+        this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => {
+          checkFilterChains(INBOUND_LISTENER, chains);
+          return inboundListener(chains);
+        }),
+      );
     }
     return buildSnapshot(
       new Map([

@@ -2,6 +2,7 @@
  * The Retry policy (`policy.flomesh.io/v1alpha1`, kind Retry): parse and validate its spec. Pure: returns
  * the spec or every problem with its field path; never throws on user input.
  */
+import { isObjectName } from '../model/names.js';
 import { durationOf, parseGoDuration, type Duration } from './duration.js';
 
 export const RETRY_API_VERSION = 'policy.flomesh.io/v1alpha1';
@@ -49,7 +50,6 @@ export interface RetrySpec {
 
 export type RetryParse = { ok: true; spec: RetrySpec } | { ok: false; problems: Problem[] };
 
-const NAME = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -60,7 +60,7 @@ function checkName(value: unknown, field: string, problems: Problem[]): string |
     problems.push({ field, message: 'is required (a non-empty string)' });
     return undefined;
   }
-  if (value.length > 253 || !NAME.test(value)) {
+  if (!isObjectName(value)) {
     problems.push({ field, message: `"${value}" is not a valid Kubernetes name` });
     return undefined;
   }

@@ -43,13 +43,13 @@ export interface Verdict {
   problems: string[];
 }
 
-/** The dynamic clusters, listeners and route configurations of a ConfigDump, by name, as plain JSON. */
+/** The dynamic resources of a ConfigDump that Envoy prints by default (clusters, listeners, routes), by name. */
 export function dynamicResources(dump: any): Record<string, unknown> {
-  const byType = (name: string) => dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/envoy.admin.v3.${name}`) ?? {};
   const out: Record<string, unknown> = {};
-  for (const c of byType('ClustersConfigDump').dynamic_active_clusters ?? []) out[`CDS ${c.cluster.name}`] = c.cluster;
-  for (const l of byType('ListenersConfigDump').dynamic_listeners ?? []) out[`LDS ${l.name}`] = l.active_state?.listener ?? l;
-  for (const r of byType('RoutesConfigDump').dynamic_route_configs ?? []) out[`RDS ${r.route_config.name}`] = r.route_config;
+  for (const t of RESOURCE_TYPES.filter((x) => x.dump.byDefault)) {
+    const section = dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/${t.dump.message}`) ?? {};
+    for (const [name, r] of Object.entries(t.dump.read(section))) out[`${t.short} ${name}`] = r;
+  }
   return out;
 }
 

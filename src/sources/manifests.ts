@@ -15,6 +15,7 @@ import {
   type Service,
   type ServiceAccount,
 } from '../model/mesh.js';
+import { isDnsLabel, isDnsSubdomain } from '../model/names.js';
 import { RETRY_API_VERSION } from '../policy/retry.js';
 
 export interface KubeObject {
@@ -172,8 +173,6 @@ export function emptyObjects(): MeshObjects {
 
 export const SUPPORTED_KINDS = ['Namespace', 'Service', 'Endpoints', 'EndpointSlice', 'Pod', 'ServiceAccount', 'Retry', 'MeshConfig'];
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
 class ObjectError extends Error {
   constructor(
@@ -335,10 +334,10 @@ export function convertObjects(locatedObjects: readonly Located[], defaultNamesp
       const name = str(o.metadata?.name, 'metadata.name');
       // What the API server would refuse never reaches translation (a name ends up in Envoy names and domains).
       const labelOnly = kind === 'Namespace' || kind === 'Service';
-      if (name.length > (labelOnly ? 63 : 253) || !(labelOnly ? DNS_LABEL : DNS_SUBDOMAIN).test(name)) {
+      if (!(labelOnly ? isDnsLabel(name) : isDnsSubdomain(name))) {
         throw new ObjectError('metadata.name', `"${name}" is not a valid ${kind} name (lowercase letters, digits and '-'${labelOnly ? '' : ", '.'"})`);
       }
-      if (o.metadata?.namespace !== undefined && (typeof o.metadata.namespace !== 'string' || !DNS_LABEL.test(o.metadata.namespace))) {
+      if (o.metadata?.namespace !== undefined && (typeof o.metadata.namespace !== 'string' || !isDnsLabel(o.metadata.namespace))) {
         throw new ObjectError('metadata.namespace', `${JSON.stringify(o.metadata.namespace)} is not a valid namespace name`);
       }
       switch (kind) {

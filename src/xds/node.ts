@@ -1,4 +1,5 @@
 /** Who is on the other end of a stream: read from the xDS `node` of its first request. */
+import { isDnsLabel, isObjectName } from '../model/names.js';
 import { LIMITS, clip } from './limits.js';
 
 import type { ProxyKind } from '../compile/plan.js';
@@ -25,7 +26,6 @@ function structString(struct: any, key: string): string | undefined {
   return undefined;
 }
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 /** Reads the identity from a decoded `envoy.config.core.v3.Node`; throws IdentityError saying what is missing. */
 export function identityFromNode(node: any): ProxyIdentity {
@@ -42,7 +42,7 @@ export function identityFromNode(node: any): ProxyIdentity {
     );
   }
   for (const [field, value] of [['namespace', namespace!], ['serviceAccount', serviceAccount!]] as const) {
-    if (value.length > 253 || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(value) || (field === 'namespace' && !DNS_LABEL.test(value))) {
+    if (field === 'namespace' ? !isDnsLabel(value) : !isObjectName(value)) {
       throw new IdentityError(`node "${clip(nodeId)}": node.metadata.${field} "${clip(value, 64)}" is not a valid Kubernetes name`);
     }
   }

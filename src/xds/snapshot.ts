@@ -207,6 +207,26 @@ export function checkVirtualHosts(route: string, hosts: Iterable<{ readonly name
   if (problems.length) throw new SnapshotError(problems);
 }
 
+/**
+ * Another of Envoy's rules (REFERENCE §7): a listener whose filter chains have overlapping matches is rejected.
+ * Our chains match host prefixes (/32, /128) and a port, so overlap is the same address and port twice (or the
+ * same port twice, for chains that match on the port only).
+ */
+export function checkFilterChains(listener: string, chains: readonly { name?: string; filter_chain_match?: { prefix_ranges?: { address_prefix?: string; prefix_len?: { value?: number } | null }[]; destination_port?: { value?: number } | null } | null }[]): void {
+  const seen = new Map<string, string>();
+  const problems: string[] = [];
+  for (const c of chains) {
+    const port = c.filter_chain_match?.destination_port?.value ?? '*';
+    const ranges = c.filter_chain_match?.prefix_ranges ?? [];
+    for (const key of ranges.length ? ranges.map((r) => `${r.address_prefix}/${r.prefix_len?.value}:${port}`) : [`*:${port}`]) {
+      const other = seen.get(key);
+      if (other !== undefined) problems.push(`LDS ${listener}: filter chains "${other}" and "${c.name}" both match ${key} (Envoy rejects overlapping matches)`);
+      else seen.set(key, c.name ?? '');
+    }
+  }
+  if (problems.length) throw new SnapshotError(problems);
+}
+
 export class Snapshot {
   readonly version: string;
   constructor(readonly types: ReadonlyMap<string, TypeSet>) {

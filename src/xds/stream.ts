@@ -11,7 +11,7 @@ import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from '.
 import { lookupType } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
-import { ENDPOINT, RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
+import { RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
 
 export interface StreamContext {
   readonly cache: SnapshotCache;
@@ -214,11 +214,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
     for (const type of types) {
       const state = this.states.get(type.typeUrl)!;
       const sent = this.syncIfChanged(type, state, snapshot, type.fullState);
-      if (sent && type.short === 'CDS') {
-        const eds = this.states.get(ENDPOINT);
-        if (eds?.seen) eds.force = true;
-      }
-      if (type.short === 'EDS') state.force = false;
+      // A type that must follow a change of this one is sent again (EDS after CDS: Envoy re-warms clusters).
+      const follower = sent && type.rewarms ? this.states.get(type.rewarms) : undefined;
+      if (follower?.seen) follower.force = true;
+      state.force = false;
     }
     const unsettled = (after: ResourceType): boolean =>
       types.some((t) => t.order > after.order && this.conn!.status(t.typeUrl).awaiting);

@@ -21,6 +21,21 @@ export interface ResourceType {
   readonly nameOf: (obj: any) => string;
   /** Other resources this one needs (RDS names of a listener, EDS names of a cluster). */
   readonly refs: (obj: any) => Reference[];
+  /** A type that must be sent again after a change of this one, even if unchanged (Envoy re-warms clusters and waits for their EDS). */
+  readonly rewarms?: string;
+  /** How Envoy's admin /config_dump holds this type (envoy.admin.v3.*ConfigDump). */
+  readonly dump: ConfigDumpShape;
+}
+
+/** One type's section of an admin ConfigDump: the message, and its entries for resources sent with a version. */
+export interface ConfigDumpShape {
+  readonly message: string;
+  /** The section for resources (their Any) sent with `version`. */
+  readonly section: (version: string, resources: readonly { name: string; any: object }[]) => object;
+  /** The resources of such a section as printed (proto3 JSON), by name (for comparing with Envoy's own). */
+  readonly read: (section: any) => Record<string, unknown>;
+  /** Envoy prints this section in /config_dump without asking (EDS needs ?include_eds). */
+  readonly byDefault: boolean;
 }
 
 const P = 'type.googleapis.com/';
@@ -51,6 +66,13 @@ const TYPES: readonly ResourceType[] = [
     nameOf: (c) => c.name,
     refs: (c) =>
       c.type === 'EDS' ? [{ typeUrl: ENDPOINT, name: c.eds_cluster_config?.service_name || c.name }] : [],
+    rewarms: ENDPOINT,
+    dump: {
+      message: 'envoy.admin.v3.ClustersConfigDump',
+      section: (version_info, rs) => ({ version_info, dynamic_active_clusters: rs.map((r) => ({ version_info, cluster: r.any })) }),
+      read: (d) => Object.fromEntries((d.dynamic_active_clusters ?? []).map((c: any) => [c.cluster.name, c.cluster])),
+      byDefault: true,
+    },
   },
   {
     short: 'EDS',
@@ -60,6 +82,12 @@ const TYPES: readonly ResourceType[] = [
     fullState: false,
     nameOf: (e) => e.cluster_name,
     refs: () => [],
+    dump: {
+      message: 'envoy.admin.v3.EndpointsConfigDump',
+      section: (version_info, rs) => ({ dynamic_endpoint_configs: rs.map((r) => ({ version_info, endpoint_config: r.any })) }),
+      read: (d) => Object.fromEntries((d.dynamic_endpoint_configs ?? []).map((e: any) => [e.endpoint_config.cluster_name, e.endpoint_config])),
+      byDefault: false,
+    },
   },
   {
     short: 'LDS',
@@ -69,6 +97,12 @@ const TYPES: readonly ResourceType[] = [
     fullState: true,
     nameOf: (l) => l.name,
     refs: (l) => hcmRouteNames(l).map((name) => ({ typeUrl: ROUTE, name })),
+    dump: {
+      message: 'envoy.admin.v3.ListenersConfigDump',
+      section: (version_info, rs) => ({ version_info, dynamic_listeners: rs.map((r) => ({ name: r.name, active_state: { version_info, listener: r.any } })) }),
+      read: (d) => Object.fromEntries((d.dynamic_listeners ?? []).map((l: any) => [l.name, l.active_state?.listener ?? l])),
+      byDefault: true,
+    },
   },
   {
     short: 'RDS',
@@ -78,6 +112,12 @@ const TYPES: readonly ResourceType[] = [
     fullState: false,
     nameOf: (r) => r.name,
     refs: () => [],
+    dump: {
+      message: 'envoy.admin.v3.RoutesConfigDump',
+      section: (version_info, rs) => ({ dynamic_route_configs: rs.map((r) => ({ version_info, route_config: r.any })) }),
+      read: (d) => Object.fromEntries((d.dynamic_route_configs ?? []).map((r: any) => [r.route_config.name, r.route_config])),
+      byDefault: true,
+    },
   },
 ];
 
