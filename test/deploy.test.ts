@@ -55,9 +55,11 @@ describe('deploy/', () => {
     expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128']));
     const rbac = docs(path.join(DEPLOY, 'control-plane/rbac.yaml'));
     const verbs = rbac.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').flatMap((r) => r.rules.flatMap((x: any) => x.verbs));
-    expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update']));
-    const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.includes('patch'));
-    expect(writes.flatMap((r: any) => r.resources)).toEqual(['retries/status']);
+    expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update', 'create']));
+    // Writes: Retry statuses, and the one Lease of leader election.
+    const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.some((v: string) => ['patch', 'update', 'create'].includes(v)));
+    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'retries/status']);
+    expect(writes.filter((r: any) => r.resources.includes('leases') && r.verbs.includes('update')).every((r: any) => r.resourceNames?.join() === 'mesh-xds-status-writer')).toBe(true);
   });
 
   it("the samples' Retry passes the CRD schema", () => {

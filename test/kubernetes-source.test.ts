@@ -106,6 +106,9 @@ describe('Kubernetes source', () => {
   it('writes Retry status (conditions, observedGeneration) only when it changes', async () => {
     source = makeSource();
     const first = await source.start();
+    // Only the holder of the Lease writes statuses: a single replica gets it at once.
+    await eventually(() => source.elector.leader, 5000, 'the lease');
+    expect(kube.leases.get('mesh-xds/mesh-xds-status-writer')?.spec.holderIdentity).toBe(source.elector.identity);
     await source.writeStatuses(compile(first));
     expect(kube.patches).toHaveLength(1);
     expect(kube.patches[0].path).toBe('/apis/policy.flomesh.io/v1alpha1/namespaces/curl/retries/retry/status');

@@ -11,6 +11,7 @@ import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { MeshIR, PolicyReport } from '../compile/ir.js';
 import type { MeshConfig, MeshState } from '../model/mesh.js';
+import { LeaseElector } from './lease.js';
 import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
 
 export interface KubernetesSourceOptions {
@@ -26,6 +27,17 @@ export interface KubernetesSourceOptions {
   debounceMs?: number;
   /** Backoff after a failed list or watch: first delay and cap (ms). */
   backoff?: { initialMs: number; maxMs: number };
+  /** Seconds after which the API server ends a watch (it is then resumed from where it was). */
+  watchTimeoutSeconds?: number;
+  /** Leader election for Retry status writes (a Lease in `namespace`). */
+  lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
+}
+
+/** What an API server's refusal means for an operator (the status code and the server's own message). */
+function explain(status: number | undefined, message: string, what: string): string {
+  if (status === 401) return `the API server refused the control plane's credentials (401 Unauthorized) on ${what}: the token may be revoked or expired; serving the last good mesh (${message})`;
+  if (status === 403) return `RBAC forbids ${what} (403 Forbidden): ${message}`;
+  return message;
 }
 
 interface ResourceDef {
@@ -63,6 +75,7 @@ class Reflector {
     private readonly log: Logger,
     private readonly changed: () => void,
     private readonly backoff: { initialMs: number; maxMs: number },
+    private readonly watchTimeoutSeconds: number,
   ) {
     this.delay = backoff.initialMs;
   }
@@ -87,7 +100,13 @@ class Reflector {
     if (!res.statusCode || res.statusCode >= 300) {
       let body = '';
       for await (const c of res) body += c;
-      throw new Error(`${res.statusCode} ${res.statusMessage}: ${body.slice(0, 200)}`);
+      let message = body.slice(0, 300);
+      try {
+        message = JSON.parse(body).message ?? message;
+      } catch {
+        /* not a Status */
+      }
+      throw new Error(explain(res.statusCode, `${res.statusCode} ${res.statusMessage}: ${message}`, `${query.watch ? 'watch' : 'list'} ${this.path}`));
     }
     return res;
   }
@@ -121,7 +140,7 @@ class Reflector {
       } catch (err) {
         if (this.stopped) return;
         const gone = err instanceof GoneError;
-        this.log[gone ? 'info' : 'warn']({ resource: this.def.kind, err: (err as Error).message, retryInMs: gone ? 0 : this.delay }, gone ? 'watch expired; relisting' : 'list/watch failed; relisting after backoff');
+        this.log[gone ? 'info' : 'warn']({ resource: this.def.kind, err: (err as Error).message, retryInMs: gone ? 0 : this.delay }, gone ? 'watch expired (410 Gone); relisting' : 'list/watch failed; relisting after backoff');
         if (!gone) {
           await new Promise((r) => setTimeout(r, this.delay));
           this.delay = Math.min(this.delay * 2, this.backoff.maxMs);
@@ -133,7 +152,7 @@ class Reflector {
   /** One watch request; resolves with the last resourceVersion when the server closes it normally. */
   private async watch(rv: string): Promise<string> {
     this.abort = new AbortController();
-    const res = await this.request({ watch: 'true', resourceVersion: rv, allowWatchBookmarks: 'true' }, this.abort.signal);
+    const res = await this.request({ watch: 'true', resourceVersion: rv, allowWatchBookmarks: 'true', timeoutSeconds: String(this.watchTimeoutSeconds) }, this.abort.signal);
     res.setEncoding('utf8');
     let buffer = '';
     for await (const chunk of res as AsyncIterable<string>) {
@@ -204,8 +223,27 @@ export class KubernetesSource {
       else this.kc.loadFromDefault();
     }
     const backoff = opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
-    this.reflectors = RESOURCES.map((def) => new Reflector(def, def.path(opts.namespace), this.kc, opts.log, () => this.schedule(), backoff));
+    // A random watch timeout (as client-go's reflector) spreads re-watches of many replicas over time.
+    const watchTimeout = opts.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
+    this.reflectors = RESOURCES.map((def) => new Reflector(def, def.path(opts.namespace), this.kc, opts.log, () => this.schedule(), backoff, watchTimeout));
+    this.elector = new LeaseElector({
+      kc: this.kc,
+      namespace: opts.namespace,
+      name: opts.lease?.name ?? 'mesh-xds-status-writer',
+      identity: opts.lease?.identity,
+      leaseSeconds: opts.lease?.leaseSeconds,
+      retryMs: opts.lease?.retryMs,
+      log: opts.log,
+      // The new holder writes what the mesh says now (its predecessor may have missed the last change).
+      onChange: (leader) => {
+        if (leader && this.lastIr) void this.writeStatuses(this.lastIr);
+      },
+    });
   }
+
+  /** Leader election for status writes: only the holder of the Lease writes. */
+  readonly elector: LeaseElector;
+  private lastIr?: MeshIR;
 
   get synced(): boolean {
     return this.reflectors.every((r) => r.synced);
@@ -217,15 +255,17 @@ export class KubernetesSource {
 
   /** Starts every reflector; resolves with the first mesh once every resource has listed. */
   start(): Promise<MeshState> {
+    this.elector.start();
     return new Promise((resolve) => {
       this.resolveSynced = resolve;
       for (const r of this.reflectors) void r.run();
     });
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     for (const r of this.reflectors) r.stop();
+    await this.elector.stop();
   }
 
   private schedule(): void {
@@ -250,8 +290,13 @@ export class KubernetesSource {
     return meshStateOf(objects, this.opts.meshName, this.opts.overrides);
   }
 
-  /** Writes each Retry's status when it differs from what the object has (or what we last wrote). */
+  /**
+   * Writes each Retry's status when it differs from what the object has (or what we last wrote), if this replica
+   * holds the lease.
+   */
   async writeStatuses(ir: MeshIR): Promise<void> {
+    this.lastIr = ir;
+    if (!this.elector.leader) return;
     const retries = this.reflectors[RESOURCES.findIndex((d) => d.kind === 'Retry')];
     const api = this.kc.makeApiClient(k8s.CustomObjectsApi);
     for (const report of ir.policies) {
@@ -270,7 +315,8 @@ export class KubernetesSource {
         this.written.set(key, sig);
         this.statusWrites++;
       } catch (err) {
-        this.opts.log.warn({ retry: key, err: (err as Error).message }, 'cannot write Retry status');
+        const e = err as { code?: number; body?: any; message: string };
+        this.opts.log.warn({ retry: key, err: explain(e.code, e.body?.message ?? e.message, `patch retries/status ${key}`) }, 'cannot write Retry status');
       }
     }
   }

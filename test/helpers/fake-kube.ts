@@ -141,7 +141,38 @@ export class FakeKube {
     for (const w of this.watchers) if (w.collection === e.collection) w.res.write(`${JSON.stringify({ type: e.type, object: e.object })}\n`);
   }
 
+  /** Leases (coordination.k8s.io), enough for leader election: get, create, update with resourceVersion checks. */
+  readonly leases = new Map<string, any>();
+
+  private lease(req: http.IncomingMessage, res: http.ServerResponse, m: RegExpExecArray): void {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      const reply = (status: number, obj: unknown) => {
+        res.writeHead(status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(obj));
+      };
+      const key = `${m[1]}/${m[2] ?? JSON.parse(body || '{}').metadata?.name}`;
+      const current = this.leases.get(key);
+      if (req.method === 'GET') return current ? reply(200, current) : reply(404, { kind: 'Status', code: 404, message: 'not found' });
+      const obj = JSON.parse(body);
+      if (req.method === 'POST') {
+        if (current) return reply(409, { kind: 'Status', code: 409, message: 'already exists' });
+        this.leases.set(key, { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++this.rv) } });
+        return reply(201, this.leases.get(key));
+      }
+      if (req.method === 'PUT') {
+        if (!current || current.metadata.resourceVersion !== obj.metadata?.resourceVersion) return reply(409, { kind: 'Status', code: 409, message: 'conflict' });
+        this.leases.set(key, { ...obj, metadata: { ...obj.metadata, resourceVersion: String(++this.rv) } });
+        return reply(200, this.leases.get(key));
+      }
+      reply(405, { kind: 'Status', code: 405 });
+    });
+  }
+
   private handle(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const leaseMatch = /^\/apis\/coordination\.k8s\.io\/v1\/namespaces\/([^/]+)\/leases(?:\/([^/?]+))?/.exec(req.url ?? '');
+    if (leaseMatch) return this.lease(req, res, leaseMatch);
     const url = new URL(req.url ?? '/', 'http://x');
     const path = url.pathname;
     if (req.method === 'PATCH' && path.endsWith('/status')) {

@@ -1,0 +1,198 @@
+/**
+ * A real Kubernetes API server on loopback for the tests: etcd and kube-apiserver built from the Go module proxy
+ * (scripts/build-kube.sh), with a service-account signing key, RBAC authorization, an admin token, and
+ * kubeconfigs for the admin and for any service account (a token from the TokenRequest API). No kubelet and no
+ * controllers: tests create Pods and EndpointSlices themselves.
+ */
+import { execFile, spawnSync } from 'node:child_process';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { packagePath } from '../paths.js';
+import { Proc, type ExecResult } from './netns.js';
+import { until } from './sandbox.js';
+
+export const KUBE_BIN = packagePath('.cache/kube/bin');
+const BUILD_PID = packagePath('.cache/kube/build.pid');
+const BUILD_LOG = packagePath('.cache/kube/build.log');
+
+function built(): boolean {
+  return spawnSync('bash', [packagePath('scripts/build-kube.sh'), '--check']).status === 0;
+}
+
+function building(): boolean {
+  if (!existsSync(BUILD_PID)) return false;
+  try {
+    process.kill(Number(readFileSync(BUILD_PID, 'utf8')), 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * What the real API server needs that is missing ([] when all is here). A build in progress (started by
+ * scripts/install-real-parts.sh) is waited for, up to `waitMs`.
+ */
+export async function kubeProblems(waitMs = 20 * 60_000): Promise<string[]> {
+  const deadline = Date.now() + waitMs;
+  while (!built() && building() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2000));
+  const problems: string[] = [];
+  if (!built()) {
+    const log = existsSync(BUILD_LOG) ? readFileSync(BUILD_LOG, 'utf8').trim().split('\n').slice(-5).join('\n') : '';
+    problems.push(`kube-apiserver and etcd are not built in ${KUBE_BIN} (bash scripts/install-real-parts.sh builds them with Go)${log ? `; the last build said:\n${log}` : ''}`);
+  }
+  if (spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status !== 0) problems.push('kubectl is missing (it is on the machine image; or build it from k8s.io/kubernetes/cmd/kubectl)');
+  return problems;
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<ExecResult> {
+  return new Promise((resolve) => {
+    const child = execFile(cmd, args, { env: { ...process.env, ...opts.env }, maxBuffer: 64 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0, stdout, stderr }),
+    );
+    if (opts.input !== undefined) child.stdin!.end(opts.input);
+  });
+}
+
+export interface KubeClusterOptions {
+  /** kube-apiserver's watch cache (off: watches read etcd, so an old resourceVersion after a compaction is 410 Gone). */
+  watchCache?: boolean;
+}
+
+export class KubeCluster {
+  readonly dir: string;
+  etcd!: Proc;
+  api!: Proc;
+  url = '';
+  private etcdPort = 0;
+  private apiPort = 0;
+  private readonly adminToken = randomBytes(16).toString('hex');
+  readonly adminKubeconfig: string;
+
+  private constructor(private readonly opts: KubeClusterOptions) {
+    this.dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-'));
+    this.adminKubeconfig = path.join(this.dir, 'admin.kubeconfig');
+  }
+
+  static async start(opts: KubeClusterOptions = {}): Promise<KubeCluster> {
+    const c = new KubeCluster(opts);
+    try {
+      await c.boot();
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
+    return c;
+  }
+
+  private async boot(): Promise<void> {
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    writeFileSync(path.join(this.dir, 'sa.key'), privateKey.export({ type: 'pkcs1', format: 'pem' }));
+    writeFileSync(path.join(this.dir, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
+    writeFileSync(path.join(this.dir, 'tokens.csv'), `${this.adminToken},admin,admin,"system:masters"\n`);
+    this.etcdPort = await freePort();
+    const peer = await freePort();
+    this.etcd = Proc.spawn('etcd', path.join(KUBE_BIN, 'etcd'), [
+      '--data-dir', path.join(this.dir, 'etcd'),
+      '--listen-client-urls', `http://127.0.0.1:${this.etcdPort}`,
+      '--advertise-client-urls', `http://127.0.0.1:${this.etcdPort}`,
+      '--listen-peer-urls', `http://127.0.0.1:${peer}`,
+      '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`,
+      '--initial-cluster', `default=http://127.0.0.1:${peer}`,
+      '--log-level', 'warn',
+    ]);
+    await until(async () => (await fetch(`http://127.0.0.1:${this.etcdPort}/health`).then((r) => r.json())).health === 'true', 30_000, 'etcd to be healthy');
+    this.apiPort = await freePort();
+    this.url = `https://127.0.0.1:${this.apiPort}`;
+    await this.startApiServer();
+    writeFileSync(this.adminKubeconfig, this.kubeconfig('admin', { token: this.adminToken }));
+  }
+
+  private async startApiServer(): Promise<void> {
+    this.api = Proc.spawn('kube-apiserver', path.join(KUBE_BIN, 'kube-apiserver'), [
+      `--etcd-servers=http://127.0.0.1:${this.etcdPort}`,
+      '--bind-address=127.0.0.1',
+      '--advertise-address=127.0.0.1',
+      `--secure-port=${this.apiPort}`,
+      `--cert-dir=${path.join(this.dir, 'certs')}`,
+      '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
+      `--service-account-key-file=${path.join(this.dir, 'sa.pub')}`,
+      `--service-account-signing-key-file=${path.join(this.dir, 'sa.key')}`,
+      '--authorization-mode=RBAC',
+      `--token-auth-file=${path.join(this.dir, 'tokens.csv')}`,
+      '--service-cluster-ip-range=10.96.0.0/16',
+      `--watch-cache=${this.opts.watchCache ?? true}`,
+      '--v=0',
+    ]);
+    await until(
+      async () => {
+        const r = await run('curl', ['-s', '--cacert', path.join(this.dir, 'certs/apiserver.crt'), '-H', `Authorization: Bearer ${this.adminToken}`, `${this.url}/readyz`]);
+        return r.stdout.trim() === 'ok';
+      },
+      60_000,
+      'kube-apiserver to be ready',
+    ).catch((e) => {
+      throw new Error(`${(e as Error).message}\n${this.api.tail(20)}`);
+    });
+  }
+
+  /** A kubeconfig for the server (its own certificate as CA), as `user` with a token. */
+  kubeconfig(user: string, auth: { token: string }, server = this.url): string {
+    const cluster = server.startsWith('https:') ? `{server: "${server}", certificate-authority: "${path.join(this.dir, 'certs/apiserver.crt')}"}` : `{server: "${server}"}`;
+    return `apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: ${cluster}}]
+users: [{name: ${user}, user: {token: "${auth.token}"}}]
+contexts: [{name: test, context: {cluster: test, user: ${user}}}]
+current-context: test
+`;
+  }
+
+  /** `kubectl ARGS` as the admin (or with another kubeconfig). */
+  kubectl(args: string[], opts: { kubeconfig?: string; input?: string } = {}): Promise<ExecResult> {
+    return run('kubectl', args, { env: { KUBECONFIG: opts.kubeconfig ?? this.adminKubeconfig }, input: opts.input });
+  }
+
+  /** A kubeconfig file for a service account, with a token from the TokenRequest API. */
+  async serviceAccountKubeconfig(namespace: string, name: string): Promise<string> {
+    const r = await this.kubectl(['create', 'token', name, '-n', namespace, '--duration=1h']);
+    if (r.code !== 0) throw new Error(`kubectl create token ${namespace}/${name}: ${r.stderr}`);
+    const file = path.join(this.dir, `${namespace}-${name}.kubeconfig`);
+    writeFileSync(file, this.kubeconfig(`${namespace}-${name}`, { token: r.stdout.trim() }));
+    return file;
+  }
+
+  /** Stops and starts kube-apiserver (etcd and its data stay). */
+  async restartApiServer(downMs = 0): Promise<void> {
+    await this.api.stop(10_000);
+    if (downMs) await new Promise((r) => setTimeout(r, downMs));
+    await this.startApiServer();
+  }
+
+  /** Compacts etcd's history up to its current revision (older resourceVersions are gone). */
+  async compact(): Promise<number> {
+    const etcd = `http://127.0.0.1:${this.etcdPort}/v3`;
+    const range = await fetch(`${etcd}/kv/range`, { method: 'POST', body: JSON.stringify({ key: Buffer.from('/').toString('base64') }) }).then((r) => r.json());
+    const revision = Number(range.header.revision);
+    const res = await fetch(`${etcd}/kv/compaction`, { method: 'POST', body: JSON.stringify({ revision, physical: true }) });
+    if (!res.ok) throw new Error(`etcd compaction: ${res.status} ${await res.text()}`);
+    return revision;
+  }
+
+  async stop(): Promise<void> {
+    await this.api?.stop(10_000);
+    await this.etcd?.stop(10_000);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
