@@ -99,12 +99,18 @@ export async function acceptMesh(net: Network, dir: string, o: AcceptOptions): P
       }
     }
     const timeout = o.timeoutMs ?? 60_000;
-    // Every client has an answer (ACK or NACK) for every type it asked for.
+    // The types a client must ask for: the full-state ones, and the others where its snapshot has something (a
+    // mesh without HTTP ports has no route configuration for Envoy to ask for).
+    const expected = (c: Checked): typeof RESOURCE_TYPES => {
+      const snapshot = running!.cache.peek(running!.registry.byNodeId(c.nodeId)?.key ?? '');
+      return RESOURCE_TYPES.filter((t) => t.fullState || (snapshot?.get(t.typeUrl)?.resources.size ?? 0) > 0);
+    };
+    // Every client has an answer (ACK or NACK) for every type it must ask for.
     await until(
       () =>
         checked.every((c) => {
           const conn = running!.registry.byNodeId(c.nodeId);
-          return conn !== undefined && RESOURCE_TYPES.every((t) => conn.types.has(t.typeUrl)) && [...conn.types.values()].every((s) => syncState(s) === 'SYNCED' || syncState(s) === 'NACKED');
+          return conn !== undefined && expected(c).every((t) => conn.types.has(t.typeUrl)) && [...conn.types.values()].every((s) => syncState(s) === 'SYNCED' || syncState(s) === 'NACKED');
         }),
       timeout,
       'every client to answer every type',
@@ -115,10 +121,12 @@ export async function acceptMesh(net: Network, dir: string, o: AcceptOptions): P
         problems.push(`${c.identity} (${c.client}): never connected`);
         continue;
       }
+      const must = expected(c);
       for (const t of RESOURCE_TYPES) {
         const s = conn.types.get(t.typeUrl);
-        if (!s) problems.push(`${c.identity} (${c.client}): never asked for ${t.short}`);
-        else if (s.lastNack) problems.push(`${c.identity} (${c.client}): NACK of ${t.short} ${s.lastNack.version}: ${s.lastNack.error}`);
+        if (!s) {
+          if (must.includes(t)) problems.push(`${c.identity} (${c.client}): never asked for ${t.short}`);
+        } else if (s.lastNack) problems.push(`${c.identity} (${c.client}): NACK of ${t.short} ${s.lastNack.version}: ${s.lastNack.error}`);
         else if (syncState(s) !== 'SYNCED') problems.push(`${c.identity} (${c.client}): ${t.short} ${syncState(s)}`);
       }
     }
