@@ -64,6 +64,8 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     const { KubernetesSource } = await import('./sources/kubernetes.js');
     const kube = new KubernetesSource({ meshName: cfg.meshName, overrides: cfg.overrides, namespace: cfg.namespace, kubeconfig: cfg.kubeconfig, log, onChange });
     source = kube;
+    metrics.sourceErrors = () => kube.errors;
+    metrics.statusWriter = () => kube.elector.leader;
     // Status writes run one after another, so two quick rebuilds never race to write the same object.
     let writes = Promise.resolve();
     pipeline.onPolicies = (ir) => {

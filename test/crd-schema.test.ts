@@ -30,7 +30,7 @@ describe('Retry CRD schema', () => {
     // Durations and retryOn conditions are CEL rules (x-kubernetes-validations), which only the API server runs
     // (test/kube-api.test.ts); the folder source gives the same verdict through the semantic check (policy/retry.ts).
     expect(check(withPolicy({ perTryTimeout: 1 }))[0].field).toBe('spec.retryPolicy.perTryTimeout');
-    expect(parseRetrySpec(withPolicy({ perTryTimeout: '1 sec' }).spec)).toMatchObject({ ok: false, problems: [{ field: 'spec.retryPolicy.perTryTimeout' }] });
+    expect(parseRetrySpec((withPolicy({ perTryTimeout: '1 sec' }) as { spec: unknown }).spec)).toMatchObject({ ok: false, problems: [{ field: 'spec.retryPolicy.perTryTimeout' }] });
     expect(check(withPolicy({ numRetries: -1 }))[0]).toMatchObject({ field: 'spec.retryPolicy.numRetries', message: 'must be >= 0' });
     expect(check(withPolicy({ numRetries: 4294967296 }))[0].field).toBe('spec.retryPolicy.numRetries');
     expect(check({ ...guide, spec: { ...guide.spec, destinations: [] } })[0].field).toBe('spec.destinations');

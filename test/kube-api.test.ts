@@ -5,7 +5,7 @@
  * --kubernetes` with the control plane's own service account and exactly the RBAC of deploy/, status written
  * back and printed by `kubectl get retry`, and a real gRPC xDS client following kubectl edits.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
@@ -15,12 +15,11 @@ import { Network } from '../src/sandbox/netns.js';
 import { until } from '../src/sandbox/sandbox.js';
 import { ROOT, cli } from './helpers/cli.js';
 import { XdsTestClient, startBackend, type Backend } from './helpers/grpc-xds.js';
-import { kubeMissing, serveKubernetes, type Served } from './helpers/kube.js';
+import { GUIDE_RETRY as RETRY, grpcRetry, httpbinEndpoints, kubeMissing, serveKubernetes, type Served } from './helpers/kube.js';
 import { sandboxMissing } from './helpers/sandbox.js';
 
 const missing = [...(await kubeMissing()), ...sandboxMissing];
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
-const RETRY = readFileSync(deploy('samples/retry.yaml'), 'utf8');
 
 describe.skipIf(missing.length > 0)("the README's Kubernetes section against a real API server", () => {
   let kube: KubeCluster;
@@ -134,18 +133,8 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
 
   it('a real gRPC xDS client follows kubectl apply, patch and delete of its Retry, and `namespace remove`', async () => {
     // No kubelet: the test stands for the endpoints controller, pointing httpbin at its backend.
-    await ok(['apply', '-f', '-'], {
-      input: `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: httpbin-local, namespace: httpbin, labels: { kubernetes.io/service-name: httpbin } }
-addressType: IPv4
-ports: [{ name: http, port: ${backend.port}, protocol: TCP }]
-endpoints: [{ addresses: ["${net.gateway}"], conditions: { ready: true } }]
-`,
-    });
-    const policy = (numRetries: number) =>
-      RETRY.replace('retryOn: "5xx"', 'retryOn: unavailable').replace('numRetries: 5', `numRetries: ${numRetries}`).replace('retryBackoffBaseInterval: 1s', 'retryBackoffBaseInterval: 10ms');
-    await ok(['apply', '-f', '-'], { input: policy(3) });
+    await ok(['apply', '-f', '-'], { input: httpbinEndpoints(net.gateway, backend.port) });
+    await ok(['apply', '-f', '-'], { input: grpcRetry(3) });
     const client = new XdsTestClient('xds:///httpbin.httpbin.svc.cluster.local:14001', served!.ads, { nodeId: 'curl-xds', namespace: 'curl', serviceAccount: 'curl' });
     clients.push(client);
     const attempts = async (): Promise<number> => {
@@ -159,7 +148,7 @@ endpoints: [{ addresses: ["${net.gateway}"], conditions: { ready: true } }]
     await settles(2, '1 + 1 attempts after the patch');
     await ok(['delete', 'retry', 'retry', '-n', 'curl']);
     await settles(1, 'one attempt after the delete');
-    await ok(['apply', '-f', '-'], { input: policy(2) });
+    await ok(['apply', '-f', '-'], { input: grpcRetry(2) });
     await settles(3, '1 + 2 attempts again');
     const r = await cli(['namespace', 'remove', 'curl'], { KUBECONFIG: kube.adminKubeconfig });
     expect(r.code, r.stderr).toBe(0);

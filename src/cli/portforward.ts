@@ -3,12 +3,9 @@ import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
+import { loadKubeConfig } from '../sources/kubeconfig.js';
 
-function kubeConfig(): k8s.KubeConfig {
-  const kc = new k8s.KubeConfig();
-  kc.loadFromDefault();
-  return kc;
-}
+const kubeConfig = (): k8s.KubeConfig => loadKubeConfig();
 
 /** GETs `path` from the pod's Envoy admin (127.0.0.1:15000 in the pod) through a port-forward. */
 export async function adminThroughPortForward(namespace: string, pod: string, path: string): Promise<string> {

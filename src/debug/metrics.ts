@@ -36,12 +36,23 @@ export class Metrics {
 
   /** Errors the source currently reports (folder: files and objects that fail; their last good objects stay). */
   sourceErrors: () => number = () => 0;
+  /** Kubernetes: whether this replica holds the Lease that lets it write Retry statuses. */
+  statusWriter?: () => boolean;
 
   constructor(proxies: ProxyRegistry) {
     const errors = (): number => this.sourceErrors();
+    const writer = (): boolean | undefined => this.statusWriter?.();
+    new Gauge({
+      name: 'mesh_xds_status_writer',
+      help: 'Kubernetes: 1 when this replica holds the Lease mesh-xds-status-writer and writes Retry statuses, else 0',
+      registers: [this.registry],
+      collect() {
+        this.set(writer() ? 1 : 0);
+      },
+    });
     new Gauge({
       name: 'mesh_xds_source_errors',
-      help: 'Current errors of the source (manifest files, directories and objects it cannot use), each listed in /debug/mesh',
+      help: 'Current errors of the source (manifest files, directories and objects it cannot use; Kubernetes resources whose list or watch fails), each listed in /debug/mesh',
       registers: [this.registry],
       collect() {
         this.set(errors());

@@ -11,6 +11,7 @@ import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { MeshIR, PolicyReport } from '../compile/ir.js';
 import type { MeshConfig, MeshState } from '../model/mesh.js';
+import { loadKubeConfig } from './kubeconfig.js';
 import { LeaseElector } from './lease.js';
 import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
 
@@ -64,6 +65,8 @@ class Reflector {
   objects = new Map<string, KubeObject>();
   synced = false;
   lists = 0;
+  /** Why the last list or watch failed, until a list succeeds again (shown in /debug/mesh). */
+  lastError?: string;
   private stopped = false;
   private abort?: AbortController;
   private delay: number;
@@ -129,6 +132,7 @@ class Reflector {
         this.objects = new Map((list.items ?? []).map((o: any) => [this.key(o), this.normalize(o)]));
         this.lists++;
         this.synced = true;
+        this.lastError = undefined;
         this.delay = this.backoff.initialMs;
         this.changed();
         let rv: string = list.metadata?.resourceVersion ?? '';
@@ -140,6 +144,7 @@ class Reflector {
       } catch (err) {
         if (this.stopped) return;
         const gone = err instanceof GoneError;
+        if (!gone) this.lastError = `${(err as Error).message}${this.synced ? '; serving the last good mesh' : ''}`;
         this.log[gone ? 'info' : 'warn']({ resource: this.def.kind, err: (err as Error).message, retryInMs: gone ? 0 : this.delay }, gone ? 'watch expired (410 Gone); relisting' : 'list/watch failed; relisting after backoff');
         if (!gone) {
           await new Promise((r) => setTimeout(r, this.delay));
@@ -217,11 +222,7 @@ export class KubernetesSource {
   statusWrites = 0;
 
   constructor(private readonly opts: KubernetesSourceOptions) {
-    this.kc = opts.kubeConfig ?? new k8s.KubeConfig();
-    if (!opts.kubeConfig) {
-      if (opts.kubeconfig) this.kc.loadFromFile(opts.kubeconfig);
-      else this.kc.loadFromDefault();
-    }
+    this.kc = opts.kubeConfig ?? loadKubeConfig(opts.kubeconfig);
     const backoff = opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
     // A random watch timeout (as client-go's reflector) spreads re-watches of many replicas over time.
     const watchTimeout = opts.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
@@ -249,8 +250,19 @@ export class KubernetesSource {
     return this.reflectors.every((r) => r.synced);
   }
 
+  /** Resources whose last list or watch failed (they keep serving what they had). */
+  get errors(): number {
+    return this.reflectors.filter((r) => r.lastError).length;
+  }
+
   info(): Record<string, unknown> {
-    return { source: 'kubernetes', synced: this.synced, resources: Object.fromEntries(RESOURCES.map((d, i) => [d.kind, { synced: this.reflectors[i].synced, objects: this.reflectors[i].objects.size, lists: this.reflectors[i].lists }])) };
+    const resources = Object.fromEntries(
+      RESOURCES.map((d, i) => {
+        const r = this.reflectors[i];
+        return [d.kind, { synced: r.synced, objects: r.objects.size, lists: r.lists, ...(r.lastError ? { error: r.lastError } : {}) }];
+      }),
+    );
+    return { source: 'kubernetes', synced: this.synced, resources, statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statusWrites } };
   }
 
   /** Starts every reflector; resolves with the first mesh once every resource has listed. */

@@ -56,6 +56,7 @@ const microTime = (d: Date): string => d.toISOString().replace(/\.(\d{3})Z$/, '.
 export class LeaseElector {
   leader = false;
   readonly identity: string;
+  readonly name: string;
   private timer?: NodeJS.Timeout;
   private stopped = false;
   private readonly path: string;
@@ -64,6 +65,7 @@ export class LeaseElector {
 
   constructor(private readonly o: LeaseOptions) {
     this.identity = o.identity ?? `${os.hostname()}_${process.pid}`;
+    this.name = `${o.namespace}/${o.name}`;
     this.path = `/apis/coordination.k8s.io/v1/namespaces/${o.namespace}/leases`;
     this.leaseSeconds = o.leaseSeconds ?? 15;
     this.retryMs = o.retryMs ?? 2_000;

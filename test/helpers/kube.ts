@@ -2,8 +2,9 @@
  * The real API server for the Kubernetes tests (src/sandbox/kube.ts): what is missing fails the run under
  * CI=true and elsewhere skips, saying so; and `mesh-xds serve --kubernetes` as a process.
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { kubeProblems } from '../../src/sandbox/kube.js';
+import { kubeProblems, type KubeCluster } from '../../src/sandbox/kube.js';
 import { Proc } from '../../src/sandbox/netns.js';
 import { until } from '../../src/sandbox/sandbox.js';
 import { ROOT } from './cli.js';
@@ -47,4 +48,47 @@ export async function serveKubernetes(kubeconfig: string, extra: string[] = [], 
     get: async (p) => (await fetch(`${debug}${p}`)).json(),
     stop: () => proc.stop(10_000),
   };
+}
+
+const deployPath = (p: string): string => path.join(ROOT, 'deploy', p);
+/** deploy/samples/retry.yaml, the guide's Retry. */
+export const GUIDE_RETRY = readFileSync(deployPath('samples/retry.yaml'), 'utf8');
+
+/** The guide's Retry for gRPC: `unavailable`, `numRetries` retries, a 10 ms backoff. */
+export const grpcRetry = (numRetries: number): string =>
+  GUIDE_RETRY.replace('retryOn: "5xx"', 'retryOn: unavailable').replace('numRetries: 5', `numRetries: ${numRetries}`).replace('retryBackoffBaseInterval: 1s', 'retryBackoffBaseInterval: 10ms');
+
+/** An EndpointSlice for httpbin (no kubelet: the test stands for the endpoints controller). */
+export const httpbinEndpoints = (host: string, port: number): string => `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: httpbin-local, namespace: httpbin, labels: { kubernetes.io/service-name: httpbin } }
+addressType: IPv4
+ports: [{ name: http, port: ${port}, protocol: TCP }]
+endpoints: [{ addresses: ["${host}"], conditions: { ready: true } }]
+`;
+
+/** `kubectl ARGS`, which must succeed; its stdout. */
+export async function kubectlOk(kube: KubeCluster, args: string[], opts: { kubeconfig?: string; input?: string } = {}): Promise<string> {
+  const r = await kube.kubectl(args, opts);
+  if (r.code !== 0) throw new Error(`kubectl ${args.join(' ')} failed (${r.code}):\n${r.stderr}`);
+  return r.stdout;
+}
+
+/**
+ * The README's Kubernetes steps in one go (test/kube-api.test.ts checks each): the CRDs and deploy/, retries on,
+ * curl and httpbin enrolled, the samples, a gRPC Retry for curl (3 retries) and httpbin's endpoints at `backend`.
+ */
+export async function installGuideMesh(kube: KubeCluster, backend: { host: string; port: number }): Promise<void> {
+  await kubectlOk(kube, ['apply', '-f', deployPath('crds/')]);
+  await kubectlOk(kube, ['wait', '--for', 'condition=established', 'crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+  await kubectlOk(kube, ['apply', '-f', deployPath('control-plane/namespace.yaml')]);
+  await kubectlOk(kube, ['apply', '-k', deployPath('')]);
+  await kubectlOk(kube, ['patch', 'meshconfig', 'fsm-mesh-config', '-n', 'mesh-xds', '--type', 'merge', '-p', '{"spec":{"featureFlags":{"enableRetryPolicy":true}}}']);
+  for (const ns of ['httpbin', 'curl']) {
+    await kubectlOk(kube, ['create', 'namespace', ns]);
+    await kubectlOk(kube, ['label', 'namespace', ns, 'flomesh.io/monitored-by=mesh-xds']);
+  }
+  await kubectlOk(kube, ['apply', '-f', deployPath('samples/envoy-bootstrap.yaml'), '-f', deployPath('samples/httpbin.yaml'), '-f', deployPath('samples/curl.yaml')]);
+  await kubectlOk(kube, ['apply', '-f', '-'], { input: grpcRetry(3) });
+  await kubectlOk(kube, ['apply', '-f', '-'], { input: httpbinEndpoints(backend.host, backend.port) });
 }
