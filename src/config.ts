@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { MeshConfig } from './model/mesh.js';
 import { isDnsLabel } from './model/names.js';
+import { DEFAULT_TRUST_DOMAIN, isTrustDomain } from './security/spiffe.js';
 import { parseSetFlag } from './sources/manifests.js';
 
 export interface ServeConfig {
@@ -15,7 +16,20 @@ export interface ServeConfig {
   logLevel: string;
   /** Namespace of the control plane, where the MeshConfig lives (Kubernetes). */
   namespace: string;
+  /** mTLS with a certificate, key and client CA from files laid out as a TLS Secret. */
+  tlsDir?: string;
+  /** mTLS with a serving certificate the server issues itself from the mesh CA in this directory. */
+  caDir?: string;
+  /** Extra DNS names of the self-issued serving certificate. */
+  serverNames?: string[];
+  trustDomain?: string;
+  /** SPIFFE ids (or prefixes ending in `*`) that may read CSDS. */
+  csdsAllow?: string[];
+  /** Plaintext ADS on a non-loopback address, asked for. */
+  plaintext?: boolean;
 }
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):\d+$/;
 
 export class ConfigError extends Error {}
 
@@ -24,7 +38,13 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --manifests DIR          read and watch the manifests in DIR (.yaml, .yml, .json)
   --kubernetes             watch the Kubernetes API (in-cluster config, or KUBECONFIG / --kubeconfig)
   --kubeconfig FILE        kubeconfig to use with --kubernetes
-  --ads-address HOST:PORT  gRPC ADS address (default 0.0.0.0:15128)
+  --ads-address HOST:PORT  gRPC ADS address (default 0.0.0.0:15128 with TLS, 127.0.0.1:15128 without)
+  --tls-dir DIR            mTLS: DIR/tls.crt, DIR/tls.key and DIR/ca.crt (a TLS Secret's layout), re-read when they change
+  --ca-dir DIR             mTLS: issue the serving certificate from the mesh CA in DIR (ca.crt, ca.key), renewed
+  --server-name NAME       another DNS name for the issued serving certificate (repeatable)
+  --trust-domain DOMAIN    SPIFFE trust domain of client certificates (default cluster.local)
+  --csds-allow ID          a SPIFFE id (or a prefix ending in *) that may read CSDS (repeatable; with mTLS)
+  --plaintext              serve ADS without TLS on a non-loopback address (development only)
   --debug-address HOST:PORT debug and health HTTP address (default 127.0.0.1:9091)
   --mesh-name NAME         namespaces labelled flomesh.io/monitored-by=NAME are in the mesh (default mesh-xds)
   --set KEY=VALUE          override the mesh config, e.g. --set featureFlags.enableRetryPolicy=true
@@ -49,7 +69,13 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         manifests: { type: 'string' },
         kubernetes: { type: 'boolean', default: false },
         kubeconfig: { type: 'string' },
-        'ads-address': { type: 'string', default: '0.0.0.0:15128' },
+        'ads-address': { type: 'string' },
+        'tls-dir': { type: 'string' },
+        'ca-dir': { type: 'string' },
+        'server-name': { type: 'string', multiple: true, default: [] },
+        'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
+        'csds-allow': { type: 'string', multiple: true, default: [] },
+        plaintext: { type: 'boolean', default: false },
         'debug-address': { type: 'string', default: '127.0.0.1:9091' },
         'mesh-name': { type: 'string', default: 'mesh-xds' },
         set: { type: 'string', multiple: true, default: [] },
@@ -75,8 +101,22 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
   const levels = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
   if (!levels.includes(values['log-level']!)) throw new ConfigError(`--log-level must be one of ${levels.join(', ')}`);
   if (!isDnsLabel(values['mesh-name']!)) throw new ConfigError(`--mesh-name ${values['mesh-name']}: must be a Kubernetes label value`);
+  if (values['tls-dir'] && values['ca-dir']) throw new ConfigError('choose one: --tls-dir (a certificate given) or --ca-dir (a certificate issued from the CA)');
+  const tls = Boolean(values['tls-dir'] || values['ca-dir']);
+  if (tls && values.plaintext) throw new ConfigError('--plaintext contradicts --tls-dir/--ca-dir');
+  if (!isTrustDomain(values['trust-domain']!)) throw new ConfigError(`--trust-domain ${values['trust-domain']}: lowercase letters, digits, dots, dashes and underscores`);
+  for (const id of values['csds-allow']!) {
+    if (!id.startsWith('spiffe://')) throw new ConfigError(`--csds-allow ${id}: expected a SPIFFE id such as spiffe://cluster.local/ns/mesh-xds/sa/admin, or a prefix ending in *`);
+  }
+  if (values['csds-allow']!.length && !tls) throw new ConfigError('--csds-allow needs mTLS (--tls-dir or --ca-dir): without it no caller can prove who it is');
+  const adsAddress = address('--ads-address', values['ads-address'] ?? (tls ? '0.0.0.0:15128' : '127.0.0.1:15128'));
+  if (!tls && !values.plaintext && !LOOPBACK.test(adsAddress)) {
+    throw new ConfigError(
+      `--ads-address ${adsAddress}: plaintext ADS on an address other than loopback lets anyone who reaches it claim any proxy's identity and read its configuration; serve mTLS (--tls-dir or --ca-dir), bind to 127.0.0.1, or say --plaintext`,
+    );
+  }
   return {
-    adsAddress: address('--ads-address', values['ads-address']!),
+    adsAddress,
     debugAddress: address('--debug-address', values['debug-address']!),
     manifests: values.manifests,
     kubernetes: values.kubernetes!,
@@ -85,5 +125,11 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     overrides,
     logLevel: values['log-level']!,
     namespace: values.namespace ?? env.POD_NAMESPACE ?? 'mesh-xds',
+    tlsDir: values['tls-dir'],
+    caDir: values['ca-dir'],
+    serverNames: values['server-name']!,
+    trustDomain: values['trust-domain']!,
+    csdsAllow: values['csds-allow']!,
+    plaintext: values.plaintext!,
   };
 }

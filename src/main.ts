@@ -1,4 +1,6 @@
 /** Wiring: config -> sources -> pipeline -> ADS server -> debug server. */
+import { isIP } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
 import type { ServeConfig } from './config.js';
 import { DebugServer } from './debug/http.js';
@@ -9,8 +11,10 @@ import { loadRetrySchema } from './sources/crd.js';
 import { FileSource } from './sources/files.js';
 import { SnapshotCache } from './xds/cache.js';
 import { loadEnvoyProtos } from './xds/protos.js';
-import { AdsServer } from './xds/server.js';
-import { CSDS_SERVICE, csdsImplementation } from './xds/csds.js';
+import { AdsServer, type PeerCheckFn } from './xds/server.js';
+import { CSDS_SERVICE, csdsImplementation, type CsdsAuthorizer } from './xds/csds.js';
+import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
+import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/status.js';
 
 export interface Running {
@@ -30,6 +34,41 @@ export interface MeshSource {
 }
 
 export class StartError extends Error {}
+
+/** mTLS as the flags say (a certificate given, or issued from the CA), or plaintext (undefined). */
+async function serving(cfg: ServeConfig, log: Logger): Promise<TlsServing | undefined> {
+  const trustDomain = cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+  if (cfg.tlsDir) return tlsFromDir(cfg.tlsDir, trustDomain, log);
+  if (!cfg.caDir) return undefined;
+  const ns = cfg.namespace;
+  const host = cfg.adsAddress.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return tlsFromCa(
+    cfg.caDir,
+    {
+      trustDomain,
+      namespace: ns,
+      serviceAccount: 'mesh-xds',
+      // The Service's names (deploy/control-plane), any given, and the address it listens on if it is one.
+      dnsNames: ['mesh-xds', `mesh-xds.${ns}`, `mesh-xds.${ns}.svc`, `mesh-xds.${ns}.svc.${trustDomain}`, 'localhost', ...(cfg.serverNames ?? [])],
+      ipAddresses: ['127.0.0.1', ...(isIP(host) && host !== '0.0.0.0' && host !== '::' ? [host] : [])],
+    },
+    log,
+  );
+}
+
+/** CSDS with mTLS: only callers whose certificate's SPIFFE id is on the allow list. */
+function csdsAuthorizer(check: PeerCheckFn, allow: readonly string[], log: Logger): CsdsAuthorizer {
+  return (call) => {
+    const peer = check(call);
+    const refusal = !peer.ok
+      ? { code: grpc.status.UNAUTHENTICATED, details: peer.message, reason: peer.reason }
+      : !allowed(peer.spiffe, allow)
+        ? { code: grpc.status.PERMISSION_DENIED, details: `${peer.spiffe} may not read CSDS (not on --csds-allow)`, reason: 'csds_not_allowed' }
+        : undefined;
+    if (refusal) log.warn({ code: grpc.status[refusal.code], details: refusal.details, reason: refusal.reason, peer: call.getPeer() }, 'CSDS request refused');
+    return refusal;
+  };
+}
 
 function permissiveProblem(state: MeshState): string | undefined {
   return state.meshConfig.enablePermissiveTrafficPolicyMode
@@ -73,7 +112,14 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     };
   }
 
-  const ads = new AdsServer({ cache, registry, log, services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache, (reason) => registry.emit('refused', reason)) }] });
+  const tls = await serving(cfg, log);
+  const ads: AdsServer = new AdsServer({
+    cache,
+    registry,
+    log,
+    tls,
+    services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)) }],
+  });
   const adsPort = await ads.listen(cfg.adsAddress);
   adsServing = true;
   const debug = new DebugServer({
@@ -105,6 +151,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     pipeline,
     async close() {
       adsServing = false;
+      tls?.close();
       await source.stop();
       await ads.close();
       await debug.close();

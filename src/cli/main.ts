@@ -20,6 +20,7 @@ Commands:
   policy explain --from NS/SA --to NS/SVC
                              which Retry applies, and the route it yields
   namespace add|remove NS    enroll a namespace in the mesh (Kubernetes)
+  ca init|issue              the mesh CA and the certificates it issues (see mesh-xds ca --help)
   demo                       the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo)
 
 Common options: -o json (machine-readable output), --debug-url URL (default http://127.0.0.1:9091)
@@ -59,6 +60,10 @@ async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'namespace':
       return namespaceCommand(rest);
+    case 'ca': {
+      const { caCommand } = await import('./ca.js');
+      return caCommand(rest);
+    }
     case 'demo': {
       const { demoCommand } = await import('./demo.js');
       return demoCommand();

@@ -1,4 +1,4 @@
-/** Kubernetes API helpers for the CLI: port-forward to a pod's Envoy admin, label a namespace. */
+/** Kubernetes API helpers for the CLI: port-forward to a pod's Envoy admin, label a namespace, store the CA. */
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
@@ -39,4 +39,23 @@ export async function labelNamespace(namespace: string, meshName: string | null)
     { name: namespace, body: { metadata: { labels: { [MONITORED_BY_LABEL]: meshName } } } },
     k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
   );
+}
+
+/** Stores the mesh CA in a Secret (ca.crt, ca.key); false if it exists and `replace` is not set. */
+export async function createCaSecret(namespace: string, name: string, ca: { cert: string; key: string }, replace: boolean): Promise<boolean> {
+  const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
+  const body: k8s.V1Secret = {
+    metadata: { name, namespace, labels: { 'app.kubernetes.io/name': 'mesh-xds', 'app.kubernetes.io/component': 'ca' } },
+    type: 'Opaque',
+    stringData: { 'ca.crt': ca.cert, 'ca.key': ca.key },
+  };
+  try {
+    await api.createNamespacedSecret({ namespace, body });
+    return true;
+  } catch (err) {
+    if ((err as { code?: number }).code !== 409) throw err;
+    if (!replace) return false;
+    await api.replaceNamespacedSecret({ name, namespace, body });
+    return true;
+  }
 }

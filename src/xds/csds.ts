@@ -146,7 +146,16 @@ function statusOf(e: unknown): grpc.StatusObject {
   return { code: grpc.status.INTERNAL, details: `CSDS failed: ${(e as Error)?.message ?? e}`, metadata: new grpc.Metadata() };
 }
 
-export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void): grpc.UntypedServiceImplementation {
+/** Who may ask (mTLS): a refusal for a caller not allowed, else undefined. */
+export type CsdsAuthorizer = (call: Pick<grpc.ServerUnaryCall<any, any>, 'getPeer'>) => { code: grpc.status; details: string; reason: string } | undefined;
+
+export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void, authorize?: CsdsAuthorizer): grpc.UntypedServiceImplementation {
+  const refused = (call: Pick<grpc.ServerUnaryCall<any, any>, 'getPeer'>): grpc.StatusObject | undefined => {
+    const r = authorize?.(call);
+    if (!r) return undefined;
+    onRefused?.(r.reason);
+    return { code: r.code, details: r.details, metadata: new grpc.Metadata() };
+  };
   const answer = (request: any): { ok: object } | { error: grpc.StatusObject } => {
     try {
       return { ok: clientStatus(request, registry, cache) };
@@ -157,12 +166,16 @@ export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache
   };
   return {
     FetchClientStatus: (call: grpc.ServerUnaryCall<any, object>, cb: grpc.sendUnaryData<object>) => {
+      const denied = refused(call);
+      if (denied) return cb(denied);
       const r = answer(call.request);
       if ('ok' in r) cb(null, r.ok);
       else cb(r.error);
     },
     StreamClientStatus: (call: grpc.ServerDuplexStream<any, object>) => {
-      let done = false;
+      const denied = refused(call);
+      let done = Boolean(denied);
+      if (denied) call.emit('error', denied);
       call.on('data', (request) => {
         if (done) return;
         const r = answer(request);

@@ -17,6 +17,15 @@ export interface ProxyIdentity {
 }
 
 export class IdentityError extends Error {}
+/** The node claims an identity that its client certificate does not prove. */
+export class IdentityMismatch extends Error {}
+
+/** An identity a client certificate proved (its SPIFFE id). */
+export interface CertifiedIdentity {
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly spiffe: string;
+}
 
 function structString(struct: any, key: string): string | undefined {
   const v = struct?.fields?.[key];
@@ -27,14 +36,27 @@ function structString(struct: any, key: string): string | undefined {
 }
 
 
-/** Reads the identity from a decoded `envoy.config.core.v3.Node`; throws IdentityError saying what is missing. */
-export function identityFromNode(node: any): ProxyIdentity {
+/**
+ * Reads the identity from a decoded `envoy.config.core.v3.Node`; throws IdentityError saying what is missing.
+ * With a client certificate, the identity is the certificate's: the node's metadata may leave it out, and where it
+ * says something else the stream is refused (IdentityMismatch, naming the field).
+ */
+export function identityFromNode(node: any, certified?: CertifiedIdentity): ProxyIdentity {
   if (!node) throw new IdentityError('the first request on a stream must carry a node');
   const nodeId: string = node.id ?? '';
   if (!nodeId) throw new IdentityError('node.id is empty');
   if (nodeId.length > LIMITS.nodeIdLength) throw new IdentityError(`node.id is ${nodeId.length} characters; at most ${LIMITS.nodeIdLength}: ${clip(nodeId, 64)}`);
-  const namespace = structString(node.metadata, 'namespace');
-  const serviceAccount = structString(node.metadata, 'serviceAccount');
+  let namespace = structString(node.metadata, 'namespace');
+  let serviceAccount = structString(node.metadata, 'serviceAccount');
+  if (certified) {
+    for (const [field, claimed, proved] of [['namespace', namespace, certified.namespace], ['serviceAccount', serviceAccount, certified.serviceAccount]] as const) {
+      if (claimed !== undefined && claimed !== proved) {
+        throw new IdentityMismatch(`node "${clip(nodeId)}": node.metadata.${field} "${clip(claimed, 64)}" disagrees with the client certificate, which is ${certified.spiffe}`);
+      }
+    }
+    namespace = certified.namespace;
+    serviceAccount = certified.serviceAccount;
+  }
   const missing = [!namespace && 'namespace', !serviceAccount && 'serviceAccount'].filter(Boolean);
   if (missing.length) {
     throw new IdentityError(

@@ -10,8 +10,11 @@ import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
 import { LIMITS, type Limits } from './limits.js';
 import type { DuplexCall, StreamContext } from './stream.js';
+import { TlsFront, type PeerCheck, type TlsServing } from '../security/tls.js';
 
 const identity = (b: Buffer): Buffer => b;
+
+export type PeerCheckFn = (call: { getPeer(): string }) => PeerCheck;
 
 function bidi(path: string): grpc.MethodDefinition<Buffer, Buffer> {
   return {
@@ -53,6 +56,8 @@ export interface AdsServerOptions {
   limits?: Partial<Limits>;
   /** Extra services on the same port (CSDS). */
   services?: { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation }[];
+  /** mTLS: the certificates to serve with and the verifier of client certificates (default: plaintext). */
+  tls?: TlsServing;
 }
 
 export class AdsServer {
@@ -60,7 +65,12 @@ export class AdsServer {
   private readonly streams = new Set<SotwStream | DeltaStream>();
   /** Ends streams whose client stopped reading (limits.unreadSeconds), checked every few seconds. */
   private readonly readingCheck: NodeJS.Timeout;
-  readonly ctx: StreamContext;
+  ctx: StreamContext;
+  /** mTLS: TLS is ours (TlsFront), connections are handed to gRPC, and each call's peer is checked. */
+  private readonly front?: TlsFront;
+  private injector?: grpc.ConnectionInjector;
+  /** With mTLS: what a call's client certificate proved (for CSDS too). */
+  readonly peerCheck?: PeerCheckFn;
   port = 0;
 
   constructor(opts: AdsServerOptions) {
@@ -70,6 +80,12 @@ export class AdsServer {
       log: opts.log,
       limits: { ...LIMITS, ...opts.limits },
     };
+    if (opts.tls) {
+      const { verifier } = opts.tls;
+      const front = (this.front = new TlsFront(opts.tls, opts.log));
+      this.peerCheck = (call) => verifier.check(front.peer(call.getPeer()));
+      this.ctx = { ...this.ctx, peers: this.peerCheck };
+    }
     this.readingCheck = setInterval(() => {
       for (const s of this.streams) s.checkReading();
     }, Math.min(5_000, this.ctx.limits.unreadSeconds * 500)).unref();
@@ -85,7 +101,13 @@ export class AdsServer {
   }
 
   /** Binds `host:port` (port 0 picks a free one) and starts serving. */
-  listen(address: string): Promise<number> {
+  async listen(address: string): Promise<number> {
+    if (this.front) {
+      const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(address)!;
+      const injector = (this.injector = this.server.createConnectionInjector(grpc.ServerCredentials.createInsecure()));
+      this.port = await this.front.listen(m[1], Number(m[2]), (socket) => injector.injectConnection(socket));
+      return this.port;
+    }
     return new Promise((resolve, reject) => {
       this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => {
         if (err) return reject(err);
@@ -98,7 +120,9 @@ export class AdsServer {
   /** Stops taking streams, ends the open ones, and waits (up to `graceMs`) for them to close. */
   async close(graceMs = 5_000): Promise<void> {
     clearInterval(this.readingCheck);
+    this.front?.close();
     for (const s of [...this.streams]) s.close();
+    this.injector?.drain(graceMs);
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.server.forceShutdown();
@@ -106,6 +130,7 @@ export class AdsServer {
       }, graceMs);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
+        this.injector?.destroy();
         resolve();
       });
     });

@@ -7,7 +7,8 @@ import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from './cache.js';
 import { RateLimit, clip, type Limits } from './limits.js';
-import { IdentityError, identityFromNode, proxyKey, type ProxyIdentity } from './node.js';
+import type { PeerCheck, PeerRefusal } from '../security/tls.js';
+import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity } from './node.js';
 import { lookupType } from './protos.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
@@ -19,6 +20,8 @@ export interface StreamContext {
   readonly log: Logger;
   /** What one stream may make the server hold or do (limits.ts). */
   readonly limits: Limits;
+  /** With mTLS: checks the client certificate of each stream, whose identity it then is. */
+  readonly peers?: (call: { getPeer(): string }) => PeerCheck;
 }
 
 export interface SyncInputs {
@@ -48,12 +51,14 @@ export interface BaseTypeState {
 }
 
 /** Why the server ended a stream: the reason label of `mesh_xds_streams_refused_total`. */
-export type RefusalReason = 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading';
+export type RefusalReason = 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading' | PeerRefusal | 'identity_mismatch';
 
 export type DuplexCall = grpc.ServerDuplexStream<Buffer, Buffer>;
 
 export abstract class AdsStream<S extends BaseTypeState> {
   protected identity?: ProxyIdentity;
+  /** The identity the client certificate proved (mTLS). */
+  private certified?: CertifiedIdentity;
   protected conn?: ProxyConnection;
   protected snapshot?: Snapshot;
   protected readonly states = new Map<string, S>();
@@ -82,6 +87,11 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.close();
     });
     call.on('cancelled', () => this.close());
+    if (ctx.peers) {
+      const peer = ctx.peers(call);
+      if (!peer.ok) this.fail(grpc.status.UNAUTHENTICATED, peer.message, peer.reason);
+      else this.certified = { namespace: peer.id.namespace, serviceAccount: peer.id.serviceAccount, spiffe: peer.spiffe };
+    }
   }
 
   protected abstract newState(): S;
@@ -186,8 +196,12 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   private start(node: any): boolean {
     try {
-      this.identity = identityFromNode(node);
+      this.identity = identityFromNode(node, this.certified);
     } catch (e) {
+      if (e instanceof IdentityMismatch) {
+        this.fail(grpc.status.PERMISSION_DENIED, e.message, 'identity_mismatch');
+        return false;
+      }
       if (!(e instanceof IdentityError)) throw e;
       this.fail(grpc.status.INVALID_ARGUMENT, e.message, 'bad_node');
       return false;
@@ -195,7 +209,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     const key = proxyKey(this.identity);
     this.conn = new ProxyConnection(this.identity, key, this.kind, this.call.getPeer());
     this.ctx.registry.add(this.conn);
-    this.ctx.log.info({ node: clip(this.identity.nodeId), key, stream: this.kind, peer: this.conn.peer }, 'stream opened');
+    this.ctx.log.info({ node: clip(this.identity.nodeId), key, stream: this.kind, peer: this.conn.peer, ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream opened');
     this.unwatch = this.ctx.cache.watch(key, (s) => {
       this.snapshot = s;
       this.flush();
@@ -292,7 +306,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   private fail(code: grpc.status, details: string, reason: RefusalReason): void {
     if (this.closed) return;
-    this.ctx.log.warn({ code: grpc.status[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer() }, 'stream refused');
+    this.ctx.log.warn({ code: grpc.status[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer(), ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream refused');
     this.ctx.registry.emit('refused', reason);
     this.call.emit('error', { code, details });
     this.close();

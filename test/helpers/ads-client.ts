@@ -134,8 +134,8 @@ class Stream {
 
 export class RawAdsClient {
   private readonly client: grpc.Client & Record<string, any>;
-  constructor(address: string) {
-    this.client = new Client(address, grpc.credentials.createInsecure()) as any;
+  constructor(address: string, credentials = grpc.credentials.createInsecure(), options: grpc.ChannelOptions = {}) {
+    this.client = new Client(address, credentials, options) as any;
   }
   sotw(): Stream {
     return new Stream(this.client.StreamAggregatedResources(), false);

@@ -3,6 +3,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
+import type { ServeConfig } from '../../src/config.js';
 import { serve, type Running } from '../../src/main.js';
 
 export const DEMO = path.join(import.meta.dirname, '../../deploy/demo');
@@ -17,7 +18,7 @@ export interface DemoServer {
   close(): Promise<void>;
 }
 
-export async function startDemo(prepare: (dir: string) => void = () => {}, log = pino({ level: process.env.LOG_LEVEL ?? 'silent' })): Promise<DemoServer> {
+export async function startDemo(prepare: (dir: string) => void = () => {}, log = pino({ level: process.env.LOG_LEVEL ?? 'silent' }), config: Partial<ServeConfig> = {}): Promise<DemoServer> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-demo-'));
   cpSync(DEMO, dir, { recursive: true });
   prepare(dir);
@@ -31,6 +32,7 @@ export async function startDemo(prepare: (dir: string) => void = () => {}, log =
       overrides: {},
       logLevel: 'silent',
       namespace: 'mesh-xds',
+      ...config,
     },
     log,
   );

@@ -1,0 +1,266 @@
+/**
+ * mTLS for the ADS port: the server's certificate (from a TLS Secret's files, watched for rotation, or issued by
+ * the server itself from the mesh CA and renewed before expiry), client certificates requested, and each peer
+ * verified against the mesh CA by `PeerVerifier`, which names why a peer is refused and which identity it proved.
+ */
+import { X509Certificate } from 'node:crypto';
+import tls from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import { issue, notAfter, readCaDir, type KeyPair } from './ca.js';
+import { parseSpiffeId, spiffeId, type WorkloadId } from './spiffe.js';
+
+/** Why a peer is refused (the reason label of `mesh_xds_streams_refused_total`). */
+export type PeerRefusal = 'no_client_certificate' | 'untrusted_certificate' | 'expired_certificate' | 'bad_certificate';
+
+export type PeerCheck = { ok: true; id: WorkloadId; spiffe: string } | { ok: false; reason: PeerRefusal; message: string };
+
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+const pemBlocks = (pem: string): string[] => pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+
+/** Checks a client certificate against the mesh CA (as the TLS layer would) and reads its SPIFFE id. */
+export class PeerVerifier {
+  private roots: X509Certificate[] = [];
+
+  constructor(private readonly trustDomain: string) {}
+
+  /** The CA certificates (PEM, one or more: several while the CA rotates). */
+  setCa(pem: string): void {
+    const roots = pemBlocks(pem).map((b) => new X509Certificate(b));
+    if (!roots.length) throw new Error('no certificate in the CA file');
+    this.roots = roots;
+  }
+
+  check(peer: PeerTls | undefined, now = new Date()): PeerCheck {
+    const raw = peer?.cert;
+    if (!raw || !raw.length) {
+      return { ok: false, reason: 'no_client_certificate', message: 'no client certificate: this server requires one issued by the mesh CA (mesh-xds ca issue)' };
+    }
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(raw);
+    } catch (e) {
+      return { ok: false, reason: 'bad_certificate', message: `the client certificate cannot be parsed: ${(e as Error).message}` };
+    }
+    const subject = leaf.subject.replace(/\n/g, ', ');
+    if (!this.roots.some((ca) => leaf.checkIssued(ca) && leaf.verify(ca.publicKey))) {
+      return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}, issued by ${leaf.issuer.replace(/\n/g, ', ')}) is not signed by the mesh CA` };
+    }
+    if (now < new Date(leaf.validFrom)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) is not valid before ${new Date(leaf.validFrom).toISOString()}` };
+    if (now > new Date(leaf.validTo)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) expired at ${new Date(leaf.validTo).toISOString()}` };
+    if (leaf.ca) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is a CA certificate` };
+    if (leaf.keyUsage && !leaf.keyUsage.includes(CLIENT_AUTH)) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is not for client authentication` };
+    const uris = (leaf.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
+    const ids = uris.map(parseSpiffeId).filter((x) => x !== undefined);
+    if (uris.length !== 1 || ids.length !== 1) {
+      return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) must have exactly one URI SAN spiffe://${this.trustDomain}/ns/<namespace>/sa/<service account>; it has ${uris.length ? uris.join(', ') : 'none'}` };
+    }
+    const id = ids[0]!;
+    if (id.trustDomain !== this.trustDomain) {
+      return { ok: false, reason: 'untrusted_certificate', message: `the client certificate's ${uris[0]} is not in the trust domain ${this.trustDomain}` };
+    }
+    // OpenSSL verified the chain too: both must agree.
+    if (!peer!.authorized) return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}) failed TLS verification: ${peer!.error ?? 'unknown reason'}` };
+    return { ok: true, id, spiffe: uris[0]! };
+  }
+}
+
+/** What the TLS handshake of a connection established about its client. */
+export interface PeerTls {
+  /** The client certificate (DER), if it sent one. */
+  readonly cert?: Buffer;
+  /** Whether OpenSSL verified it against the CA. */
+  readonly authorized: boolean;
+  readonly error?: string;
+}
+
+/**
+ * The TLS listener in front of the gRPC server: it terminates TLS with the provider's certificate (swapped on
+ * rotation for new connections), requests a client certificate without refusing the handshake, records what
+ * each connection proved, and hands the connection to gRPC. Refusing later, per stream, is what lets a refusal
+ * say why (no certificate, another CA, expired), which a failed handshake cannot tell the client or the log.
+ */
+export class TlsFront {
+  private server?: tls.Server;
+  private readonly peers = new Map<string, PeerTls>();
+  private ca?: Buffer;
+  private identity?: grpc.experimental.IdentityCertificateUpdate;
+  private readonly ready: Promise<void>;
+  private markReady!: () => void;
+  private readonly onCa = (u: grpc.experimental.CaCertificateUpdate | null): void => {
+    if (u) this.ca = u.caCertificate;
+    this.update();
+  };
+  private readonly onIdentity = (u: grpc.experimental.IdentityCertificateUpdate | null): void => {
+    if (u) this.identity = u;
+    this.update();
+  };
+
+  constructor(
+    private readonly serving: TlsServing,
+    private readonly log: Logger,
+  ) {
+    this.ready = new Promise((r) => (this.markReady = r));
+    serving.provider.addCaCertificateListener(this.onCa);
+    serving.provider.addIdentityCertificateListener(this.onIdentity);
+  }
+
+  private options(): tls.SecureContextOptions {
+    return { ca: this.ca, cert: this.identity!.certificate, key: this.identity!.privateKey };
+  }
+
+  private update(): void {
+    if (!this.ca || !this.identity) return;
+    if (this.server) {
+      try {
+        this.server.setSecureContext(this.options());
+      } catch (e) {
+        this.log.error({ err: (e as Error).message }, 'the new certificate, key or CA is not usable; serving the previous one');
+        return;
+      }
+    }
+    this.markReady();
+  }
+
+  /** Listens on host:port (0: any free port) once a certificate is there; each connection goes to `accept`. */
+  async listen(host: string, port: number, accept: (socket: tls.TLSSocket) => void): Promise<number> {
+    await this.ready;
+    this.server = tls.createServer({ ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' }, (socket) => {
+      const key = `${socket.remoteAddress}:${socket.remotePort}`;
+      const cert = socket.getPeerCertificate();
+      this.peers.set(key, { cert: cert?.raw, authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
+      socket.on('close', () => this.peers.delete(key));
+      accept(socket);
+    });
+    this.server.on('tlsClientError', (err, socket) => this.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'TLS handshake failed'));
+    return new Promise((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, host, () => resolve((this.server!.address() as { port: number }).port));
+    });
+  }
+
+  /** The handshake's findings for a gRPC call's peer (`call.getPeer()`). */
+  peer(address: string): PeerTls | undefined {
+    return this.peers.get(address);
+  }
+
+  close(): void {
+    this.serving.provider.removeCaCertificateListener(this.onCa);
+    this.serving.provider.removeIdentityCertificateListener(this.onIdentity);
+    this.server?.close();
+  }
+}
+
+/** Credentials and peer verification of a TLS server; `close` stops watching files or renewing. */
+export interface TlsServing {
+  /** The serving certificate and key, and the CA of clients, as they change. */
+  readonly provider: grpc.experimental.CertificateProvider;
+  readonly verifier: PeerVerifier;
+  /** The serving certificate's SPIFFE id, when the server issued it. */
+  readonly spiffe?: string;
+  close(): void;
+}
+
+/** A certificate provider whose CA and identity are pushed by its owner. */
+class PushedCertificates implements grpc.experimental.CertificateProvider {
+  private ca?: grpc.experimental.CaCertificateUpdate;
+  private identity?: grpc.experimental.IdentityCertificateUpdate;
+  private readonly caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
+  private readonly idListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
+
+  set(ca: string, pair: KeyPair): void {
+    this.ca = { caCertificate: Buffer.from(ca) };
+    this.identity = { certificate: Buffer.from(pair.cert), privateKey: Buffer.from(pair.key) };
+    for (const l of this.caListeners) l(this.ca);
+    for (const l of this.idListeners) l(this.identity);
+  }
+  addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.caListeners.add(l);
+    // Later, as grpc-js expects: it registers its own watcher only after adding this listener.
+    queueMicrotask(() => this.ca && this.caListeners.has(l) && l(this.ca));
+  }
+  removeCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
+    this.caListeners.delete(l);
+  }
+  addIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
+    this.idListeners.add(l);
+    queueMicrotask(() => this.identity && this.idListeners.has(l) && l(this.identity));
+  }
+  removeIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
+    this.idListeners.delete(l);
+  }
+}
+
+/**
+ * TLS from a directory laid out as a Kubernetes TLS Secret (tls.crt, tls.key, ca.crt), re-read every
+ * `refreshMs` so that rotated files are used for new connections without a restart.
+ */
+export function tlsFromDir(dir: string, trustDomain: string, log: Logger, refreshMs = 5_000): TlsServing {
+  const provider = new grpc.experimental.FileWatcherCertificateProvider({
+    certificateFile: `${dir}/tls.crt`,
+    privateKeyFile: `${dir}/tls.key`,
+    caCertificateFile: `${dir}/ca.crt`,
+    refreshIntervalMs: refreshMs,
+  });
+  const verifier = new PeerVerifier(trustDomain);
+  const onCa = (u: grpc.experimental.CaCertificateUpdate | null): void => {
+    if (!u) return void log.error({ dir }, `cannot read ${dir}/ca.crt: clients cannot be verified`);
+    try {
+      verifier.setCa(u.caCertificate.toString());
+    } catch (e) {
+      log.error({ dir, err: (e as Error).message }, `${dir}/ca.crt is not usable; keeping the previous CA`);
+    }
+  };
+  provider.addCaCertificateListener(onCa);
+  return {
+    provider,
+    verifier,
+    close: () => provider.removeCaCertificateListener(onCa),
+  };
+}
+
+export interface SelfIssuedOptions {
+  readonly trustDomain: string;
+  /** The control plane's namespace and service account (its SPIFFE id). */
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly dnsNames: readonly string[];
+  readonly ipAddresses?: readonly string[];
+  readonly ttlMs?: number;
+}
+
+/**
+ * TLS with a serving certificate the server issues itself from the mesh CA in `caDir` (ca.crt, ca.key), for its
+ * Service's DNS names and its own SPIFFE id, renewed when two thirds of its life have passed.
+ */
+export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger): Promise<TlsServing> {
+  const ca = readCaDir(caDir);
+  const verifier = new PeerVerifier(o.trustDomain);
+  verifier.setCa(ca.cert);
+  const provider = new PushedCertificates();
+  const ttlMs = o.ttlMs ?? 24 * 3_600_000;
+  let timer: NodeJS.Timeout | undefined;
+  let closed = false;
+  const renew = async (): Promise<void> => {
+    try {
+      const pair = await issue(ca, { trustDomain: o.trustDomain, namespace: o.namespace, serviceAccount: o.serviceAccount, ttlMs, server: { dnsNames: o.dnsNames, ipAddresses: o.ipAddresses } });
+      provider.set(ca.cert, pair);
+      log.info({ spiffe: spiffeId(o.trustDomain, o.namespace, o.serviceAccount), notAfter: notAfter(pair.cert).toISOString() }, 'serving certificate issued');
+      if (!closed) timer = setTimeout(() => void renew(), (ttlMs * 2) / 3).unref();
+    } catch (e) {
+      log.error({ err: (e as Error).message }, 'cannot issue the serving certificate; retrying in 10 s');
+      if (!closed) timer = setTimeout(() => void renew(), 10_000).unref();
+    }
+  };
+  await renew();
+  return {
+    provider,
+    verifier,
+    spiffe: spiffeId(o.trustDomain, o.namespace, o.serviceAccount),
+    close: () => {
+      closed = true;
+      if (timer) clearTimeout(timer);
+    },
+  };
+}

@@ -1,0 +1,187 @@
+/**
+ * mTLS on the ADS port over real gRPC: the identity of a stream is its client certificate's SPIFFE id; a stream
+ * without a certificate, with one from another CA, an expired one, or whose node claims another identity is
+ * refused, saying why, in its status, the log and the metrics; CSDS answers only its allow list; the server's
+ * certificate is issued from the mesh CA (for its Service names) or read from files that may rotate.
+ */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import tls from 'node:tls';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseServeArgs } from '../src/config.js';
+import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../src/security/ca.js';
+import { CSDS_SERVICE } from '../src/xds/csds.js';
+import { eventually } from './helpers/grpc-xds.js';
+import { RawAdsClient, node } from './helpers/ads-client.js';
+import { startDemo, type DemoServer } from './helpers/demo.js';
+
+const LDS = 'type.googleapis.com/envoy.config.listener.v3.Listener';
+const Csds = grpc.makeGenericClientConstructor(CSDS_SERVICE, 'CSDS');
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-mtls-'));
+const trustDomain = 'cluster.local';
+
+let ca: KeyPair;
+let demo: DemoServer;
+const lines: any[] = [];
+const clients: { close(): void }[] = [];
+
+const credsOf = (b: Partial<TlsBundle> & { ca: string }) =>
+  b.cert ? grpc.credentials.createSsl(Buffer.from(b.ca), Buffer.from(b.key!), Buffer.from(b.cert)) : grpc.credentials.createSsl(Buffer.from(b.ca));
+const leaf = (namespace: string, serviceAccount: string, ttlMs?: number, from = ca) => issue(from, { trustDomain, namespace, serviceAccount, ttlMs });
+const adsWith = (b: Partial<TlsBundle> & { ca: string }, address = demo.ads) => {
+  const c = new RawAdsClient(address, credsOf(b));
+  clients.push(c);
+  return c;
+};
+const refusedCount = async (reason: string): Promise<number> => {
+  const m = new RegExp(`^mesh_xds_streams_refused_total\\{reason="${reason}"\\} (\\d+)`, 'm').exec(await fetch(`${demo.debug}/metrics`).then((r) => r.text()));
+  return m ? Number(m[1]) : 0;
+};
+const ldsRequest = (n: object) => ({ node: n, type_url: LDS });
+
+beforeAll(async () => {
+  ca = await createCa(trustDomain);
+  writeCaDir(path.join(tmp, 'ca'), ca);
+  const log = pino({ level: 'info' }, new Writable({ write: (c, _e, done) => (lines.push(JSON.parse(String(c))), done()) }));
+  demo = await startDemo(() => {}, log, { caDir: path.join(tmp, 'ca'), trustDomain, csdsAllow: ['spiffe://cluster.local/ns/mesh-xds/sa/admin', 'spiffe://cluster.local/ns/ops/*'] });
+}, 30_000);
+
+afterAll(async () => {
+  for (const c of clients) c.close();
+  await demo?.close();
+});
+
+describe('ADS over mTLS', () => {
+  it("serves a stream its certificate's identity; the node may leave it out", async () => {
+    const curl = await leaf('curl', 'curl');
+    const claimed = adsWith(curl).sotw();
+    claimed.send(ldsRequest(node({ id: 'curl-1', namespace: 'curl', serviceAccount: 'curl' })));
+    expect((await claimed.next()).type_url).toBe(LDS);
+    const silent = adsWith(curl).sotw();
+    silent.send(ldsRequest(node({ id: 'curl-2', namespace: undefined, serviceAccount: undefined })));
+    const r = await silent.next();
+    expect(r.names.length).toBeGreaterThan(0);
+    await eventually(() => lines.some((l) => l.msg === 'stream opened' && l.node === 'curl-2' && l.key === 'sidecar:curl/curl' && l.spiffe === 'spiffe://cluster.local/ns/curl/sa/curl'), 3000, 'the stream opened as curl/curl');
+  });
+
+  const refusals: [string, () => Promise<Partial<TlsBundle> & { ca: string }>, string, RegExp][] = [
+    ['no client certificate', async () => ({ ca: ca.cert }), 'no_client_certificate', /no client certificate/],
+    ['a certificate from another CA', async () => ({ ...(await leaf('curl', 'curl', undefined, await createCa(trustDomain))), ca: ca.cert }), 'untrusted_certificate', /not signed by the mesh CA/],
+    ['an expired certificate', async () => {
+      const b = await leaf('curl', 'curl', 1);
+      await new Promise((r) => setTimeout(r, 1100));
+      return b;
+    }, 'expired_certificate', /expired at/],
+    ['a certificate of another trust domain', async () => ({ ...(await issue(ca, { trustDomain: 'other.example', namespace: 'curl', serviceAccount: 'curl' })) }), 'untrusted_certificate', /not in the trust domain cluster\.local/],
+  ];
+  for (const [what, bundle, reason, message] of refusals) {
+    it(`refuses ${what}, saying so in the status, the log and the metrics`, async () => {
+      const before = await refusedCount(reason);
+      const s = adsWith(await bundle()).sotw();
+      s.send(ldsRequest(node({ id: `refused-${reason}` })));
+      const err = await s.next().then(() => undefined, (e: grpc.ServiceError) => e);
+      expect(err?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect(err?.details).toMatch(message);
+      expect(await refusedCount(reason)).toBe(before + 1);
+      expect(lines.some((l) => l.msg === 'stream refused' && l.reason === reason && message.test(l.details))).toBe(true);
+    });
+  }
+
+  it("refuses a node that claims an identity its certificate does not prove, naming the field", async () => {
+    const s = adsWith(await leaf('curl', 'curl')).sotw();
+    s.send(ldsRequest(node({ id: 'liar', namespace: 'httpbin', serviceAccount: 'httpbin' })));
+    const err = await s.next().then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err?.details).toBe('node "liar": node.metadata.namespace "httpbin" disagrees with the client certificate, which is spiffe://cluster.local/ns/curl/sa/curl');
+    expect(await refusedCount('identity_mismatch')).toBeGreaterThan(0);
+    const sa = adsWith(await leaf('curl', 'curl')).delta();
+    sa.send({ node: node({ id: 'liar-2', namespace: 'curl', serviceAccount: 'httpbin' }), type_url: LDS });
+    const err2 = await sa.next().then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err2?.details).toMatch(/node\.metadata\.serviceAccount "httpbin" disagrees/);
+  });
+
+  it('the serving certificate is issued from the mesh CA for the Service names and the server\'s SPIFFE id', async () => {
+    const port = Number(demo.ads.split(':')[1]);
+    const cert = await new Promise<tls.PeerCertificate>((resolve, reject) => {
+      const s = tls.connect({ host: '127.0.0.1', port, servername: 'mesh-xds.mesh-xds.svc', ca: ca.cert, ALPNProtocols: ['h2'] }, () => {
+        resolve(s.getPeerCertificate());
+        s.end();
+      });
+      s.on('error', reject);
+    });
+    expect(cert.subjectaltname).toContain('URI:spiffe://cluster.local/ns/mesh-xds/sa/mesh-xds');
+    expect(cert.subjectaltname).toContain('DNS:mesh-xds.mesh-xds.svc.cluster.local');
+    expect(tls.checkServerIdentity('mesh-xds.mesh-xds.svc', cert)).toBeUndefined();
+    expect(tls.checkServerIdentity('evil.example', cert)).toBeInstanceOf(Error);
+  });
+});
+
+describe('CSDS over mTLS', () => {
+  const fetchStatus = (b: Partial<TlsBundle> & { ca: string }) =>
+    new Promise<{ err?: grpc.ServiceError; res?: any }>((resolve) => {
+      const c: any = new Csds(demo.ads, credsOf(b));
+      clients.push(c);
+      c.FetchClientStatus({ node_matchers: [] }, (err: grpc.ServiceError | null, res: any) => resolve(err ? { err } : { res }));
+    });
+
+  it('answers the SPIFFE ids on --csds-allow (exact or prefix) and refuses the others', async () => {
+    expect((await fetchStatus(await leaf('mesh-xds', 'admin'))).res?.config).toBeDefined();
+    expect((await fetchStatus(await leaf('ops', 'oncall'))).res?.config).toBeDefined();
+    const before = await refusedCount('csds_not_allowed');
+    const { err } = await fetchStatus(await leaf('curl', 'curl'));
+    expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err?.details).toBe('spiffe://cluster.local/ns/curl/sa/curl may not read CSDS (not on --csds-allow)');
+    expect(await refusedCount('csds_not_allowed')).toBe(before + 1);
+    expect(lines.some((l) => l.msg === 'CSDS request refused' && l.reason === 'csds_not_allowed')).toBe(true);
+  });
+});
+
+describe('--tls-dir', () => {
+  it('serves the certificate in the folder, and a rotated one to new connections without a restart', async () => {
+    const dir = path.join(tmp, 'server');
+    const serverCert = () => issue(ca, { trustDomain, namespace: 'mesh-xds', serviceAccount: 'mesh-xds', server: { dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] } });
+    writeTlsDir(dir, await serverCert());
+    const other = await startDemo(() => {}, pino({ level: 'silent' }), { tlsDir: dir });
+    try {
+      const peerSerial = () =>
+        new Promise<string>((resolve, reject) => {
+          const port = Number(other.ads.split(':')[1]);
+          const s = tls.connect({ host: '127.0.0.1', port, ca: ca.cert, ALPNProtocols: ['h2'] }, () => {
+            resolve(s.getPeerCertificate().serialNumber);
+            s.end();
+          });
+          s.on('error', reject);
+        });
+      const first = await peerSerial();
+      const s = adsWith(await leaf('curl', 'curl'), other.ads).sotw();
+      s.send(ldsRequest(node({ id: 'rotating' })));
+      expect((await s.next()).type_url).toBe(LDS);
+      writeTlsDir(dir, await serverCert());
+      await eventually(async () => (await peerSerial()) !== first, 15_000, 'the rotated certificate to be served');
+      // The open stream was not dropped by the rotation.
+      expect(s.ended).toBe(false);
+      const again = adsWith(await leaf('curl', 'curl'), other.ads).sotw();
+      again.send(ldsRequest(node({ id: 'after-rotation' })));
+      expect((await again.next()).type_url).toBe(LDS);
+    } finally {
+      await other.close();
+    }
+  }, 30_000);
+});
+
+describe('plaintext', () => {
+  it('is served on loopback by default, and elsewhere only when asked for with --plaintext', () => {
+    expect(parseServeArgs(['--manifests', 'd'], {}).adsAddress).toBe('127.0.0.1:15128');
+    expect(parseServeArgs(['--manifests', 'd', '--ca-dir', 'ca'], {}).adsAddress).toBe('0.0.0.0:15128');
+    expect(() => parseServeArgs(['--manifests', 'd', '--ads-address', '0.0.0.0:15128'], {})).toThrow(ConfigError);
+    expect(() => parseServeArgs(['--manifests', 'd', '--ads-address', '0.0.0.0:15128'], {})).toThrow(/plaintext ADS on an address other than loopback .* say --plaintext/);
+    expect(parseServeArgs(['--manifests', 'd', '--ads-address', '0.0.0.0:15128', '--plaintext'], {}).plaintext).toBe(true);
+    expect(parseServeArgs(['--manifests', 'd', '--ads-address', '[::1]:15128'], {}).adsAddress).toBe('[::1]:15128');
+    expect(() => parseServeArgs(['--manifests', 'd', '--csds-allow', 'spiffe://cluster.local/ns/a/sa/b'], {})).toThrow(/needs mTLS/);
+    expect(() => parseServeArgs(['--manifests', 'd', '--tls-dir', 'a', '--ca-dir', 'b'], {})).toThrow(/choose one/);
+  });
+});
