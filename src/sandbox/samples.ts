@@ -39,6 +39,22 @@ export function sidecarBootstrap(file: string): string {
   return cm.data['bootstrap.yaml'];
 }
 
+/** Every file of the namespace's envoy-bootstrap ConfigMap (the bootstrap and the SDS files it names). */
+export function sidecarConfigFiles(file: string): Record<string, string> {
+  const { namespace } = podTemplate(file);
+  const cm = only(
+    sampleObjects('envoy-bootstrap.yaml').filter((o) => o.kind === 'ConfigMap' && o.metadata?.namespace === namespace),
+    `envoy-bootstrap ConfigMap for namespace ${namespace}`,
+  );
+  return cm.data;
+}
+
+/** Where the sidecar mounts each volume: volume name -> mountPath. */
+export function sidecarMounts(file: string): Record<string, string> {
+  const envoy = container(podTemplate(file).spec, 'envoy');
+  return Object.fromEntries((envoy.volumeMounts ?? []).map((m: any) => [m.name, m.mountPath]));
+}
+
 export interface PodFacts {
   name: string;
   namespace: string;

@@ -13,7 +13,8 @@ import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { packagePath } from '../paths.js';
 import { Network, Proc, type ExecResult, type Pod } from './netns.js';
 import { ENVOY_VERSION, GUNICORN_BIN, envoyForSidecars, sandboxProblems } from './parts.js';
-import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
+import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarConfigFiles, sidecarMounts, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
+import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../security/ca.js';
 
 export type AdsFlavour = 'GRPC' | 'DELTA_GRPC';
 
@@ -99,10 +100,12 @@ export class ControlPlane {
   constructor(
     readonly dir: string,
     readonly adsAddress: string,
+    /** The mesh CA (ca.crt, ca.key), from which the server issues its serving certificate: mTLS. */
+    readonly caDir: string,
   ) {}
 
   async start(): Promise<void> {
-    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0'];
+    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0', '--ca-dir', this.caDir];
     this.proc = Proc.spawn(`mesh-xds serve (${this.adsAddress})`, process.execPath, args, { env: { LOG_LEVEL: 'info' } });
     const line = await this.proc.waitFor(/"msg":"listening"/, 20_000);
     this.debugUrl = `http://${JSON.parse(line).debug}`;
@@ -174,26 +177,42 @@ export interface SidecarOptions {
   flavour?: AdsFlavour;
   /** HOST:PORT to reach the control plane at directly, instead of the bootstrap's Service name. */
   adsAddress?: string;
+  /** The pod's identity Secret (mTLS to the control plane); without it, plaintext. */
+  identity?: TlsBundle;
 }
 
-/** Starts the sample's Envoy sidecar in a pod: its bootstrap, its args with the downward API filled in, its uid. */
+/**
+ * Starts the sample's Envoy sidecar in a pod as the kubelet would: the namespace's envoy-bootstrap files and its
+ * identity Secret at the sidecar's mount paths (here, folders of the pod), its args with the downward API filled
+ * in, its uid. Without `identity` the control plane is plaintext and the bootstrap's TLS is left out.
+ */
 export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
-  const bootstrap = parse(sidecarBootstrap(o.sample));
+  const dir = path.join(o.dir, o.facts.name);
+  mkdirSync(dir, { mode: 0o755 });
+  const mounts = sidecarMounts(o.sample);
+  const identityDir = path.join(dir, 'identity');
+  const local = (text: string): string => text.replaceAll(`${mounts['envoy-bootstrap']}/`, `${dir}/`).replaceAll(mounts['mesh-xds-identity'], identityDir);
+  const files = sidecarConfigFiles(o.sample);
+  const bootstrap = parse(local(files['bootstrap.yaml']));
   if (o.flavour) bootstrap.dynamic_resources.ads_config.api_type = o.flavour;
+  const cluster = bootstrap.static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
   if (o.adsAddress) {
     const [host, port] = [o.adsAddress.replace(/:\d+$/, ''), Number(o.adsAddress.replace(/^.*:/, ''))];
-    const cluster = bootstrap.static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
     cluster.type = 'STATIC';
     cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address = { address: host, port_value: port };
   }
-  const dir = path.join(o.dir, o.facts.name);
-  mkdirSync(dir, { mode: 0o755 });
+  const uid = sidecarUid(o.sample);
+  if (o.identity) {
+    for (const [name, text] of Object.entries(files)) if (name !== 'bootstrap.yaml') writeFileSync(path.join(dir, name), local(text), { mode: 0o644 });
+    // The Secret's files, readable by the sidecar (the samples give it the volume's group, fsGroup).
+    writeTlsDir(identityDir, o.identity, uid);
+  } else delete cluster.transport_socket;
   const file = path.join(dir, 'bootstrap.yaml');
   writeFileSync(file, stringify(bootstrap), { mode: 0o644 });
   // The sample's args with the downward API filled in; -c points at the ConfigMap's mount, here the file.
   const args = sidecarArgs(o.sample, o.facts);
   args[args.indexOf('-c') + 1] = file;
-  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid: sidecarUid(o.sample) });
+  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid });
   return new Sidecar(pod, proc, sidecarNode(args).id);
 }
 
@@ -241,6 +260,9 @@ export class Sandbox {
   private readonly controlPlanes: ControlPlane[] = [];
   /** The control plane the pods' name for it resolves to. */
   controlPlane!: ControlPlane;
+  /** The mesh CA: the control plane's serving certificate and every sidecar's identity come from it. */
+  private ca!: KeyPair;
+  readonly caDir: string;
 
   private constructor(
     readonly net: Network,
@@ -251,6 +273,7 @@ export class Sandbox {
     chmodSync(this.files, 0o755);
     this.dir = path.join(this.files, 'manifests');
     mkdirSync(this.dir);
+    this.caDir = path.join(this.files, 'ca');
   }
 
   /** Builds the pods, starts the control plane and every sidecar and app, and waits until all serve. */
@@ -293,7 +316,7 @@ export class Sandbox {
   }
 
   private async startControlPlane(address: string): Promise<ControlPlane> {
-    const cp = new ControlPlane(this.dir, `${address}:${ADS_PORT}`);
+    const cp = new ControlPlane(this.dir, `${address}:${ADS_PORT}`, this.caDir);
     this.controlPlanes.push(cp);
     await cp.start();
     return cp;
@@ -331,6 +354,9 @@ export class Sandbox {
     const made = new Map<string, Pod>();
     for (const { w, name } of this.planned) made.set(w.name, await this.net.pod(name));
     this.writeManifests(this.planned.map((p) => ({ ...p, ip: made.get(p.w.name)!.ip })));
+    // `mesh-xds ca init`: the CA of the mesh, which the control plane serves with and the sidecars' Secrets hold.
+    this.ca = await createCa('cluster.local');
+    writeCaDir(this.caDir, this.ca);
 
     this.controlPlane = await this.startControlPlane(this.net.gateway);
     this.say(`control plane: mesh-xds serve --manifests ${this.dir} (ADS on ${this.controlPlane.adsAddress}, debug on ${this.controlPlane.debugUrl})`);
@@ -343,7 +369,8 @@ export class Sandbox {
         const init = await pod.exec('/bin/sh', ['-c', initScript(w.sample)]);
         if (init.code !== 0) throw new Error(`pod ${name}: the init script of deploy/samples/${w.sample} failed: ${init.stderr}`);
         await this.routeControlPlane(pod, this.controlPlane, true);
-        const sidecar = startSidecar(pod, { sample: w.sample, facts: { name, namespace: w.namespace, serviceAccount: w.serviceAccount, ip: pod.ip }, dir: this.files, flavour: w.flavour });
+        const identity = await this.identity(w.namespace, w.serviceAccount);
+        const sidecar = startSidecar(pod, { sample: w.sample, facts: { name, namespace: w.namespace, serviceAccount: w.serviceAccount, ip: pod.ip }, dir: this.files, flavour: w.flavour, identity });
         const app = w.app ? pod.spawn(w.name, w.app.command[0], w.app.command.slice(1)) : undefined;
         this.workloads.set(w.name, { spec: w, podName: name, pod, sidecar, app });
         await Promise.all([
@@ -353,6 +380,18 @@ export class Sandbox {
         this.say(`pod ${w.namespace}/${name} (${pod.ip}): ${w.app ? `${w.name} and ` : ''}Envoy ${ENVOY_VERSION} sidecar, traffic redirected by the sample's init script`);
       }),
     );
+  }
+
+  /** Renews a workload's identity Secret in place, as the kubelet updates a mounted Secret. */
+  async renewIdentity(name: string): Promise<void> {
+    const w = this.workload(name);
+    const dir = path.join(this.files, w.podName, 'identity');
+    writeTlsDir(dir, await this.identity(w.spec.namespace, w.spec.serviceAccount), sidecarUid(w.spec.sample));
+  }
+
+  /** The Secret mesh-xds-identity-<service account> of a namespace: its certificate, key and the CA. */
+  identity(namespace: string, serviceAccount: string, ttlMs?: number): Promise<TlsBundle> {
+    return issue(this.ca, { trustDomain: 'cluster.local', namespace, serviceAccount, ttlMs });
   }
 
   private writeManifests(pods: (Planned & { ip: string })[]): void {

@@ -5,7 +5,7 @@
  */
 import 'reflect-metadata';
 import { randomBytes, webcrypto } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync, readdirSync, lstatSync } from 'node:fs';
+import { chownSync, lchownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { spiffeId } from './spiffe.js';
@@ -130,7 +130,7 @@ export function readTlsDir(dir: string): TlsBundle {
  * hidden directory, `..data` is switched to it with one rename, and each name is a link through `..data`. A
  * reader never sees a certificate with the other one's key, and Envoy's SDS `watched_directory` sees one move.
  */
-export function writeTlsDir(dir: string, b: TlsBundle): void {
+export function writeTlsDir(dir: string, b: TlsBundle, owner?: number): void {
   mkdirSync(dir, { recursive: true });
   const version = `..${new Date().toISOString().replace(/[:.]/g, '_')}.${randomBytes(4).toString('hex')}`;
   const target = path.join(dir, version);
@@ -138,9 +138,12 @@ export function writeTlsDir(dir: string, b: TlsBundle): void {
   writeFileSync(path.join(target, 'tls.crt'), b.cert);
   writeFileSync(path.join(target, 'tls.key'), b.key, { mode: 0o600 });
   writeFileSync(path.join(target, 'ca.crt'), b.ca);
+  // Readable by its reader before it becomes visible (the kubelet sets fsGroup the same way).
+  if (owner !== undefined) for (const p of [dir, target, ...['tls.crt', 'tls.key', 'ca.crt'].map((f) => path.join(target, f))]) chownSync(p, owner, owner);
   const tmp = path.join(dir, '..data_tmp');
   rmSync(tmp, { force: true });
   symlinkSync(version, tmp);
+  if (owner !== undefined) lchownSync(tmp, owner, owner);
   renameSync(tmp, path.join(dir, '..data'));
   for (const f of ['tls.crt', 'tls.key', 'ca.crt']) {
     const link = path.join(dir, f);
@@ -153,6 +156,7 @@ export function writeTlsDir(dir: string, b: TlsBundle): void {
     if (!isLink) {
       rmSync(link, { force: true });
       symlinkSync(path.join('..data', f), link);
+      if (owner !== undefined) lchownSync(link, owner, owner);
     }
   }
   for (const e of readdirSync(dir)) {

@@ -22,6 +22,9 @@ export const PROTO_FILES = [
   'envoy/extensions/filters/listener/original_dst/v3/original_dst.proto',
   'envoy/extensions/upstreams/http/v3/http_protocol_options.proto',
   'envoy/config/bootstrap/v3/bootstrap.proto',
+  // The sidecars' mTLS to the control plane (deploy/samples: UpstreamTlsContext, file-based SDS Secrets).
+  'envoy/extensions/transport_sockets/tls/v3/tls.proto',
+  'envoy/extensions/transport_sockets/tls/v3/secret.proto',
   'envoy/admin/v3/config_dump.proto',
 ];
 

@@ -217,6 +217,31 @@ export function guideSuite(flavour: AdsFlavour): void {
       }
     });
 
+    it('mTLS: each sidecar proved its identity with its certificate; a renewed certificate reaches Envoy without a restart, and it keeps its config', async () => {
+      const opened = sb.controlPlane.proc!.lines().filter((l) => l.includes('"msg":"stream opened"')).map((l) => JSON.parse(l));
+      for (const w of sb.workloads.values()) {
+        const stream = opened.find((o) => o.node === w.sidecar.nodeId);
+        expect(stream?.spiffe, w.podName).toBe(`spiffe://cluster.local/ns/${w.spec.namespace}/sa/${w.spec.serviceAccount}`);
+      }
+      // The certificate Envoy uses to reach the control plane, as its admin /certs shows it.
+      const serial = async (): Promise<string> => {
+        const certs = JSON.parse(await curl.sidecar.admin('/certs')).certificates as { cert_chain?: { serial_number: string; subject_alt_names?: { uri?: string }[] }[] }[];
+        const mine = certs.flatMap((c) => c.cert_chain ?? []).filter((c) => c.subject_alt_names?.some((s) => s.uri === 'spiffe://cluster.local/ns/curl/sa/curl'));
+        expect(mine.length).toBe(1);
+        return mine[0].serial_number;
+      };
+      const first = await serial();
+      const rdsBefore = await curl.sidecar.stat(RDS_UPDATES);
+      await sb.renewIdentity('curl');
+      await until(async () => (await serial()) !== first, 20_000, "Envoy to load the renewed certificate from its Secret's folder");
+      // Still connected, nothing resent, and retrying as before.
+      expect(await curl.sidecar.stat('control_plane.connected_state')).toBe(1);
+      expect(await curl.sidecar.stat(RDS_UPDATES)).toBe(rdsBefore);
+      const n = await retries();
+      await request(curl, 503);
+      expect((await retries()) - n).toBe(5);
+    }, 60_000);
+
     it('a control-plane restart, then a move to a second replica: Envoy reconnects, is sent nothing new, and retries as before', async () => {
       await setRetry((t) => t.replace('numRetries: 5', 'numRetries: 2'));
       const sidecars = [...sb.workloads.values()].map((w) => w.sidecar);
