@@ -1,4 +1,17 @@
 import { defineConfig } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/**
+ * The real-API-server tests go last: on a fresh machine they wait for kube-apiserver and etcd to be built (in the
+ * background, by scripts/install-real-parts.sh), and the other files run meanwhile instead of waiting behind them.
+ */
+class KubeLast extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const sorted = await super.sort(files);
+    const kube = (f: TestSpecification): boolean => /\/kube-[^/]*\.test\.ts$/.test(f.moduleId);
+    return [...sorted.filter((f) => !kube(f)), ...sorted.filter(kube)];
+  }
+}
 
 export default defineConfig({
   test: {
@@ -7,5 +20,6 @@ export default defineConfig({
     hookTimeout: 30_000,
     pool: 'forks',
     globalSetup: ['test/global-setup.ts'],
+    sequence: { sequencer: KubeLast },
   },
 });

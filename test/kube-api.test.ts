@@ -5,6 +5,7 @@
  * --kubernetes` with the control plane's own service account and exactly the RBAC of deploy/, status written
  * back and printed by `kubectl get retry`, and a real gRPC xDS client following kubectl edits.
  */
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -59,6 +60,11 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
     expect(dry).toMatch(/clusterrole.rbac.authorization.k8s.io\/mesh-xds created \(server dry run\)/);
     await ok(['apply', '-k', deploy('')]);
     expect(await ok(['get', 'meshconfig', 'fsm-mesh-config', '-n', 'mesh-xds', '-o', 'jsonpath={.spec.featureFlags.enableRetryPolicy}'])).toBe('false');
+    // The mesh CA, which the Deployment mounts (--ca-dir).
+    const r = await cli(['ca', 'init', '--kubernetes'], { KUBECONFIG: kube.adminKubeconfig });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('stored in Secret mesh-xds/mesh-xds-ca');
+    expect((await cli(['ca', 'init', '--kubernetes'], { KUBECONFIG: kube.adminKubeconfig })).stdout).toContain('exists; kept');
   });
 
   it('retries on, the namespaces enrolled with `mesh-xds namespace add`, the samples and the guide Retry applied', async () => {
@@ -70,6 +76,17 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
       expect(await ok(['get', 'namespace', ns, '-o', 'jsonpath={.metadata.labels.flomesh\\.io/monitored-by}'])).toBe('mesh-xds');
     }
     await ok(['apply', '-f', deploy('samples/envoy-bootstrap.yaml'), '-f', deploy('samples/httpbin.yaml'), '-f', deploy('samples/curl.yaml')]);
+    // Each sidecar's identity Secret, signed by the CA in mesh-xds-ca.
+    const caCert = new X509Certificate(Buffer.from(await ok(['get', 'secret', 'mesh-xds-ca', '-n', 'mesh-xds', '-o', 'jsonpath={.data.ca\\.crt}']), 'base64'));
+    for (const ns of ['httpbin', 'curl']) {
+      const r = await cli(['ca', 'issue', '--kubernetes', '--namespace', ns, '--service-account', ns], { KUBECONFIG: kube.adminKubeconfig });
+      expect(r.code, r.stderr).toBe(0);
+      const secret = JSON.parse(await ok(['get', 'secret', `mesh-xds-identity-${ns}`, '-n', ns, '-o', 'json']));
+      expect(secret.type).toBe('kubernetes.io/tls');
+      const leaf = new X509Certificate(Buffer.from(secret.data['tls.crt'], 'base64'));
+      expect(leaf.verify(caCert.publicKey)).toBe(true);
+      expect(leaf.subjectAltName).toBe(`URI:spiffe://cluster.local/ns/${ns}/sa/${ns}`);
+    }
     await ok(['apply', '-f', deploy('samples/retry.yaml')]);
     const created = JSON.parse(await ok(['get', 'retry', 'retry', '-n', 'curl', '-o', 'json']));
     expect(created.spec.retryPolicy).toEqual({ retryOn: '5xx', perTryTimeout: '1s', numRetries: 5, retryBackoffBaseInterval: '1s' });
