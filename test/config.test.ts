@@ -9,8 +9,9 @@ import path from 'node:path';
 
 describe('serve flags', () => {
   it('defaults to the documented addresses and mesh name', () => {
+    // Plaintext: loopback only (see test/mtls.test.ts for mTLS, where all addresses are the default).
     expect(parseServeArgs(['--manifests', 'deploy/demo'], {})).toMatchObject({
-      adsAddress: '0.0.0.0:15128',
+      adsAddress: '127.0.0.1:15128',
       debugAddress: '127.0.0.1:9091',
       meshName: 'mesh-xds',
       overrides: {},

@@ -6,15 +6,15 @@
  * `envoy --mode validate` accepts the samples' bootstraps as the sidecars render them.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { acceptMesh, type Verdict } from '../src/sandbox/accept.js';
 import { Network } from '../src/sandbox/netns.js';
 import { envoyForSidecars } from '../src/sandbox/parts.js';
-import { sidecarArgs, sidecarBootstrap } from '../src/sandbox/samples.js';
-import type { AdsFlavour } from '../src/sandbox/sandbox.js';
+import { createCa, issue } from '../src/security/ca.js';
+import { writeSidecarConfig, type AdsFlavour } from '../src/sandbox/sandbox.js';
 import { DEMO } from './helpers/demo.js';
 import { sandboxMissing } from './helpers/sandbox.js';
 
@@ -78,12 +78,12 @@ describe.skipIf(sandboxMissing.length > 0)('a real Envoy accepts everything we p
   });
 
   it("envoy --mode validate accepts each sample's bootstrap, rendered as its sidecar renders it", async () => {
+    const ca = await createCa('cluster.local');
     for (const sample of ['httpbin.yaml', 'curl.yaml']) {
       const facts = { name: `${sample.split('.')[0]}-54ccc6954c-9rlvp`, namespace: sample.split('.')[0], serviceAccount: sample.split('.')[0] };
-      const file = path.join(tmp, `${sample}.bootstrap.yaml`);
-      writeFileSync(file, sidecarBootstrap(sample));
-      const args = sidecarArgs(sample, facts);
-      args[args.indexOf('-c') + 1] = file;
+      // The ConfigMap's files and the identity Secret where the sidecar mounts them (here, a folder).
+      const identity = await issue(ca, { trustDomain: 'cluster.local', namespace: facts.namespace, serviceAccount: facts.serviceAccount });
+      const args = writeSidecarConfig({ sample, facts, dir: tmp, identity });
       const r = await new Promise<{ code: number; out: string }>((resolve) =>
         execFile(envoyForSidecars(), [...args, '--mode', 'validate', '--disable-hot-restart'], (err, stdout, stderr) => resolve({ code: err ? 1 : 0, out: stdout + stderr })),
       );

@@ -187,8 +187,18 @@ export interface SidecarOptions {
  * in, its uid. Without `identity` the control plane is plaintext and the bootstrap's TLS is left out.
  */
 export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
+  const args = writeSidecarConfig(o);
+  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid: sidecarUid(o.sample) });
+  return new Sidecar(pod, proc, sidecarNode(args).id);
+}
+
+/**
+ * Writes what the kubelet would mount for the sample's sidecar into `o.dir/<pod>` (the envoy-bootstrap ConfigMap's
+ * files and the identity Secret, at paths rewritten from the sidecar's mount paths) and returns Envoy's args.
+ */
+export function writeSidecarConfig(o: Omit<SidecarOptions, 'dir'> & { dir: string }): string[] {
   const dir = path.join(o.dir, o.facts.name);
-  mkdirSync(dir, { mode: 0o755 });
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
   const mounts = sidecarMounts(o.sample);
   const identityDir = path.join(dir, 'identity');
   const local = (text: string): string => text.replaceAll(`${mounts['envoy-bootstrap']}/`, `${dir}/`).replaceAll(mounts['mesh-xds-identity'], identityDir);
@@ -201,19 +211,17 @@ export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
     cluster.type = 'STATIC';
     cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address = { address: host, port_value: port };
   }
-  const uid = sidecarUid(o.sample);
   if (o.identity) {
     for (const [name, text] of Object.entries(files)) if (name !== 'bootstrap.yaml') writeFileSync(path.join(dir, name), local(text), { mode: 0o644 });
     // The Secret's files, readable by the sidecar (the samples give it the volume's group, fsGroup).
-    writeTlsDir(identityDir, o.identity, uid);
+    writeTlsDir(identityDir, o.identity, sidecarUid(o.sample));
   } else delete cluster.transport_socket;
   const file = path.join(dir, 'bootstrap.yaml');
   writeFileSync(file, stringify(bootstrap), { mode: 0o644 });
   // The sample's args with the downward API filled in; -c points at the ConfigMap's mount, here the file.
   const args = sidecarArgs(o.sample, o.facts);
   args[args.indexOf('-c') + 1] = file;
-  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid });
-  return new Sidecar(pod, proc, sidecarNode(args).id);
+  return args;
 }
 
 /** Resolves once the sidecar's admin says LIVE (initial xDS done, listeners warmed). */

@@ -230,6 +230,7 @@ export function guideSuite(flavour: AdsFlavour): void {
         expect(mine.length).toBe(1);
         return mine[0].serial_number;
       };
+      await setRetry((t) => t);
       const first = await serial();
       const rdsBefore = await curl.sidecar.stat(RDS_UPDATES);
       await sb.renewIdentity('curl');
