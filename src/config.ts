@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import type { MeshConfig } from './model/mesh.js';
 import { isDnsLabel } from './model/names.js';
+import { parseGoDuration } from './policy/duration.js';
 import { DEFAULT_TRUST_DOMAIN, isTrustDomain } from './security/spiffe.js';
 import { parseSetFlag } from './sources/manifests.js';
 
@@ -27,6 +28,8 @@ export interface ServeConfig {
   csdsAllow?: string[];
   /** Plaintext ADS on a non-loopback address, asked for. */
   plaintext?: boolean;
+  /** Kubernetes with --ca-dir: lifetime of the identity Secrets' certificates (ms). */
+  identityTtlMs?: number;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):\d+$/;
@@ -45,6 +48,8 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --trust-domain DOMAIN    SPIFFE trust domain of client certificates (default cluster.local)
   --csds-allow ID          a SPIFFE id (or a prefix ending in *) that may read CSDS (repeatable; with mTLS)
   --plaintext              serve ADS without TLS on a non-loopback address (development only)
+  --identity-ttl DURATION  with --kubernetes and --ca-dir: lifetime of the identity Secrets kept for every
+                           service account of the mesh (default 24h; renewed after two thirds)
   --debug-address HOST:PORT debug and health HTTP address (default 127.0.0.1:9091)
   --mesh-name NAME         namespaces labelled flomesh.io/monitored-by=NAME are in the mesh (default mesh-xds)
   --set KEY=VALUE          override the mesh config, e.g. --set featureFlags.enableRetryPolicy=true
@@ -76,6 +81,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'trust-domain': { type: 'string', default: DEFAULT_TRUST_DOMAIN },
         'csds-allow': { type: 'string', multiple: true, default: [] },
         plaintext: { type: 'boolean', default: false },
+        'identity-ttl': { type: 'string', default: '24h' },
         'debug-address': { type: 'string', default: '127.0.0.1:9091' },
         'mesh-name': { type: 'string', default: 'mesh-xds' },
         set: { type: 'string', multiple: true, default: [] },
@@ -109,6 +115,8 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     if (!id.startsWith('spiffe://')) throw new ConfigError(`--csds-allow ${id}: expected a SPIFFE id such as spiffe://cluster.local/ns/mesh-xds/sa/admin, or a prefix ending in *`);
   }
   if (values['csds-allow']!.length && !tls) throw new ConfigError('--csds-allow needs mTLS (--tls-dir or --ca-dir): without it no caller can prove who it is');
+  const ttl = parseGoDuration(values['identity-ttl']!);
+  if ('error' in ttl || ttl.nanos < 1_000_000_000n) throw new ConfigError(`--identity-ttl ${values['identity-ttl']}: a Go duration of at least 1s, such as 24h`);
   const adsAddress = address('--ads-address', values['ads-address'] ?? (tls ? '0.0.0.0:15128' : '127.0.0.1:15128'));
   if (!tls && !values.plaintext && !LOOPBACK.test(adsAddress)) {
     throw new ConfigError(
@@ -131,5 +139,6 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     trustDomain: values['trust-domain']!,
     csdsAllow: values['csds-allow']!,
     plaintext: values.plaintext!,
+    identityTtlMs: Number(ttl.nanos / 1_000_000n),
   };
 }

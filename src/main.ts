@@ -14,6 +14,7 @@ import { loadEnvoyProtos } from './xds/protos.js';
 import { AdsServer, type PeerCheckFn } from './xds/server.js';
 import { CSDS_SERVICE, csdsImplementation, type CsdsAuthorizer } from './xds/csds.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
+import { readCaDir } from './security/ca.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/status.js';
 
@@ -101,7 +102,16 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     metrics.sourceErrors = () => files.errors.length;
   } else {
     const { KubernetesSource } = await import('./sources/kubernetes.js');
-    const kube = new KubernetesSource({ meshName: cfg.meshName, overrides: cfg.overrides, namespace: cfg.namespace, kubeconfig: cfg.kubeconfig, log, onChange });
+    const kube = new KubernetesSource({
+      meshName: cfg.meshName,
+      overrides: cfg.overrides,
+      namespace: cfg.namespace,
+      kubeconfig: cfg.kubeconfig,
+      log,
+      onChange,
+      // With the CA at hand, every service account of the mesh gets its identity Secret.
+      identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
+    });
     source = kube;
     metrics.sourceErrors = () => kube.errors;
     metrics.statusWriter = () => kube.elector.leader;

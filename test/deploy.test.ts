@@ -52,13 +52,14 @@ describe('deploy/', () => {
     expect(dep.spec.replicas).toBe(2);
     const c = dep.spec.template.spec.containers[0];
     expect(c.readinessProbe.httpGet.path).toBe('/readyz');
-    expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128']));
+    expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128', '--ca-dir=/etc/mesh-xds/ca']));
     const rbac = docs(path.join(DEPLOY, 'control-plane/rbac.yaml'));
     const verbs = rbac.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').flatMap((r) => r.rules.flatMap((x: any) => x.verbs));
-    expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update', 'create']));
-    // Writes: Retry statuses, and the one Lease of leader election.
-    const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.some((v: string) => ['patch', 'update', 'create'].includes(v)));
-    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'retries/status']);
+    expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update', 'create', 'delete']));
+    // Writes: Retry statuses, the one Lease of leader election, and the identity Secrets (never read).
+    const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.some((v: string) => ['patch', 'update', 'create', 'delete'].includes(v)));
+    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'retries/status', 'secrets']);
+    expect(rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.resources.includes('secrets')).flatMap((r: any) => r.verbs).sort()).toEqual(['create', 'delete', 'patch']);
     expect(writes.filter((r: any) => r.resources.includes('leases') && r.verbs.includes('update')).every((r: any) => r.resourceNames?.join() === 'mesh-xds-status-writer')).toBe(true);
   });
 

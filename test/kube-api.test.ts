@@ -131,7 +131,7 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
     await ok(['delete', 'retry', 'fine', '-n', 'curl']);
   });
 
-  it('the RBAC is least privilege, as the API server enforces it: nothing beyond reading the mesh, Retry status and its Lease', async () => {
+  it('the RBAC is least privilege, as the API server enforces it: nothing beyond reading the mesh, Retry status, identity Secrets written unread, and its Lease', async () => {
     const kubeconfig = await kube.serviceAccountKubeconfig('mesh-xds', 'mesh-xds');
     const can = async (...args: string[]) => (await kube.kubectl(['auth', 'can-i', ...args], { kubeconfig })).stdout.trim();
     expect(await can('list', 'pods', '-A')).toBe('yes');
@@ -140,6 +140,10 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
     expect(await can('update', 'leases.coordination.k8s.io/mesh-xds-status-writer', '-n', 'mesh-xds')).toBe('yes');
     expect(await can('patch', 'retries.policy.flomesh.io', '-n', 'curl')).toBe('no');
     expect(await can('get', 'secrets', '-A')).toBe('no');
+    expect(await can('list', 'secrets', '-n', 'curl')).toBe('no');
+    expect(await can('watch', 'secrets', '-A')).toBe('no');
+    // It writes identity Secrets, without reading them.
+    expect(await can('patch', 'secrets', '-n', 'curl')).toBe('yes');
     expect(await can('update', 'leases.coordination.k8s.io/other', '-n', 'mesh-xds')).toBe('no');
     expect(await can('patch', 'meshconfigs.config.flomesh.io', '-n', 'mesh-xds')).toBe('no');
     // And tried for real: writing a Retry's spec is refused.

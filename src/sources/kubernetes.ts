@@ -11,6 +11,8 @@ import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { MeshIR, PolicyReport } from '../compile/ir.js';
 import type { MeshConfig, MeshState } from '../model/mesh.js';
+import { MONITORED_BY_LABEL } from '../model/mesh.js';
+import { IdentitySecrets, type IdentityAccount, type IdentitySecretsOptions } from './identities.js';
 import { loadKubeConfig } from './kubeconfig.js';
 import { LeaseElector } from './lease.js';
 import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
@@ -32,6 +34,8 @@ export interface KubernetesSourceOptions {
   watchTimeoutSeconds?: number;
   /** Leader election for Retry status writes (a Lease in `namespace`). */
   lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
+  /** mTLS: keep an identity Secret for every ServiceAccount of an enrolled namespace (issued from this CA). */
+  identities?: Omit<IdentitySecretsOptions, 'kc' | 'log'>;
 }
 
 /** What an API server's refusal means for an operator (the status code and the server's own message). */
@@ -240,10 +244,25 @@ export class KubernetesSource {
         if (leader && this.lastIr) void this.writeStatuses(this.lastIr);
       },
     });
+    if (opts.identities) {
+      const identities = (this.identities = new IdentitySecrets({ ...opts.identities, kc: this.kc, log: opts.log }));
+      this.elector.observe((leader) => identities.setLeader(leader));
+    }
+  }
+
+  /** The ServiceAccounts of the namespaces in the mesh, with their uids (owners of their identity Secrets). */
+  private accounts(): IdentityAccount[] {
+    const byKind = (kind: string) => this.reflectors[RESOURCES.findIndex((d) => d.kind === kind)].objects;
+    const enrolled = new Set([...byKind('Namespace').values()].filter((n) => n.metadata?.labels?.[MONITORED_BY_LABEL] === this.opts.meshName).map((n) => n.metadata!.name!));
+    return [...byKind('ServiceAccount').values()]
+      .filter((sa) => enrolled.has(sa.metadata?.namespace ?? '') && sa.metadata?.uid)
+      .map((sa) => ({ namespace: sa.metadata!.namespace!, name: sa.metadata!.name!, uid: sa.metadata!.uid! }));
   }
 
   /** Leader election for status writes: only the holder of the Lease writes. */
   readonly elector: LeaseElector;
+  /** The identity Secrets (mTLS in Kubernetes mode), kept by the Lease holder. */
+  readonly identities?: IdentitySecrets;
   private lastIr?: MeshIR;
 
   get synced(): boolean {
@@ -262,7 +281,13 @@ export class KubernetesSource {
         return [d.kind, { synced: r.synced, objects: r.objects.size, lists: r.lists, ...(r.lastError ? { error: r.lastError } : {}) }];
       }),
     );
-    return { source: 'kubernetes', synced: this.synced, resources, statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statusWrites } };
+    return {
+      source: 'kubernetes',
+      synced: this.synced,
+      resources,
+      statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statusWrites },
+      ...(this.identities ? { identitySecrets: this.identities.info() } : {}),
+    };
   }
 
   /** Starts every reflector; resolves with the first mesh once every resource has listed. */
@@ -277,6 +302,7 @@ export class KubernetesSource {
   async stop(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     for (const r of this.reflectors) r.stop();
+    this.identities?.stop();
     await this.elector.stop();
   }
 
@@ -284,13 +310,16 @@ export class KubernetesSource {
     if (!this.synced) return;
     if (!this.started) {
       this.started = true;
+      this.identities?.update(this.accounts());
       this.resolveSynced?.(this.state());
       return;
     }
     if (this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      if (this.synced) this.opts.onChange(this.state());
+      if (!this.synced) return;
+      this.identities?.update(this.accounts());
+      this.opts.onChange(this.state());
     }, this.opts.debounceMs ?? 100);
   }
 

@@ -24,11 +24,11 @@ export interface LeaseOptions {
 }
 
 /** One JSON request to the API server with the kubeconfig's TLS and credentials. */
-export async function kubeJson(kc: k8s.KubeConfig, method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
+export async function kubeJson(kc: k8s.KubeConfig, method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; body: any }> {
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error('no current cluster in the kubeconfig');
   const url = new URL(`${cluster.server.replace(/\/$/, '')}${path}`);
-  const opts: https.RequestOptions = { method, headers: { accept: 'application/json', ...(body ? { 'content-type': 'application/json' } : {}) } };
+  const opts: https.RequestOptions = { method, headers: { accept: 'application/json', ...(body ? { 'content-type': contentType } : {}) } };
   await kc.applyToHTTPSOptions(opts);
   const text = await new Promise<{ status: number; text: string }>((resolve, reject) => {
     const req = (url.protocol === 'https:' ? https : http).request(url, opts, (res) => {
@@ -88,8 +88,16 @@ export class LeaseElector {
   private set(leader: boolean): void {
     if (leader === this.leader) return;
     this.leader = leader;
-    this.o.log.info({ lease: `${this.o.namespace}/${this.o.name}`, identity: this.identity }, leader ? 'lease acquired: this replica writes Retry statuses' : 'lease lost: another replica writes Retry statuses');
+    this.o.log.info({ lease: `${this.o.namespace}/${this.o.name}`, identity: this.identity }, leader ? 'lease acquired: this replica writes Retry statuses and identity Secrets' : 'lease lost: another replica writes Retry statuses and identity Secrets');
     this.o.onChange?.(leader);
+    for (const l of this.listeners) l(leader);
+  }
+
+  private readonly listeners = new Set<(leader: boolean) => void>();
+
+  /** Calls `l` whenever this replica gains or loses the lease. */
+  observe(l: (leader: boolean) => void): void {
+    this.listeners.add(l);
   }
 
   private async tryAcquireOrRenew(): Promise<void> {
