@@ -2,7 +2,11 @@
  * The server side of the ADS benchmark (a child process of bench/ads-streams.ts): the real pipeline and ADS
  * server on a generated mesh; reports over IPC when every stream has ACKed, with RSS and CPU time.
  */
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createCa, issue, writeCaDir } from '../src/security/ca.js';
+import { tlsFromCa } from '../src/security/tls.js';
 import { Session } from 'node:inspector/promises';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
@@ -19,7 +23,13 @@ const registry = new ProxyRegistry();
 const pipeline = new Pipeline(cache, log);
 let state = generateMesh(size);
 pipeline.update(state);
-const server = new AdsServer({ cache, registry, log });
+// ADS_TLS=1: mTLS, the serving certificate issued from a CA made here; each identity gets a client certificate.
+const tlsOn = Boolean(process.env.ADS_TLS);
+const caDir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-bench-ca-'));
+const ca = await createCa('cluster.local');
+writeCaDir(caDir, ca);
+const tls = tlsOn ? await tlsFromCa(caDir, { trustDomain: 'cluster.local', namespace: 'mesh-xds', serviceAccount: 'mesh-xds', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] }, log) : undefined;
+const server = new AdsServer({ cache, registry, log, tls });
 const port = await server.listen('127.0.0.1:0');
 
 const send = (m: object): void => void process.send!(m);
@@ -84,4 +94,7 @@ process.on('message', async (m: any) => {
 const ids = pipeline.ir!.identities;
 const clusters = pipeline.ir!.services.flatMap((s) => s.ports.map((p) => p.cluster)).sort();
 const routes = [...new Set(pipeline.ir!.services.flatMap((s) => s.ports.filter((p) => p.protocol === 'http').map((p) => `rds-outbound.${p.dialPort}`)))].sort();
-send({ cmd: 'ready', port, identities: ids, clusters, routes, rss: mem() });
+const certs = tlsOn
+  ? Object.fromEntries(await Promise.all(ids.map(async (id) => [id, await issue(ca, { trustDomain: 'cluster.local', namespace: id.split('/')[0], serviceAccount: id.split('/')[1] })] as const)))
+  : undefined;
+send({ cmd: 'ready', port, identities: ids, clusters, routes, rss: mem(), certs });

@@ -13,7 +13,10 @@ import { envoyRoot } from '../src/xds/protos.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
 
 const N = Number(process.argv[2] ?? 2000);
-const STREAMS_PER_CONNECTION = 100;
+// ADS_STREAMS_PER_CONNECTION=1 opens a connection per stream, as Envoy does; ADS_TLS=1 makes them mTLS.
+const STREAMS_PER_CONNECTION = Number(process.env.ADS_STREAMS_PER_CONNECTION ?? 100);
+const TLS = Boolean(process.env.ADS_TLS);
+if (TLS && STREAMS_PER_CONNECTION !== 1) throw new Error('ADS_TLS needs ADS_STREAMS_PER_CONNECTION=1 (a certificate is one identity)');
 const SIZE = { namespaces: 10, services: 10, pods: 50, serviceAccounts: 100, retries: 50 };
 const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MB`;
 
@@ -78,10 +81,13 @@ child.send({ cmd: 'expect', n: N });
 await receive('ok');
 const t0 = performance.now();
 for (let i = 0; i < N; i++) {
-  if (i % STREAMS_PER_CONNECTION === 0) {
-    clients.push(new Client(`127.0.0.1:${ready.port}`, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }));
-  }
   const id: string = ready.identities[i % ready.identities.length];
+  if (i % STREAMS_PER_CONNECTION === 0) {
+    // With mTLS a connection carries one identity: its streams are all of that one (STREAMS_PER_CONNECTION 1).
+    const c = ready.certs?.[id];
+    const creds = TLS ? grpc.credentials.createSsl(Buffer.from(c.ca), Buffer.from(c.key), Buffer.from(c.cert)) : grpc.credentials.createInsecure();
+    clients.push(new Client(`127.0.0.1:${ready.port}`, creds, { 'grpc.use_local_subchannel_pool': 1 }));
+  }
   const [namespace, serviceAccount] = id.split('/');
   const call = (clients[clients.length - 1] as any).StreamAggregatedResources() as grpc.ClientDuplexStream<Buffer, Buffer>;
   call.on('error', () => {});
@@ -96,7 +102,7 @@ for (let i = 0; i < N; i++) {
   if (i % 500 === 499) await new Promise((r) => setImmediate(r));
 }
 const initial = await receive('initial-acked', 600_000);
-console.log(`${N} streams (${clients.length} connections), mesh of ${SIZE.services} services x 2 ports and ${ready.identities.length} identities`);
+console.log(`${N} streams (${clients.length} connections${TLS ? ', mTLS' : ''}), mesh of ${SIZE.services} services x 2 ports and ${ready.identities.length} identities`);
 console.log(`initial config (CDS, EDS, LDS, RDS) ACKed by all: ${initial.ms.toFixed(0)} ms after the first stream opened (${(performance.now() - t0).toFixed(0)} ms client side); server CPU ${initial.cpuMs.toFixed(0)} ms, RSS ${mb(initial.rss)}`);
 
 const changes: any[] = [];

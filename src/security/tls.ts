@@ -32,22 +32,26 @@ export class PeerVerifier {
     this.roots = roots;
   }
 
+  /**
+   * OpenSSL verifies the chain against the CA during the handshake; when it refused, this says why (no certificate,
+   * another CA, expired). Either way the certificate must then be a client certificate with exactly one SPIFFE id
+   * of this trust domain.
+   */
   check(peer: PeerTls | undefined, now = new Date()): PeerCheck {
-    const raw = peer?.cert;
-    if (!raw || !raw.length) {
+    const leaf = peer?.cert;
+    if (!leaf) {
       return { ok: false, reason: 'no_client_certificate', message: 'no client certificate: this server requires one issued by the mesh CA (mesh-xds ca issue)' };
     }
-    let leaf: X509Certificate;
-    try {
-      leaf = new X509Certificate(raw);
-    } catch (e) {
-      return { ok: false, reason: 'bad_certificate', message: `the client certificate cannot be parsed: ${(e as Error).message}` };
-    }
     const subject = leaf.subject.replace(/\n/g, ', ');
-    if (!this.roots.some((ca) => leaf.checkIssued(ca) && leaf.verify(ca.publicKey))) {
-      return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}, issued by ${leaf.issuer.replace(/\n/g, ', ')}) is not signed by the mesh CA` };
+    if (!peer.authorized) {
+      if (!this.roots.some((ca) => leaf.checkIssued(ca) && leaf.verify(ca.publicKey))) {
+        return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}, issued by ${leaf.issuer.replace(/\n/g, ', ')}) is not signed by the mesh CA` };
+      }
+      if (now < new Date(leaf.validFrom)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) is not valid before ${new Date(leaf.validFrom).toISOString()}` };
+      if (now > new Date(leaf.validTo)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) expired at ${new Date(leaf.validTo).toISOString()}` };
+      return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}) failed TLS verification: ${peer.error ?? 'unknown reason'}` };
     }
-    if (now < new Date(leaf.validFrom)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) is not valid before ${new Date(leaf.validFrom).toISOString()}` };
+    // Verified at the handshake; a stream opened later on the same connection may outlive it.
     if (now > new Date(leaf.validTo)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) expired at ${new Date(leaf.validTo).toISOString()}` };
     if (leaf.ca) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is a CA certificate` };
     if (leaf.keyUsage && !leaf.keyUsage.includes(CLIENT_AUTH)) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is not for client authentication` };
@@ -60,16 +64,14 @@ export class PeerVerifier {
     if (id.trustDomain !== this.trustDomain) {
       return { ok: false, reason: 'untrusted_certificate', message: `the client certificate's ${uris[0]} is not in the trust domain ${this.trustDomain}` };
     }
-    // OpenSSL verified the chain too: both must agree.
-    if (!peer!.authorized) return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}) failed TLS verification: ${peer!.error ?? 'unknown reason'}` };
     return { ok: true, id, spiffe: uris[0]! };
   }
 }
 
 /** What the TLS handshake of a connection established about its client. */
 export interface PeerTls {
-  /** The client certificate (DER), if it sent one. */
-  readonly cert?: Buffer;
+  /** The client certificate, if it sent one. */
+  readonly cert?: X509Certificate;
   /** Whether OpenSSL verified it against the CA. */
   readonly authorized: boolean;
   readonly error?: string;
@@ -128,8 +130,7 @@ export class TlsFront {
     await this.ready;
     this.server = tls.createServer({ ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' }, (socket) => {
       const key = `${socket.remoteAddress}:${socket.remotePort}`;
-      const cert = socket.getPeerCertificate();
-      this.peers.set(key, { cert: cert?.raw, authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
+      this.peers.set(key, { cert: socket.getPeerX509Certificate(), authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
       socket.on('close', () => this.peers.delete(key));
       accept(socket);
     });
