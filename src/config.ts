@@ -30,6 +30,8 @@ export interface ServeConfig {
   plaintext?: boolean;
   /** Kubernetes with --ca-dir: lifetime of the identity Secrets' certificates (ms). */
   identityTtlMs?: number;
+  /** With --ca-dir: lifetime of the server's own serving certificate (ms). */
+  servingTtlMs?: number;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):\d+$/;
@@ -48,6 +50,7 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --trust-domain DOMAIN    SPIFFE trust domain of client certificates (default cluster.local)
   --csds-allow ID          a SPIFFE id (or a prefix ending in *) that may read CSDS (repeatable; with mTLS)
   --plaintext              serve ADS without TLS on a non-loopback address (development only)
+  --serving-ttl DURATION   with --ca-dir: lifetime of the server's own certificate (default 24h; renewed after two thirds)
   --identity-ttl DURATION  with --kubernetes and --ca-dir: lifetime of the identity Secrets kept for every
                            service account of the mesh (default 24h; renewed after two thirds)
   --debug-address HOST:PORT debug and health HTTP address (default 127.0.0.1:9091)
@@ -82,6 +85,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'csds-allow': { type: 'string', multiple: true, default: [] },
         plaintext: { type: 'boolean', default: false },
         'identity-ttl': { type: 'string', default: '24h' },
+        'serving-ttl': { type: 'string', default: '24h' },
         'debug-address': { type: 'string', default: '127.0.0.1:9091' },
         'mesh-name': { type: 'string', default: 'mesh-xds' },
         set: { type: 'string', multiple: true, default: [] },
@@ -115,8 +119,11 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     if (!id.startsWith('spiffe://')) throw new ConfigError(`--csds-allow ${id}: expected a SPIFFE id such as spiffe://cluster.local/ns/mesh-xds/sa/admin, or a prefix ending in *`);
   }
   if (values['csds-allow']!.length && !tls) throw new ConfigError('--csds-allow needs mTLS (--tls-dir or --ca-dir): without it no caller can prove who it is');
-  const ttl = parseGoDuration(values['identity-ttl']!);
-  if ('error' in ttl || ttl.nanos < 1_000_000_000n) throw new ConfigError(`--identity-ttl ${values['identity-ttl']}: a Go duration of at least 1s, such as 24h`);
+  const durationFlag = (flag: 'identity-ttl' | 'serving-ttl'): number => {
+    const d = parseGoDuration(values[flag]!);
+    if ('error' in d || d.nanos < 1_000_000_000n) throw new ConfigError(`--${flag} ${values[flag]}: a Go duration of at least 1s, such as 24h`);
+    return Number(d.nanos / 1_000_000n);
+  };
   const adsAddress = address('--ads-address', values['ads-address'] ?? (tls ? '0.0.0.0:15128' : '127.0.0.1:15128'));
   if (!tls && !values.plaintext && !LOOPBACK.test(adsAddress)) {
     throw new ConfigError(
@@ -139,6 +146,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     trustDomain: values['trust-domain']!,
     csdsAllow: values['csds-allow']!,
     plaintext: values.plaintext!,
-    identityTtlMs: Number(ttl.nanos / 1_000_000n),
+    identityTtlMs: durationFlag('identity-ttl'),
+    servingTtlMs: durationFlag('serving-ttl'),
   };
 }

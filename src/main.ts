@@ -52,6 +52,7 @@ async function serving(cfg: ServeConfig, log: Logger): Promise<TlsServing | unde
       // The Service's names (deploy/control-plane), any given, and the address it listens on if it is one.
       dnsNames: ['mesh-xds', `mesh-xds.${ns}`, `mesh-xds.${ns}.svc`, `mesh-xds.${ns}.svc.${trustDomain}`, 'localhost', ...(cfg.serverNames ?? [])],
       ipAddresses: ['127.0.0.1', ...(isIP(host) && host !== '0.0.0.0' && host !== '::' ? [host] : [])],
+      ttlMs: cfg.servingTtlMs,
     },
     log,
   );

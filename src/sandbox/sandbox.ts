@@ -93,6 +93,9 @@ const ADMIN = 'http://127.0.0.1:15000';
 const CONTROL_PLANE_VIP = '10.96.0.2';
 
 /** `mesh-xds serve --manifests DIR` as a process, listening for the pods on the bridge. */
+/** The control plane's own certificate lives this long here, so that tests see it renewed under connected sidecars. */
+const SERVING_TTL = '15s';
+
 export class ControlPlane {
   proc?: Proc;
   debugUrl = '';
@@ -105,7 +108,7 @@ export class ControlPlane {
   ) {}
 
   async start(): Promise<void> {
-    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0', '--ca-dir', this.caDir];
+    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0', '--ca-dir', this.caDir, '--serving-ttl', SERVING_TTL];
     this.proc = Proc.spawn(`mesh-xds serve (${this.adsAddress})`, process.execPath, args, { env: { LOG_LEVEL: 'info' } });
     const line = await this.proc.waitFor(/"msg":"listening"/, 20_000);
     this.debugUrl = `http://${JSON.parse(line).debug}`;
