@@ -158,8 +158,6 @@ export interface TlsServing {
   /** The serving certificate and key, and the CA of clients, as they change. */
   readonly provider: grpc.experimental.CertificateProvider;
   readonly verifier: PeerVerifier;
-  /** The serving certificate's SPIFFE id, when the server issued it. */
-  readonly spiffe?: string;
   close(): void;
 }
 
@@ -178,7 +176,7 @@ class PushedCertificates implements grpc.experimental.CertificateProvider {
   }
   addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
     this.caListeners.add(l);
-    // Later, as grpc-js expects: it registers its own watcher only after adding this listener.
+    // Later, as FileWatcherCertificateProvider does, so that a listener is never called before it was added.
     queueMicrotask(() => this.ca && this.caListeners.has(l) && l(this.ca));
   }
   removeCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
@@ -258,7 +256,6 @@ export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger
   return {
     provider,
     verifier,
-    spiffe: spiffeId(o.trustDomain, o.namespace, o.serviceAccount),
     close: () => {
       closed = true;
       if (timer) clearTimeout(timer);

@@ -9,12 +9,12 @@ import { DeltaStream } from './delta.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
 import { LIMITS, type Limits } from './limits.js';
-import type { DuplexCall, StreamContext } from './stream.js';
-import { TlsFront, type PeerCheck, type TlsServing } from '../security/tls.js';
+import type { DuplexCall, PeerCheckFn, StreamContext } from './stream.js';
+import { TlsFront, type TlsServing } from '../security/tls.js';
+
+export type { PeerCheckFn } from './stream.js';
 
 const identity = (b: Buffer): Buffer => b;
-
-export type PeerCheckFn = (call: { getPeer(): string }) => PeerCheck;
 
 function bidi(path: string): grpc.MethodDefinition<Buffer, Buffer> {
   return {
@@ -65,7 +65,7 @@ export class AdsServer {
   private readonly streams = new Set<SotwStream | DeltaStream>();
   /** Ends streams whose client stopped reading (limits.unreadSeconds), checked every few seconds. */
   private readonly readingCheck: NodeJS.Timeout;
-  ctx: StreamContext;
+  readonly ctx: StreamContext;
   /** mTLS: TLS is ours (TlsFront), connections are handed to gRPC, and each call's peer is checked. */
   private readonly front?: TlsFront;
   private injector?: grpc.ConnectionInjector;
@@ -74,18 +74,18 @@ export class AdsServer {
   port = 0;
 
   constructor(opts: AdsServerOptions) {
+    if (opts.tls) {
+      const { verifier } = opts.tls;
+      const front = (this.front = new TlsFront(opts.tls, opts.log));
+      this.peerCheck = (call) => verifier.check(front.peer(call.getPeer()));
+    }
     this.ctx = {
       cache: opts.cache,
       registry: opts.registry,
       log: opts.log,
       limits: { ...LIMITS, ...opts.limits },
+      peers: this.peerCheck,
     };
-    if (opts.tls) {
-      const { verifier } = opts.tls;
-      const front = (this.front = new TlsFront(opts.tls, opts.log));
-      this.peerCheck = (call) => verifier.check(front.peer(call.getPeer()));
-      this.ctx = { ...this.ctx, peers: this.peerCheck };
-    }
     this.readingCheck = setInterval(() => {
       for (const s of this.streams) s.checkReading();
     }, Math.min(5_000, this.ctx.limits.unreadSeconds * 500)).unref();

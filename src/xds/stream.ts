@@ -21,8 +21,11 @@ export interface StreamContext {
   /** What one stream may make the server hold or do (limits.ts). */
   readonly limits: Limits;
   /** With mTLS: checks the client certificate of each stream, whose identity it then is. */
-  readonly peers?: (call: { getPeer(): string }) => PeerCheck;
+  readonly peers?: PeerCheckFn;
 }
+
+/** What the client certificate of a call's connection proved (mTLS). */
+export type PeerCheckFn = (call: { getPeer(): string }) => PeerCheck;
 
 export interface SyncInputs {
   readonly version: string;
