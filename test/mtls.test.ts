@@ -66,6 +66,8 @@ describe('ADS over mTLS', () => {
     const r = await silent.next();
     expect(r.names.length).toBeGreaterThan(0);
     await eventually(() => lines.some((l) => l.msg === 'stream opened' && l.node === 'curl-2' && l.key === 'sidecar:curl/curl' && l.spiffe === 'spiffe://cluster.local/ns/curl/sa/curl'), 3000, 'the stream opened as curl/curl');
+    const proxies = (await fetch(`${demo.debug}/debug/proxies`).then((r) => r.json())).proxies;
+    expect(proxies.find((p: any) => p.nodeId === 'curl-2')).toMatchObject({ namespace: 'curl', serviceAccount: 'curl', spiffe: 'spiffe://cluster.local/ns/curl/sa/curl' });
   });
 
   const refusals: [string, () => Promise<Partial<TlsBundle> & { ca: string }>, string, RegExp][] = [

@@ -14,6 +14,8 @@ export interface ProxyIdentity {
   /** Envoy sidecars announce `user_agent_name: envoy`; anything else (gRPC C-core, grpc-js) is proxyless. */
   readonly kind: ProxyKind;
   readonly userAgent: string;
+  /** With mTLS: the SPIFFE id its client certificate proved (the identity above is that one). */
+  readonly spiffe?: string;
 }
 
 export class IdentityError extends Error {}
@@ -77,5 +79,6 @@ export function identityFromNode(node: any, certified?: CertifiedIdentity): Prox
     podName: podName === undefined ? undefined : clip(podName, 253),
     kind: userAgent === 'envoy' ? 'sidecar' : 'proxyless',
     userAgent,
+    ...(certified ? { spiffe: certified.spiffe } : {}),
   };
 }

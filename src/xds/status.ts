@@ -73,6 +73,8 @@ export class ProxyConnection {
       podName: this.identity.podName ?? null,
       kind: this.identity.kind,
       userAgent: this.identity.userAgent,
+      // How the identity is known: the client certificate (mTLS) or the node's word (plaintext).
+      spiffe: this.identity.spiffe ?? null,
       stream: this.stream,
       peer: this.peer,
       connectedSince: this.connectedAt.toISOString(),
