@@ -16,8 +16,9 @@ class KubeLast extends BaseSequencer {
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    testTimeout: 30_000,
-    hookTimeout: 30_000,
+    // Safety nets, not measurements: on a fresh machine the Kubernetes build shares the two cores with the tests.
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
     pool: 'forks',
     globalSetup: ['test/global-setup.ts'],
     sequence: { sequencer: KubeLast },

@@ -50,4 +50,5 @@ it("proxy get stats reaches the pod's Envoy admin through a Kubernetes port-forw
   const missing = await kubeCli(['proxy', 'get', 'stats', 'no-such-pod', '-n', 'curl']);
   expect(missing.code).toBe(3);
   expect(missing.stderr).toMatch(/cannot reach pod curl\/no-such-pod's Envoy admin \(15000\) through the Kubernetes API: .*404/);
-});
+  // Two CLI processes: on a machine busy building Kubernetes beside the tests, each start can take seconds.
+}, 90_000);
