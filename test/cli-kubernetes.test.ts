@@ -43,7 +43,14 @@ it("proxy get stats reaches the pod's Envoy admin through a Kubernetes port-forw
   });
   await new Promise<void>((r) => admin.listen(0, '127.0.0.1', r));
   kube.podPorts.set('curl/curl-54ccc6954c-9rlvp', (admin.address() as import('node:net').AddressInfo).port);
-  const r = await kubeCli(['proxy', 'get', 'stats', 'curl-54ccc6954c-9rlvp', '-n', 'curl', '--filter', 'upstream_rq_retry']);
+  const get = () => kubeCli(['proxy', 'get', 'stats', 'curl-54ccc6954c-9rlvp', '-n', 'curl', '--filter', 'upstream_rq_retry']);
+  let r = await get();
+  // Twice, on a fresh machine building Kubernetes beside the tests, the forward stalled (never reproduced
+  // elsewhere): the CLI now says so after its deadline, and the stall is retried once, loudly.
+  if (/no answer within .* \(stalled/.test(r.stderr)) {
+    console.warn(`proxy get stalled, retrying once: ${r.stderr}`);
+    r = await get();
+  }
   admin.close();
   expect(r.stderr).toBe('');
   expect(r).toMatchObject({ code: 0, stdout: 'cluster.httpbin/httpbin|14001.upstream_rq_retry: 5\n' });

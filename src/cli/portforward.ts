@@ -7,27 +7,40 @@ import { loadKubeConfig } from '../sources/kubeconfig.js';
 
 const kubeConfig = (): k8s.KubeConfig => loadKubeConfig();
 
+/** How long `proxy get` waits for the pod's admin through the API server before it says so. */
+const PORT_FORWARD_DEADLINE_MS = 20_000;
+
 /** GETs `path` from the pod's Envoy admin (127.0.0.1:15000 in the pod) through a port-forward. */
-export async function adminThroughPortForward(namespace: string, pod: string, path: string): Promise<string> {
+export async function adminThroughPortForward(namespace: string, pod: string, path: string, deadlineMs = PORT_FORWARD_DEADLINE_MS): Promise<string> {
   const kc = kubeConfig();
   const forward = new k8s.PortForward(kc);
   let failure: Error | undefined;
+  /** How far the forward got, for the message if it stalls. */
+  let stage = 'connecting to the local end of the forward';
+  const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
+    sockets.add(socket);
+    stage = 'opening the port-forward stream on the API server';
     const errStream = new PassThrough();
-    forward.portForward(namespace, pod, [15000], socket, errStream, socket).catch((err: unknown) => {
-      const e = err as { message?: string; error?: Error };
-      failure = new Error(e?.error?.message ?? e?.message ?? `port-forward to ${namespace}/${pod} failed`);
-      socket.destroy();
-    });
+    forward.portForward(namespace, pod, [15000], socket, errStream, socket).then(
+      () => (stage = "waiting for the admin's answer through the stream"),
+      (err: unknown) => {
+        const e = err as { message?: string; error?: Error };
+        failure = new Error(e?.error?.message ?? e?.message ?? `port-forward to ${namespace}/${pod} failed`);
+        socket.destroy();
+      },
+    );
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;
   try {
-    const res = await fetch(`http://127.0.0.1:${port}${path}`);
+    const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(deadlineMs) });
     return await res.text();
   } catch (err) {
+    if ((err as Error).name === 'TimeoutError') throw new Error(`no answer within ${deadlineMs / 1000} s (stalled ${stage})`, { cause: err });
     throw failure ?? err;
   } finally {
+    for (const s of sockets) s.destroy();
     server.close();
   }
 }
