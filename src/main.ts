@@ -14,7 +14,7 @@ import { loadEnvoyProtos } from './xds/protos.js';
 import { AdsServer, type PeerCheckFn } from './xds/server.js';
 import { CSDS_SERVICE, csdsImplementation, type CsdsAuthorizer } from './xds/csds.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
-import { readCaDir } from './security/ca.js';
+import { readCaDir, type KeyPair } from './security/ca.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/status.js';
 
@@ -37,7 +37,7 @@ export interface MeshSource {
 export class StartError extends Error {}
 
 /** mTLS as the flags say (a certificate given, or issued from the CA), or plaintext (undefined). */
-async function serving(cfg: ServeConfig, log: Logger): Promise<TlsServing | undefined> {
+async function serving(cfg: ServeConfig, log: Logger, onCa?: (ca: KeyPair) => void): Promise<TlsServing | undefined> {
   const trustDomain = cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN;
   if (cfg.tlsDir) return tlsFromDir(cfg.tlsDir, trustDomain, log);
   if (!cfg.caDir) return undefined;
@@ -55,6 +55,7 @@ async function serving(cfg: ServeConfig, log: Logger): Promise<TlsServing | unde
       ttlMs: cfg.servingTtlMs,
     },
     log,
+    onCa,
   );
 }
 
@@ -97,6 +98,8 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   };
 
   let source: MeshSource;
+  /** Kubernetes: a rotated mesh CA reissues the identity Secrets. */
+  let caChanged: ((ca: KeyPair) => void) | undefined;
   if (cfg.manifests) {
     const files = new FileSource({ dir: cfg.manifests, meshName: cfg.meshName, overrides: cfg.overrides, log, retrySchema: loadRetrySchema(), onChange });
     source = { start: () => files.start(), stop: () => files.stop(), info: () => ({ source: 'manifests', dir: cfg.manifests, manifestErrors: files.errors }) };
@@ -114,6 +117,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
     });
     source = kube;
+    caChanged = (ca) => kube.identities?.setCa(ca);
     metrics.sourceErrors = () => kube.errors;
     metrics.statusWriter = () => kube.elector.leader;
     // Status writes run one after another, so two quick rebuilds never race to write the same object.
@@ -123,7 +127,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     };
   }
 
-  const tls = await serving(cfg, log);
+  const tls = await serving(cfg, log, (ca) => caChanged?.(ca));
   const ads: AdsServer = new AdsServer({
     cache,
     registry,

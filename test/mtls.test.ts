@@ -187,3 +187,33 @@ describe('plaintext', () => {
     expect(() => parseServeArgs(['--manifests', 'd', '--tls-dir', 'a', '--ca-dir', 'b'], {})).toThrow(/choose one/);
   });
 });
+
+describe('a rotated mesh CA (--ca-dir read again)', () => {
+  it('is trusted beside the old one, serves from the new key, and drops the old one when it leaves the bundle', async () => {
+    const next = await createCa(trustDomain);
+    // The kubelet's update of a mounted Secret, in effect: the new signing CA first, the old one still trusted.
+    writeCaDir(path.join(tmp, 'ca'), { cert: next.cert + ca.cert, key: next.key });
+    const port = Number(demo.ads.split(':')[1]);
+    const handshake = (trusted: string) =>
+      new Promise<boolean>((resolve) => {
+        const s = tls.connect({ host: '127.0.0.1', port, ca: trusted, ALPNProtocols: ['h2'] }, () => {
+          resolve(true);
+          s.end();
+        });
+        s.on('error', () => resolve(false));
+      });
+    await eventually(() => handshake(next.cert), 15_000, 'a serving certificate from the new CA');
+    const lds = async (b: TlsBundle) => {
+      const s = adsWith(b).sotw();
+      s.send(ldsRequest(node({ id: `rotation-${Math.random()}` })));
+      return s.next().then((r) => r.type_url, (e: grpc.ServiceError) => e.details);
+    };
+    const oldLeaf = await leaf('curl', 'curl');
+    expect(await lds({ ...oldLeaf, ca: next.cert + ca.cert })).toBe(LDS);
+    expect(await lds(await leaf('curl', 'curl', undefined, next))).toBe(LDS);
+    expect(lines.some((l) => l.msg === 'mesh CA changed: issuing from the new one')).toBe(true);
+    // The old CA leaves the bundle: its certificates are refused from then on.
+    writeCaDir(path.join(tmp, 'ca'), next);
+    await eventually(async () => /not signed by the mesh CA/.test(String(await lds({ ...oldLeaf, ca: next.cert }))), 15_000, 'the old CA to be dropped');
+  }, 60_000);
+});

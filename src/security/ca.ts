@@ -35,6 +35,9 @@ export interface IssueOptions {
   readonly server?: { dnsNames: readonly string[]; ipAddresses?: readonly string[] };
 }
 
+/** PEM text ends with a newline, so that files and bundles concatenate into valid PEM. */
+const pem = (text: string): string => (text.endsWith('\n') ? text : `${text}\n`);
+
 const serial = (): string => {
   const b = randomBytes(16);
   b[0] &= 0x7f;
@@ -42,7 +45,7 @@ const serial = (): string => {
 };
 
 async function exportKey(key: CryptoKey): Promise<string> {
-  return x509.PemConverter.encode(await webcrypto.subtle.exportKey('pkcs8', key as webcrypto.CryptoKey), 'PRIVATE KEY');
+  return pem(x509.PemConverter.encode(await webcrypto.subtle.exportKey('pkcs8', key as webcrypto.CryptoKey), 'PRIVATE KEY'));
 }
 
 async function importKey(pem: string): Promise<CryptoKey> {
@@ -57,7 +60,9 @@ export async function createCa(trustDomain: string, ttlMs = 10 * 365 * 86_400_00
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: `O=mesh-xds, CN=mesh-xds CA ${trustDomain}`,
+    // A name of its own: during a rotation the old and new CA are trusted side by side, and issuers are looked up
+    // by name.
+    name: `O=mesh-xds, CN=mesh-xds CA ${trustDomain} ${randomBytes(4).toString('hex')}`,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + ttlMs),
     keys,
@@ -68,7 +73,7 @@ export async function createCa(trustDomain: string, ttlMs = 10 * 365 * 86_400_00
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { cert: cert.toString('pem'), key: await exportKey(keys.privateKey) };
+  return { cert: pem(cert.toString('pem')), key: await exportKey(keys.privateKey) };
 }
 
 /** A leaf certificate for one identity, signed by the CA. */
@@ -98,7 +103,7 @@ export async function issue(ca: KeyPair, o: IssueOptions): Promise<TlsBundle> {
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],
   });
-  return { cert: cert.toString('pem'), key: await exportKey(keys.privateKey), ca: ca.cert };
+  return { cert: pem(cert.toString('pem')), key: await exportKey(keys.privateKey), ca: pem(ca.cert) };
 }
 
 /** When a certificate (PEM) stops being valid. */

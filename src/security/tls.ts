@@ -231,10 +231,12 @@ export interface SelfIssuedOptions {
 
 /**
  * TLS with a serving certificate the server issues itself from the mesh CA in `caDir` (ca.crt, ca.key), for its
- * Service's DNS names and its own SPIFFE id, renewed when two thirds of its life have passed.
+ * Service's DNS names and its own SPIFFE id, renewed when two thirds of its life have passed. The folder is read
+ * again every `refreshMs`: a new CA (ca.crt holding the new signing CA first, then any CA still trusted during the
+ * rotation; ca.key the new key) is trusted at once, a serving certificate is issued from it, and `onCa` is told.
  */
-export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger): Promise<TlsServing> {
-  const ca = readCaDir(caDir);
+export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger, onCa?: (ca: KeyPair) => void, refreshMs = 5_000): Promise<TlsServing> {
+  let ca = readCaDir(caDir);
   const verifier = new PeerVerifier(o.trustDomain);
   verifier.setCa(ca.cert);
   const provider = new PushedCertificates();
@@ -242,22 +244,45 @@ export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
   const renew = async (): Promise<void> => {
+    if (timer) clearTimeout(timer);
     try {
       const pair = await issue(ca, { trustDomain: o.trustDomain, namespace: o.namespace, serviceAccount: o.serviceAccount, ttlMs, server: { dnsNames: o.dnsNames, ipAddresses: o.ipAddresses } });
       provider.set(ca.cert, pair);
       log.info({ spiffe: spiffeId(o.trustDomain, o.namespace, o.serviceAccount), notAfter: notAfter(pair.cert).toISOString() }, 'serving certificate issued');
-      if (!closed) timer = setTimeout(() => void renew(), (ttlMs * 2) / 3).unref();
+      if (!closed) timer = setTimeout(() => void renewing(), (ttlMs * 2) / 3).unref();
     } catch (e) {
       log.error({ err: (e as Error).message }, 'cannot issue the serving certificate; retrying in 10 s');
-      if (!closed) timer = setTimeout(() => void renew(), 10_000).unref();
+      if (!closed) timer = setTimeout(() => void renewing(), 10_000).unref();
     }
   };
-  await renew();
+  /** One renewal at a time. */
+  let last = Promise.resolve();
+  const renewing = (): Promise<void> => (last = last.then(renew));
+  await renewing();
+  const watch = setInterval(() => {
+    let next: KeyPair;
+    try {
+      next = readCaDir(caDir);
+    } catch (e) {
+      return void log.warn({ err: (e as Error).message }, 'cannot read the mesh CA; keeping the one in use');
+    }
+    if (next.cert === ca.cert && next.key === ca.key) return;
+    try {
+      verifier.setCa(next.cert);
+    } catch (e) {
+      return void log.error({ err: (e as Error).message }, 'the new mesh CA is not usable; keeping the one in use');
+    }
+    ca = next;
+    log.info({ dir: caDir, notAfter: notAfter(ca.cert).toISOString() }, 'mesh CA changed: issuing from the new one');
+    void renewing();
+    onCa?.(ca);
+  }, refreshMs).unref();
   return {
     provider,
     verifier,
     close: () => {
       closed = true;
+      clearInterval(watch);
       if (timer) clearTimeout(timer);
     },
   };

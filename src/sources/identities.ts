@@ -24,6 +24,7 @@ export interface IdentityAccount {
 
 export interface IdentitySecretsOptions {
   kc: k8s.KubeConfig;
+  /** The signing CA (replaced by setCa when the mesh CA rotates). */
   ca: KeyPair;
   trustDomain: string;
   /** Lifetime of each certificate (renewed after two thirds of it). */
@@ -51,6 +52,16 @@ export class IdentitySecrets {
   deletes = 0;
 
   constructor(private readonly o: IdentitySecretsOptions) {}
+
+  /** A new mesh CA: every Secret is issued again from it (the sidecars then trust the bundle it comes with). */
+  setCa(ca: KeyPair): void {
+    this.o.ca = ca;
+    if (!this.leader) return;
+    for (const [k, kept] of this.kept) {
+      clearTimeout(kept.timer);
+      this.enqueue(() => this.write(k));
+    }
+  }
 
   /** The accounts that should have a Secret now; acts if this replica holds the lease. */
   update(accounts: readonly IdentityAccount[]): void {
