@@ -46,6 +46,9 @@ export const SERVER_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_send_message_length': 256 * 1024 * 1024,
   // An Envoy opens one ADS stream per connection, a gRPC client one per channel: 1,000 is room for tools and tests.
   'grpc.max_concurrent_streams': 1_000,
+  // No channelz service is served; its per-session and per-call bookkeeping was 6% of the server's CPU while
+  // 10,000 proxies connected (issue 12's profile).
+  'grpc.enable_channelz': 0,
 };
 
 export interface AdsServerOptions {

@@ -8,7 +8,6 @@ import { versionOf } from './snapshot.js';
 import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
-import { contentHash } from './encode.js';
 import { lenField } from './wire.js';
 
 interface SotwState extends BaseTypeState {
@@ -54,6 +53,27 @@ function subsetOf(set: TypeSet, key: string, make: () => Omit<Subset, 'bodies'>)
   return s;
 }
 
+/**
+ * Distinct subscriptions, each as one string that every stream with it shares (held once, not per stream).
+ * A string key costs one hash of its characters per subscription change, a tenth of a SHA-256 of them.
+ */
+const subscriptionKeys = new Map<string, string>();
+let subscriptionKeyChars = 0;
+/** Characters the table may hold; beyond, it starts over (streams keep their keys; only sharing is lost). */
+const MAX_SUBSCRIPTION_KEY_CHARS = 16 * 1024 * 1024;
+
+function subscriptionKey(joined: string): string {
+  const known = subscriptionKeys.get(joined);
+  if (known !== undefined) return known;
+  if (subscriptionKeyChars + joined.length > MAX_SUBSCRIPTION_KEY_CHARS) {
+    subscriptionKeys.clear();
+    subscriptionKeyChars = 0;
+  }
+  subscriptionKeys.set(joined, joined);
+  subscriptionKeyChars += joined.length;
+  return joined;
+}
+
 export class SotwStream extends AdsStream<SotwState> {
   constructor(ctx: StreamContext, call: DuplexCall) {
     super(ctx, call, 'sotw', 'envoy.service.discovery.v3.DiscoveryRequest');
@@ -88,8 +108,9 @@ export class SotwStream extends AdsStream<SotwState> {
     if (wildcard !== st.wildcard || set.size !== st.names.size || [...set].some((n) => !st.names.has(n))) {
       st.wildcard = wildcard;
       st.names = set;
-      // A fixed-size key under which streams with the same subscription share subset computations.
-      st.namesKey = contentHash([...set].sort().join('\n'));
+      // The key under which streams with the same subscription share subset computations: one string per
+      // distinct subscription, shared by all its streams.
+      st.namesKey = subscriptionKey([...set].sort().join('\n'));
       st.subRev++;
     }
   }

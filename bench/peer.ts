@@ -1,0 +1,280 @@
+/**
+ * mesh-xds and go-control-plane side by side (issue 12): the same simulated Envoy sidecars (bench/peer/clients,
+ * Go, one connection and one ADS stream each) against each server in turn, in one run, on the same mesh and the
+ * same changes. go-control-plane (bench/peer/gcp-server) serves, through its snapshot cache, exactly the
+ * resources mesh-xds builds: this driver translates every state with mesh-xds's pipeline and hands the encoded
+ * snapshots over in files, decoded by the peer before the clients connect.
+ *
+ * Measured per server: the initial sync (first dial -> every stream holds all it asked for, clients' clock);
+ * per change: change command -> every stream has received what changed for it (median and max); server CPU
+ * (from /proc) and RSS; bytes of responses received per change (every response, not only the needed ones).
+ *
+ * PEER_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR") are given to mesh-xds's server process; PEER_PROFILE=FILE
+ * has it write a CPU profile of the first change only.
+ *
+ * Run: npm run bench:peer -- [--scenario small|big] [--n 2000] [--mode sotw|delta] [--changes 5]
+ *      [--servers mesh-xds,go-control-plane]; with no --scenario/--n/--mode, all of issue 12's shapes.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { Pipeline } from '../src/pipeline/pipeline.js';
+import { SnapshotCache } from '../src/xds/cache.js';
+import type { Resource, Snapshot } from '../src/xds/snapshot.js';
+import { lenField, lenFieldParts } from '../src/xds/wire.js';
+import { SCENARIOS, type Scenario } from './peer/scenario.js';
+
+const ROOT = path.join(import.meta.dirname, '..', '..');
+const { values: args } = parseArgs({
+  options: {
+    scenario: { type: 'string' },
+    n: { type: 'string' },
+    mode: { type: 'string' },
+    changes: { type: 'string', default: '5' },
+    servers: { type: 'string', default: 'mesh-xds,go-control-plane' },
+  },
+});
+const CHANGES = Number(args.changes);
+const SERVERS = args.servers!.split(',');
+
+interface Shape {
+  scenario: Scenario;
+  n: number;
+  mode: 'sotw' | 'delta';
+}
+const shapes: Shape[] =
+  args.scenario || args.n || args.mode
+    ? [{ scenario: SCENARIOS[args.scenario ?? 'small'], n: Number(args.n ?? 2000), mode: (args.mode ?? 'sotw') as Shape['mode'] }]
+    : [
+        ...(['sotw', 'delta'] as const).flatMap((mode) => [2000, 10000].map((n) => ({ scenario: SCENARIOS.small, n, mode }))),
+        ...(['sotw', 'delta'] as const).map((mode) => ({ scenario: SCENARIOS.big, n: 2000, mode })),
+      ];
+
+execFileSync('bash', [path.join(ROOT, 'scripts/build-bench-peer.sh')], { stdio: 'inherit' });
+const BIN = path.join(ROOT, '.cache/bench-peer');
+const work = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-peer-'));
+const now = (): number => performance.timeOrigin + performance.now();
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A child process spoken to in JSON lines. */
+class Child {
+  private readonly lines: any[] = [];
+  private wake?: () => void;
+  constructor(readonly proc: ChildProcess) {
+    readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
+      this.lines.push(JSON.parse(l));
+      this.wake?.();
+    });
+    proc.on('exit', (code) => {
+      this.lines.push({ exited: code });
+      this.wake?.();
+    });
+  }
+  send(m: object): void {
+    this.proc.stdin!.write(`${JSON.stringify(m)}\n`);
+  }
+  async next(match: (m: any) => boolean, ms = 600_000): Promise<any> {
+    const until = Date.now() + ms;
+    for (;;) {
+      const i = this.lines.findIndex((m) => match(m) || 'exited' in m);
+      if (i >= 0) {
+        const m = this.lines.splice(i, 1)[0];
+        if ('exited' in m) throw new Error(`${this.proc.spawnargs.join(' ')} exited (${m.exited})`);
+        return m;
+      }
+      if (Date.now() > until) throw new Error(`timed out in ${this.proc.spawnargs[1]}`);
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 100);
+      });
+    }
+  }
+  stop(): void {
+    this.proc.kill('SIGKILL');
+  }
+}
+
+/** CPU seconds (user + system) and RSS / peak RSS in bytes of a process, from /proc. */
+function usage(pid: number): { cpu: number; rss: number; peak: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const tick = 100;
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)![1]) * 1024;
+  return { cpu: (Number(f[11]) + Number(f[12])) / tick, rss: kb('VmRSS'), peak: kb('VmHWM') };
+}
+
+/** What each state of the scenario is, as mesh-xds builds it: per identity, per type, the resource set. */
+interface Built {
+  identities: string[];
+  snapshots: Map<string, Snapshot>[];
+}
+
+function build(scenario: Scenario): Built {
+  const cache = new SnapshotCache();
+  const pipeline = new Pipeline(cache, pino({ level: 'silent' }));
+  const snapshots: Map<string, Snapshot>[] = [];
+  let identities: string[] = [];
+  for (let i = 0; i <= CHANGES; i++) {
+    pipeline.update(scenario.state(i));
+    if (i === 0) identities = [...pipeline.ir!.identities];
+    snapshots.push(new Map(identities.map((id) => [id, cache.get(`sidecar:${id}`)!])));
+  }
+  return { identities, snapshots };
+}
+
+/**
+ * The snapshots of the identities whose snapshot differs from `before` (all without it), for the peer:
+ * records 'R' (one distinct resource, as a google.protobuf.Any) and 'S' (identity, type, version, indexes).
+ */
+function dump(file: string, now: Map<string, Snapshot>, before?: Map<string, Snapshot>): void {
+  const out: Uint8Array[] = [];
+  const index = new Map<Resource, number>();
+  const u32 = (n: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(n);
+    return b;
+  };
+  const str = (s: string): Buffer[] => [u32(Buffer.byteLength(s)), Buffer.from(s)];
+  for (const [id, snap] of now) {
+    if (before?.get(id)?.version === snap.version) continue;
+    for (const [typeUrl, set] of snap.types) {
+      const idx: number[] = [];
+      for (const r of set.resources.values()) {
+        let k = index.get(r);
+        if (k === undefined) {
+          index.set(r, (k = index.size));
+          const any = Buffer.concat([lenField(1, typeUrl), ...lenFieldParts(2, r.parts)]);
+          out.push(Buffer.from('R'), u32(any.length), any);
+        }
+        idx.push(k);
+      }
+      out.push(Buffer.from('S'), ...str(id), ...str(typeUrl), ...str(set.version), u32(idx.length), ...idx.map(u32));
+    }
+  }
+  writeFileSync(file, Buffer.concat(out));
+}
+
+/** Per identity, the resources (type, name) new or changed from `before` to `now`. */
+function changed(now: Map<string, Snapshot>, before: Map<string, Snapshot>): Record<string, [string, string][]> {
+  const out: Record<string, [string, string][]> = {};
+  for (const [id, snap] of now) {
+    const list: [string, string][] = [];
+    for (const [typeUrl, set] of snap.types) {
+      const old = before.get(id)?.types.get(typeUrl)?.resources;
+      for (const r of set.resources.values()) if (old?.get(r.name)?.version !== r.version) list.push([typeUrl, r.name]);
+    }
+    if (list.length) out[id] = list;
+  }
+  return out;
+}
+
+interface Result {
+  server: string;
+  initialMs: number;
+  initialCpu: number;
+  changeMs: number[];
+  changeCpu: number[];
+  bytes: number[];
+  responses: number[];
+  rss: number;
+  peak: number;
+  clientCpu: number;
+}
+
+async function runOne(server: string, shape: Shape, built: Built, files: string[], expects: Record<string, [string, string][]>[]): Promise<Result> {
+  const srv = new Child(
+    server === 'mesh-xds'
+      ? spawn(process.execPath, [...(process.env.PEER_NODE_OPTIONS?.split(' ') ?? []), '--max-old-space-size=8192', path.join(ROOT, 'dist/bench/peer/mesh-xds-server.js'), shape.scenario.name], { stdio: ['pipe', 'pipe', 'inherit'] })
+      : spawn(path.join(BIN, 'gcp-server'), [], { stdio: ['pipe', 'pipe', 'inherit'] }),
+  );
+  const { port, pid } = await srv.next((m) => m.ok === 'listen');
+  if (server !== 'mesh-xds') {
+    for (const [i, file] of files.entries()) {
+      srv.send({ cmd: 'load', tag: `change-${i}`, file });
+      await srv.next((m) => m.ok === 'load');
+    }
+    srv.send({ cmd: 'apply', tag: 'change-0' });
+    await srv.next((m) => m.ok === 'apply');
+  }
+  const u0 = usage(pid);
+  const clients = new Child(
+    spawn(path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(shape.n), '-mode', shape.mode, '-identities', built.identities.join(','), ...(process.env.PEER_CLIENTS_PROFILE ? ['-cpuprofile', process.env.PEER_CLIENTS_PROFILE] : [])], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    }),
+  );
+  const synced = await clients.next((m) => m.ev === 'synced');
+  const u1 = usage(pid);
+  const result: Result = {
+    server,
+    initialMs: synced.ms,
+    initialCpu: u1.cpu - u0.cpu,
+    changeMs: [],
+    changeCpu: [],
+    bytes: [],
+    responses: [],
+    rss: 0,
+    peak: 0,
+    clientCpu: 0,
+  };
+  await sleep(1000);
+  for (let i = 1; i <= CHANGES; i++) {
+    clients.send({ cmd: 'mark', expect: expects[i] });
+    await clients.next((m) => m.ok === 'mark');
+    const cpu0 = usage(pid).cpu;
+    const t0 = now();
+    srv.send({ cmd: 'apply', tag: `change-${i}` });
+    const done = await clients.next((m) => m.ev === 'done');
+    result.changeMs.push(done.at - t0);
+    await srv.next((m) => m.ok === 'apply');
+    await sleep(1000);
+    clients.send({ cmd: 'report' });
+    const report = await clients.next((m) => m.ok === 'report');
+    result.changeCpu.push(usage(pid).cpu - cpu0);
+    result.bytes.push(report.bytes);
+    result.responses.push(report.responses);
+  }
+  const u2 = usage(pid);
+  result.rss = u2.rss;
+  result.peak = u2.peak;
+  result.clientCpu = usage(clients.proc.pid!).cpu;
+  clients.stop();
+  // A clean exit, so that a --cpu-prof in PEER_NODE_OPTIONS is written.
+  srv.send({ cmd: 'stop' });
+  await Promise.race([new Promise((r) => srv.proc.once('exit', r)), sleep(10_000)]);
+  srv.stop();
+  return result;
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const ms = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${x.toFixed(0)} ms`);
+const mb = (b: number): string => `${(b / 1024 / 1024).toFixed(0)} MB`;
+const kb = (b: number): string => (b >= 10 * 1024 * 1024 ? mb(b) : `${(b / 1024).toFixed(0)} kB`);
+
+console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU |`);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+let flip = false;
+for (const shape of shapes) {
+  const built = build(shape.scenario);
+  const files = built.snapshots.map((s, i) => {
+    const f = path.join(work, `${shape.scenario.name}-${i}.bin`);
+    dump(f, s, built.snapshots[i - 1]);
+    return f;
+  });
+  const expects = built.snapshots.map((s, i) => (i ? changed(s, built.snapshots[i - 1]) : {}));
+  const order = flip ? [...SERVERS].reverse() : SERVERS;
+  flip = !flip;
+  const results: Result[] = [];
+  for (const server of order) results.push(await runOne(server, shape, built, files, expects));
+  for (const r of results.sort((a, b) => SERVERS.indexOf(a.server) - SERVERS.indexOf(b.server))) {
+    console.log(
+      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s |`,
+    );
+  }
+}
+rmSync(work, { recursive: true, force: true });
+process.exit(0);

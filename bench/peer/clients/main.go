@@ -1,0 +1,527 @@
+// The clients of the side-by-side benchmark (bench/peer.ts): N simulated Envoy sidecars, each with its own
+// connection and one ADS stream (SotW or delta), against whichever server the driver points them at. Like
+// Envoy, a client asks for clusters and listeners, then for the endpoints of its EDS clusters and the route
+// configurations its listeners name, and ACKs every response at once. Written in Go so that the clients take
+// as little of the machine's two cores from the server under test as possible.
+//
+// Protocol (stdin/stdout, one JSON object per line):
+//
+//	start: dials all N and prints {"ev":"synced","ms":X} when every stream holds all it asked for
+//	{"cmd":"mark","expect":{"ns/sa":[[typeUrl,name],...]}} -> {"ok":"mark"}; later {"ev":"done","at":unixMs}
+//	    once every stream has received, since the mark, each listed resource of its identity
+//	{"cmd":"report"} -> {"ok":"report","bytes":B,"responses":R,"resources":K} received since the mark
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+const (
+	prefix   = "type.googleapis.com/"
+	cds      = prefix + "envoy.config.cluster.v3.Cluster"
+	eds      = prefix + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+	lds      = prefix + "envoy.config.listener.v3.Listener"
+	rds      = prefix + "envoy.config.route.v3.RouteConfiguration"
+	hcmType  = prefix + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+	edsValue = 3 // Cluster.DiscoveryType EDS
+)
+
+// fields calls fn for every length-delimited or varint field at the top level of b.
+func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte, n uint64)) {
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return
+		}
+		b = b[l:]
+		switch typ {
+		case protowire.BytesType:
+			v, l := protowire.ConsumeBytes(b)
+			if l < 0 {
+				return
+			}
+			fn(num, typ, v, 0)
+			b = b[l:]
+		case protowire.VarintType:
+			v, l := protowire.ConsumeVarint(b)
+			if l < 0 {
+				return
+			}
+			fn(num, typ, nil, v)
+			b = b[l:]
+		default:
+			l := protowire.ConsumeFieldValue(num, typ, b)
+			if l < 0 {
+				return
+			}
+			b = b[l:]
+		}
+	}
+}
+
+// edsCluster: the name of a Cluster and whether its endpoints come over EDS (fields 1 and 2).
+func edsCluster(b []byte) (name string, isEds bool) {
+	fields(b, func(num protowire.Number, typ protowire.Type, v []byte, n uint64) {
+		if num == 1 && typ == protowire.BytesType {
+			name = string(v)
+		} else if num == 2 && typ == protowire.VarintType {
+			isEds = n == edsValue
+		}
+	})
+	return
+}
+
+// routeNames: the route configurations a Listener's HTTP connection managers name over RDS
+// (Listener.filter_chains 3 / default_filter_chain 25 -> FilterChain.filters 3 -> Filter.typed_config 4 ->
+// HttpConnectionManager.rds 3 -> Rds.route_config_name 2).
+func routeNames(b []byte, out map[string]bool) {
+	chain := func(c []byte) {
+		fields(c, func(num protowire.Number, _ protowire.Type, f []byte, _ uint64) {
+			if num != 3 {
+				return
+			}
+			fields(f, func(num protowire.Number, _ protowire.Type, any []byte, _ uint64) {
+				if num != 4 {
+					return
+				}
+				var url string
+				var value []byte
+				fields(any, func(num protowire.Number, _ protowire.Type, v []byte, _ uint64) {
+					if num == 1 {
+						url = string(v)
+					} else if num == 2 {
+						value = v
+					}
+				})
+				if url != hcmType {
+					return
+				}
+				fields(value, func(num protowire.Number, _ protowire.Type, r []byte, _ uint64) {
+					if num == 3 {
+						fields(r, func(num protowire.Number, _ protowire.Type, v []byte, _ uint64) {
+							if num == 2 {
+								out[string(v)] = true
+							}
+						})
+					}
+				})
+			})
+		})
+	}
+	fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) {
+		if (num == 3 || num == 25) && typ == protowire.BytesType {
+			chain(v)
+		}
+	})
+}
+
+var (
+	start   time.Time
+	current atomic.Pointer[map[string][][2]string]
+	bytes   atomic.Int64
+	resps   atomic.Int64
+	items   atomic.Int64
+	pending atomic.Int64 // streams not yet synced, then streams not yet done with the current mark
+	events  = make(chan map[string]any, 16)
+)
+
+// proxy is one simulated sidecar's view of its stream.
+type proxy struct {
+	id       string
+	have     map[string]map[string]bool // type -> names held (SotW: of the last response; delta: accumulated)
+	want     map[string]map[string]bool // EDS and RDS names asked for
+	got      map[string]bool            // types received at least once
+	synced   bool
+	missing  map[string]bool // "type name" still expected since the mark
+	doneMark bool
+	// What the held resources ask for: EDS clusters, and each listener's route configurations.
+	clusterEds     map[string]bool
+	listenerRoutes map[string]map[string]bool
+}
+
+func newProxy(id string) *proxy {
+	return &proxy{id: id, have: map[string]map[string]bool{}, want: map[string]map[string]bool{eds: {}, rds: {}}, got: map[string]bool{},
+		doneMark: true, clusterEds: map[string]bool{}, listenerRoutes: map[string]map[string]bool{}}
+}
+
+func (p *proxy) isSynced() bool {
+	if !p.got[cds] || !p.got[lds] {
+		return false
+	}
+	for _, t := range []string{eds, rds} {
+		if len(p.want[t]) > 0 && !p.got[t] {
+			return false
+		}
+		for n := range p.want[t] {
+			if !p.have[t][n] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// received records a response's resources; returns the EDS or RDS names to ask for if they changed.
+func (p *proxy) received(typ string, size int, names []string, bodies [][]byte, removed []string, replace bool) (wantType string, want []string) {
+	if current.Load() != nil {
+		bytes.Add(int64(size))
+		resps.Add(1)
+		items.Add(int64(len(names)))
+		for _, n := range names {
+			delete(p.missing, typ+" "+n)
+		}
+	}
+	p.got[typ] = true
+	if replace || p.have[typ] == nil {
+		p.have[typ] = map[string]bool{}
+	}
+	for _, n := range names {
+		p.have[typ][n] = true
+	}
+	for _, n := range removed {
+		delete(p.have[typ], n)
+	}
+	// The names that follow from what is held now.
+	var next map[string]bool
+	switch typ {
+	case cds:
+		// In delta only the changed clusters come; the held names are enough for the EDS set.
+		next = map[string]bool{}
+		if replace {
+			p.clusterEds = map[string]bool{}
+		}
+		for i, b := range bodies {
+			if _, isEds := edsCluster(b); isEds {
+				p.clusterEds[names[i]] = true
+			} else {
+				delete(p.clusterEds, names[i])
+			}
+		}
+		for _, n := range removed {
+			delete(p.clusterEds, n)
+		}
+		for n := range p.clusterEds {
+			next[n] = true
+		}
+		wantType = eds
+	case lds:
+		if replace {
+			p.listenerRoutes = map[string]map[string]bool{}
+		}
+		for i, b := range bodies {
+			r := map[string]bool{}
+			routeNames(b, r)
+			p.listenerRoutes[names[i]] = r
+		}
+		for _, n := range removed {
+			delete(p.listenerRoutes, n)
+		}
+		next = map[string]bool{}
+		for _, rs := range p.listenerRoutes {
+			for n := range rs {
+				next[n] = true
+			}
+		}
+		wantType = rds
+	}
+	if next != nil && !sameSet(next, p.want[wantType]) {
+		p.want[wantType] = next
+		for n := range next {
+			want = append(want, n)
+		}
+	} else {
+		wantType = ""
+	}
+	return
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// settle reports the stream synced (once) and done with the current mark (once per mark).
+func (p *proxy) settle() {
+	if !p.synced && p.isSynced() {
+		p.synced = true
+		if pending.Add(-1) == 0 {
+			events <- map[string]any{"ev": "synced", "ms": float64(time.Since(start).Microseconds()) / 1000}
+		}
+	}
+	if !p.doneMark && len(p.missing) == 0 {
+		p.doneMark = true
+		if pending.Add(-1) == 0 {
+			events <- map[string]any{"ev": "done", "at": float64(time.Now().UnixMicro()) / 1000}
+		}
+	}
+}
+
+func nodeOf(i int, id string) *core.Node {
+	ns, sa, _ := strings.Cut(id, "/")
+	md, _ := structpb.NewStruct(map[string]any{"namespace": ns, "serviceAccount": sa})
+	return &core.Node{Id: fmt.Sprintf("sidecar-%d~%s", i, id), Cluster: sa, UserAgentName: "envoy", Metadata: md}
+}
+
+func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, first chan<- struct{}) error {
+	s, err := c.StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: cds}); err != nil {
+		return err
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: lds}); err != nil {
+		return err
+	}
+	version := map[string]string{}
+	nonce := map[string]string{}
+	for {
+		r, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		if first != nil {
+			close(first)
+			first = nil
+		}
+		names := make([]string, len(r.Resources))
+		bodies := make([][]byte, len(r.Resources))
+		for i, a := range r.Resources {
+			bodies[i] = a.Value
+			names[i] = resourceName(r.TypeUrl, a.Value)
+		}
+		lock.Lock()
+		wantType, want := p.received(r.TypeUrl, proto.Size(r), names, bodies, nil, true)
+		lock.Unlock()
+		version[r.TypeUrl], nonce[r.TypeUrl] = r.VersionInfo, r.Nonce
+		// ACK, with the names this type is asked for.
+		ack := &discovery.DiscoveryRequest{TypeUrl: r.TypeUrl, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}
+		if r.TypeUrl == eds || r.TypeUrl == rds {
+			ack.ResourceNames = keys(p.want[r.TypeUrl])
+		}
+		if err := s.Send(ack); err != nil {
+			return err
+		}
+		if wantType != "" {
+			if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: wantType, ResourceNames: want, VersionInfo: version[wantType], ResponseNonce: nonce[wantType]}); err != nil {
+				return err
+			}
+		}
+		lock.Lock()
+		p.settle()
+		lock.Unlock()
+	}
+}
+
+func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, first chan<- struct{}) error {
+	s, err := c.DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: cds}); err != nil {
+		return err
+	}
+	if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: lds}); err != nil {
+		return err
+	}
+	for {
+		r, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		if first != nil {
+			close(first)
+			first = nil
+		}
+		names := make([]string, len(r.Resources))
+		bodies := make([][]byte, len(r.Resources))
+		for i, res := range r.Resources {
+			names[i] = res.Name
+			if res.Resource != nil {
+				bodies[i] = res.Resource.Value
+			}
+		}
+		lock.Lock()
+		before := map[string]bool{}
+		for n := range p.want[eds] {
+			before[n] = true
+		}
+		if r.TypeUrl == lds {
+			before = map[string]bool{}
+			for n := range p.want[rds] {
+				before[n] = true
+			}
+		}
+		wantType, _ := p.received(r.TypeUrl, proto.Size(r), names, bodies, r.RemovedResources, false)
+		var sub, unsub []string
+		if wantType != "" {
+			for n := range p.want[wantType] {
+				if !before[n] {
+					sub = append(sub, n)
+				}
+			}
+			for n := range before {
+				if !p.want[wantType][n] {
+					unsub = append(unsub, n)
+				}
+			}
+		}
+		lock.Unlock()
+		if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+			return err
+		}
+		if len(sub)+len(unsub) > 0 {
+			if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: wantType, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
+				return err
+			}
+		}
+		lock.Lock()
+		p.settle()
+		lock.Unlock()
+	}
+}
+
+// resourceName: field 1 of every resource type here is its name (Cluster, Listener, RouteConfiguration name;
+// ClusterLoadAssignment cluster_name).
+func resourceName(_ string, b []byte) (name string) {
+	fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) {
+		if num == 1 && typ == protowire.BytesType && name == "" {
+			name = string(v)
+		}
+	})
+	return
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func main() {
+	addr := flag.String("addr", "", "server address")
+	n := flag.Int("n", 2000, "proxies (one connection and one stream each)")
+	mode := flag.String("mode", "sotw", "sotw or delta")
+	ids := flag.String("identities", "", "comma-separated namespace/serviceAccount, given to proxies in turn")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the clients until the first report")
+	dials := flag.Int("dials", 500, "streams being opened at once (until their first response)")
+	flag.Parse()
+	// Fewer collections: the clients' memory is not what is measured, their CPU is taken from the server's.
+	debug.SetGCPercent(400)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			panic(err)
+		}
+		_ = pprof.StartCPUProfile(f)
+	}
+	identities := strings.Split(*ids, ",")
+	out := json.NewEncoder(os.Stdout)
+	go func() {
+		for e := range events {
+			_ = out.Encode(e)
+		}
+	}()
+
+	ctx := context.Background()
+	pending.Store(int64(*n))
+	start = time.Now()
+	proxies := make([]*proxy, *n)
+	locks := make([]sync.Mutex, *n)
+	sem := make(chan struct{}, *dials)
+	go func() {
+		for i := 0; i < *n; i++ {
+			sem <- struct{}{}
+			id := identities[i%len(identities)]
+			proxies[i] = newProxy(id)
+			// Lean connections: a load generator should leave the cores to the server under test.
+			conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)), grpc.WithSharedWriteBuffer(true),
+				grpc.WithReadBufferSize(4096), grpc.WithWriteBufferSize(4096))
+			if err != nil {
+				panic(err)
+			}
+			first := make(chan struct{})
+			go func() {
+				<-first
+				<-sem
+			}()
+			go func(i int) {
+				c := discovery.NewAggregatedDiscoveryServiceClient(conn)
+				run := sotw
+				if *mode == "delta" {
+					run = delta
+				}
+				err := run(ctx, c, proxies[i], nodeOf(i, id), &locks[i], first)
+				fmt.Fprintf(os.Stderr, "stream %d (%s) ended: %v\n", i, id, err)
+				os.Exit(1)
+			}(i)
+		}
+	}()
+
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 1<<30)
+	for in.Scan() {
+		var cmd struct {
+			Cmd    string
+			Expect map[string][][2]string
+		}
+		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
+			panic(err)
+		}
+		switch cmd.Cmd {
+		case "mark":
+			bytes.Store(0)
+			resps.Store(0)
+			items.Store(0)
+			current.Store(&cmd.Expect)
+			// Every stream expects its identity's list; those with nothing to wait for are done already.
+			pending.Store(int64(*n) + 1)
+			for i, p := range proxies {
+				locks[i].Lock()
+				p.missing = map[string]bool{}
+				for _, e := range cmd.Expect[p.id] {
+					p.missing[e[0]+" "+e[1]] = true
+				}
+				p.doneMark = false
+				p.settle()
+				locks[i].Unlock()
+			}
+			events <- map[string]any{"ok": "mark"}
+			if pending.Add(-1) == 0 {
+				events <- map[string]any{"ev": "done", "at": float64(time.Now().UnixMicro()) / 1000}
+			}
+		case "report":
+			pprof.StopCPUProfile()
+			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load()}
+		}
+	}
+}
