@@ -9,18 +9,42 @@ const kubeConfig = (): k8s.KubeConfig => loadKubeConfig();
 
 /** How long `proxy get` waits for the pod's admin through the API server before it says so. */
 const PORT_FORWARD_DEADLINE_MS = 20_000;
+/** How long one attempt may take to open the port-forward stream before it is given up and tried again. */
+const PORT_FORWARD_OPEN_MS = 6_000;
 
-/** GETs `path` from the pod's Envoy admin (127.0.0.1:15000 in the pod) through a port-forward. */
+/**
+ * GETs `path` from the pod's Envoy admin (127.0.0.1:15000 in the pod) through a port-forward. An attempt
+ * whose port-forward stream does not open within a few seconds is abandoned and made again (a stall seen only
+ * on a loaded machine, never explained), until the deadline; then the error says where it stalled.
+ */
 export async function adminThroughPortForward(namespace: string, pod: string, path: string, deadlineMs = PORT_FORWARD_DEADLINE_MS): Promise<string> {
-  const kc = kubeConfig();
-  const forward = new k8s.PortForward(kc);
+  const until = Date.now() + deadlineMs;
+  for (;;) {
+    const left = until - Date.now();
+    const attempt = await forwardOnce(namespace, pod, path, Math.min(left, PORT_FORWARD_OPEN_MS), left);
+    if (attempt.ok) return attempt.body;
+    if (!attempt.stalledOpening || Date.now() + 1_000 >= until) {
+      throw attempt.stalledOpening || attempt.stalled ? new Error(`no answer within ${deadlineMs / 1000} s (stalled ${attempt.stage})`) : attempt.error;
+    }
+  }
+}
+
+type Attempt = { ok: true; body: string } | { ok: false; error: Error; stage: string; stalled: boolean; stalledOpening: boolean };
+
+/** One port-forward and GET: `openMs` for the API server to open the stream, `totalMs` for the answer. */
+async function forwardOnce(namespace: string, pod: string, path: string, openMs: number, totalMs: number): Promise<Attempt> {
+  const forward = new k8s.PortForward(kubeConfig());
   let failure: Error | undefined;
   /** How far the forward got, for the message if it stalls. */
+  const opening = 'opening the port-forward stream on the API server';
   let stage = 'connecting to the local end of the forward';
   const sockets = new Set<net.Socket>();
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), totalMs);
+  const openTimer = setTimeout(() => stage === opening && abort.abort(), openMs);
   const server = net.createServer((socket) => {
     sockets.add(socket);
-    stage = 'opening the port-forward stream on the API server';
+    stage = opening;
     const errStream = new PassThrough();
     forward.portForward(namespace, pod, [15000], socket, errStream, socket).then(
       () => (stage = "waiting for the admin's answer through the stream"),
@@ -34,12 +58,14 @@ export async function adminThroughPortForward(namespace: string, pod: string, pa
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as net.AddressInfo).port;
   try {
-    const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: AbortSignal.timeout(deadlineMs) });
-    return await res.text();
+    const res = await fetch(`http://127.0.0.1:${port}${path}`, { signal: abort.signal });
+    return { ok: true, body: await res.text() };
   } catch (err) {
-    if ((err as Error).name === 'TimeoutError') throw new Error(`no answer within ${deadlineMs / 1000} s (stalled ${stage})`, { cause: err });
-    throw failure ?? err;
+    const stalled = abort.signal.aborted;
+    return { ok: false, error: failure ?? (err as Error), stage, stalled, stalledOpening: stalled && stage === opening };
   } finally {
+    clearTimeout(timer);
+    clearTimeout(openTimer);
     for (const s of sockets) s.destroy();
     server.close();
   }

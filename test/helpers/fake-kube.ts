@@ -28,6 +28,9 @@ export class FakeKube {
   port = 0;
   /** Where a pod port-forward leads (pod "ns/name" -> a local TCP port standing in for the pod's port). */
   readonly podPorts = new Map<string, number>();
+  /** How many of the next port-forward requests get no answer at all (a stalled API server). */
+  stallPortForwards = 0;
+  private readonly stalled = new Set<net.Socket>();
   private readonly wss = new WebSocketServer({ noServer: true, handleProtocols: (protocols) => (protocols.has('v4.channel.k8s.io') ? 'v4.channel.k8s.io' : false) });
 
   async start(): Promise<void> {
@@ -52,6 +55,11 @@ export class FakeKube {
    * the port; then binary frames of [stream, ...data], stream 0 data, stream 1 errors.
    */
   private portForward(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    if (this.stallPortForwards > 0) {
+      this.stallPortForwards--;
+      this.stalled.add(socket);
+      return;
+    }
     const url = new URL(req.url ?? '/', 'http://x');
     const m = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)\/portforward$/.exec(url.pathname);
     const target = m && this.podPorts.get(`${m[1]}/${m[2]}`);
@@ -78,6 +86,7 @@ export class FakeKube {
   close(): Promise<void> {
     for (const w of this.watchers) w.res.destroy();
     for (const c of this.wss.clients) c.terminate();
+    for (const s of this.stalled) s.destroy();
     return new Promise((r) => {
       this.server.close(() => r());
       this.server.closeAllConnections();
