@@ -60,11 +60,19 @@ const work = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-peer-'));
 const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Every child, killed when the driver exits however it exits. */
+const children = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
 /** A child process spoken to in JSON lines. */
 class Child {
   private readonly lines: any[] = [];
   private wake?: () => void;
   constructor(readonly proc: ChildProcess) {
+    children.add(proc);
+    proc.on('exit', () => children.delete(proc));
     readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
       this.lines.push(JSON.parse(l));
       this.wake?.();
@@ -181,6 +189,7 @@ interface Result {
   changeCpu: number[];
   bytes: number[];
   responses: number[];
+  reconnects: number;
   rss: number;
   peak: number;
   clientCpu: number;
@@ -217,6 +226,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
     changeCpu: [],
     bytes: [],
     responses: [],
+    reconnects: 0,
     rss: 0,
     peak: 0,
     clientCpu: 0,
@@ -237,6 +247,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
     result.changeCpu.push(usage(pid).cpu - cpu0);
     result.bytes.push(report.bytes);
     result.responses.push(report.responses);
+    result.reconnects = report.reconnects;
   }
   const u2 = usage(pid);
   result.rss = u2.rss;
@@ -255,8 +266,8 @@ const ms = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : 
 const mb = (b: number): string => `${(b / 1024 / 1024).toFixed(0)} MB`;
 const kb = (b: number): string => (b >= 10 * 1024 * 1024 ? mb(b) : `${(b / 1024).toFixed(0)} kB`);
 
-console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU |`);
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU | streams reopened |`);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 let flip = false;
 for (const shape of shapes) {
   const built = build(shape.scenario);
@@ -272,7 +283,7 @@ for (const shape of shapes) {
   for (const server of order) results.push(await runOne(server, shape, built, files, expects));
   for (const r of results.sort((a, b) => SERVERS.indexOf(a.server) - SERVERS.indexOf(b.server))) {
     console.log(
-      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s |`,
+      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s | ${r.reconnects} |`,
     );
   }
 }

@@ -140,8 +140,10 @@ var (
 	bytes   atomic.Int64
 	resps   atomic.Int64
 	items   atomic.Int64
-	pending atomic.Int64 // streams not yet synced, then streams not yet done with the current mark
-	events  = make(chan map[string]any, 16)
+	// Streams that ended and were opened again.
+	reconnects atomic.Int64
+	pending    atomic.Int64 // streams not yet synced, then streams not yet done with the current mark
+	events     = make(chan map[string]any, 16)
 )
 
 // proxy is one simulated sidecar's view of its stream.
@@ -288,7 +290,7 @@ func nodeOf(i int, id string) *core.Node {
 	return &core.Node{Id: fmt.Sprintf("sidecar-%d~%s", i, id), Cluster: sa, UserAgentName: "envoy", Metadata: md}
 }
 
-func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, first chan<- struct{}) error {
+func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, release func()) error {
 	s, err := c.StreamAggregatedResources(ctx)
 	if err != nil {
 		return err
@@ -306,10 +308,7 @@ func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *
 		if err != nil {
 			return err
 		}
-		if first != nil {
-			close(first)
-			first = nil
-		}
+		release()
 		names := make([]string, len(r.Resources))
 		bodies := make([][]byte, len(r.Resources))
 		for i, a := range r.Resources {
@@ -339,7 +338,7 @@ func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *
 	}
 }
 
-func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, first chan<- struct{}) error {
+func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *proxy, node *core.Node, lock *sync.Mutex, release func()) error {
 	s, err := c.DeltaAggregatedResources(ctx)
 	if err != nil {
 		return err
@@ -355,10 +354,7 @@ func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p 
 		if err != nil {
 			return err
 		}
-		if first != nil {
-			close(first)
-			first = nil
-		}
+		release()
 		names := make([]string, len(r.Resources))
 		bodies := make([][]byte, len(r.Resources))
 		for i, res := range r.Resources {
@@ -469,20 +465,30 @@ func main() {
 			if err != nil {
 				panic(err)
 			}
-			first := make(chan struct{})
-			go func() {
-				<-first
-				<-sem
-			}()
+			// The dial slot is given back at the stream's first response, or when it fails.
+			release := sync.OnceFunc(func() { <-sem })
 			go func(i int) {
 				c := discovery.NewAggregatedDiscoveryServiceClient(conn)
 				run := sotw
 				if *mode == "delta" {
 					run = delta
 				}
-				err := run(ctx, c, proxies[i], nodeOf(i, id), &locks[i], first)
-				fmt.Fprintf(os.Stderr, "stream %d (%s) ended: %v\n", i, id, err)
-				os.Exit(1)
+				// As Envoy: a stream that ends is opened again after a pause, and the proxy starts over
+				// from nothing (the initial sync waits for it; a mark expects of it what it expected).
+				for {
+					err := run(ctx, c, proxies[i], nodeOf(i, id), &locks[i], release)
+					release()
+					if reconnects.Add(1) <= 10 {
+						fmt.Fprintf(os.Stderr, "stream %d (%s) ended, opened again in 1 s: %v\n", i, id, err)
+					}
+					time.Sleep(time.Second)
+					locks[i].Lock()
+					p := proxies[i]
+					p.have, p.got = map[string]map[string]bool{}, map[string]bool{}
+					p.want = map[string]map[string]bool{eds: {}, rds: {}}
+					p.clusterEds, p.listenerRoutes = map[string]bool{}, map[string]map[string]bool{}
+					locks[i].Unlock()
+				}
 			}(i)
 		}
 	}()
@@ -521,7 +527,7 @@ func main() {
 			}
 		case "report":
 			pprof.StopCPUProfile()
-			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load()}
+			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load(), "reconnects": reconnects.Load()}
 		}
 	}
 }
