@@ -5,6 +5,9 @@
  * resources mesh-xds builds: this driver translates every state with mesh-xds's pipeline and hands the encoded
  * snapshots over in files, decoded by the peer before the clients connect.
  *
+ * `go-control-plane/split` serves the same snapshots with the outbound listener split per service port as
+ * Istio does (bench/peer/split.ts), to measure that layout beside mesh-xds's one outbound listener.
+ *
  * Measured per server: the initial sync (first dial -> every stream holds all it asked for, clients' clock);
  * per change: change command -> every stream has received what changed for it (median and max); server CPU
  * (from /proc) and RSS; bytes of responses received per change (every response, not only the needed ones).
@@ -13,7 +16,7 @@
  * has it write a CPU profile of the first change only.
  *
  * Run: npm run bench:peer -- [--scenario small|big] [--n 2000] [--mode sotw|delta] [--changes 5]
- *      [--servers mesh-xds,go-control-plane]; with no --scenario/--n/--mode, all of issue 12's shapes.
+ *      [--servers mesh-xds,go-control-plane[,go-control-plane/split]]; with no --scenario/--n/--mode, all of issue 12's shapes.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -27,6 +30,7 @@ import { SnapshotCache } from '../src/xds/cache.js';
 import type { Resource, Snapshot } from '../src/xds/snapshot.js';
 import { lenField, lenFieldParts } from '../src/xds/wire.js';
 import { SCENARIOS, type Scenario } from './peer/scenario.js';
+import { splitOutbound } from './peer/split.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const { values: args } = parseArgs({
@@ -271,21 +275,27 @@ console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 let flip = false;
 for (const shape of shapes) {
   const built = build(shape.scenario);
-  const files = built.snapshots.map((s, i) => {
-    const f = path.join(work, `${shape.scenario.name}-${i}.bin`);
-    dump(f, s, built.snapshots[i - 1]);
-    return f;
+  /** What a server is given: the snapshots (mesh-xds's, or with the outbound listener split) as files, and the expectations. */
+  const inputs = (snapshots: Map<string, Snapshot>[], tag: string) => ({
+    files: snapshots.map((s, i) => {
+      const f = path.join(work, `${shape.scenario.name}-${tag}-${i}.bin`);
+      dump(f, s, snapshots[i - 1]);
+      return f;
+    }),
+    expects: snapshots.map((s, i) => (i ? changed(s, snapshots[i - 1]) : {})),
   });
-  const expects = built.snapshots.map((s, i) => (i ? changed(s, built.snapshots[i - 1]) : {}));
+  const plain = inputs(built.snapshots, 'plain');
+  const split = SERVERS.includes('go-control-plane/split') ? inputs(built.snapshots.map(splitOutbound), 'split') : plain;
   const order = flip ? [...SERVERS].reverse() : SERVERS;
   flip = !flip;
-  const results: Result[] = [];
-  for (const server of order) results.push(await runOne(server, shape, built, files, expects));
-  for (const r of results.sort((a, b) => SERVERS.indexOf(a.server) - SERVERS.indexOf(b.server))) {
+  for (const server of order) {
+    const given = server.endsWith('/split') ? split : plain;
+    const r = await runOne(server, shape, built, given.files, given.expects);
     console.log(
       `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s | ${r.reconnects} |`,
     );
   }
+  for (const f of [...plain.files, ...split.files]) rmSync(f, { force: true });
 }
 rmSync(work, { recursive: true, force: true });
 process.exit(0);

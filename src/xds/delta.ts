@@ -86,10 +86,15 @@ export class DeltaStream extends AdsStream<DeltaState> {
 
   protected sync(type: ResourceType, st: DeltaState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
+    // In name order: the set's own order (no sort) when the subscription covers much of it.
+    const inOrder = st.wildcard || st.names.size * 8 > set.resources.size;
     const candidates = st.wildcard
-      ? [...set.resources.values()]
-      : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
-    const updates = candidates.filter((r) => st.force || st.known.get(r.name) !== r.version);
+      ? set.resources.values()
+      : inOrder
+        ? [...set.resources.values()].filter((r) => st.names.has(r.name))
+        : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
+    const updates: Resource[] = [];
+    for (const r of candidates) if (st.force || st.known.get(r.name) !== r.version) updates.push(r);
     const removed: string[] = [];
     if (!(holdRemovals && type.fullState)) {
       for (const name of st.known.keys()) {
@@ -105,7 +110,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
       }
     }
     if (!updates.length && !removed.length) return false;
-    const sortedUpdates = AdsStream.sorted(updates);
+    const sortedUpdates = inOrder ? updates : AdsStream.sorted(updates);
     removed.sort();
     for (const r of sortedUpdates) st.known.set(r.name, r.version);
     for (const n of removed) st.known.delete(n);
