@@ -268,6 +268,28 @@ describe('delta', () => {
     expect(r4.system_version_info).toBe(env.cache.peek(KEY)!.get(CLUSTER)!.version);
   });
 
+  it('after a cluster changes, resends the endpoints of that cluster only (the one Envoy re-warms)', async () => {
+    ready(buildSnapshot([cluster('a'), cluster('b'), endpoints('a', 1), endpoints('b', 2)]));
+    const s = open(true);
+    s.send({ node: node(), type_url: CLUSTER });
+    const c = await s.next();
+    expect(c.names).toEqual(['a', 'b']);
+    s.send({ type_url: CLUSTER, response_nonce: c.nonce });
+    s.send({ type_url: ENDPOINT, resource_names_subscribe: ['a', 'b'] });
+    const e = await s.next();
+    expect(e.names).toEqual(['a', 'b']);
+    s.send({ type_url: ENDPOINT, response_nonce: e.nonce });
+    expect(await s.silent()).toBe(true);
+    env.cache.set(KEY, buildSnapshot([cluster('a'), cluster('b', { connect_timeout: { seconds: 5 } }), endpoints('a', 1), endpoints('b', 2)]));
+    const c2 = await s.next();
+    expect([c2.type_url, c2.names]).toEqual([CLUSTER, ['b']]);
+    const e2 = await s.next();
+    expect([e2.type_url, e2.names]).toEqual([ENDPOINT, ['b']]);
+    s.send({ type_url: CLUSTER, response_nonce: c2.nonce });
+    s.send({ type_url: ENDPOINT, response_nonce: e2.nonce });
+    expect(await s.silent()).toBe(true);
+  });
+
   it('records a delta NACK without resending', async () => {
     ready();
     const s = open(true);

@@ -5,7 +5,7 @@
 import type { Resource, Snapshot } from './snapshot.js';
 import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
-import type { ResourceType } from './types.js';
+import { RESOURCE_TYPES, type ResourceType } from './types.js';
 import { lenField, lenFieldParts } from './wire.js';
 
 interface DeltaState extends BaseTypeState {
@@ -13,8 +13,11 @@ interface DeltaState extends BaseTypeState {
   known: Map<string, string>;
   /** Subscribed names already reported as not existing. */
   absent: Set<string>;
+  /** A type another re-warms (CDS): the names of its latest response, until the follower (EDS) has resent theirs. */
+  lastSent: ReadonlySet<string>;
 }
 
+const NONE: ReadonlySet<string> = new Set();
 const CONTROL_PLANE = lenField(7, lenField(1, 'mesh-xds'));
 const typeUrlFields = new Map<string, Buffer>();
 const typeUrlField = (typeUrl: string): Buffer => typeUrlFields.get(typeUrl) ?? typeUrlFields.set(typeUrl, lenField(4, typeUrl)).get(typeUrl)!;
@@ -42,7 +45,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
   }
 
   protected newState(): DeltaState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), subRev: 0, heldNames: 0, heldBytes: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0 };
   }
 
   protected nameSets(st: DeltaState): Iterable<Iterable<string>> {
@@ -93,8 +96,14 @@ export class DeltaStream extends AdsStream<DeltaState> {
       : inOrder
         ? [...set.resources.values()].filter((r) => st.names.has(r.name))
         : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
+    // Forced (EDS after CDS): only the resources of what the leading type just sent, the clusters Envoy re-warms;
+    // the others are unchanged in Envoy and keep their endpoints.
+    const leader = st.force ? RESOURCE_TYPES.find((t) => t.rewarms === type.typeUrl) : undefined;
+    const leaderState = leader && this.states.get(leader.typeUrl);
+    const rewarm = leaderState?.lastSent;
+    if (leaderState) leaderState.lastSent = NONE;
     const updates: Resource[] = [];
-    for (const r of candidates) if (st.force || st.known.get(r.name) !== r.version) updates.push(r);
+    for (const r of candidates) if (st.known.get(r.name) !== r.version || (st.force && (!rewarm || rewarm.has(r.name)))) updates.push(r);
     const removed: string[] = [];
     if (!(holdRemovals && type.fullState)) {
       for (const name of st.known.keys()) {
@@ -113,6 +122,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
     const sortedUpdates = inOrder ? updates : AdsStream.sorted(updates);
     removed.sort();
     for (const r of sortedUpdates) st.known.set(r.name, r.version);
+    if (type.rewarms) st.lastSent = new Set(sortedUpdates.map((r) => r.name));
     for (const n of removed) st.known.delete(n);
     const nonce = this.nextNonce();
     const parts: Uint8Array[] = [lenField(1, set.version)];

@@ -16,6 +16,15 @@ export type { PeerCheckFn } from './stream.js';
 
 const identity = (b: Buffer): Buffer => b;
 
+/**
+ * grpc-js copies every response into a new buffer with its 5-byte frame header (Buffer.allocUnsafe). Below half
+ * of Buffer.poolSize that is a slice of a shared slab; above, a fresh ArrayBuffer each time, which cost 40 us per
+ * response in the profile of one change at 10,000 proxies (13% of its CPU). Most responses are a few kB: with a
+ * 256 kB pool, those under 128 kB come from the slab. A process-wide setting, made where the hot path is.
+ */
+const RESPONSE_POOL_SIZE = 256 * 1024;
+if (Buffer.poolSize < RESPONSE_POOL_SIZE) Buffer.poolSize = RESPONSE_POOL_SIZE;
+
 function bidi(path: string): grpc.MethodDefinition<Buffer, Buffer> {
   return {
     path,
