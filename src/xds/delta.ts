@@ -122,7 +122,8 @@ export class DeltaStream extends AdsStream<DeltaState> {
     const sortedUpdates = inOrder ? updates : AdsStream.sorted(updates);
     removed.sort();
     for (const r of sortedUpdates) st.known.set(r.name, r.version);
-    if (type.rewarms) st.lastSent = new Set(sortedUpdates.map((r) => r.name));
+    // Kept only while the follower is subscribed (it then takes them at once): not the whole initial CDS per stream.
+    if (type.rewarms && this.states.get(type.rewarms)?.seen) st.lastSent = new Set(sortedUpdates.map((r) => r.name));
     for (const n of removed) st.known.delete(n);
     const nonce = this.nextNonce();
     const parts: Uint8Array[] = [lenField(1, set.version)];
