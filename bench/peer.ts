@@ -16,7 +16,7 @@
  * has it write a CPU profile of the first change only.
  *
  * Run: npm run bench:peer -- [--scenario small,big] [--n 2000,10000] [--mode sotw,delta] [--changes 5]
- *      [--servers mesh-xds,go-control-plane[,go-control-plane/split]]: every combination of the values given
+ *      [--servers mesh-xds,go-control-plane[,go-control-plane/split]] [--pin]: every combination of the values given
  *      (default: the small mesh, 2,000 and 10,000 proxies, SotW and delta). The big mesh's snapshots are 350 MB a
  *      state on disk, and go-control-plane needed more than 18 GB for it at 2,000 proxies: try it at 500 first.
  */
@@ -42,9 +42,12 @@ const { values: args } = parseArgs({
     mode: { type: 'string' },
     changes: { type: 'string', default: '5' },
     servers: { type: 'string', default: 'mesh-xds,go-control-plane' },
+    pin: { type: 'boolean', default: false },
   },
 });
 const CHANGES = Number(args.changes);
+/** --pin: the server on CPU 0, the clients on CPU 1 (taskset), as a control plane on cores of its own would be. */
+const pinned = (cpu: number, cmd: string, argv: string[]): [string, string[]] => (args.pin ? ['taskset', ['-c', String(cpu), cmd, ...argv]] : [cmd, argv]);
 const SERVERS = args.servers!.split(',');
 
 interface Shape {
@@ -202,9 +205,12 @@ interface Result {
 
 async function runOne(server: string, shape: Shape, built: Built, files: string[], expects: Record<string, [string, string][]>[]): Promise<Result> {
   const srv = new Child(
-    server === 'mesh-xds'
-      ? spawn(process.execPath, [...(process.env.PEER_NODE_OPTIONS?.split(' ') ?? []), '--max-old-space-size=8192', path.join(ROOT, 'dist/bench/peer/mesh-xds-server.js'), shape.scenario.name], { stdio: ['pipe', 'pipe', 'inherit'] })
-      : spawn(path.join(BIN, 'gcp-server'), [], { stdio: ['pipe', 'pipe', 'inherit'] }),
+    spawn(
+      ...(server === 'mesh-xds'
+        ? pinned(0, process.execPath, [...(process.env.PEER_NODE_OPTIONS?.split(' ') ?? []), '--max-old-space-size=8192', path.join(ROOT, 'dist/bench/peer/mesh-xds-server.js'), shape.scenario.name])
+        : pinned(0, path.join(BIN, 'gcp-server'), [])),
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    ),
   );
   const { port, pid } = await srv.next((m) => m.ok === 'listen');
   if (server !== 'mesh-xds') {
@@ -217,7 +223,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
   }
   const u0 = usage(pid);
   const clients = new Child(
-    spawn(path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(shape.n), '-mode', shape.mode, '-identities', built.identities.join(','), ...(process.env.PEER_CLIENTS_PROFILE ? ['-cpuprofile', process.env.PEER_CLIENTS_PROFILE] : [])], {
+    spawn(...pinned(1, path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(shape.n), '-mode', shape.mode, '-identities', built.identities.join(','), ...(process.env.PEER_CLIENTS_PROFILE ? ['-cpuprofile', process.env.PEER_CLIENTS_PROFILE] : [])]), {
       stdio: ['pipe', 'pipe', 'inherit'],
     }),
   );
