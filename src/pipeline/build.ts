@@ -71,6 +71,12 @@ interface Shared {
   passthrough: TypeSet;
   outboundListener: Resource;
   httpPorts: HttpPortGroup[];
+  /**
+   * The HTTP port groups the outbound listener has a filter chain for: a sidecar gets only their route
+   * configurations (Envoy asks only for what its listeners name; a port whose services have no address, such as a
+   * headless service without endpoints, has none). Proxyless clients get every group (their listeners name them all).
+   */
+  sidecarHttpPorts: HttpPortGroup[];
   /** Hash of all HTTP port groups (what proxyless listeners are made of). */
   httpSig: string;
 }
@@ -132,7 +138,8 @@ export class SnapshotBuilder {
   private buildShared(ir: MeshIR): Shared {
     const clusters: Resource[] = [];
     const endpoints: Resource[] = [];
-    const chains = planOutbound(ir).map(outboundFilterChain);
+    const matches = planOutbound(ir);
+    const chains = matches.map(outboundFilterChain);
     checkFilterChains(OUTBOUND_LISTENER, chains);
     const chainPieces = chains.map((chain) => this.piece(3, 'envoy.config.listener.v3.FilterChain', chain, `LDS ${OUTBOUND_LISTENER} filter chain ${chain.name}`));
     const httpPorts = new Map<number, HttpPortGroup>();
@@ -173,6 +180,7 @@ export class SnapshotBuilder {
     // Memo keys must name everything a value is made of: a key that outlives the topology it was built from
     // would hand out a stale resource.
     const groups = [...httpPorts.values()].sort((a, b) => a.port - b.port);
+    const chained = new Set(matches.filter((m) => m.port.protocol === 'http').map((m) => m.port.dialPort));
     for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
     return {
       clusters: clusterSet,
@@ -180,6 +188,7 @@ export class SnapshotBuilder {
       passthrough: this.sets.get('passthrough', () => TypeSet.of(CLUSTER, [resourceFromObject(CLUSTER, passthroughCluster())])),
       outboundListener: this.resources.get(`${LISTENER}|outbound|${listener.version}`, () => listener),
       httpPorts: groups,
+      sidecarHttpPorts: groups.filter((g) => chained.has(g.port)),
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
@@ -265,7 +274,7 @@ export class SnapshotBuilder {
     const plan = planProxy(this.ir, key);
     const shared = this.shared;
     const retries = SnapshotBuilder.retriesOf(plan);
-    const routes = shared.httpPorts.map((g) => this.outboundRoute(g, plan.namespace, retries));
+    const routes = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
 
     if (plan.kind === 'proxyless') {
       const listeners = this.sets.get(`proxyless-lds|${shared.httpSig}|${plan.namespace}`, () =>
