@@ -5,9 +5,6 @@
  * resources mesh-xds builds: this driver translates every state with mesh-xds's pipeline and hands the encoded
  * snapshots over in files, decoded by the peer before the clients connect.
  *
- * `go-control-plane/split` serves the same snapshots with the outbound listener split per service port as
- * Istio does (bench/peer/split.ts), to measure that layout beside mesh-xds's one outbound listener.
- *
  * Measured per server: the initial sync (first dial -> every stream holds all it asked for, clients' clock);
  * per change: change command -> every stream has received what changed for it (median and max); server CPU
  * (from /proc) and RSS; bytes of responses received per change (every response, not only the needed ones).
@@ -16,7 +13,7 @@
  * has it write a CPU profile of the first change only.
  *
  * Run: npm run bench:peer -- [--scenario small,big] [--n 2000,10000] [--mode sotw,delta] [--changes 5]
- *      [--servers mesh-xds,go-control-plane[,go-control-plane/split]] [--pin]: every combination of the values given
+ *      [--servers mesh-xds,go-control-plane] [--pin]: every combination of the values given
  *      (default: the small mesh, 2,000 and 10,000 proxies, SotW and delta). The big mesh's snapshots are 350 MB a
  *      state on disk, and go-control-plane needed more than 18 GB for it at 2,000 proxies: try it at 500 first.
  */
@@ -32,7 +29,6 @@ import { SnapshotCache } from '../src/xds/cache.js';
 import type { Resource, Snapshot } from '../src/xds/snapshot.js';
 import { lenField, lenFieldParts } from '../src/xds/wire.js';
 import { SCENARIOS, type Scenario } from './peer/scenario.js';
-import { splitOutbound } from './peer/split.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const { values: args } = parseArgs({
@@ -282,27 +278,22 @@ console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 let flip = false;
 for (const shape of shapes) {
   const built = build(shape.scenario);
-  /** What a server is given: the snapshots (mesh-xds's, or with the outbound listener split) as files, and the expectations. */
-  const inputs = (snapshots: Map<string, Snapshot>[], tag: string) => ({
-    files: snapshots.map((s, i) => {
-      const f = path.join(work, `${shape.scenario.name}-${tag}-${i}.bin`);
-      dump(f, s, snapshots[i - 1]);
-      return f;
-    }),
-    expects: snapshots.map((s, i) => (i ? changed(s, snapshots[i - 1]) : {})),
+  // What go-control-plane is given: mesh-xds's snapshots as files, and what each change must deliver.
+  const files = built.snapshots.map((s, i) => {
+    const f = path.join(work, `${shape.scenario.name}-${i}.bin`);
+    dump(f, s, built.snapshots[i - 1]);
+    return f;
   });
-  const plain = inputs(built.snapshots, 'plain');
-  const split = SERVERS.includes('go-control-plane/split') ? inputs(built.snapshots.map(splitOutbound), 'split') : plain;
+  const expects = built.snapshots.map((s, i) => (i ? changed(s, built.snapshots[i - 1]) : {}));
   const order = flip ? [...SERVERS].reverse() : SERVERS;
   flip = !flip;
   for (const server of order) {
-    const given = server.endsWith('/split') ? split : plain;
-    const r = await runOne(server, shape, built, given.files, given.expects);
+    const r = await runOne(server, shape, built, files, expects);
     console.log(
       `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s | ${r.reconnects} |`,
     );
   }
-  for (const f of [...plain.files, ...split.files]) rmSync(f, { force: true });
+  for (const f of files) rmSync(f, { force: true });
 }
 rmSync(work, { recursive: true, force: true });
 process.exit(0);

@@ -28,6 +28,10 @@ describe('snapshot builder', () => {
     expect(a.get(ROUTE)!.resources.get('rds-outbound.80')).toBe(b.get(ROUTE)!.resources.get('rds-outbound.80'));
     expect(a.get(ENDPOINT)).toBe(b.get(ENDPOINT));
     expect(a.get(LISTENER)!.resources.get('outbound-listener')).toBe(b.get(LISTENER)!.resources.get('outbound-listener'));
+    // The listener of each ClusterIP service port, too.
+    const svcListeners = [...a.get(LISTENER)!.resources.keys()].filter((n) => /^[\d.]+_\d+$/.test(n));
+    expect(svcListeners.length).toBeGreaterThan(1);
+    for (const n of svcListeners) expect(a.get(LISTENER)!.resources.get(n)).toBe(b.get(LISTENER)!.resources.get(n));
     expect(a.get(CLUSTER)!.resources.get('ns-0/svc-0|8080')).toBe(b.get(CLUSTER)!.resources.get('ns-0/svc-0|8080'));
   });
 

@@ -94,7 +94,9 @@ describe('debug HTTP server', () => {
     const { status, json } = await get('/debug/config_dump?namespace=httpbin&serviceAccount=httpbin');
     expect(status).toBe(200);
     const listeners = json.configs[2].dynamic_listeners.map((l: any) => l.name);
-    expect(listeners).toEqual(['outbound-listener']);
+    // 15001 and the listener of each ClusterIP service port it hands connections to (httpbin's pods are not in
+    // this mesh, so no inbound listener).
+    expect(listeners).toEqual(['10.96.198.23_14001', '10.96.44.10_80', 'outbound-listener']);
     expect((await get('/debug/config_dump?proxy=nobody')).status).toBe(404);
   });
 

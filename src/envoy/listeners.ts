@@ -1,6 +1,7 @@
 /**
- * Listeners: the sidecar's outbound (15001, original_dst, one filter chain per service port) and inbound
- * (15003) listeners, and the api_listeners proxyless gRPC clients ask for by name.
+ * Listeners: the sidecar's outbound side (15001, which hands each redirected connection to the listener of its
+ * original destination: one not-bound listener per ClusterIP service port; headless services' pod addresses stay
+ * filter chains of 15001), its inbound listener (15003), and the api_listeners proxyless gRPC clients ask for by name.
  */
 import type { PortIR, ServiceIR } from '../compile/ir.js';
 import type { OutboundMatch } from '../compile/plan.js';
@@ -49,22 +50,43 @@ export function outboundFilterChain({ service, port, ips }: OutboundMatch): Filt
   };
 }
 
-/** A listener for traffic redirected by iptables: it matches filter chains on the original destination. */
-function redirectListener(name: string, port: number, direction: 'INBOUND' | 'OUTBOUND', chains: readonly FilterChain[]): Listener {
+/**
+ * The 15001 listener. With use_original_dst Envoy restores each redirected connection's original destination (it
+ * adds the original_dst listener filter itself) and hands the connection to the listener bound to that address
+ * and port, if there is one (a ClusterIP service port: `serviceListener`); otherwise this listener's own filter
+ * chains (headless services, matched on their pods' addresses) or its passthrough take it.
+ */
+export function outboundListener(chains: readonly FilterChain[]): Listener {
   return {
-    name,
-    address: { socket_address: { address: '0.0.0.0', port_value: port } },
-    traffic_direction: direction,
-    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
+    name: OUTBOUND_LISTENER,
+    address: { socket_address: { address: '0.0.0.0', port_value: OUTBOUND_PORT } },
+    traffic_direction: 'OUTBOUND',
+    use_original_dst: { value: true },
     filter_chains: [...chains],
+    // Permissive mode: traffic to anything that is not a mesh service passes through to its original destination.
+    default_filter_chain: { name: 'outbound-passthrough', filters: [tcpProxy('passthrough-outbound', PASSTHROUGH_CLUSTER)] },
   };
 }
 
-export function outboundListener(chains: readonly FilterChain[]): Listener {
+/** The name of a ClusterIP service port's listener: its address and port, as Istio names them (`10.96.0.10_14001`). */
+export function serviceListenerName(ip: string, port: number): string {
+  return `${ip}_${port}`;
+}
+
+/**
+ * The listener of one ClusterIP service port: on the ClusterIP and service port, not bound (15001 hands it the
+ * connections redirected there), with the service port's one filter chain. An added service is a listener added,
+ * not a change of every sidecar's 15001 listener.
+ */
+export function serviceListener(match: OutboundMatch): Listener {
+  const [ip] = match.ips;
+  const { name, filters } = outboundFilterChain(match);
   return {
-    ...redirectListener(OUTBOUND_LISTENER, OUTBOUND_PORT, 'OUTBOUND', chains),
-    // Permissive mode: traffic to anything that is not a mesh service passes through to its original destination.
-    default_filter_chain: { name: 'outbound-passthrough', filters: [tcpProxy('passthrough-outbound', PASSTHROUGH_CLUSTER)] },
+    name: serviceListenerName(ip, match.port.dialPort),
+    address: { socket_address: { address: ip, port_value: match.port.dialPort } },
+    bind_to_port: { value: false },
+    traffic_direction: 'OUTBOUND',
+    filter_chains: [{ name, filters }],
   };
 }
 
@@ -74,8 +96,15 @@ export function inboundFilterChain(service: ServiceIR, port: PortIR): FilterChai
   return { name, filter_chain_match: { destination_port: { value: port.targetPort } }, filters: [filter] };
 }
 
+/** The 15003 listener: traffic redirected to the pod's ports, its filter chains matched on the original port. */
 export function inboundListener(chains: readonly FilterChain[]): Listener {
-  return redirectListener(INBOUND_LISTENER, INBOUND_PORT, 'INBOUND', chains);
+  return {
+    name: INBOUND_LISTENER,
+    address: { socket_address: { address: '0.0.0.0', port_value: INBOUND_PORT } },
+    traffic_direction: 'INBOUND',
+    listener_filters: [{ name: 'envoy.filters.listener.original_dst', typed_config: { '@type': T.ORIGINAL_DST } }],
+    filter_chains: [...chains],
+  };
 }
 
 /** The listener a proxyless gRPC client asks for (`xds:///<name>`): HCM with RDS, router filter last. */

@@ -7,13 +7,13 @@
 import type { MeshIR, PortIR, ServiceIR } from '../compile/ir.js';
 import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
-import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener } from '../envoy/listeners.js';
+import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener, serviceListener } from '../envoy/listeners.js';
 import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost } from '../envoy/routes.js';
 import type { RetryPolicy } from '../envoy/types.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
 import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
-import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, refsOf, Resource, resourceFromObject, TypeSet, type Snapshot } from '../xds/snapshot.js';
+import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
 import { lenField } from '../xds/wire.js';
 
@@ -69,7 +69,8 @@ interface Shared {
   clusters: TypeSet;
   endpoints: TypeSet;
   passthrough: TypeSet;
-  outboundListener: Resource;
+  /** The 15001 listener and one listener per ClusterIP service port, checked against sidecarHttpPorts. */
+  outboundListeners: TypeSet;
   httpPorts: HttpPortGroup[];
   /**
    * The HTTP port groups the outbound listener has a filter chain for: a sidecar gets only their route
@@ -139,7 +140,9 @@ export class SnapshotBuilder {
     const clusters: Resource[] = [];
     const endpoints: Resource[] = [];
     const matches = planOutbound(ir);
-    const chains = matches.map(outboundFilterChain);
+    // Headless services' pod addresses stay filter chains of the 15001 listener; ClusterIP service ports get
+    // listeners of their own.
+    const chains = matches.filter((m) => m.service.headless).map(outboundFilterChain);
     checkFilterChains(OUTBOUND_LISTENER, chains);
     const chainPieces = chains.map((chain) => this.piece(3, 'envoy.config.listener.v3.FilterChain', chain, `LDS ${OUTBOUND_LISTENER} filter chain ${chain.name}`));
     const httpPorts = new Map<number, HttpPortGroup>();
@@ -167,10 +170,16 @@ export class SnapshotBuilder {
         }
       }
     }
-    // The outbound listener is assembled from its filter chains, each encoded once (a topology change
-    // re-encodes only the chains it touched).
+    // The 15001 listener is assembled from its filter chains, each encoded once (a change to a headless service
+    // re-encodes only the chains it touched); a ClusterIP service port's listener is encoded once per content.
     const header = this.piece(0, 'envoy.config.listener.v3.Listener', outboundListener([]), `LDS ${OUTBOUND_LISTENER}`);
-    const listener = assembleResource(LISTENER, OUTBOUND_LISTENER, [header, ...chainPieces], refsOf(LISTENER, outboundListener(chains)));
+    const assembled = assembleResource(LISTENER, OUTBOUND_LISTENER, [header, ...chainPieces], refsOf(LISTENER, outboundListener(chains)));
+    const listeners = [this.resources.get(`${LISTENER}|outbound|${assembled.version}`, () => assembled)];
+    for (const m of matches) {
+      if (m.service.headless) continue;
+      const listener = serviceListener(m);
+      listeners.push(this.resource(LISTENER, JSON.stringify(listener), () => listener));
+    }
     const endpointSet = this.sets.get(`endpoints|${endpoints.map((r) => r.version).join(',')}`, () => TypeSet.of(ENDPOINT, endpoints));
     const clusterSet = this.sets.get(`clusters|${endpointSet.version}|${clusters.map((r) => r.version).join(',')}`, () => {
       // Checked once here against the endpoints they name, then trusted by every proxy's snapshot.
@@ -182,13 +191,21 @@ export class SnapshotBuilder {
     const groups = [...httpPorts.values()].sort((a, b) => a.port - b.port);
     const chained = new Set(matches.filter((m) => m.port.protocol === 'http').map((m) => m.port.dialPort));
     for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
+    const sidecarHttpPorts = groups.filter((g) => chained.has(g.port));
+    const outboundListeners = this.sets.get(`outbound-lds|${listeners.map((r) => r.version).join(',')}`, () => {
+      // Checked once here against the route configurations every sidecar gets, then trusted by each snapshot.
+      const routes = new Set(sidecarHttpPorts.map((g) => outboundRouteName(g.port)));
+      const missing = listeners.flatMap((l) => l.refs.filter((r) => !routes.has(r.name)).map((r) => `LDS "${l.name}" refers to RDS "${r.name}", which is not in the snapshot`));
+      if (missing.length) throw new SnapshotError(missing);
+      return TypeSet.of(LISTENER, listeners, { trusted: true });
+    });
     return {
       clusters: clusterSet,
       endpoints: endpointSet,
       passthrough: this.sets.get('passthrough', () => TypeSet.of(CLUSTER, [resourceFromObject(CLUSTER, passthroughCluster())])),
-      outboundListener: this.resources.get(`${LISTENER}|outbound|${listener.version}`, () => listener),
+      outboundListeners,
       httpPorts: groups,
-      sidecarHttpPorts: groups.filter((g) => chained.has(g.port)),
+      sidecarHttpPorts,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
@@ -303,10 +320,10 @@ export class SnapshotBuilder {
           virtual_hosts: [inboundVirtualHost(service, port)],
         })),
       );
-    const listeners: Resource[] = [shared.outboundListener];
+    const inbound: Resource[] = [];
     if (plan.inbound.length) {
       const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
-      listeners.push(
+      inbound.push(
         this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => {
           checkFilterChains(INBOUND_LISTENER, chains);
           return inboundListener(chains);
@@ -317,7 +334,7 @@ export class SnapshotBuilder {
       new Map([
         [CLUSTER, TypeSet.union(CLUSTER, [shared.clusters, shared.passthrough, TypeSet.of(CLUSTER, localClusters)])],
         [ENDPOINT, shared.endpoints],
-        [LISTENER, TypeSet.of(LISTENER, listeners)],
+        [LISTENER, TypeSet.union(LISTENER, [shared.outboundListeners, TypeSet.of(LISTENER, inbound)])],
         [ROUTE, TypeSet.of(ROUTE, [...routes, ...inboundRoutes])],
       ]),
     );

@@ -34,6 +34,8 @@ export interface WorkloadSpec {
   sample: string;
   /** Ports of the Service `name` (none: no Service). */
   ports?: ServicePortSpec[];
+  /** A headless Service (`clusterIP: None`): its names resolve to the pod's own address. */
+  headless?: boolean;
   /** The app process, run in the pod as root, and a line it prints once it serves. */
   app?: { command: string[]; ready: RegExp };
   /** The sidecar's ADS flavour (the sample's bootstrap says GRPC). */
@@ -259,7 +261,10 @@ export async function until(check: () => Promise<boolean> | boolean, timeoutMs: 
 interface Planned {
   w: WorkloadSpec;
   name: string;
+  /** The Service's ClusterIP (`None` for a headless one). */
   clusterIP: string;
+  /** The pod's address, once the pod is made. */
+  ip?: string;
 }
 
 export class Sandbox {
@@ -319,9 +324,9 @@ export class Sandbox {
       [CONTROL_PLANE_VIP, [controlPlaneHost(sidecarBootstrap(w.sample))]],
       ...this.planned
         .filter((p) => p.w.ports?.length)
-        .map(({ w, clusterIP }): [string, string[]] => {
+        .map(({ w, clusterIP, ip }): [string, string[]] => {
           const fqdn = `${w.name}.${w.namespace}.svc.cluster.local`;
-          return [clusterIP, [fqdn, `${w.name}.${w.namespace}.svc`, `${w.name}.${w.namespace}`, ...(w.namespace === ns ? [w.name] : [])]];
+          return [w.headless ? ip! : clusterIP, [fqdn, `${w.name}.${w.namespace}.svc`, `${w.name}.${w.namespace}`, ...(w.namespace === ns ? [w.name] : [])]];
         }),
     ];
   }
@@ -360,11 +365,15 @@ export class Sandbox {
   }
 
   private async boot(): Promise<void> {
-    this.planned = this.opts.workloads.map((w, i) => ({ w, name: podName(w), clusterIP: `10.96.0.${10 + i}` }));
+    this.planned = this.opts.workloads.map((w, i) => ({ w, name: podName(w), clusterIP: w.headless ? 'None' : `10.96.0.${10 + i}` }));
     // Every pod's address is known before anything starts: the Pod objects carry it, as the kubelet reports it.
     const made = new Map<string, Pod>();
-    for (const { w, name } of this.planned) made.set(w.name, await this.net.pod(name));
-    this.writeManifests(this.planned.map((p) => ({ ...p, ip: made.get(p.w.name)!.ip })));
+    for (const p of this.planned) {
+      const pod = await this.net.pod(p.name);
+      made.set(p.w.name, pod);
+      p.ip = pod.ip;
+    }
+    this.writeManifests(this.planned);
     // `mesh-xds ca init`: the CA of the mesh, which the control plane serves with and the sidecars' Secrets hold.
     this.ca = await createCa('cluster.local');
     writeCaDir(this.caDir, this.ca);
@@ -405,7 +414,7 @@ export class Sandbox {
     return issue(this.ca, { trustDomain: 'cluster.local', namespace, serviceAccount, ttlMs });
   }
 
-  private writeManifests(pods: (Planned & { ip: string })[]): void {
+  private writeManifests(pods: Planned[]): void {
     const docs: KubeObject[] = [
       {
         apiVersion: 'config.flomesh.io/v1alpha3',

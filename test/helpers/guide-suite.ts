@@ -65,6 +65,9 @@ export function guideSuite(flavour: AdsFlavour): void {
             flavour,
           }),
           sampleWorkload('curl.yaml', { name: 'greeter-client', namespace: 'greeter-client', serviceAccount: 'greeter-client', ports: undefined, flavour }),
+          // A headless Service: its name resolves to the pod, whose address is a filter chain of the 15001 listener.
+          // An identity of its own, so that httpbin's pods keep serving target port 14001 as httpbin.
+          sampleWorkload('httpbin.yaml', { name: 'httpbin-headless', serviceAccount: 'httpbin-headless', headless: true, flavour }),
         ],
         manifests: { 'retry.yaml': sampleRetryText(), 'greeter-retry.yaml': GRPC_RETRY },
       });
@@ -196,6 +199,23 @@ export function guideSuite(flavour: AdsFlavour): void {
       const ws = await client.pod.exec(process.execPath, [GRPC_APP, 'ws', 'ws://greeter.greeter.svc.cluster.local:8081/']);
       expect(ws.stdout.trim(), ws.stderr).toBe('ping');
       expect(await greeter.sidecar.stat('cluster.greeter/greeter|8081|local.upstream_cx_http1_total')).toBeGreaterThan(0);
+    });
+
+    it("a ClusterIP service port is reached through its own listener, a headless service's pod through 15001's filter chain", async () => {
+      const listeners = async (): Promise<Map<string, number>> => curl.sidecar.stats('downstream_cx_total');
+      const before = await listeners();
+      expect((await request(curl, 200)).split('\n')[0]).toMatch(/ 200 /);
+      const r = await curl.pod.exec('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://httpbin-headless.httpbin.svc.cluster.local:14001/status/200'], { timeoutMs: 30_000 });
+      expect(r.stdout, r.stderr).toBe('200');
+      expect(await curl.sidecar.stat('cluster.httpbin/httpbin-headless|14001.upstream_rq_200')).toBe(1);
+      const after = await listeners();
+      const grew = (name: string): number => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+      // Both connections were redirected to 15001: the one to httpbin's ClusterIP was handed to its listener (and
+      // counted there only), the one to the headless service's pod stayed on 15001.
+      const vip = [...after.keys()].find((k) => /^listener\.10\.96\.0\.\d+_14001\.downstream_cx_total$/.test(k));
+      expect(vip).toBeDefined();
+      expect(grew(vip!)).toBe(1);
+      expect(grew('listener.0.0.0.0_15001.downstream_cx_total')).toBe(1);
     });
 
     it("the init container's script is safe to run twice and redirects IPv6 too", async () => {
