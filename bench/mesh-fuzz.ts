@@ -63,6 +63,8 @@ export async function fuzzMeshes(count: number, firstSeed = 1, size = 1, log: (l
 }
 
 if (process.argv[1]?.endsWith('mesh-fuzz.js')) {
+  // Interrupted: exit through 'exit', where the sandbox kills its Envoys and removes its namespaces and bridge.
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) process.on(signal, () => process.exit(code));
   const count = Number(process.argv[2] ?? 20);
   const first = Number(process.argv[3] ?? 1);
   const size = Number(process.argv[4] ?? 1);
