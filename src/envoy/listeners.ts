@@ -68,21 +68,17 @@ export function outboundListener(chains: readonly FilterChain[]): Listener {
   };
 }
 
-/** The name of a ClusterIP service port's listener: its address and port, as Istio names them (`10.96.0.10_14001`). */
-export function serviceListenerName(ip: string, port: number): string {
-  return `${ip}_${port}`;
-}
-
 /**
  * The listener of one ClusterIP service port: on the ClusterIP and service port, not bound (15001 hands it the
  * connections redirected there), with the service port's one filter chain. An added service is a listener added,
- * not a change of every sidecar's 15001 listener.
+ * not a change of every sidecar's 15001 listener. Named by its address as Istio names them (`10.96.0.10_14001`):
+ * a ClusterIP that changes is a listener removed and another added.
  */
 export function serviceListener(match: OutboundMatch): Listener {
   const [ip] = match.ips;
   const { name, filters } = outboundFilterChain(match);
   return {
-    name: serviceListenerName(ip, match.port.dialPort),
+    name: `${ip}_${match.port.dialPort}`,
     address: { socket_address: { address: ip, port_value: match.port.dialPort } },
     bind_to_port: { value: false },
     traffic_direction: 'OUTBOUND',

@@ -73,7 +73,7 @@ interface Shared {
   outboundListeners: TypeSet;
   httpPorts: HttpPortGroup[];
   /**
-   * The HTTP port groups the outbound listener has a filter chain for: a sidecar gets only their route
+   * The HTTP port groups the outbound listeners have a filter chain for: a sidecar gets only their route
    * configurations (Envoy asks only for what its listeners name; a port whose services have no address, such as a
    * headless service without endpoints, has none). Proxyless clients get every group (their listeners name them all).
    */
