@@ -6,6 +6,9 @@ import { apiListener, cluster, endpoints, route, simpleSnapshot } from './helper
 import { buildSnapshot } from '../src/xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
 import { syncState } from '../src/xds/status.js';
+import { envoyRoot } from '../src/xds/protos.js';
+import { lenField, withoutField } from '../src/xds/wire.js';
+import type protobuf from 'protobufjs';
 
 const KEY = 'sidecar:curl/curl';
 let env: Awaited<ReturnType<typeof startAds>>;
@@ -42,6 +45,40 @@ describe('stream identity', () => {
     await expect(s.next()).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     expect(s.error?.details).toMatch(/node\.metadata\.namespace and node\.metadata\.serviceAccount/);
   });
+});
+
+describe('repeated nodes', () => {
+  const message = (delta: boolean): protobuf.Type =>
+    envoyRoot().lookupType(delta ? 'envoy.service.discovery.v3.DeltaDiscoveryRequest' : 'envoy.service.discovery.v3.DiscoveryRequest');
+
+  it('withoutField drops every occurrence of a field and leaves the rest to decode as before', () => {
+    const t = message(false);
+    const full = Buffer.from(t.encode(t.fromObject({ node: node(), type_url: CLUSTER, resource_names: ['a', 'b'], version_info: 'v1' })).finish());
+    const twice = Buffer.concat([full, lenField(2, Buffer.from(t.lookupType('envoy.config.core.v3.Node').encode({ id: 'x' }).finish()))]);
+    const stripped: any = t.decode(withoutField(twice, 2));
+    expect(stripped.node).toBeNull();
+    expect([stripped.type_url, stripped.resource_names, stripped.version_info]).toEqual([CLUSTER, ['a', 'b'], 'v1']);
+    const bare = Buffer.from(t.encode(t.fromObject({ type_url: CLUSTER })).finish());
+    expect(withoutField(bare, 2)).toBe(bare);
+    // Bytes that cannot be walked are left to the decoder, which reports them.
+    const cut = full.subarray(0, full.length - 1);
+    expect(withoutField(cut, 2)).toBe(cut);
+  });
+
+  for (const delta of [false, true]) {
+    it(`decodes the node of the first request only (${delta ? 'delta' : 'SotW'}): a later one, even malformed, is skipped`, async () => {
+      ready();
+      const s = open(delta);
+      s.send({ node: node(), type_url: LISTENER });
+      const r = await s.next();
+      // An ACK that repeats a node whose bytes are not a Node at all (a Struct field cut short).
+      const garbage = lenField(message(delta).fields.node.id, Buffer.from([0x2a, 0x05, 0x0a, 0x03]));
+      s.sendBytes(delta ? { type_url: LISTENER, response_nonce: r.nonce } : { type_url: LISTENER, version_info: r.version_info, response_nonce: r.nonce }, garbage);
+      expect(await s.silent()).toBe(true);
+      expect(s.error).toBeUndefined();
+      expect(syncState([...env.registry.connections][0].status(LISTENER))).toBe('SYNCED');
+    });
+  }
 });
 
 describe('state of the world', () => {

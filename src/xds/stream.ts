@@ -10,6 +10,7 @@ import { RateLimit, clip, type Limits } from './limits.js';
 import type { PeerCheck, PeerRefusal } from '../security/tls.js';
 import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity } from './node.js';
 import { lookupType } from './protos.js';
+import { withoutField } from './wire.js';
 import type { Resource, Snapshot } from './snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
 import { RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
@@ -74,6 +75,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private readonly pendingSince: number[] = [];
 
   private readonly requestType: protobuf.Type;
+  /** The request's `node` field: decoded on the first request only (Envoy repeats it unless told not to). */
+  private readonly nodeField: number;
 
   constructor(
     protected readonly ctx: StreamContext,
@@ -82,6 +85,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     requestMessage: string,
   ) {
     this.requestType = lookupType(requestMessage);
+    this.nodeField = this.requestType.fields.node.id;
     this.rate = new RateLimit(ctx.limits.requestBurst, ctx.limits.requestsPerSecond);
     call.on('data', (buf: Buffer) => this.onData(buf));
     call.on('end', () => this.close());
@@ -130,7 +134,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private handle(buf: Buffer): void {
     let req: any;
     try {
-      req = this.requestType.decode(buf);
+      // Once the stream has its identity, a repeated node (several kB with Envoy's extension list) is not decoded.
+      req = this.requestType.decode(this.identity ? withoutField(buf, this.nodeField) : buf);
     } catch (e) {
       this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
       return;

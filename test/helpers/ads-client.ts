@@ -91,6 +91,14 @@ class Stream {
     this.call.write(Buffer.from(type.encode(msg).finish()));
   }
 
+  /** A request's bytes as given, with `extra` (encoded fields) appended: for what protobufjs would not encode. */
+  sendBytes(req: object, extra: Uint8Array): void {
+    const type = envoyRoot().lookupType(
+      this.delta ? 'envoy.service.discovery.v3.DeltaDiscoveryRequest' : 'envoy.service.discovery.v3.DiscoveryRequest',
+    );
+    this.call.write(Buffer.concat([type.encode(type.fromObject(req)).finish(), extra]));
+  }
+
   /** Next response, or throws after `ms`. */
   next(ms = 3000): Promise<Response> {
     const q = this.queue.shift();
