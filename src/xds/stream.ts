@@ -134,7 +134,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private handle(buf: Buffer): void {
     let req: any;
     try {
-      // Once the stream has its identity, a repeated node (several kB with Envoy's extension list) is not decoded.
+      // Once the stream has its identity, a repeated node (tens of kB with Envoy's extension list) is not decoded.
       req = this.requestType.decode(this.identity ? withoutField(buf, this.nodeField) : buf);
     } catch (e) {
       this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
