@@ -1,6 +1,5 @@
 /** Wiring: config -> sources -> pipeline -> ADS server -> debug server. */
 import { isIP } from 'node:net';
-import * as grpc from '@grpc/grpc-js';
 import pino, { type Logger } from 'pino';
 import type { ServeConfig } from './config.js';
 import { DebugServer } from './debug/http.js';
@@ -12,7 +11,8 @@ import { FileSource } from './sources/files.js';
 import { SnapshotCache } from './xds/cache.js';
 import { loadEnvoyProtos } from './xds/protos.js';
 import { AdsServer, type PeerCheckFn } from './xds/server.js';
-import { CSDS_SERVICE, csdsImplementation, type CsdsAuthorizer } from './xds/csds.js';
+import { csdsHandlers, type CsdsAuthorizer } from './xds/csds.js';
+import { Code } from './xds/grpc.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
@@ -64,11 +64,11 @@ function csdsAuthorizer(check: PeerCheckFn, allow: readonly string[], log: Logge
   return (call) => {
     const peer = check(call);
     const refusal = !peer.ok
-      ? { code: grpc.status.UNAUTHENTICATED, details: peer.message, reason: peer.reason }
+      ? { code: Code.UNAUTHENTICATED, details: peer.message, reason: peer.reason }
       : !allowed(peer.spiffe, allow)
-        ? { code: grpc.status.PERMISSION_DENIED, details: `${peer.spiffe} may not read CSDS (not on --csds-allow)`, reason: 'csds_not_allowed' }
+        ? { code: Code.PERMISSION_DENIED, details: `${peer.spiffe} may not read CSDS (not on --csds-allow)`, reason: 'csds_not_allowed' }
         : undefined;
-    if (refusal) log.warn({ code: grpc.status[refusal.code], details: refusal.details, reason: refusal.reason, peer: call.getPeer() }, 'CSDS request refused');
+    if (refusal) log.warn({ code: Code[refusal.code], details: refusal.details, reason: refusal.reason, peer: call.getPeer() }, 'CSDS request refused');
     return refusal;
   };
 }
@@ -133,7 +133,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     registry,
     log,
     tls,
-    services: [{ definition: CSDS_SERVICE, implementation: csdsImplementation(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)) }],
+    handlers: csdsHandlers(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)),
   });
   const adsPort = await ads.listen(cfg.adsAddress);
   adsServing = true;

@@ -7,6 +7,7 @@ import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { peerOf } from '../xds/grpc.js';
 import { issue, notAfter, readCaDir, type KeyPair } from './ca.js';
 import { parseSpiffeId, spiffeId, type WorkloadId } from './spiffe.js';
 
@@ -129,7 +130,7 @@ export class TlsFront {
   async listen(host: string, port: number, accept: (socket: tls.TLSSocket) => void): Promise<number> {
     await this.ready;
     this.server = tls.createServer({ ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' }, (socket) => {
-      const key = `${socket.remoteAddress}:${socket.remotePort}`;
+      const key = peerOf(socket);
       this.peers.set(key, { cert: socket.getPeerX509Certificate(), authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
       socket.on('close', () => this.peers.delete(key));
       accept(socket);

@@ -2,46 +2,35 @@
  * CSDS (`envoy.service.status.v3.ClientStatusDiscoveryService`) on the ADS port: per connected proxy, the
  * resources it was sent with their versions and client status, for standard xDS tooling.
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { RE2JS } from 're2js';
 import type { SnapshotCache } from './cache.js';
+import { Code, unary, type GrpcStatus, type Handler, type ServerCall } from './grpc.js';
 import { envoyRoot } from './protos.js';
 import { syncState, type ProxyConnection, type ProxyRegistry } from './status.js';
 
 const CONFIG_STATUS = { SYNCED: 'SYNCED', 'NOT SENT': 'NOT_SENT', STALE: 'STALE', NACKED: 'ERROR' } as const;
 
-function codec(name: string): { serialize: (v: object) => Buffer; deserialize: (b: Buffer) => any } {
-  const type = envoyRoot().lookupType(name);
-  return {
-    serialize: (v) => Buffer.from(type.encode(type.fromObject(v)).finish()),
-    deserialize: (b) => type.toObject(type.decode(b), { enums: String, longs: Number, defaults: false }),
-  };
-}
-
-const req = codec('envoy.service.status.v3.ClientStatusRequest');
-const res = codec('envoy.service.status.v3.ClientStatusResponse');
+const REQUEST = envoyRoot().lookupType('envoy.service.status.v3.ClientStatusRequest');
+const RESPONSE = envoyRoot().lookupType('envoy.service.status.v3.ClientStatusResponse');
 const PREFIX = '/envoy.service.status.v3.ClientStatusDiscoveryService';
 
-export const CSDS_SERVICE: grpc.ServiceDefinition = {
-  StreamClientStatus: {
-    path: `${PREFIX}/StreamClientStatus`,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: req.serialize,
-    requestDeserialize: req.deserialize,
-    responseSerialize: res.serialize,
-    responseDeserialize: res.deserialize,
-  },
-  FetchClientStatus: {
-    path: `${PREFIX}/FetchClientStatus`,
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: req.serialize,
-    requestDeserialize: req.deserialize,
-    responseSerialize: res.serialize,
-    responseDeserialize: res.deserialize,
-  },
-};
+const codec = (type: typeof REQUEST) => ({
+  serialize: (v: object) => Buffer.from(type.encode(type.fromObject(v)).finish()),
+  deserialize: (b: Buffer) => type.toObject(type.decode(b), { enums: String, longs: Number, defaults: false }),
+});
+const [requests, responses] = [codec(REQUEST), codec(RESPONSE)];
+const method = (name: string, stream: boolean): grpc.MethodDefinition<object, object> => ({
+  path: `${PREFIX}/${name}`,
+  requestStream: stream,
+  responseStream: stream,
+  requestSerialize: requests.serialize,
+  requestDeserialize: requests.deserialize,
+  responseSerialize: responses.serialize,
+  responseDeserialize: responses.deserialize,
+});
+/** CSDS for gRPC clients (tests, tools), in plain objects. */
+export const CSDS_SERVICE: grpc.ServiceDefinition = { StreamClientStatus: method('StreamClientStatus', true), FetchClientStatus: method('FetchClientStatus', false) };
 
 /** Bounds on what a CSDS request may ask the server to evaluate. */
 export const CSDS_LIMITS = { matchers: 64, regexLength: 1024 } as const;
@@ -49,14 +38,14 @@ export const CSDS_LIMITS = { matchers: 64, regexLength: 1024 } as const;
 /** A request the server refuses (the status says why); nothing a client sends can throw out of a handler. */
 export class CsdsRequestError extends Error {
   constructor(
-    readonly code: grpc.status,
+    readonly code: Code,
     message: string,
   ) {
     super(message);
   }
 }
 
-const invalid = (message: string): CsdsRequestError => new CsdsRequestError(grpc.status.INVALID_ARGUMENT, message);
+const invalid = (message: string): CsdsRequestError => new CsdsRequestError(Code.INVALID_ARGUMENT, message);
 
 /**
  * An `envoy.type.matcher.v3.StringMatcher` as a predicate. `safe_regex` is RE2, as in Envoy: compiled once per
@@ -141,52 +130,54 @@ export function clientStatus(request: any, registry: ProxyRegistry, cache: Snaps
 }
 
 /** An error as the gRPC status to end the call with: the request's own fault, or INTERNAL (never a throw). */
-function statusOf(e: unknown): grpc.StatusObject {
-  if (e instanceof CsdsRequestError) return { code: e.code, details: e.message, metadata: new grpc.Metadata() };
-  return { code: grpc.status.INTERNAL, details: `CSDS failed: ${(e as Error)?.message ?? e}`, metadata: new grpc.Metadata() };
+function statusOf(e: unknown): GrpcStatus {
+  if (e instanceof CsdsRequestError) return { code: e.code, details: e.message };
+  return { code: Code.INTERNAL, details: `CSDS failed: ${(e as Error)?.message ?? e}` };
 }
 
 /** Who may ask (mTLS): a refusal for a caller not allowed, else undefined. */
-export type CsdsAuthorizer = (call: Pick<grpc.ServerUnaryCall<any, any>, 'getPeer'>) => { code: grpc.status; details: string; reason: string } | undefined;
+export type CsdsAuthorizer = (call: Pick<ServerCall, 'getPeer'>) => { code: Code; details: string; reason: string } | undefined;
 
-export function csdsImplementation(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void, authorize?: CsdsAuthorizer): grpc.UntypedServiceImplementation {
-  const refused = (call: Pick<grpc.ServerUnaryCall<any, any>, 'getPeer'>): grpc.StatusObject | undefined => {
+/** CSDS's two methods (FetchClientStatus, StreamClientStatus), by path. */
+export function csdsHandlers(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void, authorize?: CsdsAuthorizer): Record<string, Handler> {
+  const refused = (call: ServerCall): GrpcStatus | undefined => {
     const r = authorize?.(call);
     if (!r) return undefined;
     onRefused?.(r.reason);
-    return { code: r.code, details: r.details, metadata: new grpc.Metadata() };
+    return { code: r.code, details: r.details };
   };
-  const answer = (request: any): { ok: object } | { error: grpc.StatusObject } => {
+  /** The response's bytes, or the status that refuses the request. */
+  const answer = (bytes: Buffer): Buffer | GrpcStatus => {
+    let request: object;
     try {
-      return { ok: clientStatus(request, registry, cache) };
+      request = requests.deserialize(bytes);
+    } catch (e) {
+      onRefused?.('csds_invalid_request');
+      return { code: Code.INVALID_ARGUMENT, details: `cannot decode the ClientStatusRequest: ${(e as Error).message}` };
+    }
+    try {
+      return responses.serialize(clientStatus(request, registry, cache));
     } catch (e) {
       onRefused?.(e instanceof CsdsRequestError ? 'csds_invalid_request' : 'csds_internal');
-      return { error: statusOf(e) };
+      return statusOf(e);
     }
   };
+  const fetch = unary((request) => answer(request));
   return {
-    FetchClientStatus: (call: grpc.ServerUnaryCall<any, object>, cb: grpc.sendUnaryData<object>) => {
+    [`${PREFIX}/FetchClientStatus`]: (call) => {
       const denied = refused(call);
-      if (denied) return cb(denied);
-      const r = answer(call.request);
-      if ('ok' in r) cb(null, r.ok);
-      else cb(r.error);
+      if (denied) call.end(denied);
+      else fetch(call);
     },
-    StreamClientStatus: (call: grpc.ServerDuplexStream<any, object>) => {
+    [`${PREFIX}/StreamClientStatus`]: (call) => {
       const denied = refused(call);
-      let done = Boolean(denied);
-      if (denied) call.emit('error', denied);
-      call.on('data', (request) => {
-        if (done) return;
+      if (denied) return call.end(denied);
+      call.on('data', (request: Buffer) => {
         const r = answer(request);
-        if ('ok' in r) call.write(r.ok);
-        else {
-          done = true;
-          call.emit('error', r.error);
-        }
+        if (Buffer.isBuffer(r)) call.write(r);
+        else call.end(r);
       });
       call.on('end', () => call.end());
-      call.on('error', () => call.end());
     },
   };
 }

@@ -3,7 +3,8 @@
  * `initial_resource_versions` so a reconnecting client is sent only what it lacks.
  */
 import type { Resource, Snapshot } from './snapshot.js';
-import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
+import type { ServerCall } from './grpc.js';
+import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
 import { RESOURCE_TYPES, type ResourceType } from './types.js';
 import { lenField, lenFieldParts } from './wire.js';
@@ -40,7 +41,7 @@ function deltaRecord(r: Resource): readonly Uint8Array[] {
 }
 
 export class DeltaStream extends AdsStream<DeltaState> {
-  constructor(ctx: StreamContext, call: DuplexCall) {
+  constructor(ctx: StreamContext, call: ServerCall) {
     super(ctx, call, 'delta', 'envoy.service.discovery.v3.DeltaDiscoveryRequest');
   }
 

@@ -5,7 +5,8 @@
  */
 import type { Resource, Snapshot, TypeSet } from './snapshot.js';
 import { versionOf } from './snapshot.js';
-import { AdsStream, type BaseTypeState, type DuplexCall, type StreamContext } from './stream.js';
+import type { ServerCall } from './grpc.js';
+import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from './types.js';
 import { lenField } from './wire.js';
@@ -75,7 +76,7 @@ function subscriptionKey(joined: string): string {
 }
 
 export class SotwStream extends AdsStream<SotwState> {
-  constructor(ctx: StreamContext, call: DuplexCall) {
+  constructor(ctx: StreamContext, call: ServerCall) {
     super(ctx, call, 'sotw', 'envoy.service.discovery.v3.DiscoveryRequest');
   }
 

@@ -2,10 +2,10 @@
  * What SotW and delta ADS streams share: reading the node, finding the proxy's snapshot, waiting until one
  * exists, writing responses in ADS order, recording ACKs and NACKs, and tearing down.
  */
-import * as grpc from '@grpc/grpc-js';
 import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from './cache.js';
+import { Code, type ServerCall } from './grpc.js';
 import { RateLimit, clip, type Limits } from './limits.js';
 import type { PeerCheck, PeerRefusal } from '../security/tls.js';
 import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity } from './node.js';
@@ -57,8 +57,6 @@ export interface BaseTypeState {
 /** Why the server ended a stream: the reason label of `mesh_xds_streams_refused_total`. */
 export type RefusalReason = 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading' | PeerRefusal | 'identity_mismatch';
 
-export type DuplexCall = grpc.ServerDuplexStream<Buffer, Buffer>;
-
 export abstract class AdsStream<S extends BaseTypeState> {
   protected identity?: ProxyIdentity;
   /** The identity the client certificate proved (mTLS). */
@@ -80,7 +78,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   constructor(
     protected readonly ctx: StreamContext,
-    protected readonly call: DuplexCall,
+    protected readonly call: ServerCall,
     private readonly kind: 'sotw' | 'delta',
     requestMessage: string,
   ) {
@@ -89,14 +87,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
     this.rate = new RateLimit(ctx.limits.requestBurst, ctx.limits.requestsPerSecond);
     call.on('data', (buf: Buffer) => this.onData(buf));
     call.on('end', () => this.close());
-    call.on('error', (err) => {
-      ctx.log.debug({ err: err.message, node: this.identity?.nodeId }, 'stream error');
-      this.close();
-    });
     call.on('cancelled', () => this.close());
     if (ctx.peers) {
       const peer = ctx.peers(call);
-      if (!peer.ok) this.fail(grpc.status.UNAUTHENTICATED, peer.message, peer.reason);
+      if (!peer.ok) this.fail(Code.UNAUTHENTICATED, peer.message, peer.reason);
       else this.certified = { namespace: peer.id.namespace, serviceAccount: peer.id.serviceAccount, spiffe: peer.spiffe };
     }
   }
@@ -127,7 +121,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     } catch (e) {
       // Nothing a client sends may throw out of the stream: whatever slipped through ends this stream only.
       this.ctx.log.error({ node: clip(this.identity?.nodeId ?? ''), err: (e as Error).stack ?? String(e) }, 'request handling failed; stream ended');
-      this.fail(grpc.status.INTERNAL, `the server failed to handle the request: ${(e as Error).message}`, 'bad_request');
+      this.fail(Code.INTERNAL, `the server failed to handle the request: ${(e as Error).message}`, 'bad_request');
     }
   }
 
@@ -137,7 +131,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
       // Once the stream has its identity, a repeated node (tens of kB with Envoy's extension list) is not decoded.
       req = this.requestType.decode(this.identity ? withoutField(buf, this.nodeField) : buf);
     } catch (e) {
-      this.fail(grpc.status.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
+      this.fail(Code.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
       return;
     }
     const type = resourceType(req.type_url);
@@ -150,7 +144,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     const answersPush = state && req.response_nonce && req.response_nonce === state.nonce && this.conn?.status(type!.typeUrl).awaiting;
     if (!answersPush && !this.rate.take()) {
       this.fail(
-        grpc.status.RESOURCE_EXHAUSTED,
+        Code.RESOURCE_EXHAUSTED,
         `more than ${this.ctx.limits.requestBurst} requests at once or ${this.ctx.limits.requestsPerSecond} per second on one stream (answers to pushes not counted)`,
         'too_many_requests',
       );
@@ -176,7 +170,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     for (const names of this.nameSets(state)) {
       for (const n of names) {
         if (n.length > this.ctx.limits.nameLength) {
-          this.fail(grpc.status.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${this.ctx.limits.nameLength}): ${clip(n, 64)}`, 'name_too_long');
+          this.fail(Code.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${this.ctx.limits.nameLength}): ${clip(n, 64)}`, 'name_too_long');
           return false;
         }
         count++;
@@ -193,7 +187,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     }
     if (total > this.ctx.limits.namesPerStream || totalBytes > this.ctx.limits.nameBytesPerStream) {
       this.fail(
-        grpc.status.RESOURCE_EXHAUSTED,
+        Code.RESOURCE_EXHAUSTED,
         `the stream holds ${total} resource names (${totalBytes} characters); at most ${this.ctx.limits.namesPerStream} names and ${this.ctx.limits.nameBytesPerStream} characters per stream`,
         'too_many_names',
       );
@@ -207,11 +201,11 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.identity = identityFromNode(node, this.certified);
     } catch (e) {
       if (e instanceof IdentityMismatch) {
-        this.fail(grpc.status.PERMISSION_DENIED, e.message, 'identity_mismatch');
+        this.fail(Code.PERMISSION_DENIED, e.message, 'identity_mismatch');
         return false;
       }
       if (!(e instanceof IdentityError)) throw e;
-      this.fail(grpc.status.INVALID_ARGUMENT, e.message, 'bad_node');
+      this.fail(Code.INVALID_ARGUMENT, e.message, 'bad_node');
       return false;
     }
     const key = proxyKey(this.identity);
@@ -276,7 +270,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
     }
     if (this.queuedBytes > this.ctx.limits.queuedBytesPerStream) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${this.ctx.limits.queuedBytesPerStream})`, 'not_reading');
+      this.fail(Code.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${this.ctx.limits.queuedBytesPerStream})`, 'not_reading');
     }
   }
 
@@ -284,7 +278,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   checkReading(now = performance.now()): void {
     const oldest = this.pendingSince[0];
     if (!this.closed && oldest !== undefined && now - oldest > this.ctx.limits.unreadSeconds * 1000) {
-      this.fail(grpc.status.RESOURCE_EXHAUSTED, `the client has not read a response for ${this.ctx.limits.unreadSeconds} s (${this.queuedBytes} bytes unread)`, 'not_reading');
+      this.fail(Code.RESOURCE_EXHAUSTED, `the client has not read a response for ${this.ctx.limits.unreadSeconds} s (${this.queuedBytes} bytes unread)`, 'not_reading');
     }
   }
 
@@ -312,11 +306,11 @@ export abstract class AdsStream<S extends BaseTypeState> {
     return [...resources].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  private fail(code: grpc.status, details: string, reason: RefusalReason): void {
+  private fail(code: Code, details: string, reason: RefusalReason): void {
     if (this.closed) return;
-    this.ctx.log.warn({ code: grpc.status[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer(), ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream refused');
+    this.ctx.log.warn({ code: Code[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer(), ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream refused');
     this.ctx.registry.emit('refused', reason);
-    this.call.emit('error', { code, details });
+    this.call.end({ code, details });
     this.close();
   }
 
@@ -328,10 +322,6 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.ctx.registry.remove(this.conn);
       this.ctx.log.info({ node: clip(this.identity!.nodeId), stream: this.kind }, 'stream closed');
     }
-    try {
-      this.call.end();
-    } catch {
-      /* already ended */
-    }
+    this.call.end();
   }
 }
