@@ -1,0 +1,204 @@
+/**
+ * The ADS port's gRPC layer (src/xds/grpc.ts) against real clients: grpc-js for what a gRPC client does, and a
+ * raw HTTP/2 client (and a raw socket) for what a well-behaved client never sends.
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import zlib from 'node:zlib';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Code, GrpcServer, unary, type ServerCall } from '../src/xds/grpc.js';
+
+const bytes = (b: Buffer): Buffer => b;
+const ECHO = { path: '/test.Echo/Chat', requestStream: true, responseStream: true, requestSerialize: bytes, requestDeserialize: bytes, responseSerialize: bytes, responseDeserialize: bytes };
+const ONCE = { ...ECHO, path: '/test.Echo/Once', requestStream: false, responseStream: false };
+const MISSING = { ...ECHO, path: '/test.Echo/Missing' };
+const Client = grpc.makeGenericClientConstructor({ Chat: ECHO, Once: ONCE, Missing: MISSING }, 'Echo');
+
+const MAX = 64 * 1024;
+let server: GrpcServer;
+let port: number;
+/** What the server's calls saw, in order. */
+const seen: { data: Buffer[]; events: string[] }[] = [];
+
+beforeAll(async () => {
+  server = new GrpcServer({ maxReceive: MAX, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 });
+  server.handle(ECHO.path, (call: ServerCall) => {
+    const log = { data: [] as Buffer[], events: [] as string[] };
+    seen.push(log);
+    call.on('data', (b: Buffer) => {
+      log.data.push(Buffer.from(b));
+      const text = b.toString();
+      if (text.startsWith('fail:')) call.end({ code: Code.FAILED_PRECONDITION, details: text.slice(5) });
+      else call.write(b);
+    });
+    for (const e of ['end', 'cancelled', 'close']) call.on(e, () => log.events.push(e));
+    call.on('end', () => call.end());
+  });
+  server.handle(ONCE.path, unary((request) => Buffer.concat([Buffer.from('once:'), request])));
+  port = await server.listen('127.0.0.1', 0);
+});
+afterAll(() => server.close(1_000));
+
+/** The events of the latest call once its stream has closed (waits up to 2 s). */
+async function closedEvents(): Promise<string[]> {
+  for (let i = 0; i < 100 && !seen.at(-1)!.events.includes('close'); i++) await new Promise((r) => setTimeout(r, 20));
+  return seen.at(-1)!.events;
+}
+
+const client = (options: grpc.ChannelOptions = {}): any => new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure(), options);
+
+/** Sends each message on a bidi call, then ends it; resolves with the responses and the status. */
+function chat(messages: Buffer[], options?: grpc.ChannelOptions, deadlineMs?: number): Promise<{ got: Buffer[]; status: grpc.StatusObject }> {
+  return new Promise((resolve) => {
+    const got: Buffer[] = [];
+    const call = client(options).Chat(new grpc.Metadata(), deadlineMs ? { deadline: Date.now() + deadlineMs } : {});
+    call.on('data', (b: Buffer) => got.push(b));
+    call.on('error', () => {});
+    call.on('status', (status: grpc.StatusObject) => resolve({ got, status }));
+    for (const m of messages) call.write(m);
+    if (!deadlineMs) call.end();
+  });
+}
+
+/** One raw HTTP/2 request: the response headers, the body and the trailers. */
+function raw(headers: http2.OutgoingHttpHeaders, body: Buffer[]): Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders }> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on('error', reject);
+    const req = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc', te: 'trailers', ...headers });
+    const chunks: Buffer[] = [];
+    let head: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    req.on('response', (h) => (head = h));
+    req.on('trailers', (t) => (trailers = t));
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('close', () => {
+      session.close();
+      resolve({ headers: head, body: Buffer.concat(chunks), trailers });
+    });
+    // Each buffer its own DATA frame.
+    const next = (i: number): void => {
+      if (i === body.length) return void req.end();
+      req.write(body[i], () => setTimeout(() => next(i + 1), 5));
+    };
+    next(0);
+  });
+}
+
+const frame = (payload: Buffer, compressed = false): Buffer => {
+  const prefix = Buffer.alloc(5);
+  prefix[0] = compressed ? 1 : 0;
+  prefix.writeUInt32BE(payload.length, 1);
+  return Buffer.concat([prefix, payload]);
+};
+
+describe('gRPC transport of the ADS port', () => {
+  it('echoes messages in order and ends with OK when the client ends', async () => {
+    const { got, status } = await chat([Buffer.from('a'), Buffer.alloc(0), Buffer.from('c'.repeat(40_000))]);
+    expect(status.code).toBe(grpc.status.OK);
+    expect(got.map((b) => b.toString())).toEqual(['a', '', 'c'.repeat(40_000)]);
+    expect(await closedEvents()).toEqual(['end', 'close']);
+  });
+
+  it('sends a status with any characters (percent-encoded) after messages', async () => {
+    const details = 'bad: ünïcode, a newline\nand 100%';
+    const { got, status } = await chat([Buffer.from('ok'), Buffer.from(`fail:${details}`)]);
+    expect(got.map((b) => b.toString())).toEqual(['ok']);
+    expect(status.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(status.details).toBe(details);
+  });
+
+  it('answers a unary method with one response', async () => {
+    const res = await new Promise<Buffer>((resolve, reject) => client().Once(Buffer.from('x'), (err: Error | null, r: Buffer) => (err ? reject(err) : resolve(r))));
+    expect(res.toString()).toBe('once:x');
+  });
+
+  it('refuses an unknown method with UNIMPLEMENTED, naming it', async () => {
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      const call = client().Missing();
+      call.on('error', resolve);
+      call.end();
+    });
+    expect(err.code).toBe(grpc.status.UNIMPLEMENTED);
+    expect(err.details).toContain('/test.Echo/Missing');
+  });
+
+  it('answers a request that is not gRPC with HTTP 415', async () => {
+    const r = await raw({ 'content-type': 'text/plain' }, [Buffer.from('hello')]);
+    expect(r.headers[':status']).toBe(415);
+  });
+
+  it('reassembles a message split over DATA frames, and reads two from one frame', async () => {
+    const long = frame(Buffer.from('x'.repeat(3_000)));
+    const two = Buffer.concat([frame(Buffer.from('one')), frame(Buffer.from('two'))]);
+    const r = await raw({}, [long.subarray(0, 3), long.subarray(3, 1_000), long.subarray(1_000), two]);
+    expect(r.trailers['grpc-status']).toBe('0');
+    expect(seen.at(-1)!.data.map((b) => b.toString())).toEqual(['x'.repeat(3_000), 'one', 'two']);
+    expect(r.body).toEqual(Buffer.concat([long, two]));
+  });
+
+  it('refuses a message over the size bound with RESOURCE_EXHAUSTED, and goes on serving', async () => {
+    const { status } = await chat([Buffer.alloc(MAX + 1)]);
+    expect(status.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(status.details).toBe(`request message of ${MAX + 1} bytes; at most ${MAX}`);
+    expect(await closedEvents()).toEqual(['cancelled', 'close']);
+    expect((await chat([Buffer.from('still')])).got.map(String)).toEqual(['still']);
+  });
+
+  it('accepts gzip-compressed requests (a grpc-js channel compressing), bounded after decompression', async () => {
+    const gzip = { 'grpc.default_compression_algorithm': 2 };
+    const { got, status } = await chat([Buffer.from('z'.repeat(10_000))], gzip);
+    expect(status.code).toBe(grpc.status.OK);
+    expect(got.map(String)).toEqual(['z'.repeat(10_000)]);
+    // 1 kB on the wire, more than the bound once inflated.
+    const bomb = await raw({ 'grpc-encoding': 'gzip' }, [frame(zlib.gzipSync(Buffer.alloc(MAX * 4)), true)]);
+    expect(bomb.trailers['grpc-status'] ?? bomb.headers['grpc-status']).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
+    const unknown = await raw({ 'grpc-encoding': 'snappy' }, [frame(Buffer.from('x'), true)]);
+    expect(unknown.trailers['grpc-status'] ?? unknown.headers['grpc-status']).toBe(String(grpc.status.UNIMPLEMENTED));
+  });
+
+  it('ends a call at its deadline (grpc-timeout), telling the handler', async () => {
+    const { status } = await chat([Buffer.from('slow')], {}, 300);
+    expect(status.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    expect(await closedEvents()).toEqual(['cancelled', 'close']);
+    // The server's own doing, not the client's: a raw client that keeps its call open and never resets it.
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const req = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc', 'grpc-timeout': '200m' });
+    req.write(frame(Buffer.from('x')));
+    const started = Date.now();
+    const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve) => req.on('trailers', resolve));
+    session.destroy();
+    expect(trailers['grpc-status']).toBe(String(grpc.status.DEADLINE_EXCEEDED));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+  });
+
+  it('pings connections and drops one that does not answer', async () => {
+    // A client that says hello in HTTP/2 and then reads nothing and answers no ping.
+    const socket = net.connect(port, '127.0.0.1');
+    socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    let received = Buffer.alloc(0);
+    socket.on('data', (d) => (received = Buffer.concat([received, d])));
+    const started = Date.now();
+    await new Promise((r) => socket.on('close', r));
+    // Dropped after the keepalive interval and its timeout (200 + 200 ms), and a PING frame (type 6) was sent.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(350);
+    const types: number[] = [];
+    for (let at = 0; at + 9 <= received.length; at += 9 + received.readUIntBE(at, 3)) types.push(received[at + 3]!);
+    expect(types).toContain(6);
+    // A client that answers pings (grpc-js) keeps its call open across several intervals.
+    const got: string[] = [];
+    const status = await new Promise<grpc.StatusObject>((resolve) => {
+      const call = client().Chat();
+      call.on('data', (b: Buffer) => got.push(b.toString()));
+      call.on('status', resolve);
+      call.write(Buffer.from('before'));
+      setTimeout(() => {
+        call.write(Buffer.from('after'));
+        call.end();
+      }, 1_000);
+    });
+    expect(status.code).toBe(grpc.status.OK);
+    expect(got).toEqual(['before', 'after']);
+  });
+});
