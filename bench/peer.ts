@@ -10,7 +10,7 @@
  * (from /proc) and RSS; bytes of responses received per change (every response, not only the needed ones).
  *
  * PEER_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR") are given to mesh-xds's server process; PEER_PROFILE=FILE
- * has it write a CPU profile of the first change only.
+ * has it write a CPU profile of one change: the first, or the Nth with PEER_PROFILE_CHANGE=N.
  *
  * Run: npm run bench:peer -- [--scenario small,big] [--n 2000,10000] [--mode sotw,delta] [--changes 5]
  *      [--servers mesh-xds,go-control-plane] [--pin]: every combination of the values given

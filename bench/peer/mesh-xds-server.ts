@@ -23,8 +23,8 @@ const server = new AdsServer({ cache, registry: new ProxyRegistry(), log });
 const port = await server.listen('127.0.0.1:0');
 const send = (m: object): void => void process.stdout.write(`${JSON.stringify(m)}\n`);
 
-// PEER_PROFILE=FILE: a CPU profile of the first change, from its command until the next command arrives;
-// PEER_PROFILE_INITIAL=FILE: one of the initial sync, from listening until the first command.
+// PEER_PROFILE=FILE: a CPU profile of one change (PEER_PROFILE_CHANGE, default the first), from its command until
+// the next command arrives; PEER_PROFILE_INITIAL=FILE: one of the initial sync, from listening until the first command.
 const profile = process.env.PEER_PROFILE || process.env.PEER_PROFILE_INITIAL ? new Session() : undefined;
 profile?.connect();
 let profiling: string | undefined;
@@ -44,7 +44,7 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
   }
   if (cmd.cmd === 'apply') {
     const i = Number(/^change-(\d+)$/.exec(cmd.tag)![1]);
-    if (process.env.PEER_PROFILE && i === 1) {
+    if (process.env.PEER_PROFILE && i === Number(process.env.PEER_PROFILE_CHANGE ?? 1)) {
       await profile!.post('Profiler.enable');
       await profile!.post('Profiler.start');
       profiling = process.env.PEER_PROFILE;
