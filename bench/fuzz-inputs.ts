@@ -1,12 +1,16 @@
 /**
  * Fuzzing what clients and operators feed the server: `mesh-xds serve` as a process on a copy of the demo
- * folder, then random and mutated ADS (SotW and delta) and CSDS requests and random mutations of the manifests
+ * folder, then random and mutated ADS (SotW and delta) and CSDS requests, raw HTTP/2 requests to the gRPC layer
+ * (random headers, length prefixes that lie, compressed junk, streams reset or connections dropped midway), and
+ * random mutations of the manifests
  * (truncation, junk, alias bombs, duplicates, symlink loops, oversized files, deletions), while /healthz is
  * probed every 50 ms. The server must stay up and answer every probe; after the bad input is removed, a good
  * edit must be applied. Seeded and reproducible.
  * Run: npm run build && npm run fuzz:inputs [-- ITERATIONS [SEED]]   (the test suite runs a short one)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import http2 from 'node:http2';
+import zlib from 'node:zlib';
 import { cpSync, lstatSync, mkdtempSync, readFileSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +26,7 @@ export interface FuzzReport {
   seed: number;
   adsRequests: number;
   csdsRequests: number;
+  rawRequests: number;
   fileMutations: number;
   healthProbes: number;
   healthMaxMs: number;
@@ -71,7 +76,7 @@ export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzRepo
   const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-fuzz-'));
   cpSync(packagePath('deploy/demo'), dir, { recursive: true });
   const originals = new Map(['httpbin.yaml', 'curl.yaml', 'mesh.yaml', 'retry.yaml'].map((f) => [f, readFileSync(path.join(dir, f), 'utf8')]));
-  const report: FuzzReport = { iterations, seed, adsRequests: 0, csdsRequests: 0, fileMutations: 0, healthProbes: 0, healthMaxMs: 0, healthFailures: [], serverExited: null, goodEditApplied: false };
+  const report: FuzzReport = { iterations, seed, adsRequests: 0, csdsRequests: 0, rawRequests: 0, fileMutations: 0, healthProbes: 0, healthMaxMs: 0, healthFailures: [], serverExited: null, goodEditApplied: false };
 
   const child: ChildProcess = spawn(process.execPath, [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', dir, '--ads-address', '127.0.0.1:0', '--debug-address', '127.0.0.1:0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -179,6 +184,61 @@ export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzRepo
     report.fileMutations++;
   };
 
+  // Raw HTTP/2: what no gRPC library sends. A connection is kept for a few requests, or dropped midway.
+  let session: http2.ClientHttp2Session | undefined;
+  const frame = (payload: Buffer, flag = 0, length = payload.length): Buffer => {
+    const prefix = Buffer.alloc(5);
+    prefix[0] = flag;
+    prefix.writeUInt32BE(length >>> 0, 1);
+    return Buffer.concat([prefix, payload]);
+  };
+  const rawRequest = (): void => {
+    if (!session || session.destroyed || random() < 0.1) {
+      session?.destroy();
+      session = http2.connect(`http://${adsAddress}`);
+      session.on('error', () => {});
+    }
+    const headers: http2.OutgoingHttpHeaders = {
+      ':method': random() < 0.9 ? 'POST' : pick(['GET', 'PUT']),
+      ':path': pick([...Object.values(ADS_SERVICE).map((m) => m.path), ...Object.values(CSDS_SERVICE).map((m) => m.path), '/', `/${str(int(40))}`]),
+    };
+    if (random() < 0.9) headers['content-type'] = pick(['application/grpc', 'application/grpc+proto', 'text/plain', 'application/grpcx']);
+    if (random() < 0.3) headers['grpc-encoding'] = pick(['gzip', 'deflate', 'identity', 'snappy', str(int(20))]);
+    if (random() < 0.2) headers['grpc-timeout'] = pick(['1m', '50m', '0n', '99999999H', '123456789S', 'bogus', '']);
+    let req: http2.ClientHttp2Stream;
+    try {
+      req = session.request(headers);
+    } catch {
+      return; // the session is going away
+    }
+    req.on('error', () => {});
+    req.on('data', () => {});
+    const parts: Buffer[] = [];
+    for (let k = int(4); k >= 0; k--) {
+      const r = random();
+      if (r < 0.4) parts.push(frame(adsRequest(random() < 0.5)));
+      else if (r < 0.55) parts.push(frame(zlib.gzipSync(adsRequest(random() < 0.5)), 1));
+      else if (r < 0.65) parts.push(frame(bytes(int(100)), 1));
+      else if (r < 0.75) parts.push(frame(bytes(int(50)), int(256), pick([0xffffffff, 5 * 1024 * 1024, int(1000)])));
+      else if (r < 0.85) parts.push(frame(zlib.gzipSync(Buffer.alloc(8 * 1024 * 1024)), 1));
+      else parts.push(bytes(int(30)));
+    }
+    let body = Buffer.concat(parts);
+    if (random() < 0.2) body = body.subarray(0, int(body.length + 1));
+    // Written in pieces that cut prefixes and messages anywhere.
+    for (let at = 0; at < body.length; ) {
+      const n = 1 + int(Math.max(1, body.length - at));
+      req.write(body.subarray(at, at + n));
+      at += n;
+    }
+    const end = random();
+    if (end < 0.6) req.end();
+    else if (end < 0.8) setTimeout(() => req.close(pick([http2.constants.NGHTTP2_CANCEL, http2.constants.NGHTTP2_PROTOCOL_ERROR, http2.constants.NGHTTP2_NO_ERROR])), int(50));
+    else if (end < 0.9) setTimeout(() => session?.destroy(), int(50));
+    // Otherwise left open: the server must not care.
+    report.rawRequests++;
+  };
+
   for (let i = 0; i < iterations && !report.serverExited; i++) {
     const op = random();
     if (op < 0.55) {
@@ -208,7 +268,8 @@ export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzRepo
         call.end();
       }
       report.csdsRequests++;
-    } else fileMutation();
+    } else if (op < 0.85) rawRequest();
+    else fileMutation();
     if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
   }
 
@@ -231,6 +292,7 @@ export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzRepo
   report.healthMaxMs = probed.maxMs;
   report.healthFailures = probed.failures;
   for (const s of streams) s.cancel();
+  session?.destroy();
   ads.close();
   csds.close();
   stopping = true;
