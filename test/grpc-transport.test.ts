@@ -171,6 +171,10 @@ describe('gRPC transport of the ADS port', () => {
     session.destroy();
     expect(trailers['grpc-status']).toBe(String(grpc.status.DEADLINE_EXCEEDED));
     expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    // A deadline too far for a timer (11,000 years) is no deadline, not an immediate one.
+    const far = await raw({ 'grpc-timeout': '99999999H' }, [frame(Buffer.from('far'))]);
+    expect(far.trailers['grpc-status']).toBe('0');
+    expect(far.body).toEqual(frame(Buffer.from('far')));
   });
 
   it('pings connections and drops one that does not answer', async () => {

@@ -84,7 +84,8 @@ export class ServerCall extends EventEmitter {
       this.emit('close');
     });
     const ms = timeoutMs(headers['grpc-timeout']);
-    if (ms !== undefined) {
+    // Beyond what a timer holds (24.8 days) there is no deadline to keep.
+    if (ms !== undefined && ms < 2 ** 31) {
       this.deadline = setTimeout(() => {
         this.end({ code: Code.DEADLINE_EXCEEDED, details: 'Deadline exceeded' });
         this.emit('cancelled');
