@@ -29,6 +29,7 @@ beforeAll(async () => {
     call.on('data', (b: Buffer) => {
       log.data.push(Buffer.from(b));
       const text = b.toString();
+      if (text === 'throw') throw new Error('a bug in the handler');
       if (text.startsWith('fail:')) call.end({ code: Code.FAILED_PRECONDITION, details: text.slice(5) });
       else call.write(b);
     });
@@ -107,6 +108,13 @@ describe('gRPC transport of the ADS port', () => {
     expect(got.map((b) => b.toString())).toEqual(['ok']);
     expect(status.code).toBe(grpc.status.FAILED_PRECONDITION);
     expect(status.details).toBe(details);
+  });
+
+  it('ends only its own call when a handler throws', async () => {
+    const { status } = await chat([Buffer.from('throw')]);
+    expect(status.code).toBe(grpc.status.INTERNAL);
+    expect(status.details).toBe('the server failed to handle the request: a bug in the handler');
+    expect((await chat([Buffer.from('next')])).got.map(String)).toEqual(['next']);
   });
 
   it('answers a unary method with one response', async () => {

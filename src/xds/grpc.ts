@@ -171,7 +171,16 @@ export class ServerCall extends EventEmitter {
       const message = this.take(this.need);
       this.need = -1;
       const plain = this.compressed ? this.decompress(message) : message;
-      if (plain) this.emit('data', plain);
+      if (plain) this.deliver(plain);
+    }
+  }
+
+  /** Hands a message to the handler; a handler that throws ends its own call, never the process. */
+  private deliver(message: Buffer): void {
+    try {
+      this.emit('data', message);
+    } catch (e) {
+      this.refuse(Code.INTERNAL, `the server failed to handle the request: ${(e as Error)?.message ?? e}`);
     }
   }
 
@@ -281,8 +290,12 @@ export class GrpcServer {
     const call = new ServerCall(stream, headers, this.opts);
     const path = String(headers[':path']);
     const handler = headers[':method'] === 'POST' ? this.handlers.get(path) : undefined;
-    if (!handler) call.end({ code: Code.UNIMPLEMENTED, details: `the server does not implement ${headers[':method']} ${path.slice(0, 256)}` });
-    else handler(call);
+    if (!handler) return call.end({ code: Code.UNIMPLEMENTED, details: `the server does not implement ${headers[':method']} ${path.slice(0, 256)}` });
+    try {
+      handler(call);
+    } catch (e) {
+      call.end({ code: Code.INTERNAL, details: `the server failed to start the call: ${(e as Error)?.message ?? e}` });
+    }
   }
 
   /** Keepalive: a ping after each quiet interval; a connection that does not answer in time is dropped. */
