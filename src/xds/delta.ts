@@ -2,7 +2,7 @@
  * Incremental ADS (`DeltaAggregatedResources`): per-resource versions, subscribe/unsubscribe, removals, and
  * `initial_resource_versions` so a reconnecting client is sent only what it lacks.
  */
-import type { Resource, Snapshot } from './snapshot.js';
+import type { Resource, Snapshot, TypeSet } from './snapshot.js';
 import type { ServerCall } from './grpc.js';
 import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
@@ -16,6 +16,15 @@ interface DeltaState extends BaseTypeState {
   absent: Set<string>;
   /** A type another re-warms (CDS): the names of its latest response, until the follower (EDS) has resent theirs. */
   lastSent: ReadonlySet<string>;
+  /**
+   * The set `known` reflects (every subscribed resource of it known at its version): from there a new set is
+   * synced from the changes between the two and the names subscribed since, not by going through all of it.
+   */
+  base?: TypeSet;
+  /** Names subscribed since the last sync. */
+  fresh: Set<string>;
+  /** Names gone since `base` whose removal is held back (make-before-break), sent with the next removals. */
+  held: Set<string>;
 }
 
 const NONE: ReadonlySet<string> = new Set();
@@ -46,7 +55,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
   }
 
   protected newState(): DeltaState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0, fresh: new Set(), held: new Set() };
   }
 
   protected nameSets(st: DeltaState): Iterable<Iterable<string>> {
@@ -62,14 +71,18 @@ export class DeltaStream extends AdsStream<DeltaState> {
       if (subscribe.length === 0) st.wildcard = true;
     }
     for (const n of subscribe) {
-      if (n === '*') st.wildcard = true;
-      else {
+      if (n === '*') {
+        if (!st.wildcard) st.base = undefined;
+        st.wildcard = true;
+      } else {
         st.names.add(n);
+        st.fresh.add(n);
         st.absent.delete(n);
       }
     }
     for (const n of unsubscribe) {
       if (n === '*') {
+        if (st.wildcard) st.base = undefined;
         st.wildcard = false;
         for (const k of [...st.known.keys()]) if (!st.names.has(k)) st.known.delete(k);
       } else {
@@ -90,6 +103,64 @@ export class DeltaStream extends AdsStream<DeltaState> {
 
   protected sync(type: ResourceType, st: DeltaState, snapshot: Snapshot, holdRemovals: boolean): boolean {
     const set = snapshot.get(type.typeUrl)!;
+    const hold = holdRemovals && type.fullState;
+    const rewarm = st.force ? this.rewarmed(type) : undefined;
+    const stepwise = st.base !== undefined && rewarm !== 'all';
+    const { updates, removed } = stepwise ? this.changes(st, set, hold, rewarm) : this.everything(st, set, hold, rewarm);
+    // The base moves with every sync that applied what changed; a full pass holding removals back does not
+    // know which it held, so the next sync is a full one again.
+    if (stepwise || !hold) {
+      if (!stepwise) st.held.clear();
+      st.base = set;
+    } else st.base = undefined;
+    st.fresh.clear();
+    return this.respond(type, st, set, updates, removed.sort());
+  }
+
+  /**
+   * Forced (EDS after CDS): the names of what the leading type just sent, the clusters Envoy re-warms (the others
+   * are unchanged in Envoy and keep their endpoints), or all if the stream does not take the leading type.
+   */
+  private rewarmed(type: ResourceType): ReadonlySet<string> | 'all' {
+    const leader = RESOURCE_TYPES.find((t) => t.rewarms === type.typeUrl);
+    const leaderState = leader && this.states.get(leader.typeUrl);
+    if (!leaderState) return 'all';
+    const names = leaderState.lastSent;
+    leaderState.lastSent = NONE;
+    return names;
+  }
+
+  /** From the base: what changed between it and `set`, and the names subscribed since (most syncs after the first). */
+  private changes(st: DeltaState, set: TypeSet, hold: boolean, rewarm?: ReadonlySet<string>): { updates: Resource[]; removed: string[] } {
+    const change = set.changesSince(st.base!);
+    const wants = (name: string): boolean => st.wildcard || st.names.has(name);
+    const updates = new Map<string, Resource>();
+    for (const r of change.changed) if (wants(r.name) && st.known.get(r.name) !== r.version) updates.set(r.name, r);
+    const removed: string[] = [];
+    for (const n of st.fresh) {
+      if (!st.names.has(n)) continue; // unsubscribed again since
+      const r = set.resources.get(n);
+      if (r) {
+        if (st.known.get(n) !== r.version) updates.set(n, r);
+      } else if (!st.wildcard && !st.known.has(n) && !st.absent.has(n)) {
+        removed.push(n);
+        st.absent.add(n);
+      }
+    }
+    for (const n of rewarm ?? NONE) {
+      const r = set.resources.get(n);
+      if (r && wants(n)) updates.set(n, r);
+    }
+    for (const n of change.gone) if (st.known.has(n) && wants(n)) st.held.add(n);
+    if (!hold) {
+      for (const n of st.held) if (!set.resources.has(n) && st.known.has(n) && wants(n)) removed.push(n);
+      st.held.clear();
+    }
+    return { updates: AdsStream.sorted(updates.values()), removed };
+  }
+
+  /** Through everything: the first sync, after a change between wildcard and names, and a forced resend of all. */
+  private everything(st: DeltaState, set: TypeSet, hold: boolean, rewarm?: ReadonlySet<string> | 'all'): { updates: Resource[]; removed: string[] } {
     // In name order: the set's own order (no sort) when the subscription covers much of it.
     const inOrder = st.wildcard || st.names.size * 8 > set.resources.size;
     const candidates = st.wildcard
@@ -97,16 +168,11 @@ export class DeltaStream extends AdsStream<DeltaState> {
       : inOrder
         ? [...set.resources.values()].filter((r) => st.names.has(r.name))
         : [...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined);
-    // Forced (EDS after CDS): only the resources of what the leading type just sent, the clusters Envoy re-warms;
-    // the others are unchanged in Envoy and keep their endpoints.
-    const leader = st.force ? RESOURCE_TYPES.find((t) => t.rewarms === type.typeUrl) : undefined;
-    const leaderState = leader && this.states.get(leader.typeUrl);
-    const rewarm = leaderState?.lastSent;
-    if (leaderState) leaderState.lastSent = NONE;
+    const forced = (name: string): boolean => rewarm === 'all' || (rewarm !== undefined && rewarm.has(name));
     const updates: Resource[] = [];
-    for (const r of candidates) if (st.known.get(r.name) !== r.version || (st.force && (!rewarm || rewarm.has(r.name)))) updates.push(r);
+    for (const r of candidates) if (st.known.get(r.name) !== r.version || forced(r.name)) updates.push(r);
     const removed: string[] = [];
-    if (!(holdRemovals && type.fullState)) {
+    if (!hold) {
       for (const name of st.known.keys()) {
         if (!set.resources.has(name) && (st.wildcard || st.names.has(name))) removed.push(name);
       }
@@ -119,13 +185,20 @@ export class DeltaStream extends AdsStream<DeltaState> {
         }
       }
     }
-    if (!updates.length && !removed.length) return false;
-    const sortedUpdates = inOrder ? updates : AdsStream.sorted(updates);
-    removed.sort();
+    return { updates: inOrder ? updates : AdsStream.sorted(updates), removed };
+  }
+
+  /** Records what the client will hold and sends the response (nothing if there is nothing to say). */
+  private respond(type: ResourceType, st: DeltaState, set: TypeSet, sortedUpdates: readonly Resource[], removed: readonly string[]): boolean {
+    if (!sortedUpdates.length && !removed.length) return false;
     for (const r of sortedUpdates) st.known.set(r.name, r.version);
     // Kept only while the follower is subscribed (it then takes them at once): not the whole initial CDS per stream.
     if (type.rewarms && this.states.get(type.rewarms)?.seen) st.lastSent = new Set(sortedUpdates.map((r) => r.name));
-    for (const n of removed) st.known.delete(n);
+    // A subscribed name removed is absent from then on: not reported again by a later full pass.
+    for (const n of removed) {
+      st.known.delete(n);
+      if (st.names.has(n)) st.absent.add(n);
+    }
     const nonce = this.nextNonce();
     const parts: Uint8Array[] = [lenField(1, set.version)];
     for (const r of sortedUpdates) for (const p of deltaRecord(r)) parts.push(p);

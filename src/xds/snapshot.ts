@@ -87,6 +87,18 @@ export function versionOf(typeUrl: string, resources: Iterable<Resource>): strin
 
 const byName = (a: Resource, b: Resource): number => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 
+/** Two lists in name order as one. */
+function mergeByName(a: readonly Resource[], b: Resource[]): Resource[] {
+  if (a.length === 0) return b;
+  const out: Resource[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) out.push(a[i].name < b[j].name ? a[i++] : b[j++]);
+  while (i < a.length) out.push(a[i++]);
+  while (j < b.length) out.push(b[j++]);
+  return out;
+}
+
 /** A read-only name -> resource map over several disjoint parts, iterated in name order. */
 class UnionMap implements ReadonlyMap<string, Resource> {
   private sorted?: Resource[];
@@ -104,8 +116,9 @@ class UnionMap implements ReadonlyMap<string, Resource> {
   has(name: string): boolean {
     return this.parts.some((p) => p.has(name));
   }
+  /** Each part iterates in name order: merged, not sorted (a shared part of thousands and a small one of its own). */
   private list(): Resource[] {
-    return (this.sorted ??= this.parts.flatMap((p) => [...p.values()]).sort(byName));
+    return (this.sorted ??= this.parts.reduce<Resource[]>((merged, p) => mergeByName(merged, [...p.values()]), []));
   }
   values(): MapIterator<Resource> {
     return this.list()[Symbol.iterator]() as MapIterator<Resource>;
@@ -123,6 +136,14 @@ class UnionMap implements ReadonlyMap<string, Resource> {
     for (const r of this.list()) fn(r, r.name, this);
   }
 }
+
+/** From one set of a type to another: the resources added or changed, and the names gone. */
+export interface SetChange {
+  readonly changed: readonly Resource[];
+  readonly gone: readonly string[];
+}
+
+const NO_CHANGE: SetChange = { changed: [], gone: [] };
 
 export class TypeSet {
   readonly version: string;
@@ -170,6 +191,35 @@ export class TypeSet {
     }
     const version = contentHash(`union\n${nonEmpty.map((p) => p.version).join('\n')}`);
     return new TypeSet(typeUrl, new UnionMap(nonEmpty.map((p) => p.resources)), version, nonEmpty.every((p) => p.trusted), nonEmpty);
+  }
+
+  /** Changes since an earlier set, by earlier set (computed once per pair, shared by every stream making the step). */
+  private readonly changes = new WeakMap<TypeSet, SetChange>();
+
+  /**
+   * What differs from `prev`: resources added or changed (in no particular order) and names gone. Two unions of
+   * as many parts are compared part by part, so a part both share (the outbound listeners of every sidecar)
+   * costs nothing and one that changed is compared once for all the sets it is in. A name that moved between
+   * parts may be listed as changed with its old version (streams skip what the client has).
+   */
+  changesSince(prev: TypeSet): SetChange {
+    if (prev === this) return NO_CHANGE;
+    let change = this.changes.get(prev);
+    if (change) return change;
+    const changed: Resource[] = [];
+    const gone: string[] = [];
+    if (this.parts.length && this.parts.length === prev.parts.length) {
+      this.parts.forEach((part, i) => {
+        const c = part.changesSince(prev.parts[i]);
+        for (const r of c.changed) changed.push(r);
+        for (const n of c.gone) if (!this.resources.has(n)) gone.push(n);
+      });
+    } else {
+      for (const r of this.resources.values()) if (prev.resources.get(r.name)?.version !== r.version) changed.push(r);
+      for (const n of prev.resources.keys()) if (!this.resources.has(n)) gone.push(n);
+    }
+    this.changes.set(prev, (change = { changed, gone }));
+    return change;
   }
 
   /** The parts a snapshot must check references of. */
