@@ -200,13 +200,13 @@ export class DeltaStream extends AdsStream<DeltaState> {
       if (st.names.has(n)) st.absent.add(n);
     }
     const nonce = this.nextNonce();
+    // Written as pieces, each resource's shared by every stream it is sent on: nothing copied per stream.
     const parts: Uint8Array[] = [lenField(1, set.version)];
     for (const r of sortedUpdates) for (const p of deltaRecord(r)) parts.push(p);
     parts.push(typeUrlField(type.typeUrl));
     for (const n of removed) parts.push(lenField(6, n));
     parts.push(lenField(5, nonce), CONTROL_PLANE);
-    const body = Buffer.concat(parts);
-    this.send(type, body, set.version, nonce, [...st.known.keys()]);
+    this.send(type, parts, set.version, nonce, [...st.known.keys()]);
     return true;
   }
 }

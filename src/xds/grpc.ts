@@ -114,19 +114,23 @@ export class ServerCall extends EventEmitter {
   }
 
   /**
-   * Writes one response message; `written` is called once HTTP/2 flow control let it out (the client is reading).
-   * Returns false if the call has ended.
+   * Writes one response message, whole or in pieces; `written` is called once HTTP/2 flow control let it out (the
+   * client is reading). Returns false if the call has ended.
    */
-  write(body: Buffer, written?: () => void): boolean {
+  write(body: Uint8Array | readonly Uint8Array[], written?: () => void): boolean {
     if (this.ended || this.stream.destroyed) return false;
     this.sendHeaders();
+    const pieces = body instanceof Uint8Array ? [body] : body;
+    let length = 0;
+    for (const p of pieces) length += p.length;
     const prefix = Buffer.allocUnsafe(5);
     prefix[0] = 0;
-    prefix.writeUInt32BE(body.length, 1);
-    // Corked: both go out in one write, and the body (shared by every stream sent the same bytes) is not copied.
+    prefix.writeUInt32BE(length, 1);
+    // Corked: all go out in one write, and the pieces (shared by every stream sent the same bytes) are not copied.
     this.stream.cork();
     this.stream.write(prefix);
-    this.stream.write(body, written);
+    for (let i = 0; i < pieces.length; i++) this.stream.write(pieces[i], i === pieces.length - 1 ? written : undefined);
+    if (pieces.length === 0 && written) this.stream.write(Buffer.alloc(0), written);
     this.stream.uncork();
     return true;
   }

@@ -247,7 +247,9 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   /** Writes a response and records it as sent. */
-  protected send(type: ResourceType, body: Buffer, version: string, nonce: string, names: readonly string[]): void {
+  protected send(type: ResourceType, pieces: Buffer | readonly Uint8Array[], version: string, nonce: string, names: readonly string[]): void {
+    let length = 0;
+    for (const p of Buffer.isBuffer(pieces) ? [pieces] : pieces) length += p.length;
     const status = this.conn!.status(type.typeUrl);
     status.sentVersion = version;
     status.sentNonce = nonce;
@@ -258,14 +260,14 @@ export abstract class AdsStream<S extends BaseTypeState> {
     const state = this.states.get(type.typeUrl)!;
     state.nonce = nonce;
     state.rev++;
-    this.queuedBytes += body.length;
+    this.queuedBytes += length;
     this.pendingSince.push(performance.now());
-    this.call.write(body, () => {
+    this.call.write(pieces, () => {
       // Called once the client's flow control let the bytes out: the client is reading.
-      this.queuedBytes -= body.length;
+      this.queuedBytes -= length;
       this.pendingSince.shift();
     });
-    this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, body.length);
+    this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, length);
     if (this.ctx.log.isLevelEnabled('debug')) {
       this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
     }
