@@ -64,7 +64,7 @@ export class ServerCall extends EventEmitter {
   private need = -1;
   private compressed = false;
   private deadline?: NodeJS.Timeout;
-  readonly peer: string;
+  private readonly peer: string;
 
   constructor(
     private readonly stream: http2.ServerHttp2Stream,
@@ -86,20 +86,12 @@ export class ServerCall extends EventEmitter {
     const ms = timeoutMs(headers['grpc-timeout']);
     // Beyond what a timer holds (24.8 days) there is no deadline to keep.
     if (ms !== undefined && ms < 2 ** 31) {
-      this.deadline = setTimeout(() => {
-        this.end({ code: Code.DEADLINE_EXCEEDED, details: 'Deadline exceeded' });
-        this.emit('cancelled');
-      }, ms);
+      this.deadline = setTimeout(() => this.refuse(Code.DEADLINE_EXCEEDED, 'Deadline exceeded'), ms);
     }
   }
 
   getPeer(): string {
     return this.peer;
-  }
-
-  /** The socket of the call's connection (a TLS socket with mTLS). */
-  get socket(): net.Socket | undefined {
-    return this.stream.session?.socket as net.Socket | undefined;
   }
 
   private cancel(): void {
@@ -128,9 +120,8 @@ export class ServerCall extends EventEmitter {
     prefix.writeUInt32BE(length, 1);
     // Corked: all go out in one write, and the pieces (shared by every stream sent the same bytes) are not copied.
     this.stream.cork();
-    this.stream.write(prefix);
+    this.stream.write(prefix, pieces.length ? undefined : written);
     for (let i = 0; i < pieces.length; i++) this.stream.write(pieces[i], i === pieces.length - 1 ? written : undefined);
-    if (pieces.length === 0 && written) this.stream.write(Buffer.alloc(0), written);
     this.stream.uncork();
     return true;
   }
@@ -152,7 +143,7 @@ export class ServerCall extends EventEmitter {
     s.end();
   }
 
-  /** Ends the call for input the transport refuses, telling the handler ('cancelled'). */
+  /** Ends the call for what the transport refuses (bad input, a deadline passed), telling the handler ('cancelled'). */
   private refuse(code: Code, details: string): void {
     this.end({ code, details });
     this.emit('cancelled');
