@@ -1,16 +1,18 @@
 /**
  * Random meshes against real clients: for each seed a random mesh (src/sandbox/random-mesh.ts) is served from a
  * folder, and every identity's Envoy sidecar (SotW and delta) and a proxyless gRPC client must ACK every type with
- * no listener left warming (src/sandbox/accept.ts). A failing mesh is shrunk to a small one that still fails and
- * printed, to become a golden case once the translation is fixed.
- * Run: npm run build && npm run fuzz [-- MESHES [FIRST_SEED [SIZE]]]   (Linux, root; the test suite runs a few)
+ * no listener left warming (src/sandbox/accept.ts). With CHANGES, the same clients then follow that many changes
+ * of the mesh (some of its services and Retry policies taken away, then back), checked the same way after each.
+ * A failing mesh is shrunk to a small one that still fails and printed, to become a golden case once the
+ * translation is fixed.
+ * Run: npm run build && npm run fuzz [-- MESHES [FIRST_SEED [SIZE [CHANGES]]]]   (Linux, root; the test suite runs a few)
  */
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { acceptMesh, type Verdict } from '../src/sandbox/accept.js';
 import { Network } from '../src/sandbox/netns.js';
-import { meshYaml, randomMesh, shrink, type Manifest } from '../src/sandbox/random-mesh.js';
+import { meshYaml, randomMesh, rng, shrink, type Manifest } from '../src/sandbox/random-mesh.js';
 import type { AdsFlavour } from '../src/sandbox/sandbox.js';
 
 export interface MeshResult {
@@ -20,13 +22,35 @@ export interface MeshResult {
   shrunk?: string;
 }
 
-/** Checks one random mesh; shrinks it (within `shrinkChecks` more checks) if it fails. */
-export async function checkRandomMesh(net: Network, tmp: string, seed: number, size = 1, flavours: AdsFlavour[] = ['GRPC', 'DELTA_GRPC'], shrinkChecks = 200, onFailure?: (v: Verdict) => void): Promise<MeshResult> {
+/**
+ * `count` changes of a mesh, as the YAML of each: odd ones take away a random part of its services and Retry
+ * policies (pods and service accounts stay, so the identities do), even ones bring everything back.
+ */
+export function meshChanges(objects: readonly Manifest[], seed: number, count: number): string[] {
+  if (!objects.some((o) => o.kind === 'Service')) return [];
+  const random = rng(seed * 7919 + 1);
+  const changes: string[] = [];
+  const whole = meshYaml(objects);
+  for (let k = 1; k <= count; k++) {
+    if (k % 2 === 0) {
+      changes.push(whole);
+      continue;
+    }
+    const fewer = objects.filter((o) => !['Service', 'Retry'].includes(o.kind) || random() < 0.5);
+    // Nothing taken away by chance: take the first service, so that each change is one.
+    const first = objects.find((o) => o.kind === 'Service');
+    changes.push(meshYaml(fewer.length === objects.length ? objects.filter((o) => o !== first) : fewer));
+  }
+  return changes;
+}
+
+/** Checks one random mesh (and `changes` changes of it); shrinks it (within `shrinkChecks` more checks) if it fails. */
+export async function checkRandomMesh(net: Network, tmp: string, seed: number, size = 1, flavours: AdsFlavour[] = ['GRPC', 'DELTA_GRPC'], shrinkChecks = 200, onFailure?: (v: Verdict) => void, changes = 0): Promise<MeshResult> {
   const verdictOf = async (objects: Manifest[]): Promise<Verdict> => {
     const dir = mkdtempSync(path.join(tmp, `mesh-${seed}-`));
     writeFileSync(path.join(dir, 'mesh.yaml'), meshYaml(objects));
     try {
-      return await acceptMesh(net, dir, { tmp, flavours, proxyless: true, timeoutMs: 30_000 });
+      return await acceptMesh(net, dir, { tmp, flavours, proxyless: true, timeoutMs: 30_000, compareDumps: true, changes: meshChanges(objects, seed, changes) });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -43,7 +67,7 @@ export async function checkRandomMesh(net: Network, tmp: string, seed: number, s
   return { seed, verdict, shrunk: meshYaml(smallest) };
 }
 
-export async function fuzzMeshes(count: number, firstSeed = 1, size = 1, log: (line: string) => void = () => {}): Promise<MeshResult[]> {
+export async function fuzzMeshes(count: number, firstSeed = 1, size = 1, log: (line: string) => void = () => {}, changes = 0): Promise<MeshResult[]> {
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-fuzz-meshes-'));
   chmodSync(tmp, 0o755);
   mkdirSync(tmp, { recursive: true });
@@ -51,7 +75,7 @@ export async function fuzzMeshes(count: number, firstSeed = 1, size = 1, log: (l
   try {
     const results: MeshResult[] = [];
     for (let seed = firstSeed; seed < firstSeed + count; seed++) {
-      const r = await checkRandomMesh(net, tmp, seed, size, undefined, undefined, (v) => log(`seed ${seed} FAILED (shrinking):\n- ${v.problems.join('\n- ')}`));
+      const r = await checkRandomMesh(net, tmp, seed, size, undefined, undefined, (v) => log(`seed ${seed} FAILED (shrinking):\n- ${v.problems.join('\n- ')}`), changes);
       log(`seed ${seed}: ${r.verdict.checked.length} clients, ${r.verdict.problems.length ? `FAILED, shrunk to:\n${r.shrunk}` : 'ok'}`);
       results.push(r);
     }
@@ -68,12 +92,13 @@ if (process.argv[1]?.endsWith('mesh-fuzz.js')) {
   const count = Number(process.argv[2] ?? 20);
   const first = Number(process.argv[3] ?? 1);
   const size = Number(process.argv[4] ?? 1);
+  const changes = Number(process.argv[5] ?? 0);
   const started = performance.now();
-  const results = await fuzzMeshes(count, first, size, (line) => console.log(line));
+  const results = await fuzzMeshes(count, first, size, (line) => console.log(line), changes);
   const failed = results.filter((r) => r.verdict.problems.length);
   const checks = results.flatMap((r) => r.verdict.checked);
   console.log(
-    `${results.length} random meshes (seeds ${first}-${first + count - 1}, size ${size}) in ${((performance.now() - started) / 1000).toFixed(0)} s: ` +
+    `${results.length} random meshes (seeds ${first}-${first + count - 1}, size ${size}, ${changes} changes each) in ${((performance.now() - started) / 1000).toFixed(0)} s: ` +
       `${new Set(results.flatMap((r) => r.verdict.checked.map((c) => `${r.seed} ${c.identity}`))).size} identities, ` +
       `${checks.filter((c) => c.client.startsWith('envoy')).length} Envoy sidecars and ${checks.filter((c) => c.client === 'grpc-js-xds').length} gRPC clients checked; ${failed.length} failed`,
   );

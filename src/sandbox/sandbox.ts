@@ -184,6 +184,8 @@ export interface SidecarOptions {
   adsAddress?: string;
   /** The pod's identity Secret (mTLS to the control plane); without it, plaintext. */
   identity?: TlsBundle;
+  /** Seconds a listener removed or changed by LDS drains before it goes (Envoy's default: 600). */
+  drainSeconds?: number;
 }
 
 /**
@@ -193,7 +195,8 @@ export interface SidecarOptions {
  */
 export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
   const args = writeSidecarConfig(o);
-  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart'], { uid: sidecarUid(o.sample) });
+  const drain = o.drainSeconds === undefined ? [] : ['--drain-time-s', String(o.drainSeconds)];
+  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart', ...drain], { uid: sidecarUid(o.sample) });
   return new Sidecar(pod, proc, sidecarNode(args).id);
 }
 

@@ -100,7 +100,8 @@ const TYPES: readonly ResourceType[] = [
     dump: {
       message: 'envoy.admin.v3.ListenersConfigDump',
       section: (version_info, rs) => ({ version_info, dynamic_listeners: rs.map((r) => ({ name: r.name, active_state: { version_info, listener: r.any } })) }),
-      read: (d) => Object.fromEntries((d.dynamic_listeners ?? []).map((l: any) => [l.name, l.active_state?.listener ?? l])),
+      // A listener only draining (removed by LDS, its connections finishing) is no longer config Envoy holds.
+      read: (d) => Object.fromEntries((d.dynamic_listeners ?? []).filter((l: any) => l.active_state || l.warming_state).map((l: any) => [l.name, l.active_state?.listener ?? l])),
       byDefault: true,
     },
   },
