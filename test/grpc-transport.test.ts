@@ -7,7 +7,8 @@ import net from 'node:net';
 import zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code, GrpcServer, unary, type ServerCall } from '../src/xds/grpc.js';
+import { Code, GrpcServer, unary, type GrpcServerOptions, type ServerCall } from '../src/xds/grpc.js';
+import { TRANSPORT } from '../src/xds/server.js';
 
 const bytes = (b: Buffer): Buffer => b;
 const ECHO = { path: '/test.Echo/Chat', requestStream: true, responseStream: true, requestSerialize: bytes, requestDeserialize: bytes, responseSerialize: bytes, responseDeserialize: bytes };
@@ -16,18 +17,27 @@ const MISSING = { ...ECHO, path: '/test.Echo/Missing' };
 const Client = grpc.makeGenericClientConstructor({ Chat: ECHO, Once: ONCE, Missing: MISSING }, 'Echo');
 
 const MAX = 64 * 1024;
+/** Bytes of incomplete messages the test server may hold: a few messages of the largest size. */
+const BUDGET = 4 * MAX;
+const MESSAGE_TIMEOUT_MS = 1_000;
+const OPTIONS: GrpcServerOptions = { ...TRANSPORT, maxReceive: MAX, receiveBudget: BUDGET, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 };
+/** The reasons the server counted refusals for. */
+const refusals: string[] = [];
 let server: GrpcServer;
 let port: number;
 /** What the server's calls saw, in order. */
-const seen: { data: Buffer[]; events: string[] }[] = [];
+const seen: { data: Buffer[]; events: string[]; turns: number[] }[] = [];
+/** Turns of the event loop, counted by a test while it wants them. */
+let turn = 0;
 
 beforeAll(async () => {
-  server = new GrpcServer({ maxReceive: MAX, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 });
+  server = new GrpcServer(OPTIONS, { refused: (r) => refusals.push(r) });
   server.handle(ECHO.path, (call: ServerCall) => {
-    const log = { data: [] as Buffer[], events: [] as string[] };
+    const log = { data: [] as Buffer[], events: [] as string[], turns: [] as number[] };
     seen.push(log);
     call.on('data', (b: Buffer) => {
       log.data.push(Buffer.from(b));
+      log.turns.push(turn);
       const text = b.toString();
       if (text === 'throw') throw new Error('a bug in the handler');
       if (text.startsWith('fail:')) call.end({ code: Code.FAILED_PRECONDITION, details: text.slice(5) });
@@ -63,7 +73,7 @@ function chat(messages: Buffer[], options?: grpc.ChannelOptions, deadlineMs?: nu
 }
 
 /** One raw HTTP/2 request: the response headers, the body and the trailers. */
-function raw(headers: http2.OutgoingHttpHeaders, body: Buffer[]): Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders }> {
+function raw(headers: http2.OutgoingHttpHeaders, body: Buffer[], keepOpen = false): Promise<{ headers: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders }> {
   return new Promise((resolve, reject) => {
     const session = http2.connect(`http://127.0.0.1:${port}`);
     session.on('error', reject);
@@ -80,7 +90,7 @@ function raw(headers: http2.OutgoingHttpHeaders, body: Buffer[]): Promise<{ head
     });
     // Each buffer its own DATA frame.
     const next = (i: number): void => {
-      if (i === body.length) return void req.end();
+      if (i === body.length) return void (keepOpen || req.end());
       req.write(body[i], () => setTimeout(() => next(i + 1), 5));
     };
     next(0);
@@ -212,5 +222,145 @@ describe('gRPC transport of the ADS port', () => {
     });
     expect(status.code).toBe(grpc.status.OK);
     expect(got).toEqual(['before', 'after']);
+  });
+
+  it('resets a call it has answered and keeps nothing a client writes after the status (no certificate needed)', async () => {
+    for (const path of [MISSING.path, ECHO.path]) {
+      const session = http2.connect(`http://127.0.0.1:${port}`);
+      const req = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc' });
+      let status: string | undefined;
+      req.on('response', (h) => (status ??= h['grpc-status'] as string | undefined));
+      req.on('trailers', (t) => (status ??= t['grpc-status'] as string | undefined));
+      req.on('error', () => {});
+      req.on('data', () => {});
+      // The echo handler ends the call with a status on this message; the unknown method at once.
+      req.write(frame(Buffer.from('fail:stop')));
+      const closed = new Promise<void>((r) => req.on('close', r));
+      // Then 64 MB more, as fast as flow control lets them go; the server must reset the stream instead of reading on.
+      const chunk = Buffer.alloc(1024 * 1024, 1);
+      let written = 0;
+      let done = false;
+      void closed.then(() => (done = true));
+      while (!done && written < 64) {
+        await new Promise<void>((r) => (req.write(chunk) ? setImmediate(r) : req.once('drain', r), setTimeout(r, 200)));
+        written++;
+      }
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 2_000))]);
+      session.destroy();
+      expect(done, `the ${path} call was still open after the client wrote ${written} MB`).toBe(true);
+      expect(req.rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
+      expect(status).toBe(String(path === MISSING.path ? grpc.status.UNIMPLEMENTED : grpc.status.FAILED_PRECONDITION));
+      expect(written).toBeLessThan(64);
+      expect(server.receiving).toBe(0);
+    }
+  });
+
+  it('ends a call whose client ends it inside a message with INVALID_ARGUMENT, never OK', async () => {
+    const whole = frame(Buffer.from('x'.repeat(100)));
+    const short = await raw({}, [whole.subarray(0, 50)]);
+    expect(short.trailers['grpc-status'] ?? short.headers['grpc-status']).toBe(String(grpc.status.INVALID_ARGUMENT));
+    expect(decodeURIComponent(String(short.trailers['grpc-message'] ?? short.headers['grpc-message']))).toBe('the request ended inside a message: 45 of the 100 bytes its prefix announced');
+    const prefix = await raw({}, [Buffer.concat([frame(Buffer.from('ok')), whole.subarray(0, 3)])]);
+    expect(prefix.body).toEqual(frame(Buffer.from('ok')));
+    expect(prefix.trailers['grpc-status']).toBe(String(grpc.status.INVALID_ARGUMENT));
+    expect(refusals.filter((r) => r === 'bad_message')).toHaveLength(2);
+  });
+
+  it('holds at most its receive budget of incomplete messages: the stream holding the most is refused, naming the bound; others are served', async () => {
+    const before = refusals.filter((r) => r === 'receive_budget').length;
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on('error', () => {});
+    // Six streams, each a prefix for a message of the largest size and all of it but 16 bytes, then nothing.
+    const statuses: Promise<{ status?: string; message?: string }>[] = [];
+    for (let i = 0; i < 6; i++) {
+      const req = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+      req.on('error', () => {});
+      statuses.push(
+        new Promise((resolve) => {
+          const out: { status?: string; message?: string } = {};
+          const take = (h: http2.IncomingHttpHeaders): void => {
+            if (h['grpc-status'] !== undefined) Object.assign(out, { status: h['grpc-status'], message: decodeURIComponent(String(h['grpc-message'] ?? '')) });
+          };
+          req.on('response', take);
+          req.on('trailers', take);
+          req.on('close', () => resolve(out));
+        }),
+      );
+      req.write(frame(Buffer.alloc(MAX - 5 - i * 100)).subarray(0, MAX - 16 - i * 100));
+      await new Promise((r) => setTimeout(r, 30));
+      expect(server.receiving).toBeLessThanOrEqual(BUDGET);
+    }
+    // Meanwhile a well-behaved client is served.
+    expect((await chat([Buffer.from('served')])).got.map(String)).toEqual(['served']);
+    expect(server.receiving).toBeLessThanOrEqual(BUDGET);
+    const refused = refusals.filter((r) => r === 'receive_budget').length - before;
+    expect(refused).toBeGreaterThanOrEqual(2);
+    // The biggest holders went first: the first streams (largest partial messages).
+    const first = await statuses[0]!;
+    expect(first.status).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
+    expect(first.message).toMatch(new RegExp(`over its receive budget of ${BUDGET} bytes; this stream held the most \\(\\d+ bytes\\), now dropped`));
+    session.destroy();
+    await Promise.all(statuses);
+  });
+
+  it('refuses a message still incomplete after its deadline, and drops what it held', async () => {
+    const started = Date.now();
+    const r = await raw({}, [frame(Buffer.from('y'.repeat(1_000))).subarray(0, 500)], true);
+    expect(r.trailers['grpc-status'] ?? r.headers['grpc-status']).toBe(String(grpc.status.DEADLINE_EXCEEDED));
+    expect(decodeURIComponent(String(r.trailers['grpc-message'] ?? r.headers['grpc-message']))).toBe(`a request message stayed incomplete for ${MESSAGE_TIMEOUT_MS / 1000} s (495 of 1000 bytes received)`);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(MESSAGE_TIMEOUT_MS - 50);
+    expect(refusals).toContain('incomplete_message');
+    expect(server.receiving).toBe(0);
+  });
+
+  it('inflates compressed messages off the event loop, in order with the others', async () => {
+    // Twenty compressed messages in one DATA frame: inflated on the thread pool, so the event loop turns between
+    // them (inflated at once, all twenty would be delivered within one turn).
+    const texts = Array.from({ length: 20 }, (_, i) => `${i}:${'q'.repeat(20_000)}`);
+    let running = true;
+    const tick = (): void => {
+      turn++;
+      if (running) setImmediate(tick);
+    };
+    tick();
+    const before = seen.length;
+    const r = await raw({ 'grpc-encoding': 'gzip' }, [Buffer.concat([...texts.map((t) => frame(zlib.gzipSync(Buffer.from(t)), true)), frame(Buffer.from('plain'))])]);
+    running = false;
+    expect(r.trailers['grpc-status']).toBe('0');
+    expect(seen[before]!.data.map(String)).toEqual([...texts, 'plain']);
+    expect(r.body).toEqual(Buffer.concat([...texts, 'plain'].map((t) => frame(Buffer.from(t)))));
+    expect(new Set(seen[before]!.turns).size).toBeGreaterThan(1);
+  });
+
+  it('bounds connections and streams: the one over is closed or refused with RESOURCE_EXHAUSTED, and counted', async () => {
+    const events: string[] = [];
+    const small = new GrpcServer({ ...OPTIONS, maxConnections: 2, maxStreams: 2 }, { refused: (r) => events.push(r), dropped: () => events.push('dropped') });
+    small.handle(ECHO.path, (call) => call.on('data', (b: Buffer) => call.write(b)));
+    const p = await small.listen('127.0.0.1', 0);
+    try {
+      const sessions = [http2.connect(`http://127.0.0.1:${p}`), http2.connect(`http://127.0.0.1:${p}`)];
+      for (const s of sessions) s.on('error', () => {});
+      await Promise.all(sessions.map((s) => new Promise((r) => s.once('connect', r))));
+      const third = http2.connect(`http://127.0.0.1:${p}`);
+      third.on('error', () => {});
+      await new Promise((r) => third.once('close', r));
+      expect(events).toEqual(['dropped']);
+      const open = (s: http2.ClientHttp2Session): Promise<http2.IncomingHttpHeaders> =>
+        new Promise((resolve) => {
+          const req = s.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+          req.on('error', () => {});
+          req.on('response', resolve);
+          req.write(frame(Buffer.from('hi')));
+        });
+      await open(sessions[0]!);
+      await open(sessions[1]!);
+      const over = await open(sessions[1]!);
+      expect(over['grpc-status']).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
+      expect(over['grpc-message']).toBe('the server has 2 streams open, its bound; try again later');
+      expect(events).toEqual(['dropped', 'too_many_streams']);
+      for (const s of sessions) s.destroy();
+    } finally {
+      await small.close(100);
+    }
   });
 });

@@ -32,6 +32,12 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  private readonly connectionsRefused = new Counter({
+    name: 'mesh_xds_connections_refused_total',
+    help: 'ADS connections closed before any stream: too many open (too_many_connections), or a TLS handshake that failed (tls_handshake_failed)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   private readonly policies = new Gauge({ name: 'mesh_xds_policies', help: 'Retry policies by status', labelNames: ['state'], registers: [this.registry] });
 
   /** Errors the source currently reports (folder: files and objects that fail; their last good objects stay). */
@@ -73,6 +79,7 @@ export class Metrics {
       },
       nacked: (_c, url) => this.nacks.inc({ type: short(url) }),
       refused: (reason) => this.refused.inc({ reason }),
+      connectionRefused: (reason) => this.connectionsRefused.inc({ reason }),
     });
   }
 

@@ -100,9 +100,14 @@ export class TlsFront {
     this.update();
   };
 
+  /** Failed handshakes since the last warning (a handshake flood must not become a log flood). */
+  private failures = 0;
+  private lastWarning = -Infinity;
+
   constructor(
     private readonly serving: TlsServing,
     private readonly log: Logger,
+    private readonly bounds: TlsFrontBounds = {},
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
     serving.provider.addCaCertificateListener(this.onCa);
@@ -129,17 +134,31 @@ export class TlsFront {
   /** Listens on host:port (0: any free port) once a certificate is there; each connection goes to `accept`. */
   async listen(host: string, port: number, accept: (socket: tls.TLSSocket) => void): Promise<number> {
     await this.ready;
-    this.server = tls.createServer({ ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' }, (socket) => {
+    const options = { ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' as const, handshakeTimeout: HANDSHAKE_TIMEOUT_MS };
+    this.server = tls.createServer(options, (socket) => {
       const key = peerOf(socket);
       this.peers.set(key, { cert: socket.getPeerX509Certificate(), authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
       socket.on('close', () => this.peers.delete(key));
       accept(socket);
     });
-    this.server.on('tlsClientError', (err, socket) => this.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'TLS handshake failed'));
+    if (this.bounds.maxConnections) this.server.maxConnections = this.bounds.maxConnections;
+    this.server.on('drop', () => this.bounds.refused?.('too_many_connections'));
+    this.server.on('tlsClientError', (err, socket) => this.handshakeFailed(err, socket));
     return new Promise((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(port, host, () => resolve((this.server!.address() as { port: number }).port));
     });
+  }
+
+  /** Counted each; a warning at most every WARN_EVERY_MS, saying how many failed since the last one. */
+  private handshakeFailed(err: Error, socket: tls.TLSSocket): void {
+    this.bounds.refused?.('tls_handshake_failed');
+    this.failures++;
+    const now = performance.now();
+    if (now - this.lastWarning < WARN_EVERY_MS) return;
+    this.log.warn({ peer: peerOf(socket), err: err.message, failed: this.failures }, `TLS handshake failed (${this.failures} since the last such warning; at most one every ${WARN_EVERY_MS / 1000} s, all counted in mesh_xds_connections_refused_total)`);
+    this.failures = 0;
+    this.lastWarning = now;
   }
 
   /** The handshake's findings for a gRPC call's peer (`call.getPeer()`). */
@@ -152,6 +171,17 @@ export class TlsFront {
     this.serving.provider.removeIdentityCertificateListener(this.onIdentity);
     this.server?.close();
   }
+}
+
+/** A handshake must be done within this (Node's default is 120 s: a slow-handshake flood held sockets that long). */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+const WARN_EVERY_MS = 10_000;
+
+export interface TlsFrontBounds {
+  /** Connections open at once; more are closed as they arrive. */
+  readonly maxConnections?: number;
+  /** A connection closed before gRPC saw it: too many, or its handshake failed. */
+  readonly refused?: (reason: 'too_many_connections' | 'tls_handshake_failed') => void;
 }
 
 /** Credentials and peer verification of a TLS server; `close` stops watching files or renewing. */

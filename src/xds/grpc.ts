@@ -7,6 +7,11 @@
  * during the initial sync (issue 12). Here a response is written as its 5-byte prefix and the body shared by
  * every stream sent the same bytes (no copy), and a request that arrives in one DATA frame is delivered as a
  * view of it. Requests compressed with gzip or deflate are accepted; responses are not compressed.
+ *
+ * What a client can make it hold is bounded (README "Transport settings"): connections and streams at once, each
+ * message's size, the bytes of messages not yet complete across the process (the receive budget: over it, the
+ * stream holding the most is refused), how long a message may stay incomplete, inflation (off the event loop, a
+ * few at a time, bounded as it runs), and nothing is read on a call the server has ended (it is reset).
  */
 import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
@@ -47,6 +52,64 @@ export function peerOf(socket: { remoteAddress?: string; remotePort?: number } |
 export interface CallLimits {
   /** Largest request message (bytes, after decompression). */
   readonly maxReceive: number;
+  /** Bytes of request messages received and not yet complete, across every call of the server. */
+  readonly receiveBudget: number;
+  /** How long a request message may stay incomplete once its first byte arrived. */
+  readonly messageTimeoutMs: number;
+  /** Compressed messages inflated at once (each off the event loop, on the thread pool). */
+  readonly inflateConcurrency: number;
+}
+
+/** Why the transport refused a stream or a connection (the reason label of its counter). */
+export type TransportRefusal = 'receive_budget' | 'incomplete_message' | 'message_too_large' | 'too_many_streams' | 'bad_message';
+
+/**
+ * The bytes every call holds of request messages not yet complete. Over the bound, the call holding the most is
+ * refused (its bytes dropped): a well-behaved client's small request is not refused because another client holds
+ * big partial ones.
+ */
+class ReceiveBudget {
+  used = 0;
+  /** Calls holding bytes of an incomplete message. */
+  readonly holders = new Set<ServerCall>();
+  constructor(readonly limit: number) {}
+
+  change(call: ServerCall, delta: number, holds: boolean): void {
+    this.used += delta;
+    if (holds) this.holders.add(call);
+    else this.holders.delete(call);
+    while (this.used > this.limit && this.holders.size) {
+      let worst: ServerCall | undefined;
+      for (const c of this.holders) if (!worst || c.held > worst.held) worst = c;
+      worst!.overBudget(this.used, this.limit);
+    }
+  }
+}
+
+/** At most `max` inflations at once; the others wait their turn in order. */
+class Turns {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(private readonly max: number) {}
+  take(run: () => void): void {
+    if (this.active < this.max) {
+      this.active++;
+      run();
+    } else this.waiting.push(run);
+  }
+  done(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.active--;
+  }
+}
+
+/** What the calls of one server share. */
+interface CallShared {
+  readonly limits: CallLimits;
+  readonly budget: ReceiveBudget;
+  readonly inflations: Turns;
+  readonly refused: (reason: TransportRefusal) => void;
 }
 
 /**
@@ -63,23 +126,39 @@ export class ServerCall extends EventEmitter {
   /** The length of the message being received, once its prefix is in (-1: waiting for a prefix). */
   private need = -1;
   private compressed = false;
+  /** A compressed message is being inflated: what arrives meanwhile waits behind it. */
+  private inflating = 0;
+  /** The client sent its last message (END_STREAM). */
+  private clientEnded = false;
   private deadline?: NodeJS.Timeout;
   private readonly peer: string;
+  private readonly limits: CallLimits;
+  /** Bytes this call holds of incomplete messages (counted in the receive budget), and since when. */
+  held = 0;
+  partialSince?: number;
 
   constructor(
     private readonly stream: http2.ServerHttp2Stream,
     private readonly headers: http2.IncomingHttpHeaders,
-    private readonly limits: CallLimits,
+    private readonly shared: CallShared,
   ) {
     super();
+    this.limits = shared.limits;
     this.peer = peerOf(stream.session?.socket);
     stream.on('data', (chunk: Buffer) => this.receive(chunk));
     stream.on('end', () => {
-      if (!this.ended) this.emit('end');
+      this.clientEnded = true;
+      this.finishInput();
     });
-    stream.on('wantTrailers', () => stream.sendTrailers(this.trailers ?? { 'grpc-status': '0' }));
+    stream.on('wantTrailers', () => {
+      stream.sendTrailers(this.trailers ?? { 'grpc-status': '0' });
+      // A client still sending is told to stop: RST_STREAM(NO_ERROR) after the status (gRPC over HTTP/2). The
+      // trailers are written on a later turn (nghttp2 sends what was submitted in a scheduled write): reset after.
+      if (!this.clientEnded) setImmediate(() => stream.close(http2.constants.NGHTTP2_NO_ERROR));
+    });
     stream.on('close', () => {
       clearTimeout(this.deadline);
+      this.drop();
       if (!this.ended) this.cancel();
       this.emit('close');
     });
@@ -131,16 +210,56 @@ export class ServerCall extends EventEmitter {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.deadline);
+    // Nothing more is read: what is held is dropped, and what arrives later is not kept.
+    this.drop();
     const s = this.stream;
     if (s.destroyed || s.closed) return;
     const trailers = { 'grpc-status': String(status.code), ...(status.details ? { 'grpc-message': encodeDetails(status.details) } : {}) };
     if (!s.headersSent) {
-      // Trailers-only: nothing was sent, the status is the whole response.
+      // Trailers-only: nothing was sent, the status is the whole response; a client still sending is reset.
       s.respond({ ':status': 200, 'content-type': 'application/grpc+proto', ...trailers }, { endStream: true });
+      if (!this.clientEnded) s.close(http2.constants.NGHTTP2_NO_ERROR);
       return;
     }
     this.trailers = trailers;
     s.end();
+  }
+
+  /** Drops what is held of incomplete messages and leaves the receive budget. */
+  private drop(): void {
+    this.chunks.length = 0;
+    this.queued = 0;
+    this.need = -1;
+    this.account();
+  }
+
+  /** Refused by the receive budget (it holds the most while the server holds too much). */
+  overBudget(used: number, limit: number): void {
+    const held = this.held;
+    this.shared.refused('receive_budget');
+    this.refuse(
+      Code.RESOURCE_EXHAUSTED,
+      `the server holds ${used} bytes of request messages not yet complete, over its receive budget of ${limit} bytes; this stream held the most (${held} bytes), now dropped`,
+    );
+  }
+
+  /** Refused by the message deadline: a message that stayed incomplete too long. */
+  incomplete(): void {
+    this.shared.refused('incomplete_message');
+    this.refuse(
+      Code.DEADLINE_EXCEEDED,
+      `a request message stayed incomplete for ${this.limits.messageTimeoutMs / 1000} s (${this.need >= 0 ? `${this.queued} of ${this.need} bytes` : `${this.queued} bytes of its 5-byte prefix`} received)`,
+    );
+  }
+
+  /** Counts what this call holds in the receive budget (and since when it holds an incomplete message). */
+  private account(): void {
+    const now = this.queued;
+    if (now === 0) this.partialSince = undefined;
+    else this.partialSince ??= performance.now();
+    const delta = now - this.held;
+    this.held = now;
+    if (delta !== 0 || (now === 0) === this.shared.budget.holders.has(this)) this.shared.budget.change(this, delta, now > 0);
   }
 
   /** Ends the call for what the transport refuses (bad input, a deadline passed), telling the handler ('cancelled'). */
@@ -150,24 +269,46 @@ export class ServerCall extends EventEmitter {
   }
 
   private receive(chunk: Buffer): void {
+    // After the status, nothing is kept (the stream is being reset).
+    if (this.ended) return;
     this.chunks.push(chunk);
     this.queued += chunk.length;
-    while (!this.ended) {
+    this.pump();
+    if (!this.ended) this.account();
+  }
+
+  /** Delivers every complete message held, in order; a compressed one is inflated first, off the event loop. */
+  private pump(): void {
+    while (!this.ended && !this.inflating) {
       if (this.need < 0) {
         if (this.queued < 5) return;
         const prefix = this.take(5);
         this.compressed = prefix[0] !== 0;
         this.need = prefix.readUInt32BE(1);
         if (this.need > this.limits.maxReceive) {
+          this.shared.refused('message_too_large');
           return this.refuse(Code.RESOURCE_EXHAUSTED, `request message of ${this.need} bytes; at most ${this.limits.maxReceive}`);
         }
       }
       if (this.queued < this.need) return;
       const message = this.take(this.need);
       this.need = -1;
-      const plain = this.compressed ? this.decompress(message) : message;
-      if (plain) this.deliver(plain);
+      // A message completed: the next one's deadline starts with its own first byte.
+      this.partialSince = undefined;
+      if (this.compressed) this.inflate(message);
+      else this.deliver(message);
     }
+  }
+
+  /** The client ended its side: the call ends for the handler once every message is delivered. */
+  private finishInput(): void {
+    if (this.ended || this.inflating) return;
+    if (this.queued > 0 || this.need >= 0) {
+      const got = this.need >= 0 ? `${this.queued} of the ${this.need} bytes its prefix announced` : `${this.queued} bytes of a 5-byte prefix`;
+      this.shared.refused('bad_message');
+      return this.refuse(Code.INVALID_ARGUMENT, `the request ended inside a message: ${got}`);
+    }
+    this.emit('end');
   }
 
   /** Hands a message to the handler; a handler that throws ends its own call, never the process. */
@@ -200,23 +341,49 @@ export class ServerCall extends EventEmitter {
     return out;
   }
 
-  private decompress(message: Buffer): Buffer | undefined {
+  /**
+   * Inflates a compressed message on the thread pool (a few at a time across the server), bounded as it runs:
+   * past the size bound it stops and the call is refused. Messages after it wait, in order.
+   */
+  private inflate(message: Buffer): void {
     const encoding = this.headers['grpc-encoding'] ?? 'identity';
-    const inflate = encoding === 'gzip' ? zlib.gunzipSync : encoding === 'deflate' ? zlib.inflateSync : undefined;
+    const inflate = encoding === 'gzip' ? zlib.gunzip : encoding === 'deflate' ? zlib.inflate : undefined;
     if (!inflate) {
       const why = encoding === 'identity' ? 'a compressed message with grpc-encoding identity' : `grpc-encoding ${String(encoding).slice(0, 64)} is not supported (identity, deflate, gzip)`;
       this.refuse(encoding === 'identity' ? Code.INTERNAL : Code.UNIMPLEMENTED, why);
-      return undefined;
+      return;
     }
-    try {
-      return inflate(message, { maxOutputLength: this.limits.maxReceive });
-    } catch (e) {
-      const tooBig = (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
-      this.refuse(tooBig ? Code.RESOURCE_EXHAUSTED : Code.INTERNAL, tooBig ? `request message of more than ${this.limits.maxReceive} bytes decompressed` : `cannot decompress the request: ${(e as Error).message}`);
-      return undefined;
-    }
+    this.inflating = message.length;
+    this.queued += message.length;
+    this.shared.inflations.take(() => {
+      if (this.ended) return this.inflated();
+      inflate(message, { maxOutputLength: this.limits.maxReceive, chunkSize: INFLATE_CHUNK }, (err, plain) => {
+        this.inflated();
+        if (this.ended) return;
+        if (err) {
+          const tooBig = (err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
+          if (tooBig) this.shared.refused('message_too_large');
+          this.refuse(tooBig ? Code.RESOURCE_EXHAUSTED : Code.INTERNAL, tooBig ? `request message of more than ${this.limits.maxReceive} bytes decompressed` : `cannot decompress the request: ${err.message}`);
+          return;
+        }
+        this.deliver(plain);
+        this.pump();
+        if (this.ended) return;
+        this.account();
+        if (this.clientEnded) this.finishInput();
+      });
+    });
+  }
+
+  private inflated(): void {
+    this.shared.inflations.done();
+    if (!this.ended) this.queued -= this.inflating;
+    this.inflating = 0;
   }
 }
+
+/** Output of one inflation step on the thread pool: each step's hand-over to the event loop stays short. */
+const INFLATE_CHUNK = 256 * 1024;
 
 export type Handler = (call: ServerCall) => void;
 
@@ -246,9 +413,21 @@ export function unary(answer: (request: Buffer, call: ServerCall) => Buffer | Gr
 export interface GrpcServerOptions extends CallLimits {
   /** Streams a connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). */
   readonly maxConcurrentStreams: number;
+  /** Streams open at once across every connection; more are refused with RESOURCE_EXHAUSTED. */
+  readonly maxStreams: number;
+  /** Connections open at once; more are closed as they arrive (counted). */
+  readonly maxConnections: number;
   /** Ping each connection this often, and drop it if no answer comes within the timeout. */
   readonly keepaliveMs: number;
   readonly keepaliveTimeoutMs: number;
+}
+
+/** What the transport tells its owner (metrics). */
+export interface TransportEvents {
+  /** A stream refused for what its client sent or held. */
+  refused?(reason: TransportRefusal): void;
+  /** A connection closed as it arrived: too many open. */
+  dropped?(): void;
 }
 
 /** An HTTP/2 server whose streams are gRPC calls, routed by path to their handler. */
@@ -256,17 +435,43 @@ export class GrpcServer {
   private readonly h2: http2.Http2Server;
   private readonly handlers = new Map<string, Handler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly shared: CallShared;
+  private readonly sweep: NodeJS.Timeout;
+  private streams = 0;
 
-  constructor(private readonly opts: GrpcServerOptions) {
+  constructor(
+    private readonly opts: GrpcServerOptions,
+    events: TransportEvents = {},
+  ) {
+    this.shared = {
+      limits: opts,
+      budget: new ReceiveBudget(opts.receiveBudget),
+      inflations: new Turns(opts.inflateConcurrency),
+      refused: (reason) => events.refused?.(reason),
+    };
     this.h2 = http2.createServer({
       settings: { maxConcurrentStreams: opts.maxConcurrentStreams },
       // A push of a large mesh is tens of MB per stream: Node's default of 10 MB per session would reset it.
+      // What a client makes the server hold is bounded by the calls (the receive budget), not here.
       maxSessionMemory: Number.MAX_SAFE_INTEGER,
       maxSendHeaderBlockLength: Number.MAX_SAFE_INTEGER,
     });
     this.h2.setTimeout(0);
+    this.h2.maxConnections = opts.maxConnections;
+    this.h2.on('drop', () => events.dropped?.());
     this.h2.on('session', (session) => this.track(session));
     this.h2.on('stream', (stream, headers) => this.route(stream, headers));
+    // Incomplete messages past their deadline, checked a few times a second.
+    const every = Math.max(50, Math.min(1_000, opts.messageTimeoutMs / 4));
+    this.sweep = setInterval(() => {
+      const before = performance.now() - opts.messageTimeoutMs;
+      for (const call of [...this.shared.budget.holders]) if (call.partialSince !== undefined && call.partialSince < before) call.incomplete();
+    }, every).unref();
+  }
+
+  /** Bytes of incomplete request messages the server holds now (the receive budget in use). */
+  get receiving(): number {
+    return this.shared.budget.used;
   }
 
   /** Serves `path` (`/package.Service/Method`) with `handler`. */
@@ -280,9 +485,16 @@ export class GrpcServer {
     const type = headers['content-type'];
     if (typeof type !== 'string' || !type.startsWith('application/grpc')) {
       stream.respond({ ':status': 415 }, { endStream: true });
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
       return;
     }
-    const call = new ServerCall(stream, headers, this.opts);
+    const call = new ServerCall(stream, headers, this.shared);
+    this.streams++;
+    stream.once('close', () => this.streams--);
+    if (this.streams > this.opts.maxStreams) {
+      this.shared.refused('too_many_streams');
+      return call.end({ code: Code.RESOURCE_EXHAUSTED, details: `the server has ${this.opts.maxStreams} streams open, its bound; try again later` });
+    }
     const path = String(headers[':path']);
     const handler = headers[':method'] === 'POST' ? this.handlers.get(path) : undefined;
     if (!handler) return call.end({ code: Code.UNIMPLEMENTED, details: `the server does not implement ${headers[':method']} ${path.slice(0, 256)}` });
@@ -320,7 +532,7 @@ export class GrpcServer {
     });
   }
 
-  /** Serves a connection accepted elsewhere (the TLS front). */
+  /** Serves a connection accepted elsewhere (the TLS front, which bounds its own connections). */
   accept(socket: net.Socket): void {
     this.h2.emit('connection', socket);
   }
@@ -337,6 +549,7 @@ export class GrpcServer {
 
   /** Stops accepting, sends GOAWAY on every connection, and destroys those still open after `graceMs`. */
   async close(graceMs: number): Promise<void> {
+    clearInterval(this.sweep);
     this.h2.close();
     const open = [...this.sessions];
     for (const s of open) s.close();

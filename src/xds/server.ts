@@ -30,8 +30,18 @@ export const TRANSPORT: GrpcServerOptions = {
   keepaliveTimeoutMs: 10_000,
   // Requests are small (names, versions, nonces); responses are not bounded (a large mesh's config is tens of MB).
   maxReceive: 4 * 1024 * 1024,
+  // What every stream together may hold of requests not yet complete. A real proxy's request is whole within
+  // milliseconds (Envoy's first, with its node, is tens of kB): 64 MiB is thousands of them arriving at once.
+  receiveBudget: 64 * 1024 * 1024,
+  // A request message started must be complete within 10 s.
+  messageTimeoutMs: 10_000,
+  // Compressed requests (no Envoy sends them) inflate two at a time, on the thread pool.
+  inflateConcurrency: 2,
   // An Envoy opens one ADS stream per connection, a gRPC client one per channel: 1,000 is room for tools and tests.
   maxConcurrentStreams: 1_000,
+  // 10,000 proxies (one connection and one stream each, as Envoy) with room to reconnect and for tools.
+  maxConnections: 25_000,
+  maxStreams: 30_000,
 };
 
 export interface AdsServerOptions {
@@ -44,10 +54,12 @@ export interface AdsServerOptions {
   handlers?: Record<string, Handler>;
   /** mTLS: the certificates to serve with and the verifier of client certificates (default: plaintext). */
   tls?: TlsServing;
+  /** Transport bounds (default: TRANSPORT); tests and benchmarks change them. */
+  transport?: Partial<GrpcServerOptions>;
 }
 
 export class AdsServer {
-  readonly grpc = new GrpcServer(TRANSPORT);
+  readonly grpc: GrpcServer;
   private readonly streams = new Set<SotwStream | DeltaStream>();
   /** Ends streams whose client stopped reading (limits.unreadSeconds), checked every few seconds. */
   private readonly readingCheck: NodeJS.Timeout;
@@ -59,9 +71,17 @@ export class AdsServer {
   port = 0;
 
   constructor(opts: AdsServerOptions) {
+    const transport = { ...TRANSPORT, ...opts.transport };
+    this.grpc = new GrpcServer(transport, {
+      refused: (reason) => opts.registry.emit('refused', reason),
+      dropped: () => opts.registry.emit('connectionRefused', 'too_many_connections'),
+    });
     if (opts.tls) {
       const { verifier } = opts.tls;
-      const front = (this.front = new TlsFront(opts.tls, opts.log));
+      const front = (this.front = new TlsFront(opts.tls, opts.log, {
+        maxConnections: transport.maxConnections,
+        refused: (reason) => opts.registry.emit('connectionRefused', reason),
+      }));
       this.peerCheck = (call) => verifier.check(front.peer(call.getPeer()));
     }
     this.ctx = {

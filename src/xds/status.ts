@@ -43,6 +43,8 @@ export interface XdsEvents {
   nacked?(c: ProxyConnection, typeUrl: string, nack: Nack): void;
   /** A stream or request the server ended because of what the client sent (the reason names the bound). */
   refused?(reason: string): void;
+  /** A connection closed before any stream: too many open, or its TLS handshake failed. */
+  connectionRefused?(reason: 'too_many_connections' | 'tls_handshake_failed'): void;
 }
 
 let nextId = 1;
