@@ -4,6 +4,7 @@
  * refused, saying why, in its status, the log and the metrics; CSDS answers only its allow list; the server's
  * certificate is issued from the mesh CA (for its Service names) or read from files that may rotate.
  */
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -79,6 +80,8 @@ describe('ADS over mTLS', () => {
       return b;
     }, 'expired_certificate', /expired at/],
     ['a certificate of another trust domain', async () => ({ ...(await issue(ca, { trustDomain: 'other.example', namespace: 'curl', serviceAccount: 'curl' })) }), 'untrusted_certificate', /not in the trust domain cluster\.local/],
+    // The server's own kind of certificate (ca issue --server) serves only: it is no client identity.
+    ['a serving certificate', async () => issue(ca, { trustDomain, namespace: 'mesh-xds', serviceAccount: 'mesh-xds', server: { dnsNames: ['mesh-xds.mesh-xds.svc'] } }), 'bad_certificate', /is not for client authentication \(extended key usage: serverAuth; clientAuth is required\)/],
   ];
   for (const [what, bundle, reason, message] of refusals) {
     it(`refuses ${what}, saying so in the status, the log and the metrics`, async () => {
@@ -92,6 +95,23 @@ describe('ADS over mTLS', () => {
       expect(lines.some((l) => l.msg === 'stream refused' && l.reason === reason && message.test(l.details))).toBe(true);
     });
   }
+
+  it('ends a stream when its client certificate expires, with UNAUTHENTICATED; the renewed certificate is served', async () => {
+    const before = await refusedCount('expired_certificate');
+    const short = await leaf('curl', 'curl', 4_000);
+    const s = adsWith(short).sotw();
+    s.send(ldsRequest(node({ id: 'short-lived' })));
+    expect((await s.next()).type_url).toBe(LDS);
+    const expiry = new Date(new X509Certificate(short.cert).validTo);
+    const err = await s.next(10_000).then(() => undefined, (e: grpc.ServiceError) => e);
+    expect(err?.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(err?.details).toBe(`the client certificate (spiffe://cluster.local/ns/curl/sa/curl) expired at ${expiry.toISOString()}; reconnect with a renewed one`);
+    expect(Date.now()).toBeGreaterThanOrEqual(expiry.getTime());
+    expect(await refusedCount('expired_certificate')).toBe(before + 1);
+    const renewed = adsWith(await leaf('curl', 'curl')).sotw();
+    renewed.send(ldsRequest(node({ id: 'short-lived' })));
+    expect((await renewed.next()).type_url).toBe(LDS);
+  });
 
   it("refuses a node that claims an identity its certificate does not prove, naming the field", async () => {
     const s = adsWith(await leaf('curl', 'curl')).sotw();

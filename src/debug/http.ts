@@ -84,6 +84,15 @@ function policiesView(ir: MeshIR | undefined): unknown[] {
   });
 }
 
+/** Endpoints for probes and Prometheus, served to anyone who reaches the port: they reveal no configuration. */
+const OPEN = new Set(['/healthz', '/readyz', '/metrics']);
+
+/** A connection from this host (the pod's own network namespace: `kubectl port-forward` arrives there). */
+export function isLoopback(address: string | undefined): boolean {
+  const a = address?.replace(/^::ffff:/, '') ?? '';
+  return a === '::1' || /^127\.\d+\.\d+\.\d+$/.test(a);
+}
+
 /** Endpoints whose answer grows with the mesh or the number of proxies: served a few at a time. */
 const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain']);
 
@@ -156,6 +165,15 @@ export class DebugServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (req.method !== 'GET' && req.method !== 'HEAD') return this.json(res, 405, { error: 'read-only: use GET' });
+    // What reveals proxies, their configuration or the policies is for whoever may enter the control plane's own
+    // network namespace: loopback, i.e. `kubectl port-forward` (Kubernetes RBAC: pods/portforward in its
+    // namespace) or a shell on its host. Probes and Prometheus reach the open endpoints over the pod IP.
+    if (!OPEN.has(url.pathname) && !isLoopback(req.socket.remoteAddress)) {
+      this.src.registry.emit('refused', 'debug_not_loopback');
+      return this.json(res, 403, {
+        error: `${url.pathname} reveals proxies, their configuration or the policies: it is served to loopback clients only. Reach it through kubectl port-forward -n <control plane namespace> deploy/mesh-xds 9091, then http://127.0.0.1:9091${url.pathname}. Open to all: ${[...OPEN].join(', ')}`,
+      });
+    }
     if (!EXPENSIVE.has(url.pathname)) return this.route(url, req, res);
     if (!(await this.limiter.acquire())) {
       res.setHeader('retry-after', '1');

@@ -31,7 +31,7 @@ export interface IssueOptions {
   readonly serviceAccount: string;
   /** Lifetime in milliseconds (default 24 h). */
   readonly ttlMs?: number;
-  /** A serving certificate: these DNS names (and IP addresses) too, and the serverAuth usage. */
+  /** A serving certificate: these DNS names (and IP addresses) too, and the serverAuth usage only. */
   readonly server?: { dnsNames: readonly string[]; ipAddresses?: readonly string[] };
 }
 
@@ -98,7 +98,9 @@ export async function issue(ca: KeyPair, o: IssueOptions): Promise<TlsBundle> {
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension(o.server ? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth] : [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.serverAuth]),
+      // A serving certificate serves only: it cannot stand in for a client (the server refuses it as one). A
+      // workload's is both (a sidecar is a client and a server).
+      new x509.ExtendedKeyUsageExtension(o.server ? [x509.ExtendedKeyUsage.serverAuth] : [x509.ExtendedKeyUsage.clientAuth, x509.ExtendedKeyUsage.serverAuth]),
       new x509.SubjectAlternativeNameExtension(names, false),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],

@@ -14,7 +14,7 @@ import { parseSpiffeId, spiffeId, type WorkloadId } from './spiffe.js';
 /** Why a peer is refused (the reason label of `mesh_xds_streams_refused_total`). */
 export type PeerRefusal = 'no_client_certificate' | 'untrusted_certificate' | 'expired_certificate' | 'bad_certificate';
 
-export type PeerCheck = { ok: true; id: WorkloadId; spiffe: string } | { ok: false; reason: PeerRefusal; message: string };
+export type PeerCheck = { ok: true; id: WorkloadId; spiffe: string; notAfter: Date } | { ok: false; reason: PeerRefusal; message: string };
 
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
@@ -50,12 +50,14 @@ export class PeerVerifier {
       }
       if (now < new Date(leaf.validFrom)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) is not valid before ${new Date(leaf.validFrom).toISOString()}` };
       if (now > new Date(leaf.validTo)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) expired at ${new Date(leaf.validTo).toISOString()}` };
+      if (!leaf.keyUsage?.includes(CLIENT_AUTH)) return notForClients(leaf, subject);
       return { ok: false, reason: 'untrusted_certificate', message: `the client certificate (${subject}) failed TLS verification: ${peer.error ?? 'unknown reason'}` };
     }
     // Verified at the handshake; a stream opened later on the same connection may outlive it.
     if (now > new Date(leaf.validTo)) return { ok: false, reason: 'expired_certificate', message: `the client certificate (${subject}) expired at ${new Date(leaf.validTo).toISOString()}` };
     if (leaf.ca) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is a CA certificate` };
-    if (leaf.keyUsage && !leaf.keyUsage.includes(CLIENT_AUTH)) return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is not for client authentication` };
+    // Only a certificate issued for client authentication proves a client (a serving certificate does not).
+    if (!leaf.keyUsage?.includes(CLIENT_AUTH)) return notForClients(leaf, subject);
     const uris = (leaf.subjectAltName ?? '').split(', ').filter((s) => s.startsWith('URI:')).map((s) => s.slice(4));
     const ids = uris.map(parseSpiffeId).filter((x) => x !== undefined);
     if (uris.length !== 1 || ids.length !== 1) {
@@ -65,8 +67,15 @@ export class PeerVerifier {
     if (id.trustDomain !== this.trustDomain) {
       return { ok: false, reason: 'untrusted_certificate', message: `the client certificate's ${uris[0]} is not in the trust domain ${this.trustDomain}` };
     }
-    return { ok: true, id, spiffe: uris[0]! };
+    return { ok: true, id, spiffe: uris[0]!, notAfter: new Date(leaf.validTo) };
   }
+}
+
+const USAGES: Record<string, string> = { '1.3.6.1.5.5.7.3.1': 'serverAuth', [CLIENT_AUTH]: 'clientAuth' };
+
+function notForClients(leaf: X509Certificate, subject: string): PeerCheck {
+  const usages = leaf.keyUsage?.map((u) => USAGES[u] ?? u).join(', ');
+  return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is not for client authentication (extended key usage: ${usages || 'none'}; clientAuth is required)` };
 }
 
 /** What the TLS handshake of a connection established about its client. */

@@ -15,6 +15,8 @@ import type { Resource, Snapshot } from './snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
 import { RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface StreamContext {
   readonly cache: SnapshotCache;
   readonly registry: ProxyRegistry;
@@ -71,6 +73,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   /** Bytes written and not yet taken by the client, and when each pending write was made (oldest first). */
   private queuedBytes = 0;
   private readonly pendingSince: number[] = [];
+  /** Ends the stream when its client certificate expires (mTLS). */
+  private expiry?: NodeJS.Timeout;
 
   private readonly requestType: protobuf.Type;
   /** The request's `node` field: decoded on the first request only (Envoy repeats it unless told not to). */
@@ -91,8 +95,22 @@ export abstract class AdsStream<S extends BaseTypeState> {
     if (ctx.peers) {
       const peer = ctx.peers(call);
       if (!peer.ok) this.fail(Code.UNAUTHENTICATED, peer.message, peer.reason);
-      else this.certified = { namespace: peer.id.namespace, serviceAccount: peer.id.serviceAccount, spiffe: peer.spiffe };
+      else {
+        this.certified = { namespace: peer.id.namespace, serviceAccount: peer.id.serviceAccount, spiffe: peer.spiffe };
+        this.endAt(peer.notAfter);
+      }
     }
+  }
+
+  /**
+   * A stream lives no longer than the certificate that proved its identity: at its expiry the stream ends with
+   * UNAUTHENTICATED, and the proxy reconnects with its renewed one.
+   */
+  private endAt(notAfter: Date): void {
+    const wait = notAfter.getTime() - Date.now();
+    // A timer holds at most 24.8 days: a longer wait is taken in steps.
+    this.expiry = setTimeout(() => (wait > MAX_TIMER_MS ? this.endAt(notAfter) : this.fail(Code.UNAUTHENTICATED, `the client certificate (${this.certified!.spiffe}) expired at ${notAfter.toISOString()}; reconnect with a renewed one`, 'expired_certificate')), Math.max(0, Math.min(wait + 1, MAX_TIMER_MS)));
+    this.expiry.unref();
   }
 
   protected abstract newState(): S;
@@ -319,6 +337,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.expiry);
     this.unwatch?.();
     if (this.conn) {
       this.ctx.registry.remove(this.conn);
