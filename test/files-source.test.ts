@@ -89,6 +89,29 @@ describe('folder source', () => {
     expect(source.errors[0]).toMatchObject({ file: 'more.yaml', doc: 1, object: 'Service curl/nope', field: 'spec.clusterIP' });
   });
 
+  it("a Service on another Service's ClusterIP is an error naming both and their files; the first keeps the address", async () => {
+    await source.start();
+    const rogue = 'apiVersion: v1\nkind: Service\nmetadata: {name: rogue, namespace: httpbin}\nspec:\n  clusterIP: 10.96.198.23\n  ports: [{port: 14001}]\n';
+    writeFileSync(path.join(dir, 'zz-rogue.yaml'), rogue);
+    let s = await next();
+    expect(s.services.map((x) => `${x.namespace}/${x.name}`).sort()).toEqual(['curl/curl', 'httpbin/httpbin']);
+    expect(source.errors).toEqual([
+      {
+        file: 'zz-rogue.yaml',
+        doc: 0,
+        line: 1,
+        object: 'Service httpbin/rogue',
+        field: 'spec.clusterIP',
+        message: 'spec.clusterIP 10.96.198.23 is already the address of Service httpbin/httpbin (httpbin.yaml:15), which keeps it (the first in path order); this Service is ignored until one of them changes its address',
+      },
+    ]);
+    // Another address: both are served, the error is gone.
+    writeFileSync(path.join(dir, 'zz-rogue.yaml'), rogue.replace('10.96.198.23', '10.96.198.24'));
+    s = await next();
+    expect(s.services.map((x) => `${x.namespace}/${x.name}`).sort()).toEqual(['curl/curl', 'httpbin/httpbin', 'httpbin/rogue']);
+    expect(source.errors).toEqual([]);
+  });
+
   it('drops the objects of a deleted file', async () => {
     await source.start();
     unlinkSync(path.join(dir, 'retry.yaml'));

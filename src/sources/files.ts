@@ -165,7 +165,7 @@ export class FileSource {
   private readonly files = new Map<string, FileState>();
   private readonly watchers = new Map<string, FSWatcher>();
   private dirErrors: ManifestError[] = [];
-  /** Objects defined in more than one file: the first file in path order wins, the others are errors. */
+  /** Objects defined in more than one file, and Services on a ClusterIP taken: the first in path order wins. */
   private duplicateErrors: ManifestError[] = [];
   private timer?: NodeJS.Timeout;
   private firstPending?: number;
@@ -341,11 +341,17 @@ export class FileSource {
     return meshStateOf(this.stable(this.assemble()), this.opts.meshName, this.opts.overrides);
   }
 
-  /** Every file's good objects, in path order; an object a previous file already defines is an error. */
+  /**
+   * Every file's good objects, in path order; an object a previous file already defines is an error, and so is a
+   * Service whose ClusterIP an earlier Service holds (a folder has no allocator: it would take over that Service's
+   * listener in every sidecar).
+   */
   private assemble(): MeshObjects {
     const objects = emptyObjects();
     const owner = new Map<string, { file: string; line?: number }>();
+    const addressOwner = new Map<string, { label: string; file: string; line?: number }>();
     const duplicates: ManifestError[] = [];
+    const at = (o: { file: string; line?: number }): string => `${o.file}${o.line ? `:${o.line}` : ''}`;
     for (const file of [...this.files.keys()].sort()) {
       const { rel, good } = this.files.get(file)!;
       for (const [key, g] of good) {
@@ -356,10 +362,24 @@ export class FileSource {
             doc: g.doc,
             line: g.line,
             object: g.label,
-            message: `is also defined in ${first.file}${first.line ? `:${first.line}` : ''}, which is used (the first file in path order wins); this definition is ignored`,
+            message: `is also defined in ${at(first)}, which is used (the first file in path order wins); this definition is ignored`,
           });
           continue;
         }
+        const ip = g.objects.services[0]?.clusterIP;
+        const holder = ip === undefined ? undefined : addressOwner.get(ip);
+        if (holder) {
+          duplicates.push({
+            file: rel,
+            doc: g.doc,
+            line: g.line,
+            object: g.label,
+            field: 'spec.clusterIP',
+            message: `spec.clusterIP ${ip} is already the address of ${holder.label} (${at(holder)}), which keeps it (the first in path order); this Service is ignored until one of them changes its address`,
+          });
+          continue;
+        }
+        if (ip !== undefined) addressOwner.set(ip, { label: g.label, file: rel, line: g.line });
         owner.set(key, { file: rel, line: g.line });
         for (const k of KINDS) if (g.objects[k].length) (objects[k] as unknown[]).push(...g.objects[k]);
       }
