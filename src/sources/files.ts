@@ -7,6 +7,7 @@
  * or watcher, and large trees are read without blocking the event loop for long.
  */
 import { watch, type FSWatcher } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -110,10 +111,83 @@ export async function listManifestFiles(dir: string): Promise<{ files: string[];
   return { files: files.sort(), dirs, errors };
 }
 
+/** One object of a file: its key and where it is written, and what it converted to or why it failed. */
+interface FileEntry {
+  key: string;
+  label: string;
+  doc?: number;
+  line?: number;
+  good?: MeshObjects;
+  errors?: ManifestError[];
+}
+
+/** What a file's text holds, as plain data (it crosses from the parsing worker). */
+export interface FileObjects {
+  /** The file's own errors (syntax, an alias bomb): none of its objects is used. */
+  readonly fileErrors: ManifestError[];
+  readonly entries: FileEntry[];
+  readonly skipped: string[];
+}
+
+/** Converts what a parse found, object by object (pure: no file I/O, no state). */
+function objectsOf(parsed: { objects: Located[]; errors: ManifestError[] }, file: string, retrySchema?: RetrySchemaCheck): FileObjects {
+  if (parsed.errors.length) return { fileErrors: parsed.errors, entries: [], skipped: [] };
+  const entries: FileEntry[] = [];
+  const skipped: string[] = [];
+  const seen = new Map<string, FileEntry>();
+  for (const located of parsed.objects) {
+    const { object, origin } = located;
+    const entry: FileEntry = { key: objectKey(object, 'default'), label: objectLabel(object), doc: origin.doc, line: origin.line };
+    const first = seen.get(entry.key);
+    if (first) {
+      entries.push({ ...entry, errors: [{ file, doc: origin.doc, line: origin.line, object: entry.label, message: `is defined twice in ${file} (first at line ${first.line}, which is used); this definition is ignored` }] });
+      continue;
+    }
+    seen.set(entry.key, entry);
+    if (object.kind === 'Retry' && retrySchema) {
+      const problems = retrySchema(object);
+      if (problems.length) {
+        entries.push({ ...entry, errors: problems.map((p) => ({ file, doc: origin.doc, line: located.lineOf?.(p.field) ?? origin.line, object: entry.label, field: p.field, message: `${p.message} (Retry CRD schema)` })) });
+        continue;
+      }
+    }
+    const converted = convertObjects([located]);
+    if (converted.errors.length) entries.push({ ...entry, errors: converted.errors });
+    else if (converted.skipped.length) {
+      seen.delete(entry.key);
+      skipped.push(`${file}: document ${origin.doc} (line ${origin.line}): kind ${object.kind} is not used by mesh-xds; skipped`);
+    } else entries.push({ ...entry, good: converted.objects });
+  }
+  return { fileErrors: [], entries, skipped };
+}
+
+/** Parses and converts a file's text (what the parsing worker runs). */
+export function readManifestText(text: string, file: string, retrySchema?: RetrySchemaCheck): FileObjects {
+  return objectsOf(parseManifestText(text, file), file, retrySchema);
+}
+
 /**
- * Reads one file's text into good objects and errors. Objects that fail keep their last good version (if
- * the file had one); a file that does not parse keeps all its last good objects. Errors carry the line of the
- * field at fault where there is one.
+ * A file's good objects and errors: an object that fails keeps its last good version (if the file had one); a
+ * file that does not parse keeps all its last good objects.
+ */
+function keepLastGood(r: FileObjects, previous: Map<string, GoodObject> | undefined): { good: Map<string, GoodObject>; errors: ManifestError[] } {
+  if (r.fileErrors.length) return { good: previous ?? new Map(), errors: r.fileErrors };
+  const good = new Map<string, GoodObject>();
+  const errors: ManifestError[] = [];
+  for (const e of r.entries) {
+    if (e.good) good.set(e.key, { objects: e.good, label: e.label, doc: e.doc, line: e.line });
+    else {
+      errors.push(...e.errors!);
+      const last = previous?.get(e.key);
+      if (last && !good.has(e.key)) good.set(e.key, last);
+    }
+  }
+  return { good, errors };
+}
+
+/**
+ * Reads one file's text into good objects and errors (see keepLastGood). Errors carry the line of the field at
+ * fault where there is one.
  */
 export function loadFileText(
   text: string,
@@ -122,43 +196,76 @@ export function loadFileText(
   retrySchema?: RetrySchemaCheck,
 ): { good: Map<string, GoodObject>; errors: ManifestError[]; skipped: string[]; located: Located[] } {
   const parsed = parseManifestText(text, file);
-  if (parsed.errors.length) return { good: previous ?? new Map(), errors: parsed.errors, skipped: [], located: parsed.objects };
-  const good = new Map<string, GoodObject>();
-  const errors: ManifestError[] = [];
-  const skipped: string[] = [];
-  for (const located of parsed.objects) {
-    const { object, origin } = located;
-    const key = objectKey(object, 'default');
-    const label = objectLabel(object);
-    const fail = (errs: ManifestError[]): void => {
-      errors.push(...errs);
-      const last = previous?.get(key);
-      if (last) good.set(key, last);
-    };
-    if (good.has(key)) {
-      const first = good.get(key)!;
-      fail([{ file, doc: origin.doc, line: origin.line, object: label, message: `is defined twice in ${file} (first at line ${first.line}, which is used); this definition is ignored` }]);
-      continue;
+  const r = objectsOf(parsed, file, retrySchema);
+  return { ...keepLastGood(r, previous), skipped: r.skipped, located: parsed.objects };
+}
+
+/** Files at least this big are parsed in a worker thread: YAML costs about 0.7 s per MB, too long for the event loop. */
+export const WORKER_PARSE_BYTES = 64 * 1024;
+
+/**
+ * A worker thread that parses and converts big files, one at a time, so that health checks, ADS and the debug
+ * server are answered meanwhile. Where it cannot run (its script missing, it crashed), files are parsed inline.
+ */
+class ParseWorker {
+  private worker?: Worker;
+  private broken = false;
+  private nextId = 0;
+  private readonly pending = new Map<number, { resolve: (r: FileObjects) => void; text: string; file: string }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly retrySchema?: RetrySchemaCheck,
+  ) {}
+
+  private start(): Worker | undefined {
+    if (this.worker || this.broken) return this.worker;
+    // Compiled next to this file; the tests run the TypeScript source, whose build is in dist/.
+    const script = new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/sources/parse-worker.js' : './parse-worker.js', import.meta.url);
+    try {
+      this.worker = new Worker(script, { workerData: { schema: Boolean(this.retrySchema) } });
+    } catch (e) {
+      this.fail(e as Error);
+      return undefined;
     }
-    if (object.kind === 'Retry' && retrySchema) {
-      const problems = retrySchema(object);
-      if (problems.length) {
-        fail(problems.map((p) => ({ file, doc: origin.doc, line: located.lineOf?.(p.field) ?? origin.line, object: label, field: p.field, message: `${p.message} (Retry CRD schema)` })));
-        continue;
-      }
-    }
-    const converted = convertObjects([located]);
-    if (converted.errors.length) {
-      fail(converted.errors);
-      continue;
-    }
-    if (converted.skipped.length) {
-      skipped.push(`${file}: document ${origin.doc} (line ${origin.line}): kind ${object.kind} is not used by mesh-xds; skipped`);
-      continue;
-    }
-    good.set(key, { objects: converted.objects, label, doc: origin.doc, line: origin.line });
+    this.worker.unref();
+    this.worker.on('message', ({ id, result }: { id: number; result: FileObjects }) => {
+      const p = this.pending.get(id);
+      this.pending.delete(id);
+      p?.resolve(result);
+    });
+    this.worker.on('error', (e) => this.fail(e));
+    this.worker.on('exit', (code) => code !== 0 && this.fail(new Error(`exited with code ${code}`)));
+    return this.worker;
   }
-  return { good, errors, skipped, located: parsed.objects };
+
+  /** The worker is gone: what it had is parsed inline, and so is what comes later. */
+  private fail(e: Error): void {
+    if (this.broken) return;
+    this.broken = true;
+    this.worker = undefined;
+    this.log.warn({ err: e.message }, 'the manifest parsing worker failed; big files are parsed on the main thread');
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.resolve(readManifestText(p.text, p.file, this.retrySchema));
+    }
+  }
+
+  parse(text: string, file: string): Promise<FileObjects> {
+    const worker = text.length >= WORKER_PARSE_BYTES ? this.start() : undefined;
+    if (!worker) return Promise.resolve(readManifestText(text, file, this.retrySchema));
+    return new Promise((resolve) => {
+      const id = this.nextId++;
+      this.pending.set(id, { resolve, text, file });
+      worker.postMessage({ id, text, file });
+    });
+  }
+
+  stop(): void {
+    void this.worker?.terminate();
+    this.worker = undefined;
+    this.broken = true;
+  }
 }
 
 export class FileSource {
@@ -175,9 +282,12 @@ export class FileSource {
   private polling = false;
   private stopped = false;
   private lastObjects?: MeshObjects;
+  private readonly parser: ParseWorker;
   synced = false;
 
-  constructor(private readonly opts: FileSourceOptions) {}
+  constructor(private readonly opts: FileSourceOptions) {
+    this.parser = new ParseWorker(opts.log, opts.retrySchema);
+  }
 
   /** Every current error, for the debug endpoint, metrics and `validate`. */
   get errors(): ManifestError[] {
@@ -199,6 +309,7 @@ export class FileSource {
 
   stop(): void {
     this.stopped = true;
+    this.parser.stop();
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     if (this.timer) clearTimeout(this.timer);
@@ -331,7 +442,10 @@ export class FileSource {
         else if (size! > MAX_MANIFEST_BYTES) keep(`is ${size} bytes, over the ${MAX_MANIFEST_BYTES}-byte limit for a manifest file; not read, its last good objects are kept`);
         else if (typeof text !== 'string') keep(`cannot read: ${fsError(text)}; its last good objects are kept`);
         else {
-          const { good, errors, skipped } = loadFileText(text, rel, known?.good, this.opts.retrySchema);
+          const read = await this.parser.parse(text, rel);
+          slice = performance.now();
+          const { good, errors } = keepLastGood(read, known?.good);
+          const skipped = read.skipped;
           this.files.set(file, { rel, good, errors, signature: sig });
           for (const s of skipped) log.info(s);
           for (const e of errors) log.error({ file: e.file, doc: e.doc, line: e.line, object: e.object, field: e.field }, e.message);
