@@ -20,6 +20,7 @@ import { CSDS_SERVICE } from '../src/xds/csds.js';
 import { envoyRoot, loadEnvoyProtos } from '../src/xds/protos.js';
 import { ADS_SERVICE } from '../src/xds/server.js';
 import { RESOURCE_TYPES } from '../src/xds/types.js';
+import { hostileClients, type HostileOptions, type HostileReport } from './hostile.js';
 
 export interface FuzzReport {
   iterations: number;
@@ -33,7 +34,12 @@ export interface FuzzReport {
   healthFailures: string[];
   serverExited: string | null;
   goodEditApplied: boolean;
+  /** The hostile clients' phase: what they did, and the server's RSS before and at most during it. */
+  hostile?: HostileReport & { rssBeforeMb: number; rssMaxMb: number };
 }
+
+/** How hard the hostile phase pushes (bench/hostile.ts); none: no hostile phase. */
+export type HostileLoad = Pick<HostileOptions, 'seconds' | 'partialStreams' | 'connections' | 'bombsPerSecond'>;
 
 /** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
 function rng(seed: number): () => number {
@@ -65,7 +71,7 @@ console.log(JSON.stringify({ probes, maxMs, failures }));
 
 const REGEXES = ['(', '(a+)+$', '(a|aa)*b', '.*', '(?=x)', '[', 'curl-.*', '\\', '(((((((((a)))))))))', 'x{1000}{1000}', '', 'a'.repeat(5000)];
 
-export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzReport> {
+export async function fuzzInputs(iterations: number, seed = 1, hostile?: HostileLoad): Promise<FuzzReport> {
   loadEnvoyProtos();
   const random = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)];
@@ -273,6 +279,27 @@ export async function fuzzInputs(iterations: number, seed = 1): Promise<FuzzRepo
     if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
   }
 
+  // Then the hostile clients, all at once, while a well-behaved client keeps syncing and the RSS is sampled.
+  if (hostile && !report.serverExited) {
+    const rss = async (): Promise<number> => {
+      const text = await fetch(`${debug}/metrics`).then((r) => r.text(), () => '');
+      return Number(/^mesh_xds_process_process_resident_memory_bytes (\d+)/m.exec(text)?.[1] ?? 0) / 1024 / 1024;
+    };
+    const rssBeforeMb = await rss();
+    let rssMaxMb = rssBeforeMb;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        rssMaxMb = Math.max(rssMaxMb, await rss());
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    const h = await hostileClients(adsAddress, { ...hostile, node: { id: 'well-behaved', namespace: 'curl', serviceAccount: 'curl' } });
+    sampling = false;
+    await sampler;
+    report.hostile = { ...h, rssBeforeMb, rssMaxMb };
+  }
+
   // The bad input goes; a good edit must be applied.
   for (const f of ['extra.yaml', ...originals.keys()]) {
     const p = path.join(dir, f);
@@ -307,12 +334,18 @@ function present(p: string): boolean {
   return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
 }
 
+/** What the README promises the server stays under, hostile clients included (deploy/ gives it 1 GiB). */
+export const RSS_CEILING_MB = 512;
+
 if (process.argv[1]?.endsWith('fuzz-inputs.js')) {
   const iterations = Number(process.argv[2] ?? 2000);
   const seed = Number(process.argv[3] ?? Date.now() % 100000);
-  const r = await fuzzInputs(iterations, seed);
+  // FUZZ_HOSTILE_SECONDS=0 leaves the hostile phase out.
+  const seconds = Number(process.env.FUZZ_HOSTILE_SECONDS ?? 10);
+  const r = await fuzzInputs(iterations, seed, seconds ? { seconds, partialStreams: 500, connections: 2, bombsPerSecond: 40 } : undefined);
   console.log(JSON.stringify(r, null, 2));
-  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100;
+  const hostileOk = !r.hostile || (r.hostile.wellBehaved.failed.length === 0 && r.hostile.rssMaxMb < RSS_CEILING_MB);
+  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100 && hostileOk;
   console.log(ok ? `OK: ${iterations} iterations (seed ${seed}), /healthz max ${r.healthMaxMs.toFixed(1)} ms` : 'FAILED');
   process.exit(ok ? 0 : 1);
 }

@@ -1,0 +1,214 @@
+/**
+ * Hostile clients of the ADS port (issue 21), all at once for a while, with no certificate and no valid request:
+ * - a writer that keeps sending on a call the server has answered (an unknown method), 1 MiB at a time, and
+ *   opens another whenever one is reset;
+ * - streams that each send the prefix of a 4 MiB message and all of it but 64 bytes, then nothing (reopened
+ *   when refused);
+ * - gzip bombs: 4 kB messages that inflate to 4 MiB;
+ * - with TLS, handshakes begun and dropped;
+ * and beside them a well-behaved client that opens an ADS stream every half second and must get its listeners.
+ * Used by `npm run fuzz:inputs` (against `mesh-xds serve`) and `npm run bench:ads` (ADS_HOSTILE=SECONDS).
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import zlib from 'node:zlib';
+import * as grpc from '@grpc/grpc-js';
+import { envoyRoot } from '../src/xds/protos.js';
+import { ADS_PATHS, ADS_SERVICE } from '../src/xds/server.js';
+import { LISTENER } from '../src/xds/types.js';
+
+export interface HostileOptions {
+  seconds: number;
+  /** Streams holding an incomplete 4 MiB message, over `connections` connections. */
+  partialStreams: number;
+  connections: number;
+  /** gzip bombs sent per second. */
+  bombsPerSecond: number;
+  /** The well-behaved client's node (its identity must be in the mesh). */
+  node: { id: string; namespace: string; serviceAccount: string };
+  /** The port is TLS: also begin handshakes and drop them; the well-behaved client is then not run here. */
+  tls?: boolean;
+}
+
+export interface HostileReport {
+  writtenMb: number;
+  writerResets: number;
+  partialsSent: number;
+  partialsRefused: Record<string, number>;
+  bombsSent: number;
+  bombsRefused: number;
+  handshakesDropped: number;
+  wellBehaved: { ok: number; failed: string[] };
+}
+
+const MESSAGE = 4 * 1024 * 1024;
+
+const prefix = (length: number, compressed = false): Buffer => {
+  const p = Buffer.alloc(5);
+  p[0] = compressed ? 1 : 0;
+  p.writeUInt32BE(length, 1);
+  return p;
+};
+
+export async function hostileClients(address: string, o: HostileOptions): Promise<HostileReport> {
+  const report: HostileReport = { writtenMb: 0, writerResets: 0, partialsSent: 0, partialsRefused: {}, bombsSent: 0, bombsRefused: 0, handshakesDropped: 0, wellBehaved: { ok: 0, failed: [] } };
+  const until = performance.now() + o.seconds * 1000;
+  const running = (): boolean => performance.now() < until;
+  const url = `${o.tls ? 'https' : 'http'}://${address}`;
+  const sessions: http2.ClientHttp2Session[] = [];
+  const connect = (): http2.ClientHttp2Session => {
+    const s = http2.connect(url, { rejectUnauthorized: false, maxSessionMemory: 1024 });
+    s.on('error', () => {});
+    sessions.push(s);
+    return s;
+  };
+  const request = (s: http2.ClientHttp2Session, path: string, headers: http2.OutgoingHttpHeaders = {}): http2.ClientHttp2Stream | undefined => {
+    if (s.destroyed || s.closed) return undefined;
+    try {
+      const r = s.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', ...headers });
+      r.on('error', () => {});
+      r.on('data', () => {});
+      return r;
+    } catch {
+      return undefined;
+    }
+  };
+  /** The grpc-status a stream ended with (from its headers or trailers), or 'reset'/'closed'. */
+  const ended = (r: http2.ClientHttp2Stream): Promise<string> =>
+    new Promise((resolve) => {
+      let status: string | undefined;
+      const take = (h: http2.IncomingHttpHeaders): void => {
+        if (h['grpc-status'] !== undefined) status ??= String(h['grpc-status']);
+      };
+      r.on('response', take);
+      r.on('trailers', take);
+      r.on('close', () => resolve(status ?? (r.rstCode ? `reset ${r.rstCode}` : 'closed')));
+    });
+
+  // 1. Writing on after the answer.
+  const writer = async (): Promise<void> => {
+    const chunk = Buffer.alloc(1024 * 1024, 7);
+    let s = connect();
+    while (running()) {
+      if (s.destroyed || s.closed) s = connect();
+      const r = request(s, '/no.Such/Method');
+      if (!r) continue;
+      r.write(prefix(10));
+      while (!r.destroyed && running()) {
+        const more = r.write(chunk);
+        report.writtenMb++;
+        const stalled = await new Promise<boolean>((resolve) => {
+          if (more || r.destroyed) return void setImmediate(() => resolve(false));
+          const go = (stall: boolean): void => {
+            clearTimeout(timer);
+            r.off('drain', drained);
+            r.off('close', drained);
+            resolve(stall);
+          };
+          const drained = (): void => go(false);
+          // The server stops granting flow-control window to a writer it has reset: start over on a new connection.
+          const timer = setTimeout(() => go(true), 1000);
+          r.on('drain', drained);
+          r.on('close', drained);
+        });
+        if (stalled) {
+          s.destroy();
+          break;
+        }
+      }
+      if (r.destroyed) report.writerResets++;
+      r.close();
+    }
+  };
+
+  // 2. Incomplete messages held.
+  const partials = async (): Promise<void> => {
+    const conns = Array.from({ length: o.connections }, connect);
+    const body = Buffer.alloc(MESSAGE - 64, 3);
+    const one = async (i: number): Promise<void> => {
+      while (running()) {
+        const r = request(conns[i % conns.length]!, ADS_PATHS.sotw);
+        if (!r) return;
+        r.write(prefix(MESSAGE));
+        r.write(body);
+        report.partialsSent++;
+        const status = await Promise.race([ended(r), new Promise<string>((resolve) => setTimeout(() => resolve('held'), Math.max(0, until - performance.now())))]);
+        if (status !== 'held') report.partialsRefused[status] = (report.partialsRefused[status] ?? 0) + 1;
+        r.close();
+      }
+    };
+    await Promise.all(Array.from({ length: o.partialStreams }, (_, i) => one(i)));
+  };
+
+  // 3. gzip bombs.
+  const bombs = async (): Promise<void> => {
+    const bomb = Buffer.concat([prefix(0, true), zlib.gzipSync(Buffer.alloc(2 * MESSAGE), { level: 9 })]);
+    bomb.writeUInt32BE(bomb.length - 5, 1);
+    const s = connect();
+    const sent: Promise<void>[] = [];
+    while (running()) {
+      for (let k = 0; k < o.bombsPerSecond / 10; k++) {
+        const r = request(s.destroyed ? connect() : s, ADS_PATHS.sotw, { 'grpc-encoding': 'gzip' });
+        if (!r) continue;
+        r.end(bomb);
+        report.bombsSent++;
+        sent.push(ended(r).then((st) => void (st === String(grpc.status.RESOURCE_EXHAUSTED) && report.bombsRefused++)));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await Promise.race([Promise.all(sent), new Promise((r) => setTimeout(r, 2000))]);
+  };
+
+  // 4. TLS handshakes begun and dropped (a ClientHello cut short).
+  const handshakes = async (): Promise<void> => {
+    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+    while (running()) {
+      await Promise.all(
+        Array.from({ length: 20 }, () =>
+          new Promise<void>((resolve) => {
+            const sock = net.connect(port, host, () => sock.end(Buffer.from([0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00])));
+            sock.on('error', () => {});
+            sock.on('close', () => {
+              report.handshakesDropped++;
+              resolve();
+            });
+          }),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  // The well-behaved client: a new ADS stream every half second gets its listeners within 5 s.
+  const wellBehaved = async (): Promise<void> => {
+    const Ads = grpc.makeGenericClientConstructor(ADS_SERVICE, 'ADS');
+    const Req = envoyRoot().lookupType('envoy.service.discovery.v3.DiscoveryRequest');
+    const node = { id: o.node.id, user_agent_name: 'envoy', metadata: { fields: { namespace: { stringValue: o.node.namespace }, serviceAccount: { stringValue: o.node.serviceAccount } } } };
+    const request = Buffer.from(Req.encode(Req.fromObject({ node, type_url: LISTENER })).finish());
+    const tries: Promise<void>[] = [];
+    while (running()) {
+      tries.push(
+        new Promise<void>((resolve) => {
+          const client = new Ads(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as any;
+          const call = client.StreamAggregatedResources({ deadline: Date.now() + 5000 });
+          const done = (failure?: string): void => {
+            if (failure) report.wellBehaved.failed.push(failure);
+            else report.wellBehaved.ok++;
+            call.cancel();
+            client.close();
+            resolve();
+          };
+          call.on('data', () => done());
+          call.on('error', (e: grpc.ServiceError) => e.code !== grpc.status.CANCELLED && done(`${grpc.status[e.code]}: ${e.details}`));
+          call.write(request);
+        }),
+      );
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    await Promise.all(tries);
+  };
+
+  await Promise.all([writer(), partials(), bombs(), ...(o.tls ? [handshakes()] : [wellBehaved()])]);
+  for (const s of sessions) s.destroy();
+  return report;
+}
