@@ -8,6 +8,7 @@ import path from 'node:path';
 import { createCa, issue, writeCaDir } from '../src/security/ca.js';
 import { tlsFromCa } from '../src/security/tls.js';
 import { Session } from 'node:inspector/promises';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/cache.js';
@@ -33,6 +34,9 @@ const server = new AdsServer({ cache, registry, log, tls });
 const port = await server.listen('127.0.0.1:0');
 
 const send = (m: object): void => void process.send!(m);
+/** How long the event loop was held (what a health probe or a stream would have waited), since the last reset. */
+const loop = monitorEventLoopDelay({ resolution: 10 });
+loop.enable();
 const mem = (): number => process.memoryUsage().rss;
 
 let expected = 0;
@@ -85,7 +89,8 @@ process.on('message', async (m: any) => {
     pipeline.update(state);
     pushMs = performance.now() - t;
   } else if (m.cmd === 'stats') {
-    send({ cmd: 'stats', rss: mem(), connections: registry.connections.size });
+    send({ cmd: 'stats', rss: mem(), connections: registry.connections.size, loopMaxMs: loop.max / 1e6, receiving: server.grpc.receiving });
+    if (m.reset) loop.reset();
   } else if (m.cmd === 'stop') {
     void server.close(1000).then(() => process.exit(0));
   }

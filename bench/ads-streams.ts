@@ -116,6 +116,38 @@ for (const [i, c] of changes.entries()) {
     `change ${i + 1} (one endpoint added; EDS pushed to all): ACKed by all ${N} in ${c.ms.toFixed(0)} ms (translate and write all: ${c.pushMs.toFixed(0)} ms); server CPU ${c.cpuMs.toFixed(0)} ms; RSS ${mb(c.rss)}`,
   );
 }
+// ADS_HOSTILE=SECONDS: then the hostile clients of bench/hostile.ts for that long, while the server's RSS and
+// event-loop delay are sampled and one more change is pushed to every proxy.
+const HOSTILE = Number(process.env.ADS_HOSTILE ?? 0);
+if (HOSTILE) {
+  const { hostileClients } = await import('./hostile.js');
+  const [namespace, serviceAccount] = String(ready.identities[0]).split('/');
+  child.send({ cmd: 'stats', reset: true });
+  const base = await receive('stats');
+  let rssMax = base.rss;
+  let loopMax = 0;
+  let receivingMax = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      child.send({ cmd: 'stats' });
+      const s = await receive('stats');
+      rssMax = Math.max(rssMax, s.rss);
+      loopMax = Math.max(loopMax, s.loopMaxMs);
+      receivingMax = Math.max(receivingMax, s.receiving);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  })();
+  const attack = hostileClients(`127.0.0.1:${ready.port}`, { seconds: HOSTILE, partialStreams: 500, connections: 2, bombsPerSecond: 40, node: { id: 'well-behaved', namespace: namespace!, serviceAccount: serviceAccount! }, tls: TLS });
+  await new Promise((r) => setTimeout(r, (HOSTILE * 1000) / 2));
+  child.send({ cmd: 'change', i: 99 });
+  const during = await receive('change-acked', 120_000);
+  const h = await attack;
+  sampling = false;
+  await sampler;
+  console.log(`hostile clients for ${HOSTILE} s beside the ${N} proxies: ${h.writtenMb} MB written after answers (${h.writerResets} resets), ${h.partialsSent} incomplete 4 MiB messages (refused: ${JSON.stringify(h.partialsRefused)}), ${h.bombsSent} gzip bombs (${h.bombsRefused} refused), ${h.handshakesDropped} TLS handshakes dropped; well-behaved streams ${h.wellBehaved.ok} ok, ${h.wellBehaved.failed.length} failed ${JSON.stringify(h.wellBehaved.failed.slice(0, 3))}`);
+  console.log(`  server RSS ${mb(base.rss)} before, at most ${mb(rssMax)}; incomplete messages held at most ${mb(receivingMax)}; event loop held at most ${loopMax.toFixed(0)} ms; a change meanwhile ACKed by all ${N} in ${during.ms.toFixed(0)} ms`);
+}
 child.send({ cmd: 'stop' });
 for (const c of calls) c.cancel();
 for (const c of clients) c.close();

@@ -6,6 +6,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -111,6 +112,39 @@ describe('ADS over mTLS', () => {
     const renewed = adsWith(await leaf('curl', 'curl')).sotw();
     renewed.send(ldsRequest(node({ id: 'short-lived' })));
     expect((await renewed.next()).type_url).toBe(LDS);
+  });
+
+  it('counts failed TLS handshakes and warns about them at most once per 10 s, however many there are', async () => {
+    const port = Number(demo.ads.split(':')[1]);
+    const count = async (): Promise<number> => {
+      const m = /^mesh_xds_connections_refused_total\{reason="tls_handshake_failed"\} (\d+)/m.exec(await fetch(`${demo.debug}/metrics`).then((r) => r.text()));
+      return m ? Number(m[1]) : 0;
+    };
+    const before = await count();
+    const warnings = (): number => lines.filter((l) => String(l.msg).startsWith('TLS handshake failed')).length;
+    const warned = warnings();
+    const stranger = await createCa(trustDomain);
+    // 50 connections whose ClientHello is junk, and 50 whose client does not trust the server.
+    await Promise.all(
+      Array.from({ length: 50 }, () =>
+        new Promise<void>((resolve) => {
+          const sock = net.connect(port, '127.0.0.1', () => sock.write(Buffer.from('GET / HTTP/1.1\r\n\r\n')));
+          sock.on('error', () => {});
+          sock.on('close', () => resolve());
+        }),
+      ),
+    );
+    await Promise.all(
+      Array.from({ length: 50 }, () =>
+        new Promise<void>((resolve) => {
+          const sock = tls.connect({ port, host: '127.0.0.1', ca: [stranger.cert], servername: 'localhost' });
+          sock.on('error', () => resolve());
+          sock.on('secureConnect', () => (sock.destroy(), resolve()));
+        }),
+      ),
+    );
+    await eventually(async () => (await count()) >= before + 100, 3000, 'every failed handshake counted');
+    expect(warnings() - warned).toBeLessThanOrEqual(1);
   });
 
   it("refuses a node that claims an identity its certificate does not prove, naming the field", async () => {
