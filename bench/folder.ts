@@ -72,9 +72,12 @@ const bigSource = new FileSource({
   meshName: 'mesh-xds',
   log: pino({ level: 'silent' }),
   retrySchema: loadRetrySchema(),
+  // As `mesh-xds serve` hands a mesh to the pipeline: big parts prepared a slice at a time, then the update.
   onChange: (s) => {
-    translateMs = pipeline.update(s).ms;
-    applied++;
+    void pipeline.submit(s).then(() => {
+      translateMs = pipeline.lastReport!.ms;
+      applied++;
+    });
   },
 });
 pipeline.update(await bigSource.start());
@@ -87,4 +90,4 @@ const bigMax = delay.max / 1e6;
 delay.disable();
 bigSource.stop();
 rmSync(big, { recursive: true, force: true });
-console.log(`an EndpointSlice of 50,000 endpoints (3 MB) read and translated in ${(bigMs / 1000).toFixed(2)} s; longest event-loop block ${bigMax.toFixed(0)} ms (the translation: ${translateMs.toFixed(0)} ms)`);
+console.log(`an EndpointSlice of 50,000 endpoints (3 MB) read and translated in ${(bigMs / 1000).toFixed(2)} s; longest event-loop block ${bigMax.toFixed(0)} ms (the update after the big endpoints were prepared in slices: ${translateMs.toFixed(0)} ms)`);

@@ -94,7 +94,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       log.error(`${problem}; keeping the last mesh`);
       return;
     }
-    pipeline.update(state);
+    void pipeline.submit(state);
   };
 
   let source: MeshSource;

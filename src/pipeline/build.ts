@@ -13,9 +13,17 @@ import type { RetryPolicy } from '../envoy/types.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/encode.js';
 import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
-import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/snapshot.js';
+import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
-import { lenField } from '../xds/wire.js';
+import { lenField, lenFieldParts } from '../xds/wire.js';
+
+/** Ports with more endpoints than this have them encoded ahead of the build, this many per turn (`prepare`). */
+export const ENDPOINT_SLICE = 2_000;
+const LOCALITY_LB_ENDPOINTS = 'envoy.config.endpoint.v3.LocalityLbEndpoints';
+const CLUSTER_LOAD_ASSIGNMENT = 'envoy.config.endpoint.v3.ClusterLoadAssignment';
+
+/** The memo key of a port's ClusterLoadAssignment: all it is made of. */
+const endpointsKey = (port: PortIR): string => JSON.stringify([port.cluster, port.endpoints]);
 
 /** Values kept across builds while they are used; dropped after a build that did not use them. */
 class Memo<V> {
@@ -37,6 +45,14 @@ class Memo<V> {
     }
     this.current.set(key, v);
     return v;
+  }
+  /** Whether `key` is held (for this build or the last one). */
+  has(key: string): boolean {
+    return this.current.has(key) || this.previous.has(key);
+  }
+  /** Holds a value made ahead of the build that will ask for it. */
+  put(key: string, v: V): void {
+    this.current.set(key, v);
   }
   generation(): void {
     this.previous = this.current;
@@ -132,6 +148,38 @@ export class SnapshotBuilder {
     for (const [key, h] of this.retryHosts) if (!hosts.has(h)) this.retryHosts.delete(key);
   }
 
+  /**
+   * Encodes ahead of `update` the endpoints of every port with more than ENDPOINT_SLICE of them, a slice at a time
+   * with a turn of the event loop (`turn`) after each, so that one EndpointSlice of 50,000 endpoints does not hold
+   * the loop for the whole of its encoding; `update` then finds them made. The bytes, hence the version, are those
+   * of the one-shot encoding.
+   */
+  async prepare(ir: MeshIR, turn: () => Promise<void>): Promise<void> {
+    for (const service of ir.services) {
+      for (const port of service.ports) {
+        if (port.endpoints.length <= ENDPOINT_SLICE) continue;
+        const key = `${ENDPOINT}|${endpointsKey(port)}`;
+        if (this.resources.has(key)) continue;
+        const cla = clusterLoadAssignment(port);
+        const locality = cla.endpoints![0]!;
+        const label = `EDS ${port.cluster}`;
+        // LocalityLbEndpoints in field order (locality 1, lb_endpoints 2, load_balancing_weight 3): its fields
+        // before the endpoints, the endpoints a slice at a time, the fields after. Concatenated protobuf of one
+        // message is that message; lb_endpoints has no rule on the list as a whole, so each slice is checked alone.
+        const parts: Uint8Array[] = [encodeMessage(LOCALITY_LB_ENDPOINTS, { locality: locality.locality }, label)];
+        const all = locality.lb_endpoints!;
+        for (let at = 0; at < all.length; at += ENDPOINT_SLICE) {
+          await turn();
+          parts.push(encodeMessage(LOCALITY_LB_ENDPOINTS, { lb_endpoints: all.slice(at, at + ENDPOINT_SLICE) }, label));
+        }
+        parts.push(encodeMessage(LOCALITY_LB_ENDPOINTS, { load_balancing_weight: locality.load_balancing_weight }, label));
+        await turn();
+        const body = Buffer.concat([encodeMessage(CLUSTER_LOAD_ASSIGNMENT, { cluster_name: cla.cluster_name }, label), ...lenFieldParts(2, parts)]);
+        this.resources.put(key, makeResource(ENDPOINT, body, port.cluster, refsOf(ENDPOINT, cla)));
+      }
+    }
+  }
+
   private resource(typeUrl: string, key: string, make: () => object): Resource {
     return this.resources.get(`${typeUrl}|${key}`, () => resourceFromObject(typeUrl, make()));
   }
@@ -153,7 +201,7 @@ export class SnapshotBuilder {
         if (!clusterNames.has(port.cluster)) {
           clusterNames.add(port.cluster);
           clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}`, () => outboundCluster(port)));
-          endpoints.push(this.resource(ENDPOINT, JSON.stringify([port.cluster, port.endpoints]), () => clusterLoadAssignment(port)));
+          endpoints.push(this.resource(ENDPOINT, endpointsKey(port), () => clusterLoadAssignment(port)));
         }
         if (port.protocol === 'http') {
           if (!httpPorts.has(port.dialPort)) {

@@ -11,6 +11,9 @@ import type { Snapshot } from '../xds/snapshot.js';
 import { ROUTE } from '../xds/types.js';
 import { SnapshotBuilder } from './build.js';
 
+/** A turn of the event loop: what waits (health checks, ADS) is served. */
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
 export interface BuildReport {
   readonly at: Date;
   readonly ms: number;
@@ -61,21 +64,69 @@ export class Pipeline {
     }
   }
 
-  update(state: MeshState): BuildReport {
-    const started = performance.now();
+  /**
+   * Takes a new mesh as a source delivers it: what is big is prepared first, a slice per turn of the event loop
+   * (a ClusterLoadAssignment of 50,000 endpoints, say), then `update` runs. One mesh at a time; a mesh that
+   * arrives meanwhile replaces one still waiting (each mesh is whole: the latest holds every change).
+   */
+  submit(state: MeshState): Promise<void> {
+    this.waiting = state;
+    this.running ??= this.drain().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private waiting?: MeshState;
+  private running?: Promise<void>;
+  /** The topology compiled for a mesh being prepared, reused by its `update`. */
+  private prepared?: { state: MeshState; topology: ReturnType<typeof compileTopologyOnly> };
+
+  private async drain(): Promise<void> {
+    while (this.waiting) {
+      const state = this.waiting;
+      this.waiting = undefined;
+      try {
+        await this.prepare(state);
+      } catch (err) {
+        // update() reports it, with the same error, and publishes nothing.
+        this.log.debug({ err: (err as Error).message }, 'preparing the mesh failed');
+      }
+      if (this.waiting) continue;
+      this.update(state);
+    }
+  }
+
+  private async prepare(state: MeshState): Promise<void> {
+    if (!this.topologyChanged(state)) return;
+    // Not in the turn of the source that delivered the mesh (it has done its own work in that turn).
+    await turn();
+    const topology = compileTopologyOnly(state);
+    this.prepared = { state, topology };
+    await turn();
+    await this.builder.prepare(compile(state, topology), turn);
+  }
+
+  private topologyChanged(state: MeshState): boolean {
     const prev = this.state;
-    const topologyChanged =
+    return (
       !prev ||
       !this.topology ||
       prev.namespaces !== state.namespaces ||
       prev.services !== state.services ||
       prev.endpointSlices !== state.endpointSlices ||
       prev.pods !== state.pods ||
-      prev.meshName !== state.meshName;
+      prev.meshName !== state.meshName
+    );
+  }
+
+  update(state: MeshState): BuildReport {
+    const started = performance.now();
+    const prev = this.state;
+    const topologyChanged = this.topologyChanged(state);
     const flagChanged = prev?.meshConfig.enableRetryPolicy !== state.meshConfig.enableRetryPolicy;
     let ir: MeshIR;
     try {
-      const topology = topologyChanged ? compileTopologyOnly(state) : this.topology!;
+      const topology = !topologyChanged ? this.topology! : this.prepared?.state === state ? this.prepared.topology : compileTopologyOnly(state);
+      this.prepared = undefined;
       ir = compile(state, topology);
       this.builder.update(ir, { topologyChanged });
       this.topology = topology;
