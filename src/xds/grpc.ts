@@ -127,7 +127,9 @@ export class ServerCall extends EventEmitter {
   private need = -1;
   private compressed = false;
   /** A compressed message is being inflated: what arrives meanwhile waits behind it. */
-  private inflating = 0;
+  private inflating = false;
+  /** Its compressed bytes (counted as held until it is delivered). */
+  private inflatingBytes = 0;
   /** The client sent its last message (END_STREAM). */
   private clientEnded = false;
   private deadline?: NodeJS.Timeout;
@@ -154,7 +156,7 @@ export class ServerCall extends EventEmitter {
       stream.sendTrailers(this.trailers ?? { 'grpc-status': '0' });
       // A client still sending is told to stop: RST_STREAM(NO_ERROR) after the status (gRPC over HTTP/2). The
       // trailers are written on a later turn (nghttp2 sends what was submitted in a scheduled write): reset after.
-      if (!this.clientEnded) setImmediate(() => stream.close(http2.constants.NGHTTP2_NO_ERROR));
+      if (!this.clientEnded) setImmediate(() => stream.destroyed || stream.close(http2.constants.NGHTTP2_NO_ERROR));
     });
     stream.on('close', () => {
       clearTimeout(this.deadline);
@@ -353,7 +355,8 @@ export class ServerCall extends EventEmitter {
       this.refuse(encoding === 'identity' ? Code.INTERNAL : Code.UNIMPLEMENTED, why);
       return;
     }
-    this.inflating = message.length;
+    this.inflating = true;
+    this.inflatingBytes = message.length;
     this.queued += message.length;
     this.shared.inflations.take(() => {
       if (this.ended) return this.inflated();
@@ -377,8 +380,9 @@ export class ServerCall extends EventEmitter {
 
   private inflated(): void {
     this.shared.inflations.done();
-    if (!this.ended) this.queued -= this.inflating;
-    this.inflating = 0;
+    if (!this.ended) this.queued -= this.inflatingBytes;
+    this.inflating = false;
+    this.inflatingBytes = 0;
   }
 }
 
