@@ -21,8 +21,9 @@ const MAX = 64 * 1024;
 const BUDGET = 4 * MAX;
 const MESSAGE_TIMEOUT_MS = 1_000;
 const OPTIONS: GrpcServerOptions = { ...TRANSPORT, maxReceive: MAX, receiveBudget: BUDGET, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 };
-/** The reasons the server counted refusals for. */
+/** The reasons the server counted refusals for, and the transport errors it counted. */
 const refusals: string[] = [];
+const errors: string[] = [];
 let server: GrpcServer;
 let port: number;
 /** What the server's calls saw, in order. */
@@ -31,7 +32,7 @@ const seen: { data: Buffer[]; events: string[]; turns: number[] }[] = [];
 let turn = 0;
 
 beforeAll(async () => {
-  server = new GrpcServer(OPTIONS, { refused: (r) => refusals.push(r) });
+  server = new GrpcServer(OPTIONS, { refused: (r) => refusals.push(r), error: (where, code) => errors.push(`${where} ${code}`) });
   server.handle(ECHO.path, (call: ServerCall) => {
     const log = { data: [] as Buffer[], events: [] as string[], turns: [] as number[] };
     seen.push(log);
@@ -362,5 +363,22 @@ describe('gRPC transport of the ADS port', () => {
     } finally {
       await small.close(100);
     }
+  });
+
+  it('counts the errors of connections and streams (by code) instead of swallowing them, and goes on serving', async () => {
+    const before = errors.length;
+    // A client whose connection is reset (TCP RST) in the middle of a call.
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    session.on('error', () => {});
+    const req = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+    req.on('error', () => {});
+    await new Promise<void>((resolve) => {
+      req.on('data', () => resolve());
+      req.write(frame(Buffer.from('hello')));
+    });
+    (session.socket as net.Socket).resetAndDestroy();
+    for (let i = 0; i < 50 && errors.length < before + 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(errors.slice(before).sort()).toEqual(['session ECONNRESET', 'stream ECONNRESET']);
+    expect((await chat([Buffer.from('after')])).got.map(String)).toEqual(['after']);
   });
 });

@@ -38,6 +38,12 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  private readonly transportErrors = new Counter({
+    name: 'mesh_xds_transport_errors_total',
+    help: 'Errors of ADS connections (session) and streams (stream), by Node error code; each ends only its own',
+    labelNames: ['where', 'code'],
+    registers: [this.registry],
+  });
   private readonly policies = new Gauge({ name: 'mesh_xds_policies', help: 'Retry policies by status', labelNames: ['state'], registers: [this.registry] });
 
   /** Errors the source currently reports (folder: files and objects that fail; their last good objects stay). */
@@ -80,6 +86,7 @@ export class Metrics {
       nacked: (_c, url) => this.nacks.inc({ type: short(url) }),
       refused: (reason) => this.refused.inc({ reason }),
       connectionRefused: (reason) => this.connectionsRefused.inc({ reason }),
+      transportError: (where, code) => this.transportErrors.inc({ where, code }),
     });
   }
 

@@ -5,9 +5,9 @@
  */
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
-import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import type { Logger } from 'pino';
-import { peerOf } from '../xds/grpc.js';
 import { issue, notAfter, readCaDir, type KeyPair } from './ca.js';
 import { parseSpiffeId, spiffeId, type WorkloadId } from './spiffe.js';
 
@@ -78,7 +78,8 @@ function notForClients(leaf: X509Certificate, subject: string): PeerCheck {
   return { ok: false, reason: 'bad_certificate', message: `the client certificate (${subject}) is not for client authentication (extended key usage: ${usages || 'none'}; clientAuth is required)` };
 }
 
-/** What the TLS handshake of a connection established about its client. */
+
+/** What the TLS handshake of a connection established about its client (the transport reads it off the socket). */
 export interface PeerTls {
   /** The client certificate, if it sent one. */
   readonly cert?: X509Certificate;
@@ -89,54 +90,44 @@ export interface PeerTls {
 
 /**
  * The TLS listener in front of the gRPC server: it terminates TLS with the provider's certificate (swapped on
- * rotation for new connections), requests a client certificate without refusing the handshake, records what
- * each connection proved, and hands the connection to gRPC. Refusing later, per stream, is what lets a refusal
+ * rotation for new connections), requests a client certificate without refusing the handshake, and hands
+ * the connection to gRPC, whose calls read what it proved off their connection's socket. Refusing later, per stream, is what lets a refusal
  * say why (no certificate, another CA, expired), which a failed handshake cannot tell the client or the log.
  */
 export class TlsFront {
   private server?: tls.Server;
-  private readonly peers = new Map<string, PeerTls>();
-  private ca?: Buffer;
-  private identity?: grpc.experimental.IdentityCertificateUpdate;
+  private current?: ServingCredentials;
   private readonly ready: Promise<void>;
   private markReady!: () => void;
-  private readonly onCa = (u: grpc.experimental.CaCertificateUpdate | null): void => {
-    if (u) this.ca = u.caCertificate;
-    this.update();
-  };
-  private readonly onIdentity = (u: grpc.experimental.IdentityCertificateUpdate | null): void => {
-    if (u) this.identity = u;
-    this.update();
-  };
-
+  private readonly unwatch: () => void;
   /** Failed handshakes since the last warning (a handshake flood must not become a log flood). */
   private failures = 0;
   private lastWarning = -Infinity;
 
   constructor(
-    private readonly serving: TlsServing,
+    serving: TlsServing,
     private readonly log: Logger,
     private readonly bounds: TlsFrontBounds = {},
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
-    serving.provider.addCaCertificateListener(this.onCa);
-    serving.provider.addIdentityCertificateListener(this.onIdentity);
+    this.unwatch = serving.credentials.watch((c) => this.update(c));
   }
 
   private options(): tls.SecureContextOptions {
-    return { ca: this.ca, cert: this.identity!.certificate, key: this.identity!.privateKey };
+    const c = this.current!;
+    return { ca: c.ca, cert: c.cert, key: c.key };
   }
 
-  private update(): void {
-    if (!this.ca || !this.identity) return;
+  private update(next: ServingCredentials): void {
     if (this.server) {
       try {
-        this.server.setSecureContext(this.options());
+        this.server.setSecureContext({ ca: next.ca, cert: next.cert, key: next.key });
       } catch (e) {
         this.log.error({ err: (e as Error).message }, 'the new certificate, key or CA is not usable; serving the previous one');
         return;
       }
     }
+    this.current = next;
     this.markReady();
   }
 
@@ -144,12 +135,8 @@ export class TlsFront {
   async listen(host: string, port: number, accept: (socket: tls.TLSSocket) => void): Promise<number> {
     await this.ready;
     const options = { ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' as const, handshakeTimeout: HANDSHAKE_TIMEOUT_MS };
-    this.server = tls.createServer(options, (socket) => {
-      const key = peerOf(socket);
-      this.peers.set(key, { cert: socket.getPeerX509Certificate(), authorized: socket.authorized, error: socket.authorizationError ? String(socket.authorizationError) : undefined });
-      socket.on('close', () => this.peers.delete(key));
-      accept(socket);
-    });
+    // Each call reads what the handshake proved from its own connection's socket (ServerCall.tls).
+    this.server = tls.createServer(options, accept);
     if (this.bounds.maxConnections) this.server.maxConnections = this.bounds.maxConnections;
     this.server.on('drop', () => this.bounds.refused?.('too_many_connections'));
     this.server.on('tlsClientError', (err, socket) => this.handshakeFailed(err, socket));
@@ -165,19 +152,13 @@ export class TlsFront {
     this.failures++;
     const now = performance.now();
     if (now - this.lastWarning < WARN_EVERY_MS) return;
-    this.log.warn({ peer: peerOf(socket), err: err.message, failed: this.failures }, `TLS handshake failed (${this.failures} since the last such warning; at most one every ${WARN_EVERY_MS / 1000} s, all counted in mesh_xds_connections_refused_total)`);
+    this.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message, failed: this.failures }, `TLS handshake failed (${this.failures} since the last such warning; at most one every ${WARN_EVERY_MS / 1000} s, all counted in mesh_xds_connections_refused_total)`);
     this.failures = 0;
     this.lastWarning = now;
   }
 
-  /** The handshake's findings for a gRPC call's peer (`call.getPeer()`). */
-  peer(address: string): PeerTls | undefined {
-    return this.peers.get(address);
-  }
-
   close(): void {
-    this.serving.provider.removeCaCertificateListener(this.onCa);
-    this.serving.provider.removeIdentityCertificateListener(this.onIdentity);
+    this.unwatch();
     this.server?.close();
   }
 }
@@ -193,70 +174,76 @@ export interface TlsFrontBounds {
   readonly refused?: (reason: 'too_many_connections' | 'tls_handshake_failed') => void;
 }
 
+/** A TLS server's certificate and key, and the CA its clients' certificates must chain to (PEM). */
+export interface ServingCredentials {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly ca: Buffer;
+}
+
+/**
+ * The serving credentials as they change: `watch` calls its listener with the current ones (on a later turn, so a
+ * listener is never called before `watch` returned) and with every new set; it returns what stops the calls.
+ */
+export class CredentialsHolder {
+  private current?: ServingCredentials;
+  private readonly listeners = new Set<(c: ServingCredentials) => void>();
+
+  set(c: ServingCredentials): void {
+    this.current = c;
+    for (const l of this.listeners) l(c);
+  }
+
+  watch(listener: (c: ServingCredentials) => void): () => void {
+    this.listeners.add(listener);
+    queueMicrotask(() => this.current && this.listeners.has(listener) && listener(this.current));
+    return () => this.listeners.delete(listener);
+  }
+}
+
 /** Credentials and peer verification of a TLS server; `close` stops watching files or renewing. */
 export interface TlsServing {
   /** The serving certificate and key, and the CA of clients, as they change. */
-  readonly provider: grpc.experimental.CertificateProvider;
+  readonly credentials: CredentialsHolder;
   readonly verifier: PeerVerifier;
   close(): void;
 }
 
-/** A certificate provider whose CA and identity are pushed by its owner. */
-class PushedCertificates implements grpc.experimental.CertificateProvider {
-  private ca?: grpc.experimental.CaCertificateUpdate;
-  private identity?: grpc.experimental.IdentityCertificateUpdate;
-  private readonly caListeners = new Set<grpc.experimental.CaCertificateUpdateListener>();
-  private readonly idListeners = new Set<grpc.experimental.IdentityCertificateUpdateListener>();
-
-  set(ca: string, pair: KeyPair): void {
-    this.ca = { caCertificate: Buffer.from(ca) };
-    this.identity = { certificate: Buffer.from(pair.cert), privateKey: Buffer.from(pair.key) };
-    for (const l of this.caListeners) l(this.ca);
-    for (const l of this.idListeners) l(this.identity);
-  }
-  addCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
-    this.caListeners.add(l);
-    // Later, as FileWatcherCertificateProvider does, so that a listener is never called before it was added.
-    queueMicrotask(() => this.ca && this.caListeners.has(l) && l(this.ca));
-  }
-  removeCaCertificateListener(l: grpc.experimental.CaCertificateUpdateListener): void {
-    this.caListeners.delete(l);
-  }
-  addIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
-    this.idListeners.add(l);
-    queueMicrotask(() => this.identity && this.idListeners.has(l) && l(this.identity));
-  }
-  removeIdentityCertificateListener(l: grpc.experimental.IdentityCertificateUpdateListener): void {
-    this.idListeners.delete(l);
-  }
-}
-
 /**
- * TLS from a directory laid out as a Kubernetes TLS Secret (tls.crt, tls.key, ca.crt), re-read every
- * `refreshMs` so that rotated files are used for new connections without a restart.
+ * TLS from a directory laid out as a Kubernetes TLS Secret (tls.crt, tls.key, ca.crt), read again every
+ * `refreshMs`, so that rotated files are used for new connections without a restart. A set that cannot be read
+ * (or whose CA is not usable) is logged once and the previous one kept.
  */
 export function tlsFromDir(dir: string, trustDomain: string, log: Logger, refreshMs = 5_000): TlsServing {
-  const provider = new grpc.experimental.FileWatcherCertificateProvider({
-    certificateFile: `${dir}/tls.crt`,
-    privateKeyFile: `${dir}/tls.key`,
-    caCertificateFile: `${dir}/ca.crt`,
-    refreshIntervalMs: refreshMs,
-  });
+  const credentials = new CredentialsHolder();
   const verifier = new PeerVerifier(trustDomain);
-  const onCa = (u: grpc.experimental.CaCertificateUpdate | null): void => {
-    if (!u) return void log.error({ dir }, `cannot read ${dir}/ca.crt: clients cannot be verified`);
+  let last = '';
+  let lastError = '';
+  const read = (): void => {
+    let next: ServingCredentials;
     try {
-      verifier.setCa(u.caCertificate.toString());
+      next = { cert: readFileSync(path.join(dir, 'tls.crt')), key: readFileSync(path.join(dir, 'tls.key')), ca: readFileSync(path.join(dir, 'ca.crt')) };
     } catch (e) {
-      log.error({ dir, err: (e as Error).message }, `${dir}/ca.crt is not usable; keeping the previous CA`);
+      const why = `cannot read the TLS files in ${dir} (tls.crt, tls.key, ca.crt): ${(e as Error).message}; keeping the previous ones`;
+      if (why !== lastError) log.error({ dir }, (lastError = why));
+      return;
     }
+    const seen = `${next.cert.toString('base64')}|${next.key.toString('base64')}|${next.ca.toString('base64')}`;
+    if (seen === last) return;
+    try {
+      verifier.setCa(next.ca.toString());
+    } catch (e) {
+      const why = `${dir}/ca.crt is not usable (${(e as Error).message}); keeping the previous CA and certificate`;
+      if (why !== lastError) log.error({ dir }, (lastError = why));
+      return;
+    }
+    last = seen;
+    lastError = '';
+    credentials.set(next);
   };
-  provider.addCaCertificateListener(onCa);
-  return {
-    provider,
-    verifier,
-    close: () => provider.removeCaCertificateListener(onCa),
-  };
+  read();
+  const timer = setInterval(read, refreshMs).unref();
+  return { credentials, verifier, close: () => clearInterval(timer) };
 }
 
 export interface SelfIssuedOptions {
@@ -279,7 +266,7 @@ export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger
   let ca = readCaDir(caDir);
   const verifier = new PeerVerifier(o.trustDomain);
   verifier.setCa(ca.cert);
-  const provider = new PushedCertificates();
+  const credentials = new CredentialsHolder();
   const ttlMs = o.ttlMs ?? 24 * 3_600_000;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
@@ -287,7 +274,7 @@ export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger
     if (timer) clearTimeout(timer);
     try {
       const pair = await issue(ca, { trustDomain: o.trustDomain, namespace: o.namespace, serviceAccount: o.serviceAccount, ttlMs, server: { dnsNames: o.dnsNames, ipAddresses: o.ipAddresses } });
-      provider.set(ca.cert, pair);
+      credentials.set({ ca: Buffer.from(ca.cert), cert: Buffer.from(pair.cert), key: Buffer.from(pair.key) });
       log.info({ spiffe: spiffeId(o.trustDomain, o.namespace, o.serviceAccount), notAfter: notAfter(pair.cert).toISOString() }, 'serving certificate issued');
       if (!closed) timer = setTimeout(() => void renewing(), (ttlMs * 2) / 3).unref();
     } catch (e) {
@@ -318,7 +305,7 @@ export async function tlsFromCa(caDir: string, o: SelfIssuedOptions, log: Logger
     onCa?.(ca);
   }, refreshMs).unref();
   return {
-    provider,
+    credentials,
     verifier,
     close: () => {
       closed = true;

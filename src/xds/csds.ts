@@ -136,7 +136,7 @@ function statusOf(e: unknown): GrpcStatus {
 }
 
 /** Who may ask (mTLS): a refusal for a caller not allowed, else undefined. */
-export type CsdsAuthorizer = (call: Pick<ServerCall, 'getPeer'>) => { code: Code; details: string; reason: string } | undefined;
+export type CsdsAuthorizer = (call: Pick<ServerCall, 'getPeer' | 'tls'>) => { code: Code; details: string; reason: string } | undefined;
 
 /** CSDS's two methods (FetchClientStatus, StreamClientStatus), by path. */
 export function csdsHandlers(registry: ProxyRegistry, cache: SnapshotCache, onRefused?: (reason: string) => void, authorize?: CsdsAuthorizer): Record<string, Handler> {

@@ -16,8 +16,10 @@
 import { EventEmitter } from 'node:events';
 import http2 from 'node:http2';
 import type net from 'node:net';
+import type tls from 'node:tls';
 import zlib from 'node:zlib';
 import { status as Code } from '@grpc/grpc-js';
+import type { PeerTls } from '../security/tls.js';
 
 export { Code };
 
@@ -47,6 +49,14 @@ function timeoutMs(header: unknown): number | undefined {
 export function peerOf(socket: { remoteAddress?: string; remotePort?: number } | undefined): string {
   const ip = socket?.remoteAddress ?? 'unknown';
   return `${ip.includes(':') ? `[${ip}]` : ip}:${socket?.remotePort ?? 0}`;
+}
+
+/** The handshake's findings, read from a connection's socket (a TLS one: the TLS front handed it over). */
+function peerTls(socket: net.Socket | tls.TLSSocket | undefined): PeerTls | undefined {
+  // The session's socket is a proxy of the real one: its methods are there to be read, not to be found with `in`.
+  const t = socket as tls.TLSSocket | undefined;
+  if (typeof t?.getPeerX509Certificate !== 'function') return undefined;
+  return { cert: t.getPeerX509Certificate(), authorized: t.authorized, error: t.authorizationError ? String(t.authorizationError) : undefined };
 }
 
 export interface CallLimits {
@@ -147,6 +157,7 @@ export class ServerCall extends EventEmitter {
     super();
     this.limits = shared.limits;
     this.peer = peerOf(stream.session?.socket);
+    this.tls = peerTls(stream.session?.socket);
     stream.on('data', (chunk: Buffer) => this.receive(chunk));
     stream.on('end', () => {
       this.clientEnded = true;
@@ -174,6 +185,9 @@ export class ServerCall extends EventEmitter {
   getPeer(): string {
     return this.peer;
   }
+
+  /** What the TLS handshake of the call's connection established about its client (none: plaintext). */
+  readonly tls?: PeerTls;
 
   private cancel(): void {
     this.ended = true;
@@ -432,7 +446,15 @@ export interface TransportEvents {
   refused?(reason: TransportRefusal): void;
   /** A connection closed as it arrived: too many open. */
   dropped?(): void;
+  /** An error of a connection or of a stream (its code: ECONNRESET, ERR_HTTP2_STREAM_ERROR...): each ends only its own. */
+  error?(where: 'session' | 'stream', code: string): void;
 }
+
+/** The code of a transport error, for a label: Node's own codes only (an unknown one is `other`). */
+const errorCode = (e: unknown): string => {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  return typeof code === 'string' && /^[A-Z0-9_]{1,64}$/.test(code) ? code : 'other';
+};
 
 /** An HTTP/2 server whose streams are gRPC calls, routed by path to their handler. */
 export class GrpcServer {
@@ -445,7 +467,7 @@ export class GrpcServer {
 
   constructor(
     private readonly opts: GrpcServerOptions,
-    events: TransportEvents = {},
+    private readonly events: TransportEvents = {},
   ) {
     this.shared = {
       limits: opts,
@@ -484,8 +506,8 @@ export class GrpcServer {
   }
 
   private route(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-    // Errors come with a 'close' that the call handles; this keeps them from being thrown.
-    stream.on('error', () => {});
+    // Errors come with a 'close' that the call handles; they are counted, never thrown.
+    stream.on('error', (e) => this.events.error?.('stream', errorCode(e)));
     const type = headers['content-type'];
     if (typeof type !== 'string' || !type.startsWith('application/grpc')) {
       stream.respond({ ':status': 415 }, { endStream: true });
@@ -512,7 +534,7 @@ export class GrpcServer {
   /** Keepalive: a ping after each quiet interval; a connection that does not answer in time is dropped. */
   private track(session: http2.ServerHttp2Session): void {
     this.sessions.add(session);
-    session.on('error', () => {});
+    session.on('error', (e) => this.events.error?.('session', errorCode(e)));
     let timer: NodeJS.Timeout | undefined;
     const schedule = (): void => {
       timer = setTimeout(() => {

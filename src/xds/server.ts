@@ -75,14 +75,15 @@ export class AdsServer {
     this.grpc = new GrpcServer(transport, {
       refused: (reason) => opts.registry.emit('refused', reason),
       dropped: () => opts.registry.emit('connectionRefused', 'too_many_connections'),
+      error: (where, code) => opts.registry.emit('transportError', where, code),
     });
     if (opts.tls) {
       const { verifier } = opts.tls;
-      const front = (this.front = new TlsFront(opts.tls, opts.log, {
+      this.front = new TlsFront(opts.tls, opts.log, {
         maxConnections: transport.maxConnections,
         refused: (reason) => opts.registry.emit('connectionRefused', reason),
-      }));
-      this.peerCheck = (call) => verifier.check(front.peer(call.getPeer()));
+      });
+      this.peerCheck = (call) => verifier.check(call.tls);
     }
     this.ctx = {
       cache: opts.cache,

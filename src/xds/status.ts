@@ -45,6 +45,8 @@ export interface XdsEvents {
   refused?(reason: string): void;
   /** A connection closed before any stream: too many open, or its TLS handshake failed. */
   connectionRefused?(reason: 'too_many_connections' | 'tls_handshake_failed'): void;
+  /** An error of an ADS connection or stream (a reset, a protocol error): it ended only its own. */
+  transportError?(where: 'session' | 'stream', code: string): void;
 }
 
 let nextId = 1;

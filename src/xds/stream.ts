@@ -28,7 +28,7 @@ export interface StreamContext {
 }
 
 /** What the client certificate of a call's connection proved (mTLS). */
-export type PeerCheckFn = (call: { getPeer(): string }) => PeerCheck;
+export type PeerCheckFn = (call: Pick<ServerCall, 'tls'>) => PeerCheck;
 
 export interface SyncInputs {
   readonly version: string;
