@@ -11,10 +11,10 @@ import { Session } from 'node:inspector/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import { AdsServer } from '../src/xds/server.js';
-import { ProxyRegistry, syncState, type ProxyConnection } from '../src/xds/status.js';
-import { ENDPOINT, RESOURCE_TYPES } from '../src/xds/types.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { AdsServer } from '../src/xds/protocol/server.js';
+import { ProxyRegistry, syncState, type ProxyConnection } from '../src/xds/protocol/status.js';
+import { ENDPOINT, RESOURCE_TYPES } from '../src/xds/resources/types.js';
 import { generateMesh, type MeshSize } from './mesh-gen.js';
 
 const size: MeshSize = JSON.parse(process.argv[2]);

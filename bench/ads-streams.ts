@@ -8,9 +8,9 @@ import { fork } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { ADS_SERVICE } from '../src/xds/server.js';
-import { envoyRoot } from '../src/xds/protos.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { ADS_SERVICE } from '../src/xds/protocol/server.js';
+import { envoyRoot } from '../src/xds/resources/protos.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
 
 const N = Number(process.argv[2] ?? 2000);
 // ADS_STREAMS_PER_CONNECTION=1 opens a connection per stream, as Envoy does; ADS_TLS=1 makes them mTLS.

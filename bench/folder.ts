@@ -13,8 +13,8 @@ import type { MeshState } from '../src/model/mesh.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { FileSource } from '../src/sources/files.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import { loadEnvoyProtos } from '../src/xds/protos.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { packagePath } from '../src/paths.js';
 
 const DEMO = packagePath('deploy/demo');

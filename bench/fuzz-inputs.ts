@@ -16,10 +16,10 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { packagePath } from '../src/paths.js';
-import { CSDS_SERVICE } from '../src/xds/csds.js';
-import { envoyRoot, loadEnvoyProtos } from '../src/xds/protos.js';
-import { ADS_SERVICE } from '../src/xds/server.js';
-import { RESOURCE_TYPES } from '../src/xds/types.js';
+import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
+import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
+import { ADS_SERVICE } from '../src/xds/protocol/server.js';
+import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 import { hostileClients, type HostileOptions, type HostileReport } from './hostile.js';
 
 export interface FuzzReport {

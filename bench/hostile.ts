@@ -13,9 +13,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
-import { envoyRoot } from '../src/xds/protos.js';
-import { ADS_PATHS, ADS_SERVICE } from '../src/xds/server.js';
-import { LISTENER } from '../src/xds/types.js';
+import { envoyRoot } from '../src/xds/resources/protos.js';
+import { ADS_PATHS, ADS_SERVICE } from '../src/xds/protocol/server.js';
+import { LISTENER } from '../src/xds/resources/types.js';
 
 export interface HostileOptions {
   seconds: number;

@@ -25,9 +25,9 @@ import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import type { Resource, Snapshot } from '../src/xds/snapshot.js';
-import { lenField, lenFieldParts } from '../src/xds/wire.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import type { Resource, Snapshot } from '../src/xds/resources/snapshot.js';
+import { lenField, lenFieldParts } from '../src/xds/resources/wire.js';
 import { SCENARIOS, type Scenario } from './peer/scenario.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');

@@ -7,11 +7,11 @@
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import { envoyRoot, loadEnvoyProtos } from '../src/xds/protos.js';
-import { ADS_SERVICE, AdsServer } from '../src/xds/server.js';
-import { ProxyRegistry } from '../src/xds/status.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
+import { ADS_SERVICE, AdsServer } from '../src/xds/protocol/server.js';
+import { ProxyRegistry } from '../src/xds/protocol/status.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
 import { hostileClients } from './hostile.js';
 import { generateMesh, retryObject, type MeshSize } from './mesh-gen.js';
 

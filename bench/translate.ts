@@ -5,8 +5,8 @@
  */
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import { loadEnvoyProtos } from '../src/xds/protos.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { BENCH_MESH, generateMesh, retryObject } from './mesh-gen.js';
 
 const gc = (globalThis as any).gc as (() => void) | undefined;

@@ -8,15 +8,15 @@ import type { MeshState } from './model/mesh.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { loadRetrySchema } from './sources/crd.js';
 import { FileSource } from './sources/files.js';
-import { SnapshotCache } from './xds/cache.js';
-import { loadEnvoyProtos } from './xds/protos.js';
-import { AdsServer, type PeerCheckFn } from './xds/server.js';
-import { csdsHandlers, type CsdsAuthorizer } from './xds/csds.js';
-import { Code } from './xds/grpc.js';
+import { SnapshotCache } from './xds/resources/cache.js';
+import { loadEnvoyProtos } from './xds/resources/protos.js';
+import { AdsServer, type PeerCheckFn } from './xds/protocol/server.js';
+import { csdsHandlers, type CsdsAuthorizer } from './xds/protocol/csds.js';
+import { Code } from './xds/transport/grpc.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
-import { ProxyRegistry } from './xds/status.js';
+import { ProxyRegistry } from './xds/protocol/status.js';
 
 export interface Running {
   adsPort: number;

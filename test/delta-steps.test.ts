@@ -5,8 +5,8 @@
  * snapshot's versions, and be sent nothing it already has (EDS after CDS aside: Envoy re-warms clusters).
  */
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import { buildSnapshot, TypeSet, type Resource, type Snapshot } from '../src/xds/snapshot.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { buildSnapshot, TypeSet, type Resource, type Snapshot } from '../src/xds/resources/snapshot.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
 import { node, RawAdsClient, type AdsTestStream } from './helpers/ads-client.js';
 import { apiListener, cluster, endpoints, route } from './helpers/fixtures.js';
 import { startAds } from './helpers/server.js';

@@ -3,7 +3,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseAllDocuments, parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { encodeMessage } from '../src/xds/encode.js';
+import { encodeMessage } from '../src/xds/resources/encode.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { ENVOY_VERSION } from '../src/sandbox/parts.js';
 import { containerEnv, expandArgs, initScript, podTemplate } from '../src/sandbox/samples.js';

@@ -7,8 +7,8 @@ import * as grpc from '@grpc/grpc-js';
 import { startAds } from './helpers/server.js';
 import { XdsTestClient, eventually, startBackend, type Backend } from './helpers/grpc-xds.js';
 import { retryPolicy, simpleSnapshot } from './helpers/fixtures.js';
-import { ROUTE } from '../src/xds/types.js';
-import { syncState } from '../src/xds/status.js';
+import { ROUTE } from '../src/xds/resources/types.js';
+import { syncState } from '../src/xds/protocol/status.js';
 
 let env: Awaited<ReturnType<typeof startAds>>;
 let backend: Backend;

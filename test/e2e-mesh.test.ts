@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { XdsTestClient, eventually, startBackend, type Backend } from './helpers/grpc-xds.js';
 import { setRetryPolicy, startDemo, useBackend, type DemoServer } from './helpers/demo.js';
-import { ROUTE } from '../src/xds/types.js';
+import { ROUTE } from '../src/xds/resources/types.js';
 
 const TARGET = 'xds:///httpbin.httpbin.svc.cluster.local:14001';
 let backend: Backend;

@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { meshFromYaml } from './helpers/mesh.js';
-import { snapshotToJson } from '../src/xds/json.js';
+import { snapshotToJson } from '../src/xds/resources/json.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden');
 const UPDATE = process.env.UPDATE_GOLDEN === '1';

@@ -7,8 +7,8 @@ import net from 'node:net';
 import zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Code, GrpcServer, unary, type GrpcServerOptions, type ServerCall } from '../src/xds/grpc.js';
-import { TRANSPORT } from '../src/xds/server.js';
+import { Code, GrpcServer, unary, type GrpcServerOptions, type ServerCall } from '../src/xds/transport/grpc.js';
+import { TRANSPORT } from '../src/xds/protocol/server.js';
 
 const bytes = (b: Buffer): Buffer => b;
 const ECHO = { path: '/test.Echo/Chat', requestStream: true, responseStream: true, requestSerialize: bytes, requestDeserialize: bytes, responseSerialize: bytes, responseDeserialize: bytes };

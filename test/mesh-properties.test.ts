@@ -11,9 +11,9 @@ import type { MeshState } from '../src/model/mesh.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { randomMesh, rng, type Manifest } from '../src/sandbox/random-mesh.js';
 import { convertObjects, meshStateOf, parseManifestText } from '../src/sources/manifests.js';
-import { SnapshotCache } from '../src/xds/cache.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
 import { meshYaml } from '../src/sandbox/random-mesh.js';
-import { RESOURCE_TYPES } from '../src/xds/types.js';
+import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 
 function stateOf(objects: Manifest[]): MeshState {
   const parsed = parseManifestText(meshYaml(objects), 'mesh.yaml');

@@ -16,7 +16,7 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseServeArgs } from '../src/config.js';
 import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../src/security/ca.js';
-import { CSDS_SERVICE } from '../src/xds/csds.js';
+import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
 import { eventually } from './helpers/grpc-xds.js';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';

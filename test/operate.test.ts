@@ -12,12 +12,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { XdsTestClient, eventually, startBackend, type Backend } from './helpers/grpc-xds.js';
 import { DEMO, startDemo, useBackend, type DemoServer } from './helpers/demo.js';
-import { CSDS_SERVICE } from '../src/xds/csds.js';
-import { buildSnapshot, resourceFromObject, TypeSet } from '../src/xds/snapshot.js';
-import { decodeMessage } from '../src/xds/encode.js';
-import { fromProto3Json, resourceToJson } from '../src/xds/json.js';
-import { envoyRoot } from '../src/xds/protos.js';
-import { ROUTE } from '../src/xds/types.js';
+import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
+import { buildSnapshot, resourceFromObject, TypeSet } from '../src/xds/resources/snapshot.js';
+import { decodeMessage } from '../src/xds/resources/encode.js';
+import { fromProto3Json, resourceToJson } from '../src/xds/resources/json.js';
+import { envoyRoot } from '../src/xds/resources/protos.js';
+import { ROUTE } from '../src/xds/resources/types.js';
 
 let backend: Backend;
 let demo: DemoServer;

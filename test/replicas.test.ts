@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
 
 let a: DemoServer;
 let b: DemoServer;

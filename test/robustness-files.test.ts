@@ -14,11 +14,11 @@ import { compile } from '../src/compile/compile.js';
 import type { MeshState } from '../src/model/mesh.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { FileSource, MAX_MANIFEST_BYTES } from '../src/sources/files.js';
-import { checkVirtualHosts, SnapshotError } from '../src/xds/snapshot.js';
+import { checkVirtualHosts, SnapshotError } from '../src/xds/resources/snapshot.js';
 import { ENDPOINT_SLICE } from '../src/pipeline/build.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../src/xds/cache.js';
-import { ENDPOINT } from '../src/xds/types.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { ENDPOINT } from '../src/xds/resources/types.js';
 import { DEMO, startDemo } from './helpers/demo.js';
 import { meshFromYaml } from './helpers/mesh.js';
 

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { EncodeError, encodeMessage } from '../src/xds/encode.js';
-import { loadEnvoyProtos } from '../src/xds/protos.js';
-import { resourceFromObject } from '../src/xds/snapshot.js';
-import { ROUTE } from '../src/xds/types.js';
+import { EncodeError, encodeMessage } from '../src/xds/resources/encode.js';
+import { loadEnvoyProtos } from '../src/xds/resources/protos.js';
+import { resourceFromObject } from '../src/xds/resources/snapshot.js';
+import { ROUTE } from '../src/xds/resources/types.js';
 
 function violations(fn: () => unknown): string[] {
   try {

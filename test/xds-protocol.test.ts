@@ -3,11 +3,11 @@ import * as grpc from '@grpc/grpc-js';
 import { RawAdsClient, node, type AdsTestStream } from './helpers/ads-client.js';
 import { startAds } from './helpers/server.js';
 import { apiListener, cluster, endpoints, route, simpleSnapshot } from './helpers/fixtures.js';
-import { buildSnapshot } from '../src/xds/snapshot.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/types.js';
-import { syncState } from '../src/xds/status.js';
-import { envoyRoot } from '../src/xds/protos.js';
-import { lenField, withoutField } from '../src/xds/wire.js';
+import { buildSnapshot } from '../src/xds/resources/snapshot.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
+import { syncState } from '../src/xds/protocol/status.js';
+import { envoyRoot } from '../src/xds/resources/protos.js';
+import { lenField, withoutField } from '../src/xds/resources/wire.js';
 import type protobuf from 'protobufjs';
 
 const KEY = 'sidecar:curl/curl';

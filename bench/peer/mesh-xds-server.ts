@@ -9,9 +9,9 @@ import { Session } from 'node:inspector/promises';
 import readline from 'node:readline';
 import pino from 'pino';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
-import { SnapshotCache } from '../../src/xds/cache.js';
-import { AdsServer } from '../../src/xds/server.js';
-import { ProxyRegistry } from '../../src/xds/status.js';
+import { SnapshotCache } from '../../src/xds/resources/cache.js';
+import { AdsServer } from '../../src/xds/protocol/server.js';
+import { ProxyRegistry } from '../../src/xds/protocol/status.js';
 import { SCENARIOS } from './scenario.js';
 
 const scenario = SCENARIOS[process.argv[2]];

@@ -1,5 +1,5 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
-import { RESOURCE_TYPES } from '../xds/types.js';
+import { RESOURCE_TYPES } from '../xds/resources/types.js';
 import { flag, table, wantsJson, UsageError } from './output.js';
 
 const DEFAULT_DEBUG = 'http://127.0.0.1:9091';

@@ -8,13 +8,13 @@ import type { Logger } from 'pino';
 import type { MeshIR } from '../compile/ir.js';
 import { outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { envoyRetryPolicy } from '../envoy/routes.js';
-import { envoyRoot } from '../xds/protos.js';
-import type { SnapshotCache } from '../xds/cache.js';
-import { toProto3Json } from '../xds/json.js';
-import { proxyKey, type ProxyKind } from '../xds/node.js';
-import type { Snapshot } from '../xds/snapshot.js';
-import { type ProxyConnection, type ProxyRegistry } from '../xds/status.js';
-import { RESOURCE_TYPES, ROUTE } from '../xds/types.js';
+import { envoyRoot } from '../xds/resources/protos.js';
+import type { SnapshotCache } from '../xds/resources/cache.js';
+import { toProto3Json } from '../xds/resources/json.js';
+import { proxyKey, type ProxyKind } from '../xds/protocol/node.js';
+import type { Snapshot } from '../xds/resources/snapshot.js';
+import { type ProxyConnection, type ProxyRegistry } from '../xds/protocol/status.js';
+import { RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import type { Metrics } from './metrics.js';
 
 export interface DebugSources {

@@ -2,8 +2,8 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { MeshIR } from '../compile/ir.js';
 import type { BuildReport } from '../pipeline/pipeline.js';
-import type { ProxyRegistry } from '../xds/status.js';
-import { resourceType } from '../xds/types.js';
+import type { ProxyRegistry } from '../xds/protocol/status.js';
+import { resourceType } from '../xds/resources/types.js';
 
 export class Metrics {
   readonly registry = new Registry();

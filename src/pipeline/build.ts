@@ -11,11 +11,11 @@ import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, 
 import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost } from '../envoy/routes.js';
 import type { RetryPolicy } from '../envoy/types.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
-import { contentHash, encodeMessage } from '../xds/encode.js';
+import { contentHash, encodeMessage } from '../xds/resources/encode.js';
 import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
-import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/snapshot.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/types.js';
-import { lenField, lenFieldParts } from '../xds/wire.js';
+import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/resources/types.js';
+import { lenField, lenFieldParts } from '../xds/resources/wire.js';
 
 /** Ports with more endpoints than this have them encoded ahead of the build, this many per turn (`prepare`). */
 export const ENDPOINT_SLICE = 2_000;

@@ -6,9 +6,9 @@ import type { Logger } from 'pino';
 import { compile, compileTopologyOnly } from '../compile/compile.js';
 import type { MeshIR } from '../compile/ir.js';
 import type { MeshState } from '../model/mesh.js';
-import type { SnapshotCache } from '../xds/cache.js';
-import type { Snapshot } from '../xds/snapshot.js';
-import { ROUTE } from '../xds/types.js';
+import type { SnapshotCache } from '../xds/resources/cache.js';
+import type { Snapshot } from '../xds/resources/snapshot.js';
+import { ROUTE } from '../xds/resources/types.js';
 import { SnapshotBuilder } from './build.js';
 
 /** A turn of the event loop: what waits (health checks, ADS) is served. */

@@ -12,8 +12,8 @@ import * as grpcXds from '@grpc/grpc-js-xds';
 import pino from 'pino';
 import { serve, type Running } from '../main.js';
 import type { MeshConfig } from '../model/mesh.js';
-import { syncState } from '../xds/status.js';
-import { RESOURCE_TYPES } from '../xds/types.js';
+import { syncState } from '../xds/protocol/status.js';
+import { RESOURCE_TYPES } from '../xds/resources/types.js';
 import type { Network, Pod } from './netns.js';
 import { startSidecar, until, type AdsFlavour, type Sidecar } from './sandbox.js';
 

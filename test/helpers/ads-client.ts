@@ -1,9 +1,9 @@
 /** A raw ADS client over real gRPC: sends DiscoveryRequests as written, and reads responses decoded. */
 import * as grpc from '@grpc/grpc-js';
-import { ADS_SERVICE } from '../../src/xds/server.js';
-import { envoyRoot } from '../../src/xds/protos.js';
-import { resourceType } from '../../src/xds/types.js';
-import { decodeMessage } from '../../src/xds/encode.js';
+import { ADS_SERVICE } from '../../src/xds/protocol/server.js';
+import { envoyRoot } from '../../src/xds/resources/protos.js';
+import { resourceType } from '../../src/xds/resources/types.js';
+import { decodeMessage } from '../../src/xds/resources/encode.js';
 
 const Client = grpc.makeGenericClientConstructor(ADS_SERVICE, 'AggregatedDiscoveryService');
 

@@ -1,6 +1,6 @@
 /** Small hand-made Envoy resources for protocol tests (the translator makes the real ones). */
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../../src/xds/types.js';
-import { buildSnapshot, resourceFromObject, type Resource, type Snapshot } from '../../src/xds/snapshot.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../../src/xds/resources/types.js';
+import { buildSnapshot, resourceFromObject, type Resource, type Snapshot } from '../../src/xds/resources/snapshot.js';
 
 const HCM = 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager';
 const ROUTER = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router';

@@ -1,8 +1,8 @@
 import pino from 'pino';
-import { SnapshotCache } from '../../src/xds/cache.js';
-import type { Limits } from '../../src/xds/limits.js';
-import { AdsServer } from '../../src/xds/server.js';
-import { ProxyRegistry } from '../../src/xds/status.js';
+import { SnapshotCache } from '../../src/xds/resources/cache.js';
+import type { Limits } from '../../src/xds/protocol/limits.js';
+import { AdsServer } from '../../src/xds/protocol/server.js';
+import { ProxyRegistry } from '../../src/xds/protocol/status.js';
 
 export async function startAds(limits: Partial<Limits> = {}): Promise<{ cache: SnapshotCache; registry: ProxyRegistry; server: AdsServer; address: string }> {
   const cache = new SnapshotCache();

@@ -2,12 +2,12 @@
  * Incremental ADS (`DeltaAggregatedResources`): per-resource versions, subscribe/unsubscribe, removals, and
  * `initial_resource_versions` so a reconnecting client is sent only what it lacks.
  */
-import type { Resource, Snapshot, TypeSet } from './snapshot.js';
-import type { ServerCall } from './grpc.js';
+import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
+import type { ServerCall } from '../transport/grpc.js';
 import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
-import { RESOURCE_TYPES, type ResourceType } from './types.js';
-import { lenField, lenFieldParts } from './wire.js';
+import { RESOURCE_TYPES, type ResourceType } from '../resources/types.js';
+import { lenField, lenFieldParts } from '../resources/wire.js';
 
 interface DeltaState extends BaseTypeState {
   /** Resource name -> version the client has (from our sends or its initial_resource_versions). */

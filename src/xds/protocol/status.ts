@@ -3,7 +3,7 @@
  * CSDS and metrics read. Plain data; no I/O.
  */
 import type { ProxyIdentity } from './node.js';
-import { resourceType } from './types.js';
+import { resourceType } from '../resources/types.js';
 
 export interface Nack {
   readonly version: string;

@@ -3,13 +3,13 @@
  * set, RDS/EDS the names asked for. The version of a response is the hash of exactly what it holds, so a
  * proxy that reconnects with the version it has is sent nothing, and a NACKed content is never resent.
  */
-import type { Resource, Snapshot, TypeSet } from './snapshot.js';
-import { versionOf } from './snapshot.js';
-import type { ServerCall } from './grpc.js';
+import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
+import { versionOf } from '../resources/snapshot.js';
+import type { ServerCall } from '../transport/grpc.js';
 import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
 import type { TypeStatus } from './status.js';
-import type { ResourceType } from './types.js';
-import { lenField } from './wire.js';
+import type { ResourceType } from '../resources/types.js';
+import { lenField } from '../resources/wire.js';
 
 interface SotwState extends BaseTypeState {
   /** `version_info` of a request without nonce: what a reconnecting client already has. */

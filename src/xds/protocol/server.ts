@@ -4,14 +4,15 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import type { SnapshotCache } from './cache.js';
+import type { SnapshotCache } from '../resources/cache.js';
 import { DeltaStream } from './delta.js';
-import { GrpcServer, type GrpcServerOptions, type Handler } from './grpc.js';
+import { GrpcServer, type GrpcServerOptions, type Handler } from '../transport/grpc.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
 import { LIMITS, type Limits } from './limits.js';
 import type { PeerCheckFn, StreamContext } from './stream.js';
-import { TlsFront, type TlsServing } from '../security/tls.js';
+import type { TlsServing } from '../../security/tls.js';
+import { TlsFront } from '../transport/tls-front.js';
 
 export type { PeerCheckFn } from './stream.js';
 

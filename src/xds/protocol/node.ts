@@ -1,10 +1,10 @@
 /** Who is on the other end of a stream: read from the xDS `node` of its first request. */
-import { isDnsLabel, isObjectName } from '../model/names.js';
+import { isDnsLabel, isObjectName } from '../../model/names.js';
 import { LIMITS, clip } from './limits.js';
 
-import type { ProxyKind } from '../compile/plan.js';
+import type { ProxyKind } from '../../compile/plan.js';
 
-export { parseProxyKey, proxyKey, type ProxyKind } from '../compile/plan.js';
+export { parseProxyKey, proxyKey, type ProxyKind } from '../../compile/plan.js';
 
 export interface ProxyIdentity {
   readonly nodeId: string;

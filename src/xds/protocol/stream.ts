@@ -4,16 +4,16 @@
  */
 import type protobuf from 'protobufjs';
 import type { Logger } from 'pino';
-import type { SnapshotCache } from './cache.js';
-import { Code, type ServerCall } from './grpc.js';
+import type { SnapshotCache } from '../resources/cache.js';
+import { Code, type ServerCall } from '../transport/grpc.js';
 import { RateLimit, clip, type Limits } from './limits.js';
-import type { PeerCheck, PeerRefusal } from '../security/tls.js';
+import type { PeerCheck, PeerRefusal } from '../../security/tls.js';
 import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity } from './node.js';
-import { lookupType } from './protos.js';
-import { withoutField } from './wire.js';
-import type { Resource, Snapshot } from './snapshot.js';
+import { lookupType } from '../resources/protos.js';
+import { withoutField } from '../resources/wire.js';
+import type { Resource, Snapshot } from '../resources/snapshot.js';
 import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
-import { RESOURCE_TYPES, resourceType, type ResourceType } from './types.js';
+import { RESOURCE_TYPES, resourceType, type ResourceType } from '../resources/types.js';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
 

@@ -4,9 +4,9 @@
  */
 import type * as grpc from '@grpc/grpc-js';
 import { RE2JS } from 're2js';
-import type { SnapshotCache } from './cache.js';
-import { Code, unary, type GrpcStatus, type Handler, type ServerCall } from './grpc.js';
-import { envoyRoot } from './protos.js';
+import type { SnapshotCache } from '../resources/cache.js';
+import { Code, unary, type GrpcStatus, type Handler, type ServerCall } from '../transport/grpc.js';
+import { envoyRoot } from '../resources/protos.js';
 import { syncState, type ProxyConnection, type ProxyRegistry } from './status.js';
 
 const CONFIG_STATUS = { SYNCED: 'SYNCED', 'NOT SENT': 'NOT_SENT', STALE: 'STALE', NACKED: 'ERROR' } as const;

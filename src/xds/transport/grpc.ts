@@ -19,7 +19,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import zlib from 'node:zlib';
 import { status as Code } from '@grpc/grpc-js';
-import type { PeerTls } from '../security/tls.js';
+import type { PeerTls } from '../../security/tls.js';
 
 export { Code };
 
