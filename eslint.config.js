@@ -33,4 +33,14 @@ export default tseslint.config(
     files: pureLayers,
     rules: { 'no-restricted-imports': ['error', { paths: forbiddenInPure }] },
   },
+  {
+    // Inputs apart from outputs: a source reads the world into the model; what is written back lives in outputs/.
+    files: ['src/sources/**'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        { patterns: [{ group: ['**/compile/*', '**/outputs/*', '**/pipeline/*', '**/xds/**'], message: 'a source reads inputs into the model only: it never sees the IR, the pipeline or what is written back' }] },
+      ],
+    },
+  },
 );

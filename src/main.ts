@@ -15,6 +15,8 @@ import { csdsHandlers, type CsdsAuthorizer } from './xds/protocol/csds.js';
 import { Code } from './xds/transport/grpc.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
+import type { KubernetesWriters } from './outputs/kubernetes.js';
+import type { MeshSource } from './sources/source.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/protocol/status.js';
 
@@ -27,12 +29,7 @@ export interface Running {
   close(): Promise<void>;
 }
 
-export interface MeshSource {
-  /** Lists once (synced) and returns the first mesh; then calls onChange with every new one. */
-  start(): Promise<MeshState> | MeshState;
-  stop(): void | Promise<void>;
-  info?(): Record<string, unknown>;
-}
+export type { MeshSource } from './sources/source.js';
 
 export class StartError extends Error {}
 
@@ -98,36 +95,41 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   };
 
   let source: MeshSource;
-  /** Kubernetes: a rotated mesh CA reissues the identity Secrets. */
-  let caChanged: ((ca: KeyPair) => void) | undefined;
+  /** Kubernetes: what the control plane writes back (statuses, identity Secrets), fed by the pipeline. */
+  let writers: KubernetesWriters | undefined;
   if (cfg.manifests) {
     const files = new FileSource({ dir: cfg.manifests, meshName: cfg.meshName, overrides: cfg.overrides, log, retrySchema: loadRetrySchema(), onChange });
     source = { start: () => files.start(), stop: () => files.stop(), info: () => ({ source: 'manifests', dir: cfg.manifests, manifestErrors: files.errors }) };
     metrics.sourceErrors = () => files.errors.length;
   } else {
     const { KubernetesSource } = await import('./sources/kubernetes.js');
+    const { KubernetesWriters } = await import('./outputs/kubernetes.js');
     const kube = new KubernetesSource({
       meshName: cfg.meshName,
       overrides: cfg.overrides,
       namespace: cfg.namespace,
       kubeconfig: cfg.kubeconfig,
       log,
-      onChange,
+      onChange: (state) => {
+        onChange(state);
+        writers?.meshChanged();
+      },
+    });
+    const out = (writers = new KubernetesWriters({
+      kc: kube.kc,
+      namespace: cfg.namespace,
+      log,
+      source: kube,
       // With the CA at hand, every service account of the mesh gets its identity Secret.
       identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
-    });
-    source = kube;
-    caChanged = (ca) => kube.identities?.setCa(ca);
+    }));
+    source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
     metrics.sourceErrors = () => kube.errors;
-    metrics.statusWriter = () => kube.elector.leader;
-    // Status writes run one after another, so two quick rebuilds never race to write the same object.
-    let writes = Promise.resolve();
-    pipeline.onPolicies = (ir) => {
-      writes = writes.then(() => kube.writeStatuses(ir)).catch((err) => log.warn({ err: (err as Error).message }, 'status writes failed'));
-    };
+    metrics.statusWriter = () => out.elector.leader;
+    pipeline.onPolicies = (ir) => void out.policies(ir);
   }
 
-  const tls = await serving(cfg, log, (ca) => caChanged?.(ca));
+  const tls = await serving(cfg, log, (ca) => writers?.setCa(ca));
   const ads: AdsServer = new AdsServer({
     cache,
     registry,
@@ -150,10 +152,12 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   const debugPort = await debug.listen(cfg.debugAddress);
   log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`) }, 'listening');
 
+  writers?.start();
   const first = await source.start();
+  writers?.meshChanged();
   const problem = permissiveProblem(first);
   if (problem) {
-    await Promise.all([ads.close(0), debug.close(), source.stop()]);
+    await Promise.all([ads.close(0), debug.close(), source.stop(), writers?.stop()]);
     throw new StartError(problem);
   }
   pipeline.update(first);
@@ -168,6 +172,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       adsServing = false;
       tls?.close();
       await source.stop();
+      await writers?.stop();
       await ads.close();
       await debug.close();
     },

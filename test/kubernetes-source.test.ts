@@ -2,6 +2,7 @@
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { KubernetesSource } from '../src/sources/kubernetes.js';
+import { KubernetesWriters } from '../src/outputs/kubernetes.js';
 import { compile } from '../src/compile/compile.js';
 import type { MeshState } from '../src/model/mesh.js';
 import { FakeKube, PATHS } from './helpers/fake-kube.js';
@@ -57,8 +58,13 @@ beforeEach(async () => {
   states = [];
 });
 
+/** What a test started beside the source, stopped after it. */
+let stops: (() => Promise<void>)[] = [];
+
 afterEach(async () => {
   source?.stop();
+  for (const stop of stops) await stop();
+  stops = [];
   await kube.close();
 });
 
@@ -105,11 +111,15 @@ describe('Kubernetes source', () => {
 
   it('writes Retry status (conditions, observedGeneration) only when it changes', async () => {
     source = makeSource();
+    // The writers (outputs/) read the source's caches and write what the pipeline computed.
+    const writers = new KubernetesWriters({ kc: source.kc, namespace: 'mesh-xds', log: pino({ level: 'silent' }), source });
+    stops.push(() => writers.stop());
+    writers.start();
     const first = await source.start();
     // Only the holder of the Lease writes statuses: a single replica gets it at once.
-    await eventually(() => source.elector.leader, 5000, 'the lease');
-    expect(kube.leases.get('mesh-xds/mesh-xds-status-writer')?.spec.holderIdentity).toBe(source.elector.identity);
-    await source.writeStatuses(compile(first));
+    await eventually(() => writers.elector.leader, 5000, 'the lease');
+    expect(kube.leases.get('mesh-xds/mesh-xds-status-writer')?.spec.holderIdentity).toBe(writers.elector.identity);
+    await writers.policies(compile(first));
     expect(kube.patches).toHaveLength(1);
     expect(kube.patches[0].path).toBe('/apis/policy.flomesh.io/v1alpha1/namespaces/curl/retries/retry/status');
     const status = kube.get(PATHS.retries, 'curl', 'retry').status;
@@ -118,13 +128,13 @@ describe('Kubernetes source', () => {
 
     // The status write comes back as a watch event; translating again writes nothing.
     await eventually(() => states.length > 0, 5000, 'the status event');
-    await source.writeStatuses(compile(latest()));
+    await writers.policies(compile(latest()));
     expect(kube.patches).toHaveLength(1);
 
     // An invalid spec: a new status saying why.
     kube.apply(PATHS.retries, { ...retry(5), metadata: { ...retry(5).metadata, generation: 2 }, spec: { ...retry(5).spec, retryPolicy: { retryOn: '5xxx' } } });
     await eventually(() => (latest().retries[0].spec as any).retryPolicy.retryOn === '5xxx', 5000, 'the bad spec');
-    await source.writeStatuses(compile(latest()));
+    await writers.policies(compile(latest()));
     expect(kube.patches).toHaveLength(2);
     expect(kube.patches[1].body.status).toMatchObject({
       observedGeneration: 2,

@@ -14,7 +14,7 @@ import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteNam
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
 import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
 import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../xds/resources/types.js';
+import { CLUSTER, ENDPOINT, LISTENER, RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import { lenField, lenFieldParts } from '../xds/resources/wire.js';
 
 /** Ports with more endpoints than this have them encoded ahead of the build, this many per turn (`prepare`). */
@@ -78,6 +78,12 @@ interface HttpPortGroup {
   entries: { service: ServiceIR; port: PortIR; key: string; plain: [Piece?, Piece?] }[];
   /** Service `ns/name` -> its index in `entries`. */
   index: Map<string, number>;
+}
+
+/** What one proxy's snapshot is assembled from: its plan, and what every proxy shares. */
+interface ProxyParts {
+  readonly plan: ProxyPlan;
+  readonly shared: Shared;
 }
 
 /** What every proxy of the mesh shares, for one IR. */
@@ -333,59 +339,73 @@ export class SnapshotBuilder {
     return v.resource;
   }
 
-  /** The snapshot for a proxy key (`sidecar:ns/sa` or `proxyless:ns/sa`). Throws EncodeError/SnapshotError. */
+  /**
+   * Each registered type's set for one proxy: where a type joins the snapshots. A type is its registry entry
+   * (xds/resources/types.ts), its builder (envoy/), the plan's decision (compile/plan.ts) and its line here; a
+   * registered type without one fails when the builder is made.
+   */
+  private readonly assembly: Readonly<Record<string, (p: ProxyParts) => TypeSet>> = {
+    [CLUSTER]: ({ plan, shared }) =>
+      plan.kind === 'proxyless'
+        ? shared.clusters
+        : TypeSet.union(CLUSTER, [
+            shared.clusters,
+            shared.passthrough,
+            TypeSet.of(
+              CLUSTER,
+              plan.localClusters.map(({ port }) => this.resource(CLUSTER, `local|${port.cluster}|${port.protocol}|${port.http2}`, () => localCluster(port))),
+            ),
+          ]),
+    [ENDPOINT]: ({ shared }) => shared.endpoints,
+    [LISTENER]: ({ plan, shared }) =>
+      plan.kind === 'proxyless'
+        ? this.sets.get(`proxyless-lds|${shared.httpSig}|${plan.namespace}`, () =>
+            TypeSet.of(
+              LISTENER,
+              plan.apiListeners.map(({ name, port }) => this.resource(LISTENER, `api|${name}|${port.dialPort}`, () => apiListener(name, port))),
+            ),
+          )
+        : TypeSet.union(LISTENER, [shared.outboundListeners, TypeSet.of(LISTENER, this.inboundListener(plan))]),
+    [ROUTE]: ({ plan, shared }) => {
+      // Outbound: every HTTP port group's route configuration (a sidecar's: those its listeners name), with this
+      // caller's retries; a sidecar's inbound routes besides.
+      const retries = SnapshotBuilder.retriesOf(plan);
+      const outbound = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
+      if (plan.kind === 'proxyless') return TypeSet.of(ROUTE, outbound);
+      const inbound = plan.inbound
+        .filter(({ port }) => port.protocol === 'http')
+        .map(({ service, port }) =>
+          this.resource(ROUTE, `inbound|${port.targetPort}|${service.host}|${port.cluster}`, () => ({
+            name: inboundRouteName(port.targetPort),
+            virtual_hosts: [inboundVirtualHost(service, port)],
+          })),
+        );
+      return TypeSet.of(ROUTE, [...outbound, ...inbound]);
+    },
+  };
+
+  constructor() {
+    const missing = RESOURCE_TYPES.filter((t) => !this.assembly[t.typeUrl]).map((t) => t.short);
+    if (missing.length) throw new Error(`registered resource types with no assembly in pipeline/build.ts: ${missing.join(', ')}`);
+  }
+
+  /** A sidecar's inbound listener: a filter chain per service port its pods serve (none without any). */
+  private inboundListener(plan: ProxyPlan): Resource[] {
+    if (!plan.inbound.length) return [];
+    const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
+    return [
+      this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => {
+        checkFilterChains(INBOUND_LISTENER, chains);
+        return inboundListener(chains);
+      }),
+    ];
+  }
+
+  /** The snapshot for a proxy key (`sidecar:ns/sa` or `proxyless:ns/sa`): every registered type's set. Throws EncodeError/SnapshotError. */
   build(key: string): Snapshot {
     if (!this.ir || !this.shared) throw new Error('no mesh yet');
-    const plan = planProxy(this.ir, key);
-    const shared = this.shared;
-    const retries = SnapshotBuilder.retriesOf(plan);
-    const routes = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
-
-    if (plan.kind === 'proxyless') {
-      const listeners = this.sets.get(`proxyless-lds|${shared.httpSig}|${plan.namespace}`, () =>
-        TypeSet.of(
-          LISTENER,
-          plan.apiListeners.map(({ name, port }) => this.resource(LISTENER, `api|${name}|${port.dialPort}`, () => apiListener(name, port))),
-        ),
-      );
-      return buildSnapshot(
-        new Map([
-          [CLUSTER, shared.clusters],
-          [ENDPOINT, shared.endpoints],
-          [LISTENER, listeners],
-          [ROUTE, TypeSet.of(ROUTE, routes)],
-        ]),
-      );
-    }
-
-    // Sidecar: the inbound side for the service ports this identity's pods serve.
-    const localClusters = plan.localClusters.map(({ port }) => this.resource(CLUSTER, `local|${port.cluster}|${port.protocol}|${port.http2}`, () => localCluster(port)));
-    const inboundRoutes = plan.inbound
-      .filter(({ port }) => port.protocol === 'http')
-      .map(({ service, port }) =>
-        this.resource(ROUTE, `inbound|${port.targetPort}|${service.host}|${port.cluster}`, () => ({
-          name: inboundRouteName(port.targetPort),
-          virtual_hosts: [inboundVirtualHost(service, port)],
-        })),
-      );
-    const inbound: Resource[] = [];
-    if (plan.inbound.length) {
-      const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
-      inbound.push(
-        this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => {
-          checkFilterChains(INBOUND_LISTENER, chains);
-          return inboundListener(chains);
-        }),
-      );
-    }
-    return buildSnapshot(
-      new Map([
-        [CLUSTER, TypeSet.union(CLUSTER, [shared.clusters, shared.passthrough, TypeSet.of(CLUSTER, localClusters)])],
-        [ENDPOINT, shared.endpoints],
-        [LISTENER, TypeSet.union(LISTENER, [shared.outboundListeners, TypeSet.of(LISTENER, inbound)])],
-        [ROUTE, TypeSet.of(ROUTE, [...routes, ...inboundRoutes])],
-      ]),
-    );
+    const parts: ProxyParts = { plan: planProxy(this.ir, key), shared: this.shared };
+    return buildSnapshot(new Map(RESOURCE_TYPES.map((t) => [t.typeUrl, this.assembly[t.typeUrl]!(parts)])));
   }
 
   /** Keys every known identity gets a snapshot for up front (sidecars); proxyless ones are built on demand. */

@@ -2,20 +2,18 @@
  * The Kubernetes source: list+watch of Namespaces, Services, EndpointSlices, Pods, ServiceAccounts, Retries and
  * the MeshConfig, with our own reflectors (client-node's informers stop on error and do not relist): a failed
  * watch is retried with backoff and a full relist, nothing is published until every resource has listed once,
- * and a relist replaces a cache whole, so a lost watch never yields a partial mesh. Retry statuses are written
- * back through the status subresource, only when they change.
+ * and a relist replaces a cache whole, so a lost watch never yields a partial mesh. Inputs only: what the control
+ * plane writes back (Retry statuses, identity Secrets, the Lease) is in outputs/, which reads this source's caches.
  */
 import http from 'node:http';
 import https from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshIR, PolicyReport } from '../compile/ir.js';
 import type { MeshConfig, MeshState } from '../model/mesh.js';
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
-import { IdentitySecrets, type IdentityAccount, type IdentitySecretsOptions } from './identities.js';
 import { loadKubeConfig } from './kubeconfig.js';
-import { LeaseElector } from './lease.js';
 import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
+import type { MeshSource } from './source.js';
 
 export interface KubernetesSourceOptions {
   meshName: string;
@@ -32,14 +30,17 @@ export interface KubernetesSourceOptions {
   backoff?: { initialMs: number; maxMs: number };
   /** Seconds after which the API server ends a watch (it is then resumed from where it was). */
   watchTimeoutSeconds?: number;
-  /** Leader election for Retry status writes (a Lease in `namespace`). */
-  lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
-  /** mTLS: keep an identity Secret for every ServiceAccount of an enrolled namespace (issued from this CA). */
-  identities?: Omit<IdentitySecretsOptions, 'kc' | 'log'>;
+}
+
+/** A ServiceAccount of an enrolled namespace, with its uid (the owner of its identity Secret). */
+export interface MeshAccount {
+  readonly namespace: string;
+  readonly name: string;
+  readonly uid: string;
 }
 
 /** What an API server's refusal means for an operator (the status code and the server's own message). */
-function explain(status: number | undefined, message: string, what: string): string {
+export function explain(status: number | undefined, message: string, what: string): string {
   if (status === 401) return `the API server refused the control plane's credentials (401 Unauthorized) on ${what}: the token may be revoked or expired; serving the last good mesh (${message})`;
   if (status === 403) return `RBAC forbids ${what} (403 Forbidden): ${message}`;
   return message;
@@ -193,37 +194,13 @@ class Reflector {
   }
 }
 
-/** The status a Retry should have for its report. */
-export function retryStatus(report: PolicyReport, generation: number | undefined, previous: any): any {
-  const accepted = report.state === 'Accepted';
-  const condition = {
-    type: 'Accepted',
-    status: accepted ? 'True' : 'False',
-    reason: report.state,
-    message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
-    ...(generation !== undefined ? { observedGeneration: generation } : {}),
-  };
-  const prevCond = (previous?.conditions ?? []).find((c: any) => c.type === 'Accepted');
-  const same = prevCond && prevCond.status === condition.status && prevCond.reason === condition.reason && prevCond.message === condition.message && prevCond.observedGeneration === condition.observedGeneration;
-  return {
-    ...(generation !== undefined ? { observedGeneration: generation } : {}),
-    conditions: [{ ...condition, lastTransitionTime: same && prevCond.lastTransitionTime ? prevCond.lastTransitionTime : new Date().toISOString().replace(/\.\d+Z$/, 'Z') }],
-  };
-}
-
-function statusEqual(a: any, b: any): boolean {
-  const strip = (s: any) => JSON.stringify({ ...s, conditions: (s?.conditions ?? []).map(({ lastTransitionTime: _t, ...c }: any) => c) });
-  return strip(a) === strip(b);
-}
-
-export class KubernetesSource {
-  private readonly kc: k8s.KubeConfig;
+export class KubernetesSource implements MeshSource {
+  /** The kubeconfig in use (the writers of outputs/ use it too). */
+  readonly kc: k8s.KubeConfig;
   private readonly reflectors: Reflector[];
   private timer?: NodeJS.Timeout;
   private resolveSynced?: (s: MeshState) => void;
   private started = false;
-  private readonly written = new Map<string, string>();
-  statusWrites = 0;
 
   constructor(private readonly opts: KubernetesSourceOptions) {
     this.kc = opts.kubeConfig ?? loadKubeConfig(opts.kubeconfig);
@@ -231,39 +208,24 @@ export class KubernetesSource {
     // A random watch timeout (as client-go's reflector) spreads re-watches of many replicas over time.
     const watchTimeout = opts.watchTimeoutSeconds ?? 300 + Math.floor(Math.random() * 300);
     this.reflectors = RESOURCES.map((def) => new Reflector(def, def.path(opts.namespace), this.kc, opts.log, () => this.schedule(), backoff, watchTimeout));
-    this.elector = new LeaseElector({
-      kc: this.kc,
-      namespace: opts.namespace,
-      name: opts.lease?.name ?? 'mesh-xds-status-writer',
-      identity: opts.lease?.identity,
-      leaseSeconds: opts.lease?.leaseSeconds,
-      retryMs: opts.lease?.retryMs,
-      log: opts.log,
-      // The new holder writes what the mesh says now (its predecessor may have missed the last change).
-      onChange: (leader) => {
-        if (leader && this.lastIr) void this.writeStatuses(this.lastIr);
-      },
-    });
-    if (opts.identities) {
-      const identities = (this.identities = new IdentitySecrets({ ...opts.identities, kc: this.kc, log: opts.log }));
-      this.elector.observe((leader) => identities.setLeader(leader));
-    }
   }
 
-  /** The ServiceAccounts of the namespaces in the mesh, with their uids (owners of their identity Secrets). */
-  private accounts(): IdentityAccount[] {
-    const byKind = (kind: string) => this.reflectors[RESOURCES.findIndex((d) => d.kind === kind)].objects;
-    const enrolled = new Set([...byKind('Namespace').values()].filter((n) => n.metadata?.labels?.[MONITORED_BY_LABEL] === this.opts.meshName).map((n) => n.metadata!.name!));
-    return [...byKind('ServiceAccount').values()]
+  private objects(kind: string): Map<string, KubeObject> {
+    return this.reflectors[RESOURCES.findIndex((d) => d.kind === kind)]!.objects;
+  }
+
+  /** A Retry as last listed or watched (its status and generation: what a status write compares with). */
+  retry(namespace: string, name: string): KubeObject | undefined {
+    return this.objects('Retry').get(`${namespace}/${name}`);
+  }
+
+  /** The ServiceAccounts of the namespaces in the mesh, with their uids. */
+  accounts(): MeshAccount[] {
+    const enrolled = new Set([...this.objects('Namespace').values()].filter((n) => n.metadata?.labels?.[MONITORED_BY_LABEL] === this.opts.meshName).map((n) => n.metadata!.name!));
+    return [...this.objects('ServiceAccount').values()]
       .filter((sa) => enrolled.has(sa.metadata?.namespace ?? '') && sa.metadata?.uid)
       .map((sa) => ({ namespace: sa.metadata!.namespace!, name: sa.metadata!.name!, uid: sa.metadata!.uid! }));
   }
-
-  /** Leader election for status writes: only the holder of the Lease writes. */
-  readonly elector: LeaseElector;
-  /** The identity Secrets (mTLS in Kubernetes mode), kept by the Lease holder. */
-  readonly identities?: IdentitySecrets;
-  private lastIr?: MeshIR;
 
   get synced(): boolean {
     return this.reflectors.every((r) => r.synced);
@@ -281,36 +243,26 @@ export class KubernetesSource {
         return [d.kind, { synced: r.synced, objects: r.objects.size, lists: r.lists, ...(r.lastError ? { error: r.lastError } : {}) }];
       }),
     );
-    return {
-      source: 'kubernetes',
-      synced: this.synced,
-      resources,
-      statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statusWrites },
-      ...(this.identities ? { identitySecrets: this.identities.info() } : {}),
-    };
+    return { source: 'kubernetes', synced: this.synced, resources };
   }
 
   /** Starts every reflector; resolves with the first mesh once every resource has listed. */
   start(): Promise<MeshState> {
-    this.elector.start();
     return new Promise((resolve) => {
       this.resolveSynced = resolve;
       for (const r of this.reflectors) void r.run();
     });
   }
 
-  async stop(): Promise<void> {
+  stop(): void {
     if (this.timer) clearTimeout(this.timer);
     for (const r of this.reflectors) r.stop();
-    this.identities?.stop();
-    await this.elector.stop();
   }
 
   private schedule(): void {
     if (!this.synced) return;
     if (!this.started) {
       this.started = true;
-      this.identities?.update(this.accounts());
       this.resolveSynced?.(this.state());
       return;
     }
@@ -318,7 +270,6 @@ export class KubernetesSource {
     this.timer = setTimeout(() => {
       this.timer = undefined;
       if (!this.synced) return;
-      this.identities?.update(this.accounts());
       this.opts.onChange(this.state());
     }, this.opts.debounceMs ?? 100);
   }
@@ -329,36 +280,5 @@ export class KubernetesSource {
     const { objects, errors } = convertObjects(located);
     for (const e of errors) this.opts.log.warn({ object: e.object, field: e.field }, e.message);
     return meshStateOf(objects, this.opts.meshName, this.opts.overrides);
-  }
-
-  /**
-   * Writes each Retry's status when it differs from what the object has (or what we last wrote), if this replica
-   * holds the lease.
-   */
-  async writeStatuses(ir: MeshIR): Promise<void> {
-    this.lastIr = ir;
-    if (!this.elector.leader) return;
-    const retries = this.reflectors[RESOURCES.findIndex((d) => d.kind === 'Retry')];
-    const api = this.kc.makeApiClient(k8s.CustomObjectsApi);
-    for (const report of ir.policies) {
-      const obj = retries.objects.get(`${report.namespace}/${report.name}`);
-      if (!obj) continue;
-      const current = (obj as any).status;
-      const desired = retryStatus(report, obj.metadata?.generation, current);
-      const key = `${report.namespace}/${report.name}`;
-      const sig = JSON.stringify({ ...desired, conditions: desired.conditions.map(({ lastTransitionTime: _t, ...c }: any) => c) });
-      if (statusEqual(current, desired) || this.written.get(key) === sig) continue;
-      try {
-        await api.patchNamespacedCustomObjectStatus(
-          { group: 'policy.flomesh.io', version: 'v1alpha1', namespace: report.namespace, plural: 'retries', name: report.name, body: { status: desired } },
-          k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
-        );
-        this.written.set(key, sig);
-        this.statusWrites++;
-      } catch (err) {
-        const e = err as { code?: number; body?: any; message: string };
-        this.opts.log.warn({ retry: key, err: explain(e.code, e.body?.message ?? e.message, `patch retries/status ${key}`) }, 'cannot write Retry status');
-      }
-    }
   }
 }

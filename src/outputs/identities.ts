@@ -11,16 +11,14 @@ import type * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { issue, notAfter, type KeyPair } from '../security/ca.js';
 import { spiffeId } from '../security/spiffe.js';
+import type { MeshAccount } from '../sources/kubernetes.js';
 import { kubeJson } from './lease.js';
 
 /** The Secret of a service account's identity in its namespace (as `mesh-xds ca issue --kubernetes` writes it). */
 export const identitySecretName = (serviceAccount: string): string => `mesh-xds-identity-${serviceAccount}`;
 
-export interface IdentityAccount {
-  readonly namespace: string;
-  readonly name: string;
-  readonly uid: string;
-}
+/** A service account the mesh holds an identity Secret for. */
+export type IdentityAccount = MeshAccount;
 
 export interface IdentitySecretsOptions {
   kc: k8s.KubeConfig;

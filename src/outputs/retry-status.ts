@@ -1,0 +1,70 @@
+/**
+ * Retry statuses, written back through the status subresource (as Contour's status updater: the pipeline
+ * computes each policy's report, this writes it), only where it differs from what the object has or from what was
+ * last written.
+ */
+import * as k8s from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import type { MeshIR, PolicyReport } from '../compile/ir.js';
+import { explain } from '../sources/kubernetes.js';
+import type { KubeObject } from '../sources/manifests.js';
+
+/** The status a Retry should have for its report. */
+export function retryStatus(report: PolicyReport, generation: number | undefined, previous: any): any {
+  const accepted = report.state === 'Accepted';
+  const condition = {
+    type: 'Accepted',
+    status: accepted ? 'True' : 'False',
+    reason: report.state,
+    message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+  };
+  const prevCond = (previous?.conditions ?? []).find((c: any) => c.type === 'Accepted');
+  const same = prevCond && prevCond.status === condition.status && prevCond.reason === condition.reason && prevCond.message === condition.message && prevCond.observedGeneration === condition.observedGeneration;
+  return {
+    ...(generation !== undefined ? { observedGeneration: generation } : {}),
+    conditions: [{ ...condition, lastTransitionTime: same && prevCond.lastTransitionTime ? prevCond.lastTransitionTime : new Date().toISOString().replace(/\.\d+Z$/, 'Z') }],
+  };
+}
+
+function statusEqual(a: any, b: any): boolean {
+  const strip = (s: any) => JSON.stringify({ ...s, conditions: (s?.conditions ?? []).map(({ lastTransitionTime: _t, ...c }: any) => c) });
+  return strip(a) === strip(b);
+}
+
+export class RetryStatusWriter {
+  private readonly written = new Map<string, string>();
+  writes = 0;
+
+  constructor(
+    private readonly kc: k8s.KubeConfig,
+    private readonly log: Logger,
+    /** The Retry as the source last saw it. */
+    private readonly current: (namespace: string, name: string) => KubeObject | undefined,
+  ) {}
+
+  /** Writes each Retry's status where it differs from what the object has (or what was last written). */
+  async write(ir: MeshIR): Promise<void> {
+    const api = this.kc.makeApiClient(k8s.CustomObjectsApi);
+    for (const report of ir.policies) {
+      const obj = this.current(report.namespace, report.name);
+      if (!obj) continue;
+      const current = (obj as any).status;
+      const desired = retryStatus(report, obj.metadata?.generation, current);
+      const key = `${report.namespace}/${report.name}`;
+      const sig = JSON.stringify({ ...desired, conditions: desired.conditions.map(({ lastTransitionTime: _t, ...c }: any) => c) });
+      if (statusEqual(current, desired) || this.written.get(key) === sig) continue;
+      try {
+        await api.patchNamespacedCustomObjectStatus(
+          { group: 'policy.flomesh.io', version: 'v1alpha1', namespace: report.namespace, plural: 'retries', name: report.name, body: { status: desired } },
+          k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+        );
+        this.written.set(key, sig);
+        this.writes++;
+      } catch (err) {
+        const e = err as { code?: number; body?: any; message: string };
+        this.log.warn({ retry: key, err: explain(e.code, e.body?.message ?? e.message, `patch retries/status ${key}`) }, 'cannot write Retry status');
+      }
+    }
+  }
+}
