@@ -3,8 +3,8 @@ FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 COPY src ./src
-COPY bench ./bench
-RUN npm ci --no-audit --no-fund && npm prune --omit=dev
+# The product only: src/ (no benchmarks, no sandbox; their build is dist-dev/, not in the image).
+RUN npm ci --no-audit --no-fund --ignore-scripts && npx tsc -p tsconfig.build.json && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 WORKDIR /app

@@ -15,7 +15,7 @@ const forbiddenInPure = [
 ];
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'bin/**', '.cache/**'] },
+  { ignores: ['dist/**', 'dist-dev/**', 'node_modules/**', 'bin/**', '.cache/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -4,7 +4,7 @@
  * curl sidecar's RDS config (its own update counter, read by a watcher inside the pod) changes.
  * Run: npm run build && npm run bench:envoy-edit [-- N]   (Linux, root, the real parts installed)
  */
-import { Sandbox, guideWorkloads } from '../src/sandbox/sandbox.js';
+import { Sandbox, guideWorkloads } from '../sandbox/sandbox.js';
 
 const N = Number(process.argv[2] ?? 20);
 const STAT = 'http.outbound_14001.rds.rds-outbound.14001.update_success';

@@ -10,10 +10,10 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { acceptMesh, type Verdict } from '../src/sandbox/accept.js';
-import { Network } from '../src/sandbox/netns.js';
-import { meshYaml, randomMesh, rng, shrink, type Manifest } from '../src/sandbox/random-mesh.js';
-import type { AdsFlavour } from '../src/sandbox/sandbox.js';
+import { acceptMesh, type Verdict } from '../sandbox/accept.js';
+import { Network } from '../sandbox/netns.js';
+import { meshYaml, randomMesh, rng, shrink, type Manifest } from '../sandbox/random-mesh.js';
+import type { AdsFlavour } from '../sandbox/sandbox.js';
 
 export interface MeshResult {
   seed: number;

@@ -203,7 +203,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
   const srv = new Child(
     spawn(
       ...(server === 'mesh-xds'
-        ? pinned(0, process.execPath, [...(process.env.PEER_NODE_OPTIONS?.split(' ') ?? []), '--max-old-space-size=8192', path.join(ROOT, 'dist/bench/peer/mesh-xds-server.js'), shape.scenario.name])
+        ? pinned(0, process.execPath, [...(process.env.PEER_NODE_OPTIONS?.split(' ') ?? []), '--max-old-space-size=8192', path.join(ROOT, 'dist-dev/bench/peer/mesh-xds-server.js'), shape.scenario.name])
         : pinned(0, path.join(BIN, 'gcp-server'), [])),
       { stdio: ['pipe', 'pipe', 'inherit'] },
     ),

@@ -5,7 +5,7 @@
  * and /metrics. The other pod is a real network namespace on the sandbox's bridge.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Network, type Pod } from '../src/sandbox/netns.js';
+import { Network, type Pod } from '../sandbox/netns.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';
 import { sandboxMissing } from './helpers/sandbox.js';
 

@@ -5,8 +5,8 @@ import { parseAllDocuments, parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { encodeMessage } from '../src/xds/resources/encode.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
-import { ENVOY_VERSION } from '../src/sandbox/parts.js';
-import { containerEnv, expandArgs, initScript, podTemplate } from '../src/sandbox/samples.js';
+import { ENVOY_VERSION } from '../sandbox/parts.js';
+import { containerEnv, expandArgs, initScript, podTemplate } from '../sandbox/samples.js';
 
 const DEPLOY = path.join(import.meta.dirname, '../deploy');
 

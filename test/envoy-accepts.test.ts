@@ -10,11 +10,11 @@ import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rea
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { acceptMesh, type Verdict } from '../src/sandbox/accept.js';
-import { Network } from '../src/sandbox/netns.js';
-import { envoyForSidecars } from '../src/sandbox/parts.js';
+import { acceptMesh, type Verdict } from '../sandbox/accept.js';
+import { Network } from '../sandbox/netns.js';
+import { envoyForSidecars } from '../sandbox/parts.js';
 import { createCa, issue } from '../src/security/ca.js';
-import { writeSidecarConfig, type AdsFlavour } from '../src/sandbox/sandbox.js';
+import { writeSidecarConfig, type AdsFlavour } from '../sandbox/sandbox.js';
 import { DEMO } from './helpers/demo.js';
 import { sandboxMissing } from './helpers/sandbox.js';
 

@@ -1,5 +1,5 @@
 /** Before and after the whole run: remove what sandboxes of test processes that no longer run left behind. */
-import { sweepStaleSandboxes } from '../src/sandbox/netns.js';
+import { sweepStaleSandboxes } from '../sandbox/netns.js';
 
 export function setup(): void {
   sweepStaleSandboxes();

@@ -9,10 +9,10 @@ import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { MeshState } from '../src/model/mesh.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
-import { randomMesh, rng, type Manifest } from '../src/sandbox/random-mesh.js';
+import { randomMesh, rng, type Manifest } from '../sandbox/random-mesh.js';
 import { convertObjects, meshStateOf, parseManifestText } from '../src/sources/manifests.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
-import { meshYaml } from '../src/sandbox/random-mesh.js';
+import { meshYaml } from '../sandbox/random-mesh.js';
 import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 
 function stateOf(objects: Manifest[]): MeshState {

@@ -2,7 +2,7 @@
  * mesh-xds under test in the side-by-side benchmark (bench/peer.ts): the real pipeline and ADS server on a
  * scenario's mesh, driven over stdin/stdout with the same commands as bench/peer/gcp-server:
  *   {"cmd":"apply","tag":"change-I"} -> {"ok":"apply","ms":X}   the mesh after change I, translated and pushed
- * Run by the driver: node dist/bench/peer/mesh-xds-server.js SCENARIO
+ * Run by the driver: node dist-dev/bench/peer/mesh-xds-server.js SCENARIO
  */
 import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';

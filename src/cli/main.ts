@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** The `mesh-xds` command. */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { ConfigError, SERVE_HELP, parseServeArgs } from '../config.js';
 import { StartError, serve } from '../main.js';
 import { packagePath } from '../paths.js';
@@ -65,7 +66,13 @@ async function main(argv: string[]): Promise<number> {
       return caCommand(rest);
     }
     case 'demo': {
-      const { demoCommand } = await import('./demo.js');
+      // Test and demo infrastructure (sandbox/), not part of the product: loaded only where it was built.
+      const demo = packagePath('dist-dev/sandbox/demo.js');
+      if (!existsSync(demo)) {
+        process.stderr.write('mesh-xds demo needs the sandbox (sandbox/ of the repository, built by `npm run build` into dist-dev/); this installation has none\n');
+        return 2;
+      }
+      const { demoCommand } = (await import(pathToFileURL(demo).href)) as { demoCommand: () => Promise<number> };
       return demoCommand();
     }
     case '--version':

@@ -7,10 +7,10 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type Workload } from '../../src/sandbox/sandbox.js';
-import { initScript, sampleRetryText } from '../../src/sandbox/samples.js';
+import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type Workload } from '../../sandbox/sandbox.js';
+import { initScript, sampleRetryText } from '../../sandbox/samples.js';
 import { sandboxMissing } from './sandbox.js';
-import { dynamicResources } from '../../src/sandbox/accept.js';
+import { dynamicResources } from '../../sandbox/accept.js';
 
 const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';

@@ -4,9 +4,9 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { kubeProblems, type KubeCluster } from '../../src/sandbox/kube.js';
-import { Proc } from '../../src/sandbox/netns.js';
-import { until } from '../../src/sandbox/sandbox.js';
+import { kubeProblems, type KubeCluster } from '../../sandbox/kube.js';
+import { Proc } from '../../sandbox/netns.js';
+import { until } from '../../sandbox/sandbox.js';
 import { ROOT } from './cli.js';
 
 /** Problems that keep the real API server from running here (waits for a build in progress). */

@@ -2,7 +2,7 @@
  * Real-Envoy tests need the sandbox's parts (Linux, root, Envoy, httpbin, iptables). Under CI=true a missing
  * part fails the run; elsewhere the tests skip, and this says exactly what is missing and how to get it.
  */
-import { sandboxProblems } from '../../src/sandbox/parts.js';
+import { sandboxProblems } from '../../sandbox/parts.js';
 
 export const sandboxMissing = sandboxProblems();
 

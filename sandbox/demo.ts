@@ -4,8 +4,8 @@
  * live edit, and removes everything it made, also on Ctrl-C or failure.
  */
 import { parse } from 'yaml';
-import { sandboxProblems, ENVOY_VERSION } from '../sandbox/parts.js';
-import { Sandbox, guideWorkloads, until, type Workload } from '../sandbox/sandbox.js';
+import { sandboxProblems, ENVOY_VERSION } from './parts.js';
+import { Sandbox, guideWorkloads, until, type Workload } from './sandbox.js';
 
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
 const CLUSTER = 'httpbin/httpbin|14001';

@@ -10,10 +10,10 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as grpcXds from '@grpc/grpc-js-xds';
 import pino from 'pino';
-import { serve, type Running } from '../main.js';
-import type { MeshConfig } from '../model/mesh.js';
-import { syncState } from '../xds/protocol/status.js';
-import { RESOURCE_TYPES } from '../xds/resources/types.js';
+import { serve, type Running } from '../src/main.js';
+import type { MeshConfig } from '../src/model/mesh.js';
+import { syncState } from '../src/xds/protocol/status.js';
+import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 import type { Network, Pod } from './netns.js';
 import { startSidecar, until, type AdsFlavour, type Sidecar } from './sandbox.js';
 

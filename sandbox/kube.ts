@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { packagePath } from '../paths.js';
+import { packagePath } from '../src/paths.js';
 import { Proc, type ExecResult } from './netns.js';
 import { until } from './sandbox.js';
 

@@ -9,12 +9,12 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, wr
 import os from 'node:os';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
-import { MONITORED_BY_LABEL } from '../model/mesh.js';
-import { packagePath } from '../paths.js';
+import { MONITORED_BY_LABEL } from '../src/model/mesh.js';
+import { packagePath } from '../src/paths.js';
 import { Network, Proc, type ExecResult, type Pod } from './netns.js';
 import { ENVOY_VERSION, GUNICORN_BIN, envoyForSidecars, sandboxProblems } from './parts.js';
 import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarConfigFiles, sidecarMounts, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
-import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../security/ca.js';
+import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../src/security/ca.js';
 
 export type AdsFlavour = 'GRPC' | 'DELTA_GRPC';
 

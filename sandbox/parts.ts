@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { accessSync, chmodSync, constants, copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { packagePath } from '../paths.js';
+import { packagePath } from '../src/paths.js';
 
 /** The one Envoy version of the project: tests, demo, and the image tag in deploy/samples. */
 export const ENVOY_VERSION = '1.40.0';

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments, parse } from 'yaml';
-import { packagePath } from '../paths.js';
+import { packagePath } from '../src/paths.js';
 
 export type KubeObject = { apiVersion?: string; kind?: string; metadata?: { name?: string; namespace?: string; labels?: Record<string, string> }; [k: string]: any };
 
