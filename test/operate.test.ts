@@ -80,7 +80,7 @@ describe('debug HTTP server', () => {
     const dumpType = envoyRoot().lookupType('envoy.admin.v3.ConfigDump');
     const msg: any = fromProto3Json(dumpType, json);
     const routes: any = envoyRoot().lookupType('envoy.admin.v3.RoutesConfigDump').decode(msg.configs[3].value);
-    const route = decodeMessage('envoy.config.route.v3.RouteConfiguration', routes.dynamic_route_configs[0].route_config.value);
+    const route: any = decodeMessage('envoy.config.route.v3.RouteConfiguration', routes.dynamic_route_configs[0].route_config.value);
     const served = demo.running.cache.peek(KEY)!.get(ROUTE)!.resources.get(route.name)!;
     expect(route).toEqual(resourceToJson(served));
     const vh = json.configs[3].dynamic_route_configs[0].route_config.virtual_hosts.find((v: any) => v.name.includes('httpbin'));

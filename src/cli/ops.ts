@@ -4,14 +4,34 @@ import { flag, table, wantsJson, UsageError } from './output.js';
 
 const DEFAULT_DEBUG = 'http://127.0.0.1:9091';
 
-async function getJson(base: string, path: string): Promise<{ status: number; body: any }> {
+/** A proxy as /debug/proxies shows it: the fields the CLI prints. */
+interface ProxyJson {
+  readonly nodeId: string;
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly podName: string | null;
+  readonly kind: string;
+  readonly stream: string;
+  readonly types: Readonly<Record<string, { readonly state: string; readonly lastNack: { readonly version: string; readonly error: string } | null }>>;
+}
+
+/** /debug/explain's answer: the fields the CLI prints. */
+interface ExplainJson {
+  readonly error?: string;
+  readonly why: string;
+  readonly serviceExists: boolean;
+  readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string }[];
+  readonly routes: readonly { readonly routeConfiguration: string; readonly virtualHost: { readonly name?: string; readonly routes?: readonly { readonly route?: { readonly retry_policy?: unknown } }[] } | null }[];
+}
+
+async function getJson<T>(base: string, path: string): Promise<{ status: number; body: T }> {
   let res: Response;
   try {
     res = await fetch(new URL(path, base));
   } catch (e) {
     throw new UnreachableError(`cannot reach the mesh-xds debug server at ${base}: ${(e as Error).cause ?? (e as Error).message}`);
   }
-  return { status: res.status, body: await res.json() };
+  return { status: res.status, body: (await res.json()) as T };
 }
 
 class UnreachableError extends Error {}
@@ -43,11 +63,11 @@ export function proxyCommand(args: string[]): Promise<number> {
 
 async function proxyStatus(args: string[]): Promise<number> {
   const base = flag(args, '--debug-url') ?? process.env.MESH_XDS_DEBUG_URL ?? DEFAULT_DEBUG;
-  const { body } = await getJson(base, '/debug/proxies');
-  const proxies: any[] = body.proxies ?? [];
+  const { body } = await getJson<{ proxies?: ProxyJson[] }>(base, '/debug/proxies');
+  const proxies = body.proxies ?? [];
   if (wantsJson(args)) process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   else {
-    const state = (p: any, t: string): string => p.types[t]?.state ?? 'NOT SENT';
+    const state = (p: ProxyJson, t: string): string => p.types[t]?.state ?? 'NOT SENT';
     process.stdout.write(
       table(
         ['NODE', 'IDENTITY', 'POD', 'KIND', 'STREAM', ...RESOURCE_TYPES.map((t) => t.short)],
@@ -55,10 +75,10 @@ async function proxyStatus(args: string[]): Promise<number> {
       ),
     );
     for (const p of proxies) {
-      for (const [t, s] of Object.entries<any>(p.types)) if (s.lastNack) process.stdout.write(`${p.nodeId} ${t} NACK of ${s.lastNack.version}: ${s.lastNack.error}\n`);
+      for (const [t, s] of Object.entries(p.types)) if (s.lastNack) process.stdout.write(`${p.nodeId} ${t} NACK of ${s.lastNack.version}: ${s.lastNack.error}\n`);
     }
   }
-  const synced = proxies.every((p) => Object.values<any>(p.types).every((s) => s.state === 'SYNCED' || s.state === 'NOT SENT'));
+  const synced = proxies.every((p) => Object.values(p.types).every((s) => s.state === 'SYNCED' || s.state === 'NOT SENT'));
   return synced ? 0 : 1;
 }
 
@@ -101,7 +121,7 @@ export function policyCommand(args: string[]): Promise<number> {
     const to = flag(rest, '--to');
     if (!from || !to) throw new UsageError('policy explain needs --from <namespace>/<serviceAccount> and --to <namespace>/<service>');
     const base = flag(rest, '--debug-url') ?? process.env.MESH_XDS_DEBUG_URL ?? DEFAULT_DEBUG;
-    const { status, body } = await getJson(base, `/debug/explain?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
+    const { status, body } = await getJson<ExplainJson>(base, `/debug/explain?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
     if (status !== 200) {
       process.stderr.write(`mesh-xds: ${body.error}\n`);
       return status === 400 ? 2 : 1;
@@ -110,7 +130,7 @@ export function policyCommand(args: string[]): Promise<number> {
     else {
       process.stdout.write(`${from} -> ${to}: ${body.why}\n`);
       if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
-      if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c: any) => [c.policy, c.state, c.reason]))}`);
+      if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
       for (const r of body.routes) {
         const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;
         process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n  retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);

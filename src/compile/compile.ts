@@ -2,6 +2,7 @@
  * MeshState -> MeshIR. Pure: resolves ports and endpoints, validates Retry policies, decides which one applies
  * to each (source identity, destination service) deterministically, and reports every policy's status.
  */
+import { asList, asMap } from '../model/plain.js';
 import { MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
 import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
@@ -215,10 +216,16 @@ function compilePolicies(
 
 /** Source and Service destinations of a Retry spec as written, read leniently (even from an invalid spec). */
 function declaredRefs(spec: unknown): PolicyReport['declared'] {
-  const s = spec as any;
-  const ref = (o: any): string | undefined => (typeof o?.namespace === 'string' && typeof o?.name === 'string' ? `${o.namespace}/${o.name}` : undefined);
-  const source = ref(s?.source);
-  const destinations = Array.isArray(s?.destinations) ? s.destinations.filter((d: any) => d?.kind === 'Service').map(ref).filter(Boolean) : [];
+  const s = asMap(spec);
+  const ref = (v: unknown): string | undefined => {
+    const o = asMap(v);
+    return typeof o.namespace === 'string' && typeof o.name === 'string' ? `${o.namespace}/${o.name}` : undefined;
+  };
+  const source = ref(s.source);
+  const destinations = asList(s.destinations)
+    .filter((d) => asMap(d).kind === 'Service')
+    .map(ref)
+    .filter((d): d is string => d !== undefined);
   return { ...(source ? { source } : {}), destinations };
 }
 

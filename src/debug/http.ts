@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import type { MeshIR } from '../compile/ir.js';
+import { asList, asMap } from '../model/plain.js';
 import { outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
 import { envoyRetryPolicy } from '../envoy/routes.js';
 import { envoyRoot } from '../xds/resources/protos.js';
@@ -255,8 +256,8 @@ export class DebugServer {
       for (const port of service.ports.filter((p) => p.protocol === 'http')) {
         const r = snap.get(ROUTE)?.resources.get(outboundRouteName(port.dialPort));
         if (!r) continue;
-        const rc: any = toProto3Json(rds, rds.decode(r.body));
-        const vh = (rc.virtual_hosts ?? []).find((v: any) => v.name === outboundVirtualHostName(service.host));
+        const rc = asMap(toProto3Json(rds, rds.decode(r.body)));
+        const vh = asList(rc.virtual_hosts).find((v) => asMap(v).name === outboundVirtualHostName(service.host));
         routes.push({ routeConfiguration: r.name, virtualHost: vh ?? null });
       }
     }

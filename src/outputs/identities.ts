@@ -11,6 +11,7 @@ import type * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { issue, notAfter, type KeyPair } from '../security/ca.js';
 import { spiffeId } from '../security/spiffe.js';
+import { asMap } from '../model/plain.js';
 import type { MeshAccount } from '../sources/kubernetes.js';
 import { kubeJson } from './lease.js';
 
@@ -138,7 +139,7 @@ export class IdentitySecrets {
       'application/apply-patch+yaml',
     ).catch((e: Error) => ({ status: 0, body: { message: e.message } }));
     if (res.status !== 200 && res.status !== 201) {
-      this.o.log.warn({ secret: `${namespace}/${secret}`, status: res.status, err: res.body?.message ?? res.body }, 'cannot write the identity Secret; retrying in 10 s');
+      this.o.log.warn({ secret: `${namespace}/${secret}`, status: res.status, err: asMap(res.body).message ?? res.body }, 'cannot write the identity Secret; retrying in 10 s');
       this.schedule(k, 10_000);
       return;
     }
@@ -153,7 +154,7 @@ export class IdentitySecrets {
     const res = await kubeJson(this.o.kc, 'DELETE', `/api/v1/namespaces/${a.namespace}/secrets/${secret}`);
     if (res.status === 404) return;
     if (res.status !== 200 && res.status !== 202) {
-      this.o.log.warn({ secret: `${a.namespace}/${secret}`, status: res.status, err: res.body?.message ?? res.body }, 'cannot delete the identity Secret');
+      this.o.log.warn({ secret: `${a.namespace}/${secret}`, status: res.status, err: asMap(res.body).message ?? res.body }, 'cannot delete the identity Secret');
       return;
     }
     this.deletes++;

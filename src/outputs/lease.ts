@@ -9,6 +9,15 @@ import https from 'node:https';
 import os from 'node:os';
 import type * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { asMap } from '../model/plain.js';
+
+/** What a Lease's spec holds (coordination.k8s.io/v1). */
+interface LeaseSpec {
+  readonly holderIdentity?: string;
+  readonly renewTime?: string;
+  readonly leaseDurationSeconds?: number;
+  readonly leaseTransitions?: number;
+}
 
 export interface LeaseOptions {
   kc: k8s.KubeConfig;
@@ -24,7 +33,7 @@ export interface LeaseOptions {
 }
 
 /** One JSON request to the API server with the kubeconfig's TLS and credentials. */
-export async function kubeJson(kc: k8s.KubeConfig, method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; body: any }> {
+export async function kubeJson(kc: k8s.KubeConfig, method: string, path: string, body?: unknown, contentType = 'application/json'): Promise<{ status: number; body: unknown }> {
   const cluster = kc.getCurrentCluster();
   if (!cluster) throw new Error('no current cluster in the kubeconfig');
   const url = new URL(`${cluster.server.replace(/\/$/, '')}${path}`);
@@ -41,7 +50,7 @@ export async function kubeJson(kc: k8s.KubeConfig, method: string, path: string,
     req.setTimeout(10_000, () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)));
     req.end(body ? JSON.stringify(body) : undefined);
   });
-  let parsed: any = text.text;
+  let parsed: unknown = text.text;
   try {
     parsed = JSON.parse(text.text);
   } catch {
@@ -116,18 +125,19 @@ export class LeaseElector {
       return;
     }
     if (got.status !== 200) throw new Error(`read lease: ${got.status} ${JSON.stringify(got.body).slice(0, 200)}`);
-    const lease = got.body;
-    const holder: string | undefined = lease.spec?.holderIdentity || undefined;
-    const renewed = lease.spec?.renewTime ? Date.parse(lease.spec.renewTime) : 0;
-    const expired = now.getTime() > renewed + (lease.spec?.leaseDurationSeconds ?? this.leaseSeconds) * 1000;
+    const lease = asMap(got.body);
+    const current = asMap(lease.spec) as LeaseSpec;
+    const holder = current.holderIdentity || undefined;
+    const renewed = current.renewTime ? Date.parse(current.renewTime) : 0;
+    const expired = now.getTime() > renewed + (current.leaseDurationSeconds ?? this.leaseSeconds) * 1000;
     if (holder !== this.identity && holder && !expired) return this.set(false);
     const takeover = holder !== this.identity;
     const updated = await kubeJson(this.o.kc, 'PUT', `${this.path}/${this.o.name}`, {
       ...lease,
       spec: {
-        ...lease.spec,
+        ...current,
         ...spec,
-        ...(takeover ? { acquireTime: microTime(now), leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + 1 } : {}),
+        ...(takeover ? { acquireTime: microTime(now), leaseTransitions: (current.leaseTransitions ?? 0) + 1 } : {}),
       },
     });
     // 409: someone else wrote it first (took it, or renewed): not ours this round.
@@ -143,8 +153,9 @@ export class LeaseElector {
     if (!this.leader) return;
     try {
       const got = await kubeJson(this.o.kc, 'GET', `${this.path}/${this.o.name}`);
-      if (got.status === 200 && got.body.spec?.holderIdentity === this.identity) {
-        await kubeJson(this.o.kc, 'PUT', `${this.path}/${this.o.name}`, { ...got.body, spec: { ...got.body.spec, holderIdentity: '', leaseDurationSeconds: 1 } });
+      const lease = asMap(got.body);
+      if (got.status === 200 && asMap(lease.spec).holderIdentity === this.identity) {
+        await kubeJson(this.o.kc, 'PUT', `${this.path}/${this.o.name}`, { ...lease, spec: { ...asMap(lease.spec), holderIdentity: '', leaseDurationSeconds: 1 } });
       }
     } catch {
       /* the lease expires by itself */

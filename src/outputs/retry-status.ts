@@ -8,18 +8,37 @@ import type { Logger } from 'pino';
 import type { MeshIR, PolicyReport } from '../compile/ir.js';
 import { explain } from '../sources/kubernetes.js';
 import type { KubeObject } from '../sources/manifests.js';
+import { asList, asMap } from '../model/plain.js';
 
-/** The status a Retry should have for its report. */
-export function retryStatus(report: PolicyReport, generation: number | undefined, previous: any): any {
+/** A condition of a Retry's status, as the CRD has it. */
+interface Condition {
+  readonly type: string;
+  readonly status: 'True' | 'False';
+  readonly reason: string;
+  readonly message: string;
+  readonly observedGeneration?: number;
+  readonly lastTransitionTime?: string;
+}
+
+/** A Retry's status subresource. */
+export interface RetryStatus {
+  readonly observedGeneration?: number;
+  readonly conditions: readonly Condition[];
+}
+
+/** The status a Retry should have for its report (the transition time kept while the condition stays). */
+export function retryStatus(report: PolicyReport, generation: number | undefined, previous: unknown): RetryStatus {
   const accepted = report.state === 'Accepted';
-  const condition = {
+  const condition: Condition = {
     type: 'Accepted',
     status: accepted ? 'True' : 'False',
     reason: report.state,
     message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
     ...(generation !== undefined ? { observedGeneration: generation } : {}),
   };
-  const prevCond = (previous?.conditions ?? []).find((c: any) => c.type === 'Accepted');
+  const prevCond = asList(asMap(previous).conditions)
+    .map((c) => asMap(c) as Partial<Condition>)
+    .find((c) => c.type === 'Accepted');
   const same = prevCond && prevCond.status === condition.status && prevCond.reason === condition.reason && prevCond.message === condition.message && prevCond.observedGeneration === condition.observedGeneration;
   return {
     ...(generation !== undefined ? { observedGeneration: generation } : {}),
@@ -27,9 +46,10 @@ export function retryStatus(report: PolicyReport, generation: number | undefined
   };
 }
 
-function statusEqual(a: any, b: any): boolean {
-  const strip = (s: any) => JSON.stringify({ ...s, conditions: (s?.conditions ?? []).map(({ lastTransitionTime: _t, ...c }: any) => c) });
-  return strip(a) === strip(b);
+/** A status without its transition times: what is compared and remembered. */
+function signature(status: unknown): string {
+  const s = asMap(status);
+  return JSON.stringify({ ...s, conditions: asList(s.conditions).map((c) => ({ ...asMap(c), lastTransitionTime: undefined })) });
 }
 
 export class RetryStatusWriter {
@@ -49,11 +69,11 @@ export class RetryStatusWriter {
     for (const report of ir.policies) {
       const obj = this.current(report.namespace, report.name);
       if (!obj) continue;
-      const current = (obj as any).status;
+      const current = obj.status;
       const desired = retryStatus(report, obj.metadata?.generation, current);
       const key = `${report.namespace}/${report.name}`;
-      const sig = JSON.stringify({ ...desired, conditions: desired.conditions.map(({ lastTransitionTime: _t, ...c }: any) => c) });
-      if (statusEqual(current, desired) || this.written.get(key) === sig) continue;
+      const sig = signature(desired);
+      if (signature(current) === sig || this.written.get(key) === sig) continue;
       try {
         await api.patchNamespacedCustomObjectStatus(
           { group: 'policy.flomesh.io', version: 'v1alpha1', namespace: report.namespace, plural: 'retries', name: report.name, body: { status: desired } },
@@ -62,7 +82,7 @@ export class RetryStatusWriter {
         this.written.set(key, sig);
         this.writes++;
       } catch (err) {
-        const e = err as { code?: number; body?: any; message: string };
+        const e = err as { code?: number; body?: { message?: string }; message: string };
         this.log.warn({ retry: key, err: explain(e.code, e.body?.message ?? e.message, `patch retries/status ${key}`) }, 'cannot write Retry status');
       }
     }

@@ -512,7 +512,7 @@ export class FileSource {
     const prev = this.lastObjects ?? emptyObjects();
     const out = { ...objects };
     const same = (a: readonly unknown[], b: readonly unknown[]): boolean => a.length === b.length && a.every((x, i) => x === b[i] || JSON.stringify(x) === JSON.stringify(b[i]));
-    for (const k of KINDS) if (same(objects[k], prev[k])) (out as any)[k] = prev[k];
+    for (const k of KINDS) if (same(objects[k], prev[k])) (out as Record<keyof MeshObjects, unknown>)[k] = prev[k];
     this.lastObjects = out;
     return out;
   }

@@ -119,7 +119,7 @@ class Reflector {
     return res;
   }
 
-  private normalize(o: any): KubeObject {
+  private normalize(o: KubeObject): KubeObject {
     return { ...o, apiVersion: this.def.apiVersion, kind: this.def.kind };
   }
 
@@ -133,8 +133,8 @@ class Reflector {
         const res = await this.request({});
         let text = '';
         for await (const c of res) text += c;
-        const list: any = JSON.parse(text);
-        this.objects = new Map((list.items ?? []).map((o: any) => [this.key(o), this.normalize(o)]));
+        const list = JSON.parse(text) as { items?: KubeObject[]; metadata?: { resourceVersion?: string } };
+        this.objects = new Map((list.items ?? []).map((o) => [this.key(o), this.normalize(o)]));
         this.lists++;
         this.synced = true;
         this.lastError = undefined;
@@ -172,7 +172,7 @@ class Reflector {
         const line = buffer.slice(0, nl).trim();
         buffer = buffer.slice(nl + 1);
         if (!line) continue;
-        const event = JSON.parse(line) as { type: string; object: any };
+        const event = JSON.parse(line) as { type: string; object: KubeObject & { code?: number; message?: string } };
         if (event.type === 'ERROR') {
           if (event.object?.code === 410) throw new GoneError(event.object.message ?? '410 Gone');
           throw new Error(`watch error: ${event.object?.message ?? JSON.stringify(event.object)}`);

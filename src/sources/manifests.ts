@@ -2,7 +2,7 @@
  * Kubernetes objects (as `kubectl apply` takes them) -> the mesh model. Parsing of YAML/JSON text lives here
  * too, so the folder source and the `validate` command read manifests the same way. Pure: no file I/O.
  */
-import { LineCounter, isMap, isSeq, parseAllDocuments, type Document, type Node as YamlNode } from 'yaml';
+import { LineCounter, isMap, isNode, isScalar, isSeq, parseAllDocuments, type Document, type Node as YamlNode } from 'yaml';
 import {
   DEFAULT_MESH_CONFIG,
   type EndpointSlice,
@@ -16,15 +16,19 @@ import {
   type ServiceAccount,
 } from '../model/mesh.js';
 import { isDnsLabel, isDnsSubdomain } from '../model/names.js';
+import { asList, asMap } from '../model/plain.js';
 import { RETRY_API_VERSION } from '../policy/retry.js';
 
 export interface KubeObject {
   apiVersion?: string;
   kind?: string;
   metadata?: { name?: string; namespace?: string; labels?: Record<string, string>; creationTimestamp?: string; generation?: number; uid?: string; [k: string]: unknown };
-  spec?: any;
+  spec?: unknown;
   [k: string]: unknown;
 }
+
+/** A YAML node's key as written (a scalar's value) and where it starts. */
+const keyOf = (key: unknown): { value?: unknown; at?: number } => (isScalar(key) ? { value: key.value, at: key.range?.[0] } : {});
 
 export interface Located {
   readonly object: KubeObject;
@@ -49,9 +53,9 @@ function walk(root: unknown, path: readonly (string | number)[], line: (offset: 
   let best: number | undefined;
   for (const seg of path) {
     if (isMap(node)) {
-      const pair = node.items.find((p) => (p.key as any)?.value === seg);
+      const pair = node.items.find((p) => keyOf(p.key).value === seg);
       if (!pair) return best;
-      const at = (pair.key as any)?.range?.[0];
+      const at = keyOf(pair.key).at;
       if (at !== undefined) best = line(at);
       node = pair.value as YamlNode;
     } else if (isSeq(node) && typeof seg === 'number') {
@@ -69,17 +73,17 @@ function walk(root: unknown, path: readonly (string | number)[], line: (offset: 
 function collect(node: unknown, line: (offset: number) => number, out: (path: string, line: number) => void, prefix: string): void {
   if (isMap(node)) {
     for (const p of node.items) {
-      const key = (p.key as any)?.value;
-      const at = (p.key as any)?.range?.[0];
+      const { value: key, at } = keyOf(p.key);
       if (key === undefined || at === undefined) continue;
       const path = prefix ? `${prefix}.${key}` : String(key);
       out(path, line(at));
       collect(p.value, line, out, path);
     }
   } else if (isSeq(node)) {
-    node.items.forEach((item: any, i) => {
+    node.items.forEach((item, i) => {
       const path = `${prefix}[${i}]`;
-      if (item?.range) out(path, line(item.range[0]));
+      const range = isNode(item) ? item.range : undefined;
+      if (range) out(path, line(range[0]));
       collect(item, line, out, path);
     });
   }
@@ -123,7 +127,7 @@ export function parseManifestText(text: string, file: string): { objects: Locate
       }
       return;
     }
-    let value: any;
+    let value: unknown;
     try {
       value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
     } catch (e) {
@@ -133,8 +137,8 @@ export function parseManifestText(text: string, file: string): { objects: Locate
     }
     if (value === null || value === undefined) return;
     // A `kind: List` (kubectl get -o yaml) holds items.
-    const isList = value?.kind === 'List' && Array.isArray(value.items);
-    const items: unknown[] = isList ? value.items : [value];
+    const isList = asMap(value).kind === 'List' && Array.isArray(asMap(value).items);
+    const items = isList ? asList(asMap(value).items) : [value];
     items.forEach((item, j) => {
       const base = isList ? ['items', j] : [];
       const itemLine = isList ? (walk(doc.contents, base, lineAt) ?? line) : line;
@@ -214,77 +218,98 @@ function nsOf(o: KubeObject, defaultNamespace: string): string {
 }
 
 function service(o: KubeObject, ns: string): Service {
-  const spec = need(o.spec, 'spec', 'spec');
-  const ports = need(spec.ports as unknown[] | undefined, 'spec.ports', 'spec.ports');
+  const spec = asMap(need(o.spec, 'spec', 'spec'));
+  const ports = need(spec.ports, 'spec.ports', 'spec.ports');
   if (!Array.isArray(ports) || ports.length === 0) throw new ObjectError('spec.ports', 'must be a non-empty list');
   const clusterIP = spec.clusterIP === 'None' ? undefined : typeof spec.clusterIP === 'string' && spec.clusterIP ? spec.clusterIP : undefined;
   if (spec.clusterIP !== 'None' && clusterIP === undefined) {
     throw new ObjectError('spec.clusterIP', 'is required here (a folder has no API server to allocate one); use "None" for a headless service');
   }
+  const selector = spec.selector === undefined || spec.selector === null ? undefined : Object.fromEntries(Object.entries(asMap(spec.selector)).map(([k, v]) => [k, String(v)]));
   return {
     namespace: ns,
     name: str(o.metadata?.name, 'metadata.name'),
     clusterIP,
-    selector: spec.selector ?? undefined,
-    ports: ports.map((p: any, i: number) => ({
-      ...(p.name ? { name: String(p.name) } : {}),
-      port: num(p.port, `spec.ports[${i}].port`),
-      targetPort: p.targetPort === undefined ? p.port : typeof p.targetPort === 'number' ? num(p.targetPort, `spec.ports[${i}].targetPort`) : str(p.targetPort, `spec.ports[${i}].targetPort`),
-      protocol: p.protocol ?? 'TCP',
-      ...(p.appProtocol ? { appProtocol: String(p.appProtocol) } : {}),
-    })),
+    selector,
+    ports: ports.map((item: unknown, i: number) => {
+      const p = asMap(item);
+      const portNo = num(p.port, `spec.ports[${i}].port`);
+      return {
+        ...(p.name ? { name: String(p.name) } : {}),
+        port: portNo,
+        targetPort: p.targetPort === undefined ? portNo : typeof p.targetPort === 'number' ? num(p.targetPort, `spec.ports[${i}].targetPort`) : str(p.targetPort, `spec.ports[${i}].targetPort`),
+        protocol: typeof p.protocol === 'string' ? p.protocol : 'TCP',
+        ...(p.appProtocol ? { appProtocol: String(p.appProtocol) } : {}),
+      };
+    }),
   };
+}
+
+/** The pod an address names (`targetRef` of kind Pod), if it names one. */
+function podRef(targetRef: unknown, ns: string): { pod?: { namespace: string; name: string } } {
+  const ref = asMap(targetRef);
+  return ref.kind === 'Pod' && ref.name ? { pod: { namespace: typeof ref.namespace === 'string' ? ref.namespace : ns, name: String(ref.name) } } : {};
 }
 
 function endpointSlice(o: KubeObject, ns: string): EndpointSlice {
   const svc = o.metadata?.labels?.['kubernetes.io/service-name'];
   if (!svc) throw new ObjectError('metadata.labels', 'needs kubernetes.io/service-name (the Service it belongs to)');
-  const eps: any[] = Array.isArray(o.endpoints) ? (o.endpoints as any[]) : [];
   return {
     namespace: ns,
     name: str(o.metadata?.name, 'metadata.name'),
     service: svc,
-    ports: (Array.isArray(o.ports) ? (o.ports as any[]) : []).map((p, i) => ({
-      ...(p.name ? { name: String(p.name) } : {}),
-      port: num(p.port, `ports[${i}].port`),
-      protocol: p.protocol ?? 'TCP',
-    })),
-    addresses: eps.flatMap((e, i) =>
-      (Array.isArray(e.addresses) ? e.addresses : []).map((ip: unknown) => ({
+    ports: asList(o.ports).map((item, i) => {
+      const p = asMap(item);
+      return { ...(p.name ? { name: String(p.name) } : {}), port: num(p.port, `ports[${i}].port`), protocol: typeof p.protocol === 'string' ? p.protocol : 'TCP' };
+    }),
+    addresses: asList(o.endpoints).flatMap((item, i) => {
+      const e = asMap(item);
+      return asList(e.addresses).map((ip) => ({
         ip: str(ip, `endpoints[${i}].addresses`),
-        ready: e.conditions?.ready !== false,
-        ...(e.targetRef?.kind === 'Pod' && e.targetRef.name ? { pod: { namespace: e.targetRef.namespace ?? ns, name: e.targetRef.name } } : {}),
-      })),
-    ),
+        ready: asMap(e.conditions).ready !== false,
+        ...podRef(e.targetRef, ns),
+      }));
+    }),
   };
 }
 
 /** core/v1 Endpoints, as one slice per subset. */
 function endpoints(o: KubeObject, ns: string): EndpointSlice[] {
   const name = str(o.metadata?.name, 'metadata.name');
-  const subsets: any[] = Array.isArray(o.subsets) ? (o.subsets as any[]) : [];
-  return subsets.map((s, i) => ({
-    namespace: ns,
-    name: `${name}-${i}`,
-    service: name,
-    ports: (s.ports ?? []).map((p: any, j: number) => ({ ...(p.name ? { name: String(p.name) } : {}), port: num(p.port, `subsets[${i}].ports[${j}].port`), protocol: p.protocol ?? 'TCP' })),
-    addresses: [
-      ...(s.addresses ?? []).map((a: any) => ({ ip: str(a.ip, `subsets[${i}].addresses.ip`), ready: true, ...(a.targetRef?.kind === 'Pod' ? { pod: { namespace: a.targetRef.namespace ?? ns, name: a.targetRef.name } } : {}) })),
-      ...(s.notReadyAddresses ?? []).map((a: any) => ({ ip: str(a.ip, `subsets[${i}].notReadyAddresses.ip`), ready: false })),
-    ],
-  }));
+  return asList(o.subsets).map((item, i) => {
+    const s = asMap(item);
+    return {
+      namespace: ns,
+      name: `${name}-${i}`,
+      service: name,
+      ports: asList(s.ports).map((pi, j) => {
+        const p = asMap(pi);
+        return { ...(p.name ? { name: String(p.name) } : {}), port: num(p.port, `subsets[${i}].ports[${j}].port`), protocol: typeof p.protocol === 'string' ? p.protocol : 'TCP' };
+      }),
+      addresses: [
+        ...asList(s.addresses).map((a) => ({ ip: str(asMap(a).ip, `subsets[${i}].addresses.ip`), ready: true, ...podRef(asMap(a).targetRef, ns) })),
+        ...asList(s.notReadyAddresses).map((a) => ({ ip: str(asMap(a).ip, `subsets[${i}].notReadyAddresses.ip`), ready: false })),
+      ],
+    };
+  });
 }
 
 function pod(o: KubeObject, ns: string): Pod {
-  const spec = o.spec ?? {};
-  const status = (o.status ?? {}) as any;
+  const spec = asMap(o.spec);
+  const status = asMap(o.status);
   const namedPorts: Record<string, number> = {};
-  for (const c of spec.containers ?? []) for (const p of c.ports ?? []) if (p.name && p.containerPort) namedPorts[p.name] = p.containerPort;
-  const readyCond = (status.conditions ?? []).find((c: any) => c.type === 'Ready');
+  for (const c of asList(spec.containers)) {
+    for (const item of asList(asMap(c).ports)) {
+      const p = asMap(item);
+      if (p.name && typeof p.containerPort === 'number') namedPorts[String(p.name)] = p.containerPort;
+    }
+  }
+  const readyCond = asList(status.conditions).map(asMap).find((c) => c.type === 'Ready');
+  const account = spec.serviceAccountName ?? spec.serviceAccount;
   return {
     namespace: ns,
     name: str(o.metadata?.name, 'metadata.name'),
-    serviceAccount: spec.serviceAccountName ?? spec.serviceAccount ?? 'default',
+    serviceAccount: typeof account === 'string' && account ? account : 'default',
     ...(status.podIP ? { ip: String(status.podIP) } : {}),
     labels: labelsOf(o),
     namedPorts,
@@ -293,14 +318,14 @@ function pod(o: KubeObject, ns: string): Pod {
 }
 
 function meshConfig(o: KubeObject): Partial<MeshConfig> {
-  const spec = o.spec ?? {};
+  const spec = asMap(o.spec);
   const out: { -readonly [K in keyof MeshConfig]?: MeshConfig[K] } = {};
-  const flag = spec.featureFlags?.enableRetryPolicy;
+  const flag = asMap(spec.featureFlags).enableRetryPolicy;
   if (flag !== undefined) {
     if (typeof flag !== 'boolean') throw new ObjectError('spec.featureFlags.enableRetryPolicy', 'must be true or false');
     out.enableRetryPolicy = flag;
   }
-  const perm = spec.traffic?.enablePermissiveTrafficPolicyMode;
+  const perm = asMap(spec.traffic).enablePermissiveTrafficPolicyMode;
   if (perm !== undefined) {
     if (typeof perm !== 'boolean') throw new ObjectError('spec.traffic.enablePermissiveTrafficPolicyMode', 'must be true or false');
     out.enablePermissiveTrafficPolicyMode = perm;

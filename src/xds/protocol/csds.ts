@@ -47,15 +47,31 @@ export class CsdsRequestError extends Error {
 
 const invalid = (message: string): CsdsRequestError => new CsdsRequestError(Code.INVALID_ARGUMENT, message);
 
+/** A decoded `envoy.type.matcher.v3.StringMatcher`: the fields read here. */
+interface StringMatcher {
+  readonly ignore_case?: boolean;
+  readonly exact?: string;
+  readonly prefix?: string;
+  readonly suffix?: string;
+  readonly contains?: string;
+  readonly safe_regex?: { readonly regex?: string };
+}
+
+/** A decoded `envoy.service.status.v3.ClientStatusRequest`: the fields read here. */
+export interface ClientStatusRequest {
+  readonly node_matchers?: readonly { readonly node_id?: StringMatcher; readonly node_metadatas?: readonly unknown[] }[];
+  readonly exclude_resource_contents?: boolean;
+}
+
 /**
  * An `envoy.type.matcher.v3.StringMatcher` as a predicate. `safe_regex` is RE2, as in Envoy: compiled once per
  * request with a linear-time engine (re2js), so no pattern can make matching slow; a pattern that does not
  * compile is INVALID_ARGUMENT.
  */
-function stringMatcher(m: any, field: string): (value: string) => boolean {
+function stringMatcher(m: StringMatcher | undefined, field: string): (value: string) => boolean {
   if (!m) return () => true;
   const fold = m.ignore_case ? (v: string) => v.toLowerCase() : (v: string) => v;
-  const want = (v: string) => fold(String(v));
+  const want = (v: unknown) => fold(String(v));
   if (m.exact !== undefined) return (v) => fold(v) === want(m.exact);
   if (m.prefix !== undefined) return (v) => fold(v).startsWith(want(m.prefix));
   if (m.suffix !== undefined) return (v) => fold(v).endsWith(want(m.suffix));
@@ -75,8 +91,8 @@ function stringMatcher(m: any, field: string): (value: string) => boolean {
 }
 
 /** The request's node matchers as one predicate on node ids. */
-function nodeFilter(request: any): (nodeId: string) => boolean {
-  const matchers: any[] = request?.node_matchers ?? [];
+function nodeFilter(request: ClientStatusRequest | undefined): (nodeId: string) => boolean {
+  const matchers = request?.node_matchers ?? [];
   if (matchers.length > CSDS_LIMITS.matchers) throw invalid(`${matchers.length} node_matchers; at most ${CSDS_LIMITS.matchers}`);
   const tests = matchers.map((m, i) => {
     if (m.node_metadatas?.length) throw invalid(`node_matchers[${i}].node_metadatas is not supported; match on node_id`);
@@ -121,7 +137,7 @@ function clientConfig(c: ProxyConnection, cache: SnapshotCache, withContents: bo
 }
 
 /** The answer to one ClientStatusRequest; throws CsdsRequestError for a request it refuses. */
-export function clientStatus(request: any, registry: ProxyRegistry, cache: SnapshotCache): object {
+export function clientStatus(request: ClientStatusRequest | undefined, registry: ProxyRegistry, cache: SnapshotCache): object {
   const matches = nodeFilter(request);
   const conns = [...registry.connections]
     .filter((c) => matches(c.identity.nodeId))

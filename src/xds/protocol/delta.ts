@@ -4,7 +4,7 @@
  */
 import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
-import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
+import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
 import type { TypeStatus } from './status.js';
 import { RESOURCE_TYPES, type ResourceType } from '../resources/types.js';
 import { lenField, lenFieldParts } from '../resources/wire.js';
@@ -62,9 +62,9 @@ export class DeltaStream extends AdsStream<DeltaState> {
     return [st.names, st.known.keys(), st.absent];
   }
 
-  protected apply(type: ResourceType, st: DeltaState, req: any, status: TypeStatus): void {
-    const subscribe: string[] = req.resource_names_subscribe ?? [];
-    const unsubscribe: string[] = req.resource_names_unsubscribe ?? [];
+  protected apply(type: ResourceType, st: DeltaState, req: XdsRequest, status: TypeStatus): void {
+    const subscribe: readonly string[] = req.resource_names_subscribe ?? [];
+    const unsubscribe: readonly string[] = req.resource_names_unsubscribe ?? [];
     if (!st.seen) {
       // A version longer than any we hand out cannot be one of ours: the client has nothing we know of.
       for (const [name, version] of Object.entries(req.initial_resource_versions ?? {})) if (String(version).length <= 64) st.known.set(name, String(version));

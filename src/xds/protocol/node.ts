@@ -29,12 +29,16 @@ export interface CertifiedIdentity {
   readonly spiffe: string;
 }
 
-function structString(struct: any, key: string): string | undefined {
-  const v = struct?.fields?.[key];
-  if (!v) return undefined;
-  // protobufjs defines the well-known types itself, with camelCase field names.
-  if (typeof v.stringValue === 'string') return v.stringValue;
-  return undefined;
+/** A decoded `envoy.config.core.v3.Node`: the fields read here (protobufjs's Struct has camelCase field names). */
+export interface XdsNode {
+  readonly id?: string;
+  readonly user_agent_name?: string;
+  readonly metadata?: { readonly fields?: Readonly<Record<string, { readonly stringValue?: unknown } | undefined>> };
+}
+
+function structString(struct: XdsNode['metadata'], key: string): string | undefined {
+  const v = struct?.fields?.[key]?.stringValue;
+  return typeof v === 'string' ? v : undefined;
 }
 
 
@@ -43,9 +47,9 @@ function structString(struct: any, key: string): string | undefined {
  * With a client certificate, the identity is the certificate's: the node's metadata may leave it out, and where it
  * says something else the stream is refused (IdentityMismatch, naming the field).
  */
-export function identityFromNode(node: any, certified?: CertifiedIdentity): ProxyIdentity {
+export function identityFromNode(node: XdsNode | null | undefined, certified?: CertifiedIdentity): ProxyIdentity {
   if (!node) throw new IdentityError('the first request on a stream must carry a node');
-  const nodeId: string = node.id ?? '';
+  const nodeId = node.id ?? '';
   if (!nodeId) throw new IdentityError('node.id is empty');
   if (nodeId.length > LIMITS.nodeIdLength) throw new IdentityError(`node.id is ${nodeId.length} characters; at most ${LIMITS.nodeIdLength}: ${clip(nodeId, 64)}`);
   let namespace = structString(node.metadata, 'namespace');
@@ -70,7 +74,7 @@ export function identityFromNode(node: any, certified?: CertifiedIdentity): Prox
       throw new IdentityError(`node "${clip(nodeId)}": node.metadata.${field} "${clip(value, 64)}" is not a valid Kubernetes name`);
     }
   }
-  const userAgent: string = clip(node.user_agent_name ?? '', 64);
+  const userAgent = clip(node.user_agent_name ?? '', 64);
   const podName = structString(node.metadata, 'podName');
   return {
     nodeId,

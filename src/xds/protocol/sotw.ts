@@ -6,7 +6,7 @@
 import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import { versionOf } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
-import { AdsStream, type BaseTypeState, type StreamContext } from './stream.js';
+import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
 import type { TypeStatus } from './status.js';
 import type { ResourceType } from '../resources/types.js';
 import { lenField } from '../resources/wire.js';
@@ -88,7 +88,7 @@ export class SotwStream extends AdsStream<SotwState> {
     return [st.names];
   }
 
-  protected apply(type: ResourceType, st: SotwState, req: any, status: TypeStatus): void {
+  protected apply(type: ResourceType, st: SotwState, req: XdsRequest, status: TypeStatus): void {
     // A nonce on the first request of a type on this stream answers nothing sent here (a client that kept it
     // across a reconnect): the request counts as a fresh one.
     const nonce: string = st.seen ? (req.response_nonce ?? '') : '';
@@ -96,11 +96,11 @@ export class SotwStream extends AdsStream<SotwState> {
       // Only the answer to the latest response counts; an older one is stale and ignored whole.
       if (nonce !== st.nonce) return;
       if (req.error_detail) this.nack(type, status, req.error_detail);
-      else this.ack(type, status, req.version_info);
+      else this.ack(type, status, req.version_info ?? '');
     } else if (req.version_info && st.current === undefined) {
       st.clientVersion = req.version_info;
     }
-    const names: string[] = req.resource_names ?? [];
+    const names: readonly string[] = req.resource_names ?? [];
     // Legacy wildcard: an empty first request; later empty requests keep whatever the stream had.
     const wildcard = names.length === 0 ? (st.seen ? st.wildcard : true) : names.includes('*');
     // The usual request (an ACK) repeats the subscription: no new set for it.

@@ -8,7 +8,7 @@ import type { SnapshotCache } from '../resources/cache.js';
 import { Code, type ServerCall } from '../transport/grpc.js';
 import { RateLimit, clip, type Limits } from './limits.js';
 import type { PeerCheck, PeerRefusal } from '../../security/tls.js';
-import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity } from './node.js';
+import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type CertifiedIdentity, type ProxyIdentity, type XdsNode } from './node.js';
 import { lookupType } from '../resources/protos.js';
 import { withoutField } from '../resources/wire.js';
 import type { Resource, Snapshot } from '../resources/snapshot.js';
@@ -16,6 +16,20 @@ import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.j
 import { RESOURCE_TYPES, resourceType, type ResourceType } from '../resources/types.js';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A decoded DiscoveryRequest or DeltaDiscoveryRequest: the fields the protocol reads. */
+export interface XdsRequest {
+  readonly type_url?: string;
+  readonly node?: XdsNode;
+  readonly version_info?: string;
+  readonly response_nonce?: string;
+  readonly resource_names?: readonly string[];
+  readonly resource_names_subscribe?: readonly string[];
+  readonly resource_names_unsubscribe?: readonly string[];
+  readonly initial_resource_versions?: Readonly<Record<string, string>>;
+  /** A NACK's error (google.rpc.Status). */
+  readonly error_detail?: { readonly code?: number; readonly message?: string } | null;
+}
 
 export interface StreamContext {
   readonly cache: SnapshotCache;
@@ -117,7 +131,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   /** The collections of names a type's state holds (subscriptions, known versions...), for the bounds. */
   protected abstract nameSets(state: S): Iterable<Iterable<string>>;
   /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
-  protected abstract apply(type: ResourceType, state: S, req: any, status: TypeStatus): void;
+  protected abstract apply(type: ResourceType, state: S, req: XdsRequest, status: TypeStatus): void;
   /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
   protected abstract sync(type: ResourceType, state: S, snapshot: Snapshot, holdRemovals: boolean): boolean;
 
@@ -144,15 +158,15 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   private handle(buf: Buffer): void {
-    let req: any;
+    let req: XdsRequest;
     try {
       // Once the stream has its identity, a repeated node (tens of kB with Envoy's extension list) is not decoded.
-      req = this.requestType.decode(this.identity ? withoutField(buf, this.nodeField) : buf);
+      req = this.requestType.decode(this.identity ? withoutField(buf, this.nodeField) : buf) as XdsRequest;
     } catch (e) {
       this.fail(Code.INVALID_ARGUMENT, `cannot decode request: ${(e as Error).message}`, 'bad_request');
       return;
     }
-    const type = resourceType(req.type_url);
+    const type = resourceType(req.type_url ?? '');
     if (this.ctx.log.isLevelEnabled('debug')) {
       const names = req.resource_names ?? req.resource_names_subscribe ?? [];
       this.ctx.log.debug({ node: clip(this.identity?.nodeId ?? ''), type: type?.short ?? clip(String(req.type_url)), version: clip(req.version_info ?? '', 64), nonce: clip(req.response_nonce ?? '', 64), names: names.length, nack: Boolean(req.error_detail) }, 'request');
@@ -214,7 +228,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     return true;
   }
 
-  private start(node: any): boolean {
+  private start(node: XdsNode | undefined): boolean {
     try {
       this.identity = identityFromNode(node, this.certified);
     } catch (e) {
@@ -310,7 +324,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     this.ctx.registry.emit('acked', this.conn!, type.typeUrl, latency);
   }
 
-  protected nack(type: ResourceType, status: TypeStatus, error: any): void {
+  protected nack(type: ResourceType, status: TypeStatus, error: XdsRequest['error_detail']): void {
     const nack = {
       version: status.sentVersion ?? '',
       error: clip(String(error?.message ?? ''), this.ctx.limits.nackDetail) || `code ${error?.code ?? '?'}`,

@@ -20,14 +20,15 @@ export class EncodeError extends Error {
 }
 
 /** Reports keys that are not fields of `type` and enum names that do not exist. */
-export function checkShape(type: protobuf.Type, obj: any, path: string, out: Violation[]): void {
+export function checkShape(type: protobuf.Type, obj: unknown, path: string, out: Violation[]): void {
   if (obj === null || typeof obj !== 'object') {
     out.push({ path, message: `expected a ${type.name} object, got ${JSON.stringify(obj)}` });
     return;
   }
+  const fields = obj as Readonly<Record<string, unknown>>;
   const isAny = nameOf(type) === 'google.protobuf.Any';
-  if (isAny && typeof obj['@type'] === 'string') {
-    const url: string = obj['@type'];
+  if (isAny && typeof fields['@type'] === 'string') {
+    const url = fields['@type'];
     let inner: protobuf.Type;
     try {
       inner = lookupType(url);
@@ -35,11 +36,11 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
       out.push({ path, message: `unknown @type ${url}` });
       return;
     }
-    const { ['@type']: _t, ...rest } = obj;
+    const { ['@type']: _t, ...rest } = fields;
     checkShape(inner, rest, path, out);
     return;
   }
-  for (const [key, value] of Object.entries(obj)) {
+  for (const [key, value] of Object.entries(fields)) {
     const fpath = path ? `${path}.${key}` : key;
     const field = type.fields[key];
     if (!field) {
@@ -48,13 +49,13 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
     }
     if (value === null || value === undefined) continue;
     const rt = field.resolvedType;
-    const each = (v: any, p: string): void => {
+    const each = (v: unknown, p: string): void => {
       if (rt instanceof protobuf.Type) checkShape(rt, v, p, out);
       else if (rt instanceof protobuf.Enum && typeof v === 'string' && !(v in rt.values)) {
         out.push({ path: p, message: `unknown ${rt.name} value "${v}"` });
       }
     };
-    if (field.map) for (const [k, v] of Object.entries(value)) each(v, `${fpath}[${k}]`);
+    if (field.map) for (const [k, v] of Object.entries(value as object)) each(v, `${fpath}[${k}]`);
     else if (field.repeated) {
       if (!Array.isArray(value)) out.push({ path: fpath, message: 'expected a list' });
       else value.forEach((v, i) => each(v, `${fpath}[${i}]`));
@@ -63,7 +64,7 @@ export function checkShape(type: protobuf.Type, obj: any, path: string, out: Vio
 }
 
 /** Encodes `obj` as `messageName`, or throws EncodeError naming every bad field. */
-export function encodeMessage(messageName: string, obj: any, label = messageName): Uint8Array {
+export function encodeMessage(messageName: string, obj: object, label = messageName): Uint8Array {
   const type = lookupType(messageName);
   const violations: Violation[] = [];
   checkShape(type, obj, '', violations);
@@ -82,7 +83,7 @@ export function contentHash(...parts: (Uint8Array | string)[]): string {
 }
 
 /** Decodes bytes back to a plain object (for tests, the debug dump and tools). */
-export function decodeMessage(messageName: string, bytes: Uint8Array): any {
+export function decodeMessage(messageName: string, bytes: Uint8Array): Record<string, unknown> {
   const type = lookupType(messageName);
   return type.toObject(type.decode(bytes), { longs: Number, enums: String, defaults: false, oneofs: false });
 }

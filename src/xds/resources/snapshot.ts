@@ -5,6 +5,7 @@
 import { contentHash, encodeMessage } from './encode.js';
 import { lenField, lenFieldParts } from './wire.js';
 import { RESOURCE_TYPES, resourceType, type Reference } from './types.js';
+import { asMap } from '../../model/plain.js';
 
 const typeUrlFields = new Map<string, Buffer>();
 
@@ -64,16 +65,16 @@ export function assembleResource(typeUrl: string, name: string, parts: readonly 
 }
 
 /** The distinct references of a plain builder object of a registered type. */
-export function refsOf(typeUrl: string, obj: any): Reference[] {
-  const refs = new Map(resourceType(typeUrl)!.refs(obj).map((r) => [`${r.typeUrl} ${r.name}`, r]));
+export function refsOf(typeUrl: string, obj: object): Reference[] {
+  const refs = new Map(resourceType(typeUrl)!.refs(asMap(obj)).map((r) => [`${r.typeUrl} ${r.name}`, r]));
   return [...refs.values()];
 }
 
 /** Encodes a plain builder object of a registered type (throws EncodeError on any bad field). */
-export function resourceFromObject(typeUrl: string, obj: any): Resource {
+export function resourceFromObject(typeUrl: string, obj: object): Resource {
   const type = resourceType(typeUrl);
   if (!type) throw new Error(`unregistered resource type ${typeUrl}`);
-  const name = type.nameOf(obj);
+  const name = type.nameOf(asMap(obj));
   const body = encodeMessage(type.message, obj, `${type.short} ${name}`);
   return makeResource(typeUrl, body, name, refsOf(typeUrl, obj));
 }

@@ -2,6 +2,8 @@
  * The registry of xDS resource types: everything the protocol code needs to know about a type lives here,
  * so adding one (Secret, say) is one entry and a builder.
  */
+import { asList, asMap, asString, type Fields } from '../../model/plain.js';
+
 export interface Reference {
   readonly typeUrl: string;
   readonly name: string;
@@ -18,9 +20,9 @@ export interface ResourceType {
   /** SotW responses carry the full set (absence = deletion) rather than the requested names only. */
   readonly fullState: boolean;
   /** Name of a resource of this type, from its plain object. */
-  readonly nameOf: (obj: any) => string;
+  readonly nameOf: (obj: Fields) => string;
   /** Other resources this one needs (RDS names of a listener, EDS names of a cluster). */
-  readonly refs: (obj: any) => Reference[];
+  readonly refs: (obj: Fields) => Reference[];
   /** A type that must be sent again after a change of this one, even if unchanged (Envoy re-warms clusters and waits for their EDS). */
   readonly rewarms?: string;
   /** How Envoy's admin /config_dump holds this type (envoy.admin.v3.*ConfigDump). */
@@ -33,7 +35,7 @@ export interface ConfigDumpShape {
   /** The section for resources (their Any) sent with `version`. */
   readonly section: (version: string, resources: readonly { name: string; any: object }[]) => object;
   /** The resources of such a section as printed (proto3 JSON), by name (for comparing with Envoy's own). */
-  readonly read: (section: any) => Record<string, unknown>;
+  readonly read: (section: Fields) => Record<string, unknown>;
   /** Envoy prints this section in /config_dump without asking (EDS needs ?include_eds). */
   readonly byDefault: boolean;
 }
@@ -45,16 +47,19 @@ export const LISTENER = `${P}envoy.config.listener.v3.Listener`;
 export const ROUTE = `${P}envoy.config.route.v3.RouteConfiguration`;
 const HCM = `${P}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`;
 
-function hcmRouteNames(listener: any): string[] {
-  const hcms: any[] = [];
-  if (listener.api_listener?.api_listener) hcms.push(listener.api_listener.api_listener);
-  for (const chain of [...(listener.filter_chains ?? []), ...(listener.default_filter_chain ? [listener.default_filter_chain] : [])]) {
-    for (const filter of chain.filters ?? []) if (filter.typed_config) hcms.push(filter.typed_config);
+function hcmRouteNames(listener: Fields): string[] {
+  const hcms: Fields[] = [];
+  const api = asMap(asMap(listener.api_listener).api_listener);
+  if (Object.keys(api).length) hcms.push(api);
+  for (const chain of [...asList(listener.filter_chains), ...(listener.default_filter_chain ? [listener.default_filter_chain] : [])]) {
+    for (const filter of asList(asMap(chain).filters)) if (asMap(filter).typed_config) hcms.push(asMap(asMap(filter).typed_config));
   }
-  return hcms
-    .filter((c) => c['@type'] === HCM && c.rds?.route_config_name)
-    .map((c) => c.rds.route_config_name as string);
+  return hcms.filter((c) => c['@type'] === HCM && asString(asMap(c.rds).route_config_name)).map((c) => asString(asMap(c.rds).route_config_name));
 }
+
+/** Envoy's printed sections: `field` of each entry, by the name `key` gives it. */
+const byName = (entries: unknown, pick: (e: Fields) => unknown, key: (resource: Fields, e: Fields) => unknown): Record<string, unknown> =>
+  Object.fromEntries(asList(entries).map((e) => [asString(key(asMap(pick(asMap(e))), asMap(e))), pick(asMap(e))]));
 
 const TYPES: readonly ResourceType[] = [
   {
@@ -63,14 +68,13 @@ const TYPES: readonly ResourceType[] = [
     message: 'envoy.config.cluster.v3.Cluster',
     order: 0,
     fullState: true,
-    nameOf: (c) => c.name,
-    refs: (c) =>
-      c.type === 'EDS' ? [{ typeUrl: ENDPOINT, name: c.eds_cluster_config?.service_name || c.name }] : [],
+    nameOf: (c) => asString(c.name),
+    refs: (c) => (c.type === 'EDS' ? [{ typeUrl: ENDPOINT, name: asString(asMap(c.eds_cluster_config).service_name) || asString(c.name) }] : []),
     rewarms: ENDPOINT,
     dump: {
       message: 'envoy.admin.v3.ClustersConfigDump',
       section: (version_info, rs) => ({ version_info, dynamic_active_clusters: rs.map((r) => ({ version_info, cluster: r.any })) }),
-      read: (d) => Object.fromEntries((d.dynamic_active_clusters ?? []).map((c: any) => [c.cluster.name, c.cluster])),
+      read: (d) => byName(d.dynamic_active_clusters, (c) => c.cluster, (r) => r.name),
       byDefault: true,
     },
   },
@@ -80,12 +84,12 @@ const TYPES: readonly ResourceType[] = [
     message: 'envoy.config.endpoint.v3.ClusterLoadAssignment',
     order: 1,
     fullState: false,
-    nameOf: (e) => e.cluster_name,
+    nameOf: (e) => asString(e.cluster_name),
     refs: () => [],
     dump: {
       message: 'envoy.admin.v3.EndpointsConfigDump',
       section: (version_info, rs) => ({ dynamic_endpoint_configs: rs.map((r) => ({ version_info, endpoint_config: r.any })) }),
-      read: (d) => Object.fromEntries((d.dynamic_endpoint_configs ?? []).map((e: any) => [e.endpoint_config.cluster_name, e.endpoint_config])),
+      read: (d) => byName(d.dynamic_endpoint_configs, (e) => e.endpoint_config, (r) => r.cluster_name),
       byDefault: false,
     },
   },
@@ -95,13 +99,18 @@ const TYPES: readonly ResourceType[] = [
     message: 'envoy.config.listener.v3.Listener',
     order: 2,
     fullState: true,
-    nameOf: (l) => l.name,
+    nameOf: (l) => asString(l.name),
     refs: (l) => hcmRouteNames(l).map((name) => ({ typeUrl: ROUTE, name })),
     dump: {
       message: 'envoy.admin.v3.ListenersConfigDump',
       section: (version_info, rs) => ({ version_info, dynamic_listeners: rs.map((r) => ({ name: r.name, active_state: { version_info, listener: r.any } })) }),
       // A listener only draining (removed by LDS, its connections finishing) is no longer config Envoy holds.
-      read: (d) => Object.fromEntries((d.dynamic_listeners ?? []).filter((l: any) => l.active_state || l.warming_state).map((l: any) => [l.name, l.active_state?.listener ?? l])),
+      read: (d) =>
+        byName(
+          asList(d.dynamic_listeners).filter((l) => asMap(l).active_state || asMap(l).warming_state),
+          (l) => asMap(l.active_state).listener ?? l,
+          (_r, l) => l.name,
+        ),
       byDefault: true,
     },
   },
@@ -111,12 +120,12 @@ const TYPES: readonly ResourceType[] = [
     message: 'envoy.config.route.v3.RouteConfiguration',
     order: 3,
     fullState: false,
-    nameOf: (r) => r.name,
+    nameOf: (r) => asString(r.name),
     refs: () => [],
     dump: {
       message: 'envoy.admin.v3.RoutesConfigDump',
       section: (version_info, rs) => ({ dynamic_route_configs: rs.map((r) => ({ version_info, route_config: r.any })) }),
-      read: (d) => Object.fromEntries((d.dynamic_route_configs ?? []).map((r: any) => [r.route_config.name, r.route_config])),
+      read: (d) => byName(d.dynamic_route_configs, (r) => r.route_config, (r) => r.name),
       byDefault: true,
     },
   },

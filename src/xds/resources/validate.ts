@@ -12,12 +12,54 @@ export interface Violation {
   readonly message: string;
 }
 
-type Rules = Record<string, any>;
+/**
+ * The options of one `validate.rules` kind (`string`, `uint32`, `duration`, `repeated`...) as protobufjs parses
+ * them from the descriptors: numbers may come as numbers, strings or Longs.
+ */
+interface KindRules {
+  readonly const?: unknown;
+  readonly lt?: unknown;
+  readonly lte?: unknown;
+  readonly gt?: unknown;
+  readonly gte?: unknown;
+  readonly in?: readonly unknown[];
+  readonly not_in?: readonly unknown[];
+  readonly required?: boolean;
+  readonly defined_only?: boolean;
+  readonly ignore_empty?: boolean;
+  readonly len?: unknown;
+  readonly min_len?: unknown;
+  readonly max_len?: unknown;
+  readonly min_bytes?: unknown;
+  readonly max_bytes?: unknown;
+  readonly prefix?: string;
+  readonly suffix?: string;
+  readonly contains?: string;
+  readonly pattern?: string;
+  readonly well_known_regex?: string;
+  readonly strict?: boolean;
+  readonly min_items?: unknown;
+  readonly max_items?: unknown;
+  readonly unique?: boolean;
+  readonly items?: Rules;
+  readonly min_pairs?: unknown;
+  readonly max_pairs?: unknown;
+  readonly keys?: { readonly string?: KindRules };
+}
+
+/** A field's `validate.rules`: one kind and its options. */
+type Rules = Readonly<Record<string, KindRules | undefined>>;
+
+/** A protobufjs message: its fields by name. */
+type Msg = Readonly<Record<string, unknown>>;
+
+/** A field of a value that should be a mapping (a message, a Duration, a wrapper). */
+const fieldOf = (v: unknown, name: string): unknown => (v !== null && typeof v === 'object' ? (v as Msg)[name] : undefined);
 
 const ruleCache = new WeakMap<protobuf.ReflectionObject, Rules | null>();
 
-function optionsOf(obj: protobuf.ReflectionObject, key: string): any {
-  const parsed = (obj as any).parsedOptions as Record<string, any>[] | undefined;
+function optionsOf(obj: protobuf.ReflectionObject, key: string): unknown {
+  const parsed = (obj as { parsedOptions?: Record<string, unknown>[] }).parsedOptions;
   if (!parsed) return undefined;
   for (const o of parsed) if (key in o) return o[key];
   return undefined;
@@ -32,23 +74,24 @@ function fieldRules(field: protobuf.Field): Rules | null {
   return r;
 }
 
-function isSet(msg: any, name: string): boolean {
+function isSet(msg: Msg, name: string): boolean {
   return Object.prototype.hasOwnProperty.call(msg, name) && msg[name] !== null && msg[name] !== undefined;
 }
 
-export function toNumber(v: any): number {
+export function toNumber(v: unknown): number {
   if (typeof v === 'number') return v;
   if (typeof v === 'string') return Number(v);
-  if (v && typeof v.toNumber === 'function') return v.toNumber();
-  if (v && typeof v.low === 'number') return (v.high ?? 0) * 4294967296 + (v.low >>> 0);
+  const long = v as { toNumber?: () => number; low?: number; high?: number } | null | undefined;
+  if (long && typeof long.toNumber === 'function') return long.toNumber();
+  if (long && typeof long.low === 'number') return (long.high ?? 0) * 4294967296 + (long.low >>> 0);
   return Number(v);
 }
 
-function durationNanos(d: any): number {
-  return toNumber(d?.seconds ?? 0) * 1e9 + toNumber(d?.nanos ?? 0);
+function durationNanos(d: unknown): number {
+  return toNumber(fieldOf(d, 'seconds') ?? 0) * 1e9 + toNumber(fieldOf(d, 'nanos') ?? 0);
 }
 
-function fmtDuration(d: any): string {
+function fmtDuration(d: unknown): string {
   return `${durationNanos(d) / 1e9}s`;
 }
 
@@ -60,12 +103,12 @@ const HEADER_LOOSE = /^[^\u0000\n\r]*$/;
 const patternCache = new Map<string, RegExp>();
 
 function checkComparable(
-  rules: Rules,
+  rules: KindRules,
   value: number,
   path: string,
   out: Violation[],
-  show: (n: any) => string = String,
-  conv: (n: any) => number = toNumber,
+  show: (n: unknown) => string = String,
+  conv: (n: unknown) => number = toNumber,
 ): void {
   if (rules.const !== undefined && value !== conv(rules.const)) out.push({ path, message: `must equal ${show(rules.const)}` });
   if (rules.lt !== undefined && !(value < conv(rules.lt))) out.push({ path, message: `must be < ${show(rules.lt)}` });
@@ -76,7 +119,7 @@ function checkComparable(
   if (Array.isArray(rules.not_in) && rules.not_in.map(conv).includes(value)) out.push({ path, message: `must not be one of ${rules.not_in.join(', ')}` });
 }
 
-function checkString(rules: Rules, s: string, path: string, out: Violation[]): void {
+function checkString(rules: KindRules, s: string, path: string, out: Violation[]): void {
   if (rules.ignore_empty && s === '') return;
   // Code points (only surrogate pairs make them differ from UTF-16 units) and UTF-8 bytes, only when needed.
   const chars = /[\uD800-\uDFFF]/.test(s) ? [...s].length : s.length;
@@ -109,8 +152,8 @@ function checkString(rules: Rules, s: string, path: string, out: Violation[]): v
 }
 
 /** Applies the scalar / well-known rules of one value (not repeated-level rules). */
-function checkValue(rules: Rules, field: protobuf.Field, value: any, present: boolean, path: string, out: Violation[]): void {
-  const kind = Object.keys(rules)[0];
+function checkValue(rules: Rules, field: protobuf.Field, value: unknown, present: boolean, path: string, out: Violation[]): void {
+  const kind = Object.keys(rules)[0]!;
   const r = rules[kind];
   if (!r || typeof r !== 'object') return;
   const type = field.resolvedType;
@@ -133,39 +176,39 @@ function checkValue(rules: Rules, field: protobuf.Field, value: any, present: bo
         if (r.required) out.push({ path, message: 'is required' });
         return;
       }
-      if (Array.isArray(r.in) && !r.in.includes(value.type_url)) out.push({ path, message: `type must be one of ${r.in.join(', ')}` });
-      if (Array.isArray(r.not_in) && r.not_in.includes(value.type_url)) out.push({ path, message: `type must not be ${value.type_url}` });
+      if (Array.isArray(r.in) && !r.in.includes(fieldOf(value, 'type_url'))) out.push({ path, message: `type must be one of ${r.in.join(', ')}` });
+      if (Array.isArray(r.not_in) && r.not_in.includes(fieldOf(value, 'type_url'))) out.push({ path, message: `type must not be ${String(fieldOf(value, 'type_url'))}` });
       return;
     case 'enum':
-      if (r.defined_only && type instanceof protobuf.Enum && !Object.values(type.values).includes(value)) {
-        out.push({ path, message: `${value} is not a defined ${type.name} value` });
+      if (r.defined_only && type instanceof protobuf.Enum && !Object.values(type.values).includes(value as number)) {
+        out.push({ path, message: `${String(value)} is not a defined ${type.name} value` });
       }
-      checkComparable({ const: r.const, in: r.in, not_in: r.not_in }, value, path, out);
+      checkComparable({ const: r.const, in: r.in, not_in: r.not_in }, toNumber(value), path, out);
       return;
     case 'string': {
       // Rules on a StringValue wrapper apply to its value, only when the wrapper is set.
       if (type instanceof protobuf.Type) {
-        if (present) checkString(r, value.value ?? '', path, out);
+        if (present) checkString(r, String(fieldOf(value, 'value') ?? ''), path, out);
         return;
       }
-      checkString(r, value ?? '', path, out);
+      checkString(r, String(value ?? ''), path, out);
       return;
     }
     case 'bytes': {
-      const len = value?.length ?? 0;
+      const len = (value as Uint8Array | null | undefined)?.length ?? 0;
       if (r.min_len !== undefined && len < toNumber(r.min_len)) out.push({ path, message: `must be at least ${r.min_len} bytes` });
       if (r.max_len !== undefined && len > toNumber(r.max_len)) out.push({ path, message: `must be at most ${r.max_len} bytes` });
       return;
     }
     case 'bool':
-      if (r.const !== undefined && Boolean(type instanceof protobuf.Type ? value?.value : value) !== r.const) {
+      if (r.const !== undefined && Boolean(type instanceof protobuf.Type ? fieldOf(value, 'value') : value) !== r.const) {
         out.push({ path, message: `must be ${r.const}` });
       }
       return;
     default: {
       // Numeric kinds: uint32, int64, double, ... on a scalar or on its wrapper message.
       if (type instanceof protobuf.Type) {
-        if (present) checkComparable(r, toNumber(value.value ?? 0), path, out);
+        if (present) checkComparable(r, toNumber(fieldOf(value, 'value') ?? 0), path, out);
         return;
       }
       checkComparable(r, toNumber(value ?? 0), path, out);
@@ -173,8 +216,8 @@ function checkValue(rules: Rules, field: protobuf.Field, value: any, present: bo
   }
 }
 
-function unpackAny(any: any, path: string, out: Violation[]): void {
-  const url: string = any.type_url ?? '';
+function unpackAny(any: unknown, path: string, out: Violation[]): void {
+  const url = String(fieldOf(any, 'type_url') ?? '');
   let type: protobuf.Type;
   try {
     type = lookupType(url);
@@ -184,7 +227,7 @@ function unpackAny(any: any, path: string, out: Violation[]): void {
   }
   let inner: protobuf.Message;
   try {
-    inner = type.decode(any.value ?? new Uint8Array());
+    inner = type.decode((fieldOf(any, 'value') as Uint8Array | undefined) ?? new Uint8Array());
   } catch (e) {
     out.push({ path, message: `cannot decode ${url}: ${(e as Error).message}` });
     return;
@@ -248,7 +291,8 @@ function planOf(type: protobuf.Type): TypePlan {
 }
 
 /** Checks every `validate.rules` / `validate.required` annotation reachable from `msg`; appends to `out`. */
-export function validateMessage(type: protobuf.Type, msg: any, path: string, out: Violation[]): void {
+export function validateMessage(type: protobuf.Type, message: object, path: string, out: Violation[]): void {
+  const msg = message as Msg;
   const plan = planOf(type);
   if (plan.disabled) return;
   for (const oneof of plan.requiredOneofs) {
@@ -262,10 +306,11 @@ export function validateMessage(type: protobuf.Type, msg: any, path: string, out
     if (!set && (field.partOf || unsetOk)) continue;
     const value = msg[field.name];
     if (set && !rules && !sub) continue;
-    if (field.map) validateMapField(rules, sub, value ?? {}, join(path, field.name), out);
+    if (field.map) validateMapField(rules, sub, (value as object | undefined) ?? {}, join(path, field.name), out);
     else if (field.repeated) {
-      if (!rules && (value?.length ?? 0) === 0) continue;
-      validateRepeatedField(field, rules, sub, value ?? [], join(path, field.name), out);
+      const items = (value as readonly unknown[] | undefined) ?? [];
+      if (!rules && items.length === 0) continue;
+      validateRepeatedField(field, rules, sub, items, join(path, field.name), out);
     } else {
       const fpath = join(path, field.name);
       if (rules) checkValue(rules, field, value, set, fpath, out);
@@ -285,7 +330,7 @@ function validateMapField(rules: Rules | null, sub: protobuf.Type | undefined, v
   }
 }
 
-function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: protobuf.Type | undefined, items: any[], fpath: string, out: Violation[]): void {
+function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: protobuf.Type | undefined, items: readonly unknown[], fpath: string, out: Violation[]): void {
   const rr = rules?.repeated;
   if (rr?.min_items !== undefined && items.length < toNumber(rr.min_items)) out.push({ path: fpath, message: `must have at least ${rr.min_items} item(s)` });
   if (rr?.max_items !== undefined && items.length > toNumber(rr.max_items)) out.push({ path: fpath, message: `must have at most ${rr.max_items} item(s)` });
@@ -300,7 +345,7 @@ function validateRepeatedField(field: protobuf.Field, rules: Rules | null, sub: 
   });
 }
 
-function recurse(sub: protobuf.Type, value: any, path: string, out: Violation[]): void {
+function recurse(sub: protobuf.Type, value: unknown, path: string, out: Violation[]): void {
   if (value === null || value === undefined) return;
   const full = nameOf(sub);
   if (full === 'google.protobuf.Any') {
@@ -308,5 +353,5 @@ function recurse(sub: protobuf.Type, value: any, path: string, out: Violation[])
     return;
   }
   if (SKIP_RECURSE.has(full) || (full.startsWith('google.protobuf.') && full.endsWith('Value'))) return;
-  validateMessage(sub, value, path, out);
+  validateMessage(sub, value as object, path, out);
 }
