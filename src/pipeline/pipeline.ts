@@ -42,7 +42,11 @@ export class Pipeline {
     private readonly log: Logger,
     private readonly events: PipelineEvents = {},
   ) {
-    cache.setResolver((key) => this.buildOne(key));
+    // A proxy of a key with no snapshot yet: built from the current mesh when first asked for.
+    cache.onDemand((key) => {
+      const snapshot = this.buildOne(key);
+      if (snapshot) cache.set(key, snapshot);
+    });
   }
 
   /** Memo counters of the builder (hits = pieces reused instead of built and encoded again). */

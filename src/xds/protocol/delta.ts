@@ -5,7 +5,6 @@
 import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
 import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
-import type { TypeStatus } from './status.js';
 import { RESOURCE_TYPES, type ResourceType } from '../resources/types.js';
 import { lenField, lenFieldParts } from '../resources/wire.js';
 
@@ -55,14 +54,14 @@ export class DeltaStream extends AdsStream<DeltaState> {
   }
 
   protected newState(): DeltaState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0, fresh: new Set(), held: new Set() };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0, awaiting: false, fresh: new Set(), held: new Set() };
   }
 
   protected nameSets(st: DeltaState): Iterable<Iterable<string>> {
     return [st.names, st.known.keys(), st.absent];
   }
 
-  protected apply(type: ResourceType, st: DeltaState, req: XdsRequest, status: TypeStatus): void {
+  protected apply(type: ResourceType, st: DeltaState, req: XdsRequest): void {
     const subscribe: readonly string[] = req.resource_names_subscribe ?? [];
     const unsubscribe: readonly string[] = req.resource_names_unsubscribe ?? [];
     if (!st.seen) {
@@ -96,8 +95,8 @@ export class DeltaStream extends AdsStream<DeltaState> {
     // Subscriptions always apply; ACK/NACK only for the latest response of this type.
     const nonce: string = req.response_nonce ?? '';
     if (nonce && nonce === st.nonce) {
-      if (req.error_detail) this.nack(type, status, req.error_detail);
-      else this.ack(type, status, status.sentVersion ?? '');
+      if (req.error_detail) this.nack(type, st, req.error_detail);
+      else this.ack(type, st, st.sentVersion ?? '');
     }
   }
 

@@ -88,7 +88,7 @@ export class AdsServer {
     }
     this.ctx = {
       cache: opts.cache,
-      registry: opts.registry,
+      events: opts.registry,
       log: opts.log,
       limits: { ...LIMITS, ...opts.limits },
       peers: this.peerCheck,

@@ -7,7 +7,6 @@ import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import { versionOf } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
 import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
-import type { TypeStatus } from './status.js';
 import type { ResourceType } from '../resources/types.js';
 import { lenField } from '../resources/wire.js';
 
@@ -81,22 +80,22 @@ export class SotwStream extends AdsStream<SotwState> {
   }
 
   protected newState(): SotwState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0, heldNames: 0, heldBytes: 0 };
+    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0, heldNames: 0, heldBytes: 0, awaiting: false };
   }
 
   protected nameSets(st: SotwState): Iterable<Iterable<string>> {
     return [st.names];
   }
 
-  protected apply(type: ResourceType, st: SotwState, req: XdsRequest, status: TypeStatus): void {
+  protected apply(type: ResourceType, st: SotwState, req: XdsRequest): void {
     // A nonce on the first request of a type on this stream answers nothing sent here (a client that kept it
     // across a reconnect): the request counts as a fresh one.
     const nonce: string = st.seen ? (req.response_nonce ?? '') : '';
     if (nonce) {
       // Only the answer to the latest response counts; an older one is stale and ignored whole.
       if (nonce !== st.nonce) return;
-      if (req.error_detail) this.nack(type, status, req.error_detail);
-      else this.ack(type, status, req.version_info ?? '');
+      if (req.error_detail) this.nack(type, st, req.error_detail);
+      else this.ack(type, st, req.version_info ?? '');
     } else if (req.version_info && st.current === undefined) {
       st.clientVersion = req.version_info;
     }
@@ -137,16 +136,12 @@ export class SotwStream extends AdsStream<SotwState> {
       names = list.map((r) => r.name);
       version = versionOf(type.typeUrl, list);
     }
-    const status = this.conn!.status(type.typeUrl);
-
     if (st.current === undefined && st.clientVersion === version) {
       // Reconnect: the client already has exactly this.
       st.current = version;
       st.held = list;
       st.rev++;
-      status.sentVersion = version;
-      status.names = names;
-      this.ack(type, status, version);
+      this.resumed(type, st, version, names);
       return false;
     }
     const changed = version !== st.current;

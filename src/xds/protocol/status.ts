@@ -1,6 +1,6 @@
 /**
- * What each connected proxy was sent and what it said back: the protocol code records, the debug endpoint,
- * CSDS and metrics read. Plain data; no I/O.
+ * What each connected proxy was sent and what it said back, kept from the protocol's callbacks: the debug
+ * endpoint, CSDS and metrics read it. Plain data; no I/O.
  */
 import type { ProxyIdentity } from './node.js';
 import { resourceType } from '../resources/types.js';
@@ -15,8 +15,6 @@ export interface TypeStatus {
   sentVersion?: string;
   sentNonce?: string;
   sentAt?: Date;
-  /** Monotonic time of the last send, for push-to-ACK latency. */
-  sentHr?: number;
   ackedVersion?: string;
   ackedAt?: Date;
   lastNack?: Nack;
@@ -47,6 +45,40 @@ export interface XdsEvents {
   connectionRefused?(reason: 'too_many_connections' | 'tls_handshake_failed'): void;
   /** An error of an ADS connection or stream (a reset, a protocol error): it ended only its own. */
   transportError?(where: 'session' | 'stream', code: string): void;
+}
+
+/** A stream as its callbacks know it: which proxy, which stream, from where. */
+export interface StreamRef {
+  readonly id: number;
+  readonly identity: ProxyIdentity;
+  readonly key: string;
+  readonly stream: 'sotw' | 'delta';
+  readonly peer: string;
+}
+
+/** What a response carried. */
+export interface Sent {
+  readonly version: string;
+  readonly nonce: string;
+  readonly names: readonly string[];
+  readonly bytes: number;
+}
+
+/**
+ * What the protocol reports of each stream, as go-control-plane's server Callbacks: a stream keeps only the state
+ * the protocol needs, and reports; what each proxy was sent and said back is kept by whoever implements this
+ * (ProxyRegistry, for the debug endpoints, CSDS and the metrics).
+ */
+export interface StreamCallbacks {
+  opened(stream: StreamRef): void;
+  closed(stream: StreamRef): void;
+  sent(stream: StreamRef, typeUrl: string, sent: Sent): void;
+  /** The client already holds `version` (a SotW reconnect with it): nothing was sent, and it counts as ACKed. */
+  resumed(stream: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: readonly string[] }): void;
+  acked(stream: StreamRef, typeUrl: string, version: string, latencyMs: number | undefined): void;
+  nacked(stream: StreamRef, typeUrl: string, nack: Nack): void;
+  /** A stream or request ended because of what the client sent (the reason names the bound). */
+  refused(reason: string): void;
 }
 
 let nextId = 1;
@@ -100,10 +132,70 @@ export class ProxyConnection {
   }
 }
 
-/** Every connected stream, with fan-out of protocol events to observers (metrics, logs). */
-export class ProxyRegistry {
+/**
+ * Every connected stream, kept from the protocol's callbacks (what each was sent, ACKed, NACKed), with fan-out of
+ * those events to observers (metrics, logs).
+ */
+export class ProxyRegistry implements StreamCallbacks {
   readonly connections = new Set<ProxyConnection>();
+  private readonly byStream = new Map<number, ProxyConnection>();
   private readonly observers: XdsEvents[] = [];
+
+  opened(ref: StreamRef): void {
+    const c = new ProxyConnection(ref.identity, ref.key, ref.stream, ref.peer);
+    this.byStream.set(ref.id, c);
+    this.add(c);
+  }
+
+  closed(ref: StreamRef): void {
+    const c = this.byStream.get(ref.id);
+    this.byStream.delete(ref.id);
+    if (c) this.remove(c);
+  }
+
+  sent(ref: StreamRef, typeUrl: string, sent: Sent): void {
+    const c = this.byStream.get(ref.id);
+    if (!c) return;
+    const status = c.status(typeUrl);
+    status.sentVersion = sent.version;
+    status.sentNonce = sent.nonce;
+    status.sentAt = new Date();
+    status.awaiting = true;
+    status.names = sent.names;
+    this.emit('pushed', c, typeUrl, sent.bytes);
+  }
+
+  resumed(ref: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: readonly string[] }): void {
+    const c = this.byStream.get(ref.id);
+    if (!c) return;
+    const status = c.status(typeUrl);
+    status.sentVersion = held.version;
+    status.names = held.names;
+    this.acked(ref, typeUrl, held.version, undefined);
+  }
+
+  acked(ref: StreamRef, typeUrl: string, version: string, latencyMs: number | undefined): void {
+    const c = this.byStream.get(ref.id);
+    if (!c) return;
+    const status = c.status(typeUrl);
+    status.ackedVersion = version;
+    status.ackedAt = new Date();
+    status.awaiting = false;
+    this.emit('acked', c, typeUrl, latencyMs);
+  }
+
+  nacked(ref: StreamRef, typeUrl: string, nack: Nack): void {
+    const c = this.byStream.get(ref.id);
+    if (!c) return;
+    const status = c.status(typeUrl);
+    status.lastNack = nack;
+    status.awaiting = false;
+    this.emit('nacked', c, typeUrl, nack);
+  }
+
+  refused(reason: string): void {
+    this.emit('refused', reason);
+  }
 
   observe(events: XdsEvents): void {
     this.observers.push(events);

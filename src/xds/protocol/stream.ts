@@ -12,10 +12,12 @@ import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type Certi
 import { lookupType } from '../resources/protos.js';
 import { withoutField } from '../resources/wire.js';
 import type { Resource, Snapshot } from '../resources/snapshot.js';
-import { ProxyConnection, type ProxyRegistry, type TypeStatus } from './status.js';
+import type { StreamCallbacks, StreamRef } from './status.js';
 import { RESOURCE_TYPES, resourceType, type ResourceType } from '../resources/types.js';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+let nextStreamId = 1;
 
 /** A decoded DiscoveryRequest or DeltaDiscoveryRequest: the fields the protocol reads. */
 export interface XdsRequest {
@@ -33,7 +35,8 @@ export interface XdsRequest {
 
 export interface StreamContext {
   readonly cache: SnapshotCache;
-  readonly registry: ProxyRegistry;
+  /** Told what each stream does (the registry of connected proxies implements it). */
+  readonly events: StreamCallbacks;
   readonly log: Logger;
   /** What one stream may make the server hold or do (limits.ts). */
   readonly limits: Limits;
@@ -68,6 +71,11 @@ export interface BaseTypeState {
   /** Resource names this type's state holds, and their characters (counted when the subscription changes). */
   heldNames: number;
   heldBytes: number;
+  /** The latest response of this type is neither ACKed nor NACKed yet. */
+  awaiting: boolean;
+  /** Its version, and when it was sent (monotonic, for the push-to-ACK latency). */
+  sentVersion?: string;
+  sentHr?: number;
 }
 
 /** Why the server ended a stream: the reason label of `mesh_xds_streams_refused_total`. */
@@ -77,7 +85,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   protected identity?: ProxyIdentity;
   /** The identity the client certificate proved (mTLS). */
   private certified?: CertifiedIdentity;
-  protected conn?: ProxyConnection;
+  /** What the callbacks are told this stream is, once its node is known. */
+  protected ref?: StreamRef;
   protected snapshot?: Snapshot;
   protected readonly states = new Map<string, S>();
   private unwatch?: () => void;
@@ -131,7 +140,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   /** The collections of names a type's state holds (subscriptions, known versions...), for the bounds. */
   protected abstract nameSets(state: S): Iterable<Iterable<string>>;
   /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
-  protected abstract apply(type: ResourceType, state: S, req: XdsRequest, status: TypeStatus): void;
+  protected abstract apply(type: ResourceType, state: S, req: XdsRequest): void;
   /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
   protected abstract sync(type: ResourceType, state: S, snapshot: Snapshot, holdRemovals: boolean): boolean;
 
@@ -173,7 +182,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     }
     let state = type && this.states.get(type.typeUrl);
     // The first answer to the latest push of a type (an ACK or NACK) is the server's own doing: not counted.
-    const answersPush = state && req.response_nonce && req.response_nonce === state.nonce && this.conn?.status(type!.typeUrl).awaiting;
+    const answersPush = state && req.response_nonce && req.response_nonce === state.nonce && state.awaiting;
     if (!answersPush && !this.rate.take()) {
       this.fail(
         Code.RESOURCE_EXHAUSTED,
@@ -189,7 +198,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     }
     if (!state) this.states.set(type.typeUrl, (state = this.newState()));
     const subRev = state.subRev;
-    this.apply(type, state, req, this.conn!.status(type.typeUrl));
+    this.apply(type, state, req);
     state.seen = true;
     if (state.subRev !== subRev && !this.countNames(state)) return;
     this.flush();
@@ -241,9 +250,9 @@ export abstract class AdsStream<S extends BaseTypeState> {
       return false;
     }
     const key = proxyKey(this.identity);
-    this.conn = new ProxyConnection(this.identity, key, this.kind, this.call.getPeer());
-    this.ctx.registry.add(this.conn);
-    this.ctx.log.info({ node: clip(this.identity.nodeId), key, stream: this.kind, peer: this.conn.peer, ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream opened');
+    this.ref = { id: nextStreamId++, identity: this.identity, key, stream: this.kind, peer: this.call.getPeer() };
+    this.ctx.events.opened(this.ref);
+    this.ctx.log.info({ node: clip(this.identity.nodeId), key, stream: this.kind, peer: this.ref.peer, ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream opened');
     this.unwatch = this.ctx.cache.watch(key, (s) => {
       this.snapshot = s;
       this.flush();
@@ -268,7 +277,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
       state.force = false;
     }
     const unsettled = (after: ResourceType): boolean =>
-      types.some((t) => t.order > after.order && this.conn!.status(t.typeUrl).awaiting);
+      types.some((t) => t.order > after.order && this.states.get(t.typeUrl)!.awaiting);
     for (const type of types) {
       if (type.fullState && !unsettled(type)) this.syncIfChanged(type, this.states.get(type.typeUrl)!, snapshot, false);
     }
@@ -282,16 +291,12 @@ export abstract class AdsStream<S extends BaseTypeState> {
   protected send(type: ResourceType, pieces: Buffer | readonly Uint8Array[], version: string, nonce: string, names: readonly string[]): void {
     let length = 0;
     for (const p of Buffer.isBuffer(pieces) ? [pieces] : pieces) length += p.length;
-    const status = this.conn!.status(type.typeUrl);
-    status.sentVersion = version;
-    status.sentNonce = nonce;
-    status.sentAt = new Date();
-    status.sentHr = performance.now();
-    status.awaiting = true;
-    status.names = names;
     const state = this.states.get(type.typeUrl)!;
     state.nonce = nonce;
     state.rev++;
+    state.awaiting = true;
+    state.sentVersion = version;
+    state.sentHr = performance.now();
     this.queuedBytes += length;
     this.pendingSince.push(performance.now());
     this.call.write(pieces, () => {
@@ -299,7 +304,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.queuedBytes -= length;
       this.pendingSince.shift();
     });
-    this.ctx.registry.emit('pushed', this.conn!, type.typeUrl, length);
+    this.ctx.events.sent(this.ref!, type.typeUrl, { version, nonce, names, bytes: length });
     if (this.ctx.log.isLevelEnabled('debug')) {
       this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
     }
@@ -316,23 +321,28 @@ export abstract class AdsStream<S extends BaseTypeState> {
     }
   }
 
-  protected ack(type: ResourceType, status: TypeStatus, version: string): void {
-    const latency = status.awaiting && status.sentHr !== undefined ? performance.now() - status.sentHr : undefined;
-    status.ackedVersion = version;
-    status.ackedAt = new Date();
-    status.awaiting = false;
-    this.ctx.registry.emit('acked', this.conn!, type.typeUrl, latency);
+  /** The client ACKed the latest response of this type. */
+  protected ack(type: ResourceType, state: S, version: string): void {
+    const latency = state.awaiting && state.sentHr !== undefined ? performance.now() - state.sentHr : undefined;
+    state.awaiting = false;
+    this.ctx.events.acked(this.ref!, type.typeUrl, version, latency);
   }
 
-  protected nack(type: ResourceType, status: TypeStatus, error: XdsRequest['error_detail']): void {
+  /** The client already holds `version` of this type (a SotW reconnect): nothing is sent, it counts as ACKed. */
+  protected resumed(type: ResourceType, state: S, version: string, names: readonly string[]): void {
+    state.sentVersion = version;
+    state.awaiting = false;
+    this.ctx.events.resumed(this.ref!, type.typeUrl, { version, names });
+  }
+
+  protected nack(type: ResourceType, state: S, error: XdsRequest['error_detail']): void {
     const nack = {
-      version: status.sentVersion ?? '',
+      version: state.sentVersion ?? '',
       error: clip(String(error?.message ?? ''), this.ctx.limits.nackDetail) || `code ${error?.code ?? '?'}`,
       at: new Date(),
     };
-    status.lastNack = nack;
-    status.awaiting = false;
-    this.ctx.registry.emit('nacked', this.conn!, type.typeUrl, nack);
+    state.awaiting = false;
+    this.ctx.events.nacked(this.ref!, type.typeUrl, nack);
     this.ctx.log.warn({ node: clip(this.identity!.nodeId), type: type.short, version: nack.version, error: clip(nack.error, 1024) }, 'NACK');
   }
 
@@ -343,7 +353,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private fail(code: Code, details: string, reason: RefusalReason): void {
     if (this.closed) return;
     this.ctx.log.warn({ code: Code[code], details, reason, node: clip(this.identity?.nodeId ?? ''), peer: this.call.getPeer(), ...(this.certified ? { spiffe: this.certified.spiffe } : {}) }, 'stream refused');
-    this.ctx.registry.emit('refused', reason);
+    this.ctx.events.refused(reason);
     this.call.end({ code, details });
     this.close();
   }
@@ -353,8 +363,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
     this.closed = true;
     clearTimeout(this.expiry);
     this.unwatch?.();
-    if (this.conn) {
-      this.ctx.registry.remove(this.conn);
+    if (this.ref) {
+      this.ctx.events.closed(this.ref);
       this.ctx.log.info({ node: clip(this.identity!.nodeId), stream: this.kind }, 'stream closed');
     }
     this.call.end();

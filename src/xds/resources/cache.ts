@@ -1,7 +1,7 @@
 /**
- * Snapshots per proxy key. The pipeline puts a snapshot for every key it knows; a stream for a key nobody
- * asked about yet is answered by the resolver (built on demand from the current mesh). Nothing is handed out
- * before `markReady()`: an empty LDS or CDS would wipe a proxy's config.
+ * Snapshots per proxy key. The pipeline puts a snapshot for every key it knows; a stream for a key that has none
+ * yet makes a demand, which whoever builds snapshots (the pipeline) subscribes to and answers with `set`. Nothing
+ * is handed out before `markReady()`: an empty LDS or CDS would wipe a proxy's config.
  */
 import type { Snapshot } from './snapshot.js';
 
@@ -11,7 +11,7 @@ type Watcher = (snapshot: Snapshot) => void;
 export class SnapshotCache {
   private readonly snapshots = new Map<ProxyKey, Snapshot>();
   private readonly watchers = new Map<ProxyKey, Set<Watcher>>();
-  private resolver: ((key: ProxyKey) => Snapshot | undefined) | undefined;
+  private readonly demands = new Set<(key: ProxyKey) => void>();
   private isReady = false;
 
   get ready(): boolean {
@@ -28,9 +28,13 @@ export class SnapshotCache {
     }
   }
 
-  /** Builds a snapshot for a key that has none yet (for instance a proxy of an identity not in the mesh). */
-  setResolver(resolver: (key: ProxyKey) => Snapshot | undefined): void {
-    this.resolver = resolver;
+  /**
+   * Hears of every key asked for that has no snapshot (a proxy of an identity not in the mesh, say); the listener
+   * may `set` one at once, which the asker then gets. Returns what stops it.
+   */
+  onDemand(listener: (key: ProxyKey) => void): () => void {
+    this.demands.add(listener);
+    return () => this.demands.delete(listener);
   }
 
   /** Stores a snapshot; watchers hear of it only if its version differs from the one held. */
@@ -48,12 +52,8 @@ export class SnapshotCache {
 
   get(key: ProxyKey): Snapshot | undefined {
     if (!this.isReady) return undefined;
-    let s = this.snapshots.get(key);
-    if (!s && this.resolver) {
-      s = this.resolver(key);
-      if (s) this.snapshots.set(key, s);
-    }
-    return s;
+    if (!this.snapshots.has(key)) for (const demand of this.demands) demand(key);
+    return this.snapshots.get(key);
   }
 
   /** Snapshot held for a key, without resolving. */
