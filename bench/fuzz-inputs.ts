@@ -20,6 +20,7 @@ import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
 import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { ADS_SERVICE } from '../src/xds/protocol/server.js';
 import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
+import { rng } from '../sandbox/random-mesh.js';
 import { hostileClients, type HostileOptions, type HostileReport } from './hostile.js';
 
 export interface FuzzReport {
@@ -40,18 +41,6 @@ export interface FuzzReport {
 
 /** How hard the hostile phase pushes (bench/hostile.ts); none: no hostile phase. */
 export type HostileLoad = Pick<HostileOptions, 'seconds' | 'partialStreams' | 'connections' | 'bombsPerSecond'>;
-
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Probes a URL every 50 ms until stdin closes; prints {probes, maxMs, failures}. */
 const PROBER = `

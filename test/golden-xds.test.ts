@@ -4,24 +4,15 @@
  * is the IR, not manifests: a change of the builders shows here on its own, whatever compile does; a change of
  * compile shows in test/golden (manifests -> IR -> xDS). Regenerate with `npm run golden:update`, then review.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { MeshIR } from '../src/compile/ir.js';
 import { SnapshotBuilder } from '../src/pipeline/build.js';
 import { snapshotToJson } from '../src/xds/resources/json.js';
+import { check, files, proxyDir, UPDATE } from './helpers/golden.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden-xds');
-const UPDATE = process.env.UPDATE_GOLDEN === '1';
-
-const proxyDir = (key: string): string => key.replace(/[:/]/g, '_');
-
-function files(dir: string, prefix = ''): string[] {
-  return readdirSync(dir, { withFileTypes: true })
-    .flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`]))
-    .sort();
-}
-
 const cases = readdirSync(ROOT)
   .filter((d) => existsSync(path.join(ROOT, d, 'ir.json')))
   .sort();
@@ -43,17 +34,8 @@ describe('golden, xDS stage (IR -> Envoy resources)', () => {
       for (const key of cfg.proxies ?? builder.eagerKeys()) {
         // build() runs every check the server runs before publishing (protos, validate rules, references).
         for (const [type, resources] of Object.entries(snapshotToJson(builder.build(key)))) {
-          const name = `${proxyDir(key)}/${type}.json`;
-          const file = path.join(dir, 'expected', name);
-          const text = `${JSON.stringify(resources, null, 2)}\n`;
-          written.push(name);
-          if (UPDATE) {
-            mkdirSync(path.dirname(file), { recursive: true });
-            writeFileSync(file, text);
-            continue;
-          }
-          expect(existsSync(file), `${file} is missing: run npm run golden:update`).toBe(true);
-          expect(JSON.parse(text), name).toEqual(JSON.parse(readFileSync(file, 'utf8')));
+          check(dir, `${proxyDir(key)}/${type}.json`, resources);
+          written.push(`${proxyDir(key)}/${type}.json`);
         }
       }
       if (!UPDATE) expect(files(path.join(dir, 'expected'))).toEqual(written.sort());

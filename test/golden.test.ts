@@ -5,43 +5,20 @@
  * expected/<proxy>/<CDS|EDS|LDS|RDS>.json: its resources in the proto3 JSON Envoy's own /config_dump prints.
  * Regenerate with `npm run golden:update`, then review the diff by hand.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { check, files, proxyDir, UPDATE } from './helpers/golden.js';
 import { meshFromYaml } from './helpers/mesh.js';
 import { snapshotToJson } from '../src/xds/resources/json.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden');
-const UPDATE = process.env.UPDATE_GOLDEN === '1';
 
 interface CaseConfig {
   /** Input of another case, relative to this one (to vary only the mesh config). */
   input?: string;
   set?: Record<string, boolean>;
   proxies?: string[];
-}
-
-function proxyDir(key: string): string {
-  return key.replace(/[:/]/g, '_');
-}
-
-/** Every file under a folder, relative, sorted. */
-function files(dir: string, prefix = ''): string[] {
-  return readdirSync(dir, { withFileTypes: true })
-    .flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name), `${prefix}${e.name}/`) : [`${prefix}${e.name}`]))
-    .sort();
-}
-
-function check(dir: string, name: string, value: unknown): void {
-  const file = path.join(dir, 'expected', name);
-  const text = `${JSON.stringify(value, null, 2)}\n`;
-  if (UPDATE) {
-    mkdirSync(path.dirname(file), { recursive: true });
-    writeFileSync(file, text);
-    return;
-  }
-  expect(existsSync(file), `${file} is missing: run npm run golden:update`).toBe(true);
-  expect(JSON.parse(text), name).toEqual(JSON.parse(readFileSync(file, 'utf8')));
 }
 
 const cases = readdirSync(ROOT)
