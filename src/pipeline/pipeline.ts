@@ -95,7 +95,12 @@ export class Pipeline {
         this.log.debug({ err: (err as Error).message }, 'preparing the mesh failed');
       }
       if (this.waiting) continue;
-      this.update(state);
+      try {
+        this.update(state);
+      } catch (err) {
+        // update() reports what it can; anything else must not become an unhandled rejection (the process would end).
+        this.log.error({ err: (err as Error).stack ?? String(err) }, 'translating the mesh failed; proxies keep their last good config');
+      }
     }
   }
 
