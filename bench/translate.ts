@@ -4,6 +4,7 @@
  * Run: npm run bench:translate   (node --expose-gc, after npm run build)
  */
 import pino from 'pino';
+import { amplification } from '../src/compile/amplification.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
 import { loadEnvoyProtos } from '../src/xds/resources/protos.js';
@@ -66,3 +67,16 @@ const pods = [...state.pods, { ...state.pods[0], name: 'extra-pod', ip: '10.250.
 const t2 = performance.now();
 const topo = pipeline.update({ ...state, pods });
 console.log(`one endpoint added (topology change): ${(performance.now() - t2).toFixed(0)} ms, ${topo.changed} snapshots changed`);
+
+// Retry amplification of the mesh after that change (issue 25): every call path of Retries in force.
+const ampTimes: number[] = [];
+let amp = amplification(pipeline.ir!);
+for (let i = 0; i < 5; i++) {
+  const t = performance.now();
+  amp = amplification(pipeline.ir!);
+  ampTimes.push(performance.now() - t);
+}
+ampTimes.sort((a, b) => a - b);
+console.log(
+  `retry amplification: ${amp.paths.length} call paths (worst ${amp.paths[0]?.attempts ?? 1} attempts${amp.truncated ? '; walk truncated at its bound' : ''}) in median ${ampTimes[2]!.toFixed(1)} ms (max ${ampTimes[4]!.toFixed(1)})`,
+);

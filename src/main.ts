@@ -83,6 +83,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   const registry = new ProxyRegistry();
   const metrics = new Metrics(registry);
   const pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) });
+  metrics.ir = () => pipeline.ir;
   let adsServing = false;
 
   const onChange = (state: MeshState): void => {

@@ -20,6 +20,8 @@ Commands:
                              read a sidecar's Envoy admin: stats, config_dump or clusters
   policy explain --from NS/SA --to NS/SVC
                              which Retry applies, and the route it yields
+  policy amplification -f FILE_OR_DIR [--max N]
+                             call paths of Retries in force, worst first (offline); exit 1 over N attempts
   namespace add|remove NS    enroll a namespace in the mesh (Kubernetes)
   ca init|issue              the mesh CA and the certificates it issues (see mesh-xds ca --help)
   demo                       the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo)

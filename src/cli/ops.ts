@@ -116,7 +116,11 @@ async function proxyGet(args: string[]): Promise<number> {
 export function policyCommand(args: string[]): Promise<number> {
   return run(async () => {
     const [sub, ...rest] = args;
-    if (sub !== 'explain') throw new UsageError('usage: mesh-xds policy explain --from NS/SA --to NS/SVC [-o json]');
+    if (sub === 'amplification') {
+      const { amplificationCommand } = await import('./amplification.js');
+      return amplificationCommand(rest);
+    }
+    if (sub !== 'explain') throw new UsageError('usage: mesh-xds policy explain --from NS/SA --to NS/SVC [-o json] | policy amplification -f FILE_OR_DIR... [-o json] [--max N]');
     const from = flag(rest, '--from');
     const to = flag(rest, '--to');
     if (!from || !to) throw new UsageError('policy explain needs --from <namespace>/<serviceAccount> and --to <namespace>/<service>');

@@ -5,6 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { amplificationOf } from '../compile/amplification.js';
 import type { MeshIR } from '../compile/ir.js';
 import { asList, asMap } from '../model/plain.js';
 import { outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
@@ -37,6 +38,7 @@ const ENDPOINTS: Record<string, string> = {
   '/debug/policies': 'every Retry with its status, and for accepted ones the identities, services and Envoy retry_policy',
   '/debug/explain?from=<ns>/<sa>&to=<ns>/<svc>': 'which Retry applies from an identity to a service, and the routes it yields',
   '/debug/mesh': 'the translated mesh: services, identities, diagnostics, manifest errors, last build',
+  '/debug/amplification': 'every call path of Retries in force with its worst-case attempts and time, worst first',
   '/healthz': 'the process is alive',
   '/readyz': 'sources synced and ADS serving',
   '/metrics': 'Prometheus metrics',
@@ -95,7 +97,7 @@ export function isLoopback(address: string | undefined): boolean {
 }
 
 /** Endpoints whose answer grows with the mesh or the number of proxies: served a few at a time. */
-const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain']);
+const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain', '/debug/amplification']);
 
 /**
  * At most `max` expensive requests at once and `queue` waiting; beyond that the answer is 429. Each one starts
@@ -226,6 +228,11 @@ export class DebugServer {
           diagnostics: ir?.diagnostics ?? [],
           ...(src.meshInfo?.() ?? {}),
         });
+      }
+      case '/debug/amplification': {
+        const ir = src.ir();
+        if (!ir || !src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
+        return this.json(res, 200, amplificationOf(ir));
       }
       case '/debug/config_dump':
         return this.configDump(url, res);

@@ -1,5 +1,6 @@
 /** Prometheus metrics (prom-client), fed by protocol and pipeline events. */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { amplificationOf } from '../compile/amplification.js';
 import type { MeshIR } from '../compile/ir.js';
 import type { BuildReport } from '../pipeline/pipeline.js';
 import type { ProxyRegistry } from '../xds/protocol/status.js';
@@ -50,6 +51,8 @@ export class Metrics {
   sourceErrors: () => number = () => 0;
   /** Kubernetes: whether this replica holds the Lease that lets it write Retry statuses. */
   statusWriter?: () => boolean;
+  /** The mesh as last translated (for what is computed from it when scraped). */
+  ir?: () => MeshIR | undefined;
 
   constructor(proxies: ProxyRegistry) {
     const errors = (): number => this.sourceErrors();
@@ -68,6 +71,16 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.set(errors());
+      },
+    });
+    const ir = (): MeshIR | undefined => this.ir?.();
+    new Gauge({
+      name: 'mesh_xds_retry_amplification_max',
+      help: 'Worst-case attempts at the last service of the worst call path of Retries in force, for one request at its first (1: no retries in force); /debug/amplification lists the paths',
+      registers: [this.registry],
+      collect() {
+        const mesh = ir();
+        this.set(mesh ? (amplificationOf(mesh).paths[0]?.attempts ?? 1) : 1);
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: 'mesh_xds_process_' });

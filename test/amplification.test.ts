@@ -1,0 +1,123 @@
+/**
+ * Retry amplification along call paths (compile/amplification.ts), offline (`mesh-xds policy amplification`) and
+ * live (/debug/amplification, mesh_xds_retry_amplification_max): a chain of Retries multiplies its attempts, a
+ * path that comes back is cut and marked, the worst time follows per-try timeouts and Envoy's backoff, and a dense
+ * call graph is walked within a bound.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { amplification } from '../src/compile/amplification.js';
+import { startDemo } from './helpers/demo.js';
+import { meshFromYaml } from './helpers/mesh.js';
+
+const ROOT = path.join(import.meta.dirname, '..');
+const CHAIN = path.join(import.meta.dirname, 'fixtures/amplification-chain.yaml');
+const chainText = readFileSync(CHAIN, 'utf8');
+/** The chain without d -> b: no cycle. */
+const acyclic = chainText.slice(0, chainText.lastIndexOf('---'));
+
+const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), 'policy', 'amplification', ...args], { encoding: 'utf8', cwd: ROOT });
+
+describe('retry amplification', () => {
+  it('multiplies attempts along a chain of Retries; the worst time follows per-try timeouts and backoffs', () => {
+    const { ir } = meshFromYaml(acyclic);
+    expect(amplification(ir)).toEqual({
+      paths: [
+        {
+          attempts: 24,
+          // c -> d: 2 x 50 ms + 25 ms (Envoy's default base); b -> c: 3 x min(250, 125) + 10 + 20; a -> b: 4 x min(1 s, 405 ms) + 100 + 200 + 400.
+          latency: '2.32s',
+          cycle: false,
+          hops: [
+            { from: 'chain/a', to: 'chain/b', retry: 'chain/a-to-b', attempts: 4 },
+            { from: 'chain/b', to: 'chain/c', retry: 'chain/b-to-c', attempts: 3 },
+            { from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 },
+          ],
+        },
+        {
+          attempts: 6,
+          latency: '405ms',
+          cycle: false,
+          hops: [
+            { from: 'chain/b', to: 'chain/c', retry: 'chain/b-to-c', attempts: 3 },
+            { from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 },
+          ],
+        },
+        { attempts: 2, latency: '125ms', cycle: false, hops: [{ from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 }] },
+      ],
+    });
+  });
+
+  it('cuts a path that comes back to an identity on it, and marks it', () => {
+    const { paths } = amplification(meshFromYaml(chainText).ir);
+    expect(paths[0]).toMatchObject({ attempts: 48, latency: '2.32s', cycle: true });
+    expect(paths[0]!.hops.map((h) => `${h.from}>${h.to}`)).toEqual(['chain/a>chain/b', 'chain/b>chain/c', 'chain/c>chain/d', 'chain/d>chain/b']);
+    // From d: d -> b -> c -> d, back at d; d -> b has no per-try timeout, so an attempt lasts what b's path may.
+    const fromD = paths.find((p) => p.hops[0]!.from === 'chain/d')!;
+    expect(fromD).toMatchObject({ attempts: 12, latency: '835ms', cycle: true });
+    expect(paths.every((p) => p.cycle)).toBe(true);
+  });
+
+  it('a last hop with no per-try timeout is unbounded; the callers above it are bounded by their own', () => {
+    const { paths } = amplification(meshFromYaml(acyclic.replace('perTryTimeout: 50ms, ', '')).ir);
+    expect(paths.map((p) => [p.attempts, p.latency])).toEqual([
+      [24, '3.82s'],
+      [6, '780ms'],
+      [2, 'unbounded'],
+    ]);
+  });
+
+  it('knows no path while retries are off, and walks a dense call graph within its bound', () => {
+    expect(amplification(meshFromYaml(acyclic.replace('enableRetryPolicy: true', 'enableRetryPolicy: false')).ir).paths).toEqual([]);
+    // Twelve identities each retrying to the services of all the others: 11! paths; the walk stops at its bound.
+    const n = 12;
+    const docs = ['apiVersion: v1\nkind: Namespace\nmetadata: {name: dense, labels: {flomesh.io/monitored-by: mesh-xds}}'];
+    for (let i = 0; i < n; i++) {
+      docs.push(`apiVersion: v1\nkind: Service\nmetadata: {name: s${i}, namespace: dense}\nspec: {clusterIP: 10.96.20.${i + 1}, selector: {app: s${i}}, ports: [{port: 80}]}`);
+      docs.push(`apiVersion: v1\nkind: Pod\nmetadata: {name: p${i}, namespace: dense, labels: {app: s${i}}}\nspec: {serviceAccountName: sa${i}, containers: [{name: app}]}\nstatus: {phase: Running, podIP: 10.2.0.${i + 1}}`);
+      const others = Array.from({ length: n }, (_, j) => j).filter((j) => j !== i);
+      docs.push(
+        `kind: Retry\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: r${i}, namespace: dense}\nspec:\n  source: {kind: ServiceAccount, name: sa${i}, namespace: dense}\n  destinations: [${others.map((j) => `{kind: Service, name: s${j}, namespace: dense}`).join(', ')}]\n  retryPolicy: {retryOn: 5xx, numRetries: 1}`,
+      );
+    }
+    const { ir } = meshFromYaml(docs.join('\n---\n'), { enableRetryPolicy: true });
+    const report = amplification(ir, 5_000);
+    expect(report.truncated).toBe(true);
+    expect(report.paths.length).toBeGreaterThan(0);
+    expect(report.paths.length).toBeLessThanOrEqual(5_000);
+  });
+
+  it('mesh-xds policy amplification: a table, -o json exactly, and --max that fails naming each path over it', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-amplification-'));
+    writeFileSync(path.join(dir, 'chain.yaml'), acyclic);
+    const table = cli('-f', dir);
+    expect(table.status, table.stderr).toBe(0);
+    expect(table.stdout).toContain('chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)');
+    expect(table.stdout.split('\n')[1]).toMatch(/^24\s+2\.32s\s+chain\/a/);
+    const json = cli('-f', path.join(dir, 'chain.yaml'), '-o', 'json');
+    expect(JSON.parse(json.stdout)).toEqual(amplification(meshFromYaml(acyclic).ir));
+    const over = cli('-f', dir, '--max', '10');
+    expect(over.status).toBe(1);
+    expect(over.stderr.trim().split('\n')).toEqual(['mesh-xds: 24 attempts (over --max 10): chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)']);
+    expect(cli('-f', dir, '--max', '24').status).toBe(0);
+    expect(cli('--max', '3').status).toBe(2);
+  });
+
+  it('is served live: /debug/amplification and mesh_xds_retry_amplification_max follow an edit', async () => {
+    const demo = await startDemo((dir) => writeFileSync(path.join(dir, 'chain.yaml'), acyclic));
+    try {
+      const body = await fetch(`${demo.debug}/debug/amplification`).then((r) => r.json());
+      expect(body.paths[0]).toMatchObject({ attempts: 24, cycle: false });
+      const metric = async (): Promise<number> => Number(/^mesh_xds_retry_amplification_max (\d+)/m.exec(await fetch(`${demo.debug}/metrics`).then((r) => r.text()))?.[1]);
+      expect(await metric()).toBe(24);
+      demo.edit('chain.yaml', (t) => t.replace('numRetries: 3', 'numRetries: 5'));
+      for (let i = 0; i < 100 && (await metric()) !== 36; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await metric()).toBe(36);
+    } finally {
+      await demo.close();
+    }
+  });
+});
