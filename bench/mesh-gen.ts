@@ -1,5 +1,5 @@
 /** A synthetic mesh for benchmarks: S services x 2 ports, P pods, A service accounts, R Retry policies. */
-import type { MeshState, Namespace, Pod, RetryObject, Service, ServiceAccount } from '../src/model/mesh.js';
+import { DEFAULT_MESH_CONFIG, type MeshState, type Namespace, type Pod, type RetryObject, type Service, type ServiceAccount } from '../src/model/mesh.js';
 
 export interface MeshSize {
   namespaces: number;
@@ -57,7 +57,7 @@ export function generateMesh(size: MeshSize = BENCH_MESH): MeshState {
   const retries = Array.from({ length: size.retries }, (_, i) => retryObject(i, size));
   return {
     meshName: 'mesh-xds',
-    meshConfig: { enableRetryPolicy: true, enablePermissiveTrafficPolicyMode: true },
+    meshConfig: { ...DEFAULT_MESH_CONFIG, enableRetryPolicy: true },
     namespaces,
     services,
     endpointSlices: [],

@@ -56,6 +56,9 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --debug-address HOST:PORT debug and health HTTP address (default 127.0.0.1:9091)
   --mesh-name NAME         namespaces labelled flomesh.io/monitored-by=NAME are in the mesh (default mesh-xds)
   --set KEY=VALUE          override the mesh config, e.g. --set featureFlags.enableRetryPolicy=true
+  --max-retry-amplification N
+                           a Retry on a call path of more than N worst-case attempts at one service gets a
+                           RetryAmplification warning in its status (default 10; see README Retry safety)
   --namespace NS           the control plane's namespace (default: $POD_NAMESPACE or mesh-xds)
   --log-level LEVEL        trace, debug, info, warn, error (default info)
 `;
@@ -89,6 +92,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'debug-address': { type: 'string', default: '127.0.0.1:9091' },
         'mesh-name': { type: 'string', default: 'mesh-xds' },
         set: { type: 'string', multiple: true, default: [] },
+        'max-retry-amplification': { type: 'string' },
         namespace: { type: 'string' },
         'log-level': { type: 'string', default: env.LOG_LEVEL ?? 'info' },
       },
@@ -104,6 +108,12 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     } catch (e) {
       throw new ConfigError((e as Error).message);
     }
+  }
+  const amp = values['max-retry-amplification'];
+  if (amp !== undefined) {
+    const n = Number(amp);
+    if (!/^\d+$/.test(amp) || n < 1) throw new ConfigError(`--max-retry-amplification ${amp}: a whole number of attempts, at least 1`);
+    overrides = { ...overrides, maxRetryAmplification: n };
   }
   if (overrides.enablePermissiveTrafficPolicyMode === false) {
     throw new ConfigError('enablePermissiveTrafficPolicyMode=false is not supported: mesh-xds has no access-control (SMI traffic target) policies yet, so it only runs in permissive mode');

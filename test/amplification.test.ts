@@ -4,12 +4,14 @@
  * path that comes back is cut and marked, the worst time follows per-try timeouts and Envoy's backoff, and a dense
  * call graph is walked within a bound.
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { amplification } from '../src/compile/amplification.js';
+import { parseServeArgs } from '../src/config.js';
+import { retryStatus } from '../src/outputs/retry-status.js';
 import { startDemo } from './helpers/demo.js';
 import { meshFromYaml } from './helpers/mesh.js';
 
@@ -116,6 +118,44 @@ describe('retry amplification', () => {
       demo.edit('chain.yaml', (t) => t.replace('numRetries: 3', 'numRetries: 5'));
       for (let i = 0; i < 100 && (await metric()) !== 36; i++) await new Promise((r) => setTimeout(r, 50));
       expect(await metric()).toBe(36);
+    } finally {
+      await demo.close();
+    }
+  });
+
+  it("warns each Retry on a path over the mesh's bound in its report and status (it stays Accepted); the bound is the mesh's", () => {
+    const { ir } = meshFromYaml(acyclic);
+    const byName = Object.fromEntries(ir.policies.map((p) => [p.name, p]));
+    // Only the 24-attempt path crosses the default bound of 10: its three Retries are warned; none is rejected.
+    expect(ir.policies.every((p) => p.state === 'Accepted')).toBe(true);
+    expect(byName['a-to-b']!.warnings).toEqual([
+      "on a call path of 24 attempts at its last service for one request, over the mesh's bound of 10: chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)",
+    ]);
+    expect(byName['c-to-d']!.warnings).toEqual(byName['a-to-b']!.warnings);
+    const status = retryStatus(byName['a-to-b']!, 3, undefined);
+    expect(status.conditions.map((c) => [c.type, c.status, c.reason])).toEqual([
+      ['Accepted', 'True', 'Accepted'],
+      ['RetryAmplification', 'True', 'OverBound'],
+    ]);
+    expect(status.conditions[1]!.message).toContain('chain/a -> chain/b (x4)');
+    // A bound of 24 (serve --max-retry-amplification 24): no warning, and the condition goes.
+    const relaxed = meshFromYaml(acyclic, { maxRetryAmplification: 24 }).ir;
+    expect(relaxed.policies.some((p) => p.warnings)).toBe(false);
+    expect(retryStatus(relaxed.policies[0]!, 3, status).conditions.map((c) => c.type)).toEqual(['Accepted']);
+    expect(parseServeArgs(['--manifests', '.', '--max-retry-amplification', '24']).overrides).toEqual({ maxRetryAmplification: 24 });
+    expect(() => parseServeArgs(['--manifests', '.', '--max-retry-amplification', '0'])).toThrow(/--max-retry-amplification 0: a whole number of attempts, at least 1/);
+  });
+
+  it('policy explain shows the worst call path through the pair', async () => {
+    const demo = await startDemo((dir) => writeFileSync(path.join(dir, 'chain.yaml'), acyclic));
+    try {
+      const body = await fetch(`${demo.debug}/debug/explain?from=chain/b&to=chain/c`).then((r) => r.json());
+      expect(body.worstPath).toMatchObject({ attempts: 24, hops: [{ from: 'chain/a' }, { from: 'chain/b', to: 'chain/c' }, { from: 'chain/c' }] });
+      // Not spawnSync: the server answering it runs in this process.
+      const out = await new Promise<{ stdout: string }>((resolve, reject) =>
+        execFile(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), 'policy', 'explain', '--from', 'chain/b', '--to', 'chain/c', '--debug-url', demo.debug], (err, stdout) => (err ? reject(err) : resolve({ stdout }))),
+      );
+      expect(out.stdout).toContain('worst call path through it: 24 attempts, 2.32s: chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)');
     } finally {
       await demo.close();
     }

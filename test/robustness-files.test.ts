@@ -11,7 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { compile } from '../src/compile/compile.js';
-import type { MeshState } from '../src/model/mesh.js';
+import { DEFAULT_MESH_CONFIG, type MeshState } from '../src/model/mesh.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { FileSource, MAX_MANIFEST_BYTES } from '../src/sources/files.js';
 import { checkVirtualHosts, SnapshotError } from '../src/xds/resources/snapshot.js';
@@ -260,7 +260,7 @@ const SERVICE = { namespace: 'httpbin', name: 'httpbin', clusterIP: '10.96.198.2
 function meshState(): MeshState {
   return {
     meshName: 'mesh-xds',
-    meshConfig: { enableRetryPolicy: true, enablePermissiveTrafficPolicyMode: true },
+    meshConfig: { ...DEFAULT_MESH_CONFIG, enableRetryPolicy: true },
     namespaces: [{ name: 'httpbin', labels: { 'flomesh.io/monitored-by': 'mesh-xds' } }],
     services: [],
     endpointSlices: [],

@@ -1,4 +1,5 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
+import type { AmplificationPath } from '../compile/amplification.js';
 import { RESOURCE_TYPES } from '../xds/resources/types.js';
 import { flag, table, wantsJson, UsageError } from './output.js';
 
@@ -18,6 +19,7 @@ interface ProxyJson {
 /** /debug/explain's answer: the fields the CLI prints. */
 interface ExplainJson {
   readonly error?: string;
+  readonly worstPath: AmplificationPath | null;
   readonly why: string;
   readonly serviceExists: boolean;
   readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string }[];
@@ -134,6 +136,10 @@ export function policyCommand(args: string[]): Promise<number> {
     else {
       process.stdout.write(`${from} -> ${to}: ${body.why}\n`);
       if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
+      if (body.worstPath) {
+        const p = body.worstPath;
+        process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${[p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ')}\n`);
+      }
       if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
       for (const r of body.routes) {
         const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;

@@ -143,6 +143,12 @@ export function amplification(ir: MeshIR, maxSteps = MAX_STEPS): AmplificationRe
 
 /** The report of an IR, computed once per IR (IRs are immutable): for the debug endpoint and the metric. */
 const reports = new WeakMap<MeshIR, AmplificationReport>();
+
+/** Records the report of an IR made by compile (which computed it already). */
+export function rememberAmplification(ir: MeshIR, report: AmplificationReport): void {
+  reports.set(ir, report);
+}
+
 export function amplificationOf(ir: MeshIR): AmplificationReport {
   let r = reports.get(ir);
   if (!r) reports.set(ir, (r = amplification(ir)));

@@ -2,8 +2,9 @@
  * MeshState -> MeshIR. Pure: resolves ports and endpoints, validates Retry policies, decides which one applies
  * to each (source identity, destination service) deterministically, and reports every policy's status.
  */
+import { amplification, rememberAmplification } from './amplification.js';
 import { asList, asMap } from '../model/plain.js';
-import { MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
+import { DEFAULT_MAX_RETRY_AMPLIFICATION, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
 import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
 
@@ -246,7 +247,7 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
   for (const p of state.pods) if (meshNamespaces.has(p.namespace)) identities.add(`${p.namespace}/${p.serviceAccount}`);
   const serviceKeys = new Set(topology.services.map((s) => `${s.namespace}/${s.name}`));
   const { reports, retries } = compilePolicies(state, meshNamespaces, serviceKeys, identities);
-  return {
+  const ir: MeshIR = {
     meshName: state.meshName,
     enableRetryPolicy: state.meshConfig.enableRetryPolicy,
     services: topology.services,
@@ -256,5 +257,26 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
     policies: reports,
     diagnostics: topology.diagnostics,
   };
+  return withAmplificationWarnings(ir, state.meshConfig.maxRetryAmplification ?? DEFAULT_MAX_RETRY_AMPLIFICATION);
+}
+
+/** Each Retry on a call path of more than `max` attempts is warned, naming the path (it stays Accepted). */
+function withAmplificationWarnings(ir: MeshIR, max: number): MeshIR {
+  const report = amplification(ir);
+  const warnings = new Map<string, string[]>();
+  for (const p of report.paths) {
+    if (p.attempts <= max) break;
+    const route = [p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ');
+    const text = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${route}`;
+    for (const policy of new Set(p.hops.map((h) => h.retry))) {
+      const list = warnings.get(policy) ?? [];
+      if (list.length < 3) list.push(text);
+      warnings.set(policy, list);
+    }
+  }
+  const out = warnings.size ? { ...ir, policies: ir.policies.map((r) => (warnings.has(`${r.namespace}/${r.name}`) ? { ...r, warnings: warnings.get(`${r.namespace}/${r.name}`)! } : r)) } : ir;
+  // The warnings change no edge: the report stands for the IR that carries them (the debug endpoint, the metric).
+  rememberAmplification(out, report);
+  return out;
 }
 

@@ -53,6 +53,8 @@ export interface PolicyReport {
   /** For accepted policies: the destinations it won. */
   readonly appliesTo: readonly string[];
   readonly origin?: { file?: string; doc?: number; line?: number };
+  /** Accepted, yet worth a look: the call paths over the mesh's amplification bound it lies on (a status condition). */
+  readonly warnings?: readonly string[];
 }
 
 export interface AppliedRetry {

@@ -268,9 +268,12 @@ export class DebugServer {
         routes.push({ routeConfiguration: r.name, virtualHost: vh ?? null });
       }
     }
+    // The worst call path of Retries in force that goes from this identity to this service.
+    const worstPath = amplificationOf(ir).paths.find((p) => p.hops.some((h) => h.from === from && h.to === to)) ?? null;
     return this.json(res, 200, {
       from,
       to,
+      worstPath,
       serviceExists: Boolean(service),
       retryPoliciesEnabled: ir.enableRetryPolicy,
       applied: applied ? { policy: applied.policy } : null,

@@ -76,9 +76,20 @@ export interface RetryObject extends Ref {
 export interface MeshConfig {
   readonly enableRetryPolicy: boolean;
   readonly enablePermissiveTrafficPolicyMode: boolean;
+  /**
+   * A Retry on a call path whose worst case is more attempts than this at one service gets a warning in its status
+   * (mesh-xds's own; `serve --max-retry-amplification`).
+   */
+  readonly maxRetryAmplification: number;
 }
 
-export const DEFAULT_MESH_CONFIG: MeshConfig = { enableRetryPolicy: false, enablePermissiveTrafficPolicyMode: true };
+/**
+ * 10 attempts: one hop of up to 9 retries stays under it (the guide's 5 gives 6), while any two hops of 3 retries
+ * stacked (16) or a single hop of 10 and more cross it: the stacking that turns a slow service into a retry storm.
+ */
+export const DEFAULT_MAX_RETRY_AMPLIFICATION = 10;
+
+export const DEFAULT_MESH_CONFIG: MeshConfig = { enableRetryPolicy: false, enablePermissiveTrafficPolicyMode: true, maxRetryAmplification: DEFAULT_MAX_RETRY_AMPLIFICATION };
 
 export const MONITORED_BY_LABEL = 'flomesh.io/monitored-by';
 

@@ -26,23 +26,34 @@ export interface RetryStatus {
   readonly conditions: readonly Condition[];
 }
 
-/** The status a Retry should have for its report (the transition time kept while the condition stays). */
+/**
+ * The status a Retry should have for its report: the condition `Accepted`, and `RetryAmplification` while the
+ * policy lies on a call path over the mesh's bound (a warning: it stays Accepted). Each condition keeps its
+ * transition time while it stays the same.
+ */
 export function retryStatus(report: PolicyReport, generation: number | undefined, previous: unknown): RetryStatus {
-  const accepted = report.state === 'Accepted';
-  const condition: Condition = {
-    type: 'Accepted',
-    status: accepted ? 'True' : 'False',
-    reason: report.state,
-    message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
-    ...(generation !== undefined ? { observedGeneration: generation } : {}),
-  };
-  const prevCond = asList(asMap(previous).conditions)
-    .map((c) => asMap(c) as Partial<Condition>)
-    .find((c) => c.type === 'Accepted');
-  const same = prevCond && prevCond.status === condition.status && prevCond.reason === condition.reason && prevCond.message === condition.message && prevCond.observedGeneration === condition.observedGeneration;
+  const observed = generation !== undefined ? { observedGeneration: generation } : {};
+  const wanted: Condition[] = [
+    {
+      type: 'Accepted',
+      status: report.state === 'Accepted' ? 'True' : 'False',
+      reason: report.state,
+      message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
+      ...observed,
+    },
+    ...(report.warnings?.length
+      ? [{ type: 'RetryAmplification', status: 'True' as const, reason: 'OverBound', message: report.warnings.join('; ').slice(0, 32768), ...observed }]
+      : []),
+  ];
+  const before = asList(asMap(previous).conditions).map((c) => asMap(c) as Partial<Condition>);
+  const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
   return {
-    ...(generation !== undefined ? { observedGeneration: generation } : {}),
-    conditions: [{ ...condition, lastTransitionTime: same && prevCond.lastTransitionTime ? prevCond.lastTransitionTime : new Date().toISOString().replace(/\.\d+Z$/, 'Z') }],
+    ...observed,
+    conditions: wanted.map((c) => {
+      const prev = before.find((p) => p.type === c.type);
+      const same = prev && prev.status === c.status && prev.reason === c.reason && prev.message === c.message && prev.observedGeneration === c.observedGeneration;
+      return { ...c, lastTransitionTime: same && prev.lastTransitionTime ? prev.lastTransitionTime : now };
+    }),
   };
 }
 
