@@ -9,7 +9,8 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { amplification } from '../src/compile/amplification.js';
+import { amplification, backoffMs } from '../src/compile/amplification.js';
+import type { AppliedRetry } from '../src/compile/ir.js';
 import { parseServeArgs } from '../src/config.js';
 import { retryStatus } from '../src/outputs/retry-status.js';
 import { startDemo } from './helpers/demo.js';
@@ -39,37 +40,48 @@ describe('retry amplification', () => {
             { from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 },
           ],
         },
-        {
-          attempts: 6,
-          latency: '405ms',
-          cycle: false,
-          hops: [
-            { from: 'chain/b', to: 'chain/c', retry: 'chain/b-to-c', attempts: 3 },
-            { from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 },
-          ],
-        },
-        { attempts: 2, latency: '125ms', cycle: false, hops: [{ from: 'chain/c', to: 'chain/d', retry: 'chain/c-to-d', attempts: 2 }] },
       ],
     });
   });
 
-  it('cuts a path that comes back to an identity on it, and marks it', () => {
+  it('cuts a path that comes back to an identity on it, and marks it; a cycle no caller enters is walked too', () => {
     const { paths } = amplification(meshFromYaml(chainText).ir);
+    expect(paths).toHaveLength(1);
     expect(paths[0]).toMatchObject({ attempts: 48, latency: '2.32s', cycle: true });
     expect(paths[0]!.hops.map((h) => `${h.from}>${h.to}`)).toEqual(['chain/a>chain/b', 'chain/b>chain/c', 'chain/c>chain/d', 'chain/d>chain/b']);
-    // From d: d -> b -> c -> d, back at d; d -> b has no per-try timeout, so an attempt lasts what b's path may.
-    const fromD = paths.find((p) => p.hops[0]!.from === 'chain/d')!;
-    expect(fromD).toMatchObject({ attempts: 12, latency: '835ms', cycle: true });
-    expect(paths.every((p) => p.cycle)).toBe(true);
+    // Without a -> b, nothing enters the cycle b -> c -> d -> b: it is walked from b (d -> b has no per-try
+    // timeout, so an attempt there lasts what b's path may).
+    const cycle = amplification(meshFromYaml(chainText.replace(/kind: Retry\napiVersion: policy.flomesh.io\/v1alpha1\nmetadata: \{name: a-to-b[\s\S]*?---\n/, '')).ir).paths;
+    expect(cycle.map((p) => [p.attempts, p.latency, p.cycle, p.hops.map((h) => h.from).join(',')])).toEqual([[12, '405ms', true, 'chain/b,chain/c,chain/d']]);
+  });
+
+  it('walks a chain of 2,000 Retries in as many steps, whole', () => {
+    const n = 2_000;
+    const docs = ['apiVersion: v1\nkind: Namespace\nmetadata: {name: long, labels: {flomesh.io/monitored-by: mesh-xds}}'];
+    for (let i = 0; i <= n; i++) {
+      docs.push(`apiVersion: v1\nkind: Service\nmetadata: {name: s${i}, namespace: long}\nspec: {clusterIP: 10.97.${i >> 8}.${i & 255}, selector: {app: s${i}}, ports: [{port: 80}]}`);
+      docs.push(`apiVersion: v1\nkind: Pod\nmetadata: {name: p${i}, namespace: long, labels: {app: s${i}}}\nspec: {serviceAccountName: sa${i}, containers: [{name: app}]}\nstatus: {phase: Running, podIP: 10.3.${i >> 8}.${i & 255}}`);
+      if (i < n) docs.push(`kind: Retry\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: r${i}, namespace: long}\nspec:\n  source: {kind: ServiceAccount, name: sa${i}, namespace: long}\n  destinations: [{kind: Service, name: s${i + 1}, namespace: long}]\n  retryPolicy: {retryOn: 5xx, numRetries: 1, perTryTimeout: 1s}`);
+    }
+    const report = amplification(meshFromYaml(docs.join('\n---\n'), { enableRetryPolicy: true }).ir);
+    expect(report.truncated).toBeUndefined();
+    expect(report.paths).toHaveLength(1);
+    expect(report.paths[0]!.hops).toHaveLength(n);
+    expect(report.paths[0]!.attempts).toBe(2 ** n > Number.MAX_VALUE ? Infinity : 2 ** n);
+  });
+
+  it('adds backoffs as Envoy caps them: 1, 2, 4, 8 times base, then 10 times base each', () => {
+    const retry = { policy: 'x/y', spec: { backoffBaseInterval: { seconds: 0, nanos: 10_000_000 } } } as unknown as AppliedRetry;
+    expect([1, 2, 3, 4, 5, 6].map((r) => backoffMs(retry, r))).toEqual([10, 30, 70, 150, 250, 350]);
+    expect(backoffMs(retry, 2 ** 32 - 1)).toBe(10 * (15 + (2 ** 32 - 5) * 10));
   });
 
   it('a last hop with no per-try timeout is unbounded; the callers above it are bounded by their own', () => {
     const { paths } = amplification(meshFromYaml(acyclic.replace('perTryTimeout: 50ms, ', '')).ir);
-    expect(paths.map((p) => [p.attempts, p.latency])).toEqual([
-      [24, '3.82s'],
-      [6, '780ms'],
-      [2, 'unbounded'],
-    ]);
+    expect(paths.map((p) => [p.attempts, p.latency])).toEqual([[24, '3.82s']]);
+    // Alone, c -> d has nothing to bound it.
+    const alone = amplification(meshFromYaml(acyclic.replace('perTryTimeout: 50ms, ', '').replace(/kind: Retry\napiVersion: policy.flomesh.io\/v1alpha1\nmetadata: \{name: [ab]-to-[bc][\s\S]*?---\n/g, '')).ir).paths;
+    expect(alone.map((p) => [p.attempts, p.latency])).toEqual([[2, 'unbounded']]);
   });
 
   it('knows no path while retries are off, and walks a dense call graph within its bound', () => {
@@ -129,7 +141,7 @@ describe('retry amplification', () => {
     // Only the 24-attempt path crosses the default bound of 10: its three Retries are warned; none is rejected.
     expect(ir.policies.every((p) => p.state === 'Accepted')).toBe(true);
     expect(byName['a-to-b']!.warnings).toEqual([
-      "on a call path of 24 attempts at its last service for one request, over the mesh's bound of 10: chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)",
+      { condition: 'RetryAmplification', message: "on a call path of 24 attempts at its last service for one request, over the mesh's bound of 10: chain/a -> chain/b (x4) -> chain/c (x3) -> chain/d (x2)" },
     ]);
     expect(byName['c-to-d']!.warnings).toEqual(byName['a-to-b']!.warnings);
     const status = retryStatus(byName['a-to-b']!, 3, undefined);
@@ -138,6 +150,7 @@ describe('retry amplification', () => {
       ['RetryAmplification', 'True', 'OverBound'],
     ]);
     expect(status.conditions[1]!.message).toContain('chain/a -> chain/b (x4)');
+    expect(byName['a-to-b']!.state).toBe('Accepted');
     // A bound of 24 (serve --max-retry-amplification 24): no warning, and the condition goes.
     const relaxed = meshFromYaml(acyclic, { maxRetryAmplification: 24 }).ir;
     expect(relaxed.policies.some((p) => p.warnings)).toBe(false);
@@ -159,5 +172,35 @@ describe('retry amplification', () => {
     } finally {
       await demo.close();
     }
+  });
+
+  it('names pitfalls in the status (condition Pitfall), validate and explain: huge numRetries, gRPC conditions on plain HTTP, a TCP-only service', () => {
+    const text = acyclic
+      .replace('numRetries: 3, retryBackoffBaseInterval: 100ms', 'numRetries: 4294967295, retryBackoffBaseInterval: 100ms')
+      .replace('retryPolicy: {retryOn: 5xx, perTryTimeout: 250ms', 'retryPolicy: {retryOn: "unavailable,cancelled", perTryTimeout: 250ms')
+      .replace("spec: {clusterIP: 10.96.10.4, selector: {app: d}, ports: [{name: http, port: 80, targetPort: 8080}]}", "spec: {clusterIP: 10.96.10.4, selector: {app: d}, ports: [{name: tcp-db, port: 5432, appProtocol: tcp}]}");
+    const { ir } = meshFromYaml(text);
+    const pitfalls = (name: string): string[] => (ir.policies.find((p) => p.name === name)!.warnings ?? []).filter((w) => w.condition === 'Pitfall').map((w) => w.message);
+    expect(pitfalls('a-to-b')).toEqual([expect.stringMatching(/^retryPolicy\.numRetries: 4294967295 retries is more than any service needs/)]);
+    expect(pitfalls('b-to-c')).toEqual([expect.stringMatching(/^retryPolicy\.retryOn: unavailable,cancelled are gRPC conditions, which never fire on Service chain\/c: its ports speak plain HTTP/)]);
+    expect(pitfalls('c-to-d')).toEqual(['Service chain/d has only TCP ports: Envoy retries HTTP requests, so this Retry never applies to it']);
+    expect(ir.policies.every((p) => p.state === 'Accepted')).toBe(true);
+    // c -> d also lies on a path of 4294967296 x 3 x 2 attempts (computed in closed form, at once).
+    const status = retryStatus(ir.policies.find((p) => p.name === 'c-to-d')!, 1, undefined);
+    expect(status.conditions.map((c) => [c.type, c.reason])).toEqual([
+      ['Accepted', 'Accepted'],
+      ['RetryAmplification', 'OverBound'],
+      ['Pitfall', 'Pitfall'],
+    ]);
+    // The guide's own Retry has none.
+    expect(meshFromYaml(readFileSync(path.join(ROOT, 'deploy/demo/retry.yaml'), 'utf8') + '\n---\n' + readFileSync(path.join(ROOT, 'deploy/demo/httpbin.yaml'), 'utf8')).ir.policies.some((p) => p.warnings)).toBe(false);
+    // validate: valid, with the warning at the field's line.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-pitfalls-'));
+    writeFileSync(path.join(dir, 'r.yaml'), 'kind: Retry\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: huge, namespace: curl}\nspec:\n  source: {kind: ServiceAccount, name: curl, namespace: curl}\n  destinations: [{kind: Service, name: httpbin, namespace: httpbin}]\n  retryPolicy:\n    retryOn: 5xx\n    numRetries: 4294967295\n');
+    const v = spawnSync(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), 'validate', '-f', path.join(dir, 'r.yaml'), '-o', 'json'], { encoding: 'utf8' });
+    expect(v.status).toBe(0);
+    expect(JSON.parse(v.stdout).objects).toEqual([
+      { file: path.join(dir, 'r.yaml'), object: 'Retry curl/huge', line: 1, valid: true, problems: [{ field: 'spec.retryPolicy.numRetries', line: 9, message: expect.stringMatching(/^warning: retryPolicy\.numRetries: 4294967295 retries/) }] },
+    ]);
   });
 });

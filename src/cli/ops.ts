@@ -22,7 +22,7 @@ interface ExplainJson {
   readonly worstPath: AmplificationPath | null;
   readonly why: string;
   readonly serviceExists: boolean;
-  readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string }[];
+  readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string; readonly warnings?: readonly { readonly condition: string; readonly message: string }[] }[];
   readonly routes: readonly { readonly routeConfiguration: string; readonly virtualHost: { readonly name?: string; readonly routes?: readonly { readonly route?: { readonly retry_policy?: unknown } }[] } | null }[];
 }
 
@@ -141,6 +141,7 @@ export function policyCommand(args: string[]): Promise<number> {
         process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${[p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ')}\n`);
       }
       if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
+      for (const c of body.candidates) for (const w of c.warnings ?? []) process.stdout.write(`warning (${w.condition}) ${c.policy}: ${w.message}\n`);
       for (const r of body.routes) {
         const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;
         process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n  retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);

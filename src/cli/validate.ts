@@ -4,6 +4,7 @@
  * names its field and the line the field is written on.
  */
 import { readFileSync } from 'node:fs';
+import { specPitfalls } from '../compile/pitfalls.js';
 import { parseRetrySpec } from '../policy/retry.js';
 import { loadRetrySchema } from '../sources/crd.js';
 import { loadFileText } from '../sources/files.js';
@@ -42,6 +43,14 @@ export function validateText(text: string, file: string): Row[] {
       const faulted = new Set(problems.map((p) => p.field));
       const semantic = parseRetrySpec(object.spec);
       if (!semantic.ok) for (const p of semantic.problems) if (!faulted.has(p.field)) problems.push(problem({ ...p, line: lineOf?.(p.field) }));
+      // Warnings: valid, yet not what anyone means (the server says the same in the status, condition Pitfall).
+      if (semantic.ok && problems.length === 0) {
+        const warnings = specPitfalls(semantic.spec).map((message) => ({ field: 'spec.retryPolicy.numRetries', line: lineOf?.('spec.retryPolicy.numRetries'), message: `warning: ${message}` }));
+        if (warnings.length) {
+          rows.push({ file, object: label, line: origin.line, valid: true, problems: warnings.map(problem) });
+          continue;
+        }
+      }
     } else if (problems.length === 0) continue;
     rows.push({ file, object: label, line: origin.line, valid: problems.length === 0, problems });
   }
@@ -73,7 +82,7 @@ export function validateCommand(args: string[]): number {
       table(
         ['FILE', 'LINE', 'OBJECT', 'RESULT'],
         rows.flatMap((r) =>
-          r.valid
+          r.valid && r.problems.length === 0
             ? [[r.file, String(r.line ?? ''), r.object, 'valid']]
             : r.problems.map((p, i) => [i ? '' : r.file, String(p.line ?? r.line ?? ''), i ? '' : r.object, `${p.field ? `${p.field}: ` : ''}${p.message}`]),
         ),

@@ -6,9 +6,11 @@
  * the backoffs (before retry n, at most min(base * 2^(n-1), 10 * base); base 25 ms when unset, as Envoy). A path
  * that comes back to an identity already on it is cut there and marked as a cycle.
  *
- * Only edges that Retry policies declare are known: a call with no Retry is not an edge (it amplifies nothing,
- * but the analysis cannot see past it either). The work is bounded: at most MAX_STEPS steps of the walk, then the
- * report says it is truncated.
+ * Paths start at callers that no Retry path reaches (a path starting further down is part of one of theirs, with
+ * fewer attempts), and at identities left over (only on cycles). Only edges that Retry policies declare are known:
+ * a call with no Retry is not an edge (it amplifies nothing, but the analysis cannot see past it either). The work
+ * is bounded: at most MAX_STEPS steps of the walk and the MAX_PATHS worst paths kept; past either, the report says
+ * it is truncated.
  */
 import type { Duration } from '../policy/duration.js';
 import type { AppliedRetry, MeshIR } from './ir.js';
@@ -35,12 +37,14 @@ export interface AmplificationPath {
 export interface AmplificationReport {
   /** Every maximal path, worst first. */
   readonly paths: readonly AmplificationPath[];
-  /** The walk stopped at its bound: some paths are missing. */
+  /** The walk stopped at its bound, or more than MAX_PATHS paths were found (the worst are kept): some are missing. */
   readonly truncated?: boolean;
 }
 
 /** Steps of the walk over the call graph before it stops (a dense graph has exponentially many paths). */
-export const MAX_STEPS = 200_000;
+export const MAX_STEPS = 50_000;
+/** Paths kept, the worst ones. */
+export const MAX_PATHS = 1_000;
 
 /** Envoy's default backoff base when a Retry sets none. */
 const DEFAULT_BASE_MS = 25;
@@ -56,12 +60,13 @@ interface Edge {
 /** Milliseconds of a Go-style duration (as the Retry spec holds it). */
 const ms = (d: Duration | undefined): number | undefined => (d === undefined ? undefined : d.seconds * 1e3 + d.nanos / 1e6);
 
-/** The most the backoffs of `retries` retries can add (each uniform in [0, I_n), I doubling from base, capped at 10x). */
-function backoffMs(retry: AppliedRetry, retries: number): number {
+/**
+ * The most the backoffs of `retries` retries can add (each uniform in [0, I_n), I doubling from base, capped at
+ * 10x): 1, 2, 4 and 8 times base, then 10 times base each. In closed form: numRetries may be 2^32-1.
+ */
+export function backoffMs(retry: AppliedRetry, retries: number): number {
   const base = ms(retry.spec.backoffBaseInterval) ?? DEFAULT_BASE_MS;
-  let total = 0;
-  for (let n = 1; n <= retries; n++) total += Math.min(base * 2 ** (n - 1), 10 * base);
-  return total;
+  return retries <= 4 ? base * (2 ** retries - 1) : base * (15 + (retries - 4) * 10);
 }
 
 function formatMs(v: number): string {
@@ -103,42 +108,88 @@ function latencyMs(hops: readonly { edge: Edge }[], i: number): number {
   return edge.attempts * attempt + backoffMs(edge.retry, edge.attempts - 1);
 }
 
-/** Every maximal path of Retries in force, worst first (attempts, then more hops, then by name). */
+/** The call paths of Retries in force from their first callers, worst first (attempts, then more hops, then by name). */
 export function amplification(ir: MeshIR, maxSteps = MAX_STEPS): AmplificationReport {
   const edges = edgesOf(ir);
-  const paths: AmplificationPath[] = [];
+  let paths: { path: AmplificationPath; key: string }[] = [];
   let steps = 0;
   let truncated = false;
-  const walk = (identity: string, onPath: readonly string[], hops: { from: string; edge: Edge }[]): void => {
+  /** Once MAX_PATHS are kept, a path with fewer attempts than the least of them is not built at all. */
+  let floor = 0;
+  const worstFirst = (a: { path: AmplificationPath; key: string }, b: { path: AmplificationPath; key: string }): number =>
+    b.path.attempts - a.path.attempts || b.path.hops.length - a.path.hops.length || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
+  // One path being walked (a stack), and the identities on it.
+  const hops: { from: string; edge: Edge }[] = [];
+  const onPath = new Set<string>();
+  const record = (cycle: boolean): void => {
+    const attempts = hops.reduce((n, h) => n * h.edge.attempts, 1);
+    if (attempts < floor) {
+      truncated = true;
+      return;
+    }
+    const path = {
+      attempts,
+      latency: formatMs(latencyMs(hops, 0)),
+      cycle,
+      hops: hops.map((h) => ({ from: h.from, to: h.edge.to, retry: h.edge.retry.policy, attempts: h.edge.attempts })),
+    };
+    paths.push({ path, key: path.hops.map((h) => `${h.from}>${h.to}`).join(' ') });
+    // Only the worst MAX_PATHS are kept: a dense graph has more paths than anyone reads.
+    if (paths.length >= 2 * MAX_PATHS) {
+      paths = paths.sort(worstFirst).slice(0, MAX_PATHS);
+      floor = paths[paths.length - 1]!.path.attempts;
+      truncated = true;
+    }
+  };
+  const walk = (identity: string): void => {
+    walked.add(identity);
     for (const edge of edges.get(identity) ?? []) {
       if (++steps > maxSteps) {
         truncated = true;
         return;
       }
-      const path = [...hops, { from: identity, edge }];
-      const onward = edge.next.filter((b) => edges.has(b));
-      const cycle = edge.next.some((b) => onPath.includes(b));
-      const open = onward.filter((b) => !onPath.includes(b));
-      if (open.length === 0 || cycle) record(path, cycle);
-      for (const b of open) walk(b, [...onPath, b], path);
-      if (truncated) return;
+      hops.push({ from: identity, edge });
+      let cycle = false;
+      const open: string[] = [];
+      for (const b of edge.next) {
+        if (onPath.has(b)) cycle = true;
+        else if (edges.has(b)) open.push(b);
+      }
+      if (open.length === 0 || cycle) record(cycle);
+      for (const b of open) {
+        onPath.add(b);
+        walk(b);
+        onPath.delete(b);
+        if (steps > maxSteps) break;
+      }
+      hops.pop();
+      if (steps > maxSteps) return;
     }
   };
-  const record = (hops: { from: string; edge: Edge }[], cycle: boolean): void => {
-    paths.push({
-      attempts: hops.reduce((n, h) => n * h.edge.attempts, 1),
-      latency: formatMs(latencyMs(hops, 0)),
-      cycle,
-      hops: hops.map((h) => ({ from: h.from, to: h.edge.to, retry: h.edge.retry.policy, attempts: h.edge.attempts })),
-    });
+  // Walks start at the callers no Retry path reaches (a path from further down is part of one from them, with fewer
+  // attempts), then at whatever is left unwalked (identities only on cycles): a chain of n Retries is n steps.
+  const reached = new Set<string>();
+  for (const list of edges.values()) for (const e of list) for (const b of e.next) if (edges.has(b)) reached.add(b);
+  const walked = new Set<string>();
+  const start = (identity: string): void => {
+    onPath.add(identity);
+    walk(identity);
+    onPath.delete(identity);
   };
   for (const identity of edges.keys()) {
-    if (truncated) break;
-    walk(identity, [identity], []);
+    if (steps > maxSteps) break;
+    if (!reached.has(identity)) start(identity);
   }
-  const key = (p: AmplificationPath): string => p.hops.map((h) => `${h.from}>${h.to}`).join(' ');
-  paths.sort((a, b) => b.attempts - a.attempts || b.hops.length - a.hops.length || (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
-  return { paths, ...(truncated ? { truncated: true } : {}) };
+  for (const identity of edges.keys()) {
+    if (steps > maxSteps) break;
+    if (!walked.has(identity)) start(identity);
+  }
+  paths.sort(worstFirst);
+  if (paths.length > MAX_PATHS) {
+    paths = paths.slice(0, MAX_PATHS);
+    truncated = true;
+  }
+  return { paths: paths.map((p) => p.path), ...(truncated ? { truncated: true } : {}) };
 }
 
 /** The report of an IR, computed once per IR (IRs are immutable): for the debug endpoint and the metric. */

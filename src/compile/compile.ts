@@ -3,10 +3,11 @@
  * to each (source identity, destination service) deterministically, and reports every policy's status.
  */
 import { amplification, rememberAmplification } from './amplification.js';
+import { retryPitfalls } from './pitfalls.js';
 import { asList, asMap } from '../model/plain.js';
 import { DEFAULT_MAX_RETRY_AMPLIFICATION, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
-import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
+import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PolicyWarning, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
 
 const HTTP_PROTOCOLS = new Set(['http', 'http2', 'grpc', 'h2c', 'kubernetes.io/h2c', 'grpc-web']);
 const HTTP2_PROTOCOLS = new Set(['http2', 'grpc', 'h2c', 'kubernetes.io/h2c']);
@@ -260,18 +261,33 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
   return withAmplificationWarnings(ir, state.meshConfig.maxRetryAmplification ?? DEFAULT_MAX_RETRY_AMPLIFICATION);
 }
 
-/** Each Retry on a call path of more than `max` attempts is warned, naming the path (it stays Accepted). */
+/**
+ * The warnings of accepted Retries (they stay Accepted): each on a call path of more than `max` attempts, naming
+ * the path; each whose settings cannot do what they seem to on a destination (retryPitfalls).
+ */
 function withAmplificationWarnings(ir: MeshIR, max: number): MeshIR {
   const report = amplification(ir);
-  const warnings = new Map<string, string[]>();
+  const warnings = new Map<string, PolicyWarning[]>();
+  const warn = (policy: string, w: PolicyWarning): void => {
+    const list = warnings.get(policy) ?? [];
+    list.push(w);
+    warnings.set(policy, list);
+  };
   for (const p of report.paths) {
     if (p.attempts <= max) break;
     const route = [p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ');
-    const text = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${route}`;
-    for (const policy of new Set(p.hops.map((h) => h.retry))) {
-      const list = warnings.get(policy) ?? [];
-      if (list.length < 3) list.push(text);
-      warnings.set(policy, list);
+    const message = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${route}`;
+    // The three worst paths a Retry lies on are enough to act on.
+    for (const policy of new Set(p.hops.map((h) => h.retry))) if ((warnings.get(policy)?.length ?? 0) < 3) warn(policy, { condition: 'RetryAmplification', message });
+  }
+  const services = new Map(ir.services.map((svc) => [`${svc.namespace}/${svc.name}`, svc]));
+  for (const byService of Object.values(ir.retries)) {
+    for (const [dst, applied] of Object.entries(byService)) {
+      const service = services.get(dst);
+      if (!service) continue;
+      for (const message of retryPitfalls(applied.spec, service)) {
+        if (!warnings.get(applied.policy)?.some((w) => w.message === message)) warn(applied.policy, { condition: 'Pitfall', message });
+      }
     }
   }
   const out = warnings.size ? { ...ir, policies: ir.policies.map((r) => (warnings.has(`${r.namespace}/${r.name}`) ? { ...r, warnings: warnings.get(`${r.namespace}/${r.name}`)! } : r)) } : ir;

@@ -53,8 +53,16 @@ export interface PolicyReport {
   /** For accepted policies: the destinations it won. */
   readonly appliesTo: readonly string[];
   readonly origin?: { file?: string; doc?: number; line?: number };
-  /** Accepted, yet worth a look: the call paths over the mesh's amplification bound it lies on (a status condition). */
-  readonly warnings?: readonly string[];
+  /**
+   * Accepted, yet worth a look, each under the status condition that carries it: `RetryAmplification` (a call path
+   * over the mesh's bound) or `Pitfall` (a setting that cannot do what it seems to).
+   */
+  readonly warnings?: readonly PolicyWarning[];
+}
+
+export interface PolicyWarning {
+  readonly condition: 'RetryAmplification' | 'Pitfall';
+  readonly message: string;
 }
 
 export interface AppliedRetry {

@@ -252,7 +252,7 @@ export class DebugServer {
     const applied = ir.enableRetryPolicy ? ir.retries[from]?.[to] : undefined;
     const candidates = ir.policies
       .filter((p) => p.declared.source === from && p.declared.destinations.includes(to))
-      .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo }));
+      .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo, warnings: p.warnings ?? [] }));
     const service = ir.services.find((s) => `${s.namespace}/${s.name}` === to);
     const [ns, sa] = from.split('/');
     const routes: unknown[] = [];

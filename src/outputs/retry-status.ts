@@ -27,8 +27,9 @@ export interface RetryStatus {
 }
 
 /**
- * The status a Retry should have for its report: the condition `Accepted`, and `RetryAmplification` while the
- * policy lies on a call path over the mesh's bound (a warning: it stays Accepted). Each condition keeps its
+ * The status a Retry should have for its report: the condition `Accepted`, `RetryAmplification` while the policy
+ * lies on a call path over the mesh's bound, and `Pitfall` while a setting cannot do what it seems to (warnings:
+ * it stays Accepted). Each condition keeps its
  * transition time while it stays the same.
  */
 export function retryStatus(report: PolicyReport, generation: number | undefined, previous: unknown): RetryStatus {
@@ -41,9 +42,10 @@ export function retryStatus(report: PolicyReport, generation: number | undefined
       message: (report.messages.length ? report.messages.join('; ') : report.reason).slice(0, 32768),
       ...observed,
     },
-    ...(report.warnings?.length
-      ? [{ type: 'RetryAmplification', status: 'True' as const, reason: 'OverBound', message: report.warnings.join('; ').slice(0, 32768), ...observed }]
-      : []),
+    ...(['RetryAmplification', 'Pitfall'] as const).flatMap((type) => {
+      const messages = (report.warnings ?? []).filter((w) => w.condition === type).map((w) => w.message);
+      return messages.length ? [{ type, status: 'True' as const, reason: type === 'Pitfall' ? 'Pitfall' : 'OverBound', message: messages.join('; ').slice(0, 32768), ...observed }] : [];
+    }),
   ];
   const before = asList(asMap(previous).conditions).map((c) => asMap(c) as Partial<Condition>);
   const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
