@@ -5,7 +5,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { amplification, type AmplificationPath } from '../compile/amplification.js';
+import { amplification, describePath } from '../compile/amplification.js';
 import { compile } from '../compile/compile.js';
 import { listManifestFiles } from '../sources/files.js';
 import { convertObjects, meshStateOf, parseManifestText, type Located } from '../sources/manifests.js';
@@ -13,7 +13,6 @@ import { table, UsageError, wantsJson } from './output.js';
 
 const USAGE = 'usage: mesh-xds policy amplification -f FILE_OR_DIR [-f ...] [-o json] [--max N]';
 
-const route = (p: AmplificationPath): string => [p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ');
 
 export async function amplificationCommand(args: string[]): Promise<number> {
   const inputs: string[] = [];
@@ -50,9 +49,9 @@ export async function amplificationCommand(args: string[]): Promise<number> {
   else {
     if (!ir.enableRetryPolicy) process.stdout.write('retry policies are disabled in this mesh (featureFlags.enableRetryPolicy=false): no Retry is in force\n');
     else if (!report.paths.length) process.stdout.write('no call path of Retries in force\n');
-    else process.stdout.write(table(['ATTEMPTS', 'WORST TIME', 'CYCLE', 'PATH'], report.paths.map((p) => [String(p.attempts), p.latency, p.cycle ? 'yes' : '', route(p)])));
+    else process.stdout.write(table(['ATTEMPTS', 'WORST TIME', 'CYCLE', 'PATH'], report.paths.map((p) => [String(p.attempts), p.latency, p.cycle ? 'yes' : '', describePath(p)])));
     if (report.truncated) process.stdout.write('(the call graph is too dense to walk whole: some paths are missing)\n');
   }
-  for (const p of over) process.stderr.write(`mesh-xds: ${p.attempts} attempts (over --max ${max}): ${route(p)}\n`);
+  for (const p of over) process.stderr.write(`mesh-xds: ${p.attempts} attempts (over --max ${max}): ${describePath(p)}\n`);
   return over.length ? 1 : 0;
 }

@@ -1,5 +1,5 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
-import type { AmplificationPath } from '../compile/amplification.js';
+import { describePath, type AmplificationPath } from '../compile/amplification.js';
 import { RESOURCE_TYPES } from '../xds/resources/types.js';
 import { flag, table, wantsJson, UsageError } from './output.js';
 
@@ -138,7 +138,7 @@ export function policyCommand(args: string[]): Promise<number> {
       if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
       if (body.worstPath) {
         const p = body.worstPath;
-        process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${[p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ')}\n`);
+        process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${describePath(p)}\n`);
       }
       if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
       for (const c of body.candidates) for (const w of c.warnings ?? []) process.stdout.write(`warning (${w.condition}) ${c.policy}: ${w.message}\n`);

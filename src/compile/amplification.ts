@@ -41,6 +41,11 @@ export interface AmplificationReport {
   readonly truncated?: boolean;
 }
 
+/** A path for people: `a/a -> b/b (x4) -> c/c (x3)`. */
+export function describePath(p: AmplificationPath): string {
+  return [p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ');
+}
+
 /** Steps of the walk over the call graph before it stops (a dense graph has exponentially many paths). */
 export const MAX_STEPS = 50_000;
 /** Paths kept, the worst ones. */

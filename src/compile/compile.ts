@@ -2,7 +2,7 @@
  * MeshState -> MeshIR. Pure: resolves ports and endpoints, validates Retry policies, decides which one applies
  * to each (source identity, destination service) deterministically, and reports every policy's status.
  */
-import { amplification, rememberAmplification } from './amplification.js';
+import { amplification, describePath, rememberAmplification } from './amplification.js';
 import { retryPitfalls } from './pitfalls.js';
 import { asList, asMap } from '../model/plain.js';
 import { DEFAULT_MAX_RETRY_AMPLIFICATION, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
@@ -275,8 +275,7 @@ function withAmplificationWarnings(ir: MeshIR, max: number): MeshIR {
   };
   for (const p of report.paths) {
     if (p.attempts <= max) break;
-    const route = [p.hops[0]!.from, ...p.hops.map((h) => `${h.to} (x${h.attempts})`)].join(' -> ');
-    const message = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${route}`;
+    const message = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${describePath(p)}`;
     // The three worst paths a Retry lies on are enough to act on.
     for (const policy of new Set(p.hops.map((h) => h.retry))) if ((warnings.get(policy)?.length ?? 0) < 3) warn(policy, { condition: 'RetryAmplification', message });
   }
