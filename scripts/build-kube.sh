@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes parts of the tests from the Go module proxy, pinned by scripts/kube/*/go.sum, into
-# .cache/kube/bin: etcd (go.etcd.io/etcd/server/v3 v3.6.16) and kube-apiserver (k8s.io/kubernetes v1.34.4, as a
-# dependency: scripts/kube/apiserver/go.mod replaces each staging module by its v0.34.4). Each is built once per
-# go.sum. `--check` only says (exit status) whether both are there.
+# .cache/kube/bin: etcd (go.etcd.io/etcd/server/v3 v3.6.16), kube-apiserver and kube-controller-manager
+# (k8s.io/kubernetes v1.34.4, as a dependency: scripts/kube/apiserver/go.mod replaces each staging module by its
+# v0.34.4). Each is built once per go.sum. `--check` only says (exit status) whether all are there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.cache/kube/bin
 stamp() { echo "$BIN/.$1-$(sha256sum "scripts/kube/$2/go.sum" | cut -c1-16)"; }
 built() { [ -x "$BIN/$1" ] && [ -f "$(stamp "$1" "$2")" ]; }
-if [ "${1:-}" = --check ]; then built etcd etcd && built kube-apiserver apiserver; exit; fi
+if [ "${1:-}" = --check ]; then built etcd etcd && built kube-apiserver apiserver && built kube-controller-manager apiserver; exit; fi
 
 build() { # binary, module folder, package, extra ldflags
   built "$1" "$2" && return 0
@@ -21,6 +21,7 @@ build() { # binary, module folder, package, extra ldflags
   echo "built $1 in $((SECONDS - started)) s"
 }
 build etcd etcd . ""
-build kube-apiserver apiserver k8s.io/kubernetes/cmd/kube-apiserver \
-  "-X k8s.io/component-base/version.gitVersion=v1.34.4 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
+VERSION="-X k8s.io/component-base/version.gitVersion=v1.34.4 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
+build kube-apiserver apiserver k8s.io/kubernetes/cmd/kube-apiserver "$VERSION"
+build kube-controller-manager apiserver k8s.io/kubernetes/cmd/kube-controller-manager "$VERSION"
 echo done

@@ -32,6 +32,13 @@ export interface ServeConfig {
   identityTtlMs?: number;
   /** With --ca-dir: lifetime of the server's own serving certificate (ms). */
   servingTtlMs?: number;
+  /** The sidecar injection webhook (Kubernetes, with a certificate): HOST:PORT, or undefined when off. */
+  webhookAddress?: string;
+  /** The webhook's certificate from files (tls.crt, tls.key, ca.crt), instead of one from the mesh CA. */
+  webhookTlsDir?: string;
+  /** Images the webhook injects (default: the tested Envoy, and netshoot for the init container). */
+  sidecarImage?: string;
+  initImage?: string;
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):\d+$/;
@@ -59,6 +66,12 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --max-retry-amplification N
                            a Retry on a call path of more than N worst-case attempts at one service gets a
                            RetryAmplification warning in its status (default 10; see README Retry safety)
+  --webhook-address HOST:PORT
+                           the sidecar injection webhook, HTTPS, path /mutate-pod-creation (default 0.0.0.0:9443;
+                           off: none); served with --kubernetes and a certificate (--ca-dir or --webhook-tls-dir)
+  --webhook-tls-dir DIR    the webhook's certificate: DIR/tls.crt, DIR/tls.key, DIR/ca.crt (default: from --ca-dir)
+  --sidecar-image IMAGE    the Envoy image the webhook injects (default envoyproxy/envoy:v1.40.0, the tested one)
+  --init-image IMAGE       the init container's image: sh, iptables, ip6tables (default nicolaka/netshoot:v0.13)
   --namespace NS           the control plane's namespace (default: $POD_NAMESPACE or mesh-xds)
   --log-level LEVEL        trace, debug, info, warn, error (default info)
 `;
@@ -95,6 +108,10 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'max-retry-amplification': { type: 'string' },
         namespace: { type: 'string' },
         'log-level': { type: 'string', default: env.LOG_LEVEL ?? 'info' },
+        'webhook-address': { type: 'string', default: '0.0.0.0:9443' },
+        'webhook-tls-dir': { type: 'string' },
+        'sidecar-image': { type: 'string' },
+        'init-image': { type: 'string' },
       },
     }));
   } catch (e) {
@@ -140,7 +157,13 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
       `--ads-address ${adsAddress}: plaintext ADS on an address other than loopback lets anyone who reaches it claim any proxy's identity and read its configuration; serve mTLS (--tls-dir or --ca-dir), bind to 127.0.0.1, or say --plaintext`,
     );
   }
+  const webhookAddress = values['webhook-address'] === 'off' ? undefined : address('--webhook-address', values['webhook-address']!);
+  if (values['webhook-tls-dir'] && !webhookAddress) throw new ConfigError('--webhook-tls-dir with --webhook-address off: choose one');
   return {
+    webhookAddress: values.kubernetes && (values['ca-dir'] || values['webhook-tls-dir']) ? webhookAddress : undefined,
+    webhookTlsDir: values['webhook-tls-dir'],
+    sidecarImage: values['sidecar-image'],
+    initImage: values['init-image'],
     adsAddress,
     debugAddress: address('--debug-address', values['debug-address']!),
     manifests: values.manifests,

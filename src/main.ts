@@ -19,10 +19,16 @@ import type { KubernetesWriters } from './outputs/kubernetes.js';
 import type { MeshSource } from './sources/source.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/protocol/status.js';
+import type { InjectionWebhook } from './inject/webhook.js';
+import type { NamespaceFacts } from './inject/inject.js';
+import { packagePath } from './paths.js';
+import { readFileSync } from 'node:fs';
 
 export interface Running {
   adsPort: number;
   debugPort: number;
+  /** The injection webhook's port, when it serves. */
+  webhookPort?: number;
   cache: SnapshotCache;
   registry: ProxyRegistry;
   pipeline: Pipeline;
@@ -96,6 +102,9 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   };
 
   let source: MeshSource;
+  /** Kubernetes: the namespace facts the injection webhook asks for (the watch's cache, else the API). */
+  let namespaceOf: ((name: string) => Promise<NamespaceFacts | undefined>) | undefined;
+  let kubeConfig: import('@kubernetes/client-node').KubeConfig | undefined;
   /** Kubernetes: what the control plane writes back (statuses, identity Secrets), fed by the pipeline. */
   let writers: KubernetesWriters | undefined;
   if (cfg.manifests) {
@@ -125,6 +134,18 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
     }));
     source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
+    kubeConfig = kube.kc;
+    const { kubeJson } = await import('./outputs/lease.js');
+    namespaceOf = async (name) => {
+      const known = kube.namespace(name);
+      if (known) return known;
+      // Created or enrolled a moment ago, before the watch said so.
+      const res = await kubeJson(kube.kc, 'GET', `/api/v1/namespaces/${encodeURIComponent(name)}`);
+      if (res.status === 404) return undefined;
+      if (res.status !== 200) throw new Error(`GET namespace ${name}: HTTP ${res.status}`);
+      const meta = (res.body as { metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> } }).metadata ?? {};
+      return { name, labels: meta.labels ?? {}, annotations: meta.annotations ?? {} };
+    };
     metrics.sourceErrors = () => kube.errors;
     metrics.statusWriter = () => out.elector.leader;
     pipeline.onPolicies = (ir) => void out.policies(ir);
@@ -140,6 +161,33 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   });
   const adsPort = await ads.listen(cfg.adsAddress);
   adsServing = true;
+  let webhook: InjectionWebhook | undefined;
+  let webhookPort: number | undefined;
+  let webhookTls: TlsServing | undefined;
+  let caBundle: import('./outputs/webhook-ca.js').WebhookCaBundle | undefined;
+  if (cfg.webhookAddress && namespaceOf && kubeConfig) {
+    const trustDomain = cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+    const creds = cfg.webhookTlsDir ? (webhookTls = tlsFromDir(cfg.webhookTlsDir, trustDomain, log)) : tls;
+    if (!creds) throw new StartError('the injection webhook needs a certificate: --ca-dir or --webhook-tls-dir');
+    const { InjectionWebhook } = await import('./inject/webhook.js');
+    const { WebhookCaBundle } = await import('./outputs/webhook-ca.js');
+    const bundle = (caBundle = new WebhookCaBundle(kubeConfig, log));
+    creds.credentials.watch((c) => bundle.set(c.ca.toString()));
+    webhook = new InjectionWebhook({
+      credentials: creds.credentials,
+      namespace: namespaceOf,
+      log,
+      onResult: (r) => metrics.admission(r),
+      meshName: cfg.meshName,
+      controlPlaneNamespace: cfg.namespace,
+      trustDomain,
+      mtls: Boolean(cfg.caDir || cfg.tlsDir),
+      version: (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version,
+      envoyImage: cfg.sidecarImage,
+      initImage: cfg.initImage,
+    });
+    webhookPort = await webhook.listen(cfg.webhookAddress);
+  }
   const debug = new DebugServer({
     cache,
     registry,
@@ -151,14 +199,16 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),
   });
   const debugPort = await debug.listen(cfg.debugAddress);
-  log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`) }, 'listening');
+  log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`), ...(webhookPort !== undefined ? { webhook: cfg.webhookAddress!.replace(/:\d+$/, `:${webhookPort}`) } : {}) }, 'listening');
 
   writers?.start();
   const first = await source.start();
   writers?.meshChanged();
   const problem = permissiveProblem(first);
   if (problem) {
-    await Promise.all([ads.close(0), debug.close(), source.stop(), writers?.stop()]);
+    caBundle?.stop();
+    webhookTls?.close();
+    await Promise.all([ads.close(0), debug.close(), source.stop(), writers?.stop(), webhook?.close()]);
     throw new StartError(problem);
   }
   pipeline.update(first);
@@ -166,12 +216,16 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   return {
     adsPort,
     debugPort,
+    webhookPort,
     cache,
     registry,
     pipeline,
     async close() {
       adsServing = false;
       tls?.close();
+      webhookTls?.close();
+      caBundle?.stop();
+      await webhook?.close();
       await source.stop();
       await writers?.stop();
       await ads.close();

@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config.js';
 import { isDnsLabel, isObjectName } from '../model/names.js';
 import { parseGoDuration } from '../policy/duration.js';
+import { identitySdsFiles, identitySecretName } from '../inject/template.js';
 import { createCa, issue, notAfter, readCaDir, writeCaDir, writeTlsDir } from '../security/ca.js';
 import { DEFAULT_TRUST_DOMAIN, isTrustDomain, spiffeId } from '../security/spiffe.js';
 
@@ -22,7 +23,7 @@ export const CA_HELP = `Usage:
 `;
 
 /** The Secret of a service account's identity in its namespace. */
-export const identitySecret = (serviceAccount: string): string => `mesh-xds-identity-${serviceAccount}`;
+export const identitySecret = identitySecretName;
 
 /** The Secret that holds the mesh CA (keys ca.crt and ca.key). */
 export const CA_SECRET = 'mesh-xds-ca';
@@ -97,7 +98,8 @@ export async function caCommand(args: string[]): Promise<number> {
     const { readCaSecret, writeTlsSecret } = await import('./portforward.js');
     const ca = await readCaSecret(values['ca-namespace']!, CA_SECRET);
     const bundle = await issue(ca, { trustDomain, namespace, serviceAccount, ttlMs: ttlOf(values.ttl!), server: values.server ? { dnsNames: values.dns! } : undefined });
-    await writeTlsSecret(namespace, identitySecret(serviceAccount), bundle);
+    // With the SDS files through which an injected sidecar reads it (src/inject/template.ts).
+    await writeTlsSecret(namespace, identitySecret(serviceAccount), bundle, identitySdsFiles({ controlPlaneNamespace: values['ca-namespace']!, trustDomain }));
     process.stdout.write(`${spiffeId(trustDomain, namespace, serviceAccount)}: Secret ${namespace}/${identitySecret(serviceAccount)} (valid until ${notAfter(bundle.cert).toISOString()})\n`);
     return 0;
   }

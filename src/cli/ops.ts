@@ -154,11 +154,11 @@ export function policyCommand(args: string[]): Promise<number> {
 export function namespaceCommand(args: string[]): Promise<number> {
   return run(async () => {
     const [sub, ns] = args;
-    if ((sub !== 'add' && sub !== 'remove') || !ns) throw new UsageError('usage: mesh-xds namespace add|remove <namespace> [--mesh-name NAME]');
+    if ((sub !== 'add' && sub !== 'remove') || !ns) throw new UsageError('usage: mesh-xds namespace add|remove <namespace> [--mesh-name NAME] [--disable-sidecar-injection]');
     const meshName = flag(args, '--mesh-name') ?? 'mesh-xds';
     const { labelNamespace } = await import('./portforward.js');
     try {
-      await labelNamespace(ns, sub === 'add' ? meshName : null);
+      await labelNamespace(ns, sub === 'add' ? meshName : null, !args.includes('--disable-sidecar-injection'));
     } catch (e) {
       throw new UnreachableError(`cannot update namespace ${ns} through the Kubernetes API: ${(e as Error).message}`);
     }

@@ -2,6 +2,7 @@
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import * as k8s from '@kubernetes/client-node';
+import { SIDECAR_INJECTION_ANNOTATION } from '../inject/template.js';
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { loadKubeConfig } from '../sources/kubeconfig.js';
 
@@ -72,10 +73,15 @@ async function forwardOnce(namespace: string, pod: string, path: string, openMs:
 }
 
 /** Sets (or with `meshName` null, removes) the namespace's flomesh.io/monitored-by label. */
-export async function labelNamespace(namespace: string, meshName: string | null): Promise<void> {
+/**
+ * Enrols a namespace (label flomesh.io/monitored-by=MESH and, unless `inject` is false, the annotation
+ * flomesh.io/sidecar-injection: enabled, as `fsm namespace add`), or takes it out (meshName null: both removed).
+ */
+export async function labelNamespace(namespace: string, meshName: string | null, inject = true): Promise<void> {
   const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
+  const injection = meshName !== null && inject ? 'enabled' : null;
   await api.patchNamespace(
-    { name: namespace, body: { metadata: { labels: { [MONITORED_BY_LABEL]: meshName } } } },
+    { name: namespace, body: { metadata: { labels: { [MONITORED_BY_LABEL]: meshName }, annotations: { [SIDECAR_INJECTION_ANNOTATION]: injection } } } },
     k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
   );
 }
@@ -112,12 +118,12 @@ export async function readCaSecret(namespace: string, name: string): Promise<{ c
 }
 
 /** Creates or replaces a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt. */
-export async function writeTlsSecret(namespace: string, name: string, b: { cert: string; key: string; ca: string }): Promise<void> {
+export async function writeTlsSecret(namespace: string, name: string, b: { cert: string; key: string; ca: string }, extra: Record<string, string> = {}): Promise<void> {
   const api = kubeConfig().makeApiClient(k8s.CoreV1Api);
   const body: k8s.V1Secret = {
     metadata: { name, namespace, labels: { 'app.kubernetes.io/managed-by': 'mesh-xds' } },
     type: 'kubernetes.io/tls',
-    stringData: { 'tls.crt': b.cert, 'tls.key': b.key, 'ca.crt': b.ca },
+    stringData: { 'tls.crt': b.cert, 'tls.key': b.key, 'ca.crt': b.ca, ...extra },
   };
   try {
     await api.createNamespacedSecret({ namespace, body });

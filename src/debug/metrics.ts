@@ -26,6 +26,12 @@ export class Metrics {
     buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
+  private readonly admissions = new Counter({
+    name: 'mesh_xds_admission_reviews_total',
+    help: 'Pod admission reviews of the injection webhook: injected, skipped (left alone), denied, ignored (not a pod creation), bad_request',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
   private readonly buildFailures = new Counter({ name: 'mesh_xds_snapshot_failures_total', help: 'Snapshots that failed their checks and were not published', registers: [this.registry] });
   private readonly refused = new Counter({
     name: 'mesh_xds_streams_refused_total',
@@ -101,6 +107,11 @@ export class Metrics {
       connectionRefused: (reason) => this.connectionsRefused.inc({ reason }),
       transportError: (where, code) => this.transportErrors.inc({ where, code }),
     });
+  }
+
+  /** An admission review of the injection webhook, by outcome. */
+  admission(result: string): void {
+    this.admissions.inc({ result });
   }
 
   built(report: BuildReport, ir: MeshIR): void {

@@ -15,8 +15,9 @@ import { asMap } from '../model/plain.js';
 import type { MeshAccount } from '../sources/kubernetes.js';
 import { kubeJson } from './lease.js';
 
-/** The Secret of a service account's identity in its namespace (as `mesh-xds ca issue --kubernetes` writes it). */
-export const identitySecretName = (serviceAccount: string): string => `mesh-xds-identity-${serviceAccount}`;
+import { identitySdsFiles, identitySecretName } from '../inject/template.js';
+
+export { identitySecretName };
 
 /** A service account the mesh holds an identity Secret for. */
 export type IdentityAccount = MeshAccount;
@@ -26,6 +27,8 @@ export interface IdentitySecretsOptions {
   /** The signing CA (replaced by setCa when the mesh CA rotates). */
   ca: KeyPair;
   trustDomain: string;
+  /** The control plane's namespace: the sidecars' SDS file for the mesh CA names its identity. */
+  controlPlaneNamespace: string;
   /** Lifetime of each certificate (renewed after two thirds of it). */
   ttlMs: number;
   log: Logger;
@@ -134,7 +137,13 @@ export class IdentitySecrets {
           ownerReferences: [{ apiVersion: 'v1', kind: 'ServiceAccount', name, uid }],
         },
         type: 'kubernetes.io/tls',
-        data: { 'tls.crt': b64(bundle.cert), 'tls.key': b64(bundle.key), 'ca.crt': b64(bundle.ca) },
+        // The certificate, key and CA, and the SDS files through which the injected sidecar reads them (template.ts).
+        data: {
+          'tls.crt': b64(bundle.cert),
+          'tls.key': b64(bundle.key),
+          'ca.crt': b64(bundle.ca),
+          ...Object.fromEntries(Object.entries(identitySdsFiles({ controlPlaneNamespace: this.o.controlPlaneNamespace, trustDomain: this.o.trustDomain })).map(([k, v]) => [k, b64(v)])),
+        },
       },
       'application/apply-patch+yaml',
     ).catch((e: Error) => ({ status: 0, body: { message: e.message } }));

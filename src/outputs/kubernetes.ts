@@ -21,7 +21,7 @@ export interface KubernetesWritersOptions {
   source: { retry(namespace: string, name: string): KubeObject | undefined; accounts(): MeshAccount[] };
   lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
   /** mTLS: keep an identity Secret for every ServiceAccount of an enrolled namespace (issued from this CA). */
-  identities?: Omit<IdentitySecretsOptions, 'kc' | 'log'>;
+  identities?: Omit<IdentitySecretsOptions, 'kc' | 'log' | 'controlPlaneNamespace'>;
 }
 
 export class KubernetesWriters {
@@ -49,7 +49,7 @@ export class KubernetesWriters {
       },
     });
     if (o.identities) {
-      const identities = (this.identities = new IdentitySecrets({ ...o.identities, kc: o.kc, log: o.log }));
+      const identities = (this.identities = new IdentitySecrets({ ...o.identities, controlPlaneNamespace: o.namespace, kc: o.kc, log: o.log }));
       this.elector.observe((leader) => identities.setLeader(leader));
     }
   }

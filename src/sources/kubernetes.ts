@@ -214,6 +214,12 @@ export class KubernetesSource implements MeshSource {
     return this.reflectors[RESOURCES.findIndex((d) => d.kind === kind)]!.objects;
   }
 
+  /** A Namespace as last listed or watched: its labels and annotations (the webhook's question). */
+  namespace(name: string): { name: string; labels: Record<string, string>; annotations: Record<string, string> } | undefined {
+    const n = this.objects('Namespace').get(`/${name}`);
+    return n && { name, labels: { ...(n.metadata?.labels ?? {}) }, annotations: { ...((n.metadata?.annotations as Record<string, string> | undefined) ?? {}) } };
+  }
+
   /** A Retry as last listed or watched (its status and generation: what a status write compares with). */
   retry(namespace: string, name: string): KubeObject | undefined {
     return this.objects('Retry').get(`${namespace}/${name}`);
