@@ -8,10 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { packagePath } from '../src/paths.js';
 
-/** The one Envoy version of the project: tests, demo, and the image tag in deploy/samples. */
-export const ENVOY_VERSION = '1.40.0';
-/** Sidecars run as this uid; the init container's iptables rules leave its traffic alone (OSM's choice). */
-export const PROXY_UID = 1500;
+/** The one Envoy version of the project (the sidecar template's image), and the sidecars' uid. */
+export { ENVOY_VERSION, PROXY_UID } from '../src/inject/template.js';
+import { ENVOY_VERSION, PROXY_UID } from '../src/inject/template.js';
 export const INSTALL_HINT = 'bash scripts/install-real-parts.sh (as root; npm test and npm run demo run it)';
 
 export const ENVOY_BIN = packagePath('.cache/bin/envoy');

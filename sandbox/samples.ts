@@ -1,59 +1,65 @@
 /**
- * deploy/samples as a cluster runs them: the objects of a sample, its sidecar's bootstrap (the namespace's
- * ConfigMap) and arguments with the downward API filled in, and its init container's iptables script. The
- * sandbox runs exactly these, so its tests prove the samples too.
+ * The guide's workloads as a cluster runs them: the plain manifests of deploy/samples/guide, injected with the
+ * sidecar template (src/inject) exactly as the webhook injects them; the sidecar's args with the downward API
+ * filled in, its init container's iptables script, the SDS files of its identity Secret. The sandbox runs exactly
+ * these, so its tests prove the template.
  */
 import { readFileSync } from 'node:fs';
 import { parseAllDocuments, parse } from 'yaml';
+import { applyPatch, decide } from '../src/inject/inject.js';
+import { IDENTITY_MOUNT, IDENTITY_VOLUME, INIT_CONTAINER, SIDECAR_CONTAINER, SIDECAR_INJECTION_ANNOTATION, identitySdsFiles, type SidecarTemplateOptions } from '../src/inject/template.js';
+import { MONITORED_BY_LABEL } from '../src/model/mesh.js';
 import { packagePath } from '../src/paths.js';
 
 export type KubeObject = { apiVersion?: string; kind?: string; metadata?: { name?: string; namespace?: string; labels?: Record<string, string> }; [k: string]: any };
 
+/** The template as the control plane of the sandboxes injects it: mTLS, its Service in namespace mesh-xds. */
+export const SANDBOX_TEMPLATE: SidecarTemplateOptions & { meshName: string } = { meshName: 'mesh-xds', controlPlaneNamespace: 'mesh-xds', trustDomain: 'cluster.local', mtls: true, version: 'sandbox' };
+
+/** The objects of deploy/samples/guide/FILE. */
 export function sampleObjects(file: string): KubeObject[] {
-  return parseAllDocuments(readFileSync(packagePath('deploy/samples', file), 'utf8'))
+  return parseAllDocuments(readFileSync(packagePath('deploy/samples/guide', file), 'utf8'))
     .map((d) => d.toJS() as KubeObject)
     .filter(Boolean);
 }
 
 function only<T>(list: T[], what: string): T {
-  if (list.length !== 1) throw new Error(`deploy/samples: expected one ${what}, found ${list.length}`);
+  if (list.length !== 1) throw new Error(`deploy/samples/guide: expected one ${what}, found ${list.length}`);
   return list[0];
 }
 
-/** The pod template of a sample's Deployment, and the Deployment's namespace. */
+/**
+ * The pod template of a sample's Deployment with the sidecar injected, and its namespace: the guide applies
+ * `httpbin.yaml` with `-n httpbin`, `curl.yaml` with `-n curl` (the app's name).
+ */
 export function podTemplate(file: string): { namespace: string; labels: Record<string, string>; spec: any } {
   const dep = only(sampleObjects(file).filter((o) => o.kind === 'Deployment'), `Deployment in ${file}`);
-  return { namespace: dep.metadata!.namespace!, labels: dep.spec.template.metadata.labels, spec: dep.spec.template.spec };
+  const namespace = dep.metadata!.name!;
+  const pod = { metadata: { name: dep.metadata!.name, ...dep.spec.template.metadata }, spec: dep.spec.template.spec };
+  const d = decide(pod, { name: namespace, labels: { [MONITORED_BY_LABEL]: SANDBOX_TEMPLATE.meshName }, annotations: { [SIDECAR_INJECTION_ANNOTATION]: 'enabled' } }, SANDBOX_TEMPLATE);
+  if (!d.inject) throw new Error(`deploy/samples/guide/${file}: not injected: ${'denied' in d ? d.denied : d.skipped}`);
+  const injected = applyPatch(pod, d.patch) as { metadata: { labels: Record<string, string> }; spec: any };
+  return { namespace, labels: injected.metadata.labels, spec: injected.spec };
 }
 
-/**
- * The Envoy bootstrap the sidecars of a sample mount: the ConfigMap envoy-bootstrap (key bootstrap.yaml) of the
- * sample's namespace (a namespace of your own gets a copy of it: ConfigMaps are namespaced).
- */
-export function sidecarBootstrap(file: string): string {
-  const { namespace } = podTemplate(file);
-  const cm = only(
-    sampleObjects('envoy-bootstrap.yaml').filter((o) => o.kind === 'ConfigMap' && o.metadata?.namespace === namespace),
-    `envoy-bootstrap ConfigMap for namespace ${namespace}`,
-  );
-  return cm.data['bootstrap.yaml'];
+/** The sidecar's bootstrap, as its `--config-yaml` holds it (node included, not yet expanded). */
+export function sidecarBootstrap(file: string): any {
+  const args: string[] = container(podTemplate(file).spec, SIDECAR_CONTAINER).args;
+  return parse(args[args.indexOf('--config-yaml') + 1]);
 }
 
-/** Every file of the namespace's envoy-bootstrap ConfigMap (the bootstrap and the SDS files it names). */
-export function sidecarConfigFiles(file: string): Record<string, string> {
-  const { namespace } = podTemplate(file);
-  const cm = only(
-    sampleObjects('envoy-bootstrap.yaml').filter((o) => o.kind === 'ConfigMap' && o.metadata?.namespace === namespace),
-    `envoy-bootstrap ConfigMap for namespace ${namespace}`,
-  );
-  return cm.data;
+/** The SDS files of the identity Secret (which the control plane writes beside the certificate). */
+export function sidecarConfigFiles(): Record<string, string> {
+  return identitySdsFiles(SANDBOX_TEMPLATE);
 }
 
 /** Where the sidecar mounts each volume: volume name -> mountPath. */
 export function sidecarMounts(file: string): Record<string, string> {
-  const envoy = container(podTemplate(file).spec, 'envoy');
+  const envoy = container(podTemplate(file).spec, SIDECAR_CONTAINER);
   return Object.fromEntries((envoy.volumeMounts ?? []).map((m: any) => [m.name, m.mountPath]));
 }
+
+export { IDENTITY_MOUNT, IDENTITY_VOLUME };
 
 export interface PodFacts {
   name: string;
@@ -96,20 +102,20 @@ export function container(spec: any, name: string, init = false): any {
 
 /** The sidecar container's args for this pod, expanded as the kubelet would. */
 export function sidecarArgs(file: string, pod: PodFacts): string[] {
-  const envoy = container(podTemplate(file).spec, 'envoy');
+  const envoy = container(podTemplate(file).spec, SIDECAR_CONTAINER);
   const env = containerEnv(envoy, pod);
   return (envoy.args as string[]).map((a) => expandArgs(a, env));
 }
 
 /** The sidecar's uid (securityContext.runAsUser), which the init script's rules exempt. */
 export function sidecarUid(file: string): number {
-  return container(podTemplate(file).spec, 'envoy').securityContext.runAsUser;
+  return container(podTemplate(file).spec, SIDECAR_CONTAINER).securityContext.runAsUser;
 }
 
 /** The init container's script (`sh -c` of its args), which installs the pod's traffic redirection. */
 export function initScript(file: string): string {
-  const init = container(podTemplate(file).spec, 'mesh-init', true);
-  if (init.command?.join(' ') !== '/bin/sh -c' || init.args?.length !== 1) throw new Error(`deploy/samples/${file}: mesh-init must run /bin/sh -c SCRIPT`);
+  const init = container(podTemplate(file).spec, INIT_CONTAINER, true);
+  if (init.command?.join(' ') !== '/bin/sh -c' || init.args?.length !== 1) throw new Error(`${INIT_CONTAINER} must run /bin/sh -c SCRIPT`);
   return init.args[0];
 }
 
@@ -118,7 +124,7 @@ export function sampleRetryText(): string {
   return readFileSync(packagePath('deploy/samples/retry.yaml'), 'utf8');
 }
 
-/** The node the sidecar adds to its bootstrap (`--config-yaml`), parsed. */
+/** The node of the sidecar's bootstrap (`--config-yaml`), parsed. */
 export function sidecarNode(args: string[]): { id: string; metadata: Record<string, string> } {
   const i = args.indexOf('--config-yaml');
   if (i < 0) throw new Error('the sidecar has no --config-yaml with its node');

@@ -13,7 +13,7 @@ import { MONITORED_BY_LABEL } from '../src/model/mesh.js';
 import { packagePath } from '../src/paths.js';
 import { Network, Proc, type ExecResult, type Pod } from './netns.js';
 import { ENVOY_VERSION, GUNICORN_BIN, envoyForSidecars, sandboxProblems } from './parts.js';
-import { initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarConfigFiles, sidecarMounts, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
+import { IDENTITY_MOUNT, IDENTITY_VOLUME, initScript, podTemplate, sampleObjects, sampleRetryText, sidecarArgs, sidecarBootstrap, sidecarConfigFiles, sidecarMounts, sidecarNode, sidecarUid, type KubeObject, type PodFacts } from './samples.js';
 import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../src/security/ca.js';
 
 export type AdsFlavour = 'GRPC' | 'DELTA_GRPC';
@@ -30,7 +30,7 @@ export interface WorkloadSpec {
   name: string;
   namespace: string;
   serviceAccount: string;
-  /** deploy/samples file whose pod template gives the sidecar and the init container. */
+  /** deploy/samples/guide file whose pod template, injected, gives the sidecar and the init container. */
   sample: string;
   /** Ports of the Service `name` (none: no Service). */
   ports?: ServicePortSpec[];
@@ -45,7 +45,7 @@ export interface WorkloadSpec {
 /** The guide's httpbin, as its sample's container runs it (gunicorn, without the gevent worker). */
 const HTTPBIN_APP = { command: [GUNICORN_BIN, '-b', '0.0.0.0:14001', 'httpbin:app', '--access-logfile', '-', '--no-control-socket'], ready: /Listening at/ };
 
-/** A workload of deploy/samples (httpbin.yaml, curl.yaml): its namespace, service account, Service and app. */
+/** A workload of deploy/samples/guide (httpbin.yaml, curl.yaml): its namespace, service account, Service and app. */
 export function sampleWorkload(file: string, overrides: Partial<WorkloadSpec> = {}): WorkloadSpec {
   const objects = sampleObjects(file);
   const { namespace, labels, spec } = podTemplate(file);
@@ -56,7 +56,7 @@ export function sampleWorkload(file: string, overrides: Partial<WorkloadSpec> = 
     namespace,
     serviceAccount: spec.serviceAccountName,
     sample: file,
-    ports: svc?.spec.ports.map((p: any) => ({ name: p.name, port: p.port, targetPort: p.targetPort, ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) })),
+    ports: svc?.spec.ports.map((p: any) => ({ name: p.name, port: p.port, targetPort: p.targetPort ?? p.port, ...(p.appProtocol ? { appProtocol: p.appProtocol } : {}) })),
     ...(name === 'httpbin' ? { app: HTTPBIN_APP } : {}),
     ...overrides,
   };
@@ -84,8 +84,8 @@ function podName(w: WorkloadSpec): string {
 }
 
 /** The mesh-xds cluster's address in the sidecar bootstrap: the name the pods must resolve to the control plane. */
-function controlPlaneHost(bootstrap: string): string {
-  const cluster = parse(bootstrap).static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
+function controlPlaneHost(bootstrap: any): string {
+  const cluster = bootstrap.static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
   return cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address;
 }
 
@@ -173,7 +173,7 @@ export class Sidecar {
 }
 
 export interface SidecarOptions {
-  /** deploy/samples file whose pod template (args, uid) and namespace's bootstrap the sidecar uses. */
+  /** deploy/samples/guide file whose injected pod template (args, uid) the sidecar uses. */
   sample: string;
   /** The pod as the downward API describes it. */
   facts: PodFacts;
@@ -189,29 +189,31 @@ export interface SidecarOptions {
 }
 
 /**
- * Starts the sample's Envoy sidecar in a pod as the kubelet would: the namespace's envoy-bootstrap files and its
- * identity Secret at the sidecar's mount paths (here, folders of the pod), its args with the downward API filled
- * in, its uid. Without `identity` the control plane is plaintext and the bootstrap's TLS is left out.
+ * Starts the sample's injected Envoy sidecar in a pod as the kubelet would: its identity Secret (certificate, key,
+ * CA and the SDS files) at the sidecar's mount path (here, a folder of the pod), its args with the downward API
+ * filled in, its uid. Without `identity` the control plane is plaintext and the bootstrap's TLS is left out.
  */
 export function startSidecar(pod: Pod, o: SidecarOptions): Sidecar {
   const args = writeSidecarConfig(o);
   const drain = o.drainSeconds === undefined ? [] : ['--drain-time-s', String(o.drainSeconds)];
-  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, '--disable-hot-restart', ...drain], { uid: sidecarUid(o.sample) });
+  const proc = pod.spawn('envoy', envoyForSidecars(), [...args, ...drain], { uid: sidecarUid(o.sample) });
   return new Sidecar(pod, proc, sidecarNode(args).id);
 }
 
 /**
- * Writes what the kubelet would mount for the sample's sidecar into `o.dir/<pod>` (the envoy-bootstrap ConfigMap's
- * files and the identity Secret, at paths rewritten from the sidecar's mount paths) and returns Envoy's args.
+ * Writes what the kubelet would mount for the sample's sidecar into `o.dir/<pod>/identity` (the identity Secret's
+ * files, their paths rewritten from the sidecar's mount path) and returns Envoy's args, the bootstrap in
+ * `--config-yaml` adjusted for the sandbox (ADS flavour, a direct address, plaintext).
  */
 export function writeSidecarConfig(o: Omit<SidecarOptions, 'dir'> & { dir: string }): string[] {
   const dir = path.join(o.dir, o.facts.name);
   mkdirSync(dir, { recursive: true, mode: 0o755 });
-  const mounts = sidecarMounts(o.sample);
   const identityDir = path.join(dir, 'identity');
-  const local = (text: string): string => text.replaceAll(`${mounts['envoy-bootstrap']}/`, `${dir}/`).replaceAll(mounts['mesh-xds-identity'], identityDir);
-  const files = sidecarConfigFiles(o.sample);
-  const bootstrap = parse(local(files['bootstrap.yaml']));
+  const local = (text: string): string => text.replaceAll(sidecarMounts(o.sample)[IDENTITY_VOLUME] ?? IDENTITY_MOUNT, identityDir);
+  // The sample's args with the downward API filled in, as the kubelet starts the container.
+  const args = sidecarArgs(o.sample, o.facts);
+  const at = args.indexOf('--config-yaml') + 1;
+  const bootstrap = parse(args[at]);
   if (o.flavour) bootstrap.dynamic_resources.ads_config.api_type = o.flavour;
   const cluster = bootstrap.static_resources.clusters.find((c: any) => c.name === 'mesh-xds');
   if (o.adsAddress) {
@@ -220,15 +222,11 @@ export function writeSidecarConfig(o: Omit<SidecarOptions, 'dir'> & { dir: strin
     cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address = { address: host, port_value: port };
   }
   if (o.identity) {
-    for (const [name, text] of Object.entries(files)) if (name !== 'bootstrap.yaml') writeFileSync(path.join(dir, name), local(text), { mode: 0o644 });
-    // The Secret's files, readable by the sidecar (the samples give it the volume's group, fsGroup).
+    // The Secret's files, readable by the sidecar.
     writeTlsDir(identityDir, o.identity, sidecarUid(o.sample));
+    for (const [name, text] of Object.entries(sidecarConfigFiles())) writeFileSync(path.join(identityDir, name), local(text), { mode: 0o644 });
   } else delete cluster.transport_socket;
-  const file = path.join(dir, 'bootstrap.yaml');
-  writeFileSync(file, stringify(bootstrap), { mode: 0o644 });
-  // The sample's args with the downward API filled in; -c points at the ConfigMap's mount, here the file.
-  const args = sidecarArgs(o.sample, o.facts);
-  args[args.indexOf('-c') + 1] = file;
+  args[at] = local(JSON.stringify(bootstrap));
   return args;
 }
 
@@ -390,7 +388,7 @@ export class Sandbox {
         pod.setHosts(this.hostsFor(w));
         // The init container: the sample's own iptables script, run in the pod.
         const init = await pod.exec('/bin/sh', ['-c', initScript(w.sample)]);
-        if (init.code !== 0) throw new Error(`pod ${name}: the init script of deploy/samples/${w.sample} failed: ${init.stderr}`);
+        if (init.code !== 0) throw new Error(`pod ${name}: the init script injected into deploy/samples/guide/${w.sample} failed: ${init.stderr}`);
         await this.routeControlPlane(pod, this.controlPlane, true);
         const identity = await this.identity(w.namespace, w.serviceAccount);
         const sidecar = startSidecar(pod, { sample: w.sample, facts: { name, namespace: w.namespace, serviceAccount: w.serviceAccount, ip: pod.ip }, dir: this.files, flavour: w.flavour, identity });

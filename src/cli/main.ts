@@ -22,7 +22,12 @@ Commands:
                              which Retry applies, and the route it yields
   policy amplification -f FILE_OR_DIR [--max N]
                              call paths of Retries in force, worst first (offline); exit 1 over N attempts
-  namespace add|remove NS    enroll a namespace in the mesh (Kubernetes)
+  install [--set KEY=VALUE]... [--dry-run]
+                             install mesh-xds on the cluster, as fsm install (see mesh-xds install --help)
+  uninstall [--purge]        remove what install made
+  namespace add|remove NS [--disable-sidecar-injection]
+                             enroll a namespace in the mesh, its pods injected (Kubernetes)
+  inject -f FILE             print FILE's workloads with the sidecar, as the webhook would inject them
   ca init|issue              the mesh CA and the certificates it issues (see mesh-xds ca --help)
   demo                       the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo)
 
@@ -63,6 +68,15 @@ async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'namespace':
       return namespaceCommand(rest);
+    case 'install':
+    case 'uninstall': {
+      const { installCommand } = await import('./install.js');
+      return installCommand(rest, cmd === 'uninstall');
+    }
+    case 'inject': {
+      const { injectCommand } = await import('./inject.js');
+      return injectCommand(rest);
+    }
     case 'ca': {
       const { caCommand } = await import('./ca.js');
       return caCommand(rest);

@@ -88,7 +88,7 @@ export async function installGuideMesh(kube: KubeCluster, backend: { host: strin
     await kubectlOk(kube, ['create', 'namespace', ns]);
     await kubectlOk(kube, ['label', 'namespace', ns, 'flomesh.io/monitored-by=mesh-xds']);
   }
-  await kubectlOk(kube, ['apply', '-f', deployPath('samples/envoy-bootstrap.yaml'), '-f', deployPath('samples/httpbin.yaml'), '-f', deployPath('samples/curl.yaml')]);
+  for (const ns of ['httpbin', 'curl']) await kubectlOk(kube, ['apply', '-f', deployPath(`samples/guide/${ns}.yaml`), '-n', ns]);
   await kubectlOk(kube, ['apply', '-f', '-'], { input: grpcRetry(3) });
   await kubectlOk(kube, ['apply', '-f', '-'], { input: httpbinEndpoints(backend.host, backend.port) });
 }

@@ -1,0 +1,271 @@
+/**
+ * `mesh-xds install` and `uninstall`, as `fsm install`: the manifests of deploy/ (in the order of
+ * deploy/kustomization.yaml) applied with server-side apply, the MeshConfig with the `--set` values, the mesh CA
+ * Secret if absent; then it waits for the CRDs, the control plane and the webhook's caBundle. Pure planning
+ * (`installPlan`) apart from the API calls, so `--dry-run` prints exactly what would be applied.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type * as k8s from '@kubernetes/client-node';
+import { parse, parseAllDocuments, stringify } from 'yaml';
+import { ConfigError } from '../config.js';
+import { asList, asMap } from '../model/plain.js';
+import { isDnsLabel } from '../model/names.js';
+import { WEBHOOK_CONFIGURATION } from '../outputs/webhook-ca.js';
+import { packagePath } from '../paths.js';
+import { createCa } from '../security/ca.js';
+import { DEFAULT_TRUST_DOMAIN } from '../security/spiffe.js';
+import { CA_SECRET } from './ca.js';
+
+type Obj = Record<string, unknown> & { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: unknown } };
+
+const DEFAULT_NAMESPACE = 'mesh-xds';
+const FIELD_MANAGER = 'mesh-xds-install';
+
+/** The `--set` keys (as `fsm install` names them; the `fsm.` prefix optional) and where each goes in the MeshConfig. */
+const SET_KEYS: Record<string, { path: [string, string]; type: 'boolean' }> = {
+  enablePermissiveTrafficPolicy: { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
+  'traffic.enablePermissiveTrafficPolicyMode': { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
+  'featureFlags.enableRetryPolicy': { path: ['featureFlags', 'enableRetryPolicy'], type: 'boolean' },
+};
+
+export interface InstallOptions {
+  namespace: string;
+  image?: string;
+  replicas?: number;
+  /** MeshConfig spec values from --set: [section, field, value]. */
+  sets: [string, string, boolean][];
+}
+
+/** Parses `KEY=VALUE` of --set; an unknown key is an error naming it and the known ones. */
+export function parseInstallSet(expr: string): [string, string, boolean] {
+  const m = /^([^=]+)=(.*)$/.exec(expr);
+  if (!m) throw new ConfigError(`--set ${expr}: expected KEY=VALUE`);
+  const key = m[1].trim().replace(/^fsm\./, '');
+  const def = SET_KEYS[key];
+  if (!def) throw new ConfigError(`--set ${m[1]}: unknown key; known: ${Object.keys(SET_KEYS).map((k) => `[fsm.]${k}`).join(', ')}`);
+  const v = m[2].trim();
+  if (v !== 'true' && v !== 'false') throw new ConfigError(`--set ${m[1]}=${v}: expected true or false`);
+  return [def.path[0], def.path[1], v === 'true'];
+}
+
+/** deploy/'s manifests in kustomization order. */
+function deployObjects(): Obj[] {
+  const kustomization = parse(readFileSync(packagePath('deploy/kustomization.yaml'), 'utf8')) as { resources: string[] };
+  return kustomization.resources.flatMap((file) =>
+    parseAllDocuments(readFileSync(packagePath('deploy', file), 'utf8'))
+      .map((d) => d.toJS() as Obj)
+      .filter(Boolean),
+  );
+}
+
+/** Every place deploy/ names the control plane's namespace. */
+function renamespace(o: Obj, ns: string): void {
+  if (o.kind === 'Namespace' && o.metadata.name === DEFAULT_NAMESPACE) o.metadata.name = ns;
+  if (o.metadata.namespace === DEFAULT_NAMESPACE) o.metadata.namespace = ns;
+  for (const s of asList(o.subjects)) if (asMap(s).namespace === DEFAULT_NAMESPACE) (s as Record<string, unknown>).namespace = ns;
+  for (const w of asList(o.webhooks)) {
+    const svc = asMap(asMap(asMap(w).clientConfig).service) as Record<string, unknown>;
+    if (svc.namespace === DEFAULT_NAMESPACE) svc.namespace = ns;
+    for (const e of asList(asMap(asMap(w).namespaceSelector).matchExpressions)) {
+      const expr = e as { key?: string; values?: string[] };
+      if (expr.key === 'kubernetes.io/metadata.name') expr.values = expr.values?.map((v) => (v === DEFAULT_NAMESPACE ? ns : v));
+    }
+  }
+}
+
+/** What install applies, in order (the CA Secret apart: it is made only if absent). */
+export function installPlan(o: InstallOptions): Obj[] {
+  const objects = deployObjects();
+  for (const obj of objects) {
+    renamespace(obj, o.namespace);
+    if (obj.kind === 'Deployment' && obj.metadata.name === 'mesh-xds') {
+      const spec = obj.spec as { replicas?: number; template: { spec: { containers: { name: string; image: string }[] } } };
+      if (o.replicas !== undefined) spec.replicas = o.replicas;
+      if (o.image) spec.template.spec.containers.find((c) => c.name === 'mesh-xds')!.image = o.image;
+    }
+    if (obj.kind === 'MeshConfig') {
+      const spec = (obj.spec ??= {}) as Record<string, Record<string, unknown>>;
+      for (const [section, field, value] of o.sets) (spec[section] ??= {})[field] = value;
+      delete obj.metadata.annotations;
+    }
+  }
+  // A Namespace first, the CRDs next (they must be Established before a MeshConfig), the webhook configuration
+  // last but one: it sends pods to the control plane, which must exist by then.
+  const rank = (x: Obj): number => (x.kind === 'Namespace' ? 0 : x.kind === 'CustomResourceDefinition' ? 1 : x.kind === 'MeshConfig' ? 4 : x.kind === 'MutatingWebhookConfiguration' ? 3 : 2);
+  return objects.map((x, i) => ({ x, i })).sort((a, b) => rank(a.x) - rank(b.x) || a.i - b.i).map(({ x }) => x);
+}
+
+/** The REST path of an object's collection, and of the object. */
+function restPath(o: Obj, plural: string): string {
+  const base = o.apiVersion.includes('/') ? `/apis/${o.apiVersion}` : `/api/${o.apiVersion}`;
+  return `${base}${o.metadata.namespace ? `/namespaces/${o.metadata.namespace}` : ''}/${plural}/${o.metadata.name}`;
+}
+
+const PLURALS: Record<string, string> = {
+  CustomResourceDefinition: 'customresourcedefinitions',
+  Namespace: 'namespaces',
+  ServiceAccount: 'serviceaccounts',
+  ClusterRole: 'clusterroles',
+  ClusterRoleBinding: 'clusterrolebindings',
+  Role: 'roles',
+  RoleBinding: 'rolebindings',
+  Service: 'services',
+  Deployment: 'deployments',
+  PodDisruptionBudget: 'poddisruptionbudgets',
+  MutatingWebhookConfiguration: 'mutatingwebhookconfigurations',
+  MeshConfig: 'meshconfigs',
+};
+
+function pathOf(o: Obj): string {
+  const plural = PLURALS[o.kind];
+  if (!plural) throw new Error(`install: no REST path known for kind ${o.kind} (${o.metadata.name})`);
+  return restPath(o, plural);
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what: string, timeoutMs: number, check: () => Promise<string | undefined>): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    try {
+      const done = await check();
+      if (done !== undefined) return done;
+    } catch (e) {
+      last = (e as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}${last ? ` (${last})` : ''}`);
+    await sleep(500);
+  }
+}
+
+const HELP = `Usage: mesh-xds install [--set KEY=VALUE]... [--namespace NS] [--image IMAGE] [--replicas N] [--dry-run] [--timeout SECONDS]
+       mesh-xds uninstall [--namespace NS] [--purge]
+
+install applies deploy/ with server-side apply (CRDs, RBAC, the control plane, the injection webhook, the MeshConfig
+with the --set values) and the mesh CA Secret if absent, then waits until the control plane is ready. Running it
+again changes nothing. --set keys (fsm. prefix optional): ${Object.keys(SET_KEYS).join(', ')}.
+--image: the control plane's image (default mesh-xds:0.1.0; build it with docker build -t mesh-xds:0.1.0 .).
+uninstall removes what install made, and keeps the CRDs (with every Retry), the namespace and its CA Secret (so
+identities survive a reinstall); --purge removes those too.
+`;
+
+export async function installCommand(args: string[], uninstall = false): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        set: { type: 'string', multiple: true, default: [] },
+        namespace: { type: 'string', default: DEFAULT_NAMESPACE },
+        image: { type: 'string' },
+        replicas: { type: 'string' },
+        'dry-run': { type: 'boolean', default: false },
+        timeout: { type: 'string', default: '300' },
+        kubeconfig: { type: 'string' },
+        purge: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    }));
+  } catch (e) {
+    throw new ConfigError(`${(e as Error).message}\n\n${HELP}`);
+  }
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const ns = values.namespace!;
+  if (!isDnsLabel(ns)) throw new ConfigError(`--namespace ${ns}: not a Kubernetes namespace name`);
+  const replicas = values.replicas === undefined ? undefined : Number(values.replicas);
+  if (replicas !== undefined && (!Number.isInteger(replicas) || replicas < 1)) throw new ConfigError(`--replicas ${values.replicas}: a whole number, at least 1`);
+  const timeoutMs = Number(values.timeout) * 1000;
+  if (!(timeoutMs > 0)) throw new ConfigError(`--timeout ${values.timeout}: seconds`);
+  const plan = installPlan({ namespace: ns, image: values.image, replicas, sets: values.set!.map(parseInstallSet) });
+  if (values['dry-run']) {
+    process.stdout.write(plan.map((o) => stringify(o)).join('---\n'));
+    return 0;
+  }
+  const { loadKubeConfig } = await import('../sources/kubeconfig.js');
+  const { kubeJson } = await import('../outputs/lease.js');
+  const kc: k8s.KubeConfig = loadKubeConfig(values.kubeconfig);
+  const api = (method: string, path: string, body?: unknown, type?: string) =>
+    kubeJson(kc, method, path, body, type).catch((e: Error) => {
+      throw new Error(`cannot reach the Kubernetes API (${kc.getCurrentCluster()?.server}): ${e.message}`);
+    });
+  const say = (line: string): void => void process.stdout.write(`${line}\n`);
+  const label = (o: Obj): string => `${o.kind.toLowerCase()} ${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name}`;
+
+  if (uninstall) {
+    const keep = (o: Obj): boolean => !values.purge && (o.kind === 'CustomResourceDefinition' || o.kind === 'Namespace');
+    // The webhook first: pods of the mesh's namespaces must not wait for a control plane that is going away.
+    for (const o of [...plan].reverse().sort((a, b) => Number(b.kind === 'MutatingWebhookConfiguration') - Number(a.kind === 'MutatingWebhookConfiguration'))) {
+      if (keep(o)) continue;
+      const res = await api('DELETE', pathOf(o));
+      if (res.status === 404) say(`${label(o)} not found`);
+      else if (res.status >= 300) throw new Error(`delete ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`);
+      else say(`${label(o)} deleted`);
+    }
+    say(
+      values.purge
+        ? `purged: the CRDs (and every Retry with them) and namespace ${ns} (with the mesh CA) are being deleted`
+        : `kept: the CRDs retries.policy.flomesh.io and meshconfigs.config.flomesh.io (every Retry stays), namespace ${ns} with the Secret ${CA_SECRET} (the mesh CA: a reinstall keeps the identities), the identity Secrets and the namespace labels of the mesh (mesh-xds namespace remove NS). mesh-xds uninstall --purge removes the CRDs and the namespace too.`,
+    );
+    return 0;
+  }
+
+  const started = Date.now();
+  for (const o of plan) {
+    const path = pathOf(o);
+    if (o.kind === 'MeshConfig') {
+      // The MeshConfig's CRD must be served before one can be made.
+      await waitFor('the MeshConfig CRD to be Established', timeoutMs, async () => {
+        const crd = await api('GET', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions/meshconfigs.config.flomesh.io');
+        return asList(asMap(asMap(crd.body).status).conditions).some((c) => asMap(c).type === 'Established' && asMap(c).status === 'True') ? 'ok' : undefined;
+      });
+    }
+    const before = await api('GET', path);
+    const res = await api('PATCH', `${path}?fieldManager=${FIELD_MANAGER}&force=true`, o, 'application/apply-patch+yaml');
+    if (res.status !== 200 && res.status !== 201) throw new Error(`apply ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? JSON.stringify(res.body)}`);
+    const rvBefore = asMap(asMap(before.body).metadata).resourceVersion;
+    const rvAfter = asMap(asMap(res.body).metadata).resourceVersion;
+    say(`${label(o)} ${before.status === 404 ? 'created' : rvBefore === rvAfter ? 'unchanged' : 'configured'}`);
+    if (o.kind === 'MeshConfig') {
+      const spec = asMap(o.spec);
+      say(`  enableRetryPolicy=${String(asMap(spec.featureFlags).enableRetryPolicy)}, enablePermissiveTrafficPolicyMode=${String(asMap(spec.traffic).enablePermissiveTrafficPolicyMode)}`);
+    }
+  }
+  // The mesh CA, made here if absent (never replaced: identities and sidecars depend on it).
+  const caPath = `/api/v1/namespaces/${ns}/secrets/${CA_SECRET}`;
+  const ca = await api('GET', caPath);
+  if (ca.status === 404) {
+    const pair = await createCa(DEFAULT_TRUST_DOMAIN);
+    const res = await api('POST', `/api/v1/namespaces/${ns}/secrets`, {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: CA_SECRET, namespace: ns, labels: { 'app.kubernetes.io/name': 'mesh-xds', 'app.kubernetes.io/component': 'ca' } },
+      type: 'Opaque',
+      stringData: { 'ca.crt': pair.cert, 'ca.key': pair.key },
+    });
+    if (res.status !== 201 && res.status !== 409) throw new Error(`create Secret ${ns}/${CA_SECRET}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`);
+    say(`secret ${ns}/${CA_SECRET} created (the mesh CA of ${DEFAULT_TRUST_DOMAIN})`);
+  } else if (ca.status === 200) say(`secret ${ns}/${CA_SECRET} unchanged (the mesh CA is never replaced by install)`);
+  else throw new Error(`read Secret ${ns}/${CA_SECRET}: HTTP ${ca.status}: ${asMap(ca.body).message ?? ''}`);
+
+  const ready = await waitFor('the control plane to be ready (kubectl get pods -n ' + ns + ')', timeoutMs, async () => {
+    const d = asMap((await api('GET', `/apis/apps/v1/namespaces/${ns}/deployments/mesh-xds`)).body);
+    const want = Number(asMap(d.spec).replicas ?? 1);
+    const status = asMap(d.status);
+    return Number(status.readyReplicas ?? 0) >= want && Number(status.updatedReplicas ?? 0) >= want && Number(status.observedGeneration ?? 0) >= Number(asMap(d.metadata).generation ?? 0) ? `${want}/${want}` : undefined;
+  });
+  say(`control plane ready (${ready})`);
+  await waitFor(`the control plane to write the caBundle of ${WEBHOOK_CONFIGURATION}`, timeoutMs, async () => {
+    const w = asMap((await api('GET', `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/${WEBHOOK_CONFIGURATION}`)).body);
+    return asList(w.webhooks).every((x) => asMap(asMap(x).clientConfig).caBundle) && asList(w.webhooks).length ? 'ok' : undefined;
+  });
+  say(`mutatingwebhookconfiguration ${WEBHOOK_CONFIGURATION}: caBundle set by the control plane`);
+  say(`mesh-xds installed in namespace ${ns} in ${((Date.now() - started) / 1000).toFixed(1)} s; enrol a namespace with: mesh-xds namespace add NS`);
+  return 0;
+}
