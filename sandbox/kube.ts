@@ -1,8 +1,9 @@
 /**
  * A real Kubernetes API server on loopback for the tests: etcd and kube-apiserver built from the Go module proxy
  * (scripts/build-kube.sh), with a service-account signing key, RBAC authorization, an admin token, and
- * kubeconfigs for the admin and for any service account (a token from the TokenRequest API). No kubelet and no
- * controllers: tests create Pods and EndpointSlices themselves.
+ * kubeconfigs for the admin and for any service account (a token from the TokenRequest API). On request, the
+ * real kube-controller-manager too (Deployments become ReplicaSets and Pods, EndpointSlices follow pod
+ * readiness); no kubelet: sandbox/node.ts stands in for one, or tests create Pods and EndpointSlices themselves.
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -42,7 +43,7 @@ export async function kubeProblems(waitMs = 20 * 60_000): Promise<string[]> {
   const problems: string[] = [];
   if (!built()) {
     const log = existsSync(BUILD_LOG) ? readFileSync(BUILD_LOG, 'utf8').trim().split('\n').slice(-5).join('\n') : '';
-    problems.push(`kube-apiserver and etcd are not built in ${KUBE_BIN} (bash scripts/install-real-parts.sh builds them with Go)${log ? `; the last build said:\n${log}` : ''}`);
+    problems.push(`kube-apiserver, kube-controller-manager and etcd are not all built in ${KUBE_BIN} (bash scripts/install-real-parts.sh builds them with Go)${log ? `; the last build said:\n${log}` : ''}`);
   }
   if (spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status !== 0) problems.push('kubectl is missing (it is on the machine image; or build it from k8s.io/kubernetes/cmd/kubectl)');
   return problems;
@@ -68,17 +69,41 @@ function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input
 export interface KubeClusterOptions {
   /** kube-apiserver's watch cache (off: watches read etcd, so an old resourceVersion after a compaction is 410 Gone). */
   watchCache?: boolean;
+  /** The address kube-apiserver listens on (default 127.0.0.1; a sandbox's bridge address so that its pods reach it). */
+  bindAddress?: string;
+  /**
+   * Run kube-controller-manager with the controllers a cluster's workloads need, and route webhook calls to the
+   * Service's endpoints (--enable-aggregator-routing: there is no kube-proxy on the host).
+   */
+  controllerManager?: boolean;
 }
+
+/** The controllers of kube-controller-manager the sandbox runs (no node lifecycle: the sandbox node sends no heartbeats). */
+const CONTROLLERS = [
+  'deployment-controller',
+  'replicaset-controller',
+  'endpoints-controller',
+  'endpointslice-controller',
+  'serviceaccount-controller',
+  'garbage-collector-controller',
+  'namespace-controller',
+  'root-ca-certificate-publisher-controller',
+];
 
 export class KubeCluster {
   readonly dir: string;
   etcd!: Proc;
   api!: Proc;
+  controllerManager?: Proc;
   url = '';
   private etcdPort = 0;
   private apiPort = 0;
   private readonly adminToken = randomBytes(16).toString('hex');
   readonly adminKubeconfig: string;
+
+  private get host(): string {
+    return this.opts.bindAddress ?? '127.0.0.1';
+  }
 
   private constructor(private readonly opts: KubeClusterOptions) {
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-'));
@@ -114,16 +139,35 @@ export class KubeCluster {
     ]);
     await until(async () => (await fetch(`http://127.0.0.1:${this.etcdPort}/health`).then((r) => r.json())).health === 'true', 30_000, 'etcd to be healthy');
     this.apiPort = await freePort();
-    this.url = `https://127.0.0.1:${this.apiPort}`;
+    this.url = `https://${this.host}:${this.apiPort}`;
     await this.startApiServer();
     writeFileSync(this.adminKubeconfig, this.kubeconfig('admin', { token: this.adminToken }));
+    if (this.opts.controllerManager) await this.startControllerManager();
+  }
+
+  private async startControllerManager(): Promise<void> {
+    this.controllerManager = Proc.spawn('kube-controller-manager', path.join(KUBE_BIN, 'kube-controller-manager'), [
+      `--kubeconfig=${this.adminKubeconfig}`,
+      '--leader-elect=false',
+      `--controllers=${CONTROLLERS.join(',')}`,
+      `--service-account-private-key-file=${path.join(this.dir, 'sa.key')}`,
+      `--root-ca-file=${path.join(this.dir, 'certs/apiserver.crt')}`,
+      '--bind-address=127.0.0.1',
+      `--secure-port=${await freePort()}`,
+      '--v=0',
+    ]);
+    // Ready once it has made the default ServiceAccount of a namespace.
+    await until(async () => (await this.kubectl(['get', 'serviceaccount', 'default', '-n', 'default'])).code === 0, 60_000, 'kube-controller-manager to be running').catch((e) => {
+      throw new Error(`${(e as Error).message}\n${this.controllerManager!.tail(20)}`);
+    });
   }
 
   private async startApiServer(): Promise<void> {
     this.api = Proc.spawn('kube-apiserver', path.join(KUBE_BIN, 'kube-apiserver'), [
       `--etcd-servers=http://127.0.0.1:${this.etcdPort}`,
-      '--bind-address=127.0.0.1',
-      '--advertise-address=127.0.0.1',
+      `--bind-address=${this.host}`,
+      `--advertise-address=${this.host}`,
+      ...(this.opts.controllerManager ? ['--enable-aggregator-routing=true'] : []),
       `--secure-port=${this.apiPort}`,
       `--cert-dir=${path.join(this.dir, 'certs')}`,
       '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
@@ -191,6 +235,7 @@ current-context: test
   }
 
   async stop(): Promise<void> {
+    await this.controllerManager?.stop(10_000);
     await this.api?.stop(10_000);
     await this.etcd?.stop(10_000);
     rmSync(this.dir, { recursive: true, force: true });
