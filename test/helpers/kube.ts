@@ -33,7 +33,7 @@ export async function serveKubernetes(kubeconfig: string, extra: string[] = [], 
   const proc = Proc.spawn(
     'mesh-xds serve --kubernetes',
     process.execPath,
-    [path.join(ROOT, 'bin/mesh-xds.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--namespace', 'mesh-xds', '--ads-address', '127.0.0.1:0', '--debug-address', '127.0.0.1:0', ...extra],
+    [path.join(ROOT, 'bin/mesh-xds.js'), 'serve', '--kubernetes', '--kubeconfig', kubeconfig, '--namespace', 'mesh-xds', '--ads-address', '127.0.0.1:0', '--debug-address', '127.0.0.1:0', '--webhook-address', '127.0.0.1:0', ...extra],
     { env: { LOG_LEVEL: 'info', ...env } },
   );
   const line = JSON.parse(await proc.waitFor(/"msg":"listening"/, 20_000));
