@@ -9,17 +9,8 @@ import { packagePath } from '../src/paths.js';
 import { GUIDE_SETS, HTTPBIN_CLUSTER, HTTPBIN_URL, KubeGuide, kubeGuideProblems } from './kube-guide.js';
 import type { ExecResult } from './netns.js';
 import { until } from './sandbox.js';
+import { indent, write } from './transcript.js';
 
-function write(line = ''): void {
-  process.stdout.write(`${line}\n`);
-}
-
-const indent = (text: string): string =>
-  text
-    .trim()
-    .split('\n')
-    .map((l) => `   ${l.trimEnd()}`)
-    .join('\n');
 
 function show(command: string, r: ExecResult): string {
   write(`   $ ${command}`);

@@ -6,6 +6,7 @@
 import { parse } from 'yaml';
 import { sandboxProblems, ENVOY_VERSION } from './parts.js';
 import { Sandbox, guideWorkloads, until, type Workload } from './sandbox.js';
+import { indent, write } from './transcript.js';
 
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
 const CLUSTER = 'httpbin/httpbin|14001';
@@ -20,16 +21,6 @@ const MEANING: Record<string, (n: number) => string> = {
   upstream_rq_retry_success: (n) => (n ? `${n} retries succeeded` : 'no retry succeeded (httpbin answers 503 every time)'),
 };
 
-function write(line = ''): void {
-  process.stdout.write(`${line}\n`);
-}
-
-const indent = (text: string): string =>
-  text
-    .trim()
-    .split('\n')
-    .map((l) => `   ${l.trimEnd()}`)
-    .join('\n');
 
 async function curl(w: Workload, status: number): Promise<string> {
   const r = await w.pod.exec('curl', ['-sI', `${HTTPBIN}/status/${status}`], { timeoutMs: 90_000 });
