@@ -77,15 +77,15 @@ describe.skipIf(sandboxMissing.length > 0)('a real Envoy accepts everything we p
     for (const { mesh, verdict } of verdicts) expect(verdict.problems, mesh).toEqual([]);
   });
 
-  it("envoy --mode validate accepts each sample's bootstrap, rendered as its sidecar renders it", async () => {
+  it("envoy --mode validate accepts each injected sample's bootstrap and flags, rendered as its sidecar renders them", async () => {
     const ca = await createCa('cluster.local');
     for (const sample of ['httpbin.yaml', 'curl.yaml']) {
       const facts = { name: `${sample.split('.')[0]}-54ccc6954c-9rlvp`, namespace: sample.split('.')[0], serviceAccount: sample.split('.')[0] };
-      // The ConfigMap's files and the identity Secret where the sidecar mounts them (here, a folder).
+      // The identity Secret (certificate, key, CA, SDS files) where the sidecar mounts it (here, a folder).
       const identity = await issue(ca, { trustDomain: 'cluster.local', namespace: facts.namespace, serviceAccount: facts.serviceAccount });
       const args = writeSidecarConfig({ sample, facts, dir: tmp, identity });
       const r = await new Promise<{ code: number; out: string }>((resolve) =>
-        execFile(envoyForSidecars(), [...args, '--mode', 'validate', '--disable-hot-restart'], (err, stdout, stderr) => resolve({ code: err ? 1 : 0, out: stdout + stderr })),
+        execFile(envoyForSidecars(), [...args, '--mode', 'validate'], (err, stdout, stderr) => resolve({ code: err ? 1 : 0, out: stdout + stderr })),
       );
       expect(r.out, sample).toContain('configuration');
       expect(r.code, r.out).toBe(0);
