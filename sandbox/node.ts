@@ -41,24 +41,29 @@ interface LocalImage {
   clusterAccess?: boolean;
 }
 
+const ALWAYS_503 = `const port = Number(process.argv[1] ?? 14001);
+require('node:http').createServer((q, s) => { console.log(q.method + ' ' + q.url + ' 503'); s.writeHead(503, { 'content-length': 0 }); s.end(); }).listen(port, () => console.log('listening on ' + port));`;
+
 /** Image (without its tag) -> the real program it runs here. An image not here is ErrImagePull, as a kubelet reports. */
 export const IMAGES: Record<string, LocalImage> = {
   // The pinned Envoy of .cache (scripts/real-parts.txt), copied where uid 1500 can run it.
   'envoyproxy/envoy': { entrypoint: ['envoy'], programs: { envoy: 'envoy' } },
   // Any shell with iptables: the init container's script runs with this machine's sh and iptables.
   'nicolaka/netshoot': { entrypoint: ['/bin/sh'] },
-  // httpbin under gunicorn from .cache/venv; its gevent worker is not installed there, so `-k gevent` is dropped
-  // (gunicorn's sync worker serves the same answers).
+  // httpbin under gunicorn from .cache/venv; its gevent worker is not installed there, so `-k gevent` becomes
+  // gunicorn's threaded worker (as concurrent for these tests, and the same answers).
   'kennethreitz/httpbin': {
     entrypoint: ['gunicorn', '-b', '0.0.0.0:80', 'httpbin:app', '-k', 'gevent'],
     programs: { gunicorn: GUNICORN_BIN },
     drop: (args) => {
       const out = [...args];
       const k = out.indexOf('-k');
-      if (k >= 0 && out[k + 1] === 'gevent') out.splice(k, 2);
+      if (k >= 0 && out[k + 1] === 'gevent') out.splice(k, 2, '-k', 'gthread', '--threads', '64');
       return [...out, '--access-logfile', '-', '--no-control-socket'];
     },
   },
+  // A replica that fails: 503 to every request on the port it is given (default 14001), one log line per request.
+  'mesh-xds-sandbox/always-503': { entrypoint: ['node', '-e', ALWAYS_503], programs: { node: process.execPath } },
   // curl's image sleeps; `exec` runs this machine's curl in the pod.
   'curlimages/curl': { entrypoint: ['curl'] },
   // The control plane, from this checkout (Dockerfile: ENTRYPOINT node bin/mesh-xds.js).

@@ -105,7 +105,7 @@ describe('the webhook over HTTPS', () => {
   /** A request as the API server makes it: TLS checked against the CA (its caBundle), for the Service's name. */
   function post(body: string | Buffer, opts: { method?: string; path?: string } = {}): Promise<{ status: number; text: string }> {
     return new Promise((resolve, reject) => {
-      const req = https.request({ host: '127.0.0.1', port, servername: 'mesh-xds.mesh-xds.svc', ca, method: opts.method ?? 'POST', path: opts.path ?? '/mutate-pod-creation', headers: { 'content-type': 'application/json' } }, (res) => {
+      const req = https.request({ agent: false, host: '127.0.0.1', port, servername: 'mesh-xds.mesh-xds.svc', ca, method: opts.method ?? 'POST', path: opts.path ?? '/mutate-pod-creation', headers: { 'content-type': 'application/json' } }, (res) => {
         let text = '';
         res.setEncoding('utf8');
         res.on('data', (c) => (text += c));

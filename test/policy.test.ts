@@ -26,6 +26,12 @@ describe('Go durations', () => {
   });
 });
 
+/** What every sidecar's retry policy adds: another host on retry (README "Retry safety"). */
+const ANOTHER_HOST = {
+  retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate' } }],
+  host_selection_retry_max_attempts: 5,
+};
+
 describe('Retry spec', () => {
   it("parses the guide's policy", () => {
     const r = parseRetrySpec(spec({ retryOn: '5xx', perTryTimeout: '1s', numRetries: 5, retryBackoffBaseInterval: '1s' }));
@@ -36,6 +42,7 @@ describe('Retry spec', () => {
       num_retries: { value: 5 },
       per_try_timeout: { seconds: 1 },
       retry_back_off: { base_interval: { seconds: 1 } },
+      ...ANOTHER_HOST,
     });
   });
 
@@ -45,6 +52,7 @@ describe('Retry spec', () => {
     expect(envoyRetryPolicy(r.spec, { proxyless: false })).toEqual({
       retry_on: 'connect-failure,retriable-status-codes',
       retriable_status_codes: [503, 502],
+      ...ANOTHER_HOST,
     });
   });
 

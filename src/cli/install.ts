@@ -23,30 +23,38 @@ const DEFAULT_NAMESPACE = 'mesh-xds';
 const FIELD_MANAGER = 'mesh-xds-install';
 
 /** The `--set` keys (as `fsm install` names them; the `fsm.` prefix optional) and where each goes in the MeshConfig. */
-const SET_KEYS: Record<string, { path: [string, string]; type: 'boolean' }> = {
+const SET_KEYS: Record<string, { path: string[]; type: 'boolean' | 'number' }> = {
   enablePermissiveTrafficPolicy: { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
   'traffic.enablePermissiveTrafficPolicyMode': { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
   'featureFlags.enableRetryPolicy': { path: ['featureFlags', 'enableRetryPolicy'], type: 'boolean' },
+  // mesh-xds's own (README "Retry safety"): the retry budget of every destination.
+  'traffic.retryBudget.enabled': { path: ['traffic', 'retryBudget', 'enabled'], type: 'boolean' },
+  'traffic.retryBudget.budgetPercent': { path: ['traffic', 'retryBudget', 'budgetPercent'], type: 'number' },
+  'traffic.retryBudget.minRetryConcurrency': { path: ['traffic', 'retryBudget', 'minRetryConcurrency'], type: 'number' },
 };
 
 export interface InstallOptions {
   namespace: string;
   image?: string;
   replicas?: number;
-  /** MeshConfig spec values from --set: [section, field, value]. */
-  sets: [string, string, boolean][];
+  /** MeshConfig spec values from --set: the path under spec, and the value. */
+  sets: [string[], boolean | number][];
 }
 
 /** Parses `KEY=VALUE` of --set; an unknown key is an error naming it and the known ones. */
-export function parseInstallSet(expr: string): [string, string, boolean] {
+export function parseInstallSet(expr: string): [string[], boolean | number] {
   const m = /^([^=]+)=(.*)$/.exec(expr);
   if (!m) throw new ConfigError(`--set ${expr}: expected KEY=VALUE`);
   const key = m[1].trim().replace(/^fsm\./, '');
   const def = SET_KEYS[key];
   if (!def) throw new ConfigError(`--set ${m[1]}: unknown key; known: ${Object.keys(SET_KEYS).map((k) => `[fsm.]${k}`).join(', ')}`);
   const v = m[2].trim();
+  if (def.type === 'number') {
+    if (!/^\d+(\.\d+)?$/.test(v)) throw new ConfigError(`--set ${m[1]}=${v}: expected a number`);
+    return [def.path, Number(v)];
+  }
   if (v !== 'true' && v !== 'false') throw new ConfigError(`--set ${m[1]}=${v}: expected true or false`);
-  return [def.path[0], def.path[1], v === 'true'];
+  return [def.path, v === 'true'];
 }
 
 /** deploy/'s manifests in kustomization order. */
@@ -85,8 +93,11 @@ export function installPlan(o: InstallOptions): Obj[] {
       if (o.image) spec.template.spec.containers.find((c) => c.name === 'mesh-xds')!.image = o.image;
     }
     if (obj.kind === 'MeshConfig') {
-      const spec = (obj.spec ??= {}) as Record<string, Record<string, unknown>>;
-      for (const [section, field, value] of o.sets) (spec[section] ??= {})[field] = value;
+      for (const [path, value] of o.sets) {
+        let at = (obj.spec ??= {}) as Record<string, unknown>;
+        for (const p of path.slice(0, -1)) at = (at[p] ??= {}) as Record<string, unknown>;
+        at[path.at(-1)!] = value;
+      }
       delete obj.metadata.annotations;
     }
   }
@@ -234,7 +245,8 @@ export async function installCommand(args: string[], uninstall = false): Promise
     say(`${label(o)} ${before.status === 404 ? 'created' : rvBefore === rvAfter ? 'unchanged' : 'configured'}`);
     if (o.kind === 'MeshConfig') {
       const spec = asMap(o.spec);
-      say(`  enableRetryPolicy=${String(asMap(spec.featureFlags).enableRetryPolicy)}, enablePermissiveTrafficPolicyMode=${String(asMap(spec.traffic).enablePermissiveTrafficPolicyMode)}`);
+      const budget = asMap(spec.traffic).retryBudget;
+      say(`  enableRetryPolicy=${String(asMap(spec.featureFlags).enableRetryPolicy)}, enablePermissiveTrafficPolicyMode=${String(asMap(spec.traffic).enablePermissiveTrafficPolicyMode)}${budget ? `, retryBudget=${JSON.stringify(budget)}` : ''}`);
     }
   }
   // The mesh CA, made here if absent (never replaced: identities and sidecars depend on it).

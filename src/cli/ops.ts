@@ -20,6 +20,7 @@ interface ProxyJson {
 interface ExplainJson {
   readonly error?: string;
   readonly worstPath: AmplificationPath | null;
+  readonly retryBudget?: { readonly budgetPercent: number; readonly minRetryConcurrency: number } | null;
   readonly why: string;
   readonly serviceExists: boolean;
   readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string; readonly warnings?: readonly { readonly condition: string; readonly message: string }[] }[];
@@ -136,6 +137,10 @@ export function policyCommand(args: string[]): Promise<number> {
     else {
       process.stdout.write(`${from} -> ${to}: ${body.why}\n`);
       if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
+      if (body.retryBudget !== undefined) {
+        const b = body.retryBudget;
+        process.stdout.write(b ? `retry budget of ${to}'s clusters: retries in flight at most ${b.budgetPercent}% of active requests, at least ${b.minRetryConcurrency}\n` : `retry budget: none (retries limited by numRetries only)\n`);
+      }
       if (body.worstPath) {
         const p = body.worstPath;
         process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${describePath(p)}\n`);

@@ -5,7 +5,7 @@
 import { amplification, describePath, rememberAmplification } from './amplification.js';
 import { retryPitfalls } from './pitfalls.js';
 import { asList, asMap } from '../model/plain.js';
-import { DEFAULT_MAX_RETRY_AMPLIFICATION, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
+import { DEFAULT_MAX_RETRY_AMPLIFICATION, DEFAULT_RETRY_BUDGET, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
 import type { AppliedRetry, Diagnostic, Endpoint, MeshIR, PolicyReport, PolicyWarning, PortIR, PortProtocol, PortRef, ServiceIR } from './ir.js';
 
@@ -251,6 +251,7 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
   const ir: MeshIR = {
     meshName: state.meshName,
     enableRetryPolicy: state.meshConfig.enableRetryPolicy,
+    retryBudget: state.meshConfig.retryBudget === undefined ? DEFAULT_RETRY_BUDGET : state.meshConfig.retryBudget,
     services: topology.services,
     identities: [...identities].sort(),
     retries,

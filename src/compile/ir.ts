@@ -1,5 +1,6 @@
 /** The mesh IR: validated, resolved, sorted; what the Envoy builders read. Serializable (debug endpoint). */
 import type { RetrySpec, Problem } from '../policy/retry.js';
+import type { RetryBudget } from '../model/mesh.js';
 
 export type PortProtocol = 'http' | 'tcp';
 
@@ -89,6 +90,8 @@ export interface PortRef {
 export interface MeshIR {
   readonly meshName: string;
   readonly enableRetryPolicy: boolean;
+  /** The retry budget of every destination cluster (null: none). */
+  readonly retryBudget: RetryBudget | null;
   /** Services of mesh namespaces, sorted by namespace/name. */
   readonly services: readonly ServiceIR[];
   /** Identities (`ns/sa`) known in mesh namespaces, sorted. */

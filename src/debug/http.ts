@@ -276,6 +276,8 @@ export class DebugServer {
       worstPath,
       serviceExists: Boolean(service),
       retryPoliciesEnabled: ir.enableRetryPolicy,
+      // The mesh's retry budget, on the destination's clusters (null: none; README "Retry safety").
+      retryBudget: ir.retryBudget,
       applied: applied ? { policy: applied.policy } : null,
       why: !ir.enableRetryPolicy
         ? 'retry policies are disabled (featureFlags.enableRetryPolicy=false)'

@@ -1,5 +1,6 @@
 /** Clusters: EDS over ADS for mesh services, STATIC to 127.0.0.1 for the local app, ORIGINAL_DST passthrough. */
 import type { PortIR } from '../compile/ir.js';
+import type { RetryBudget } from '../model/mesh.js';
 import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from './common.js';
 import type { Cluster } from './types.js';
 
@@ -25,7 +26,18 @@ const UNLIMITED: Cluster['circuit_breakers'] = {
   ],
 };
 
-export function outboundCluster(port: PortIR): Cluster {
+/**
+ * A destination's thresholds: unlimited as above, but with the mesh's retry budget in place of `max_retries` (Envoy
+ * then ignores max_retries): retries in flight at most `budgetPercent` of the active requests, and never fewer than
+ * `minRetryConcurrency`; a retry over it is not made and counted in `upstream_rq_retry_overflow`.
+ */
+function destinationBreakers(budget: RetryBudget | null): Cluster['circuit_breakers'] {
+  if (!budget) return UNLIMITED;
+  const { max_retries: _, ...rest } = UNLIMITED!.thresholds![0];
+  return { thresholds: [{ ...rest, retry_budget: { budget_percent: { value: budget.budgetPercent }, min_retry_concurrency: { value: budget.minRetryConcurrency } } }] };
+}
+
+export function outboundCluster(port: PortIR, budget: RetryBudget | null): Cluster {
   return {
     name: port.cluster,
     alt_stat_name: port.cluster,
@@ -33,7 +45,7 @@ export function outboundCluster(port: PortIR): Cluster {
     eds_cluster_config: { eds_config: ADS_SOURCE },
     connect_timeout: { seconds: 1 },
     lb_policy: 'ROUND_ROBIN',
-    circuit_breakers: UNLIMITED,
+    circuit_breakers: destinationBreakers(budget),
     ...protocolOptions(port),
   };
 }

@@ -11,10 +11,21 @@ export interface RetryOptions {
   readonly proxyless: boolean;
 }
 
+/**
+ * A retry goes to another host than the ones already tried, when there is one: Envoy's `previous_hosts` predicate,
+ * with up to 5 host selections to find one (Istio's defaults). Sidecars only: the proxyless gRPC clients' retry
+ * support (gRFC A44) has no host predicates.
+ */
+const ANOTHER_HOST: Pick<RetryPolicy, 'retry_host_predicate' | 'host_selection_retry_max_attempts'> = {
+  retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate' } }],
+  host_selection_retry_max_attempts: 5,
+};
+
 /** `envoy.config.route.v3.RetryPolicy` for a validated Retry spec, or undefined when it means no retries. */
 export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): RetryPolicy | undefined {
   if (opts.proxyless && spec.numRetries === 0) return undefined;
   return {
+    ...(opts.proxyless ? {} : ANOTHER_HOST),
     retry_on: spec.retryOn.join(','),
     ...(spec.numRetries !== undefined ? { num_retries: { value: spec.numRetries } } : {}),
     ...(spec.perTryTimeout !== undefined ? { per_try_timeout: protoDuration(spec.perTryTimeout) } : {}),

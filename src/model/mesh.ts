@@ -81,7 +81,25 @@ export interface MeshConfig {
    * (mesh-xds's own; `serve --max-retry-amplification`).
    */
   readonly maxRetryAmplification: number;
+  /**
+   * The retry budget of every destination cluster (Envoy's circuit-breaker `retry_budget`), or null for none (the
+   * mesh's own: `spec.traffic.retryBudget` of the MeshConfig).
+   */
+  readonly retryBudget: RetryBudget | null;
 }
+
+/** Retries in flight to a cluster may be at most `budgetPercent` of its active requests, and always `minRetryConcurrency`. */
+export interface RetryBudget {
+  readonly budgetPercent: number;
+  readonly minRetryConcurrency: number;
+}
+
+/**
+ * Envoy's own defaults for a retry budget (and Linkerd's percentage): retries may add a fifth to the load, never
+ * fewer than 3 at once. A storm is exactly retries outgrowing the requests; a single request's retries (one in
+ * flight at a time) always fit under the floor, so the guide's numbers do not move.
+ */
+export const DEFAULT_RETRY_BUDGET: RetryBudget = { budgetPercent: 20, minRetryConcurrency: 3 };
 
 /**
  * 10 attempts: one hop of up to 9 retries stays under it (the guide's 5 gives 6), while any two hops of 3 retries
@@ -89,7 +107,12 @@ export interface MeshConfig {
  */
 export const DEFAULT_MAX_RETRY_AMPLIFICATION = 10;
 
-export const DEFAULT_MESH_CONFIG: MeshConfig = { enableRetryPolicy: false, enablePermissiveTrafficPolicyMode: true, maxRetryAmplification: DEFAULT_MAX_RETRY_AMPLIFICATION };
+export const DEFAULT_MESH_CONFIG: MeshConfig = {
+  enableRetryPolicy: false,
+  enablePermissiveTrafficPolicyMode: true,
+  maxRetryAmplification: DEFAULT_MAX_RETRY_AMPLIFICATION,
+  retryBudget: DEFAULT_RETRY_BUDGET,
+};
 
 export const MONITORED_BY_LABEL = 'flomesh.io/monitored-by';
 

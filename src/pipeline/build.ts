@@ -206,7 +206,8 @@ export class SnapshotBuilder {
         // Two ports of a service with the same target port (80 -> 8080 and 8080 -> 8080) share one cluster.
         if (!clusterNames.has(port.cluster)) {
           clusterNames.add(port.cluster);
-          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}`, () => outboundCluster(port)));
+          const budget = ir.retryBudget;
+          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}|${budget ? `${budget.budgetPercent}/${budget.minRetryConcurrency}` : '-'}`, () => outboundCluster(port, budget)));
           endpoints.push(this.resource(ENDPOINT, endpointsKey(port), () => clusterLoadAssignment(port)));
         }
         if (port.protocol === 'http') {

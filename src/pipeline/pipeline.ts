@@ -123,7 +123,9 @@ export class Pipeline {
       prev.services !== state.services ||
       prev.endpointSlices !== state.endpointSlices ||
       prev.pods !== state.pods ||
-      prev.meshName !== state.meshName
+      prev.meshName !== state.meshName ||
+      // The retry budget is in every destination cluster: shared parts.
+      JSON.stringify(prev.meshConfig.retryBudget) !== JSON.stringify(state.meshConfig.retryBudget)
     );
   }
 

@@ -7,6 +7,8 @@ import {
   DEFAULT_MESH_CONFIG,
   type EndpointSlice,
   type MeshConfig,
+  type RetryBudget,
+  DEFAULT_RETRY_BUDGET,
   type MeshState,
   type Namespace,
   type Origin,
@@ -330,7 +332,24 @@ function meshConfig(o: KubeObject): Partial<MeshConfig> {
     if (typeof perm !== 'boolean') throw new ObjectError('spec.traffic.enablePermissiveTrafficPolicyMode', 'must be true or false');
     out.enablePermissiveTrafficPolicyMode = perm;
   }
+  const budget = asMap(spec.traffic).retryBudget;
+  if (budget !== undefined) out.retryBudget = retryBudget(budget);
   return out;
+}
+
+/** `spec.traffic.retryBudget`: {enabled, budgetPercent, minRetryConcurrency}, each optional (defaults: on, 20, 3). */
+function retryBudget(v: unknown): RetryBudget | null {
+  const at = 'spec.traffic.retryBudget';
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ObjectError(at, 'must be a mapping of enabled, budgetPercent, minRetryConcurrency');
+  const b = asMap(v);
+  for (const k of Object.keys(b)) if (!['enabled', 'budgetPercent', 'minRetryConcurrency'].includes(k)) throw new ObjectError(`${at}.${k}`, 'unknown field (known: enabled, budgetPercent, minRetryConcurrency)');
+  if (b.enabled !== undefined && typeof b.enabled !== 'boolean') throw new ObjectError(`${at}.enabled`, 'must be true or false');
+  if (b.enabled === false) return null;
+  const pct = b.budgetPercent ?? DEFAULT_RETRY_BUDGET.budgetPercent;
+  if (typeof pct !== 'number' || !Number.isFinite(pct) || pct <= 0 || pct > 100) throw new ObjectError(`${at}.budgetPercent`, `must be a number greater than 0 and at most 100 (a percentage of the active requests), got ${JSON.stringify(pct)}`);
+  const min = b.minRetryConcurrency ?? DEFAULT_RETRY_BUDGET.minRetryConcurrency;
+  if (typeof min !== 'number' || !Number.isInteger(min) || min < 0 || min > 4294967295) throw new ObjectError(`${at}.minRetryConcurrency`, `must be a whole number from 0 to 4294967295, got ${JSON.stringify(min)}`);
+  return { budgetPercent: pct, minRetryConcurrency: min };
 }
 
 export interface ConvertResult {

@@ -21,6 +21,7 @@ export const PROTO_FILES = [
   'envoy/extensions/filters/http/router/v3/router.proto',
   'envoy/extensions/filters/listener/original_dst/v3/original_dst.proto',
   'envoy/extensions/upstreams/http/v3/http_protocol_options.proto',
+  'envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto',
   'envoy/config/bootstrap/v3/bootstrap.proto',
   // The sidecars' mTLS to the control plane (deploy/samples: UpstreamTlsContext, file-based SDS Secrets).
   'envoy/extensions/transport_sockets/tls/v3/tls.proto',
