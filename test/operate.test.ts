@@ -103,7 +103,15 @@ describe('debug HTTP server', () => {
   it('shows policies with the Envoy retry_policy they produced', async () => {
     const { json } = await get('/debug/policies');
     expect(json.policies).toEqual([
-      expect.objectContaining({ namespace: 'curl', name: 'retry', state: 'Accepted', identities: ['curl/curl'], services: ['httpbin/httpbin'], retryPolicy: { retry_on: 'unavailable', num_retries: 2, retry_back_off: { base_interval: '0.010s' } } }),
+      expect.objectContaining({ namespace: 'curl', name: 'retry', state: 'Accepted', identities: ['curl/curl'], services: ['httpbin/httpbin'], retryPolicy: {
+          retry_on: 'unavailable',
+          num_retries: 2,
+          retry_back_off: { base_interval: '0.010s' },
+          // What sidecars get: retries to another host (README "Retry safety").
+          retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate' } }],
+          host_selection_retry_max_attempts: '5',
+        },
+      }),
     ]);
   });
 });
@@ -183,8 +191,11 @@ describe('the mesh-xds CLI', () => {
     expect(r.stdout).toContain('curl/curl -> httpbin/httpbin: Retry curl/retry applies');
     expect(r.stdout).toContain('rds-outbound.14001 outbound_virtual-host|httpbin.httpbin.svc.cluster.local');
     expect(r.stdout).toContain('"retry_on":"unavailable"');
+    // The mesh's retry budget (the default: README "Retry safety").
+    expect(r.stdout).toContain("retry budget of httpbin/httpbin's clusters: retries in flight at most 20% of active requests, at least 3");
     const none = await cli(['policy', 'explain', '--from', 'other/other', '--to', 'httpbin/httpbin', '--debug-url', demo.debug, '-o', 'json']);
     expect(JSON.parse(none.stdout).applied).toBeNull();
+    expect(JSON.parse(none.stdout).retryBudget).toEqual({ budgetPercent: 20, minRetryConcurrency: 3 });
   });
 
   it('validate -f: 0 for a good file, 1 with every problem for a bad one, 2 for no file', async () => {
