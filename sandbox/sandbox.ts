@@ -72,6 +72,8 @@ export interface SandboxOptions {
   /** Files of the control plane's manifests folder besides the generated ones (default: the guide's Retry). */
   manifests?: Record<string, string>;
   enableRetryPolicy?: boolean;
+  /** More flags of `mesh-xds serve`, for every control plane the sandbox starts. */
+  controlPlaneArgs?: string[];
   /** Progress lines (the demo prints them). */
   progress?: (line: string) => void;
 }
@@ -107,10 +109,11 @@ export class ControlPlane {
     readonly adsAddress: string,
     /** The mesh CA (ca.crt, ca.key), from which the server issues its serving certificate: mTLS. */
     readonly caDir: string,
+    readonly extraArgs: string[] = [],
   ) {}
 
   async start(): Promise<void> {
-    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0', '--ca-dir', this.caDir, '--serving-ttl', SERVING_TTL];
+    const args = [packagePath('bin/mesh-xds.js'), 'serve', '--manifests', this.dir, '--ads-address', this.adsAddress, '--debug-address', '127.0.0.1:0', '--ca-dir', this.caDir, '--serving-ttl', SERVING_TTL, ...this.extraArgs];
     this.proc = Proc.spawn(`mesh-xds serve (${this.adsAddress})`, process.execPath, args, { env: { LOG_LEVEL: 'info' } });
     const line = await this.proc.waitFor(/"msg":"listening"/, 20_000);
     this.debugUrl = `http://${JSON.parse(line).debug}`;
@@ -333,7 +336,7 @@ export class Sandbox {
   }
 
   private async startControlPlane(address: string): Promise<ControlPlane> {
-    const cp = new ControlPlane(this.dir, `${address}:${ADS_PORT}`, this.caDir);
+    const cp = new ControlPlane(this.dir, `${address}:${ADS_PORT}`, this.caDir, this.opts.controlPlaneArgs);
     this.controlPlanes.push(cp);
     await cp.start();
     return cp;

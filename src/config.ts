@@ -36,6 +36,8 @@ export interface ServeConfig {
   webhookAddress?: string;
   /** The webhook's certificate from files (tls.crt, tls.key, ca.crt), instead of one from the mesh CA. */
   webhookTlsDir?: string;
+  /** ADS connections older than this are sent GOAWAY (0 or absent: never; the CLI's default is 30 min). */
+  maxConnectionAgeMs?: number;
   /** Images the webhook injects (default: the tested Envoy, and netshoot for the init container). */
   sidecarImage?: string;
   initImage?: string;
@@ -72,6 +74,10 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --webhook-tls-dir DIR    the webhook's certificate: DIR/tls.crt, DIR/tls.key, DIR/ca.crt (default: from --ca-dir)
   --sidecar-image IMAGE    the Envoy image the webhook injects (default envoyproxy/envoy:v1.40.0, the tested one)
   --init-image IMAGE       the init container's image: sh, iptables, ip6tables (default nicolaka/netshoot:v0.13)
+  --max-connection-age DURATION
+                           an ADS connection older than this (give or take 10%) is sent GOAWAY, and its streams
+                           end 10 s later, so that proxies spread over the replicas after a scale-up or a
+                           rollout (default 30m, as Istio; 0: never)
   --namespace NS           the control plane's namespace (default: $POD_NAMESPACE or mesh-xds)
   --log-level LEVEL        trace, debug, info, warn, error (default info)
 `;
@@ -109,6 +115,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         namespace: { type: 'string' },
         'log-level': { type: 'string', default: env.LOG_LEVEL ?? 'info' },
         'webhook-address': { type: 'string', default: '0.0.0.0:9443' },
+        'max-connection-age': { type: 'string', default: '30m' },
         'webhook-tls-dir': { type: 'string' },
         'sidecar-image': { type: 'string' },
         'init-image': { type: 'string' },
@@ -157,9 +164,12 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
       `--ads-address ${adsAddress}: plaintext ADS on an address other than loopback lets anyone who reaches it claim any proxy's identity and read its configuration; serve mTLS (--tls-dir or --ca-dir), bind to 127.0.0.1, or say --plaintext`,
     );
   }
+  const age = parseGoDuration(values['max-connection-age']!);
+  if ('error' in age || (age.nanos !== 0n && age.nanos < 1_000_000_000n)) throw new ConfigError(`--max-connection-age ${values['max-connection-age']}: a Go duration of at least 1s, such as 30m, or 0 for never`);
   const webhookAddress = values['webhook-address'] === 'off' ? undefined : address('--webhook-address', values['webhook-address']!);
   if (values['webhook-tls-dir'] && !webhookAddress) throw new ConfigError('--webhook-tls-dir with --webhook-address off: choose one');
   return {
+    maxConnectionAgeMs: Number(age.nanos / 1_000_000n),
     webhookAddress: values.kubernetes && (values['ca-dir'] || values['webhook-tls-dir']) ? webhookAddress : undefined,
     webhookTlsDir: values['webhook-tls-dir'],
     sidecarImage: values['sidecar-image'],

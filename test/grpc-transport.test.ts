@@ -385,3 +385,50 @@ describe('gRPC transport of the ADS port', () => {
     expect((await chat([Buffer.from('after')])).got.map(String)).toEqual(['after']);
   });
 });
+
+describe('maximum connection age', () => {
+  it('GOAWAY at the age, then the calls still open end with UNAVAILABLE; the client reconnects and is served', async () => {
+    const aged: number[] = [];
+    const s = new GrpcServer({ ...OPTIONS, maxConnectionAgeMs: 400, maxConnectionAgeGraceMs: 300 }, { aged: () => aged.push(Date.now()) });
+    const ended: string[] = [];
+    s.handle(ECHO.path, (call: ServerCall) => {
+      call.on('data', (b: Buffer) => call.write(b));
+      call.on('cancelled', () => ended.push('cancelled'));
+    });
+    const p = await s.listen('127.0.0.1', 0);
+    try {
+      const session = http2.connect(`http://127.0.0.1:${p}`);
+      const goaway = new Promise<number>((r) => session.once('goaway', () => r(Date.now())));
+      const started = Date.now();
+      const stream = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc', te: 'trailers' });
+      const trailers = new Promise<http2.IncomingHttpHeaders>((r) => stream.once('trailers', r));
+      stream.on('data', () => {});
+      stream.on('error', () => {});
+      // A long-lived call, as an ADS stream is: open, one message, never ended by the client.
+      stream.write(Buffer.from([0, 0, 0, 0, 2, 104, 105]));
+      const goawayAt = (await goaway) - started;
+      expect(goawayAt).toBeGreaterThanOrEqual(350);
+      expect(goawayAt).toBeLessThan(1_500);
+      const t = await trailers;
+      expect(t['grpc-status']).toBe(String(Code.UNAVAILABLE));
+      expect(decodeURIComponent(String(t['grpc-message']))).toMatch(/maximum age \(--max-connection-age\): reconnect/);
+      expect(ended).toEqual(['cancelled']);
+      expect(aged.length).toBe(1);
+      session.destroy();
+      // A new connection is served as usual.
+      const again = await new Promise<Buffer>((resolve, reject) => {
+        const c = new Client(`127.0.0.1:${p}`, grpc.credentials.createInsecure()) as any;
+        const call = c.Chat();
+        call.on('data', (b: Buffer) => {
+          resolve(b);
+          call.cancel();
+        });
+        call.on('error', (e: Error) => (e.message.includes('Cancelled') ? undefined : reject(e)));
+        call.write(Buffer.from('again'));
+      });
+      expect(again.toString()).toBe('again');
+    } finally {
+      await s.close(500);
+    }
+  });
+});

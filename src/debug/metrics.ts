@@ -26,6 +26,11 @@ export class Metrics {
     buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
+  private readonly connectionsAged = new Counter({
+    name: 'mesh_xds_connections_aged_total',
+    help: 'ADS connections sent GOAWAY at their maximum age (--max-connection-age), so that proxies spread over the replicas',
+    registers: [this.registry],
+  });
   private readonly admissions = new Counter({
     name: 'mesh_xds_admission_reviews_total',
     help: 'Pod admission reviews of the injection webhook: injected, skipped (left alone), denied, ignored (not a pod creation), bad_request',
@@ -106,6 +111,7 @@ export class Metrics {
       refused: (reason) => this.refused.inc({ reason }),
       connectionRefused: (reason) => this.connectionsRefused.inc({ reason }),
       transportError: (where, code) => this.transportErrors.inc({ where, code }),
+      connectionAged: () => this.connectionsAged.inc(),
     });
   }
 

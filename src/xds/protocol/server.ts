@@ -77,6 +77,7 @@ export class AdsServer {
       refused: (reason) => opts.registry.emit('refused', reason),
       dropped: () => opts.registry.emit('connectionRefused', 'too_many_connections'),
       error: (where, code) => opts.registry.emit('transportError', where, code),
+      aged: () => opts.registry.emit('connectionAged'),
     });
     if (opts.tls) {
       const { verifier } = opts.tls;

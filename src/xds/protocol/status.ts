@@ -45,6 +45,8 @@ export interface XdsEvents {
   connectionRefused?(reason: 'too_many_connections' | 'tls_handshake_failed'): void;
   /** An error of an ADS connection or stream (a reset, a protocol error): it ended only its own. */
   transportError?(where: 'session' | 'stream', code: string): void;
+  /** A connection reached its maximum age (--max-connection-age) and was sent GOAWAY. */
+  connectionAged?(): void;
 }
 
 /** A stream as its callbacks know it: which proxy, which stream, from where. */

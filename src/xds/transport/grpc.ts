@@ -278,8 +278,8 @@ export class ServerCall extends EventEmitter {
     if (delta !== 0 || (now === 0) === this.shared.budget.holders.has(this)) this.shared.budget.change(this, delta, now > 0);
   }
 
-  /** Ends the call for what the transport refuses (bad input, a deadline passed), telling the handler ('cancelled'). */
-  private refuse(code: Code, details: string): void {
+  /** Ends the call for what the transport refuses (bad input, a deadline passed, its connection's age), telling the handler ('cancelled'). */
+  refuse(code: Code, details: string): void {
     this.end({ code, details });
     this.emit('cancelled');
   }
@@ -438,6 +438,13 @@ export interface GrpcServerOptions extends CallLimits {
   /** Ping each connection this often, and drop it if no answer comes within the timeout. */
   readonly keepaliveMs: number;
   readonly keepaliveTimeoutMs: number;
+  /**
+   * A connection older than this (give or take 10%, so that connections made together do not all go at once) is sent
+   * GOAWAY: no new streams on it; after `maxConnectionAgeGraceMs` the calls still open end with UNAVAILABLE and
+   * the client reconnects, to whichever replica its Service picks now. 0: connections live as long as they answer.
+   */
+  readonly maxConnectionAgeMs?: number;
+  readonly maxConnectionAgeGraceMs?: number;
 }
 
 /** What the transport tells its owner (metrics). */
@@ -448,6 +455,8 @@ export interface TransportEvents {
   dropped?(): void;
   /** An error of a connection or of a stream (its code: ECONNRESET, ERR_HTTP2_STREAM_ERROR...): each ends only its own. */
   error?(where: 'session' | 'stream', code: string): void;
+  /** A connection reached its maximum age and was sent GOAWAY. */
+  aged?(): void;
 }
 
 /** The code of a transport error, for a label: Node's own codes only (an unknown one is `other`). */
@@ -461,6 +470,8 @@ export class GrpcServer {
   private readonly h2: http2.Http2Server;
   private readonly handlers = new Map<string, Handler>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** The calls of each connection (what its maximum age ends). */
+  private readonly calls = new WeakMap<http2.Http2Session, Set<ServerCall>>();
   private readonly shared: CallShared;
   private readonly sweep: NodeJS.Timeout;
   private streams = 0;
@@ -516,7 +527,12 @@ export class GrpcServer {
     }
     const call = new ServerCall(stream, headers, this.shared);
     this.streams++;
-    stream.once('close', () => this.streams--);
+    const mine = stream.session && this.calls.get(stream.session);
+    mine?.add(call);
+    stream.once('close', () => {
+      this.streams--;
+      mine?.delete(call);
+    });
     if (this.streams > this.opts.maxStreams) {
       this.shared.refused('too_many_streams');
       return call.end({ code: Code.RESOURCE_EXHAUSTED, details: `the server has ${this.opts.maxStreams} streams open, its bound; try again later` });
@@ -538,7 +554,8 @@ export class GrpcServer {
     let timer: NodeJS.Timeout | undefined;
     const schedule = (): void => {
       timer = setTimeout(() => {
-        if (session.destroyed) return;
+        // A connection closing (GOAWAY sent: its maximum age, or shutdown) is no longer pinged: its grace ends it.
+        if (session.destroyed || session.closed) return;
         timer = setTimeout(() => session.destroy(), this.opts.keepaliveTimeoutMs).unref();
         try {
           session.ping((err) => {
@@ -552,10 +569,27 @@ export class GrpcServer {
       }, this.opts.keepaliveMs).unref();
     };
     schedule();
+    this.calls.set(session, new Set());
+    const age = this.opts.maxConnectionAgeMs ?? 0;
+    let aged: NodeJS.Timeout | undefined;
+    if (age > 0) aged = setTimeout(() => this.retire(session), age * (0.9 + Math.random() * 0.2)).unref();
     session.on('close', () => {
       clearTimeout(timer);
+      clearTimeout(aged);
       this.sessions.delete(session);
     });
+  }
+
+  /** A connection at its maximum age: GOAWAY now, its calls ended with UNAVAILABLE after the grace period. */
+  private retire(session: http2.ServerHttp2Session): void {
+    if (session.closed || session.destroyed) return;
+    this.events.aged?.();
+    session.close();
+    setTimeout(() => {
+      for (const call of this.calls.get(session) ?? []) call.refuse(Code.UNAVAILABLE, 'the connection reached its maximum age (--max-connection-age): reconnect');
+      // The statuses are written on a later turn; then nothing is left to wait for.
+      setTimeout(() => session.destroyed || session.destroy(), 1_000).unref();
+    }, this.opts.maxConnectionAgeGraceMs ?? 10_000).unref();
   }
 
   /** Serves a connection accepted elsewhere (the TLS front, which bounds its own connections). */
