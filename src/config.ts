@@ -38,6 +38,8 @@ export interface ServeConfig {
   webhookTlsDir?: string;
   /** ADS connections older than this are sent GOAWAY (0 or absent: never; the CLI's default is 30 min). */
   maxConnectionAgeMs?: number;
+  /** After GOAWAY at the maximum age, how long calls may go on before they are ended (default 10 s). */
+  maxConnectionAgeGraceMs?: number;
   /** Images the webhook injects (default: the tested Envoy, and netshoot for the init container). */
   sidecarImage?: string;
   initImage?: string;
@@ -78,6 +80,8 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
                            an ADS connection older than this (give or take 10%) is sent GOAWAY, and its streams
                            end 10 s later, so that proxies spread over the replicas after a scale-up or a
                            rollout (default 30m, as Istio; 0: never)
+  --max-connection-age-grace DURATION
+                           how long a connection's calls go on after its GOAWAY (default 10s)
   --namespace NS           the control plane's namespace (default: $POD_NAMESPACE or mesh-xds)
   --log-level LEVEL        trace, debug, info, warn, error (default info)
 `;
@@ -116,6 +120,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'log-level': { type: 'string', default: env.LOG_LEVEL ?? 'info' },
         'webhook-address': { type: 'string', default: '0.0.0.0:9443' },
         'max-connection-age': { type: 'string', default: '30m' },
+        'max-connection-age-grace': { type: 'string', default: '10s' },
         'webhook-tls-dir': { type: 'string' },
         'sidecar-image': { type: 'string' },
         'init-image': { type: 'string' },
@@ -166,10 +171,13 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
   }
   const age = parseGoDuration(values['max-connection-age']!);
   if ('error' in age || (age.nanos !== 0n && age.nanos < 1_000_000_000n)) throw new ConfigError(`--max-connection-age ${values['max-connection-age']}: a Go duration of at least 1s, such as 30m, or 0 for never`);
+  const grace = parseGoDuration(values['max-connection-age-grace']!);
+  if ('error' in grace) throw new ConfigError(`--max-connection-age-grace ${values['max-connection-age-grace']}: a Go duration, such as 10s`);
   const webhookAddress = values['webhook-address'] === 'off' ? undefined : address('--webhook-address', values['webhook-address']!);
   if (values['webhook-tls-dir'] && !webhookAddress) throw new ConfigError('--webhook-tls-dir with --webhook-address off: choose one');
   return {
     maxConnectionAgeMs: Number(age.nanos / 1_000_000n),
+    maxConnectionAgeGraceMs: Number(grace.nanos / 1_000_000n),
     webhookAddress: values.kubernetes && (values['ca-dir'] || values['webhook-tls-dir']) ? webhookAddress : undefined,
     webhookTlsDir: values['webhook-tls-dir'],
     sidecarImage: values['sidecar-image'],

@@ -157,7 +157,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     registry,
     log,
     tls,
-    transport: { maxConnectionAgeMs: cfg.maxConnectionAgeMs },
+    transport: { maxConnectionAgeMs: cfg.maxConnectionAgeMs, maxConnectionAgeGraceMs: cfg.maxConnectionAgeGraceMs },
     handlers: csdsHandlers(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)),
   });
   const adsPort = await ads.listen(cfg.adsAddress);

@@ -13,7 +13,7 @@ describe.skipIf(sandboxMissing.length > 0)('ADS connections have a maximum age (
 
   for (const flavour of ['GRPC', 'DELTA_GRPC'] as AdsFlavour[]) {
     it(`${flavour}: the sidecars move to the new replica at their connection's age, and are sent nothing new`, async () => {
-      const sb = await Sandbox.start({ workloads: guideWorkloads(flavour), controlPlaneArgs: ['--max-connection-age', '3s'] });
+      const sb = await Sandbox.start({ workloads: guideWorkloads(flavour), controlPlaneArgs: ['--max-connection-age', '3s', '--max-connection-age-grace', '1s'] });
       sandboxes.push(sb);
       const sidecars = [...sb.workloads.values()].map((w) => w.sidecar);
       const updates = () => Promise.all(sidecars.map(async (s) => Object.fromEntries([...(await s.stats('update_success$'))].filter(([k]) => !k.startsWith('cluster.mesh-xds.')))));
@@ -25,8 +25,8 @@ describe.skipIf(sandboxMissing.length > 0)('ADS connections have a maximum age (
       const started = Date.now();
       await until(async () => (await replica.get('/debug/proxies')).proxies.length === sidecars.length, 30_000, 'every sidecar on the new replica');
       const moved = Date.now() - started;
-      // Within the age (3 s, +10%), the grace (10 s) and Envoy's reconnect backoff.
-      expect(moved).toBeLessThan(20_000);
+      // Within the age (3 s, +10%), the grace (1 s) and Envoy's reconnect backoff.
+      expect(moved).toBeLessThan(10_000);
       expect((await first.get('/debug/proxies')).proxies).toEqual([]);
       const metrics = await fetch(`${first.debugUrl}/metrics`).then((r) => r.text());
       expect(Number(/^mesh_xds_connections_aged_total (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(sidecars.length);
