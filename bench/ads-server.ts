@@ -98,7 +98,10 @@ process.on('message', async (m: any) => {
 
 const ids = pipeline.ir!.identities;
 const clusters = pipeline.ir!.services.flatMap((s) => s.ports.map((p) => p.cluster)).sort();
-const routes = [...new Set(pipeline.ir!.services.flatMap((s) => s.ports.filter((p) => p.protocol === 'http').map((p) => `rds-outbound.${p.dialPort}`)))].sort();
+// The route configurations a sidecar's listeners name: each ClusterIP service port's own, and the port's for headless services.
+const routes = [
+  ...new Set(pipeline.ir!.services.flatMap((s) => s.ports.filter((p) => p.protocol === 'http').map((p) => (s.headless ? `rds-outbound.${p.dialPort}` : `${s.host}:${p.dialPort}`)))),
+].sort();
 const certs = tlsOn
   ? Object.fromEntries(await Promise.all(ids.map(async (id) => [id, await issue(ca, { trustDomain: 'cluster.local', namespace: id.split('/')[0], serviceAccount: id.split('/')[1] })] as const)))
   : undefined;

@@ -7,7 +7,7 @@
 import { Sandbox, guideWorkloads } from '../sandbox/sandbox.js';
 
 const N = Number(process.argv[2] ?? 20);
-const STAT = 'http.outbound_14001.rds.rds-outbound.14001.update_success';
+const STAT = 'http.outbound_14001.rds.httpbin.httpbin.svc.cluster.local_14001.update_success';
 
 // Polls the sidecar's admin from inside the pod every 2 ms; prints "<epoch ms> <value>" when the value changes.
 const WATCHER = `

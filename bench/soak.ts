@@ -62,7 +62,8 @@ function proxy(i: number): Proxy {
   call.write(encode({ node, type_url: CLUSTER }));
   call.write(encode({ type_url: ENDPOINT, resource_names: base.services.slice(0, 20).map((s) => `${s.namespace}/${s.name}|8080`) }));
   call.write(encode({ type_url: LISTENER }));
-  call.write(encode({ type_url: ROUTE, resource_names: ['rds-outbound.80', 'rds-outbound.9090'] }));
+  // The route configurations of the same services' ports (each ClusterIP service port has its own).
+  call.write(encode({ type_url: ROUTE, resource_names: base.services.slice(0, 20).flatMap((s) => [80, 9090].map((port) => `${s.name}.${s.namespace}.svc.cluster.local:${port}`)) }));
   return { client, call };
 }
 

@@ -10,7 +10,7 @@ import { indent, write } from './transcript.js';
 
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
 const CLUSTER = 'httpbin/httpbin|14001';
-const RDS_UPDATES = 'http.outbound_14001.rds.rds-outbound.14001.update_success';
+const RDS_UPDATES = 'http.outbound_14001.rds.httpbin.httpbin.svc.cluster.local_14001.update_success';
 
 const MEANING: Record<string, (n: number) => string> = {
   upstream_rq_retry: (n) => `${n} retries were made`,

@@ -25,7 +25,9 @@ describe('snapshot builder', () => {
     const plain = pipeline.ir!.identities.filter((id) => !withPolicy.has(id) && id.startsWith('ns-1/'));
     expect(plain.length).toBeGreaterThanOrEqual(2);
     const [a, b] = plain.map((id) => cache.peek(`sidecar:${id}`)!);
-    expect(a.get(ROUTE)!.resources.get('rds-outbound.80')).toBe(b.get(ROUTE)!.resources.get('rds-outbound.80'));
+    const svcRoutes = [...a.get(ROUTE)!.resources.keys()].filter((n) => n.endsWith('.svc.cluster.local:80'));
+    expect(svcRoutes.length).toBeGreaterThan(1);
+    for (const n of svcRoutes) expect(a.get(ROUTE)!.resources.get(n)).toBe(b.get(ROUTE)!.resources.get(n));
     expect(a.get(ENDPOINT)).toBe(b.get(ENDPOINT));
     expect(a.get(LISTENER)!.resources.get('outbound-listener')).toBe(b.get(LISTENER)!.resources.get('outbound-listener'));
     // The listener of each ClusterIP service port, too.
@@ -45,13 +47,14 @@ describe('snapshot builder', () => {
     const source = (retries[1].spec as any).source;
     expect(changed).toEqual([`sidecar:${source.namespace}/${source.name}`]);
     expect(report.changed).toBe(1);
-    // The changed route is the variant with the new retry policy; the other virtual hosts are untouched.
-    const rds = cache.peek(changed[0])!.get(ROUTE)!.resources.get('rds-outbound.80')!;
+    // The destination's own route configuration carries the new retry policy; the others are the shared ones.
     const dst = (retries[1].spec as any).destinations[0];
-    const vhs = (resourceToJson(rds) as any).virtual_hosts;
-    const target = vhs.find((v: any) => v.name === `outbound_virtual-host|${dst.name}.${dst.namespace}.svc.cluster.local`);
-    expect(target.routes[0].route.retry_policy.num_retries).toEqual({ value: 9 });
-    expect(vhs.filter((v: any) => v.routes[0].route.retry_policy).length).toBe(1);
+    const mine = cache.peek(changed[0])!.get(ROUTE)!;
+    const rds = mine.resources.get(`${dst.name}.${dst.namespace}.svc.cluster.local:80`)!;
+    expect((resourceToJson(rds) as any).virtual_hosts[0].routes[0].route.retry_policy.num_retries).toEqual({ value: 9 });
+    const plain = cache.peek(`sidecar:${pipeline.ir!.identities.find((id) => !(id in pipeline.ir!.retries))}`)!.get(ROUTE)!;
+    const shared = [...mine.resources].filter(([n, r]) => plain.resources.get(n) === r);
+    expect(shared.length).toBeGreaterThan(1);
   });
 
   it('an unchanged mesh changes nothing', () => {
@@ -70,8 +73,9 @@ describe('after a topology change', () => {
     const extra = { namespace: 'ns-0', name: 'brand-new', clusterIP: '10.99.0.1', ports: [{ name: 'http', port: 80, targetPort: 8080, protocol: 'TCP' }] };
     pipeline.update({ ...state, services: [...state.services, extra] });
     for (const key of [`sidecar:${withPolicy}`, `sidecar:${plain}`]) {
-      const rds: any = resourceToJson(cache.peek(key)!.get(ROUTE)!.resources.get('rds-outbound.80')!);
-      expect(rds.virtual_hosts.map((v: any) => v.name), key).toContain('outbound_virtual-host|brand-new.ns-0.svc.cluster.local');
+      const rds: any = resourceToJson(cache.peek(key)!.get(ROUTE)!.resources.get('brand-new.ns-0.svc.cluster.local:80')!);
+      expect(rds.virtual_hosts.map((v: any) => v.name), key).toEqual(['outbound_virtual-host|brand-new.ns-0.svc.cluster.local']);
+      expect(cache.peek(key)!.get(LISTENER)!.resources.has('10.99.0.1_80')).toBe(true);
     }
     const preview = pipeline.preview(proxyless);
     expect(preview.get(LISTENER)!.resources.has('brand-new.ns-0.svc.cluster.local:80')).toBe(true);
@@ -85,9 +89,9 @@ it('two ports of a service with the same target port share one cluster (no dupli
   expect(report.failed).toEqual([]);
   const snap = cache.peek(`sidecar:${pipeline.ir!.identities[0]}`)!;
   expect([...snap.get(CLUSTER)!.resources.keys()].filter((n) => n.startsWith('ns-0/svc-0|') && !n.endsWith('|local'))).toEqual(['ns-0/svc-0|8080']);
-  const rds80: any = resourceToJson(snap.get(ROUTE)!.resources.get('rds-outbound.80')!);
-  const rds8080: any = resourceToJson(snap.get(ROUTE)!.resources.get('rds-outbound.8080')!);
-  for (const rds of [rds80, rds8080]) expect(rds.virtual_hosts.find((v: any) => v.name.includes('svc-0.ns-0')).routes[0].route.cluster).toBe('ns-0/svc-0|8080');
+  const rds80: any = resourceToJson(snap.get(ROUTE)!.resources.get('svc-0.ns-0.svc.cluster.local:80')!);
+  const rds8080: any = resourceToJson(snap.get(ROUTE)!.resources.get('svc-0.ns-0.svc.cluster.local:8080')!);
+  for (const rds of [rds80, rds8080]) expect(rds.virtual_hosts[0].routes[0].route.cluster).toBe('ns-0/svc-0|8080');
 });
 
 it('a failure of the translation itself publishes nothing: proxies keep their last good snapshot', async () => {

@@ -189,7 +189,7 @@ describe('the mesh-xds CLI', () => {
     const r = await cli(['policy', 'explain', '--from', 'curl/curl', '--to', 'httpbin/httpbin', '--debug-url', demo.debug]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('curl/curl -> httpbin/httpbin: Retry curl/retry applies');
-    expect(r.stdout).toContain('rds-outbound.14001 outbound_virtual-host|httpbin.httpbin.svc.cluster.local');
+    expect(r.stdout).toContain('httpbin.httpbin.svc.cluster.local:14001 outbound_virtual-host|httpbin.httpbin.svc.cluster.local');
     expect(r.stdout).toContain('"retry_on":"unavailable"');
     // The mesh's retry budget (the default: README "Retry safety").
     expect(r.stdout).toContain("retry budget of httpbin/httpbin's clusters: retries in flight at most 20% of active requests, at least 3");

@@ -32,7 +32,7 @@ it('produce the same snapshot versions', () => {
 it('send nothing new to a SotW proxy that reconnects to the other replica', async () => {
   const sA = client(a).sotw();
   const who = node({ id: 'curl-1', namespace: 'curl', serviceAccount: 'curl' });
-  const subscriptions: Record<string, string[]> = { [CLUSTER]: [], [ENDPOINT]: ['curl/curl|8080', 'httpbin/httpbin|14001'], [LISTENER]: [], [ROUTE]: ['rds-inbound.8080', 'rds-outbound.14001', 'rds-outbound.80'] };
+  const subscriptions: Record<string, string[]> = { [CLUSTER]: [], [ENDPOINT]: ['curl/curl|8080', 'httpbin/httpbin|14001'], [LISTENER]: [], [ROUTE]: ['rds-inbound.8080', 'httpbin.httpbin.svc.cluster.local:14001', 'curl.curl.svc.cluster.local:80'] };
   const versions: Record<string, string> = {};
   sA.send({ node: who, type_url: CLUSTER });
   for (const t of [ENDPOINT, LISTENER, ROUTE]) sA.send({ type_url: t, resource_names: subscriptions[t] });

@@ -11,6 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { compile } from '../src/compile/compile.js';
+import { resourceToJson } from '../src/xds/resources/json.js';
 import { DEFAULT_MESH_CONFIG, type MeshState } from '../src/model/mesh.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { FileSource, MAX_MANIFEST_BYTES } from '../src/sources/files.js';
@@ -213,11 +214,12 @@ describe('an object defined in two files', () => {
     const dup = source.errors.find((e) => e.object === 'Service httpbin/httpbin')!;
     expect(dup).toMatchObject({ file: 'zz-copy.yaml', message: expect.stringMatching(/is also defined in httpbin\.yaml:\d+, which is used/) });
     expect(dup.line).toBeGreaterThan(1);
-    // The route configuration has one virtual host for httpbin.
+    // One route configuration for httpbin's port, with one virtual host.
     const { builder } = meshFromYaml(`${readFileSync(path.join(dir, 'httpbin.yaml'), 'utf8')}\n---\n${readFileSync(path.join(dir, 'zz-copy.yaml'), 'utf8')}\n---\n${readFileSync(path.join(dir, 'curl.yaml'), 'utf8')}`);
     const rds = builder.build('sidecar:curl/curl').get('type.googleapis.com/envoy.config.route.v3.RouteConfiguration')!;
     const names = [...rds.resources.values()].map((r) => r.name);
-    expect(names).toEqual(['rds-outbound.14001', 'rds-outbound.80']);
+    expect(names).toEqual(['curl.curl.svc.cluster.local:80', 'httpbin.httpbin.svc.cluster.local:14001']);
+    expect([...rds.resources.values()].map((r: any) => (resourceToJson(r) as any).virtual_hosts.length)).toEqual([1, 1]);
   });
 
   it('the same Retry twice is not in conflict with itself: one copy is used, the other is an error', async () => {

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import { amplificationOf } from '../compile/amplification.js';
 import type { MeshIR } from '../compile/ir.js';
 import { asList, asMap } from '../model/plain.js';
-import { outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
+import { outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { envoyRetryPolicy } from '../envoy/routes.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
@@ -261,7 +261,9 @@ export class DebugServer {
       const snap = this.src.cache.peek(key) ?? this.src.preview(key);
       const rds = envoyRoot().lookupType('envoy.config.route.v3.RouteConfiguration');
       for (const port of service.ports.filter((p) => p.protocol === 'http')) {
-        const r = snap.get(ROUTE)?.resources.get(outboundRouteName(port.dialPort));
+        // A ClusterIP service's own route configuration, or its port's (headless services).
+        const held = snap.get(ROUTE)?.resources;
+        const r = held?.get(serviceRouteName(service.host, port.dialPort)) ?? held?.get(outboundRouteName(port.dialPort));
         if (!r) continue;
         const rc = asMap(toProto3Json(rds, rds.decode(r.body)));
         const vh = asList(rc.virtual_hosts).find((v) => asMap(v).name === outboundVirtualHostName(service.host));

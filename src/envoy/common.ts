@@ -15,6 +15,11 @@ export const INBOUND_PORT = 15003;
 export const PASSTHROUGH_CLUSTER = 'passthrough-outbound';
 
 export const outboundRouteName = (port: number): string => `rds-outbound.${port}`;
+/**
+ * The route configuration of one ClusterIP service port, which only that port's listener names (`host:port`, as
+ * Istio names its per-service routes): a service added or changed is a few small resources for each sidecar.
+ */
+export const serviceRouteName = (host: string, port: number): string => `${host}:${port}`;
 export const inboundRouteName = (targetPort: number): string => `rds-inbound.${targetPort}`;
 export const localClusterName = (cluster: string): string => `${cluster}|local`;
 export const outboundVirtualHostName = (host: string): string => `outbound_virtual-host|${host}`;

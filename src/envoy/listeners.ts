@@ -17,6 +17,7 @@ import {
   inboundRouteName,
   localClusterName,
   outboundRouteName,
+  serviceRouteName,
 } from './common.js';
 
 function cidr(ip: string): CidrRange {
@@ -70,13 +71,17 @@ export function outboundListener(chains: readonly FilterChain[]): Listener {
 
 /**
  * The listener of one ClusterIP service port: on the ClusterIP and service port, not bound (15001 hands it the
- * connections redirected there), with the service port's one filter chain. An added service is a listener added,
+ * connections redirected there), with the service port's one filter chain, whose HTTP routes are the service's
+ * own route configuration (`serviceRoute`). An added service is a listener added,
  * not a change of every sidecar's 15001 listener. Named by its address as Istio names them (`10.96.0.10_14001`):
  * a ClusterIP that changes is a listener removed and another added.
  */
 export function serviceListener(match: OutboundMatch): Listener {
   const [ip] = match.ips;
-  const { name, filters } = outboundFilterChain(match);
+  const { service, port } = match;
+  const name = `outbound_${service.namespace}/${service.name}_${port.dialPort}_${port.protocol}`;
+  // The service's own route configuration (its HTTP stats keep the port's prefix, `http.outbound_<port>.`).
+  const filters = [portFilter(port, `outbound_${port.dialPort}`, serviceRouteName(service.host, port.dialPort), name, port.cluster)];
   return {
     name: `${ip}_${match.port.dialPort}`,
     address: { socket_address: { address: ip, port_value: match.port.dialPort } },

@@ -4,7 +4,8 @@ import { serviceDomains } from '../compile/plan.js';
 import type { RetryPolicy, VirtualHost } from './types.js';
 import type { RetrySpec } from '../policy/retry.js';
 import { protoDuration } from '../policy/duration.js';
-import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName } from './common.js';
+import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName, serviceRouteName } from './common.js';
+import type { RouteConfiguration } from './types.js';
 
 export interface RetryOptions {
   /** Proxyless gRPC clients reject `num_retries: 0`; for them it becomes "no retry policy" (same effect). */
@@ -34,10 +35,10 @@ export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): RetryPoli
   };
 }
 
-export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: RetryPolicy | undefined): VirtualHost {
+export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: RetryPolicy | undefined, domains?: string[]): VirtualHost {
   return {
     name: outboundVirtualHostName(service.host),
-    domains: serviceDomains(service, port.dialPort, callerNamespace === service.namespace),
+    domains: domains ?? serviceDomains(service, port.dialPort, callerNamespace === service.namespace),
     routes: [
       {
         name: 'default',
@@ -50,6 +51,15 @@ export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerName
       },
     ],
   };
+}
+
+/**
+ * The route configuration of one ClusterIP service port: its virtual host alone, matching any Host (the
+ * listener already chose the destination, so a request to the ClusterIP by address is routed too), with the
+ * caller's Retry for it. The same for every caller without one, whatever its namespace.
+ */
+export function serviceRoute(service: ServiceIR, port: PortIR, retry: RetryPolicy | undefined): RouteConfiguration {
+  return { name: serviceRouteName(service.host, port.dialPort), virtual_hosts: [outboundVirtualHost(service, port, service.namespace, retry, ['*'])] };
 }
 
 export function inboundVirtualHost(service: ServiceIR, port: PortIR): VirtualHost {

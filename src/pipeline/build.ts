@@ -8,9 +8,9 @@ import type { MeshIR, PortIR, ServiceIR } from '../compile/ir.js';
 import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener, serviceListener } from '../envoy/listeners.js';
-import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost } from '../envoy/routes.js';
+import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
 import type { RetryPolicy } from '../envoy/types.js';
-import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName } from '../envoy/common.js';
+import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
 import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
 import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
@@ -95,11 +95,13 @@ interface Shared {
   outboundListeners: TypeSet;
   httpPorts: HttpPortGroup[];
   /**
-   * The HTTP port groups the outbound listeners have a filter chain for: a sidecar gets only their route
-   * configurations (Envoy asks only for what its listeners name; a port whose services have no address, such as a
-   * headless service without endpoints, has none). Proxyless clients get every group (their listeners name them all).
+   * The HTTP port groups the 15001 listener has a filter chain for (headless services): a sidecar gets only their
+   * route configurations (Envoy asks only for what its listeners name). Proxyless clients get every group (their
+   * listeners name them all).
    */
   sidecarHttpPorts: HttpPortGroup[];
+  /** The HTTP ports of ClusterIP services, each with its own listener and route configuration (for sidecars). */
+  serviceRoutes: { service: ServiceIR; port: PortIR; key: string; name: string }[];
   /** Hash of all HTTP port groups (what proxyless listeners are made of). */
   httpSig: string;
 }
@@ -244,12 +246,17 @@ export class SnapshotBuilder {
     // Memo keys must name everything a value is made of: a key that outlives the topology it was built from
     // would hand out a stale resource.
     const groups = [...httpPorts.values()].sort((a, b) => a.port - b.port);
-    const chained = new Set(matches.filter((m) => m.port.protocol === 'http').map((m) => m.port.dialPort));
+    // 15001's own filter chains (headless services) name `rds-outbound.<port>`; a ClusterIP service port's listener
+    // names the service's own route configuration.
+    const chained = new Set(matches.filter((m) => m.service.headless && m.port.protocol === 'http').map((m) => m.port.dialPort));
+    const serviceRoutes = matches
+      .filter((m) => !m.service.headless && m.port.protocol === 'http')
+      .map(({ service, port }) => ({ service, port, key: `${service.namespace}/${service.name}`, name: serviceRouteName(service.host, port.dialPort) }));
     for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
     const sidecarHttpPorts = groups.filter((g) => chained.has(g.port));
     const outboundListeners = this.sets.get(`outbound-lds|${listeners.map((r) => r.version).join(',')}`, () => {
       // Checked once here against the route configurations every sidecar gets, then trusted by each snapshot.
-      const routes = new Set(sidecarHttpPorts.map((g) => outboundRouteName(g.port)));
+      const routes = new Set([...sidecarHttpPorts.map((g) => outboundRouteName(g.port)), ...serviceRoutes.map((r) => r.name)]);
       const missing = listeners.flatMap((l) => l.refs.filter((r) => !routes.has(r.name)).map((r) => `LDS "${l.name}" refers to RDS "${r.name}", which is not in the snapshot`));
       if (missing.length) throw new SnapshotError(missing);
       return TypeSet.of(LISTENER, listeners, { trusted: true });
@@ -261,6 +268,7 @@ export class SnapshotBuilder {
       outboundListeners,
       httpPorts: groups,
       sidecarHttpPorts,
+      serviceRoutes,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
@@ -341,6 +349,19 @@ export class SnapshotBuilder {
   }
 
   /**
+   * A ClusterIP service port's route configuration: one per content, shared by every caller with the same Retry
+   * for it (most have none). Those with a Retry are kept only while published (`retain`), as route variants are.
+   */
+  private serviceRoute(r: Shared['serviceRoutes'][number], retry: RetryPolicy | undefined): Resource {
+    const key = `${ROUTE}|svc|${r.name}|${r.port.cluster}`;
+    if (!retry) return this.resources.get(key, () => resourceFromObject(ROUTE, serviceRoute(r.service, r.port, undefined)));
+    const retryKey = `${key}|${JSON.stringify(retry)}`;
+    let v = this.variants.get(retryKey);
+    if (!v) this.variants.set(retryKey, (v = { resource: resourceFromObject(ROUTE, serviceRoute(r.service, r.port, retry)), hosts: [] }));
+    return v.resource;
+  }
+
+  /**
    * Each registered type's set for one proxy: where a type joins the snapshots. A type is its registry entry
    * (xds/resources/types.ts), its builder (envoy/), the plan's decision (compile/plan.ts) and its line here; a
    * registered type without one fails when the builder is made.
@@ -373,6 +394,7 @@ export class SnapshotBuilder {
       const retries = SnapshotBuilder.retriesOf(plan);
       const outbound = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
       if (plan.kind === 'proxyless') return TypeSet.of(ROUTE, outbound);
+      for (const r of shared.serviceRoutes) outbound.push(this.serviceRoute(r, retries.get(r.key)));
       const inbound = plan.inbound
         .filter(({ port }) => port.protocol === 'http')
         .map(({ service, port }) =>

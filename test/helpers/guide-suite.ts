@@ -15,7 +15,7 @@ import { dynamicResources } from '../../sandbox/accept.js';
 const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
 const CLUSTER = 'httpbin/httpbin|14001';
-const RDS_UPDATES = 'http.outbound_14001.rds.rds-outbound.14001.update_success';
+const RDS_UPDATES = 'http.outbound_14001.rds.httpbin.httpbin.svc.cluster.local_14001.update_success';
 
 const GRPC_RETRY = `kind: Retry
 apiVersion: policy.flomesh.io/v1alpha1
