@@ -80,6 +80,15 @@ interface HttpPortGroup {
   index: Map<string, number>;
 }
 
+/** A ClusterIP service's HTTP port, whose listener names the service port's own route configuration. */
+interface ServiceRoute {
+  readonly service: ServiceIR;
+  readonly port: PortIR;
+  /** `ns/name` of the service (how a plan names a Retry's destination). */
+  readonly key: string;
+  readonly name: string;
+}
+
 /** What one proxy's snapshot is assembled from: its plan, and what every proxy shares. */
 interface ProxyParts {
   readonly plan: ProxyPlan;
@@ -100,8 +109,10 @@ interface Shared {
    * listeners name them all).
    */
   sidecarHttpPorts: HttpPortGroup[];
-  /** The HTTP ports of ClusterIP services, each with its own listener and route configuration (for sidecars). */
-  serviceRoutes: { service: ServiceIR; port: PortIR; key: string; name: string }[];
+  /** The HTTP ports of ClusterIP services, each with its own listener and route configuration (for sidecars), by service. */
+  serviceRoutes: Map<string, ServiceRoute[]>;
+  /** Their route configurations without a Retry: what every sidecar without one for them gets, one set for all. */
+  plainServiceRoutes: TypeSet;
   /** Hash of all HTTP port groups (what proxyless listeners are made of). */
   httpSig: string;
 }
@@ -249,14 +260,18 @@ export class SnapshotBuilder {
     // 15001's own filter chains (headless services) name `rds-outbound.<port>`; a ClusterIP service port's listener
     // names the service's own route configuration.
     const chained = new Set(matches.filter((m) => m.service.headless && m.port.protocol === 'http').map((m) => m.port.dialPort));
-    const serviceRoutes = matches
-      .filter((m) => !m.service.headless && m.port.protocol === 'http')
-      .map(({ service, port }) => ({ service, port, key: `${service.namespace}/${service.name}`, name: serviceRouteName(service.host, port.dialPort) }));
+    const serviceRoutes = new Map<string, ServiceRoute[]>();
+    for (const { service, port } of matches.filter((m) => !m.service.headless && m.port.protocol === 'http')) {
+      const key = `${service.namespace}/${service.name}`;
+      serviceRoutes.set(key, [...(serviceRoutes.get(key) ?? []), { service, port, key, name: serviceRouteName(service.host, port.dialPort) }]);
+    }
+    const plainRoutes = [...serviceRoutes.values()].flat().map((r) => this.serviceRoute(r, undefined));
+    const plainServiceRoutes = this.sets.get(`svc-routes|${plainRoutes.map((r) => r.version).join(',')}`, () => TypeSet.of(ROUTE, plainRoutes));
     for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
     const sidecarHttpPorts = groups.filter((g) => chained.has(g.port));
     const outboundListeners = this.sets.get(`outbound-lds|${listeners.map((r) => r.version).join(',')}`, () => {
       // Checked once here against the route configurations every sidecar gets, then trusted by each snapshot.
-      const routes = new Set([...sidecarHttpPorts.map((g) => outboundRouteName(g.port)), ...serviceRoutes.map((r) => r.name)]);
+      const routes = new Set([...sidecarHttpPorts.map((g) => outboundRouteName(g.port)), ...plainServiceRoutes.resources.keys()]);
       const missing = listeners.flatMap((l) => l.refs.filter((r) => !routes.has(r.name)).map((r) => `LDS "${l.name}" refers to RDS "${r.name}", which is not in the snapshot`));
       if (missing.length) throw new SnapshotError(missing);
       return TypeSet.of(LISTENER, listeners, { trusted: true });
@@ -269,6 +284,7 @@ export class SnapshotBuilder {
       httpPorts: groups,
       sidecarHttpPorts,
       serviceRoutes,
+      plainServiceRoutes,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
@@ -352,7 +368,7 @@ export class SnapshotBuilder {
    * A ClusterIP service port's route configuration: one per content, shared by every caller with the same Retry
    * for it (most have none). Those with a Retry are kept only while published (`retain`), as route variants are.
    */
-  private serviceRoute(r: Shared['serviceRoutes'][number], retry: RetryPolicy | undefined): Resource {
+  private serviceRoute(r: ServiceRoute, retry: RetryPolicy | undefined): Resource {
     const key = `${ROUTE}|svc|${r.name}|${r.port.cluster}`;
     if (!retry) return this.resources.get(key, () => resourceFromObject(ROUTE, serviceRoute(r.service, r.port, undefined)));
     const retryKey = `${key}|${JSON.stringify(retry)}`;
@@ -394,7 +410,6 @@ export class SnapshotBuilder {
       const retries = SnapshotBuilder.retriesOf(plan);
       const outbound = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
       if (plan.kind === 'proxyless') return TypeSet.of(ROUTE, outbound);
-      for (const r of shared.serviceRoutes) outbound.push(this.serviceRoute(r, retries.get(r.key)));
       const inbound = plan.inbound
         .filter(({ port }) => port.protocol === 'http')
         .map(({ service, port }) =>
@@ -403,7 +418,13 @@ export class SnapshotBuilder {
             virtual_hosts: [inboundVirtualHost(service, port)],
           })),
         );
-      return TypeSet.of(ROUTE, [...outbound, ...inbound]);
+      const own = TypeSet.of(ROUTE, [...outbound, ...inbound]);
+      // The ClusterIP services' route configurations: the shared set, unless this caller has a Retry for some.
+      const mine = [...retries.keys()].flatMap((k) => shared.serviceRoutes.get(k) ?? []);
+      if (!mine.length) return TypeSet.union(ROUTE, [shared.plainServiceRoutes, own]);
+      const replaced = new Set(mine.map((r) => r.name));
+      const routes = [...shared.plainServiceRoutes.resources.values()].filter((r) => !replaced.has(r.name));
+      return TypeSet.of(ROUTE, [...routes, ...mine.map((r) => this.serviceRoute(r, retries.get(r.key))), ...own.resources.values()]);
     },
   };
 
