@@ -32,6 +32,8 @@ export interface ServeConfig {
   identityTtlMs?: number;
   /** With --ca-dir: lifetime of the server's own serving certificate (ms). */
   servingTtlMs?: number;
+  /** With --ca-dir: lifetime of the sidecars' data-plane certificates sent over SDS (ms). */
+  sidecarCertTtlMs?: number;
   /** The sidecar injection webhook (Kubernetes, with a certificate): HOST:PORT, or undefined when off. */
   webhookAddress?: string;
   /** The webhook's certificate from files (tls.crt, tls.key, ca.crt), instead of one from the mesh CA. */
@@ -64,6 +66,9 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --serving-ttl DURATION   with --ca-dir: lifetime of the server's own certificate (default 24h; renewed after two thirds)
   --identity-ttl DURATION  with --kubernetes and --ca-dir: lifetime of the identity Secrets kept for every
                            service account of the mesh (default 24h; renewed after two thirds)
+  --sidecar-cert-ttl DURATION
+                           with --ca-dir: lifetime of the certificates sidecars get over SDS for mTLS between
+                           them (default 24h; renewed after two thirds; without --ca-dir sidecars talk plaintext)
   --debug-address HOST:PORT debug and health HTTP address (default 127.0.0.1:9091)
   --mesh-name NAME         namespaces labelled flomesh.io/monitored-by=NAME are in the mesh (default mesh-xds)
   --set KEY=VALUE          override the mesh config, e.g. --set featureFlags.enableRetryPolicy=true
@@ -111,6 +116,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'csds-allow': { type: 'string', multiple: true, default: [] },
         plaintext: { type: 'boolean', default: false },
         'identity-ttl': { type: 'string', default: '24h' },
+        'sidecar-cert-ttl': { type: 'string', default: '24h' },
         'serving-ttl': { type: 'string', default: '24h' },
         'debug-address': { type: 'string', default: '127.0.0.1:9091' },
         'mesh-name': { type: 'string', default: 'mesh-xds' },
@@ -158,7 +164,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     if (!id.startsWith('spiffe://')) throw new ConfigError(`--csds-allow ${id}: expected a SPIFFE id such as spiffe://cluster.local/ns/mesh-xds/sa/admin, or a prefix ending in *`);
   }
   if (values['csds-allow']!.length && !tls) throw new ConfigError('--csds-allow needs mTLS (--tls-dir or --ca-dir): without it no caller can prove who it is');
-  const durationFlag = (flag: 'identity-ttl' | 'serving-ttl'): number => {
+  const durationFlag = (flag: 'identity-ttl' | 'serving-ttl' | 'sidecar-cert-ttl'): number => {
     const d = parseGoDuration(values[flag]!);
     if ('error' in d || d.nanos < 1_000_000_000n) throw new ConfigError(`--${flag} ${values[flag]}: a Go duration of at least 1s, such as 24h`);
     return Number(d.nanos / 1_000_000n);
@@ -199,5 +205,6 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     plaintext: values.plaintext!,
     identityTtlMs: durationFlag('identity-ttl'),
     servingTtlMs: durationFlag('serving-ttl'),
+    sidecarCertTtlMs: durationFlag('sidecar-cert-ttl'),
   };
 }

@@ -15,6 +15,7 @@ import { csdsHandlers, type CsdsAuthorizer } from './xds/protocol/csds.js';
 import { Code } from './xds/transport/grpc.js';
 import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
+import { WorkloadCerts } from './security/workload-certs.js';
 import type { KubernetesWriters } from './outputs/kubernetes.js';
 import type { MeshSource } from './sources/source.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
@@ -88,7 +89,17 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   const cache = new SnapshotCache();
   const registry = new ProxyRegistry();
   const metrics = new Metrics(registry);
-  const pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) });
+  // With the mesh CA at hand, sidecars talk mTLS to each other with certificates this process issues (SDS).
+  const certs = cfg.caDir
+    ? new WorkloadCerts({
+        ca: readCaDir(cfg.caDir),
+        trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN,
+        ttlMs: cfg.sidecarCertTtlMs,
+        log,
+        onChange: (ids) => pipeline.secretsChanged(ids),
+      })
+    : undefined;
+  const pipeline: Pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) }, certs);
   metrics.ir = () => pipeline.ir;
   let adsServing = false;
 
@@ -151,7 +162,10 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     pipeline.onPolicies = (ir) => void out.policies(ir);
   }
 
-  const tls = await serving(cfg, log, (ca) => writers?.setCa(ca));
+  const tls = await serving(cfg, log, (ca) => {
+    writers?.setCa(ca);
+    certs?.setCa(ca);
+  });
   const ads: AdsServer = new AdsServer({
     cache,
     registry,
@@ -209,6 +223,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   if (problem) {
     caBundle?.stop();
     webhookTls?.close();
+    certs?.stop();
     await Promise.all([ads.close(0), debug.close(), source.stop(), writers?.stop(), webhook?.close()]);
     throw new StartError(problem);
   }
@@ -224,6 +239,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     async close() {
       adsServing = false;
       tls?.close();
+      certs?.stop();
       webhookTls?.close();
       caBundle?.stop();
       await webhook?.close();

@@ -1,6 +1,6 @@
 /**
  * Golden tests of the xDS stage alone (as Envoy Gateway's translator testdata): test/golden-xds/<case>/ir.json, a
- * MeshIR as plain data (+ case.json: the proxies), -> per proxy expected/<proxy>/<CDS|EDS|LDS|RDS>.json. The input
+ * MeshIR as plain data (+ case.json: the proxies), -> per proxy expected/<proxy>/<CDS|EDS|LDS|RDS|SDS>.json. The input
  * is the IR, not manifests: a change of the builders shows here on its own, whatever compile does; a change of
  * compile shows in test/golden (manifests -> IR -> xDS). Regenerate with `npm run golden:update`, then review.
  */
@@ -26,9 +26,11 @@ describe('golden, xDS stage (IR -> Envoy resources)', () => {
     it(c, () => {
       const dir = path.join(ROOT, c);
       const ir = JSON.parse(readFileSync(path.join(dir, 'ir.json'), 'utf8')) as MeshIR;
-      const cfg: { proxies?: string[] } = existsSync(path.join(dir, 'case.json')) ? JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8')) : {};
-      const builder = new SnapshotBuilder();
+      const cfg: { proxies?: string[]; mtls?: { trustDomain: string } } = existsSync(path.join(dir, 'case.json')) ? JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8')) : {};
+      const builder = new SnapshotBuilder({ trustDomain: cfg.mtls?.trustDomain });
       builder.update(ir);
+      // mTLS: stand-in PEM text per identity (the builder inlines it; the private key shows redacted, as in a dump).
+      if (cfg.mtls) builder.setSecrets({ bundle: 'CA BUNDLE\n', certs: new Map(ir.identities.map((id) => [id, { cert: `CERT ${id}\n`, key: `KEY ${id}\n` }])) });
       if (UPDATE) rmSync(path.join(dir, 'expected'), { recursive: true, force: true });
       const written: string[] = [];
       for (const key of cfg.proxies ?? builder.eagerKeys()) {

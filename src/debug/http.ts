@@ -14,7 +14,7 @@ import { envoyRoot } from '../xds/resources/protos.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
 import { toProto3Json } from '../xds/resources/json.js';
 import { proxyKey, type ProxyKind } from '../xds/protocol/node.js';
-import type { Snapshot } from '../xds/resources/snapshot.js';
+import { shownBody, type Resource, type Snapshot } from '../xds/resources/snapshot.js';
 import { type ProxyConnection, type ProxyRegistry } from '../xds/protocol/status.js';
 import { RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import type { Metrics } from './metrics.js';
@@ -54,7 +54,8 @@ function sortProxies(list: Iterable<ProxyConnection>): ProxyConnection[] {
  */
 export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { version?: string; names: readonly string[] }> = new Map()): unknown {
   const root = envoyRoot();
-  const any = (r: { typeUrl: string; body: Uint8Array }) => ({ type_url: r.typeUrl, value: r.body });
+  // Secrets as Envoy's own dump shows them: the private key redacted.
+  const any = (r: Resource) => ({ type_url: r.typeUrl, value: shownBody(r) });
   const list = (url: string) => {
     const all = [...(snapshot.get(url)?.resources.values() ?? [])];
     const names = sent.get(url)?.names;

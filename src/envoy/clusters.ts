@@ -2,6 +2,7 @@
 import type { PortIR } from '../compile/ir.js';
 import type { RetryBudget } from '../model/mesh.js';
 import { ADS_SOURCE, MAX_UINT32, PASSTHROUGH_CLUSTER, localClusterName } from './common.js';
+import { upstreamTls } from './tls.js';
 import type { Cluster } from './types.js';
 
 const HTTP_OPTIONS = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
@@ -37,7 +38,8 @@ function destinationBreakers(budget: RetryBudget | null): Cluster['circuit_break
   return { thresholds: [{ ...rest, retry_budget: { budget_percent: { value: budget.budgetPercent }, min_retry_concurrency: { value: budget.minRetryConcurrency } } }] };
 }
 
-export function outboundCluster(port: PortIR, budget: RetryBudget | null): Cluster {
+/** A mesh destination's cluster; with `tls` (sidecars, with mTLS on), mutual TLS to its pods' identities. */
+export function outboundCluster(port: PortIR, budget: RetryBudget | null, tls?: { sni: string; sans: readonly string[] }): Cluster {
   return {
     name: port.cluster,
     alt_stat_name: port.cluster,
@@ -47,6 +49,7 @@ export function outboundCluster(port: PortIR, budget: RetryBudget | null): Clust
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: destinationBreakers(budget),
     ...protocolOptions(port),
+    ...(tls ? { transport_socket: upstreamTls(tls.sni, tls.sans) } : {}),
   };
 }
 

@@ -6,6 +6,7 @@
 import type { PortIR, ServiceIR } from '../compile/ir.js';
 import type { OutboundMatch } from '../compile/plan.js';
 import type { CidrRange, Filter, FilterChain, Listener, Packed, TcpProxy } from './types.js';
+import { downstreamTls } from './tls.js';
 import {
   INBOUND_LISTENER,
   INBOUND_PORT,
@@ -91,10 +92,11 @@ export function serviceListener(match: OutboundMatch): Listener {
   };
 }
 
-export function inboundFilterChain(service: ServiceIR, port: PortIR): FilterChain {
+export function inboundFilterChain(service: ServiceIR, port: PortIR, mtls: boolean): FilterChain {
   const name = `inbound_${service.namespace}/${service.name}_${port.targetPort}_${port.protocol}`;
   const filter = portFilter(port, `inbound_${port.targetPort}`, inboundRouteName(port.targetPort), name, localClusterName(port.cluster));
-  return { name, filter_chain_match: { destination_port: { value: port.targetPort } }, filters: [filter] };
+  // With mTLS a caller without a certificate from the mesh CA (a pod without a sidecar) fails the handshake.
+  return { name, filter_chain_match: { destination_port: { value: port.targetPort } }, filters: [filter], ...(mtls ? { transport_socket: downstreamTls() } : {}) };
 }
 
 /** The 15003 listener: traffic redirected to the pod's ports, its filter chains matched on the original port. */

@@ -26,3 +26,8 @@ export interface TcpProxy {
   stat_prefix: string;
   cluster: string;
 }
+export type { Secret } from '@grpc/grpc-js-xds/build/src/generated/envoy/extensions/transport_sockets/tls/v3/Secret.js';
+export type { UpstreamTlsContext } from '@grpc/grpc-js-xds/build/src/generated/envoy/extensions/transport_sockets/tls/v3/UpstreamTlsContext.js';
+export type { DownstreamTlsContext } from '@grpc/grpc-js-xds/build/src/generated/envoy/extensions/transport_sockets/tls/v3/DownstreamTlsContext.js';
+export type { CommonTlsContext } from '@grpc/grpc-js-xds/build/src/generated/envoy/extensions/transport_sockets/tls/v3/CommonTlsContext.js';
+export type { TransportSocket } from '@grpc/grpc-js-xds/build/src/generated/envoy/config/core/v3/TransportSocket.js';

@@ -12,9 +12,11 @@ import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceRoute
 import type { RetryPolicy } from '../envoy/types.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
-import { planOutbound, planProxy, serviceDomains, type ProxyPlan } from '../compile/plan.js';
+import { planOutbound, planProxy, portOf, serviceDomains, type ProxyPlan } from '../compile/plan.js';
 import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
-import { CLUSTER, ENDPOINT, LISTENER, RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
+import { CLUSTER, ENDPOINT, LISTENER, RESOURCE_TYPES, ROUTE, SECRET } from '../xds/resources/types.js';
+import { caSecret, identitySecret, type IdentityCert, type MeshSecrets } from '../envoy/tls.js';
+import { spiffeId } from '../security/spiffe.js';
 import { lenField, lenFieldParts } from '../xds/resources/wire.js';
 
 /** Ports with more endpoints than this have them encoded ahead of the build, this many per turn (`prepare`). */
@@ -97,7 +99,10 @@ interface ProxyParts {
 
 /** What every proxy of the mesh shares, for one IR. */
 interface Shared {
+  /** Destination clusters as proxyless clients get them (plaintext: no mTLS in the pinned gRPC clients). */
   clusters: TypeSet;
+  /** Destination clusters as sidecars get them: with mTLS on, each to its pods' identities. */
+  sidecarClusters: TypeSet;
   endpoints: TypeSet;
   passthrough: TypeSet;
   /** The 15001 listener and one listener per ClusterIP service port, checked against sidecarHttpPorts. */
@@ -117,6 +122,8 @@ interface Shared {
   httpSig: string;
 }
 
+const NO_SECRETS = TypeSet.of(SECRET, []);
+
 export class SnapshotBuilder {
   private ir?: MeshIR;
   private shared?: Shared;
@@ -129,6 +136,37 @@ export class SnapshotBuilder {
    */
   private readonly variants = new Map<string, { resource: Resource; hosts: Piece[] }>();
   private readonly retryHosts = new Map<string, Piece>();
+  /** Each identity's SDS certificate resource, by identity, while its certificate is current. */
+  private readonly identitySecrets = new Map<string, { cert: IdentityCert; resource: Resource }>();
+  private secrets?: MeshSecrets;
+  private caResource?: Resource;
+
+  /**
+   * `trustDomain`: sidecar-to-sidecar mTLS is on (the control plane issues certificates from the mesh CA): every
+   * sidecar's inbound side requires a certificate from the mesh CA and its destination clusters present its own and
+   * verify the destination's SPIFFE ids; a sidecar's snapshot then needs its certificate (`setSecrets`).
+   */
+  constructor(private readonly opts: { trustDomain?: string } = {}) {
+    const missing = RESOURCE_TYPES.filter((t) => !this.assembly[t.typeUrl]).map((t) => t.short);
+    if (missing.length) throw new Error(`registered resource types with no assembly in pipeline/build.ts: ${missing.join(', ')}`);
+  }
+
+  get mtls(): boolean {
+    return this.opts.trustDomain !== undefined;
+  }
+
+  /** New certificates or a new CA bundle: only SDS changes (the caller rebuilds the identities concerned). */
+  setSecrets(secrets: MeshSecrets): void {
+    if (secrets.bundle !== this.secrets?.bundle) this.caResource = resourceFromObject(SECRET, caSecret(secrets.bundle));
+    this.secrets = secrets;
+    for (const [id, kept] of this.identitySecrets) if (secrets.certs.get(id) !== kept.cert) this.identitySecrets.delete(id);
+  }
+
+  /** Whether a proxy key's snapshot can be built: with mTLS, a sidecar's needs its identity's certificate. */
+  hasSecrets(key: string): boolean {
+    if (!this.mtls || !key.startsWith('sidecar:')) return true;
+    return Boolean(this.caResource && this.secrets?.certs.has(key.slice('sidecar:'.length)));
+  }
 
   /**
    * Takes a new IR. Shared parts are rebuilt (from memoized pieces) when the topology changed; when only
@@ -205,7 +243,9 @@ export class SnapshotBuilder {
 
   private buildShared(ir: MeshIR): Shared {
     const clusters: Resource[] = [];
+    const sidecarClusters: Resource[] = [];
     const endpoints: Resource[] = [];
+    const sans = this.mtls ? this.destinationIds(ir) : new Map<string, string[]>();
     const matches = planOutbound(ir);
     // Headless services' pod addresses stay filter chains of the 15001 listener; ClusterIP service ports get
     // listeners of their own.
@@ -220,7 +260,14 @@ export class SnapshotBuilder {
         if (!clusterNames.has(port.cluster)) {
           clusterNames.add(port.cluster);
           const budget = ir.retryBudget;
-          clusters.push(this.resource(CLUSTER, `${port.cluster}|${port.protocol}|${port.http2}|${budget ? `${budget.budgetPercent}/${budget.minRetryConcurrency}` : '-'}`, () => outboundCluster(port, budget)));
+          const key = `${port.cluster}|${port.protocol}|${port.http2}|${budget ? `${budget.budgetPercent}/${budget.minRetryConcurrency}` : '-'}`;
+          const plain = this.resource(CLUSTER, key, () => outboundCluster(port, budget));
+          clusters.push(plain);
+          // With mTLS, a destination whose pods are the mesh's (identities known) is reached over mTLS; one with none
+          // (endpoints that are not the mesh's pods) in plaintext, as before.
+          const ids = sans.get(port.cluster);
+          const tls = ids ? { sni: service.host, sans: ids } : undefined;
+          sidecarClusters.push(tls ? this.resource(CLUSTER, `${key}|tls|${tls.sni}|${ids!.join(',')}`, () => outboundCluster(port, budget, tls)) : plain);
           endpoints.push(this.resource(ENDPOINT, endpointsKey(port), () => clusterLoadAssignment(port)));
         }
         if (port.protocol === 'http') {
@@ -254,6 +301,12 @@ export class SnapshotBuilder {
       buildSnapshot(new Map([[CLUSTER, TypeSet.of(CLUSTER, clusters)], [ENDPOINT, endpointSet]]));
       return TypeSet.of(CLUSTER, clusters, { trusted: true });
     });
+    const sidecarClusterSet = !this.mtls
+      ? clusterSet
+      : this.sets.get(`sidecar-clusters|${endpointSet.version}|${sidecarClusters.map((r) => r.version).join(',')}`, () => {
+          buildSnapshot(new Map([[CLUSTER, TypeSet.of(CLUSTER, sidecarClusters)], [ENDPOINT, endpointSet]]));
+          return TypeSet.of(CLUSTER, sidecarClusters, { trusted: true });
+        });
     // Memo keys must name everything a value is made of: a key that outlives the topology it was built from
     // would hand out a stale resource.
     const groups = [...httpPorts.values()].sort((a, b) => a.port - b.port);
@@ -278,6 +331,7 @@ export class SnapshotBuilder {
     });
     return {
       clusters: clusterSet,
+      sidecarClusters: sidecarClusterSet,
       endpoints: endpointSet,
       passthrough: this.sets.get('passthrough', () => TypeSet.of(CLUSTER, [resourceFromObject(CLUSTER, passthroughCluster())])),
       outboundListeners,
@@ -287,6 +341,22 @@ export class SnapshotBuilder {
       plainServiceRoutes,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
+  }
+
+  /** The SPIFFE ids of the pods behind each destination cluster (sorted), for clusters that have any. */
+  private destinationIds(ir: MeshIR): Map<string, string[]> {
+    const ids = new Map<string, Set<string>>();
+    for (const [identity, refs] of Object.entries(ir.backing)) {
+      const [ns, sa] = identity.split('/') as [string, string];
+      for (const ref of refs) {
+        const p = portOf(ir, ref.service, ref.port);
+        if (!p) continue;
+        let set = ids.get(p.port.cluster);
+        if (!set) ids.set(p.port.cluster, (set = new Set()));
+        set.add(spiffeId(this.opts.trustDomain!, ns, sa));
+      }
+    }
+    return new Map([...ids].map(([c, set]) => [c, [...set].sort()]));
   }
 
   /** The Envoy retry policy per destination service of a plan (none where the spec means no retries). */
@@ -387,7 +457,7 @@ export class SnapshotBuilder {
       plan.kind === 'proxyless'
         ? shared.clusters
         : TypeSet.union(CLUSTER, [
-            shared.clusters,
+            shared.sidecarClusters,
             shared.passthrough,
             TypeSet.of(
               CLUSTER,
@@ -426,17 +496,21 @@ export class SnapshotBuilder {
       const routes = [...shared.plainServiceRoutes.resources.values()].filter((r) => !replaced.has(r.name));
       return TypeSet.of(ROUTE, [...routes, ...mine.map((r) => this.serviceRoute(r, retries.get(r.key))), ...own.resources.values()]);
     },
+    // With mTLS, a sidecar's identity certificate and the CA bundle; nothing for proxyless clients or without mTLS.
+    [SECRET]: ({ plan }) => {
+      if (!this.mtls || plan.kind === 'proxyless') return NO_SECRETS;
+      const cert = this.secrets?.certs.get(plan.identity);
+      if (!cert || !this.caResource) throw new SnapshotError([`SDS: no certificate issued for ${plan.identity} yet`]);
+      let kept = this.identitySecrets.get(plan.identity);
+      if (kept?.cert !== cert) this.identitySecrets.set(plan.identity, (kept = { cert, resource: resourceFromObject(SECRET, identitySecret(cert)) }));
+      return TypeSet.of(SECRET, [kept.resource, this.caResource]);
+    },
   };
-
-  constructor() {
-    const missing = RESOURCE_TYPES.filter((t) => !this.assembly[t.typeUrl]).map((t) => t.short);
-    if (missing.length) throw new Error(`registered resource types with no assembly in pipeline/build.ts: ${missing.join(', ')}`);
-  }
 
   /** A sidecar's inbound listener: a filter chain per service port its pods serve (none without any). */
   private inboundListener(plan: ProxyPlan): Resource[] {
     if (!plan.inbound.length) return [];
-    const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port));
+    const chains = plan.inbound.map(({ service, port }) => inboundFilterChain(service, port, this.mtls));
     return [
       this.resource(LISTENER, `inbound|${JSON.stringify(chains)}`, () => {
         checkFilterChains(INBOUND_LISTENER, chains);

@@ -10,6 +10,7 @@ import type { SnapshotCache } from '../xds/resources/cache.js';
 import type { Snapshot } from '../xds/resources/snapshot.js';
 import { ROUTE } from '../xds/resources/types.js';
 import { SnapshotBuilder } from './build.js';
+import type { WorkloadCerts } from '../security/workload-certs.js';
 
 /** A turn of the event loop: what waits (health checks, ADS) is served. */
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -28,7 +29,7 @@ export interface PipelineEvents {
 }
 
 export class Pipeline {
-  private readonly builder = new SnapshotBuilder();
+  private readonly builder: SnapshotBuilder;
   private state?: MeshState;
   private topology?: ReturnType<typeof compileTopologyOnly>;
   private retriesSig = new Map<string, string>();
@@ -41,12 +42,43 @@ export class Pipeline {
     private readonly cache: SnapshotCache,
     private readonly log: Logger,
     private readonly events: PipelineEvents = {},
+    /** Sidecar-to-sidecar mTLS: the certificates to send the sidecars (their issuer tells `secretsChanged`). */
+    private readonly certs?: WorkloadCerts,
   ) {
-    // A proxy of a key with no snapshot yet: built from the current mesh when first asked for.
+    this.builder = new SnapshotBuilder({ trustDomain: certs?.trustDomain });
+    // A proxy of a key with no snapshot yet: built from the current mesh when first asked for (a sidecar once its
+    // certificate is issued: `secretsChanged` builds it then).
     cache.onDemand((key) => {
+      if (!this.builder.hasSecrets(key)) return this.wantCerts();
       const snapshot = this.buildOne(key);
       if (snapshot) cache.set(key, snapshot);
     });
+  }
+
+  /** The identities whose sidecars need a certificate: the mesh's and those of sidecars connected. */
+  private wantCerts(): void {
+    if (!this.certs || !this.ir) return;
+    const keys = new Set([...this.builder.eagerKeys(), ...this.cache.watchedKeys()]);
+    this.certs.want([...keys].filter((k) => k.startsWith('sidecar:')).map((k) => k.slice('sidecar:'.length)));
+    this.builder.setSecrets(this.certs.secrets());
+  }
+
+  /**
+   * Certificates issued or renewed (those identities), or a new CA bundle (undefined: every sidecar): their sidecars'
+   * snapshots are built again, SDS being all that changes.
+   */
+  secretsChanged(identities: readonly string[] | undefined): void {
+    if (!this.certs || !this.ir) return;
+    this.builder.setSecrets(this.certs.secrets());
+    const live = new Set([...this.builder.eagerKeys(), ...this.cache.watchedKeys()]);
+    const keys = identities ? identities.map((id) => `sidecar:${id}`).filter((k) => live.has(k)) : [...live].filter((k) => k.startsWith('sidecar:'));
+    let changed = 0;
+    for (const key of keys) {
+      if (!this.builder.hasSecrets(key)) continue;
+      const snapshot = this.buildOne(key);
+      if (snapshot && this.cache.set(key, snapshot)) changed++;
+    }
+    this.log.debug({ identities: identities?.length ?? 'all', changed }, 'sidecar secrets changed');
   }
 
   /** Memo counters of the builder (hits = pieces reused instead of built and encoded again). */
@@ -151,6 +183,7 @@ export class Pipeline {
     }
     this.state = state;
     this.ir = ir;
+    this.wantCerts();
 
     // Which identities' retry policies changed: only their proxies need rebuilding when the topology did not.
     const sig = new Map<string, string>();
@@ -171,6 +204,8 @@ export class Pipeline {
         this.cache.delete(key);
         continue;
       }
+      // Its certificate is being issued: built when it is (`secretsChanged`).
+      if (!this.builder.hasSecrets(key)) continue;
       if (!full && this.cache.peek(key) && !touched.has(key.slice(key.indexOf(':') + 1))) continue;
       rebuilt++;
       try {

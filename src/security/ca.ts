@@ -78,8 +78,17 @@ export async function createCa(trustDomain: string, ttlMs = 10 * 365 * 86_400_00
 
 /** A leaf certificate for one identity, signed by the CA. */
 export async function issue(ca: KeyPair, o: IssueOptions): Promise<TlsBundle> {
+  return (await issuer(ca))(o);
+}
+
+/** Issues from one CA, its certificate parsed and its key imported once (many certificates in a row). */
+export async function issuer(ca: KeyPair): Promise<(o: IssueOptions) => Promise<TlsBundle>> {
   const caCert = new x509.X509Certificate(ca.cert);
   const caKey = await importKey(ca.key);
+  return (o) => issueWith(ca, caCert, caKey, o);
+}
+
+async function issueWith(ca: KeyPair, caCert: x509.X509Certificate, caKey: CryptoKey, o: IssueOptions): Promise<TlsBundle> {
   const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
   const now = Date.now();
   const id = spiffeId(o.trustDomain, o.namespace, o.serviceAccount);

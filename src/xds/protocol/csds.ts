@@ -5,6 +5,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { RE2JS } from 're2js';
 import type { SnapshotCache } from '../resources/cache.js';
+import { shownBody } from '../resources/snapshot.js';
 import { Code, unary, type GrpcStatus, type Handler, type ServerCall } from '../transport/grpc.js';
 import { envoyRoot } from '../resources/protos.js';
 import { syncState, type ProxyConnection, type ProxyRegistry } from './status.js';
@@ -116,7 +117,8 @@ function clientConfig(c: ProxyConnection, cache: SnapshotCache, withContents: bo
         type_url: typeUrl,
         name,
         version_info: s.sentVersion ?? '',
-        ...(withContents && r ? { xds_config: { type_url: typeUrl, value: r.body } } : {}),
+        // Secrets redacted, as Envoy's own CSDS and config dump show them.
+        ...(withContents && r ? { xds_config: { type_url: typeUrl, value: shownBody(r) } } : {}),
         ...(s.sentAt ? { last_updated: timestamp(s.sentAt) } : {}),
         config_status: CONFIG_STATUS[state],
         client_status: state === 'NACKED' ? 'NACKED' : state === 'SYNCED' ? 'ACKED' : 'REQUESTED',

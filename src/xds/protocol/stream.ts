@@ -196,6 +196,11 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.ctx.log.warn({ node: clip(this.identity!.nodeId), typeUrl: clip(String(req.type_url)) }, 'request for an unsupported resource type ignored');
       return;
     }
+    // Secrets (private keys) go only to a stream whose client certificate proved the identity they belong to.
+    if (type.redact && !this.certified) {
+      this.ctx.log.warn({ node: clip(this.identity!.nodeId), type: type.short }, 'request for secrets on a stream without a client certificate ignored');
+      return;
+    }
     if (!state) this.states.set(type.typeUrl, (state = this.newState()));
     const subRev = state.subRev;
     this.apply(type, state, req);

@@ -8,19 +8,19 @@
 import { asList, asMap, asString, type Fields } from '../../model/plain.js';
 import protobuf from 'protobufjs';
 import { envoyRoot, nameOf } from './protos.js';
-import type { Resource, Snapshot } from './snapshot.js';
+import { shownBody, type Resource, type Snapshot } from './snapshot.js';
 import { RESOURCE_TYPES, resourceType } from './types.js';
 import { toNumber } from './validate.js';
 
 export function resourceToJson(r: Resource): Record<string, unknown> {
   const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
-  return type.toObject(type.decode(r.body), { json: true, enums: String, longs: Number, defaults: false }) as Record<string, unknown>;
+  return type.toObject(type.decode(shownBody(r)), { json: true, enums: String, longs: Number, defaults: false }) as Record<string, unknown>;
 }
 
 /** A resource as Envoy's /config_dump prints it: proto3 JSON with its `@type`. */
 export function resourceToProto3Json(r: Resource): unknown {
   const anyType = envoyRoot().lookupType('google.protobuf.Any');
-  return toProto3Json(anyType, { type_url: r.typeUrl, value: r.body });
+  return toProto3Json(anyType, { type_url: r.typeUrl, value: shownBody(r) });
 }
 
 /** `{CDS: [...], EDS: [...], LDS: [...], RDS: [...]}` in name order, each resource as Envoy prints it. */

@@ -6,6 +6,7 @@ import { contentHash, encodeMessage } from './encode.js';
 import { lenField, lenFieldParts } from './wire.js';
 import { RESOURCE_TYPES, resourceType, type Reference } from './types.js';
 import { asMap } from '../../model/plain.js';
+import { envoyRoot } from './protos.js';
 
 const typeUrlFields = new Map<string, Buffer>();
 
@@ -53,6 +54,24 @@ export class Resource {
     if (!typeField) typeUrlFields.set(this.typeUrl, (typeField = lenField(1, this.typeUrl)));
     return lenFieldParts(fieldNo, [typeField, ...lenFieldParts(2, this.parts)]);
   }
+}
+
+const shownBodies = new WeakMap<Resource, Uint8Array>();
+
+/**
+ * The encoded message as shown outside ADS (config dumps, CSDS, JSON): the resource itself, or for a type with
+ * secret fields (SDS), a copy with them redacted. Only ADS streams are ever sent `body`.
+ */
+export function shownBody(r: Resource): Uint8Array {
+  const type = resourceType(r.typeUrl);
+  if (!type?.redact) return r.body;
+  let shown = shownBodies.get(r);
+  if (!shown) {
+    const t = envoyRoot().lookupType(type.message);
+    const plain = asMap(t.toObject(t.decode(r.body), { enums: String, longs: Number, defaults: false }));
+    shownBodies.set(r, (shown = t.encode(t.fromObject(type.redact(plain))).finish()));
+  }
+  return shown;
 }
 
 export function makeResource(typeUrl: string, body: Uint8Array, name: string, refs: readonly Reference[]): Resource {

@@ -11,11 +11,11 @@ export interface Reference {
 
 export interface ResourceType {
   /** Short name used in logs, metrics and the debug endpoint. */
-  readonly short: 'CDS' | 'EDS' | 'LDS' | 'RDS';
+  readonly short: 'CDS' | 'EDS' | 'LDS' | 'RDS' | 'SDS';
   readonly typeUrl: string;
   /** Fully qualified protobuf message name. */
   readonly message: string;
-  /** Position in ADS push order (make-before-break): CDS, EDS, LDS, RDS. */
+  /** Position in ADS push order (make-before-break): CDS, EDS, LDS, RDS, SDS. */
   readonly order: number;
   /** SotW responses carry the full set (absence = deletion) rather than the requested names only. */
   readonly fullState: boolean;
@@ -27,6 +27,11 @@ export interface ResourceType {
   readonly rewarms?: string;
   /** How Envoy's admin /config_dump holds this type (envoy.admin.v3.*ConfigDump). */
   readonly dump: ConfigDumpShape;
+  /**
+   * A resource as shown outside ADS (the debug config dump, CSDS, JSON views): its secret fields replaced, as
+   * Envoy's own config dump redacts the fields its protos mark `(udpa.annotations.sensitive)`.
+   */
+  readonly redact?: (obj: Fields) => Fields;
 }
 
 /** One type's section of an admin ConfigDump: the message, and its entries for resources sent with a version. */
@@ -45,6 +50,9 @@ export const CLUSTER = `${P}envoy.config.cluster.v3.Cluster`;
 export const ENDPOINT = `${P}envoy.config.endpoint.v3.ClusterLoadAssignment`;
 export const LISTENER = `${P}envoy.config.listener.v3.Listener`;
 export const ROUTE = `${P}envoy.config.route.v3.RouteConfiguration`;
+export const SECRET = `${P}envoy.extensions.transport_sockets.tls.v3.Secret`;
+/** What Envoy prints in place of a sensitive field's data. */
+export const REDACTED = '[redacted]';
 const HCM = `${P}envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`;
 
 function hcmRouteNames(listener: Fields): string[] {
@@ -127,6 +135,27 @@ const TYPES: readonly ResourceType[] = [
       section: (version_info, rs) => ({ dynamic_route_configs: rs.map((r) => ({ version_info, route_config: r.any })) }),
       read: (d) => byName(d.dynamic_route_configs, (r) => r.route_config, (r) => r.name),
       byDefault: true,
+    },
+  },
+  {
+    // Sidecar mTLS: the identity's certificate and key, and the CA bundle, asked for by name (SDS over ADS).
+    short: 'SDS',
+    typeUrl: SECRET,
+    message: 'envoy.extensions.transport_sockets.tls.v3.Secret',
+    order: 4,
+    fullState: false,
+    nameOf: (s) => asString(s.name),
+    refs: () => [],
+    dump: {
+      message: 'envoy.admin.v3.SecretsConfigDump',
+      section: (version_info, rs) => ({ dynamic_active_secrets: rs.map((r) => ({ name: r.name, version_info, secret: r.any })) }),
+      read: (d) => byName(d.dynamic_active_secrets, (s) => s.secret, (_r, s) => s.name),
+      byDefault: true,
+    },
+    // TlsCertificate.private_key is the one sensitive field the mesh sends (a DataSource: Envoy keeps its shape).
+    redact: (s) => {
+      const cert = asMap(s.tls_certificate);
+      return cert.private_key ? { ...s, tls_certificate: { ...cert, private_key: { inline_string: REDACTED } } } : s;
     },
   },
 ];

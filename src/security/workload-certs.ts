@@ -1,0 +1,157 @@
+/**
+ * The sidecars' data-plane certificates (sidecar-to-sidecar mTLS): one per identity (`ns/sa`), issued from the mesh
+ * CA by this process, its key made here and held in memory only, and sent over SDS on the ADS stream whose client
+ * certificate proves that identity. Renewed after two thirds of its life; all issued again from a new CA (a
+ * rotation): first the new bundle goes out with the current certificates, then, `rotationDelayMs` later, the
+ * certificates of the new CA, so that no sidecar meets a peer's certificate from a CA it does not trust yet.
+ */
+import type { Logger } from 'pino';
+import { issuer, type IssueOptions, type KeyPair, type TlsBundle } from './ca.js';
+import type { IdentityCert, MeshSecrets } from '../envoy/tls.js';
+
+export interface WorkloadCertsOptions {
+  ca: KeyPair;
+  trustDomain: string;
+  /** Lifetime of each certificate (default 24 h); renewed after two thirds of it. */
+  ttlMs?: number;
+  /** After a new CA's bundle went out, how long until certificates of the new CA follow (default 15 s). */
+  rotationDelayMs?: number;
+  log: Logger;
+  /** Certificates issued or renewed, or the bundle changed (`undefined`: every identity). */
+  onChange: (identities: readonly string[] | undefined) => void;
+}
+
+interface Held {
+  cert: IdentityCert;
+  notAfter: number;
+  timer?: NodeJS.Timeout;
+}
+
+/** At most this many certificates are made at once (each a key pair and a signature). */
+const BATCH = 64;
+
+export class WorkloadCerts {
+  private readonly held = new Map<string, Held>();
+  private wanted = new Set<string>();
+  private pending = new Set<string>();
+  private issuing?: Promise<void>;
+  private sign: Promise<(o: IssueOptions) => Promise<TlsBundle>>;
+  private bundle: string;
+  private rotation?: NodeJS.Timeout;
+  private stopped = false;
+  private view?: MeshSecrets;
+  issued = 0;
+
+  constructor(private readonly o: WorkloadCertsOptions) {
+    this.bundle = o.ca.cert;
+    this.sign = issuer(o.ca);
+  }
+
+  get trustDomain(): string {
+    return this.o.trustDomain;
+  }
+
+  private get ttlMs(): number {
+    return this.o.ttlMs ?? 86_400_000;
+  }
+
+  /** What the snapshot builder takes: the bundle and the current certificates (a new object after each change). */
+  secrets(): MeshSecrets {
+    return (this.view ??= { bundle: this.bundle, certs: new Map([...this.held].map(([id, h]) => [id, h.cert])) });
+  }
+
+  has(identity: string): boolean {
+    return this.held.has(identity);
+  }
+
+  /**
+   * The identities that need a certificate now (the mesh's, and those of connected sidecars): missing ones are
+   * issued in the background; those no longer wanted are dropped.
+   */
+  want(identities: Iterable<string>): void {
+    this.wanted = new Set(identities);
+    for (const [id, h] of this.held) {
+      if (this.wanted.has(id)) continue;
+      clearTimeout(h.timer);
+      this.held.delete(id);
+      this.view = undefined;
+    }
+    for (const id of this.wanted) if (!this.held.has(id)) this.pending.add(id);
+    this.drain();
+  }
+
+  /** A new mesh CA: its bundle first, then every certificate again from it. */
+  setCa(ca: KeyPair): void {
+    this.sign = issuer(ca);
+    this.bundle = ca.cert;
+    this.view = undefined;
+    this.o.log.info({ identities: this.held.size, delayMs: this.o.rotationDelayMs ?? 15_000 }, 'mesh CA changed: new bundle sent to the sidecars; their certificates follow');
+    this.o.onChange(undefined);
+    clearTimeout(this.rotation);
+    this.rotation = setTimeout(() => {
+      for (const id of this.held.keys()) this.pending.add(id);
+      this.drain();
+    }, this.o.rotationDelayMs ?? 15_000);
+    this.rotation.unref();
+  }
+
+  /** Settles when nothing is waiting to be issued (tests, benchmarks). */
+  async settled(): Promise<void> {
+    while (this.issuing) await this.issuing;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.rotation);
+    for (const h of this.held.values()) clearTimeout(h.timer);
+  }
+
+  private drain(): void {
+    if (this.issuing || this.pending.size === 0 || this.stopped) return;
+    this.issuing = this.run().finally(() => {
+      this.issuing = undefined;
+      this.drain();
+    });
+  }
+
+  private async run(): Promise<void> {
+    while (this.pending.size && !this.stopped) {
+      const batch = [...this.pending].slice(0, BATCH);
+      for (const id of batch) this.pending.delete(id);
+      const sign = await this.sign;
+      const done: string[] = [];
+      await Promise.all(
+        batch.map(async (id) => {
+          if (!this.wanted.has(id)) return;
+          const [namespace, serviceAccount] = id.split('/') as [string, string];
+          try {
+            const b = await sign({ trustDomain: this.o.trustDomain, namespace, serviceAccount, ttlMs: this.ttlMs });
+            if (!this.wanted.has(id) || this.stopped) return;
+            clearTimeout(this.held.get(id)?.timer);
+            const held: Held = { cert: { cert: b.cert, key: b.key }, notAfter: Date.now() + this.ttlMs };
+            // Renewed after two thirds of its life.
+            held.timer = setTimeout(() => {
+              this.pending.add(id);
+              this.drain();
+            }, (this.ttlMs * 2) / 3);
+            held.timer.unref();
+            this.held.set(id, held);
+            this.issued++;
+            done.push(id);
+          } catch (e) {
+            this.o.log.error({ identity: id, err: (e as Error).message }, 'cannot issue the sidecar certificate; retrying in 5 s');
+            setTimeout(() => {
+              this.pending.add(id);
+              this.drain();
+            }, 5_000).unref();
+          }
+        }),
+      );
+      if (done.length) {
+        this.view = undefined;
+        this.o.log.debug({ identities: done.length }, 'sidecar certificates issued');
+        this.o.onChange(done);
+      }
+    }
+  }
+}
