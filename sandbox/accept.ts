@@ -13,7 +13,8 @@ import pino from 'pino';
 import { serve, type Running } from '../src/main.js';
 import type { MeshConfig } from '../src/model/mesh.js';
 import { syncState } from '../src/xds/protocol/status.js';
-import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
+import { RESOURCE_TYPES, SECRET } from '../src/xds/resources/types.js';
+import { BOOTSTRAP_SECRETS } from '../src/inject/template.js';
 import type { Network, Pod } from './netns.js';
 import { startSidecar, until, type AdsFlavour, type Sidecar } from './sandbox.js';
 
@@ -54,9 +55,14 @@ export interface Verdict {
 /** The dynamic resources of a ConfigDump that Envoy prints by default (clusters, listeners, routes), by name. */
 export function dynamicResources(dump: any): Record<string, unknown> {
   const out: Record<string, unknown> = {};
+  const bootstrap = new Set<string>(Object.values(BOOTSTRAP_SECRETS));
   for (const t of RESOURCE_TYPES.filter((x) => x.dump.byDefault)) {
     const section = dump.configs.find((c: any) => c['@type'] === `type.googleapis.com/${t.dump.message}`) ?? {};
-    for (const [name, r] of Object.entries(t.dump.read(section))) out[`${t.short} ${name}`] = r;
+    for (const [name, r] of Object.entries(t.dump.read(section))) {
+      // The bootstrap's file-based secrets (the ADS connection's own certificate) are not the control plane's.
+      if (t.typeUrl === SECRET && bootstrap.has(name)) continue;
+      out[`${t.short} ${name}`] = r;
+    }
   }
   return out;
 }

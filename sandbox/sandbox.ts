@@ -43,7 +43,7 @@ export interface WorkloadSpec {
 }
 
 /** The guide's httpbin, as its sample's container runs it (gunicorn, without the gevent worker). */
-const HTTPBIN_APP = { command: [GUNICORN_BIN, '-b', '0.0.0.0:14001', 'httpbin:app', '--access-logfile', '-', '--no-control-socket'], ready: /Listening at/ };
+export const HTTPBIN_APP = { command: [GUNICORN_BIN, '-b', '0.0.0.0:14001', 'httpbin:app', '--access-logfile', '-', '--no-control-socket'], ready: /Listening at/ };
 
 /** A workload of deploy/samples/guide (httpbin.yaml, curl.yaml): its namespace, service account, Service and app. */
 export function sampleWorkload(file: string, overrides: Partial<WorkloadSpec> = {}): WorkloadSpec {
@@ -281,7 +281,7 @@ export class Sandbox {
   /** The control plane the pods' name for it resolves to. */
   controlPlane!: ControlPlane;
   /** The mesh CA: the control plane's serving certificate and every sidecar's identity come from it. */
-  private ca!: KeyPair;
+  ca!: KeyPair;
   readonly caDir: string;
 
   private constructor(

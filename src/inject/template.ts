@@ -87,7 +87,7 @@ export function identitySdsFiles(o: Pick<SidecarTemplateOptions, 'controlPlaneNa
     'sds-identity.yaml':
       'resources:\n' +
       '  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n' +
-      '    name: identity\n' +
+      `    name: ${BOOTSTRAP_SECRETS.identity}\n` +
       '    tls_certificate:\n' +
       `      certificate_chain: { filename: ${IDENTITY_MOUNT}/tls.crt }\n` +
       `      private_key: { filename: ${IDENTITY_MOUNT}/tls.key }\n` +
@@ -95,7 +95,7 @@ export function identitySdsFiles(o: Pick<SidecarTemplateOptions, 'controlPlaneNa
     'sds-mesh-ca.yaml':
       'resources:\n' +
       '  - "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n' +
-      '    name: mesh-ca\n' +
+      `    name: ${BOOTSTRAP_SECRETS.ca}\n` +
       '    validation_context:\n' +
       `      trusted_ca: { filename: ${IDENTITY_MOUNT}/ca.crt }\n` +
       watched +
@@ -103,6 +103,12 @@ export function identitySdsFiles(o: Pick<SidecarTemplateOptions, 'controlPlaneNa
       `        - { san_type: URI, matcher: { exact: "${spiffeId(o.trustDomain, o.controlPlaneNamespace, 'mesh-xds')}" } }\n`,
   };
 }
+
+/**
+ * The bootstrap's own secrets (file-based SDS from the identity Secret), for the ADS connection only; the data plane's
+ * come over ADS (envoy/tls.ts).
+ */
+export const BOOTSTRAP_SECRETS = { identity: 'identity', ca: 'mesh-ca' } as const;
 
 /**
  * The sidecar's bootstrap, without its node (`nodeOf` adds it): admin on loopback, /ready on the health port,
@@ -131,8 +137,8 @@ export function sidecarBootstrap(o: SidecarTemplateOptions): Obj {
               sni: host,
               common_tls_context: {
                 alpn_protocols: ['h2'],
-                tls_certificate_sds_secret_configs: [sds('identity', 'sds-identity.yaml')],
-                validation_context_sds_secret_config: sds('mesh-ca', 'sds-mesh-ca.yaml'),
+                tls_certificate_sds_secret_configs: [sds(BOOTSTRAP_SECRETS.identity, 'sds-identity.yaml')],
+                validation_context_sds_secret_config: sds(BOOTSTRAP_SECRETS.ca, 'sds-mesh-ca.yaml'),
               },
             },
           },

@@ -11,6 +11,11 @@ import { Sandbox, guideWorkloads, sampleWorkload, until, type AdsFlavour, type W
 import { initScript, sampleRetryText } from '../../sandbox/samples.js';
 import { sandboxMissing } from './sandbox.js';
 import { dynamicResources } from '../../sandbox/accept.js';
+import { X509Certificate } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import tls from 'node:tls';
+import type { TlsBundle } from '../../src/security/ca.js';
+import { CA_SECRET, IDENTITY_SECRET } from '../../src/envoy/tls.js';
 
 const GRPC_APP = path.join(import.meta.dirname, '../clients/grpc-app.mjs');
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
@@ -36,6 +41,44 @@ function guideLines(v: { retry: number; backoff: number; limit: number }): strin
     `cluster.${CLUSTER}.upstream_rq_retry_overflow: 0`,
     `cluster.${CLUSTER}.upstream_rq_retry_success: 0`,
   ];
+}
+
+/** Update counters but the data-plane secrets' (`sds.default.*`, `sds.ROOTCA.*`). */
+export const withoutSds = (all: Record<string, number>[]): Record<string, number>[] =>
+  all.map((m) => Object.fromEntries(Object.entries(m).filter(([k]) => !k.startsWith(`sds.${IDENTITY_SECRET}.`) && !k.startsWith(`sds.${CA_SECRET}.`))));
+
+const normSerial = (s: string): string => s.toLowerCase().replace(/^0+/, '');
+
+/** Serial numbers of the data-plane certificate a sidecar holds from SDS over ADS. */
+async function dataPlaneSerials(w: Workload): Promise<string[]> {
+  return (await dataPlaneCerts(w)).map((c) => normSerial(c.serialNumber));
+}
+
+/** The data-plane certificates a sidecar holds from SDS over ADS (its config dump; the key redacted). */
+export async function dataPlaneCerts(w: Workload): Promise<X509Certificate[]> {
+  const dump = await w.sidecar.configDump();
+  const section = dump.configs.find((c: any) => c['@type'] === 'type.googleapis.com/envoy.admin.v3.SecretsConfigDump') ?? {};
+  return (section.dynamic_active_secrets ?? [])
+    .filter((s: any) => s.name === IDENTITY_SECRET)
+    .map((s: any) => s.secret?.tls_certificate?.certificate_chain?.inline_string as string | undefined)
+    .filter(Boolean)
+    .map((pem: string) => new X509Certificate(pem));
+}
+
+/** GET / over TLS from this host to a pod's port, with a client certificate or without: the status line and the server's SAN. */
+export function tlsGet(host: string, port: number, client?: TlsBundle, ca?: string): Promise<{ status: string; peer: string }> {
+  return new Promise((resolve, reject) => {
+    let peer = '';
+    const socket = tls.connect({ host, port, cert: client?.cert, key: client?.key, ca: ca ?? client?.ca, rejectUnauthorized: Boolean(client), checkServerIdentity: () => undefined, minVersion: 'TLSv1.3' }, () => {
+      peer = socket.getPeerX509Certificate()?.subjectAltName ?? '';
+      socket.write(`GET /get HTTP/1.1\r\nHost: httpbin\r\nConnection: close\r\n\r\n`);
+    });
+    let data = '';
+    socket.setTimeout(5_000, () => socket.destroy(new Error('timed out')));
+    socket.on('data', (d) => (data += d));
+    socket.on('error', reject);
+    socket.on('close', () => (data ? resolve({ status: data.split('\r\n')[0], peer }) : reject(new Error('closed without an answer'))));
+  });
 }
 
 export function guideSuite(flavour: AdsFlavour): void {
@@ -218,6 +261,28 @@ export function guideSuite(flavour: AdsFlavour): void {
       expect(grew('listener.0.0.0.0_15001.downstream_cx_total')).toBe(1);
     });
 
+    it('sidecar to sidecar is mutual TLS (SDS over ADS): handshakes on both sidecars, a caller without a sidecar refused, one with a mesh certificate served', async () => {
+      expect((await request(curl, 200)).split('\n')[0]).toMatch(/ 200 /);
+      // The curl sidecar's cluster to httpbin and httpbin's inbound listener each completed TLS handshakes.
+      expect(await curl.sidecar.stat(`cluster.${CLUSTER}.ssl.handshake`)).toBeGreaterThan(0);
+      expect(await httpbin.sidecar.stat('listener.0.0.0.0_15003.ssl.handshake')).toBeGreaterThan(0);
+      // The certificates are the ones issued for each identity, with the mesh CA as the trust bundle.
+      const [curlCert] = await dataPlaneCerts(curl);
+      expect(curlCert.subjectAltName).toBe('URI:spiffe://cluster.local/ns/curl/sa/curl');
+      expect(curlCert.verify(new X509Certificate(sb.ca.cert).publicKey)).toBe(true);
+      // From this host, where no sidecar is: plaintext to httpbin's pod port is refused (it was served before mTLS) ...
+      const plain = spawnSync('curl', ['-sS', '--max-time', '5', `http://${httpbin.pod.ip}:14001/get`], { encoding: 'utf8' });
+      expect(plain.status, plain.stdout).not.toBe(0);
+      // ... so is TLS without a client certificate ...
+      await expect(tlsGet(httpbin.pod.ip, 14001)).rejects.toThrow();
+      // ... while a client certificate from the mesh CA (any identity of the mesh may call) is served.
+      const other = await sb.identity('curl', 'other');
+      const served = await tlsGet(httpbin.pod.ip, 14001, other);
+      expect(served.status).toMatch(/^HTTP\/1\.1 200/);
+      expect(served.peer).toBe('URI:spiffe://cluster.local/ns/httpbin/sa/httpbin');
+      for (const w of sb.workloads.values()) expect(await w.sidecar.rejected(), w.podName).toEqual({});
+    });
+
     it("the init container's script is safe to run twice and redirects IPv6 too", async () => {
       const rules = async (): Promise<string> =>
         (await Promise.all(['iptables', 'ip6tables'].map((t) => curl.pod.exec(t, ['-t', 'nat', '-S'])))).map((r) => r.stdout).join('');
@@ -243,12 +308,14 @@ export function guideSuite(flavour: AdsFlavour): void {
         const stream = opened.find((o) => o.node === w.sidecar.nodeId);
         expect(stream?.spiffe, w.podName).toBe(`spiffe://cluster.local/ns/${w.spec.namespace}/sa/${w.spec.serviceAccount}`);
       }
-      // The certificate Envoy uses to reach the control plane, as its admin /certs shows it.
+      // The certificate Envoy uses to reach the control plane (from its Secret's folder), as its admin /certs shows it:
+      // of the certificates with curl's identity, the one that is not the data plane's (SDS over ADS).
       const serial = async (): Promise<string> => {
         const certs = JSON.parse(await curl.sidecar.admin('/certs')).certificates as { cert_chain?: { serial_number: string; subject_alt_names?: { uri?: string }[] }[] }[];
-        const mine = certs.flatMap((c) => c.cert_chain ?? []).filter((c) => c.subject_alt_names?.some((s) => s.uri === 'spiffe://cluster.local/ns/curl/sa/curl'));
-        expect(mine.length).toBe(1);
-        return mine[0].serial_number;
+        const dataPlane = new Set(await dataPlaneSerials(curl));
+        const mine = new Set(certs.flatMap((c) => c.cert_chain ?? []).filter((c) => c.subject_alt_names?.some((s) => s.uri === 'spiffe://cluster.local/ns/curl/sa/curl') && !dataPlane.has(normSerial(c.serial_number))).map((c) => c.serial_number));
+        expect(mine.size).toBe(1);
+        return [...mine][0];
       };
       await setRetry((t) => t);
       // The control plane renewed its own certificate (15 s here) under the connected sidecars: nothing dropped.
@@ -280,7 +347,9 @@ export function guideSuite(flavour: AdsFlavour): void {
       await until(async () => (await sb.controlPlane.get('/debug/proxies')).proxies.length === sidecars.length, 10_000, 'every sidecar on the restarted server');
       // Time for anything the server would (wrongly) send to arrive.
       await new Promise((r) => setTimeout(r, 1000));
-      expect(await updates()).toEqual(before);
+      // Nothing but a new data-plane certificate: its key lives in the control plane's memory, so a restarted one (or
+      // another replica) issues another (README: sidecar mTLS).
+      expect(withoutSds(await updates())).toEqual(withoutSds(before));
 
       const old = sb.controlPlane;
       const replica = await sb.startReplica();
@@ -289,7 +358,7 @@ export function guideSuite(flavour: AdsFlavour): void {
       await until(async () => (await replica.get('/debug/proxies')).proxies.length === sidecars.length, 30_000, 'every sidecar on the second replica');
       await connected(1);
       await new Promise((r) => setTimeout(r, 1000));
-      expect(await updates()).toEqual(before);
+      expect(withoutSds(await updates())).toEqual(withoutSds(before));
 
       const n = await retries();
       await request(curl, 503);
