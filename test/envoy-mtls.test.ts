@@ -12,6 +12,10 @@ import { createCa, writeCaDir, type KeyPair, type TlsBundle } from '../src/secur
 import { sandboxMissing } from './helpers/sandbox.js';
 import { dataPlaneCerts, tlsGet } from './helpers/guide-suite.js';
 import { CA_SECRET } from '../src/envoy/tls.js';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { serve } from '../src/main.js';
+import { startBackend, XdsTestClient } from './helpers/grpc-xds.js';
 
 const HTTPBIN = 'httpbin.httpbin.svc.cluster.local:14001';
 const CLUSTER = 'httpbin/httpbin|14001';
@@ -85,6 +89,52 @@ endpoints: [{ addresses: ["${gateway}"], targetRef: { kind: Pod, namespace: http
       sb.removeManifest('impostor.yaml');
       server.close();
       for (const s of sockets) s.destroy();
+    }
+  }, 60_000);
+
+  it('proxyless gRPC clients (plaintext ADS, plaintext clusters): a server without a sidecar is reached, a sidecar refuses them', async () => {
+    const gateway = sb.controlPlane.adsAddress.replace(/:\d+$/, '');
+    const backend = await startBackend(grpc.status.OK, gateway);
+    // The pinned proxyless clients cannot reach an mTLS control plane: a plaintext one on loopback serves them the same mesh.
+    const plain = await serve(
+      { adsAddress: '127.0.0.1:0', debugAddress: '127.0.0.1:0', manifests: sb.dir, kubernetes: false, meshName: 'mesh-xds', overrides: {}, logLevel: 'silent', namespace: 'mesh-xds' },
+      pino({ level: 'silent' }),
+    );
+    const who = { nodeId: 'proxyless-curl', namespace: 'curl', serviceAccount: 'curl' };
+    const clients: XdsTestClient[] = [];
+    try {
+      sb.writeManifest(
+        'plain.yaml',
+        `apiVersion: v1
+kind: Service
+metadata: { name: plain, namespace: httpbin }
+spec: { clusterIP: 10.96.0.201, ports: [{ name: grpc, port: 50052, targetPort: ${backend.port}, appProtocol: grpc }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: plain-1, namespace: httpbin, labels: { kubernetes.io/service-name: plain } }
+addressType: IPv4
+ports: [{ name: grpc, port: ${backend.port} }]
+endpoints: [{ addresses: ["${gateway}"] }]
+`,
+      );
+      const ads = `127.0.0.1:${plain.adsPort}`;
+      // A server that is not a mesh pod (no sidecar): reached in plaintext.
+      const toPlain = new XdsTestClient('xds:///plain.httpbin.svc.cluster.local:50052', ads, who);
+      clients.push(toPlain);
+      await until(async () => (await toPlain.call(2_000)) === grpc.status.OK, 20_000, 'a proxyless call to the server without a sidecar');
+      expect(backend.attempts).toBeGreaterThan(0);
+      // httpbin's sidecar requires a certificate from the mesh CA: the proxyless client's plaintext connection fails.
+      const refusedBefore = await httpbin.sidecar.stat('listener.0.0.0.0_15003.ssl.connection_error');
+      const toSidecar = new XdsTestClient(`xds:///${HTTPBIN}`, ads, who);
+      clients.push(toSidecar);
+      expect(await toSidecar.call(5_000)).toBe(grpc.status.UNAVAILABLE);
+      expect(await httpbin.sidecar.stat('listener.0.0.0.0_15003.ssl.connection_error')).toBeGreaterThan(refusedBefore);
+    } finally {
+      for (const c of clients) c.close();
+      sb.removeManifest('plain.yaml');
+      await plain.close();
+      await backend.close();
     }
   }, 60_000);
 
