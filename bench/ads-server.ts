@@ -14,21 +14,26 @@ import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
 import { AdsServer } from '../src/xds/protocol/server.js';
 import { ProxyRegistry, syncState, type ProxyConnection } from '../src/xds/protocol/status.js';
-import { ENDPOINT, RESOURCE_TYPES } from '../src/xds/resources/types.js';
+import { ENDPOINT, RESOURCE_TYPES, SECRET } from '../src/xds/resources/types.js';
+import { WorkloadCerts } from '../src/security/workload-certs.js';
 import { generateMesh, type MeshSize } from './mesh-gen.js';
 
 const size: MeshSize = JSON.parse(process.argv[2]);
 const log = pino({ level: 'silent' });
 const cache = new SnapshotCache();
 const registry = new ProxyRegistry();
-const pipeline = new Pipeline(cache, log);
-let state = generateMesh(size);
-pipeline.update(state);
 // ADS_TLS=1: mTLS, the serving certificate issued from a CA made here; each identity gets a client certificate.
 const tlsOn = Boolean(process.env.ADS_TLS);
 const caDir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-bench-ca-'));
 const ca = await createCa('cluster.local');
 writeCaDir(caDir, ca);
+// ADS_SDS=1 (with ADS_TLS): sidecar mTLS, each identity's data-plane certificate and the CA bundle sent over SDS.
+const sdsOn = Boolean(process.env.ADS_SDS);
+const certsOf = sdsOn ? new WorkloadCerts({ ca, trustDomain: 'cluster.local', log, onChange: (ids) => pipeline.secretsChanged(ids) }) : undefined;
+const pipeline: Pipeline = new Pipeline(cache, log, {}, certsOf);
+let state = generateMesh(size);
+pipeline.update(state);
+await certsOf?.settled();
 const tls = tlsOn ? await tlsFromCa(caDir, { trustDomain: 'cluster.local', namespace: 'mesh-xds', serviceAccount: 'mesh-xds', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'] }, log) : undefined;
 const server = new AdsServer({ cache, registry, log, tls });
 const port = await server.listen('127.0.0.1:0');
@@ -40,11 +45,16 @@ loop.enable();
 const mem = (): number => process.memoryUsage().rss;
 
 let expected = 0;
-let waiting: { kind: 'initial' | 'change'; t0: number; cpu0: NodeJS.CpuUsage; since: Date; done: Set<ProxyConnection> } | undefined;
+let waiting: { kind: 'initial' | 'change' | 'renew'; identity?: string; t0: number; cpu0: NodeJS.CpuUsage; since: Date; done: Set<ProxyConnection> } | undefined;
 
 function synced(c: ProxyConnection): boolean {
   if (!waiting) return false;
-  if (waiting.kind === 'initial') return RESOURCE_TYPES.every((t) => syncState(c.types.get(t.typeUrl)) === 'SYNCED');
+  if (waiting.kind === 'initial') return RESOURCE_TYPES.filter((t) => sdsOn || t.typeUrl !== SECRET).every((t) => syncState(c.types.get(t.typeUrl)) === 'SYNCED');
+  if (waiting.kind === 'renew') {
+    if (`${c.identity.namespace}/${c.identity.serviceAccount}` !== waiting.identity) return false;
+    const s = c.types.get(SECRET);
+    return !!s && syncState(s) === 'SYNCED' && !!s.ackedAt && s.sentAt! >= waiting.since;
+  }
   const s = c.types.get(ENDPOINT);
   return !!s && syncState(s) === 'SYNCED' && !!s.ackedAt && s.sentAt! >= waiting.since;
 }
@@ -88,6 +98,12 @@ process.on('message', async (m: any) => {
     const t = performance.now();
     pipeline.update(state);
     pushMs = performance.now() - t;
+  } else if (m.cmd === 'renew') {
+    // One identity's data-plane certificate renewed: SDS to its proxies only.
+    const identity = pipeline.ir!.identities[0];
+    expected = m.n;
+    waiting = { kind: 'renew', identity, t0: performance.now(), cpu0: process.cpuUsage(), since: new Date(), done: new Set() };
+    certsOf!.renew(identity);
   } else if (m.cmd === 'stats') {
     send({ cmd: 'stats', rss: mem(), connections: registry.connections.size, loopMaxMs: loop.max / 1e6, receiving: server.grpc.receiving });
     if (m.reset) loop.reset();

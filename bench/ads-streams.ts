@@ -10,13 +10,17 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { ADS_SERVICE } from '../src/xds/protocol/server.js';
 import { envoyRoot } from '../src/xds/resources/protos.js';
-import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
+import { CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET } from '../src/xds/resources/types.js';
+import { CA_SECRET, IDENTITY_SECRET } from '../src/envoy/tls.js';
 
 const N = Number(process.argv[2] ?? 2000);
 // ADS_STREAMS_PER_CONNECTION=1 opens a connection per stream, as Envoy does; ADS_TLS=1 makes them mTLS.
 const STREAMS_PER_CONNECTION = Number(process.env.ADS_STREAMS_PER_CONNECTION ?? 100);
 const TLS = Boolean(process.env.ADS_TLS);
 if (TLS && STREAMS_PER_CONNECTION !== 1) throw new Error('ADS_TLS needs ADS_STREAMS_PER_CONNECTION=1 (a certificate is one identity)');
+// ADS_SDS=1 (with ADS_TLS): sidecar mTLS, the proxies subscribe to their two secrets over SDS too.
+const SDS = Boolean(process.env.ADS_SDS);
+if (SDS && !TLS) throw new Error('ADS_SDS needs ADS_TLS=1 (secrets go only to streams with a client certificate)');
 const SIZE = { namespaces: 10, services: 10, pods: 50, serviceAccounts: 100, retries: 50 };
 const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(0)} MB`;
 
@@ -72,7 +76,7 @@ function peek(buf: Buffer): { version: string; typeUrl: string; nonce: string } 
   return out;
 }
 
-const names: Record<string, string[]> = { [CLUSTER]: [], [ENDPOINT]: ready.clusters, [LISTENER]: [], [ROUTE]: ready.routes };
+const names: Record<string, string[]> = { [CLUSTER]: [], [ENDPOINT]: ready.clusters, [LISTENER]: [], [ROUTE]: ready.routes, [SECRET]: [IDENTITY_SECRET, CA_SECRET] };
 const encode = (o: object): Buffer => Buffer.from(Req.encode(Req.fromObject(o)).finish());
 const clients: grpc.Client[] = [];
 const calls: grpc.ClientDuplexStream<Buffer, Buffer>[] = [];
@@ -97,19 +101,27 @@ for (let i = 0; i < N; i++) {
   });
   const node = { id: `proxy-${i}`, user_agent_name: 'envoy', metadata: { fields: { namespace: { stringValue: namespace }, serviceAccount: { stringValue: serviceAccount } } } };
   call.write(encode({ node, type_url: CLUSTER }));
-  for (const t of [ENDPOINT, LISTENER, ROUTE]) call.write(encode({ type_url: t, resource_names: names[t] }));
+  for (const t of [ENDPOINT, LISTENER, ROUTE, ...(SDS ? [SECRET] : [])]) call.write(encode({ type_url: t, resource_names: names[t] }));
   calls.push(call);
   if (i % 500 === 499) await new Promise((r) => setImmediate(r));
 }
 const initial = await receive('initial-acked', 600_000);
 console.log(`${N} streams (${clients.length} connections${TLS ? ', mTLS' : ''}), mesh of ${SIZE.services} services x 2 ports and ${ready.identities.length} identities`);
-console.log(`initial config (CDS, EDS, LDS, RDS) ACKed by all: ${initial.ms.toFixed(0)} ms after the first stream opened (${(performance.now() - t0).toFixed(0)} ms client side); server CPU ${initial.cpuMs.toFixed(0)} ms, RSS ${mb(initial.rss)}`);
+console.log(`initial config (CDS, EDS, LDS, RDS${SDS ? ', SDS' : ''}) ACKed by all: ${initial.ms.toFixed(0)} ms after the first stream opened (${(performance.now() - t0).toFixed(0)} ms client side); server CPU ${initial.cpuMs.toFixed(0)} ms, RSS ${mb(initial.rss)}`);
 
 const changes: any[] = [];
 for (let i = 0; i < 3; i++) {
   await new Promise((r) => setTimeout(r, 500));
   child.send({ cmd: 'change', i });
   changes.push(await receive('change-acked', 120_000));
+}
+if (SDS) {
+  // One identity's certificate renewed: only its proxies are sent SDS.
+  const per = calls.filter((_, i) => i % ready.identities.length === 0).length;
+  await new Promise((r) => setTimeout(r, 500));
+  child.send({ cmd: 'renew', n: per });
+  const r = await receive('renew-acked', 120_000);
+  console.log(`a renewal of ${ready.identities[0]}'s certificate: ACKed by its ${per} proxies in ${r.ms.toFixed(0)} ms; server CPU ${r.cpuMs.toFixed(0)} ms; RSS ${mb(r.rss)}`);
 }
 for (const [i, c] of changes.entries()) {
   console.log(
