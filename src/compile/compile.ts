@@ -121,7 +121,8 @@ function compileTopology(state: MeshState, meshNamespaces: Set<string>): Topolog
     const service: ServiceIR = { namespace: svc.namespace, name: svc.name, host, clusterIP: svc.clusterIP, headless, ports };
     services.push(service);
     for (const b of backers) {
-      if (!b.pod) continue;
+      // What a pod without a sidecar serves is reached in plaintext and does not retry on: not backed by its identity.
+      if (!b.pod || b.pod.noSidecar) continue;
       const id = `${b.pod.namespace}/${b.pod.serviceAccount}`;
       const list = (backing[id] ??= []);
       if (!list.some((x) => x.service === refKey(service) && x.port === b.port.port)) list.push({ service: refKey(service), port: b.port.port });

@@ -3,6 +3,7 @@
  * sidecar with its bootstrap, the identity Secret's volume). The one place that says it: the admission webhook
  * patches pods with it, `mesh-xds inject` renders manifests with it, and the sandbox runs pods from it. Pure.
  */
+import { SIDECAR_INJECTION_ANNOTATION } from '../model/names.js';
 import { spiffeId } from '../security/spiffe.js';
 
 /** The one Envoy version of the project: the image here, the tests' binary (scripts/real-parts.txt), the demo. */
@@ -26,7 +27,7 @@ export const HEALTH_PORT = 15021;
 export const SIDECAR_PORTS = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT, HEALTH_PORT] as const;
 
 /** FSM's names: the namespace label of enrolment, and the injection annotation of namespaces and pods. */
-export const SIDECAR_INJECTION_ANNOTATION = 'flomesh.io/sidecar-injection';
+export { SIDECAR_INJECTION_ANNOTATION };
 /** What was injected, and by which mesh-xds: on every injected pod. */
 export const INJECTED_ANNOTATION = 'mesh-xds.flomesh.io/injected';
 

@@ -60,6 +60,11 @@ export interface Pod extends Ref {
   /** Container ports by name, to resolve named targetPorts. */
   readonly namedPorts: Readonly<Record<string, number>>;
   readonly ready: boolean;
+  /**
+   * A pod the injector leaves without a sidecar though its namespace is in the mesh (annotation
+   * `flomesh.io/sidecar-injection: disabled`, or hostNetwork): it neither retries nor speaks mTLS.
+   */
+  readonly noSidecar?: true;
 }
 
 export type ServiceAccount = Ref;

@@ -18,3 +18,6 @@ export function isDnsSubdomain(s: string): boolean {
 export function isObjectName(s: string): boolean {
   return s.length <= 253 && OBJECT_NAME.test(s);
 }
+
+/** FSM's injection annotation of namespaces and pods (`enabled` / `disabled`). */
+export const SIDECAR_INJECTION_ANNOTATION = 'flomesh.io/sidecar-injection';

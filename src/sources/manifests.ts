@@ -17,7 +17,7 @@ import {
   type Service,
   type ServiceAccount,
 } from '../model/mesh.js';
-import { isDnsLabel, isDnsSubdomain } from '../model/names.js';
+import { isDnsLabel, isDnsSubdomain, SIDECAR_INJECTION_ANNOTATION } from '../model/names.js';
 import { asList, asMap } from '../model/plain.js';
 import { RETRY_API_VERSION } from '../policy/retry.js';
 
@@ -316,6 +316,7 @@ function pod(o: KubeObject, ns: string): Pod {
     labels: labelsOf(o),
     namedPorts,
     ready: readyCond ? readyCond.status === 'True' : status.phase === undefined || status.phase === 'Running',
+    ...(asMap(o.metadata?.annotations)[SIDECAR_INJECTION_ANNOTATION] === 'disabled' || spec.hostNetwork === true ? { noSidecar: true as const } : {}),
   };
 }
 
