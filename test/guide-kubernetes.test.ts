@@ -103,6 +103,31 @@ describe.skipIf(missing.length > 0)('the guide on a real Kubernetes control plan
     await until(async () => JSON.stringify(await endpoints()) === JSON.stringify(replaced.map((p) => p.ip).sort()), 30_000, 'the replacement pod in the curl sidecar');
   }, 180_000);
 
+  it("an app's own HTTP readiness probe passes through the sidecar's health port, its port requiring mTLS now", async () => {
+    const probed = (name: string, status: number) => `apiVersion: v1
+kind: Pod
+metadata: { name: ${name}, labels: { probe: "yes" } }
+spec:
+  serviceAccountName: httpbin
+  containers:
+    - name: httpbin
+      image: kennethreitz/httpbin
+      command: [gunicorn, -b, 0.0.0.0:14001, httpbin:app, -k, gevent]
+      ports: [{ name: web, containerPort: 14001 }]
+      readinessProbe: { httpGet: { path: /status/${status}, port: web }, periodSeconds: 1 }
+`;
+    await ok(['apply', '-n', 'httpbin', '-f', '-'], probed('probed-ok', 200));
+    await ok(['apply', '-n', 'httpbin', '-f', '-'], probed('probed-failing', 503));
+    const spec = JSON.parse(await ok(['get', 'pod', 'probed-ok', '-n', 'httpbin', '-o', 'json'])).spec;
+    // Rewritten by the injector to the health port, which forwards it to the app on loopback.
+    expect(spec.containers[0].readinessProbe.httpGet).toMatchObject({ path: '/app-health/httpbin/readyz', port: 15021 });
+    await until(async () => (await g.pods('httpbin', 'probe=yes')).find((p) => p.name === 'probed-ok')?.ready === '2/2', 60_000, 'probed-ok ready (2/2)');
+    // The probe is the app's own answer: a 503 keeps the app container not ready.
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect((await g.pods('httpbin', 'probe=yes')).find((p) => p.name === 'probed-failing')?.ready).toBe('1/2');
+    await ok(['delete', 'pod', 'probed-ok', 'probed-failing', '-n', 'httpbin', '--wait=false']);
+  }, 120_000);
+
   it('left alone: a namespace not enrolled, a pod opted out; with the control plane down, a pod outside the mesh is still created', async () => {
     await ok(['create', 'namespace', 'plain']);
     await ok(['apply', '-f', `${ROOT}/deploy/samples/guide/curl.yaml`, '-n', 'plain']);

@@ -73,6 +73,42 @@ describe('which pods get the sidecar, and what they get', () => {
     expect(decide(pod({ annotations: { 'flomesh.io/sidecar-injection': 'enabled' } }), { ...ENROLLED, annotations: {} }, OPTS).inject).toBe(true);
   });
 
+  it("the app's HTTP probes go to the sidecar's health port, which forwards each to the app; others are kept", () => {
+    const p = injected(
+      pod({
+        spec: {
+          serviceAccountName: 'curl',
+          containers: [
+            {
+              name: 'app',
+              ports: [{ name: 'web', containerPort: 8080 }],
+              readinessProbe: { httpGet: { path: '/ready?deep=1', port: 'web', httpHeaders: [{ name: 'X-Probe', value: '1' }] }, periodSeconds: 3 },
+              livenessProbe: { httpGet: { path: '/live', port: 8081 } },
+              startupProbe: { httpGet: { path: '/tls', port: 8443, scheme: 'HTTPS' } },
+            },
+            { name: 'side', livenessProbe: { tcpSocket: { port: 9000 } } },
+          ],
+        },
+      }),
+    );
+    const app = p.spec.containers[0];
+    expect(app.readinessProbe).toEqual({ httpGet: { path: '/app-health/app/readyz', port: 15021, scheme: 'HTTP', httpHeaders: [{ name: 'X-Probe', value: '1' }] }, periodSeconds: 3 });
+    expect(app.livenessProbe.httpGet).toEqual({ path: '/app-health/app/livez', port: 15021, scheme: 'HTTP' });
+    // HTTPS and TCP probes are left as they are.
+    expect(app.startupProbe.httpGet).toEqual({ path: '/tls', port: 8443, scheme: 'HTTPS' });
+    expect(p.spec.containers[1].livenessProbe).toEqual({ tcpSocket: { port: 9000 } });
+    const envoy = p.spec.containers.find((c: any) => c.name === 'envoy');
+    const bootstrap = JSON.parse(envoy.args[1]);
+    const routes = bootstrap.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes;
+    expect(routes).toEqual([
+      { match: { path: '/ready' }, route: { cluster: 'envoy-admin' } },
+      { match: { path: '/app-health/app/livez' }, route: { cluster: 'app-probe-8081', prefix_rewrite: '/live' } },
+      { match: { path: '/app-health/app/readyz' }, route: { cluster: 'app-probe-8080', prefix_rewrite: '/ready?deep=1' } },
+    ]);
+    const ports = bootstrap.static_resources.clusters.filter((c: any) => c.name.startsWith('app-probe-')).map((c: any) => c.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address);
+    expect(ports).toEqual([{ address: '127.0.0.1', port_value: 8081 }, { address: '127.0.0.1', port_value: 8080 }]);
+  });
+
   it('refused with a reason: an unknown annotation value, a port or a name the sidecar needs', () => {
     const denied = (p: Record<string, any>): string => {
       const d = decide(p, ENROLLED, OPTS);

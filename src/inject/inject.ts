@@ -5,8 +5,11 @@
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { asList, asMap, type Fields } from '../model/plain.js';
 import {
+  HEALTH_PORT,
   IDENTITY_VOLUME,
   INIT_CONTAINER,
+  appProbePath,
+  type AppProbe,
   INJECTED_ANNOTATION,
   SIDECAR_CONTAINER,
   SIDECAR_INJECTION_ANNOTATION,
@@ -39,6 +42,8 @@ export type Decision =
 
 /** A string field, or undefined. */
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+const PROBE_KINDS = ['liveness', 'readiness', 'startup'] as const;
 
 const ON = new Set(['enabled', 'true', 'yes']);
 const OFF = new Set(['disabled', 'false', 'no']);
@@ -85,16 +90,30 @@ export function decide(pod: Fields, ns: NamespaceFacts, o: InjectOptions): Decis
   const serviceAccount = str(spec.serviceAccountName) ?? str(spec.serviceAccount) ?? 'default';
 
   const patch: JsonPatchOp[] = [];
+  // The app's HTTP probes go to the sidecar's health port, which forwards them to the app on loopback.
+  const probes: AppProbe[] = [];
+  containers.forEach((c, i) => {
+    for (const kind of PROBE_KINDS) {
+      const get = asMap(asMap(c[`${kind}Probe`]).httpGet);
+      if (!Object.keys(get).length || (get.scheme !== undefined && get.scheme !== 'HTTP') || get.host !== undefined) continue;
+      const port = typeof get.port === 'number' ? get.port : asList(c.ports).map(asMap).find((p) => p.name === get.port)?.containerPort;
+      if (typeof port !== 'number') continue;
+      const path = appProbePath(str(c.name) ?? `container-${i}`, kind);
+      probes.push({ path, port, target: str(get.path) ?? '/' });
+      patch.push({ op: 'replace', path: `/spec/containers/${i}/${kind}Probe/httpGet`, value: { ...(get as Record<string, Json>), path, port: HEALTH_PORT, scheme: 'HTTP' } });
+    }
+  });
+  const t: InjectOptions = { ...o, probes };
   const append = (path: string, list: unknown[], value: Json): void => {
     if (list.length || spec[path] !== undefined) patch.push({ op: 'add', path: `/spec/${path}/-`, value });
     else patch.push({ op: 'add', path: `/spec/${path}`, value: [value] });
   };
   // The init container first, so that the pod's other init containers already have their traffic redirected.
-  if (inits.length) patch.push({ op: 'add', path: '/spec/initContainers/0', value: initContainer(o) });
-  else patch.push({ op: 'add', path: '/spec/initContainers', value: [initContainer(o)] });
-  append('containers', containers, sidecarContainer(o));
+  if (inits.length) patch.push({ op: 'add', path: '/spec/initContainers/0', value: initContainer(t) });
+  else patch.push({ op: 'add', path: '/spec/initContainers', value: [initContainer(t)] });
+  append('containers', containers, sidecarContainer(t));
   if (o.mtls) append('volumes', volumes, identityVolume(serviceAccount));
-  const injected = `${SIDECAR_CONTAINER} (${o.envoyImage ?? sidecarContainer(o).image}), ${INIT_CONTAINER}${o.mtls ? `, ${IDENTITY_VOLUME}` : ''}; by mesh-xds ${o.version}`;
+  const injected = `${SIDECAR_CONTAINER} (${o.envoyImage ?? sidecarContainer(t).image}), ${INIT_CONTAINER}${o.mtls ? `, ${IDENTITY_VOLUME}` : ''}; by mesh-xds ${o.version}`;
   if (meta.annotations === undefined) patch.push({ op: 'add', path: '/metadata/annotations', value: { [INJECTED_ANNOTATION]: injected } });
   else patch.push({ op: 'add', path: `/metadata/annotations/${pointer(INJECTED_ANNOTATION)}`, value: injected });
   return { inject: true, patch };

@@ -47,7 +47,25 @@ export interface SidecarTemplateOptions {
   adsPort?: number;
   /** The sidecar's ADS flavour (default GRPC, state of the world). */
   adsFlavour?: 'GRPC' | 'DELTA_GRPC';
+  /** The app's own HTTP probes, rewritten to the health port: the sidecar forwards each to the app (`appProbes`). */
+  probes?: readonly AppProbe[];
 }
+
+/**
+ * An app container's httpGet probe, which the kubelet now sends to the sidecar's health port as `path`, and the
+ * sidecar forwards to the app on loopback (`port`, `target` the original path): the app's ports require a client
+ * certificate from the mesh CA once sidecars speak mTLS, which the kubelet has not.
+ */
+export interface AppProbe {
+  readonly path: string;
+  readonly port: number;
+  readonly target: string;
+}
+
+/** The health port's path of one probe of one container (Istio's shape). */
+export const appProbePath = (container: string, kind: 'liveness' | 'readiness' | 'startup'): string =>
+  `/app-health/${container}/${kind === 'liveness' ? 'livez' : kind === 'readiness' ? 'readyz' : 'startupz'}`;
+const appProbeCluster = (port: number): string => `app-probe-${port}`;
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Obj = { [k: string]: Json };
@@ -158,7 +176,18 @@ export function sidecarBootstrap(o: SidecarTemplateOptions): Obj {
             typed_config: {
               '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
               stat_prefix: 'health',
-              route_config: { virtual_hosts: [{ name: 'health', domains: ['*'], routes: [{ match: { path: '/ready' }, route: { cluster: 'envoy-admin' } }] }] },
+              route_config: {
+                virtual_hosts: [
+                  {
+                    name: 'health',
+                    domains: ['*'],
+                    routes: [
+                      { match: { path: '/ready' }, route: { cluster: 'envoy-admin' } },
+                      ...(o.probes ?? []).map((p): Obj => ({ match: { path: p.path }, route: { cluster: appProbeCluster(p.port), prefix_rewrite: p.target } })),
+                    ],
+                  },
+                ],
+              },
               http_filters: [{ name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
             },
           },
@@ -173,7 +202,19 @@ export function sidecarBootstrap(o: SidecarTemplateOptions): Obj {
       cds_config: { ads: {}, resource_api_version: 'V3' },
       lds_config: { ads: {}, resource_api_version: 'V3' },
     },
-    static_resources: { clusters: [controlPlane, admin], listeners: [health] },
+    static_resources: {
+      clusters: [
+        controlPlane,
+        admin,
+        ...[...new Set((o.probes ?? []).map((p) => p.port))].map((port): Obj => ({
+          name: appProbeCluster(port),
+          type: 'STATIC',
+          connect_timeout: '1s',
+          load_assignment: { cluster_name: appProbeCluster(port), endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port } } } }] }] },
+        })),
+      ],
+      listeners: [health],
+    },
   };
 }
 
