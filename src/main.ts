@@ -101,6 +101,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     : undefined;
   const pipeline: Pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) }, certs);
   metrics.ir = () => pipeline.ir;
+  if (certs) metrics.sidecarCerts = () => ({ issued: certs.issued, held: certs.held });
   let adsServing = false;
 
   const onChange = (state: MeshState): void => {

@@ -188,6 +188,10 @@ describe('secrets over ADS (real gRPC)', () => {
     expect(secretsShown.some((g: any) => Buffer.from(g.xds_config.value).toString().includes('[redacted]'))).toBe(true);
 
     await eventually(() => lines.some((l) => l.includes('"push"') && l.includes('"SDS"')), 3_000, 'the push logged');
+    const metrics = await fetch(`${demo.debug}/metrics`).then((x) => x.text());
+    expect(Number(/^mesh_xds_sidecar_certificates (\d+)/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(Number(/^mesh_xds_sidecar_certificates_issued_total (\d+)/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(metrics).not.toContain(keyBody);
     expect(lines.join('')).not.toContain(keyBody);
     expect(lines.join('')).not.toMatch(/BEGIN PRIVATE KEY/);
   });

@@ -64,6 +64,8 @@ export class Metrics {
   statusWriter?: () => boolean;
   /** The mesh as last translated (for what is computed from it when scraped). */
   ir?: () => MeshIR | undefined;
+  /** Sidecar mTLS: certificates issued so far and identities holding one (never their content). */
+  sidecarCerts?: () => { issued: number; held: number };
 
   constructor(proxies: ProxyRegistry) {
     const errors = (): number => this.sourceErrors();
@@ -82,6 +84,26 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.set(errors());
+      },
+    });
+    const certs = (): { issued: number; held: number } | undefined => this.sidecarCerts?.();
+    new Gauge({
+      name: 'mesh_xds_sidecar_certificates',
+      help: 'Sidecar mTLS: identities holding a data-plane certificate issued by this replica (sent over SDS)',
+      registers: [this.registry],
+      collect() {
+        this.set(certs()?.held ?? 0);
+      },
+    });
+    new Counter({
+      name: 'mesh_xds_sidecar_certificates_issued_total',
+      help: 'Sidecar mTLS: data-plane certificates issued by this replica (new identities, renewals, a CA rotation)',
+      registers: [this.registry],
+      collect() {
+        const c = certs();
+        if (!c) return;
+        this.reset();
+        this.inc(c.issued);
       },
     });
     const ir = (): MeshIR | undefined => this.ir?.();

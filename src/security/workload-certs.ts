@@ -31,7 +31,7 @@ interface Held {
 const BATCH = 64;
 
 export class WorkloadCerts {
-  private readonly held = new Map<string, Held>();
+  private readonly byIdentity = new Map<string, Held>();
   private wanted = new Set<string>();
   private pending = new Set<string>();
   private issuing?: Promise<void>;
@@ -57,11 +57,16 @@ export class WorkloadCerts {
 
   /** What the snapshot builder takes: the bundle and the current certificates (a new object after each change). */
   secrets(): MeshSecrets {
-    return (this.view ??= { bundle: this.bundle, certs: new Map([...this.held].map(([id, h]) => [id, h.cert])) });
+    return (this.view ??= { bundle: this.bundle, certs: new Map([...this.byIdentity].map(([id, h]) => [id, h.cert])) });
+  }
+
+  /** Identities holding a certificate. */
+  get held(): number {
+    return this.byIdentity.size;
   }
 
   has(identity: string): boolean {
-    return this.held.has(identity);
+    return this.byIdentity.has(identity);
   }
 
   /**
@@ -70,13 +75,13 @@ export class WorkloadCerts {
    */
   want(identities: Iterable<string>): void {
     this.wanted = new Set(identities);
-    for (const [id, h] of this.held) {
+    for (const [id, h] of this.byIdentity) {
       if (this.wanted.has(id)) continue;
       clearTimeout(h.timer);
-      this.held.delete(id);
+      this.byIdentity.delete(id);
       this.view = undefined;
     }
-    for (const id of this.wanted) if (!this.held.has(id)) this.pending.add(id);
+    for (const id of this.wanted) if (!this.byIdentity.has(id)) this.pending.add(id);
     this.drain();
   }
 
@@ -85,11 +90,11 @@ export class WorkloadCerts {
     this.sign = issuer(ca);
     this.bundle = ca.cert;
     this.view = undefined;
-    this.o.log.info({ identities: this.held.size, delayMs: this.o.rotationDelayMs ?? 15_000 }, 'mesh CA changed: new bundle sent to the sidecars; their certificates follow');
+    this.o.log.info({ identities: this.byIdentity.size, delayMs: this.o.rotationDelayMs ?? 15_000 }, 'mesh CA changed: new bundle sent to the sidecars; their certificates follow');
     this.o.onChange(undefined);
     clearTimeout(this.rotation);
     this.rotation = setTimeout(() => {
-      for (const id of this.held.keys()) this.pending.add(id);
+      for (const id of this.byIdentity.keys()) this.pending.add(id);
       this.drain();
     }, this.o.rotationDelayMs ?? 15_000);
     this.rotation.unref();
@@ -97,7 +102,7 @@ export class WorkloadCerts {
 
   /** Issues an identity's certificate again now (as at two thirds of its life). */
   renew(identity: string): void {
-    if (!this.held.has(identity)) return;
+    if (!this.byIdentity.has(identity)) return;
     this.pending.add(identity);
     this.drain();
   }
@@ -110,7 +115,7 @@ export class WorkloadCerts {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.rotation);
-    for (const h of this.held.values()) clearTimeout(h.timer);
+    for (const h of this.byIdentity.values()) clearTimeout(h.timer);
   }
 
   private drain(): void {
@@ -134,7 +139,7 @@ export class WorkloadCerts {
           try {
             const b = await sign({ trustDomain: this.o.trustDomain, namespace, serviceAccount, ttlMs: this.ttlMs });
             if (!this.wanted.has(id) || this.stopped) return;
-            clearTimeout(this.held.get(id)?.timer);
+            clearTimeout(this.byIdentity.get(id)?.timer);
             const held: Held = { cert: { cert: b.cert, key: b.key }, notAfter: Date.now() + this.ttlMs };
             // Renewed after two thirds of its life.
             held.timer = setTimeout(() => {
@@ -142,7 +147,7 @@ export class WorkloadCerts {
               this.drain();
             }, (this.ttlMs * 2) / 3);
             held.timer.unref();
-            this.held.set(id, held);
+            this.byIdentity.set(id, held);
             this.issued++;
             done.push(id);
           } catch (e) {
