@@ -116,6 +116,17 @@ describe('the sidecar certificates', () => {
     certs.stop();
   });
 
+  it('connected sidecars waiting for their config are issued for first', async () => {
+    const changes: (readonly string[] | undefined)[] = [];
+    const certs = new WorkloadCerts({ ca, trustDomain, log: silent, onChange: (ids) => changes.push(ids) });
+    const all = Array.from({ length: 200 }, (_, i) => `ns/sa-${i}`);
+    certs.want(all, ['ns/sa-199']);
+    await certs.settled();
+    expect(changes[0]).toContain('ns/sa-199');
+    expect(changes.flat().length).toBe(200);
+    certs.stop();
+  });
+
   it('a new CA: the bundle goes out first with the current certificates, then certificates of the new CA', async () => {
     const changes: (readonly string[] | undefined)[] = [];
     const certs = new WorkloadCerts({ ca, trustDomain, log: silent, rotationDelayMs: 200, onChange: (ids) => changes.push(ids) });

@@ -58,8 +58,9 @@ export class Pipeline {
   /** The identities whose sidecars need a certificate: the mesh's and those of sidecars connected. */
   private wantCerts(): void {
     if (!this.certs || !this.ir) return;
-    const keys = new Set([...this.builder.eagerKeys(), ...this.cache.watchedKeys()]);
-    this.certs.want([...keys].filter((k) => k.startsWith('sidecar:')).map((k) => k.slice('sidecar:'.length)));
+    const sidecars = (keys: Iterable<string>): string[] => [...keys].filter((k) => k.startsWith('sidecar:')).map((k) => k.slice('sidecar:'.length));
+    const watched = sidecars(this.cache.watchedKeys());
+    this.certs.want([...sidecars(this.builder.eagerKeys()), ...watched], watched);
     this.builder.setSecrets(this.certs.secrets());
   }
 

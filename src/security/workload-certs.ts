@@ -71,9 +71,9 @@ export class WorkloadCerts {
 
   /**
    * The identities that need a certificate now (the mesh's, and those of connected sidecars): missing ones are
-   * issued in the background; those no longer wanted are dropped.
+   * issued in the background, `first` first; those no longer wanted are dropped.
    */
-  want(identities: Iterable<string>): void {
+  want(identities: Iterable<string>, first: Iterable<string> = []): void {
     this.wanted = new Set(identities);
     for (const [id, h] of this.byIdentity) {
       if (this.wanted.has(id)) continue;
@@ -81,7 +81,9 @@ export class WorkloadCerts {
       this.byIdentity.delete(id);
       this.view = undefined;
     }
-    for (const id of this.wanted) if (!this.byIdentity.has(id)) this.pending.add(id);
+    // Those in `first` (sidecars connected and waiting for their config) before the others.
+    const missing = (ids: Iterable<string>): string[] => [...ids].filter((id) => this.wanted.has(id) && !this.byIdentity.has(id));
+    this.pending = new Set([...missing(first), ...this.pending, ...missing(this.wanted)]);
     this.drain();
   }
 
