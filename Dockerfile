@@ -13,6 +13,7 @@ COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY bin ./bin
+COPY ui ./ui
 COPY deploy/crds ./deploy/crds
 USER 65532
 EXPOSE 15128 9091

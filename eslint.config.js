@@ -31,6 +31,14 @@ export default tseslint.config(
     rules: { '@typescript-eslint/no-explicit-any': 'off' },
   },
   {
+    // The page (/ui): plain JavaScript run by the browser, Cytoscape.js loaded before it.
+    files: ['ui/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: { window: 'readonly', document: 'readonly', fetch: 'readonly', EventSource: 'readonly', Node: 'readonly', performance: 'readonly', setTimeout: 'readonly', cytoscape: 'readonly' },
+    },
+  },
+  {
     // Plain JavaScript run by node directly (test apps in the sandbox's pods).
     files: ['**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', Buffer: 'readonly' } },

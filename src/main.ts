@@ -99,7 +99,19 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
         onChange: (ids) => pipeline.secretsChanged(ids),
       })
     : undefined;
-  const pipeline: Pipeline = new Pipeline(cache, log, { built: (r, ir) => metrics.built(r, ir) }, certs);
+  /** Open pages (/ui) hear of each new mesh (the debug server is made below). */
+  let meshChanged = (): void => {};
+  const pipeline: Pipeline = new Pipeline(
+    cache,
+    log,
+    {
+      built: (r, ir) => {
+        metrics.built(r, ir);
+        meshChanged();
+      },
+    },
+    certs,
+  );
   metrics.ir = () => pipeline.ir;
   if (certs) metrics.sidecarCerts = () => ({ issued: certs.issued, held: certs.held });
   let adsServing = false;
@@ -214,6 +226,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     ready: () => adsServing && cache.ready,
     meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),
   });
+  meshChanged = () => debug.meshChanged();
   const debugPort = await debug.listen(cfg.debugAddress);
   log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`), ...(webhookPort !== undefined ? { webhook: cfg.webhookAddress!.replace(/:\d+$/, `:${webhookPort}`) } : {}) }, 'listening');
 

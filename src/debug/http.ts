@@ -18,6 +18,7 @@ import { shownBody, type Resource, type Snapshot } from '../xds/resources/snapsh
 import { type ProxyConnection, type ProxyRegistry } from '../xds/protocol/status.js';
 import { RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import type { Metrics } from './metrics.js';
+import { loadUiAssets, serveAsset, UiEvents, type Asset } from './ui.js';
 
 export interface DebugSources {
   cache: SnapshotCache;
@@ -37,7 +38,9 @@ const ENDPOINTS: Record<string, string> = {
   '/debug/config_dump?proxy=<node id>': "a proxy's resources as Envoy's /config_dump prints them (also ?namespace=&serviceAccount=[&kind=proxyless])",
   '/debug/policies': 'every Retry with its status, and for accepted ones the identities, services and Envoy retry_policy',
   '/debug/explain?from=<ns>/<sa>&to=<ns>/<svc>': 'which Retry applies from an identity to a service, and the routes it yields',
-  '/debug/mesh': 'the translated mesh: services, identities, diagnostics, manifest errors, last build',
+  '/ui': 'the page for people: the mesh as a graph with its Retries and worst call paths, policies, proxies and their sync state, live',
+  '/debug/events': 'server-sent events telling an open page what changed (mesh, proxies)',
+  '/debug/mesh': 'the translated mesh: services, identities, the identities behind each service, diagnostics, manifest errors, last build',
   '/debug/amplification': 'every call path of Retries in force with its worst-case attempts and time, worst first',
   '/healthz': 'the process is alive',
   '/readyz': 'sources synced and ADS serving',
@@ -91,6 +94,16 @@ function policiesView(ir: MeshIR | undefined): unknown[] {
 /** Endpoints for probes and Prometheus, served to anyone who reaches the port: they reveal no configuration. */
 const OPEN = new Set(['/healthz', '/readyz', '/metrics']);
 
+/**
+ * A Host header that names this host (`localhost`, a loopback address), with or without a port. A browser sends the
+ * name it resolved: a page of another site whose name an attacker points at 127.0.0.1 (DNS rebinding) would send
+ * its own, and is refused, so no web page can read the debug endpoints through a browser on this host.
+ */
+export function isLoopbackHost(host: string | undefined): boolean {
+  const h = (host ?? '').toLowerCase().replace(/:\d+$/, '');
+  return h === 'localhost' || h === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
 /** A connection from this host (the pod's own network namespace: `kubectl port-forward` arrives there). */
 export function isLoopback(address: string | undefined): boolean {
   const a = address?.replace(/^::ffff:/, '') ?? '';
@@ -133,8 +146,14 @@ export class Limiter {
 export class DebugServer {
   readonly server: http.Server;
   readonly limiter = new Limiter(2, 16);
+  /** Open pages' live feed. */
+  readonly events = new UiEvents();
+  private readonly assets: ReadonlyMap<string, Asset>;
 
   constructor(private readonly src: DebugSources) {
+    this.assets = loadUiAssets();
+    const proxies = (): void => this.events.changed('proxies');
+    src.registry.observe({ connected: proxies, disconnected: proxies, acked: proxies, nacked: proxies });
     this.server = http.createServer((req, res) => {
       this.handle(req, res).catch((err) => {
         src.log.error({ err: (err as Error).message, url: req.url }, 'debug request failed');
@@ -154,7 +173,13 @@ export class DebugServer {
     });
   }
 
+  /** A new mesh was translated: open pages fetch it again. */
+  meshChanged(): void {
+    this.events.changed('mesh');
+  }
+
   close(): Promise<void> {
+    this.events.close();
     return new Promise((resolve) => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
@@ -177,6 +202,10 @@ export class DebugServer {
       return this.json(res, 403, {
         error: `${url.pathname} reveals proxies, their configuration or the policies: it is served to loopback clients only. Reach it through kubectl port-forward -n <control plane namespace> deploy/mesh-xds 9091, then http://127.0.0.1:9091${url.pathname}. Open to all: ${[...OPEN].join(', ')}`,
       });
+    }
+    if (!OPEN.has(url.pathname) && !isLoopbackHost(req.headers.host)) {
+      this.src.registry.emit('refused', 'debug_not_loopback');
+      return this.json(res, 403, { error: `${url.pathname} is served for Host localhost or a loopback address only (this request said ${JSON.stringify(req.headers.host ?? '')})` });
     }
     if (!EXPENSIVE.has(url.pathname)) return this.route(url, req, res);
     if (!(await this.limiter.acquire())) {
@@ -214,6 +243,21 @@ export class DebugServer {
           .join('\n');
         return void res.end(`<!doctype html><title>mesh-xds debug</title><h1>mesh-xds</h1><ul>\n${rows}\n</ul>\n`);
       }
+      case '/ui':
+      case '/ui/':
+      case '/ui/app.js':
+      case '/ui/app.css':
+      case '/ui/cytoscape.min.js': {
+        const a = this.assets.get(url.pathname === '/ui/' ? '/ui' : url.pathname);
+        if (!a) return this.json(res, 404, { error: `${url.pathname} is not installed` });
+        return serveAsset(req, res, a);
+      }
+      case '/debug/events':
+        if (!this.events.open(req, res)) {
+          res.setHeader('retry-after', '5');
+          return this.json(res, 429, { error: `${this.events.max} pages are open already` });
+        }
+        return;
       case '/debug/proxies':
         return this.json(res, 200, { proxies: sortProxies(src.registry.connections).map((c) => c.view()) });
       case '/debug/policies':
@@ -226,6 +270,8 @@ export class DebugServer {
           enableRetryPolicy: ir?.enableRetryPolicy,
           identities: ir?.identities ?? [],
           services: ir?.services ?? [],
+          // Identity -> the service ports its pods serve.
+          backing: ir?.backing ?? {},
           diagnostics: ir?.diagnostics ?? [],
           ...(src.meshInfo?.() ?? {}),
         });

@@ -1,0 +1,384 @@
+/*
+ * The page for people (/ui): reads the debug endpoints of this origin only, draws the mesh with Cytoscape.js, and
+ * fetches again what /debug/events says changed. Read-only. Everything it shows that a client or a user wrote (names,
+ * a NACK's error text) is set as text, never as markup.
+ */
+'use strict';
+(() => {
+  const TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
+  const $ = (sel) => document.querySelector(sel);
+  /** An element with attributes and children (strings become text nodes). */
+  const el = (tag, attrs = {}, ...children) => {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) e.append(c instanceof Node ? c : String(c));
+    return e;
+  };
+
+  const state = { mesh: null, policies: [], proxies: [], amp: { paths: [] }, query: '', policy: null, proxy: null };
+  /** What the tests read: the state, the graph, and counters of loads and renders. */
+  const ui = (window.meshUi = { state, cy: null, loads: 0, renders: 0, firstRenderMs: null });
+
+  async function getJson(path) {
+    for (let attempt = 0; ; attempt++) {
+      const r = await fetch(path, { headers: { accept: 'application/json' } });
+      // The debug server answers a few expensive requests at a time: wait and ask again.
+      if (r.status === 429 && attempt < 20) {
+        await new Promise((res) => setTimeout(res, 100 + attempt * 100));
+        continue;
+      }
+      if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+      return r.json();
+    }
+  }
+
+  // ---------------------------------------------------------------- loading, live
+  const loading = { mesh: null, proxies: null };
+  const dirty = { mesh: false, proxies: false };
+  /** Loads one kind; a request for it while it loads runs once more after. */
+  function load(kind) {
+    if (loading[kind]) {
+      dirty[kind] = true;
+      return loading[kind];
+    }
+    loading[kind] = (kind === 'mesh' ? loadMesh() : loadProxies())
+      .then(() => setStatus(`live · updated ${new Date().toLocaleTimeString()}`))
+      .catch((e) => setStatus(`cannot load: ${e.message}`, true))
+      .finally(() => {
+        loading[kind] = null;
+        if (dirty[kind]) {
+          dirty[kind] = false;
+          load(kind);
+        }
+      });
+    return loading[kind];
+  }
+
+  async function loadMesh() {
+    const [mesh, policies, amp] = await Promise.all([getJson('/debug/mesh'), getJson('/debug/policies'), getJson('/debug/amplification').catch(() => ({ paths: [] }))]);
+    state.mesh = mesh;
+    state.policies = policies.policies;
+    state.amp = amp;
+    ui.loads++;
+    renderGraph();
+    renderPolicies();
+  }
+
+  async function loadProxies() {
+    state.proxies = (await getJson('/debug/proxies')).proxies;
+    ui.loads++;
+    renderProxies();
+    if (state.policy) renderPolicyDetail();
+  }
+
+  function setStatus(text, down = false) {
+    const s = $('#status');
+    s.textContent = text;
+    s.classList.toggle('down', down);
+  }
+
+  function live() {
+    const events = new EventSource('/debug/events');
+    // On (re)connecting everything is fetched: what changed while the feed was down is not known.
+    events.addEventListener('hello', () => Promise.all([load('mesh'), load('proxies')]));
+    events.addEventListener('mesh', () => load('mesh'));
+    events.addEventListener('proxies', () => load('proxies'));
+    events.onerror = () => setStatus('live feed lost; reconnecting…', true);
+  }
+
+  // ---------------------------------------------------------------- the graph
+  const svcId = (k) => `svc:${k}`;
+  const idId = (k) => `id:${k}`;
+  const retryLabel = (p) => {
+    const rp = p.retryPolicy;
+    if (!rp) return p.state;
+    return `${rp.num_retries ?? 1} × ${rp.retry_on ?? ''} · ${p.state}`;
+  };
+
+  function graphElements() {
+    const nodes = new Map();
+    const edges = [];
+    const node = (id, data) => (nodes.has(id) ? nodes.get(id) : nodes.set(id, { data: { id, ...data } }).get(id));
+    for (const s of state.mesh.services) node(svcId(`${s.namespace}/${s.name}`), { label: `${s.name}.${s.namespace}`, kind: 'service', key: `${s.namespace}/${s.name}` });
+    for (const i of state.mesh.identities) node(idId(i), { label: i, kind: 'identity', key: i });
+    for (const [identity, refs] of Object.entries(state.mesh.backing ?? {})) {
+      node(idId(identity), { label: identity, kind: 'identity', key: identity });
+      for (const svc of new Set(refs.map((r) => r.service))) edges.push({ data: { id: `backs:${svc}>${identity}`, source: svcId(svc), target: idId(identity), kind: 'backs' } });
+    }
+    // Each Retry: from its source identity to each destination (those it won when accepted, else those it names).
+    const hops = new Map();
+    state.amp.paths.forEach((path, rank) => {
+      for (const h of path.hops) {
+        const id = `retry:${h.retry}>${h.to}`;
+        const seen = hops.get(id);
+        if (!seen || seen.attempts < path.attempts) hops.set(id, { attempts: path.attempts, hop: h.attempts, worst: rank === 0 });
+      }
+    });
+    for (const p of state.policies) {
+      const source = p.source ?? p.declared?.source;
+      if (!source) continue;
+      const dests = p.state === 'Accepted' ? p.appliesTo : p.declared?.destinations ?? [];
+      for (const d of dests) {
+        node(idId(source), { label: source, kind: 'identity', key: source });
+        node(svcId(d), { label: d, kind: 'service', key: d, missing: true });
+        const id = `retry:${p.namespace}/${p.name}>${d}`;
+        const amp = hops.get(id);
+        const inForce = p.state === 'Accepted' && p.enabled !== false;
+        edges.push({
+          data: { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, label: `${retryLabel(p)}${amp ? `  (×${amp.hop}; ${amp.attempts} on the path)` : ''}` },
+          classes: [inForce ? 'inforce' : 'notinforce', amp ? (amp.worst ? 'amp amp-worst' : 'amp') : ''].join(' '),
+        });
+      }
+    }
+    return [...nodes.values(), ...edges];
+  }
+
+  const STYLE = [
+    { selector: 'node', style: { label: 'data(label)', 'font-size': 11, color: '#111827', 'text-valign': 'bottom', 'text-margin-y': 4, 'text-wrap': 'ellipsis', 'text-max-width': 160, 'border-width': 2 } },
+    { selector: 'node[kind="service"]', style: { shape: 'round-rectangle', width: 34, height: 22, 'background-color': '#dbeafe', 'border-color': '#1d4ed8' } },
+    { selector: 'node[kind="identity"]', style: { shape: 'ellipse', width: 24, height: 24, 'background-color': '#fef3c7', 'border-color': '#92400e' } },
+    { selector: 'node[?missing]', style: { 'border-style': 'dashed', 'background-color': '#f3f4f6' } },
+    { selector: 'edge', style: { 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 1.5, 'arrow-scale': 0.9 } },
+    { selector: 'edge[kind="backs"]', style: { 'line-style': 'dashed', 'line-color': '#6b7280', 'target-arrow-color': '#6b7280', width: 1 } },
+    { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
+    { selector: 'edge.notinforce', style: { 'line-style': 'dashed', 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
+    { selector: 'edge.amp', style: { 'line-color': '#c2410c', 'target-arrow-color': '#c2410c', color: '#7c2d12', width: 5 } },
+    { selector: 'edge.amp-worst', style: { 'line-color': '#b91c1c', 'target-arrow-color': '#b91c1c', color: '#7f1d1d', width: 7, 'font-weight': 'bold' } },
+    { selector: '.match', style: { 'border-color': '#7c3aed', 'border-width': 5 } },
+    { selector: '.faded', style: { opacity: 0.2 } },
+    { selector: ':selected', style: { 'border-color': '#7c3aed', 'border-width': 5, 'line-color': '#7c3aed', 'target-arrow-color': '#7c3aed' } },
+  ];
+
+  function renderGraph() {
+    const started = performance.now();
+    const elements = graphElements();
+    const nodeIds = elements.filter((e) => !e.data.source).map((e) => e.data.id).sort().join('\n');
+    if (!ui.cy) {
+      ui.cy = cytoscape({ container: $('#graph'), elements, style: STYLE, minZoom: 0.05, maxZoom: 3 });
+      ui.cy.on('tap', 'edge[kind="retry"]', (ev) => openPolicy(ev.target.data('policy')));
+      ui.cy.on('tap', 'node', (ev) => {
+        $('#search').value = ev.target.data('key');
+        search(ev.target.data('key'));
+      });
+      layout(elements);
+    } else {
+      // Positions kept where the nodes are the same, so that a live change does not move the picture.
+      const positions = new Map(ui.cy.nodes().map((n) => [n.id(), { ...n.position() }]));
+      ui.cy.batch(() => {
+        ui.cy.elements().remove();
+        ui.cy.add(elements);
+      });
+      if (nodeIds === ui.nodeIds) ui.cy.nodes().forEach((n) => positions.has(n.id()) && n.position(positions.get(n.id())));
+      else layout(elements);
+    }
+    ui.nodeIds = nodeIds;
+    renderPaths();
+    applySearch();
+    ui.renders++;
+    if (ui.firstRenderMs === null) ui.firstRenderMs = performance.now() - started;
+  }
+
+  function layout(elements) {
+    const n = elements.filter((e) => !e.data.source).length;
+    // A layered picture while it is readable; a grid beyond (a force layout of thousands of nodes takes seconds).
+    const opts = n <= 300 ? { name: 'breadthfirst', directed: true, spacingFactor: 1.1, padding: 20 } : { name: 'grid', avoidOverlap: true, padding: 10 };
+    ui.cy.layout({ ...opts, animate: false }).run();
+  }
+
+  function renderPaths() {
+    const box = $('#paths');
+    box.replaceChildren();
+    const paths = state.amp.paths.filter((p) => p.attempts > 1).slice(0, 5);
+    if (!paths.length) return box.append(el('p', {}, 'No call path of Retries in force multiplies attempts.'));
+    box.append(
+      el('h2', { class: 'visually-hidden' }, 'Worst call paths'),
+      el(
+        'ol',
+        {},
+        paths.map((p, i) =>
+          el(
+            'li',
+            { class: i === 0 ? 'worst' : '', 'data-attempts': p.attempts },
+            `${p.attempts} attempts (${p.latency}${p.cycle ? ', comes back' : ''}): `,
+            p.hops.map((h, j) => `${j === 0 ? h.from : ''} → ${h.to} (×${h.attempts})`).join(''),
+          ),
+        ),
+      ),
+    );
+  }
+
+  // ---------------------------------------------------------------- policies
+  const badge = (text) => el('span', { class: `badge ${text}` }, text);
+
+  function problemsOf(p) {
+    const items = [
+      ...(p.problems ?? []).map((x) => el('li', {}, el('span', { class: 'field' }, x.field), `: ${x.message}`)),
+      ...(p.warnings ?? []).map((w) => el('li', {}, el('span', { class: 'field' }, w.condition), `: ${w.message}`)),
+    ];
+    if (!items.length && p.state !== 'Accepted' && p.reason) items.push(el('li', {}, p.reason));
+    return items.length ? el('ul', { class: 'problems' }, items) : '';
+  }
+
+  function renderPolicies() {
+    $('#count-policies').textContent = `(${state.policies.length})`;
+    const rows = state.policies.map((p) => {
+      const key = `${p.namespace}/${p.name}`;
+      const rp = p.retryPolicy;
+      return el(
+        'tr',
+        { tabindex: 0, 'data-key': key, class: state.policy === key ? 'selected' : '', onclick: () => openPolicy(key), onkeydown: (e) => e.key === 'Enter' && openPolicy(key) },
+        el('td', {}, key),
+        el('td', {}, badge(p.state)),
+        el('td', {}, `${p.source ?? p.declared?.source ?? '?'} → ${(p.state === 'Accepted' ? p.appliesTo : p.declared?.destinations ?? []).join(', ')}`),
+        el('td', {}, rp ? `${rp.num_retries ?? 1} × ${rp.retry_on}` : ''),
+        el('td', {}, problemsOf(p)),
+      );
+    });
+    $('#policies tbody').replaceChildren(...rows);
+    applySearch();
+    if (state.policy) renderPolicyDetail();
+  }
+
+  function openPolicy(key) {
+    state.policy = key;
+    selectTab('policies');
+    renderPolicies();
+    $('#policy-detail').focus();
+  }
+
+  function renderPolicyDetail() {
+    const box = $('#policy-detail');
+    const p = state.policies.find((x) => `${x.namespace}/${x.name}` === state.policy);
+    if (!p) return void (box.hidden = true);
+    const reached = state.proxies.filter((x) => `${x.namespace}/${x.serviceAccount}` === p.source);
+    box.replaceChildren(
+      el('h2', {}, `Retry ${state.policy} `, badge(p.state)),
+      el('p', {}, p.reason ?? ''),
+      problemsOf(p),
+      el('h3', {}, 'Envoy retry_policy it produced'),
+      el('pre', { class: 'retry-policy' }, p.retryPolicy ? JSON.stringify(p.retryPolicy, null, 2) : 'none (not in force)'),
+      el('h3', {}, `Proxies it reaches (${reached.length} connected, identity ${p.source ?? '?'})`),
+      reached.length ? el('ul', { class: 'reached' }, reached.map((x) => el('li', {}, `${x.nodeId} (${x.kind}, ${x.stream})`))) : el('p', {}, 'none connected'),
+    );
+    box.hidden = false;
+    box.setAttribute('tabindex', '-1');
+  }
+
+  // ---------------------------------------------------------------- proxies
+  function renderProxies() {
+    $('#count-proxies').textContent = `(${state.proxies.length})`;
+    const rows = state.proxies.map((x) => {
+      const types = x.types ?? {};
+      const nacks = TYPES.filter((t) => types[t]?.state === 'NACKED').map((t) => `${t}: ${types[t].lastNack?.error ?? ''}`);
+      return el(
+        'tr',
+        { tabindex: 0, 'data-key': x.nodeId, class: `${nacks.length ? 'nacked' : ''} ${state.proxy === x.nodeId ? 'selected' : ''}`, onclick: () => openProxy(x.nodeId), onkeydown: (e) => e.key === 'Enter' && openProxy(x.nodeId) },
+        el('td', {}, x.nodeId),
+        el('td', {}, `${x.namespace}/${x.serviceAccount}`),
+        el('td', {}, x.podName ?? ''),
+        el('td', {}, x.kind),
+        el('td', {}, x.stream),
+        el('td', {}, TYPES.filter((t) => types[t]).map((t) => el('span', { class: `badge ${types[t].state}`, title: `${t} ${types[t].state}: sent ${types[t].sent ?? '-'}, ACKed ${types[t].acked ?? '-'}` }, `${t} ${types[t].state}`))),
+        el('td', { class: 'nack' }, nacks.join('\n')),
+      );
+    });
+    $('#proxies tbody').replaceChildren(...rows);
+    applySearch();
+  }
+
+  async function openProxy(nodeId) {
+    state.proxy = nodeId;
+    selectTab('proxies');
+    renderProxies();
+    const box = $('#proxy-detail');
+    box.hidden = false;
+    box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', {}, 'loading…'));
+    try {
+      const dump = await getJson(`/debug/config_dump?proxy=${encodeURIComponent(nodeId)}`);
+      if (state.proxy !== nodeId) return;
+      // Folded by type, each resource folded too; its JSON is written only when it is opened.
+      const sections = dump.configs.map((c) => {
+        const type = c['@type'].split('.').pop().replace('ConfigDump', '');
+        const entries = Object.values(c)
+          .filter(Array.isArray)
+          .flat()
+          .map((e) => {
+            const r = e.cluster ?? e.endpoint_config ?? e.active_state?.listener ?? e.route_config ?? e.secret ?? e;
+            const name = r.name ?? r.cluster_name ?? e.name ?? '?';
+            const d = el('details', {}, el('summary', {}, name));
+            d.addEventListener('toggle', () => d.open && d.childElementCount === 1 && d.append(el('pre', {}, JSON.stringify(r, null, 2))), { once: false });
+            return d;
+          });
+        return el('details', { class: 'dump-section' }, el('summary', {}, `${type} (${entries.length})`), entries);
+      });
+      box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', {}, 'As Envoy prints /config_dump; private keys redacted.'), sections);
+    } catch (e) {
+      box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', { class: 'nack' }, e.message));
+    }
+    box.setAttribute('tabindex', '-1');
+  }
+
+  // ---------------------------------------------------------------- search, tabs, keys
+  function search(q) {
+    state.query = q.trim().toLowerCase();
+    applySearch();
+  }
+
+  function applySearch() {
+    const q = state.query;
+    for (const tr of document.querySelectorAll('tbody tr')) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
+    const cy = ui.cy;
+    if (!cy) return;
+    cy.batch(() => {
+      cy.elements().removeClass('match faded');
+      if (!q) return;
+      const hits = cy.nodes().filter((n) => String(n.data('label')).toLowerCase().includes(q) || String(n.data('key')).toLowerCase().includes(q));
+      const near = hits.closedNeighborhood();
+      cy.elements().not(near).addClass('faded');
+      hits.addClass('match');
+    });
+  }
+
+  const TABS = ['graph', 'policies', 'proxies'];
+  function selectTab(name) {
+    for (const t of TABS) {
+      const on = t === name;
+      const tab = $(`#tab-${t}`);
+      tab.setAttribute('aria-selected', String(on));
+      tab.tabIndex = on ? 0 : -1;
+      $(`#view-${t}`).hidden = !on;
+    }
+    if (name === 'graph' && ui.cy) ui.cy.resize();
+  }
+
+  for (const t of TABS) {
+    const tab = $(`#tab-${t}`);
+    tab.addEventListener('click', () => selectTab(t));
+    tab.addEventListener('keydown', (e) => {
+      const i = TABS.indexOf(t);
+      const next = e.key === 'ArrowRight' ? TABS[(i + 1) % TABS.length] : e.key === 'ArrowLeft' ? TABS[(i + TABS.length - 1) % TABS.length] : null;
+      if (!next) return;
+      selectTab(next);
+      $(`#tab-${next}`).focus();
+    });
+  }
+  $('#search').addEventListener('input', (e) => search(e.target.value));
+  document.addEventListener('keydown', (e) => {
+    if (e.key === '/' && document.activeElement !== $('#search')) {
+      e.preventDefault();
+      $('#search').focus();
+    } else if (e.key === 'Escape') {
+      $('#search').value = '';
+      search('');
+      for (const d of document.querySelectorAll('.detail')) d.hidden = true;
+      state.policy = state.proxy = null;
+    }
+  });
+
+  live();
+})();
