@@ -4,7 +4,8 @@
 #   - .cache/kube/bin: kube-apiserver and kube-controller-manager (k8s.io/kubernetes v1.34.4) and etcd (v3.6.16),
 #     built from the Go module proxy as pinned by scripts/kube/*/go.sum (the first build takes minutes; later runs
 #     are a no-op; `--no-kube` leaves them out: `npm run demo` does not need them);
-#   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root.
+#   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root;
+#   - Debian's chromium (the page's tests drive it with playwright-core), likewise.
 # A second run is a quick no-op. Under CI=true a failure is fatal; elsewhere it is reported and the tests
 # that need the missing part skip, saying so.
 set -uo pipefail
@@ -23,6 +24,17 @@ missing=()
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 /usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
+# The page's tests (test/ui.test.ts, bench:ui): Debian's chromium, without its recommends (no desktop integration).
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || browser=chromium
+if [ -n "${browser:-}" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "install-real-parts: apt-get install --no-install-recommends chromium"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } ||
+      fail "apt-get install chromium failed"
+  else
+    echo "install-real-parts: missing Debian package: chromium (as root: apt-get install chromium)" >&2
+  fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "install-real-parts: apt-get install ${missing[*]}"

@@ -316,7 +316,7 @@
           });
         return el('details', { class: 'dump-section' }, el('summary', {}, `${type} (${entries.length})`), entries);
       });
-      box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', {}, 'As Envoy prints /config_dump; private keys redacted.'), sections);
+      box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', {}, 'As Envoy prints /config_dump; private keys redacted.'), ...sections);
     } catch (e) {
       box.replaceChildren(el('h2', {}, `Config dump of ${nodeId}`), el('p', { class: 'nack' }, e.message));
     }
