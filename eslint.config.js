@@ -35,7 +35,7 @@ export default tseslint.config(
     files: ['ui/**/*.js'],
     languageOptions: {
       sourceType: 'script',
-      globals: { window: 'readonly', document: 'readonly', fetch: 'readonly', EventSource: 'readonly', Node: 'readonly', performance: 'readonly', setTimeout: 'readonly', cytoscape: 'readonly' },
+      globals: { window: 'readonly', document: 'readonly', fetch: 'readonly', EventSource: 'readonly', Node: 'readonly', performance: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', requestAnimationFrame: 'readonly', cytoscape: 'readonly' },
     },
   },
   {

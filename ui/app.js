@@ -6,6 +6,8 @@
 'use strict';
 (() => {
   const TYPES = ['CDS', 'EDS', 'LDS', 'RDS', 'SDS'];
+  /** Past this many nodes the graph shows what Retries connect, and what the search finds. */
+  const BIG = 400;
   const $ = (sel) => document.querySelector(sel);
   /** An element with attributes and children (strings become text nodes). */
   const el = (tag, attrs = {}, ...children) => {
@@ -59,8 +61,14 @@
     return loading[kind];
   }
 
+  /** When the first load's steps happened (ms since navigation), for bench:ui. */
+  const mark = (name) => (ui.marks[name] ??= Math.round(performance.now()));
+  ui.marks = {};
+
   async function loadMesh() {
+    mark('meshAsked');
     const [mesh, policies, amp] = await Promise.all([getJson('/debug/mesh'), getJson('/debug/policies'), getJson('/debug/amplification').catch(() => ({ paths: [] }))]);
+    mark('meshIn');
     state.mesh = mesh;
     state.policies = policies.policies;
     state.amp = amp;
@@ -76,6 +84,20 @@
     if (state.policy) renderPolicyDetail();
   }
 
+  /** Whether a view shows proxies now: the proxies, or a policy's detail (the proxies it reaches). */
+  const needProxies = () => !$('#view-proxies').hidden || (!$('#view-policies').hidden && state.policy !== null);
+  let lastProxies = 0;
+  let proxiesTimer = null;
+  function throttledProxies() {
+    if (proxiesTimer) return;
+    const wait = Math.max(0, lastProxies + 1000 - Date.now());
+    proxiesTimer = setTimeout(() => {
+      proxiesTimer = null;
+      lastProxies = Date.now();
+      load('proxies');
+    }, wait);
+  }
+
   function setStatus(text, down = false) {
     const s = $('#status');
     s.textContent = text;
@@ -85,9 +107,15 @@
   function live() {
     const events = new EventSource('/debug/events');
     // On (re)connecting everything is fetched: what changed while the feed was down is not known.
+    mark('script');
+    events.addEventListener('hello', () => mark('hello'));
     events.addEventListener('hello', () => Promise.all([load('mesh'), load('proxies')]));
     events.addEventListener('mesh', () => load('mesh'));
-    events.addEventListener('proxies', () => load('proxies'));
+    // The proxies (thousands, changing with every ACK) are fetched while a view shows them, at most once a second.
+    events.addEventListener('proxies', () => {
+      if (needProxies()) throttledProxies();
+      else stale.proxiesData = true;
+    });
     events.onerror = () => setStatus('live feed lost; reconnecting…', true);
   }
 
@@ -135,20 +163,38 @@
         });
       }
     }
-    return [...nodes.values(), ...edges];
+    // A big mesh is drawn as what its Retries connect (and what the search finds, with its neighbours): thousands of
+    // nodes at once are neither readable nor quick to draw. The others are counted under the graph.
+    if (nodes.size <= BIG) {
+      ui.omitted = 0;
+      return [...nodes.values(), ...edges];
+    }
+    const keep = new Set();
+    for (const e of edges) if (e.data.kind === 'retry') keep.add(e.data.source).add(e.data.target);
+    const q = state.query;
+    if (q.length >= 2) {
+      for (const n of nodes.values()) if (n.data.label.toLowerCase().includes(q) || n.data.key.toLowerCase().includes(q)) keep.add(n.data.id);
+      for (const e of edges) if (keep.has(e.data.source) || keep.has(e.data.target)) keep.add(e.data.source).add(e.data.target);
+    }
+    ui.omitted = nodes.size - keep.size;
+    return [...[...nodes.values()].filter((n) => keep.has(n.data.id)), ...edges.filter((e) => keep.has(e.data.source) && keep.has(e.data.target))];
   }
 
   const STYLE = [
-    { selector: 'node', style: { label: 'data(label)', 'font-size': 11, color: '#111827', 'text-valign': 'bottom', 'text-margin-y': 4, 'text-wrap': 'ellipsis', 'text-max-width': 160, 'border-width': 2 } },
+    // Labels too small to read are not drawn (a mesh of thousands zoomed out to fit): search, then zoom, to read them.
+    { selector: 'node', style: { label: 'data(label)', 'min-zoomed-font-size': 7, 'font-size': 11, color: '#111827', 'text-valign': 'bottom', 'text-margin-y': 4, 'text-wrap': 'ellipsis', 'text-max-width': 160, 'border-width': 2 } },
     { selector: 'node[kind="service"]', style: { shape: 'round-rectangle', width: 34, height: 22, 'background-color': '#dbeafe', 'border-color': '#1d4ed8' } },
     { selector: 'node[kind="identity"]', style: { shape: 'ellipse', width: 24, height: 24, 'background-color': '#fef3c7', 'border-color': '#92400e' } },
     { selector: 'node[?missing]', style: { 'border-style': 'dashed', 'background-color': '#f3f4f6' } },
     { selector: 'edge', style: { 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 1.5, 'arrow-scale': 0.9 } },
     { selector: 'edge[kind="backs"]', style: { 'line-style': 'dashed', 'line-color': '#6b7280', 'target-arrow-color': '#6b7280', width: 1 } },
-    { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
+    { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'min-zoomed-font-size': 7, 'text-margin-y': -8, 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
     { selector: 'edge.notinforce', style: { 'line-style': 'dashed', 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
     { selector: 'edge.amp', style: { 'line-color': '#c2410c', 'target-arrow-color': '#c2410c', color: '#7c2d12', width: 5 } },
     { selector: 'edge.amp-worst', style: { 'line-color': '#b91c1c', 'target-arrow-color': '#b91c1c', color: '#7f1d1d', width: 7, 'font-weight': 'bold' } },
+    // A big mesh: cheaper edges (drawn straight; "served by" as haystack lines, without arrows).
+    { selector: 'edge.big', style: { 'curve-style': 'straight' } },
+    { selector: 'edge.big[kind="backs"]', style: { 'curve-style': 'haystack', 'haystack-radius': 0, 'line-style': 'solid', 'line-color': '#9ca3af' } },
     { selector: '.match', style: { 'border-color': '#7c3aed', 'border-width': 5 } },
     { selector: '.faded', style: { opacity: 0.2 } },
     { selector: ':selected', style: { 'border-color': '#7c3aed', 'border-width': 5, 'line-color': '#7c3aed', 'target-arrow-color': '#7c3aed' } },
@@ -157,9 +203,12 @@
   function renderGraph() {
     const started = performance.now();
     const elements = graphElements();
+    const big = elements.length > 1000;
+    if (big) for (const e of elements) if (e.data.source) e.classes = `${e.classes ?? ''} big`;
+    const built = performance.now();
     const nodeIds = elements.filter((e) => !e.data.source).map((e) => e.data.id).sort().join('\n');
     if (!ui.cy) {
-      ui.cy = cytoscape({ container: $('#graph'), elements, style: STYLE, minZoom: 0.05, maxZoom: 3 });
+      ui.cy = cytoscape({ container: $('#graph'), elements, style: STYLE, minZoom: 0.05, maxZoom: 3, hideEdgesOnViewport: elements.length > 2000, textureOnViewport: elements.length > 2000, pixelRatio: 1 });
       ui.cy.on('tap', 'edge[kind="retry"]', (ev) => openPolicy(ev.target.data('policy')));
       ui.cy.on('tap', 'node', (ev) => {
         $('#search').value = ev.target.data('key');
@@ -177,16 +226,24 @@
       else layout(elements);
     }
     ui.nodeIds = nodeIds;
+    $('#omitted').textContent = ui.omitted
+      ? `Drawn: the services and identities that Retries connect${state.query ? ', and what the search finds' : ''}. ${ui.omitted} more without a Retry are not drawn: search to draw one.`
+      : '';
     renderPaths();
     applySearch();
     ui.renders++;
-    if (ui.firstRenderMs === null) ui.firstRenderMs = performance.now() - started;
+    if (ui.firstRenderMs === null) {
+      // Drawn: the frame after the graph was made (Cytoscape paints on animation frames).
+      requestAnimationFrame(() => requestAnimationFrame(() => mark('drawn')));
+      ui.firstRenderMs = performance.now() - started;
+      ui.firstRenderParts = { elementsMs: built - started, cytoscapeMs: performance.now() - built };
+    }
   }
 
   function layout(elements) {
     const n = elements.filter((e) => !e.data.source).length;
     // A layered picture while it is readable; a grid beyond (a force layout of thousands of nodes takes seconds).
-    const opts = n <= 300 ? { name: 'breadthfirst', directed: true, spacingFactor: 1.1, padding: 20 } : { name: 'grid', avoidOverlap: true, padding: 10 };
+    const opts = n <= 300 ? { name: 'breadthfirst', directed: true, spacingFactor: 1.6, padding: 20 } : { name: 'grid', avoidOverlap: false, nodeDimensionsIncludeLabels: false, condense: true, padding: 10 };
     ui.cy.layout({ ...opts, animate: false }).run();
   }
 
@@ -224,8 +281,14 @@
     return items.length ? el('ul', { class: 'problems' }, items) : '';
   }
 
+  /** Whether a view is shown: a hidden one is drawn when it is (`selectTab`), not on every change. */
+  const shown = (name) => !$(`#view-${name}`).hidden;
+  const stale = { policies: true, proxies: true, proxiesData: false };
+
   function renderPolicies() {
     $('#count-policies').textContent = `(${state.policies.length})`;
+    stale.policies = !shown('policies');
+    if (stale.policies) return;
     const rows = state.policies.map((p) => {
       const key = `${p.namespace}/${p.name}`;
       const rp = p.retryPolicy;
@@ -272,6 +335,8 @@
   // ---------------------------------------------------------------- proxies
   function renderProxies() {
     $('#count-proxies').textContent = `(${state.proxies.length})`;
+    stale.proxies = !shown('proxies');
+    if (stale.proxies) return;
     const rows = state.proxies.map((x) => {
       const types = x.types ?? {};
       const nacks = TYPES.filter((t) => types[t]?.state === 'NACKED').map((t) => `${t}: ${types[t].lastNack?.error ?? ''}`);
@@ -324,9 +389,15 @@
   }
 
   // ---------------------------------------------------------------- search, tabs, keys
+  let redraw = null;
   function search(q) {
     state.query = q.trim().toLowerCase();
     applySearch();
+    // A big mesh draws what the search finds: drawn again once the typing pauses.
+    if (ui.omitted || (state.mesh && ui.cy && ui.cy.nodes().length > BIG / 2)) {
+      clearTimeout(redraw);
+      redraw = setTimeout(() => state.mesh && renderGraph(), 250);
+    }
   }
 
   function applySearch() {
@@ -354,6 +425,12 @@
       $(`#view-${t}`).hidden = !on;
     }
     if (name === 'graph' && ui.cy) ui.cy.resize();
+    if (name === 'policies' && stale.policies) renderPolicies();
+    if (name === 'proxies' && stale.proxies) renderProxies();
+    if (stale.proxiesData && needProxies()) {
+      stale.proxiesData = false;
+      load('proxies');
+    }
   }
 
   for (const t of TABS) {
