@@ -164,3 +164,39 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     expect((await fetch(`${demo.debug}/ui`, { method: 'POST' })).status).toBe(405);
   });
 });
+
+describe('the live feed (/debug/events)', () => {
+  it('tells an open page what changed, coalesced; at most 16 pages at once, 429 beyond', async () => {
+    const demo = await startDemo();
+    const reqs: http.ClientRequest[] = [];
+    try {
+      const port = new URL(demo.debug).port;
+      const openFeed = (): Promise<{ status: number; text: () => string }> =>
+        new Promise((resolve, reject) => {
+          let text = '';
+          const req = http.get({ host: '127.0.0.1', port, path: '/debug/events' }, (res) => {
+            res.setEncoding('utf8');
+            res.on('data', (d) => (text += d));
+            resolve({ status: res.statusCode!, text: () => text });
+          });
+          req.on('error', reject);
+          reqs.push(req);
+        });
+      const first = await openFeed();
+      expect(first.status).toBe(200);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(first.text()).toContain('event: hello');
+      // Three edits in a row: the page hears of them, not necessarily three times.
+      for (const n of [2, 3, 4]) demo.edit('retry.yaml', (t) => t.replace(/numRetries: \d+/, `numRetries: ${n}`));
+      const until = Date.now() + 5_000;
+      while (!first.text().includes('event: mesh') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      expect(first.text()).toContain('event: mesh');
+      const more = await Promise.all(Array.from({ length: 15 }, openFeed));
+      expect(more.map((m) => m.status)).toEqual(Array(15).fill(200));
+      expect((await openFeed()).status).toBe(429);
+    } finally {
+      for (const r of reqs) r.destroy();
+      await demo.close();
+    }
+  });
+});
