@@ -151,7 +151,10 @@ export class DebugServer {
   private readonly assets: ReadonlyMap<string, Asset>;
 
   constructor(private readonly src: DebugSources) {
-    this.assets = loadUiAssets();
+    const ui = loadUiAssets();
+    this.assets = ui.assets;
+    // The page is not needed to serve: without its files the rest of the debug port works.
+    if (ui.missing.length) src.log.warn({ missing: ui.missing }, 'the page (/ui) is not installed whole');
     const proxies = (): void => this.events.changed('proxies');
     src.registry.observe({ connected: proxies, disconnected: proxies, acked: proxies, nacked: proxies });
     this.server = http.createServer((req, res) => {

@@ -18,18 +18,23 @@ export interface Asset {
 
 const require = createRequire(import.meta.url);
 
-/** `/ui` and the files it loads, by path. */
-export function loadUiAssets(): Map<string, Asset> {
-  const asset = (file: string, type: string): Asset => {
-    const body = readFileSync(file);
-    return { body, type, etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` };
+/** `/ui` and the files it loads, by path; a file that is not installed is left out (its path answers 404). */
+export function loadUiAssets(): { assets: Map<string, Asset>; missing: string[] } {
+  const assets = new Map<string, Asset>();
+  const missing: string[] = [];
+  const add = (path: string, file: () => string, type: string): void => {
+    try {
+      const body = readFileSync(file());
+      assets.set(path, { body, type, etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` });
+    } catch (e) {
+      missing.push(`${path}: ${(e as Error).message}`);
+    }
   };
-  return new Map([
-    ['/ui', asset(packagePath('ui/index.html'), 'text/html; charset=utf-8')],
-    ['/ui/app.js', asset(packagePath('ui/app.js'), 'text/javascript; charset=utf-8')],
-    ['/ui/app.css', asset(packagePath('ui/app.css'), 'text/css; charset=utf-8')],
-    ['/ui/cytoscape.min.js', asset(require.resolve('cytoscape/dist/cytoscape.min.js'), 'text/javascript; charset=utf-8')],
-  ]);
+  add('/ui', () => packagePath('ui/index.html'), 'text/html; charset=utf-8');
+  add('/ui/app.js', () => packagePath('ui/app.js'), 'text/javascript; charset=utf-8');
+  add('/ui/app.css', () => packagePath('ui/app.css'), 'text/css; charset=utf-8');
+  add('/ui/cytoscape.min.js', () => require.resolve('cytoscape/dist/cytoscape.min.js'), 'text/javascript; charset=utf-8');
+  return { assets, missing };
 }
 
 /**
