@@ -187,6 +187,10 @@ describe('secrets over ADS (real gRPC)', () => {
     expect(dump).not.toContain(keyBody);
     const byIdentity = await fetch(`${demo.debug}/debug/config_dump?namespace=httpbin&serviceAccount=httpbin`).then((x) => x.text());
     expect(byIdentity).not.toMatch(/BEGIN PRIVATE KEY/);
+    // An identity nobody has asked for (no certificate yet) is shown too, without secrets.
+    const stranger = await fetch(`${demo.debug}/debug/config_dump?namespace=nowhere&serviceAccount=nobody`);
+    expect(stranger.status).toBe(200);
+    expect(JSON.stringify(await stranger.json())).toContain('ClustersConfigDump');
 
     const ops = await issue(ca, { trustDomain, namespace: 'ops', serviceAccount: 'admin' });
     const Csds = grpc.makeGenericClientConstructor(CSDS_SERVICE, 'CSDS');

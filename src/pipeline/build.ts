@@ -500,7 +500,11 @@ export class SnapshotBuilder {
     [SECRET]: ({ plan }) => {
       if (!this.mtls || plan.kind === 'proxyless') return NO_SECRETS;
       const cert = this.secrets?.certs.get(plan.identity);
-      if (!cert || !this.caResource) throw new SnapshotError([`SDS: no certificate issued for ${plan.identity} yet`]);
+      if (!cert || !this.caResource) {
+        // A preview (the debug port, of an identity no proxy has asked for) shows the rest; a published one needs it.
+        if (this.previewing) return NO_SECRETS;
+        throw new SnapshotError([`SDS: no certificate issued for ${plan.identity} yet`]);
+      }
       let kept = this.identitySecrets.get(plan.identity);
       if (kept?.cert !== cert) this.identitySecrets.set(plan.identity, (kept = { cert, resource: resourceFromObject(SECRET, identitySecret(cert)) }));
       return TypeSet.of(SECRET, [kept.resource, this.caResource]);
@@ -524,6 +528,18 @@ export class SnapshotBuilder {
     if (!this.ir || !this.shared) throw new Error('no mesh yet');
     const parts: ProxyParts = { plan: planProxy(this.ir, key), shared: this.shared };
     return buildSnapshot(new Map(RESOURCE_TYPES.map((t) => [t.typeUrl, this.assembly[t.typeUrl]!(parts)])));
+  }
+
+  private previewing = false;
+
+  /** A snapshot to look at, never published: without the secrets of an identity that has no certificate yet. */
+  preview(key: string): Snapshot {
+    this.previewing = true;
+    try {
+      return this.build(key);
+    } finally {
+      this.previewing = false;
+    }
   }
 
   /** Keys every known identity gets a snapshot for up front (sidecars); proxyless ones are built on demand. */

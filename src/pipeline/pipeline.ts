@@ -89,7 +89,7 @@ export class Pipeline {
 
   /** The snapshot an identity would get now (for the debug endpoint), without caching it. */
   preview(key: string): Snapshot {
-    return this.builder.build(key);
+    return this.builder.preview(key);
   }
 
   private buildOne(key: string): Snapshot | undefined {
