@@ -231,7 +231,7 @@ describe('debug server', () => {
               order.push(`dump${i}`);
               resolve(Number(data.split(' ')[1]));
             });
-            c.write('GET /debug/config_dump?namespace=curl&serviceAccount=curl HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+            c.write('GET /debug/config_dump?namespace=curl&serviceAccount=curl HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
           }),
       );
       await new Promise((r) => setTimeout(r, 20));
