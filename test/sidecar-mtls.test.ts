@@ -211,6 +211,18 @@ describe('secrets over ADS (real gRPC)', () => {
     expect(lines.join('')).not.toMatch(/BEGIN PRIVATE KEY/);
   });
 
+  it('a sidecar of an identity the mesh does not know yet gets its certificate issued on demand, then its config', async () => {
+    const leaf = await issue(ca, { trustDomain, namespace: 'curl', serviceAccount: 'stranger' });
+    const client = new RawAdsClient(demo.ads, creds(leaf));
+    clients.push(client);
+    const s = client.sotw();
+    s.send({ node: node({ id: 'stranger-1', namespace: 'curl', serviceAccount: 'stranger' }), type_url: CLUSTER });
+    expect((await s.next(5_000)).type_url).toBe(CLUSTER);
+    s.send({ type_url: SECRET, resource_names: [IDENTITY_SECRET] });
+    const r = await s.next(5_000);
+    expect(new X509Certificate(r.resources[0].tls_certificate.certificate_chain.inline_string).subjectAltName).toBe('URI:spiffe://cluster.local/ns/curl/sa/stranger');
+  });
+
   it('a stream without a client certificate is never sent secrets (a plaintext server with mTLS between sidecars)', async () => {
     const cache = new SnapshotCache();
     const registry = new ProxyRegistry();
