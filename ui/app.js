@@ -90,7 +90,7 @@
   let proxiesTimer = null;
   function throttledProxies() {
     if (proxiesTimer) return;
-    const wait = Math.max(0, lastProxies + 1000 - Date.now());
+    const wait = Math.max(0, lastProxies + 500 - Date.now());
     proxiesTimer = setTimeout(() => {
       proxiesTimer = null;
       lastProxies = Date.now();
@@ -111,7 +111,7 @@
     events.addEventListener('hello', () => mark('hello'));
     events.addEventListener('hello', () => Promise.all([load('mesh'), load('proxies')]));
     events.addEventListener('mesh', () => load('mesh'));
-    // The proxies (thousands, changing with every ACK) are fetched while a view shows them, at most once a second.
+    // The proxies (thousands, changing with every ACK) are fetched while a view shows them, at most twice a second.
     events.addEventListener('proxies', () => {
       if (needProxies()) throttledProxies();
       else stale.proxiesData = true;
