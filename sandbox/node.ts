@@ -41,12 +41,8 @@ interface LocalImage {
   clusterAccess?: boolean;
 }
 
-// Node closes an idle keep-alive connection after 5 s by default, which races the sidecar reusing it (a reset, and
-// Envoy's own 503 body instead of the app's); kept open longer than any test's pause.
 const ALWAYS_503 = `const port = Number(process.argv[1] ?? 14001);
-const server = require('node:http').createServer((q, s) => { console.log(q.method + ' ' + q.url + ' 503'); s.writeHead(503, { 'content-length': 0 }); s.end(); });
-server.keepAliveTimeout = 120000;
-server.listen(port, () => console.log('listening on ' + port));`;
+require('node:http').createServer((q, s) => { console.log(q.method + ' ' + q.url + ' 503'); s.writeHead(503, { 'content-length': 0 }); s.end(); }).listen(port, () => console.log('listening on ' + port));`;
 
 /** Image (without its tag) -> the real program it runs here. An image not here is ErrImagePull, as a kubelet reports. */
 export const IMAGES: Record<string, LocalImage> = {
