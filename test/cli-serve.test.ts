@@ -28,6 +28,8 @@ it('serves the demo, reports ready, and exits 0 on SIGTERM', async () => {
     if (ready !== 'ready\n') await new Promise((r) => setTimeout(r, 50));
   }
   expect(ready).toBe('ready\n');
+  // The log line comes through the pipe on its own time: /readyz may answer first.
+  for (let i = 0; i < 100 && !out.includes('"msg":"mesh translated"'); i++) await new Promise((r) => setTimeout(r, 50));
   expect(out).toContain('"msg":"mesh translated"');
   child.kill('SIGTERM');
   expect(await exited).toBe(0);
