@@ -197,6 +197,7 @@ interface Result {
   rss: number;
   peak: number;
   clientCpu: number;
+  clientChangeCpu: number[];
 }
 
 async function runOne(server: string, shape: Shape, built: Built, files: string[], expects: Record<string, [string, string][]>[]): Promise<Result> {
@@ -237,16 +238,19 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
     rss: 0,
     peak: 0,
     clientCpu: 0,
+    clientChangeCpu: [],
   };
   await sleep(1000);
   for (let i = 1; i <= CHANGES; i++) {
     clients.send({ cmd: 'mark', expect: expects[i] });
     await clients.next((m) => m.ok === 'mark');
     const cpu0 = usage(pid).cpu;
+    const clientCpu0 = usage(clients.proc.pid!).cpu;
     const t0 = now();
     srv.send({ cmd: 'apply', tag: `change-${i}` });
     const done = await clients.next((m) => m.ev === 'done');
     result.changeMs.push(done.at - t0);
+    result.clientChangeCpu.push(usage(clients.proc.pid!).cpu - clientCpu0);
     await srv.next((m) => m.ok === 'apply');
     await sleep(1000);
     clients.send({ cmd: 'report' });
@@ -273,7 +277,7 @@ const ms = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : 
 const mb = (b: number): string => `${(b / 1024 / 1024).toFixed(0)} MB`;
 const kb = (b: number): string => (b >= 10 * 1024 * 1024 ? mb(b) : `${(b / 1024).toFixed(0)} kB`);
 
-console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU | streams reopened |`);
+console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU (per change) | streams reopened |`);
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 let flip = false;
 for (const shape of shapes) {
@@ -290,7 +294,7 @@ for (const shape of shapes) {
   for (const server of order) {
     const r = await runOne(server, shape, built, files, expects);
     console.log(
-      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s | ${r.reconnects} |`,
+      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s (${median(r.clientChangeCpu).toFixed(2)} s) | ${r.reconnects} |`,
     );
   }
   for (const f of files) rmSync(f, { force: true });

@@ -55,14 +55,15 @@ function sortProxies(list: Iterable<ProxyConnection>): ProxyConnection[] {
  * Envoy's ConfigDump for a snapshot, encoded with the admin protos and printed in proto3 JSON. For a connected
  * proxy, `sent` limits each type to the resources it was sent, with the version it was sent.
  */
-export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { version?: string; names: readonly string[] }> = new Map()): unknown {
+export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { version?: string; names: Iterable<string> }> = new Map()): unknown {
   const root = envoyRoot();
   // Secrets as Envoy's own dump shows them: the private key redacted.
   const any = (r: Resource) => ({ type_url: r.typeUrl, value: shownBody(r) });
   const list = (url: string) => {
     const all = [...(snapshot.get(url)?.resources.values() ?? [])];
-    const names = sent.get(url)?.names;
-    return names ? all.filter((r) => names.includes(r.name)) : all;
+    const held = sent.get(url)?.names;
+    const names = held && new Set(held);
+    return names ? all.filter((r) => names.has(r.name)) : all;
   };
   const version = (url: string) => sent.get(url)?.version ?? snapshot.get(url)?.version ?? '';
   // One section per registered type, in ADS order, shaped as the registry says Envoy holds it.

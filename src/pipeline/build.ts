@@ -13,11 +13,14 @@ import type { RetryPolicy } from '../envoy/types.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
 import { planOutbound, planProxy, portOf, serviceDomains, type ProxyPlan } from '../compile/plan.js';
-import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
+import { assembleResource, buildSnapshot, checkFilterChains, checkVirtualHosts, chunkOf, makeResource, refsOf, Resource, resourceFromObject, SnapshotError, TypeSet, type Snapshot } from '../xds/resources/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, RESOURCE_TYPES, ROUTE, SECRET } from '../xds/resources/types.js';
 import { caSecret, identitySecret, type IdentityCert, type MeshSecrets } from '../envoy/tls.js';
 import { spiffeId } from '../security/spiffe.js';
 import { lenField, lenFieldParts } from '../xds/resources/wire.js';
+
+/** How many ClusterIP service route configurations a chunk of the shared set holds, about. */
+const ROUTES_PER_CHUNK = 32;
 
 /** Ports with more endpoints than this have them encoded ahead of the build, this many per turn (`prepare`). */
 export const ENDPOINT_SLICE = 2_000;
@@ -91,6 +94,12 @@ interface ServiceRoute {
   readonly name: string;
 }
 
+/** A route configuration in which some virtual hosts carry a Retry, and those virtual hosts. */
+interface Variant {
+  readonly resource: Resource;
+  readonly hosts: Piece[];
+}
+
 /** What one proxy's snapshot is assembled from: its plan, and what every proxy shares. */
 interface ProxyParts {
   readonly plan: ProxyPlan;
@@ -116,8 +125,11 @@ interface Shared {
   sidecarHttpPorts: HttpPortGroup[];
   /** The HTTP ports of ClusterIP services, each with its own listener and route configuration (for sidecars), by service. */
   serviceRoutes: Map<string, ServiceRoute[]>;
-  /** Their route configurations without a Retry: what every sidecar without one for them gets, one set for all. */
-  plainServiceRoutes: TypeSet;
+  /**
+   * Their route configurations without a Retry, in chunks (`TypeSet.chunks`): what every sidecar gets, a caller
+   * with a Retry for some services having the chunks that hold those replaced.
+   */
+  serviceRouteChunks: TypeSet[];
   /** Hash of all HTTP port groups (what proxyless listeners are made of). */
   httpSig: string;
 }
@@ -134,7 +146,10 @@ export class SnapshotBuilder {
    * Route configurations in which some virtual hosts carry a Retry, and those virtual hosts. Every policy edit
    * makes new ones, so they are kept only while a published snapshot holds them (`retain`), not per topology.
    */
-  private readonly variants = new Map<string, { resource: Resource; hosts: Piece[] }>();
+  private readonly variants = new Map<string, Variant>();
+  /** The variants each key's snapshot holds, as last built (`retain`), and those the build under way uses. */
+  private readonly variantsOf = new Map<string, Variant[]>();
+  private using?: Variant[];
   private readonly retryHosts = new Map<string, Piece>();
   /** Each identity's SDS certificate resource, by identity, while its certificate is current. */
   private readonly identitySecrets = new Map<string, { cert: IdentityCert; resource: Resource }>();
@@ -194,12 +209,20 @@ export class SnapshotBuilder {
     };
   }
 
-  /** Drops the route variants (and their Retry virtual hosts) that no published route configuration is. */
-  retain(published: Iterable<Resource>): void {
-    const live = new Set(published);
+  /**
+   * Drops the route variants (and their Retry virtual hosts) that no published snapshot holds: those of the keys
+   * given (the published ones) as each was last built.
+   */
+  retain(published: Iterable<string>): void {
+    const live = new Set<Variant>();
+    const keys = new Set(published);
+    for (const [key, used] of this.variantsOf) {
+      if (keys.has(key)) for (const v of used) live.add(v);
+      else this.variantsOf.delete(key);
+    }
     const hosts = new Set<Piece>();
     for (const [key, v] of this.variants) {
-      if (live.has(v.resource)) for (const h of v.hosts) hosts.add(h);
+      if (live.has(v)) for (const h of v.hosts) hosts.add(h);
       else this.variants.delete(key);
     }
     for (const [key, h] of this.retryHosts) if (!hosts.has(h)) this.retryHosts.delete(key);
@@ -319,12 +342,16 @@ export class SnapshotBuilder {
       serviceRoutes.set(key, [...(serviceRoutes.get(key) ?? []), { service, port, key, name: serviceRouteName(service.host, port.dialPort) }]);
     }
     const plainRoutes = [...serviceRoutes.values()].flat().map((r) => this.serviceRoute(r, undefined));
-    const plainServiceRoutes = this.sets.get(`svc-routes|${plainRoutes.map((r) => r.version).join(',')}`, () => TypeSet.of(ROUTE, plainRoutes));
+    // Chunks of about 32: a service added or changed is a new chunk, every other chunk the same set as before.
+    const count = Math.max(1, Math.ceil(plainRoutes.length / ROUTES_PER_CHUNK));
+    const serviceRouteChunks = TypeSet.chunks(ROUTE, plainRoutes, count).map((c, i) =>
+      this.sets.get(`svc-routes|${i}/${count}|${c.version}`, () => c),
+    );
     for (const g of groups) g.sig = contentHash(`${g.port}\n${g.entries.map((e) => `${e.key}|${e.port.cluster}`).join('\n')}`);
     const sidecarHttpPorts = groups.filter((g) => chained.has(g.port));
     const outboundListeners = this.sets.get(`outbound-lds|${listeners.map((r) => r.version).join(',')}`, () => {
       // Checked once here against the route configurations every sidecar gets, then trusted by each snapshot.
-      const routes = new Set([...sidecarHttpPorts.map((g) => outboundRouteName(g.port)), ...plainServiceRoutes.resources.keys()]);
+      const routes = new Set([...sidecarHttpPorts.map((g) => outboundRouteName(g.port)), ...plainRoutes.map((r) => r.name)]);
       const missing = listeners.flatMap((l) => l.refs.filter((r) => !routes.has(r.name)).map((r) => `LDS "${l.name}" refers to RDS "${r.name}", which is not in the snapshot`));
       if (missing.length) throw new SnapshotError(missing);
       return TypeSet.of(LISTENER, listeners, { trusted: true });
@@ -338,7 +365,7 @@ export class SnapshotBuilder {
       httpPorts: groups,
       sidecarHttpPorts,
       serviceRoutes,
-      plainServiceRoutes,
+      serviceRouteChunks,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
   }
@@ -431,6 +458,7 @@ export class SnapshotBuilder {
       const resource = new Resource(ROUTE, base.name, contentHash(`${base.version}\n${variant}`), () => base.parts.map((part, j) => replaced.get(j) ?? part), []);
       this.variants.set(key, (v = { resource, hosts: overrides.map(([, p]) => p) }));
     }
+    this.using?.push(v);
     return v.resource;
   }
 
@@ -444,6 +472,7 @@ export class SnapshotBuilder {
     const retryKey = `${key}|${JSON.stringify(retry)}`;
     let v = this.variants.get(retryKey);
     if (!v) this.variants.set(retryKey, (v = { resource: resourceFromObject(ROUTE, serviceRoute(r.service, r.port, retry)), hosts: [] }));
+    this.using?.push(v);
     return v.resource;
   }
 
@@ -489,12 +518,25 @@ export class SnapshotBuilder {
           })),
         );
       const own = TypeSet.of(ROUTE, [...outbound, ...inbound]);
-      // The ClusterIP services' route configurations: the shared set, unless this caller has a Retry for some.
-      const mine = [...retries.keys()].flatMap((k) => shared.serviceRoutes.get(k) ?? []);
-      if (!mine.length) return TypeSet.union(ROUTE, [shared.plainServiceRoutes, own]);
-      const replaced = new Set(mine.map((r) => r.name));
-      const routes = [...shared.plainServiceRoutes.resources.values()].filter((r) => !replaced.has(r.name));
-      return TypeSet.of(ROUTE, [...routes, ...mine.map((r) => this.serviceRoute(r, retries.get(r.key))), ...own.resources.values()]);
+      // The ClusterIP services' route configurations: the shared chunks, those holding a service this caller has a
+      // Retry for replaced by the chunk with its variant.
+      const chunks = shared.serviceRouteChunks;
+      const mine = new Map<number, Resource[]>();
+      for (const r of [...retries.keys()].flatMap((k) => shared.serviceRoutes.get(k) ?? [])) {
+        const i = chunkOf(r.name, chunks.length);
+        mine.set(i, [...(mine.get(i) ?? []), this.serviceRoute(r, retries.get(r.key))]);
+      }
+      if (!mine.size) return TypeSet.chunked(ROUTE, chunks, own);
+      return TypeSet.chunked(
+        ROUTE,
+        chunks.map((chunk, i) => {
+          const variants = mine.get(i);
+          if (!variants) return chunk;
+          const replaced = new Set(variants.map((r) => r.name));
+          return TypeSet.chunk(ROUTE, i, chunks.length, [...[...chunk.resources.values()].filter((r) => !replaced.has(r.name)), ...variants]);
+        }),
+        own,
+      );
     },
     // With mTLS, a sidecar's identity certificate and the CA bundle; nothing for proxyless clients or without mTLS.
     [SECRET]: ({ plan }) => {
@@ -527,7 +569,16 @@ export class SnapshotBuilder {
   build(key: string): Snapshot {
     if (!this.ir || !this.shared) throw new Error('no mesh yet');
     const parts: ProxyParts = { plan: planProxy(this.ir, key), shared: this.shared };
-    return buildSnapshot(new Map(RESOURCE_TYPES.map((t) => [t.typeUrl, this.assembly[t.typeUrl]!(parts)])));
+    const used: Variant[] = [];
+    this.using = used;
+    try {
+      const snapshot = buildSnapshot(new Map(RESOURCE_TYPES.map((t) => [t.typeUrl, this.assembly[t.typeUrl]!(parts)])));
+      // What a published snapshot of this key holds (a preview is not published).
+      if (!this.previewing) this.variantsOf.set(key, used);
+      return snapshot;
+    } finally {
+      this.using = undefined;
+    }
   }
 
   private previewing = false;

@@ -8,7 +8,6 @@ import type { MeshIR } from '../compile/ir.js';
 import type { MeshState } from '../model/mesh.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
 import type { Snapshot } from '../xds/resources/snapshot.js';
-import { ROUTE } from '../xds/resources/types.js';
 import { SnapshotBuilder } from './build.js';
 import type { WorkloadCerts } from '../security/workload-certs.js';
 
@@ -218,7 +217,7 @@ export class Pipeline {
     }
     this.cache.markReady();
     // Route variants of edited policies that no proxy holds any more are dropped.
-    this.builder.retain([...this.cache.keys()].flatMap((k) => [...(this.cache.peek(k)?.get(ROUTE)?.resources.values() ?? [])]));
+    this.builder.retain(this.cache.keys());
     const report: BuildReport = { at: new Date(), ms: performance.now() - started, rebuilt, changed, failed, topologyChanged };
     this.lastReport = report;
     this.log.info({ ms: Math.round(report.ms * 10) / 10, rebuilt, changed, failed: failed.length, policies: ir.policies.length }, 'mesh translated');

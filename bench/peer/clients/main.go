@@ -155,14 +155,14 @@ type proxy struct {
 	synced   bool
 	missing  map[string]bool // "type name" still expected since the mark
 	doneMark bool
-	// What the held resources ask for: EDS clusters, and each listener's route configurations.
-	clusterEds     map[string]bool
+	// What the held listeners ask for: each one's route configurations, and how many name each.
 	listenerRoutes map[string]map[string]bool
+	routeRefs      map[string]int
 }
 
 func newProxy(id string) *proxy {
 	return &proxy{id: id, have: map[string]map[string]bool{}, want: map[string]map[string]bool{eds: {}, rds: {}}, got: map[string]bool{},
-		doneMark: true, clusterEds: map[string]bool{}, listenerRoutes: map[string]map[string]bool{}}
+		doneMark: true, listenerRoutes: map[string]map[string]bool{}, routeRefs: map[string]int{}}
 }
 
 func (p *proxy) isSynced() bool {
@@ -182,8 +182,11 @@ func (p *proxy) isSynced() bool {
 	return true
 }
 
-// received records a response's resources; returns the EDS or RDS names to ask for if they changed.
-func (p *proxy) received(typ string, size int, names []string, bodies [][]byte, removed []string, replace bool) (wantType string, want []string) {
+// received records a response's resources; returns the EDS or RDS names to subscribe to and unsubscribe from
+// that follow from it. As in Envoy, what a response asks for is worked out from what it holds: a delta response
+// of two listeners costs two listeners, not every listener the proxy holds (the clients must not be the limit of
+// what is measured).
+func (p *proxy) received(typ string, size int, names []string, bodies [][]byte, removed []string, replace bool) (wantType string, sub, unsub []string) {
 	if current.Load() != nil {
 		bytes.Add(int64(size))
 		resps.Add(1)
@@ -202,70 +205,106 @@ func (p *proxy) received(typ string, size int, names []string, bodies [][]byte, 
 	for _, n := range removed {
 		delete(p.have[typ], n)
 	}
-	// The names that follow from what is held now.
-	var next map[string]bool
+	if replace && (typ == cds || typ == lds) {
+		// State of the world: what the response does not hold is gone.
+		for n := range p.held(typ) {
+			if !p.have[typ][n] {
+				removed = append(removed, n)
+			}
+		}
+	}
 	switch typ {
 	case cds:
-		// In delta only the changed clusters come; the held names are enough for the EDS set.
-		next = map[string]bool{}
-		if replace {
-			p.clusterEds = map[string]bool{}
-		}
+		wantType = eds
+		want := p.want[eds]
 		for i, b := range bodies {
 			if _, isEds := edsCluster(b); isEds {
-				p.clusterEds[names[i]] = true
-			} else {
-				delete(p.clusterEds, names[i])
+				if !want[names[i]] {
+					want[names[i]] = true
+					sub = append(sub, names[i])
+				}
+			} else if want[names[i]] {
+				delete(want, names[i])
+				unsub = append(unsub, names[i])
 			}
 		}
 		for _, n := range removed {
-			delete(p.clusterEds, n)
+			if want[n] {
+				delete(want, n)
+				unsub = append(unsub, n)
+			}
 		}
-		for n := range p.clusterEds {
-			next[n] = true
-		}
-		wantType = eds
 	case lds:
-		if replace {
-			p.listenerRoutes = map[string]map[string]bool{}
+		wantType = rds
+		want := p.want[rds]
+		// A route configuration is asked for while some listener names it.
+		release := func(routes map[string]bool) {
+			for r := range routes {
+				if p.routeRefs[r]--; p.routeRefs[r] == 0 {
+					delete(p.routeRefs, r)
+					delete(want, r)
+					unsub = append(unsub, r)
+				}
+			}
 		}
 		for i, b := range bodies {
-			r := map[string]bool{}
-			routeNames(b, r)
-			p.listenerRoutes[names[i]] = r
+			routes := map[string]bool{}
+			routeNames(b, routes)
+			for r := range routes {
+				if p.routeRefs[r]++; p.routeRefs[r] == 1 {
+					want[r] = true
+					sub = append(sub, r)
+				}
+			}
+			release(p.listenerRoutes[names[i]])
+			p.listenerRoutes[names[i]] = routes
 		}
 		for _, n := range removed {
+			release(p.listenerRoutes[n])
 			delete(p.listenerRoutes, n)
 		}
-		next = map[string]bool{}
-		for _, rs := range p.listenerRoutes {
-			for n := range rs {
-				next[n] = true
+	default:
+		return "", nil, nil
+	}
+	// A name both dropped and taken again by the same response: no change.
+	if len(sub) > 0 && len(unsub) > 0 {
+		dropped := map[string]bool{}
+		for _, n := range unsub {
+			dropped[n] = true
+		}
+		twice := map[string]bool{}
+		for _, n := range sub {
+			if dropped[n] {
+				twice[n] = true
 			}
 		}
-		wantType = rds
+		sub, unsub = without(sub, twice), without(unsub, twice)
 	}
-	if next != nil && !sameSet(next, p.want[wantType]) {
-		p.want[wantType] = next
-		for n := range next {
-			want = append(want, n)
-		}
-	} else {
+	if len(sub)+len(unsub) == 0 {
 		wantType = ""
 	}
 	return
 }
 
-func sameSet(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
+// held: the names a full-state type's response replaces (the clusters with EDS, the listeners).
+func (p *proxy) held(typ string) map[string]bool {
+	if typ == lds {
+		out := make(map[string]bool, len(p.listenerRoutes))
+		for n := range p.listenerRoutes {
+			out[n] = true
+		}
+		return out
 	}
-	for k := range a {
-		if !b[k] {
-			return false
+	return p.want[eds]
+}
+
+func without(list []string, drop map[string]bool) (out []string) {
+	for _, n := range list {
+		if !drop[n] {
+			out = append(out, n)
 		}
 	}
-	return true
+	return
 }
 
 // settle reports the stream synced (once) and done with the current mark (once per mark).
@@ -316,7 +355,11 @@ func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *
 			names[i] = resourceName(r.TypeUrl, a.Value)
 		}
 		lock.Lock()
-		wantType, want := p.received(r.TypeUrl, proto.Size(r), names, bodies, nil, true)
+		wantType, _, _ := p.received(r.TypeUrl, proto.Size(r), names, bodies, nil, true)
+		var want []string
+		if wantType != "" {
+			want = keys(p.want[wantType])
+		}
 		lock.Unlock()
 		version[r.TypeUrl], nonce[r.TypeUrl] = r.VersionInfo, r.Nonce
 		// ACK, with the names this type is asked for.
@@ -364,30 +407,7 @@ func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p 
 			}
 		}
 		lock.Lock()
-		before := map[string]bool{}
-		for n := range p.want[eds] {
-			before[n] = true
-		}
-		if r.TypeUrl == lds {
-			before = map[string]bool{}
-			for n := range p.want[rds] {
-				before[n] = true
-			}
-		}
-		wantType, _ := p.received(r.TypeUrl, proto.Size(r), names, bodies, r.RemovedResources, false)
-		var sub, unsub []string
-		if wantType != "" {
-			for n := range p.want[wantType] {
-				if !before[n] {
-					sub = append(sub, n)
-				}
-			}
-			for n := range before {
-				if !p.want[wantType][n] {
-					unsub = append(unsub, n)
-				}
-			}
-		}
+		wantType, sub, unsub := p.received(r.TypeUrl, proto.Size(r), names, bodies, r.RemovedResources, false)
 		lock.Unlock()
 		if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
 			return err
@@ -486,7 +506,7 @@ func main() {
 					p := proxies[i]
 					p.have, p.got = map[string]map[string]bool{}, map[string]bool{}
 					p.want = map[string]map[string]bool{eds: {}, rds: {}}
-					p.clusterEds, p.listenerRoutes = map[string]bool{}, map[string]map[string]bool{}
+					p.listenerRoutes, p.routeRefs = map[string]map[string]bool{}, map[string]int{}
 					locks[i].Unlock()
 				}
 			}(i)

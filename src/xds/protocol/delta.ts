@@ -4,15 +4,18 @@
  */
 import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
-import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
+import type { HeldNames } from './status.js';
+import { AdsStream, NameMap, NameSet, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
 import { RESOURCE_TYPES, type ResourceType } from '../resources/types.js';
 import { lenField, lenFieldParts } from '../resources/wire.js';
 
 interface DeltaState extends BaseTypeState {
   /** Resource name -> version the client has (from our sends or its initial_resource_versions). */
-  known: Map<string, string>;
+  known: NameMap<string>;
+  /** The names of `known`, as the stream reports what the client holds (a live view). */
+  knownNames: HeldNames;
   /** Subscribed names already reported as not existing. */
-  absent: Set<string>;
+  absent: NameSet;
   /** A type another re-warms (CDS): the names of its latest response, until the follower (EDS) has resent theirs. */
   lastSent: ReadonlySet<string>;
   /**
@@ -54,11 +57,12 @@ export class DeltaStream extends AdsStream<DeltaState> {
   }
 
   protected newState(): DeltaState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, known: new Map(), absent: new Set(), lastSent: NONE, subRev: 0, heldNames: 0, heldBytes: 0, awaiting: false, fresh: new Set(), held: new Set() };
+    const known = new NameMap<string>();
+    return { seen: false, wildcard: false, names: new NameSet(), force: false, rev: 0, lastKey: {}, known, knownNames: { get size() { return known.size; }, [Symbol.iterator]: () => known.keys() }, absent: new NameSet(), lastSent: NONE, subRev: 0, awaiting: false, fresh: new Set(), held: new Set() };
   }
 
-  protected nameSets(st: DeltaState): Iterable<Iterable<string>> {
-    return [st.names, st.known.keys(), st.absent];
+  protected nameSets(st: DeltaState): readonly (NameSet | NameMap<unknown>)[] {
+    return [st.names, st.known, st.absent];
   }
 
   protected apply(type: ResourceType, st: DeltaState, req: XdsRequest): void {
@@ -74,9 +78,10 @@ export class DeltaStream extends AdsStream<DeltaState> {
         if (!st.wildcard) st.base = undefined;
         st.wildcard = true;
       } else {
-        st.names.add(n);
-        st.fresh.add(n);
-        st.absent.delete(n);
+        const name = this.interned(type, n);
+        st.names.add(name);
+        st.fresh.add(name);
+        st.absent.delete(name);
       }
     }
     for (const n of unsubscribe) {
@@ -205,7 +210,7 @@ export class DeltaStream extends AdsStream<DeltaState> {
     parts.push(typeUrlField(type.typeUrl));
     for (const n of removed) parts.push(lenField(6, n));
     parts.push(lenField(5, nonce), CONTROL_PLANE);
-    this.send(type, parts, set.version, nonce, [...st.known.keys()]);
+    this.send(type, parts, set.version, nonce, st.knownNames);
     return true;
   }
 }

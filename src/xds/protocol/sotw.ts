@@ -6,7 +6,8 @@
 import type { Resource, Snapshot, TypeSet } from '../resources/snapshot.js';
 import { versionOf } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
-import { AdsStream, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
+import { listNames } from './status.js';
+import { AdsStream, NameSet, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
 import type { ResourceType } from '../resources/types.js';
 import { lenField } from '../resources/wire.js';
 
@@ -80,10 +81,10 @@ export class SotwStream extends AdsStream<SotwState> {
   }
 
   protected newState(): SotwState {
-    return { seen: false, wildcard: false, names: new Set(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0, heldNames: 0, heldBytes: 0, awaiting: false };
+    return { seen: false, wildcard: false, names: new NameSet(), force: false, rev: 0, lastKey: {}, held: [], subRev: 0, namesKey: '', repeat: 0, awaiting: false };
   }
 
-  protected nameSets(st: SotwState): Iterable<Iterable<string>> {
+  protected nameSets(st: SotwState): readonly NameSet[] {
     return [st.names];
   }
 
@@ -104,7 +105,8 @@ export class SotwStream extends AdsStream<SotwState> {
     const wildcard = names.length === 0 ? (st.seen ? st.wildcard : true) : names.includes('*');
     // The usual request (an ACK) repeats the subscription: no new set for it.
     if (wildcard === st.wildcard && names.length === st.names.size && names.every((n) => st.names.has(n))) return;
-    const set = new Set(names.filter((n) => n !== '*'));
+    const set = new NameSet();
+    for (const n of names) if (n !== '*') set.add(this.interned(type, n));
     if (wildcard !== st.wildcard || set.size !== st.names.size || [...set].some((n) => !st.names.has(n))) {
       st.wildcard = wildcard;
       st.names = set;
@@ -141,7 +143,7 @@ export class SotwStream extends AdsStream<SotwState> {
       st.current = version;
       st.held = list;
       st.rev++;
-      this.resumed(type, st, version, names);
+      this.resumed(type, st, version, listNames(names));
       return false;
     }
     const changed = version !== st.current;
@@ -162,7 +164,7 @@ export class SotwStream extends AdsStream<SotwState> {
     const nonce = `${version}.${st.repeat}`;
     const encode = (): Buffer => Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]);
     const body = shared ? (shared.bodies[st.repeat] ??= encode()) : encode();
-    this.send(type, body, version, nonce, names);
+    this.send(type, body, version, nonce, listNames(names));
     return true;
   }
 }

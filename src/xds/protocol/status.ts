@@ -21,7 +21,22 @@ export interface TypeStatus {
   /** True while the last response sent has not been ACKed or NACKed. */
   awaiting: boolean;
   /** Names of the resources in the last response (SotW) or known to the client (delta). */
-  names: readonly string[];
+  names: HeldNames;
+}
+
+/**
+ * Resource names as a stream reports them: a view, not a copy (a delta stream's is its live record of what the
+ * client holds; copying thousands of names per response was most of a change's garbage).
+ */
+export interface HeldNames extends Iterable<string> {
+  readonly size: number;
+}
+
+export const NO_NAMES: HeldNames = new Set<string>();
+
+/** A list of names as HeldNames. */
+export function listNames(list: readonly string[]): HeldNames {
+  return { size: list.length, [Symbol.iterator]: () => list[Symbol.iterator]() };
 }
 
 export type SyncState = 'SYNCED' | 'NOT SENT' | 'STALE' | 'NACKED';
@@ -62,7 +77,7 @@ export interface StreamRef {
 export interface Sent {
   readonly version: string;
   readonly nonce: string;
-  readonly names: readonly string[];
+  readonly names: HeldNames;
   readonly bytes: number;
 }
 
@@ -76,7 +91,7 @@ export interface StreamCallbacks {
   closed(stream: StreamRef): void;
   sent(stream: StreamRef, typeUrl: string, sent: Sent): void;
   /** The client already holds `version` (a SotW reconnect with it): nothing was sent, and it counts as ACKed. */
-  resumed(stream: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: readonly string[] }): void;
+  resumed(stream: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: HeldNames }): void;
   acked(stream: StreamRef, typeUrl: string, version: string, latencyMs: number | undefined): void;
   nacked(stream: StreamRef, typeUrl: string, nack: Nack): void;
   /** A stream or request ended because of what the client sent (the reason names the bound). */
@@ -98,7 +113,7 @@ export class ProxyConnection {
 
   status(typeUrl: string): TypeStatus {
     let s = this.types.get(typeUrl);
-    if (!s) this.types.set(typeUrl, (s = { awaiting: false, names: [] }));
+    if (!s) this.types.set(typeUrl, (s = { awaiting: false, names: NO_NAMES }));
     return s;
   }
 
@@ -126,7 +141,7 @@ export class ProxyConnection {
             acked: s.ackedVersion ?? null,
             ackedAt: s.ackedAt?.toISOString() ?? null,
             lastNack: s.lastNack ? { version: s.lastNack.version, error: s.lastNack.error, at: s.lastNack.at.toISOString() } : null,
-            resources: s.names.length,
+            resources: s.names.size,
           },
         ]),
       ),
@@ -167,7 +182,7 @@ export class ProxyRegistry implements StreamCallbacks {
     this.emit('pushed', c, typeUrl, sent.bytes);
   }
 
-  resumed(ref: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: readonly string[] }): void {
+  resumed(ref: StreamRef, typeUrl: string, held: { readonly version: string; readonly names: HeldNames }): void {
     const c = this.byStream.get(ref.id);
     if (!c) return;
     const status = c.status(typeUrl);

@@ -12,7 +12,7 @@ import { IdentityError, IdentityMismatch, identityFromNode, proxyKey, type Certi
 import { lookupType } from '../resources/protos.js';
 import { withoutField } from '../resources/wire.js';
 import type { Resource, Snapshot } from '../resources/snapshot.js';
-import type { StreamCallbacks, StreamRef } from './status.js';
+import type { HeldNames, StreamCallbacks, StreamRef } from './status.js';
 import { RESOURCE_TYPES, resourceType, type ResourceType } from '../resources/types.js';
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -53,11 +53,56 @@ export interface SyncInputs {
   readonly rev: number;
 }
 
+/** A set of resource names that keeps the count of their characters, for a stream's bounds without recounting. */
+export class NameSet extends Set<string> {
+  // Not a field initializer: Set's constructor adds through `add` before initializers would run.
+  declare chars: number;
+  constructor() {
+    super();
+    this.chars = 0;
+  }
+  override add(name: string): this {
+    if (!this.has(name)) this.chars += name.length;
+    return super.add(name);
+  }
+  override delete(name: string): boolean {
+    const had = super.delete(name);
+    if (had) this.chars -= name.length;
+    return had;
+  }
+  override clear(): void {
+    this.chars = 0;
+    super.clear();
+  }
+}
+
+/** A map keyed by resource names that keeps the count of their characters (as NameSet). */
+export class NameMap<V> extends Map<string, V> {
+  declare chars: number;
+  constructor() {
+    super();
+    this.chars = 0;
+  }
+  override set(name: string, value: V): this {
+    if (!this.has(name)) this.chars += name.length;
+    return super.set(name, value);
+  }
+  override delete(name: string): boolean {
+    const had = super.delete(name);
+    if (had) this.chars -= name.length;
+    return had;
+  }
+  override clear(): void {
+    this.chars = 0;
+    super.clear();
+  }
+}
+
 export interface BaseTypeState {
   /** A request for this type has been seen on this stream. */
   seen: boolean;
   wildcard: boolean;
-  names: Set<string>;
+  names: NameSet;
   /** Latest nonce sent for this type. */
   nonce?: string;
   /** Send EDS again even if unchanged: clusters were updated and Envoy re-warms them. */
@@ -68,9 +113,6 @@ export interface BaseTypeState {
   subRev: number;
   /** Inputs of the last decision per mode (holding removals or not), to make an unchanged push O(1). */
   lastKey: { hold?: SyncInputs; free?: SyncInputs };
-  /** Resource names this type's state holds, and their characters (counted when the subscription changes). */
-  heldNames: number;
-  heldBytes: number;
   /** The latest response of this type is neither ACKed nor NACKed yet. */
   awaiting: boolean;
   /** Its version, and when it was sent (monotonic, for the push-to-ACK latency). */
@@ -138,7 +180,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   protected abstract newState(): S;
   /** The collections of names a type's state holds (subscriptions, known versions...), for the bounds. */
-  protected abstract nameSets(state: S): Iterable<Iterable<string>>;
+  protected abstract nameSets(state: S): readonly (NameSet | NameMap<unknown>)[];
   /** Applies one request (subscriptions, ACK/NACK) to the state of its type. */
   protected abstract apply(type: ResourceType, state: S, req: XdsRequest): void;
   /** Sends what this type needs, given the current snapshot; returns whether something was sent. */
@@ -201,35 +243,40 @@ export abstract class AdsStream<S extends BaseTypeState> {
       this.ctx.log.warn({ node: clip(this.identity!.nodeId), type: type.short }, 'request for secrets on a stream without a client certificate ignored');
       return;
     }
+    if (!this.namesFit(req)) return;
     if (!state) this.states.set(type.typeUrl, (state = this.newState()));
     const subRev = state.subRev;
     this.apply(type, state, req);
     state.seen = true;
-    if (state.subRev !== subRev && !this.countNames(state)) return;
+    if (state.subRev !== subRev && !this.countNames()) return;
     this.flush();
   }
 
-  /** Recounts the names a type's state holds; ends the stream (false) if a bound is crossed. */
-  private countNames(state: S): boolean {
-    let count = 0;
-    let bytes = 0;
-    for (const names of this.nameSets(state)) {
-      for (const n of names) {
-        if (n.length > this.ctx.limits.nameLength) {
-          this.fail(Code.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${this.ctx.limits.nameLength}): ${clip(n, 64)}`, 'name_too_long');
-          return false;
-        }
-        count++;
-        bytes += n.length;
-      }
-    }
-    state.heldNames = count;
-    state.heldBytes = bytes;
+  /** Every name a request would have the stream hold is within the bound of one name's length; else the stream ends. */
+  private namesFit(req: XdsRequest): boolean {
+    const max = this.ctx.limits.nameLength;
+    const long = (names: Iterable<string> | undefined): string | undefined => {
+      for (const n of names ?? []) if (n.length > max) return n;
+      return undefined;
+    };
+    const n = long(req.resource_names) ?? long(req.resource_names_subscribe) ?? long(req.initial_resource_versions && Object.keys(req.initial_resource_versions));
+    if (n === undefined) return true;
+    this.fail(Code.INVALID_ARGUMENT, `resource name of ${n.length} characters (at most ${max}): ${clip(n, 64)}`, 'name_too_long');
+    return false;
+  }
+
+  /**
+   * The names the stream's states hold, against the stream's bounds; ends the stream (false) if one is crossed. The
+   * collections keep their own counts: a subscription of two names more costs two names, not all of them again.
+   */
+  private countNames(): boolean {
     let total = 0;
     let totalBytes = 0;
     for (const st of this.states.values()) {
-      total += st.heldNames;
-      totalBytes += st.heldBytes;
+      for (const names of this.nameSets(st)) {
+        total += names.size;
+        totalBytes += names.chars;
+      }
     }
     if (total > this.ctx.limits.namesPerStream || totalBytes > this.ctx.limits.nameBytesPerStream) {
       this.fail(
@@ -288,12 +335,20 @@ export abstract class AdsStream<S extends BaseTypeState> {
     }
   }
 
+  /**
+   * A subscribed name as the snapshot's resource spells it: one string held for every stream subscribed to it, not
+   * one per stream (thousands of streams each subscribed to thousands of names).
+   */
+  protected interned(type: ResourceType, name: string): string {
+    return this.snapshot?.get(type.typeUrl)?.resources.get(name)?.name ?? name;
+  }
+
   protected nextNonce(): string {
     return (++this.nonceCounter).toString(36);
   }
 
   /** Writes a response and records it as sent. */
-  protected send(type: ResourceType, pieces: Buffer | readonly Uint8Array[], version: string, nonce: string, names: readonly string[]): void {
+  protected send(type: ResourceType, pieces: Buffer | readonly Uint8Array[], version: string, nonce: string, names: HeldNames): void {
     let length = 0;
     for (const p of Buffer.isBuffer(pieces) ? [pieces] : pieces) length += p.length;
     const state = this.states.get(type.typeUrl)!;
@@ -311,7 +366,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     });
     this.ctx.events.sent(this.ref!, type.typeUrl, { version, nonce, names, bytes: length });
     if (this.ctx.log.isLevelEnabled('debug')) {
-      this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.length }, 'push');
+      this.ctx.log.debug({ node: clip(this.identity!.nodeId), type: type.short, version, nonce, resources: names.size }, 'push');
     }
     if (this.queuedBytes > this.ctx.limits.queuedBytesPerStream) {
       this.fail(Code.RESOURCE_EXHAUSTED, `the client is not reading its responses (${this.queuedBytes} bytes unread; at most ${this.ctx.limits.queuedBytesPerStream})`, 'not_reading');
@@ -334,7 +389,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
   }
 
   /** The client already holds `version` of this type (a SotW reconnect): nothing is sent, it counts as ACKed. */
-  protected resumed(type: ResourceType, state: S, version: string, names: readonly string[]): void {
+  protected resumed(type: ResourceType, state: S, version: string, names: HeldNames): void {
     state.sentVersion = version;
     state.awaiting = false;
     this.ctx.events.resumed(this.ref!, type.typeUrl, { version, names });

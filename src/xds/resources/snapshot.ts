@@ -157,6 +157,49 @@ class UnionMap implements ReadonlyMap<string, Resource> {
   }
 }
 
+/** Which of `count` chunks a name is in: FNV-1a of its characters (stable across restarts and replicas). */
+export function chunkOf(name: string, count: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return (h >>> 0) % count;
+}
+
+/** A read-only name -> resource map over chunks (each holding exactly the names `chunkOf` puts in it) and a rest. */
+class ChunkMap implements ReadonlyMap<string, Resource> {
+  private sorted?: Resource[];
+  readonly size: number;
+  constructor(
+    private readonly chunks: readonly ReadonlyMap<string, Resource>[],
+    private readonly rest: ReadonlyMap<string, Resource>,
+  ) {
+    this.size = chunks.reduce((n, c) => n + c.size, rest.size);
+  }
+  get(name: string): Resource | undefined {
+    return this.chunks[chunkOf(name, this.chunks.length)].get(name) ?? this.rest.get(name);
+  }
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
+  private list(): Resource[] {
+    return (this.sorted ??= [...this.rest.values(), ...this.chunks.flatMap((c) => [...c.values()])].sort(byName));
+  }
+  values(): MapIterator<Resource> {
+    return this.list()[Symbol.iterator]() as MapIterator<Resource>;
+  }
+  keys(): MapIterator<string> {
+    return this.list().map((r) => r.name)[Symbol.iterator]() as MapIterator<string>;
+  }
+  entries(): MapIterator<[string, Resource]> {
+    return this.list().map((r) => [r.name, r] as [string, Resource])[Symbol.iterator]() as MapIterator<[string, Resource]>;
+  }
+  [Symbol.iterator](): MapIterator<[string, Resource]> {
+    return this.entries();
+  }
+  forEach(fn: (value: Resource, key: string, map: ReadonlyMap<string, Resource>) => void): void {
+    for (const r of this.list()) fn(r, r.name, this);
+  }
+}
+
 /** From one set of a type to another: the resources added or changed, and the names gone. */
 export interface SetChange {
   readonly changed: readonly Resource[];
@@ -176,6 +219,8 @@ export class TypeSet {
     version: string,
     trusted: boolean,
     private readonly parts: readonly TypeSet[] = [],
+    /** A chunk of a large set (`chunk`): which of how many, every name in it being `chunkOf` that. */
+    readonly chunk?: { readonly index: number; readonly count: number },
   ) {
     this.resources = resources;
     this.version = version;
@@ -211,6 +256,42 @@ export class TypeSet {
     }
     const version = contentHash(`union\n${nonEmpty.map((p) => p.version).join('\n')}`);
     return new TypeSet(typeUrl, new UnionMap(nonEmpty.map((p) => p.resources)), version, nonEmpty.every((p) => p.trusted), nonEmpty);
+  }
+
+  /**
+   * Chunk `index` of `count` of a large set: the resources whose names `chunkOf` puts there (checked). A large set
+   * shared by many snapshots is held as chunks so that a snapshot differing in a few resources (a caller's Retry)
+   * replaces only the chunks holding them, and a change to the large set is one new chunk, not a new set.
+   */
+  static chunk(typeUrl: string, index: number, count: number, list: Iterable<Resource>): TypeSet {
+    const set = TypeSet.of(typeUrl, list);
+    for (const name of set.resources.keys()) {
+      if (chunkOf(name, count) !== index) throw new Error(`${resourceType(typeUrl)?.short ?? typeUrl} "${name}" is not of chunk ${index} of ${count}`);
+    }
+    return new TypeSet(typeUrl, set.resources, set.version, set.trusted, [], { index, count });
+  }
+
+  /** A list split into `count` chunks (`chunk`). */
+  static chunks(typeUrl: string, list: Iterable<Resource>, count: number): TypeSet[] {
+    const byChunk: Resource[][] = Array.from({ length: count }, () => []);
+    for (const r of list) byChunk[chunkOf(r.name, count)].push(r);
+    return byChunk.map((rs, i) => TypeSet.chunk(typeUrl, i, count, rs));
+  }
+
+  /**
+   * Chunks (every one of a `chunks` split, in order, any of them replaced by another chunk of the same index) and
+   * the rest, as one set: nothing copied, a name found in its chunk at once. Two such sets of as many chunks are
+   * compared chunk by chunk (`changesSince`), so the chunks they share cost nothing.
+   */
+  static chunked(typeUrl: string, chunks: readonly TypeSet[], rest: TypeSet): TypeSet {
+    chunks.forEach((c, i) => {
+      if (c.chunk?.index !== i || c.chunk.count !== chunks.length) throw new Error(`chunk ${i} of ${chunks.length} of ${resourceType(typeUrl)?.short ?? typeUrl} is not one`);
+    });
+    const problems = [...rest.resources.keys()].filter((n) => chunks.length && chunks[chunkOf(n, chunks.length)].resources.has(n));
+    if (problems.length) throw new SnapshotError(problems.map((n) => `two ${resourceType(typeUrl)?.short ?? typeUrl} resources named "${n}"`));
+    const parts = [...chunks, rest];
+    const version = contentHash(`chunked\n${parts.map((p) => p.version).join('\n')}`);
+    return new TypeSet(typeUrl, new ChunkMap(chunks.map((c) => c.resources), rest.resources), version, parts.every((p) => p.trusted), parts);
   }
 
   /** Changes since an earlier set, by earlier set (computed once per pair, shared by every stream making the step). */
