@@ -156,9 +156,42 @@ describe('state of the world', () => {
     // A late request carrying the old nonce, asking for more names: ignored whole.
     s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: first.version_info, response_nonce: first.nonce });
     expect(await s.silent()).toBe(true);
-    // The same request with the latest nonce is honored.
+    // The same request with the latest nonce is honored: the client is sent what it lacks.
     s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: second.version_info, response_nonce: second.nonce });
-    expect((await s.next()).names).toEqual(['a', 'b']);
+    expect((await s.next()).names).toEqual(['b']);
+  });
+
+  it('sends RDS and EDS resources a client lacks only, under the version of all it then holds; LDS and CDS whole', async () => {
+    const mesh = (b: number) => buildSnapshot([cluster('a'), cluster('b'), cluster('c'), endpoints('a', 1), endpoints('b', b), endpoints('c', 3)]);
+    ready(mesh(2));
+    const s = open();
+    s.send({ node: node(), type_url: ENDPOINT, resource_names: ['a', 'b'] });
+    const first = await s.next();
+    expect(first.names).toEqual(['a', 'b']);
+    // One more name subscribed: that one alone.
+    s.send({ type_url: ENDPOINT, resource_names: ['a', 'b', 'c'], version_info: first.version_info, response_nonce: first.nonce });
+    const grown = await s.next();
+    expect(grown.names).toEqual(['c']);
+    s.send({ type_url: ENDPOINT, resource_names: ['a', 'b', 'c'], version_info: grown.version_info, response_nonce: grown.nonce });
+    expect(await s.silent(300)).toBe(true);
+    // One resource changed: that one alone.
+    env.cache.set(KEY, mesh(9));
+    const changed = await s.next();
+    expect(changed.names).toEqual(['b']);
+    // Its version is that of all three: a client subscribing afresh is sent all three under it, and one that
+    // reconnects holding it is sent nothing.
+    const fresh = open();
+    fresh.send({ node: node({ id: 'fresh' }), type_url: ENDPOINT, resource_names: ['c', 'a', 'b'] });
+    const all = await fresh.next();
+    expect(all.names).toEqual(['a', 'b', 'c']);
+    expect(all.version_info).toBe(changed.version_info);
+    const again = open();
+    again.send({ node: node({ id: 'again' }), type_url: ENDPOINT, resource_names: ['a', 'b', 'c'], version_info: changed.version_info });
+    expect(await again.silent(300)).toBe(true);
+    // CDS is a full-state type: always sent whole.
+    s.send({ node: node(), type_url: CLUSTER });
+    const clusters = await s.next();
+    expect(clusters.names).toEqual(['a', 'b', 'c']);
   });
 
   it('answers unsubscribe with nothing and a resubscribe with the resource again', async () => {

@@ -33,7 +33,12 @@ interface Subset {
   readonly version: string;
   /** Encoded responses, by how many times in a row the version was sent (the nonce's suffix). */
   readonly bodies: Buffer[];
+  /** Responses of only what a client holding another version lacks (RDS, EDS), by that version. */
+  readonly partials: Map<string, Buffer>;
 }
+
+/** Partial responses remembered per subset (distinct versions held by its streams); beyond, the table starts over. */
+const MAX_PARTIALS = 64;
 
 /**
  * Per type set (one type of a snapshot), the subsets streams subscribe to: computed and encoded once for every
@@ -43,13 +48,13 @@ const subsets = new WeakMap<TypeSet, Map<string, Subset>>();
 /** Distinct subscriptions remembered per type set; beyond, the table starts over (only sharing is lost). */
 const MAX_SUBSETS = 1_000;
 
-function subsetOf(set: TypeSet, key: string, make: () => Omit<Subset, 'bodies'>): Subset {
+function subsetOf(set: TypeSet, key: string, make: () => Omit<Subset, 'bodies' | 'partials'>): Subset {
   let bySubscription = subsets.get(set);
   if (!bySubscription) subsets.set(set, (bySubscription = new Map()));
   let s = bySubscription.get(key);
   if (!s) {
     if (bySubscription.size >= MAX_SUBSETS) bySubscription.clear();
-    bySubscription.set(key, (s = { ...make(), bodies: [] }));
+    bySubscription.set(key, (s = { ...make(), bodies: [], partials: new Map() }));
   }
   return s;
 }
@@ -157,14 +162,42 @@ export class SotwStream extends AdsStream<SotwState> {
       return false;
     }
     st.repeat = changed ? 0 : st.repeat + 1;
-    st.current = version;
-    st.held = list;
     // The nonce is the version and how many times in a row it was sent: unique between consecutive responses
     // of a stream, and the same for every stream sent the same content, so the whole response is shared.
     const nonce = `${version}.${st.repeat}`;
-    const encode = (): Buffer => Buffer.concat([lenField(1, version), ...list.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]);
-    const body = shared ? (shared.bodies[st.repeat] ??= encode()) : encode();
+    const encode = (resources: readonly Resource[]): Buffer =>
+      Buffer.concat([lenField(1, version), ...resources.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]);
+    // RDS and EDS are per name (REFERENCE §4: only LDS and CDS responses are the full set): a client that holds a
+    // version is sent only what it lacks, under the version of everything it then holds; one more route
+    // configuration subscribed is that one, not the thousands held besides it.
+    const partial = changed && shared && !type.fullState && !st.force && st.current !== undefined && st.held.length ? this.lacking(st, shared, encode) : undefined;
+    st.current = version;
+    st.held = list;
+    if (partial === null) {
+      // Nothing it lacks (names unsubscribed, or removed from the snapshot, which RDS and EDS do not announce).
+      st.rev++;
+      return false;
+    }
+    const body = partial ?? (shared ? (shared.bodies[st.repeat] ??= encode(list)) : encode(list));
     this.send(type, body, version, nonce, listNames(names));
     return true;
+  }
+
+  /**
+   * The response of only the resources of `shared` a client holding `st.held` (at `st.current`) lacks; shared by
+   * every stream holding that version; null if it lacks none, undefined if it lacks most (the full one is shared).
+   */
+  private lacking(st: SotwState, shared: Subset, encode: (resources: readonly Resource[]) => Buffer): Buffer | null | undefined {
+    const from = st.current!;
+    const known = shared.partials.get(from);
+    if (known) return known;
+    const had = new Map(st.held.map((r) => [r.name, r.version]));
+    const lacks = shared.list.filter((r) => had.get(r.name) !== r.version);
+    if (lacks.length === 0) return null;
+    if (lacks.length * 2 > shared.list.length) return undefined;
+    if (shared.partials.size >= MAX_PARTIALS) shared.partials.clear();
+    const body = encode(lacks);
+    shared.partials.set(from, body);
+    return body;
   }
 }
