@@ -119,26 +119,18 @@ function mergeByName(a: readonly Resource[], b: Resource[]): Resource[] {
   return out;
 }
 
-/** A read-only name -> resource map over several disjoint parts, iterated in name order. */
-class UnionMap implements ReadonlyMap<string, Resource> {
+/** A read-only name -> resource map made of other maps, iterated in name order (`list`, made once when first needed). */
+abstract class PartsMap implements ReadonlyMap<string, Resource> {
   private sorted?: Resource[];
-  readonly size: number;
-  constructor(private readonly parts: readonly ReadonlyMap<string, Resource>[]) {
-    this.size = parts.reduce((n, p) => n + p.size, 0);
-  }
-  get(name: string): Resource | undefined {
-    for (const p of this.parts) {
-      const r = p.get(name);
-      if (r) return r;
-    }
-    return undefined;
-  }
+  abstract readonly size: number;
+  abstract get(name: string): Resource | undefined;
+  /** Every resource in name order. */
+  protected abstract merge(): Resource[];
   has(name: string): boolean {
-    return this.parts.some((p) => p.has(name));
+    return this.get(name) !== undefined;
   }
-  /** Each part iterates in name order: merged, not sorted (a shared part of thousands and a small one of its own). */
   private list(): Resource[] {
-    return (this.sorted ??= this.parts.reduce<Resource[]>((merged, p) => mergeByName(merged, [...p.values()]), []));
+    return (this.sorted ??= this.merge());
   }
   values(): MapIterator<Resource> {
     return this.list()[Symbol.iterator]() as MapIterator<Resource>;
@@ -154,6 +146,26 @@ class UnionMap implements ReadonlyMap<string, Resource> {
   }
   forEach(fn: (value: Resource, key: string, map: ReadonlyMap<string, Resource>) => void): void {
     for (const r of this.list()) fn(r, r.name, this);
+  }
+}
+
+/** Over several disjoint parts. */
+class UnionMap extends PartsMap {
+  readonly size: number;
+  constructor(private readonly parts: readonly ReadonlyMap<string, Resource>[]) {
+    super();
+    this.size = parts.reduce((n, p) => n + p.size, 0);
+  }
+  get(name: string): Resource | undefined {
+    for (const p of this.parts) {
+      const r = p.get(name);
+      if (r) return r;
+    }
+    return undefined;
+  }
+  /** Each part iterates in name order: merged, not sorted (a shared part of thousands and a small one of its own). */
+  protected merge(): Resource[] {
+    return this.parts.reduce<Resource[]>((merged, p) => mergeByName(merged, [...p.values()]), []);
   }
 }
 
@@ -164,39 +176,21 @@ export function chunkOf(name: string, count: number): number {
   return (h >>> 0) % count;
 }
 
-/** A read-only name -> resource map over chunks (each holding exactly the names `chunkOf` puts in it) and a rest. */
-class ChunkMap implements ReadonlyMap<string, Resource> {
-  private sorted?: Resource[];
+/** Over chunks (each holding exactly the names `chunkOf` puts in it) and a rest: a name is looked up in its chunk. */
+class ChunkMap extends PartsMap {
   readonly size: number;
   constructor(
     private readonly chunks: readonly ReadonlyMap<string, Resource>[],
     private readonly rest: ReadonlyMap<string, Resource>,
   ) {
+    super();
     this.size = chunks.reduce((n, c) => n + c.size, rest.size);
   }
   get(name: string): Resource | undefined {
     return this.chunks[chunkOf(name, this.chunks.length)].get(name) ?? this.rest.get(name);
   }
-  has(name: string): boolean {
-    return this.get(name) !== undefined;
-  }
-  private list(): Resource[] {
-    return (this.sorted ??= [...this.rest.values(), ...this.chunks.flatMap((c) => [...c.values()])].sort(byName));
-  }
-  values(): MapIterator<Resource> {
-    return this.list()[Symbol.iterator]() as MapIterator<Resource>;
-  }
-  keys(): MapIterator<string> {
-    return this.list().map((r) => r.name)[Symbol.iterator]() as MapIterator<string>;
-  }
-  entries(): MapIterator<[string, Resource]> {
-    return this.list().map((r) => [r.name, r] as [string, Resource])[Symbol.iterator]() as MapIterator<[string, Resource]>;
-  }
-  [Symbol.iterator](): MapIterator<[string, Resource]> {
-    return this.entries();
-  }
-  forEach(fn: (value: Resource, key: string, map: ReadonlyMap<string, Resource>) => void): void {
-    for (const r of this.list()) fn(r, r.name, this);
+  protected merge(): Resource[] {
+    return [...this.rest.values(), ...this.chunks.flatMap((c) => [...c.values()])].sort(byName);
   }
 }
 
