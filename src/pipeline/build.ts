@@ -574,7 +574,9 @@ export class SnapshotBuilder {
     try {
       const snapshot = buildSnapshot(new Map(RESOURCE_TYPES.map((t) => [t.typeUrl, this.assembly[t.typeUrl]!(parts)])));
       // What a published snapshot of this key holds (a preview is not published).
-      if (!this.previewing) this.variantsOf.set(key, used);
+      if (this.previewing) return snapshot;
+      if (used.length) this.variantsOf.set(key, used);
+      else this.variantsOf.delete(key);
       return snapshot;
     } finally {
       this.using = undefined;
