@@ -9,6 +9,8 @@
  * per change: change command -> every stream has received what changed for it (median and max); server CPU
  * (from /proc) and RSS; bytes of responses received per change (every response, not only the needed ones).
  *
+ * PEER_CLIENT_WINDOW=BYTES fixes the clients' HTTP/2 windows (per stream and connection; by default gRPC grows them up
+ * to 16 MB a stream, and 2,000 SotW streams of the big mesh then buffer more than the machine's 24 GB).
  * PEER_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR") are given to mesh-xds's server process; PEER_PROFILE=FILE
  * has it write a CPU profile of one change: the first, or the Nth with PEER_PROFILE_CHANGE=N.
  *
@@ -220,7 +222,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
   }
   const u0 = usage(pid);
   const clients = new Child(
-    spawn(...pinned(1, path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(shape.n), '-mode', shape.mode, '-identities', built.identities.join(','), ...(process.env.PEER_CLIENTS_PROFILE ? ['-cpuprofile', process.env.PEER_CLIENTS_PROFILE] : [])]), {
+    spawn(...pinned(1, path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(shape.n), '-mode', shape.mode, '-identities', built.identities.join(','), ...(process.env.PEER_CLIENT_WINDOW ? ['-window', process.env.PEER_CLIENT_WINDOW] : []), ...(process.env.PEER_CLIENTS_PROFILE ? ['-cpuprofile', process.env.PEER_CLIENTS_PROFILE] : [])]), {
       stdio: ['pipe', 'pipe', 'inherit'],
     }),
   );
