@@ -265,23 +265,31 @@ describe('state of the world', () => {
     expect(removal.names).toEqual(['c2']);
   });
 
-  it('resends EDS (unchanged) after a cluster changes, for Envoy cluster warming', async () => {
-    ready();
+  it('resends EDS (unchanged) after a cluster changes, for Envoy cluster warming: the endpoints of the changed cluster only', async () => {
+    const mesh = (timeout: number) => buildSnapshot([cluster('c1', { connect_timeout: { seconds: timeout } }), cluster('c2'), endpoints('c1', 8080), endpoints('c2', 8081)]);
+    ready(mesh(1));
     const s = open();
     s.send({ node: node(), type_url: CLUSTER });
     const c = await s.next();
     s.send({ type_url: CLUSTER, version_info: c.version_info, response_nonce: c.nonce });
-    s.send({ type_url: ENDPOINT, resource_names: ['c1'] });
+    s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'] });
     const e = await s.next();
-    s.send({ type_url: ENDPOINT, resource_names: ['c1'], version_info: e.version_info, response_nonce: e.nonce });
+    expect(e.names).toEqual(['c1', 'c2']);
+    s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'], version_info: e.version_info, response_nonce: e.nonce });
     expect(await s.silent()).toBe(true);
-    env.cache.set(KEY, buildSnapshot([cluster('c1', { connect_timeout: { seconds: 5 } }), endpoints('c1', 8080), apiListener('l1', 'r1'), route('r1', 'l1', 'c1')]));
+    env.cache.set(KEY, mesh(5));
     const c2 = await s.next();
     expect(c2.type_url).toBe(CLUSTER);
+    expect(c2.names).toEqual(['c1', 'c2']);
+    s.send({ type_url: CLUSTER, version_info: c2.version_info, response_nonce: c2.nonce });
+    // Envoy re-warms c1 (changed), not c2: c1's endpoints again, under the version the client holds.
     const e2 = await s.next();
     expect(e2.type_url).toBe(ENDPOINT);
+    expect(e2.names).toEqual(['c1']);
     expect(e2.version_info).toBe(e.version_info);
     expect(e2.nonce).not.toBe(e.nonce);
+    s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'], version_info: e2.version_info, response_nonce: e2.nonce });
+    expect(await s.silent()).toBe(true);
   });
 
   it('treats a nonce on the first request of a stream as a fresh request, not a stale one', async () => {

@@ -44,9 +44,7 @@ const records = new WeakMap<Resource, readonly Uint8Array[]>();
 function deltaRecord(r: Resource): readonly Uint8Array[] {
   let record = records.get(r);
   if (!record) {
-    const all = lenFieldParts(2, [lenField(3, r.name), lenField(1, r.version), ...r.anyField(2)]);
-    const pieces = r.parts.length === 1 ? 0 : r.parts.length;
-    records.set(r, (record = [Buffer.concat(all.slice(0, all.length - pieces)), ...all.slice(all.length - pieces)]));
+    records.set(r, (record = r.record(lenFieldParts(2, [lenField(3, r.name), lenField(1, r.version), ...r.anyField(2)]))));
   }
   return record;
 }

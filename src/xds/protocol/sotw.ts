@@ -8,7 +8,7 @@ import { versionOf } from '../resources/snapshot.js';
 import type { ServerCall } from '../transport/grpc.js';
 import { listNames } from './status.js';
 import { AdsStream, NameSet, type BaseTypeState, type StreamContext, type XdsRequest } from './stream.js';
-import type { ResourceType } from '../resources/types.js';
+import { resourceType, type ResourceType } from '../resources/types.js';
 import { lenField } from '../resources/wire.js';
 
 interface SotwState extends BaseTypeState {
@@ -22,9 +22,27 @@ interface SotwState extends BaseTypeState {
   namesKey: string;
   /** How many times in a row the current version was sent (EDS resends for cluster warming). */
   repeat: number;
+  /** A type another re-warms (CDS): the names its latest response added or changed, until the follower (EDS) is sent. */
+  rewarm?: ReadonlySet<string>;
+}
+
+/** Per pair of lists (shared by the streams of a subscription), the names the second adds or changes. */
+const listChanges = new WeakMap<readonly Resource[], WeakMap<readonly Resource[], ReadonlySet<string>>>();
+
+function changedNames(before: readonly Resource[], after: readonly Resource[]): ReadonlySet<string> {
+  let byAfter = listChanges.get(before);
+  if (!byAfter) listChanges.set(before, (byAfter = new WeakMap()));
+  let names = byAfter.get(after);
+  if (!names) {
+    const had = new Map(before.map((r) => [r.name, r.version]));
+    byAfter.set(after, (names = new Set(after.filter((r) => had.get(r.name) !== r.version).map((r) => r.name))));
+  }
+  return names;
 }
 
 const CONTROL_PLANE = lenField(6, lenField(1, 'mesh-xds'));
+const typeUrlFields = new Map<string, Buffer>();
+const typeUrlField = (typeUrl: string): Buffer => typeUrlFields.get(typeUrl) ?? typeUrlFields.set(typeUrl, lenField(4, typeUrl)).get(typeUrl)!;
 
 /** The resources of a type set a subscription selects, with their version, and the responses that carry them. */
 interface Subset {
@@ -133,8 +151,14 @@ export class SotwStream extends AdsStream<SotwState> {
     if (kept.length === 0) {
       // What most streams compute: shared by every stream with the same subscription and snapshot.
       shared = subsetOf(set, all ? '*' : st.namesKey, () => {
-        const l = all ? [...set.resources.values()] : AdsStream.sorted([...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined));
-        return { list: l, names: l.map((r) => r.name), version: all ? set.version : versionOf(type.typeUrl, l) };
+        // In name order: the set's own order (no sort) when the subscription covers much of it.
+        const l = all
+          ? [...set.resources.values()]
+          : st.names.size * 8 > set.resources.size
+            ? [...set.resources.values()].filter((r) => st.names.has(r.name))
+            : AdsStream.sorted([...st.names].map((n) => set.resources.get(n)).filter((r): r is Resource => r !== undefined));
+        // A subscription to every resource of the set (a sidecar's EDS and RDS): the set's version, no new hash.
+        return { list: l, names: l.map((r) => r.name), version: all || l.length === set.resources.size ? set.version : versionOf(type.typeUrl, l) };
       });
       ({ list, names, version } = shared);
     } else {
@@ -165,12 +189,19 @@ export class SotwStream extends AdsStream<SotwState> {
     // The nonce is the version and how many times in a row it was sent: unique between consecutive responses
     // of a stream, and the same for every stream sent the same content, so the whole response is shared.
     const nonce = `${version}.${st.repeat}`;
-    const encode = (resources: readonly Resource[]): Buffer =>
-      Buffer.concat([lenField(1, version), ...resources.flatMap((r) => r.anyField(2)), lenField(4, type.typeUrl), lenField(5, nonce), CONTROL_PLANE]);
+    const encode = (resources: readonly Resource[]): Buffer => {
+      const parts: Uint8Array[] = [lenField(1, version)];
+      for (const r of resources) for (const p of r.responseField) parts.push(p);
+      parts.push(typeUrlField(type.typeUrl), lenField(5, nonce), CONTROL_PLANE);
+      return Buffer.concat(parts);
+    };
     // RDS and EDS are per name (REFERENCE §4: only LDS and CDS responses are the full set): a client that holds a
     // version is sent only what it lacks, under the version of everything it then holds; one more route
     // configuration subscribed is that one, not the thousands held besides it.
-    const partial = changed && shared && !type.fullState && !st.force && st.current !== undefined && st.held.length ? this.lacking(st, shared, encode) : undefined;
+    const holds = !type.fullState && st.current !== undefined && st.held.length > 0;
+    const partial = shared && holds && st.force ? this.rewarmed(type, st, shared, encode) : shared && holds && changed ? this.lacking(st, shared, encode) : undefined;
+    // Envoy re-warms the clusters a CDS response adds or changes (and only those): their endpoints go again.
+    if (type.rewarms && st.held.length && this.states.get(type.rewarms)?.seen) st.rewarm = changedNames(st.held, list);
     st.current = version;
     st.held = list;
     if (partial === null) {
@@ -181,6 +212,21 @@ export class SotwStream extends AdsStream<SotwState> {
     const body = partial ?? (shared ? (shared.bodies[st.repeat] ??= encode(list)) : encode(list));
     this.send(type, body, version, nonce, listNames(names));
     return true;
+  }
+
+  /**
+   * After a CDS response (EDS forced): the endpoints of the clusters it added or changed, which Envoy re-warms, and
+   * whatever else the client lacks; null if none (unchanged clusters keep their endpoints in Envoy). Undefined,
+   * a full response, when the leading type's changes are not known (its first response on this stream).
+   */
+  private rewarmed(type: ResourceType, st: SotwState, shared: Subset, encode: (resources: readonly Resource[]) => Buffer): Buffer | null | undefined {
+    const leader = [...this.states].find(([url]) => resourceType(url)?.rewarms === type.typeUrl)?.[1];
+    const rewarm = leader?.rewarm;
+    if (leader) leader.rewarm = undefined;
+    if (!rewarm) return undefined;
+    const had = new Map(st.held.map((r) => [r.name, r.version]));
+    const send = shared.list.filter((r) => rewarm.has(r.name) || had.get(r.name) !== r.version);
+    return send.length ? encode(send) : null;
   }
 
   /**

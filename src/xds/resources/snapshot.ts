@@ -48,6 +48,26 @@ export class Resource {
     return this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
   }
 
+  private responseRecord?: readonly Uint8Array[];
+
+  /**
+   * This resource as field 2 of a DiscoveryResponse (a `google.protobuf.Any`), assembled once and shared by every
+   * response that holds it: one buffer for a resource of one piece; for one of shared pieces (a route
+   * configuration), one buffer for what precedes them, then the pieces.
+   */
+  get responseField(): readonly Uint8Array[] {
+    return (this.responseRecord ??= this.record(this.anyField(2)));
+  }
+
+  /**
+   * A record holding this resource, given as the pieces that end with its own (`anyField` inside others): the
+   * pieces before its own joined into one buffer, and its own as they are, or all in one buffer if it is one piece.
+   */
+  record(fields: readonly Uint8Array[]): readonly Uint8Array[] {
+    const pieces = this.parts.length === 1 ? 0 : this.parts.length;
+    return [Buffer.concat(fields.slice(0, fields.length - pieces)), ...fields.slice(fields.length - pieces)];
+  }
+
   /** The pieces of field `fieldNo` holding this resource as a `google.protobuf.Any`. */
   anyField(fieldNo: number): Uint8Array[] {
     let typeField = typeUrlFields.get(this.typeUrl);
