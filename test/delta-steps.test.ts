@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildSnapshot, TypeSet, type Resource, type Snapshot } from '../src/xds/resources/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE, resourceType } from '../src/xds/resources/types.js';
 import { decodeMessage } from '../src/xds/resources/encode.js';
-import { node, RawAdsClient, type AdsTestStream } from './helpers/ads-client.js';
+import { node, RawAdsClient, type AdsTestStream, type Response } from './helpers/ads-client.js';
 import { apiListener, cluster, endpoints, route } from './helpers/fixtures.js';
 import { startAds } from './helpers/server.js';
 
@@ -89,6 +89,15 @@ class Meshes {
   }
 }
 
+/** The next response, or undefined once none has come for a while. */
+async function quietly(s: AdsTestStream): Promise<Response | undefined> {
+  try {
+    return await s.next(150);
+  } catch {
+    return undefined;
+  }
+}
+
 /** A delta client as Envoy: wildcard CDS and LDS, EDS and RDS for what those name (plus one name that never exists). */
 class Client {
   readonly held = new Map<string, Map<string, string>>([CLUSTER, ENDPOINT, LISTENER, ROUTE].map((t) => [t, new Map()]));
@@ -103,13 +112,7 @@ class Client {
 
   /** Applies responses until none comes for a while, answering each as Envoy does. */
   async settle(): Promise<void> {
-    for (;;) {
-      let r;
-      try {
-        r = await this.s.next(150);
-      } catch {
-        return;
-      }
+    for (let r; (r = await quietly(this.s)); ) {
       this.responses++;
       const held = this.held.get(r.type_url)!;
       for (const name of r.names) {
@@ -177,13 +180,7 @@ class SotwClient {
   }
 
   async settle(snapshot: () => Snapshot): Promise<void> {
-    for (;;) {
-      let r;
-      try {
-        r = await this.s.next(150);
-      } catch {
-        return;
-      }
+    for (let r; (r = await quietly(this.s)); ) {
       this.responses++;
       const per = r.type_url === ENDPOINT || r.type_url === ROUTE;
       if (!per) this.held.set(r.type_url, new Map());

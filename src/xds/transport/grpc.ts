@@ -76,18 +76,30 @@ export type TransportRefusal = 'receive_budget' | 'incomplete_message' | 'messag
 /**
  * The bytes every call holds of request messages not yet complete. Over the bound, the call holding the most is
  * refused (its bytes dropped): a well-behaved client's small request is not refused because another client holds
- * big partial ones.
+ * big partial ones. The bound is checked once the reads of a turn of the event loop are done, not at each piece:
+ * a request a client sent whole is not held just because the server read it in two pieces (after a busy turn,
+ * 2,000 proxies of a 1,000-service mesh each had a 60 kB request split between two reads: 117 MB for an instant).
  */
 class ReceiveBudget {
   used = 0;
   /** Calls holding bytes of an incomplete message. */
   readonly holders = new Set<ServerCall>();
+  private checking = false;
   constructor(readonly limit: number) {}
 
   change(call: ServerCall, delta: number, holds: boolean): void {
     this.used += delta;
     if (holds) this.holders.add(call);
     else this.holders.delete(call);
+    if (this.used <= this.limit || this.checking) return;
+    this.checking = true;
+    setImmediate(() => {
+      this.checking = false;
+      this.enforce();
+    });
+  }
+
+  private enforce(): void {
     while (this.used > this.limit && this.holders.size) {
       let worst: ServerCall | undefined;
       for (const c of this.holders) if (!worst || c.held > worst.held) worst = c;
