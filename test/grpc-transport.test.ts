@@ -7,6 +7,7 @@ import net from 'node:net';
 import zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually } from './helpers/grpc-xds.js';
 import { Code, GrpcServer, unary, type GrpcServerOptions, type ServerCall } from '../src/xds/transport/grpc.js';
 import { TRANSPORT } from '../src/xds/protocol/server.js';
 
@@ -16,7 +17,8 @@ const ONCE = { ...ECHO, path: '/test.Echo/Once', requestStream: false, responseS
 const MISSING = { ...ECHO, path: '/test.Echo/Missing' };
 const Client = grpc.makeGenericClientConstructor({ Chat: ECHO, Once: ONCE, Missing: MISSING }, 'Echo');
 
-const MAX = 64 * 1024;
+/** Larger than a stream's HTTP/2 window (64 KiB): a partial message of this size was sent into a message held. */
+const MAX = 256 * 1024;
 /** Bytes of incomplete messages the test server may hold: a few messages of the largest size. */
 const BUDGET = 4 * MAX;
 const MESSAGE_TIMEOUT_MS = 1_000;
@@ -305,6 +307,34 @@ describe('gRPC transport of the ADS port', () => {
     expect(first.message).toMatch(new RegExp(`over its receive budget of ${BUDGET} bytes; this stream held the most \\(\\d+ bytes\\), now dropped`));
     session.destroy();
     await Promise.all(statuses);
+  });
+
+  it('refuses no stream holding less than a stream window, even together over the budget: each completes and is served', async () => {
+    const before = refusals.filter((r) => r === 'receive_budget').length;
+    // 24 streams over 3 connections, each with 55,000 bytes of a 60,000-byte message: 1.3 MB, over the 1 MiB budget.
+    const sessions = [0, 1, 2].map(() => http2.connect(`http://127.0.0.1:${port}`).on('error', () => {}));
+    const message = frame(Buffer.alloc(60_000 - 5, 7));
+    const echoes = sessions.flatMap((session) =>
+      Array.from({ length: 8 }, () => {
+        const req = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+        req.on('error', () => {});
+        const got = new Promise<number>((resolve) => {
+          let bytes = 0;
+          req.on('data', (d: Buffer) => (bytes += d.length));
+          req.on('data', () => bytes >= message.length && resolve(bytes));
+          req.on('close', () => resolve(bytes));
+        });
+        req.write(message.subarray(0, 55_000));
+        return { req, got };
+      }),
+    );
+    await eventually(() => server.receiving > BUDGET, 2_000, 'the server holding more than its budget in partial messages');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(refusals.filter((r) => r === 'receive_budget').length - before).toBe(0);
+    for (const { req } of echoes) req.write(message.subarray(55_000));
+    expect(await Promise.all(echoes.map((e) => e.got))).toEqual(echoes.map(() => message.length));
+    expect(server.receiving).toBe(0);
+    for (const s of sessions) s.destroy();
   });
 
   it('refuses a message still incomplete after its deadline, and drops what it held', async () => {

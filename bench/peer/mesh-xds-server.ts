@@ -15,7 +15,8 @@ import { ProxyRegistry } from '../../src/xds/protocol/status.js';
 import { SCENARIOS } from './scenario.js';
 
 const scenario = SCENARIOS[process.argv[2]];
-const log = pino({ level: 'silent' });
+// PEER_LOG=warn (or info...): the server's log on stderr, e.g. to see why streams were refused.
+const log = pino({ level: process.env.PEER_LOG ?? 'silent' }, pino.destination(2));
 const cache = new SnapshotCache();
 const pipeline = new Pipeline(cache, log);
 pipeline.update(scenario.state(0));
