@@ -309,6 +309,25 @@ describe('gRPC transport of the ADS port', () => {
     await Promise.all(statuses);
   });
 
+  it("keeps a connection whose ping answer waited on the server's own busy turn", async () => {
+    const session = http2.connect(`http://127.0.0.1:${port}`).on('error', () => {});
+    let closed = false;
+    session.on('close', () => (closed = true));
+    let held = 0;
+    // On the server's first ping, the process (server and client alike) is held for 1 s, five timeouts: the
+    // answer is ready only after the server's timer has come due.
+    session.on('ping', () => {
+      if (held++) return;
+      const until = Date.now() + 1_000;
+      while (Date.now() < until);
+    });
+    await eventually(() => held > 0, 2_000, 'a ping from the server');
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect(closed).toBe(false);
+    expect(held).toBeGreaterThan(1);
+    session.destroy();
+  });
+
   it('refuses no stream holding less than a stream window, even together over the budget: each completes and is served', async () => {
     const before = refusals.filter((r) => r === 'receive_budget').length;
     // 24 streams over 3 connections, each with 55,000 bytes of a 60,000-byte message: 1.3 MB, over the 1 MiB budget.
