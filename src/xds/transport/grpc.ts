@@ -576,18 +576,21 @@ export class GrpcServer {
       timer = setTimeout(() => {
         // A connection closing (GOAWAY sent: its maximum age, or shutdown) is no longer pinged: its grace ends it.
         if (session.destroyed || session.closed) return;
+        let answered = false;
         const wait = (): void => {
           const armed = performance.now();
           timer = setTimeout(() => {
             // Late by half the timeout or more, the server itself was busy (a push to thousands of proxies holds the
             // event loop): the answer may be waiting to be read. The client gets another timeout of our attention.
-            if (performance.now() - armed >= this.opts.keepaliveTimeoutMs * 1.5) wait();
-            else session.destroy();
+            if (performance.now() - armed >= this.opts.keepaliveTimeoutMs * 1.5) return wait();
+            // Judged after this turn's reads (timers run before them): an answer already on the socket counts.
+            setImmediate(() => answered || session.destroyed || session.destroy());
           }, this.opts.keepaliveTimeoutMs).unref();
         };
         wait();
         try {
           session.ping((err) => {
+            answered = true;
             clearTimeout(timer);
             if (err) session.destroy();
             else schedule();
