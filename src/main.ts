@@ -24,6 +24,7 @@ import type { InjectionWebhook } from './inject/webhook.js';
 import type { NamespaceFacts } from './inject/inject.js';
 import { packagePath } from './paths.js';
 import { readFileSync } from 'node:fs';
+import { ExitError } from './cli/errors.js';
 
 export interface Running {
   adsPort: number;
@@ -38,7 +39,26 @@ export interface Running {
 
 export type { MeshSource } from './sources/source.js';
 
-export class StartError extends Error {}
+/** The server cannot start: one line saying why and what to do; exit 1, or 2 for what a flag must change. */
+export class StartError extends ExitError {
+  constructor(message: string, exitCode = 1) {
+    super(message, exitCode);
+  }
+}
+
+/** A listen that failed for a reason the user can fix (a busy port, a privileged one, an address not here): which flag moves it. */
+function listenError(flag: string, address: string): (e: unknown) => never {
+  return (e) => {
+    const code = (e as NodeJS.ErrnoException).code ?? /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(String((e as Error)?.message))?.[1];
+    if (code === 'EADDRINUSE') throw new StartError(`${address} is in use: another mesh-xds may be running (stop it), or move this one with ${flag} HOST:PORT`, 2);
+    if (code === 'EACCES') throw new StartError(`${address}: no permission to listen there (ports below 1024 need root): move it with ${flag} HOST:PORT`, 2);
+    if (code === 'EADDRNOTAVAIL') throw new StartError(`${address}: no such address on this machine: give one of its own with ${flag} HOST:PORT`, 2);
+    throw e;
+  };
+}
+
+/** How long a review naming a namespace the watch does not know yet waits for it (the watch is ms behind the API). */
+const NAMESPACE_WAIT_MS = 2_000;
 
 /** mTLS as the flags say (a certificate given, or issued from the CA), or plaintext (undefined). */
 async function serving(cfg: ServeConfig, log: Logger, onCa?: (ca: KeyPair) => void): Promise<TlsServing | undefined> {
@@ -159,16 +179,29 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     }));
     source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
     kubeConfig = kube.kc;
-    const { kubeJson } = await import('./outputs/lease.js');
+    // A namespace the watch does not know yet (created a moment ago) is waited for, up to NAMESPACE_WAIT_MS, in the
+    // watch's cache: never an API call per review (a client naming made-up namespaces cost one GET each), and one
+    // wait per name however many reviews name it.
+    const waiting = new Map<string, Promise<NamespaceFacts | undefined>>();
     namespaceOf = async (name) => {
       const known = kube.namespace(name);
       if (known) return known;
-      // Created or enrolled a moment ago, before the watch said so.
-      const res = await kubeJson(kube.kc, 'GET', `/api/v1/namespaces/${encodeURIComponent(name)}`);
-      if (res.status === 404) return undefined;
-      if (res.status !== 200) throw new Error(`GET namespace ${name}: HTTP ${res.status}`);
-      const meta = (res.body as { metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> } }).metadata ?? {};
-      return { name, labels: meta.labels ?? {}, annotations: meta.annotations ?? {} };
+      let wait = waiting.get(name);
+      if (!wait) {
+        wait = new Promise<NamespaceFacts | undefined>((resolve) => {
+          const since = performance.now();
+          const poll = setInterval(() => {
+            const found = kube.namespace(name);
+            if (found || performance.now() - since >= NAMESPACE_WAIT_MS) {
+              clearInterval(poll);
+              waiting.delete(name);
+              resolve(found);
+            }
+          }, 100);
+        });
+        waiting.set(name, wait);
+      }
+      return wait;
     };
     metrics.sourceErrors = () => kube.errors;
     metrics.statusWriter = () => out.elector.leader;
@@ -187,7 +220,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     transport: { maxConnectionAgeMs: cfg.maxConnectionAgeMs, maxConnectionAgeGraceMs: cfg.maxConnectionAgeGraceMs },
     handlers: csdsHandlers(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)),
   });
-  const adsPort = await ads.listen(cfg.adsAddress);
+  const adsPort = await ads.listen(cfg.adsAddress).catch(listenError('--ads-address', cfg.adsAddress));
   adsServing = true;
   let webhook: InjectionWebhook | undefined;
   let webhookPort: number | undefined;
@@ -214,7 +247,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       envoyImage: cfg.sidecarImage,
       initImage: cfg.initImage,
     });
-    webhookPort = await webhook.listen(cfg.webhookAddress);
+    webhookPort = await webhook.listen(cfg.webhookAddress).catch(listenError('--webhook-address', cfg.webhookAddress));
   }
   const debug = new DebugServer({
     cache,
@@ -227,7 +260,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),
   });
   meshChanged = () => debug.meshChanged();
-  const debugPort = await debug.listen(cfg.debugAddress);
+  const debugPort = await debug.listen(cfg.debugAddress).catch(listenError('--debug-address', cfg.debugAddress));
   log.info({ ads: cfg.adsAddress.replace(/:\d+$/, `:${adsPort}`), debug: cfg.debugAddress.replace(/:\d+$/, `:${debugPort}`), ...(webhookPort !== undefined ? { webhook: cfg.webhookAddress!.replace(/:\d+$/, `:${webhookPort}`) } : {}) }, 'listening');
 
   writers?.start();

@@ -14,3 +14,11 @@ export const asList = (v: unknown): readonly unknown[] => (Array.isArray(v) ? v 
 
 /** A value that should be a string ('' if it is not one). */
 export const asString = (v: unknown): string => (typeof v === 'string' ? v : '');
+
+/**
+ * A client-supplied string cut to `max` characters for a log line, a status or a denial, saying how long it was:
+ * what a client sends is never copied whole into what others read.
+ */
+export function clip(s: string, max = 256): string {
+  return s.length <= max ? s : `${s.slice(0, max)}…(${s.length} chars)`;
+}

@@ -28,10 +28,8 @@ export const LIMITS = {
 
 export type Limits = { readonly [K in keyof typeof LIMITS]: number };
 
-/** A client-supplied string cut to `max` characters for logs and statuses, saying how long it was. */
-export function clip(s: string, max: number = LIMITS.logField): string {
-  return s.length <= max ? s : `${s.slice(0, max)}…(${s.length} chars)`;
-}
+/** A client-supplied string cut for logs and statuses (`LIMITS.logField` characters unless told). */
+export { clip } from '../../model/plain.js';
 
 /** A token bucket: `take()` is false once the client sends faster than the bucket refills. */
 export class RateLimit {
