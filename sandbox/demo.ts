@@ -17,7 +17,7 @@ const MEANING: Record<string, (n: number) => string> = {
   upstream_rq_retry_backoff_exponential: (n) => `${n} of them waited an exponential backoff first`,
   upstream_rq_retry_backoff_ratelimited: () => 'no backoff came from a rate-limit header',
   upstream_rq_retry_limit_exceeded: (n) => `${n} request(s) still failed when numRetries was used up`,
-  upstream_rq_retry_overflow: () => 'no retry was refused by the circuit breaker (max_retries is unlimited)',
+  upstream_rq_retry_overflow: (n) => (n ? `${n} retries refused by the cluster's retry budget` : "no retry was refused by the cluster's retry budget"),
   upstream_rq_retry_success: (n) => (n ? `${n} retries succeeded` : 'no retry succeeded (httpbin answers 503 every time)'),
 };
 

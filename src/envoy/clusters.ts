@@ -14,7 +14,10 @@ const DOWNSTREAM = { '@type': `type.googleapis.com/${HTTP_OPTIONS}`, use_downstr
 const protocolOptions = (port: PortIR): Pick<Cluster, 'typed_extension_protocol_options'> =>
   port.protocol === 'http' ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: port.http2 ? HTTP2 : DOWNSTREAM } } : {};
 
-/** OSM raises every threshold so retries never turn into upstream_rq_retry_overflow. */
+/**
+ * Every threshold raised, as OSM does (`max_retries` included, so a retry is never refused): the local app's and
+ * the passthrough clusters, and a destination's when the mesh's retry budget is turned off (below).
+ */
 const UNLIMITED: Cluster['circuit_breakers'] = {
   thresholds: [
     {
