@@ -323,7 +323,7 @@ function present(p: string): boolean {
   return lstatSync(p, { throwIfNoEntry: false }) !== undefined;
 }
 
-/** What the README promises the server stays under, hostile clients included (deploy/ gives it 1 GiB). */
+/** What docs/xds-server.md promises the server stays under, hostile clients included (deploy/ gives it 1 GiB). */
 export const RSS_CEILING_MB = 512;
 
 if (process.argv[1]?.endsWith('fuzz-inputs.js')) {

@@ -34,7 +34,7 @@ describe.skipIf(sandboxMissing.length > 0)('ADS connections have a maximum age (
       expect(Number(/^mesh_xds_connections_aged_total (\d+)/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(sidecars.length);
       await until(async () => (await Promise.all(sidecars.map((s) => s.stat('control_plane.connected_state')))).every((x) => x === 1), 20_000, 'every sidecar connected');
       await new Promise((r) => setTimeout(r, 1000));
-      // Nothing but the data-plane certificate, which each replica issues itself (README: sidecar mTLS).
+      // Nothing but the data-plane certificate, which each replica issues itself (docs/security.md: sidecar mTLS).
       expect(withoutSds(await updates())).toEqual(withoutSds(before));
       for (const s of sidecars) expect(await s.rejected()).toEqual({});
     }, 120_000);

@@ -1,7 +1,7 @@
 /**
  * Sidecar-to-sidecar mTLS with real Envoy sidecars, one on each ADS flavour (curl on SotW, httpbin on delta): a
  * destination whose certificate is of another identity is refused; certificates renewed (15 s lifetime here) and a
- * CA rotation (README: "to rotate the CA") reach the sidecars over SDS under steady traffic, with no request failed,
+ * CA rotation (docs/security.md: "to rotate the CA") reach the sidecars over SDS under steady traffic, with no request failed,
  * no restart, nothing rejected. (The guide suite checks handshakes and the refused caller without a sidecar.)
  */
 import { createServer, type Server, type TLSSocket } from 'node:tls';
@@ -164,7 +164,7 @@ endpoints: [{ addresses: ["${gateway}"] }]
       await until(async () => (await issuer(httpbin)).serialNumber !== first.serialNumber, 20_000, "httpbin's renewed certificate");
       const hs0 = await handshakes();
 
-      // The rotation, as the README says: the new CA first in ca.crt, the old one after it, the new key.
+      // The rotation, as docs/security.md says: the new CA first in ca.crt, the old one after it, the new key.
       const old: KeyPair = sb.ca;
       const next = await createCa('cluster.local');
       sb.ca = { cert: next.cert + old.cert, key: next.key };

@@ -1,5 +1,5 @@
 /**
- * The README's Kubernetes section, step by step, against a real API server (kube-apiserver and etcd built from
+ * The Kubernetes steps of docs/deploy.md, one by one, against a real API server (kube-apiserver and etcd built from
  * the Go module proxy; no kubelet, so the test stands in for it where pods would run): the CRDs and `apply -k
  * deploy/` as the API server judges them, Retry validation by the API server itself, `mesh-xds serve
  * --kubernetes` with the control plane's own service account and exactly the RBAC of deploy/, status written
@@ -22,7 +22,7 @@ import { sandboxMissing } from './helpers/sandbox.js';
 const missing = [...(await kubeMissing()), ...sandboxMissing];
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
 
-describe.skipIf(missing.length > 0)("the README's Kubernetes section against a real API server", () => {
+describe.skipIf(missing.length > 0)("the Kubernetes steps of docs/deploy.md against a real API server", () => {
   let kube: KubeCluster;
   let served: Served | undefined;
   let backend: Backend;

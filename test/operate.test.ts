@@ -109,7 +109,7 @@ describe('debug HTTP server', () => {
           retry_on: 'unavailable',
           num_retries: 2,
           retry_back_off: { base_interval: '0.010s' },
-          // What sidecars get: retries to another host (README "Retry safety").
+          // What sidecars get: retries to another host (docs/retry-safety.md#another-host).
           retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate' } }],
           host_selection_retry_max_attempts: '5',
         },
@@ -193,7 +193,7 @@ describe('the mesh-xds CLI', () => {
     expect(r.stdout).toContain('curl/curl -> httpbin/httpbin: Retry curl/retry applies');
     expect(r.stdout).toContain('httpbin.httpbin.svc.cluster.local:14001 outbound_virtual-host|httpbin.httpbin.svc.cluster.local');
     expect(r.stdout).toContain('"retry_on":"unavailable"');
-    // The mesh's retry budget (the default: README "Retry safety").
+    // The mesh's retry budget (the default: docs/retry-safety.md#retry-budget).
     expect(r.stdout).toContain("retry budget of httpbin/httpbin's clusters: retries in flight at most 20% of active requests, at least 3");
     const none = await cli(['policy', 'explain', '--from', 'other/other', '--to', 'httpbin/httpbin', '--debug-url', demo.debug, '-o', 'json']);
     expect(JSON.parse(none.stdout).applied).toBeNull();

@@ -26,7 +26,7 @@ describe('Go durations', () => {
   });
 });
 
-/** What every sidecar's retry policy adds: another host on retry (README "Retry safety"). */
+/** What every sidecar's retry policy adds: another host on retry (docs/retry-safety.md#another-host). */
 const ANOTHER_HOST = {
   retry_host_predicate: [{ name: 'envoy.retry_host_predicates.previous_hosts', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate' } }],
   host_selection_retry_max_attempts: 5,

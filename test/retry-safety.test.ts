@@ -1,5 +1,5 @@
 /**
- * Retry safety, parts 2 and 3 (README "Retry safety"): the mesh's retry budget (MeshConfig
+ * Retry safety, parts 2 and 3 (docs/retry-safety.md): the mesh's retry budget (MeshConfig
  * spec.traffic.retryBudget -> the destination clusters' circuit breakers) and retries to another host (the
  * previous_hosts predicate on sidecars' routes), through the real builder and the real protos.
  */

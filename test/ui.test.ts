@@ -3,7 +3,7 @@
  * manifests: the guide's mesh with its Retry edge, a live edit appearing without a reload, a proxy's NACK in red with
  * its error (as text), the amplification chain's 24-attempt path highlighted, keyboard and search; and what the page
  * must not do: be read through another Host name (DNS rebinding), run anything but its own scripts.
- * UI_SCREENSHOTS=1 writes the screenshots the README shows into docs/ui/.
+ * UI_SCREENSHOTS=1 writes the screenshots docs/operating.md shows into docs/ui/.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';

@@ -27,7 +27,7 @@ const SET_KEYS: Record<string, { path: string[]; type: 'boolean' | 'number' }> =
   enablePermissiveTrafficPolicy: { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
   'traffic.enablePermissiveTrafficPolicyMode': { path: ['traffic', 'enablePermissiveTrafficPolicyMode'], type: 'boolean' },
   'featureFlags.enableRetryPolicy': { path: ['featureFlags', 'enableRetryPolicy'], type: 'boolean' },
-  // mesh-xds's own (README "Retry safety"): the retry budget of every destination.
+  // mesh-xds's own (docs/retry-safety.md#retry-budget): the retry budget of every destination.
   'traffic.retryBudget.enabled': { path: ['traffic', 'retryBudget', 'enabled'], type: 'boolean' },
   'traffic.retryBudget.budgetPercent': { path: ['traffic', 'retryBudget', 'budgetPercent'], type: 'number' },
   'traffic.retryBudget.minRetryConcurrency': { path: ['traffic', 'retryBudget', 'minRetryConcurrency'], type: 'number' },

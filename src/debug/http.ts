@@ -329,7 +329,7 @@ export class DebugServer {
       worstPath,
       serviceExists: Boolean(service),
       retryPoliciesEnabled: ir.enableRetryPolicy,
-      // The mesh's retry budget, on the destination's clusters (null: none; README "Retry safety").
+      // The mesh's retry budget, on the destination's clusters (null: none; docs/retry-safety.md#retry-budget).
       retryBudget: ir.retryBudget,
       applied: applied ? { policy: applied.policy } : null,
       why: !ir.enableRetryPolicy

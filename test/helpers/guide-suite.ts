@@ -348,7 +348,7 @@ export function guideSuite(flavour: AdsFlavour): void {
       // Time for anything the server would (wrongly) send to arrive.
       await new Promise((r) => setTimeout(r, 1000));
       // Nothing but a new data-plane certificate: its key lives in the control plane's memory, so a restarted one (or
-      // another replica) issues another (README: sidecar mTLS).
+      // another replica) issues another (docs/security.md: sidecar mTLS).
       expect(withoutSds(await updates())).toEqual(withoutSds(before));
 
       const old = sb.controlPlane;

@@ -75,7 +75,7 @@ export async function kubectlOk(kube: KubeCluster, args: string[], opts: { kubec
 }
 
 /**
- * The README's Kubernetes steps in one go (test/kube-api.test.ts checks each): the CRDs and deploy/, retries on,
+ * The Kubernetes steps of docs/deploy.md in one go (test/kube-api.test.ts checks each): the CRDs and deploy/, retries on,
  * curl and httpbin enrolled, the samples, a gRPC Retry for curl (3 retries) and httpbin's endpoints at `backend`.
  */
 export async function installGuideMesh(kube: KubeCluster, backend: { host: string; port: number }): Promise<void> {

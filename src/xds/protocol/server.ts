@@ -24,7 +24,7 @@ const bidi = (path: string): grpc.MethodDefinition<Buffer, Buffer> => ({ path, r
 /** ADS for gRPC clients (tests, benchmarks, tools), in raw bytes. */
 export const ADS_SERVICE: grpc.ServiceDefinition = { StreamAggregatedResources: bidi(ADS_PATHS.sotw), DeltaAggregatedResources: bidi(ADS_PATHS.delta) };
 
-/** Transport settings chosen on purpose: see README "Transport settings". */
+/** Transport settings chosen on purpose: see docs/xds-server.md#transport-settings. */
 export const TRANSPORT: GrpcServerOptions = {
   // Ping idle proxies every 30 s, drop them if no answer in 10 s: a dead proxy must not hold a stream.
   keepaliveMs: 30_000,
