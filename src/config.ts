@@ -74,7 +74,7 @@ export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes
   --set KEY=VALUE          override the mesh config, e.g. --set featureFlags.enableRetryPolicy=true
   --max-retry-amplification N
                            a Retry on a call path of more than N worst-case attempts at one service gets a
-                           RetryAmplification warning in its status (default 10; see README Retry safety)
+                           RetryAmplification warning in its status (default 10; see docs/retry-safety.md)
   --webhook-address HOST:PORT
                            the sidecar injection webhook, HTTPS, path /mutate-pod-creation (default 0.0.0.0:9443;
                            off: none); served with --kubernetes and a certificate (--ca-dir or --webhook-tls-dir)

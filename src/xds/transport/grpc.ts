@@ -8,7 +8,7 @@
  * every stream sent the same bytes (no copy), and a request that arrives in one DATA frame is delivered as a
  * view of it. Requests compressed with gzip or deflate are accepted; responses are not compressed.
  *
- * What a client can make it hold is bounded (README "Transport settings"): connections and streams at once, each
+ * What a client can make it hold is bounded (docs/xds-server.md#transport-settings): connections and streams at once, each
  * message's size, the bytes of messages not yet complete across the process (the receive budget: over it, the
  * stream holding the most is refused), how long a message may stay incomplete, inflation (off the event loop, a
  * few at a time, bounded as it runs), and nothing is read on a call the server has ended (it is reset).
