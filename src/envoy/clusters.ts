@@ -56,8 +56,20 @@ export function outboundCluster(port: PortIR, budget: RetryBudget | null, tls?: 
   };
 }
 
+/**
+ * The local app's cluster closes a connection idle for 1 s, before the app does: app servers close idle keep-alive
+ * connections after 2 s (gunicorn) or 5 s (Node.js, uvicorn, Apache), and Envoy's default is 1 h. A connection the
+ * app closes while Envoy sends a request on it is a 503 for the caller (the HTTP/1.1 race of keep-alive, which no
+ * retry makes safe for a POST: routes.ts); Envoy closing first leaves no race. A new connection to 127.0.0.1 after
+ * a second of quiet costs little. Not on HTTP/2 ports: HTTP/2 closes with GOAWAY, which names the streams left
+ * unprocessed.
+ */
+const LOCAL_IDLE_TIMEOUT = { seconds: 1 };
+const LOCAL_HTTP = { ...DOWNSTREAM, common_http_protocol_options: { idle_timeout: LOCAL_IDLE_TIMEOUT } };
+
 export function localCluster(port: PortIR): Cluster {
   const name = localClusterName(port.cluster);
+  const protocol = port.protocol === 'http' && !port.http2 ? { typed_extension_protocol_options: { [HTTP_OPTIONS]: LOCAL_HTTP } } : protocolOptions(port);
   return {
     name,
     alt_stat_name: name,
@@ -66,7 +78,7 @@ export function localCluster(port: PortIR): Cluster {
     lb_policy: 'ROUND_ROBIN',
     circuit_breakers: UNLIMITED,
     // The inbound sidecar speaks to the local app in the port's protocol too (gRPC needs HTTP/2 end to end).
-    ...protocolOptions(port),
+    ...protocol,
     load_assignment: {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port.targetPort } } } }] }],

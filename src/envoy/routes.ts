@@ -62,10 +62,47 @@ export function serviceRoute(service: ServiceIR, port: PortIR, retry: RetryPolic
   return { name: serviceRouteName(service.host, port.dialPort), virtual_hosts: [outboundVirtualHost(service, port, service.namespace, retry, ['*'])] };
 }
 
+/**
+ * The methods RFC 9110 (9.2.2) calls idempotent: a client may repeat one of these by itself when the connection
+ * closes before the response, as Go's net/http does for a request on a reused connection.
+ */
+const IDEMPOTENT_METHODS = ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'];
+
+/**
+ * The inbound sidecar's own retries to the local app, for the HTTP/1.1 race of keep-alive: the app closes a
+ * connection it found idle just as Envoy sends the next request on it, and the caller gets a 503 (UC,
+ * `upstream_cx_destroy_remote_with_active_rq`) for a request the app never read.
+ *
+ * - Every request: `reset-before-request`, 2 retries, as Istio's inbound routes since 1.24 (ENABLE_INBOUND_RETRY_POLICY).
+ *   A request is retried only if no byte of it was sent (the app could not have seen it): connect failures and
+ *   requests still waiting for a connection. It never makes the app process a request twice. But Envoy counts a
+ *   request as sent once it is handed to a pooled connection, so it does not cover the race above (envoy#47468;
+ *   measured on Envoy 1.40.0 in test/envoy-inbound-reset.test.ts: not one retry).
+ * - Idempotent methods: `reset`, 1 retry: the race is retried (on a new connection: Envoy drops the closed one when
+ *   it reads the close). If it was not the race (the app read the request, then reset the connection without an
+ *   answer), the app may process the request twice; no more, whatever the caller sends (Envoy does not take
+ *   `x-envoy-max-retries`/`x-envoy-retry-on` from a request it receives, REFERENCE 7). Other methods (POST, PATCH)
+ *   are left to the local cluster's idle timeout (clusters.ts), which keeps Envoy from reusing a connection the
+ *   app is about to close.
+ *
+ * The retry-safety analysis (compile/amplification.ts) counts the attempts of the Retry policies on each hop; these
+ * add none that the app processes, except that one repeat of an idempotent request the app itself reset.
+ * HTTP/2 ports (gRPC, h2c) get none, as Istio's gRPC ports: HTTP/2 has no such race (GOAWAY names the streams the
+ * app did not take), and a retry policy keeps each stream's request body buffered, which long gRPC streams pay for.
+ */
+function inboundRoutes(cluster: string, http2: boolean): NonNullable<VirtualHost['routes']> {
+  const route = { cluster, timeout: NO_TIMEOUT };
+  if (http2) return [{ name: 'default', match: { prefix: '/' }, route }];
+  return [
+    {
+      name: 'idempotent',
+      match: { prefix: '/', headers: [{ name: ':method', string_match: { safe_regex: { regex: IDEMPOTENT_METHODS.join('|') } } }] },
+      route: { ...route, retry_policy: { retry_on: 'reset', num_retries: { value: 1 } } },
+    },
+    { name: 'default', match: { prefix: '/' }, route: { ...route, retry_policy: { retry_on: 'reset-before-request', num_retries: { value: 2 } } } },
+  ];
+}
+
 export function inboundVirtualHost(service: ServiceIR, port: PortIR): VirtualHost {
-  return {
-    name: inboundVirtualHostName(service.host),
-    domains: ['*'],
-    routes: [{ name: 'default', match: { prefix: '/' }, route: { cluster: localClusterName(port.cluster), timeout: NO_TIMEOUT } }],
-  };
+  return { name: inboundVirtualHostName(service.host), domains: ['*'], routes: inboundRoutes(localClusterName(port.cluster), port.http2) };
 }

@@ -512,7 +512,7 @@ export class SnapshotBuilder {
       const inbound = plan.inbound
         .filter(({ port }) => port.protocol === 'http')
         .map(({ service, port }) =>
-          this.resource(ROUTE, `inbound|${port.targetPort}|${service.host}|${port.cluster}`, () => ({
+          this.resource(ROUTE, `inbound|${port.targetPort}|${service.host}|${port.cluster}|${port.http2}`, () => ({
             name: inboundRouteName(port.targetPort),
             virtual_hosts: [inboundVirtualHost(service, port)],
           })),
