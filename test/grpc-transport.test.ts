@@ -22,7 +22,7 @@ const MAX = 256 * 1024;
 /** Bytes of incomplete messages the test server may hold: a few messages of the largest size. */
 const BUDGET = 4 * MAX;
 const MESSAGE_TIMEOUT_MS = 1_000;
-const OPTIONS: GrpcServerOptions = { ...TRANSPORT, maxReceive: MAX, receiveBudget: BUDGET, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 };
+const OPTIONS: GrpcServerOptions = { ...TRANSPORT, maxReceive: MAX, receiveBudget: BUDGET, receiveCeiling: 2 * BUDGET, messageTimeoutMs: MESSAGE_TIMEOUT_MS, maxConcurrentStreams: 10, keepaliveMs: 200, keepaliveTimeoutMs: 200 };
 /** The reasons the server counted refusals for, and the transport errors it counted. */
 const refusals: string[] = [];
 const errors: string[] = [];
@@ -304,7 +304,7 @@ describe('gRPC transport of the ADS port', () => {
     // The biggest holders went first: the first streams (largest partial messages).
     const first = await statuses[0]!;
     expect(first.status).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
-    expect(first.message).toMatch(new RegExp(`over its receive budget of ${BUDGET} bytes; this stream held the most \\(\\d+ bytes\\), now dropped`));
+    expect(first.message).toMatch(new RegExp(`over its bound of ${BUDGET} bytes; this stream held the most \\(this stream \\d+ bytes\\), now dropped`));
     session.destroy();
     await Promise.all(statuses);
   });
@@ -409,7 +409,7 @@ describe('gRPC transport of the ADS port', () => {
       await open(sessions[1]!);
       const over = await open(sessions[1]!);
       expect(over['grpc-status']).toBe(String(grpc.status.RESOURCE_EXHAUSTED));
-      expect(over['grpc-message']).toBe('the server has 2 streams open, its bound; try again later');
+      expect(over['grpc-message']).toBe('the server has 2 streams open, its bound, and this client (127.0.0.1) holds no fewer than any other; try again later');
       expect(events).toEqual(['dropped', 'too_many_streams']);
       for (const s of sessions) s.destroy();
     } finally {
@@ -432,6 +432,117 @@ describe('gRPC transport of the ADS port', () => {
     for (let i = 0; i < 50 && errors.length < before + 2; i++) await new Promise((r) => setTimeout(r, 20));
     expect(errors.slice(before).sort()).toEqual(['session ECONNRESET', 'stream ECONNRESET']);
     expect((await chat([Buffer.from('after')])).got.map(String)).toEqual(['after']);
+  });
+});
+
+describe('a fair share per client (REFERENCE §16: one client held every stream, or gigabytes in window-sized pieces)', () => {
+  const ATTACKER = '127.0.0.1';
+  const PROXY = '127.0.0.2';
+  /** A raw HTTP/2 connection from `from`. */
+  const connect = async (p: number, from: string): Promise<http2.ClientHttp2Session> => {
+    const s = http2.connect(`http://127.0.0.1:${p}`, { createConnection: () => net.connect({ host: '127.0.0.1', port: p, localAddress: from }) });
+    s.on('error', () => {});
+    await new Promise((r) => s.once('connect', r));
+    return s;
+  };
+  /** A stream that sends `data` and holds; resolves with its status when it ends. */
+  const holdStream = (s: http2.ClientHttp2Session, data: Buffer): { status: Promise<{ status?: string; message?: string }> } => {
+    const req = s.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+    req.on('error', () => {});
+    const status = new Promise<{ status?: string; message?: string }>((resolve) => {
+      const take = (h: http2.IncomingHttpHeaders): void => {
+        if (h['grpc-status'] !== undefined) resolve({ status: String(h['grpc-status']), message: decodeURIComponent(String(h['grpc-message'] ?? '')) });
+      };
+      req.on('response', take);
+      req.on('trailers', take);
+      req.on('close', () => resolve({}));
+    });
+    req.write(data);
+    return { status };
+  };
+  /** One echo round trip from `s`: the message comes back. */
+  const echo = (s: http2.ClientHttp2Session, text: string): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const req = s.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+      req.on('error', reject);
+      req.on('data', (b: Buffer) => resolve(b.subarray(5).toString()));
+      req.on('trailers', (h) => reject(new Error(`ended: ${h['grpc-status']} ${decodeURIComponent(String(h['grpc-message']))}`)));
+      req.on('response', (h) => h['grpc-status'] !== undefined && reject(new Error(`refused: ${h['grpc-status']} ${decodeURIComponent(String(h['grpc-message']))}`)));
+      req.write(frame(Buffer.from(text)));
+    });
+
+  async function serve(options: Partial<GrpcServerOptions>): Promise<{ s: GrpcServer; p: number; events: string[] }> {
+    const events: string[] = [];
+    const s = new GrpcServer({ ...OPTIONS, maxConcurrentStreams: 1_000, ...options }, { refused: (r) => events.push(r), dropped: () => events.push('dropped') });
+    s.handle(ECHO.path, (call) => call.on('data', (b: Buffer) => call.write(b)));
+    return { s, p: await s.listen('127.0.0.1', 0), events };
+  }
+
+  it("one client's idle streams never lock another out: the client holding the most gives one up", async () => {
+    const { s, p, events } = await serve({ maxStreams: 40 });
+    try {
+      const attacker = await Promise.all([0, 1].map(() => connect(p, ATTACKER)));
+      const held = attacker.flatMap((c) => Array.from({ length: 25 }, () => holdStream(c, frame(Buffer.from('x')))));
+      await eventually(() => events.filter((e) => e === 'too_many_streams').length === 10, 5_000, 'the attacker refused past the bound');
+      const proxy = await connect(p, PROXY);
+      for (let i = 0; i < 5; i++) expect(await echo(proxy, `served ${i}`)).toBe(`served ${i}`);
+      // Each of the proxy's streams took one of the attacker's (all of it still open: the proxy's echo streams stay open).
+      const evicted = (await Promise.all(held.slice(0, 40).map((h) => Promise.race([h.status, new Promise<undefined>((r) => setTimeout(r, 200))]))))
+        .filter((x) => x?.status === String(grpc.status.RESOURCE_EXHAUSTED));
+      expect(evicted.length).toBe(5);
+      expect(evicted[0]!.message).toContain(`this stream's client (${ATTACKER}) the most`);
+      for (const c of [...attacker, proxy]) c.destroy();
+    } finally {
+      await s.close(100);
+    }
+  });
+
+  it("one source's connections never keep another out", async () => {
+    const { s, p, events } = await serve({ maxConnections: 4 });
+    try {
+      const attacker = [];
+      for (let i = 0; i < 6; i++) attacker.push(await connect(p, ATTACKER).catch(() => undefined));
+      await eventually(() => events.filter((e) => e === 'dropped').length >= 2, 5_000, 'the attacker dropped past the bound');
+      const proxy = await connect(p, PROXY);
+      expect(await echo(proxy, 'served')).toBe('served');
+      expect(events.filter((e) => e === 'dropped').length).toBe(3);
+      for (const c of [...attacker, proxy]) c?.destroy();
+    } finally {
+      await s.close(100);
+    }
+  });
+
+  it('holds within a stream window are bounded in all (the ceiling): the heaviest client loses streams, a proxy is served', async () => {
+    const { s, p, events } = await serve({});
+    let most = 0;
+    const watch = setInterval(() => (most = Math.max(most, s.receiving)), 1);
+    try {
+      // 3 connections x 30 streams x 60,000 bytes of a 64,000-byte message: 5.4 MB held if nothing bounded it.
+      const attacker = await Promise.all([0, 1, 2].map(() => connect(p, ATTACKER)));
+      const held = attacker.flatMap((c) => Array.from({ length: 30 }, () => holdStream(c, frame(Buffer.alloc(64_000 - 5)).subarray(0, 60_000))));
+      await eventually(() => events.filter((e) => e === 'receive_budget').length >= 90 - Math.floor((2 * BUDGET) / 60_000), 10_000, 'the attacker refused past the ceiling');
+      expect(s.receiving).toBeLessThanOrEqual(2 * BUDGET);
+      // A proxy's message arriving in two halves completes: another client holds the most.
+      const proxy = await connect(p, PROXY);
+      const req = proxy.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc' });
+      const whole = frame(Buffer.alloc(64_000 - 5, 1));
+      const back = new Promise<number>((resolve, reject) => {
+        let got = 0;
+        req.on('data', (b: Buffer) => (got += b.length) >= 64_000 && resolve(got));
+        req.on('trailers', (h) => reject(new Error(`ended: ${decodeURIComponent(String(h['grpc-message']))}`)));
+      });
+      req.write(whole.subarray(0, 60_000));
+      await new Promise((r) => setTimeout(r, 50));
+      req.write(whole.subarray(60_000));
+      expect(await back).toBe(64_000);
+      expect(most).toBeLessThanOrEqual(2 * BUDGET + 64_000);
+      const refused = (await Promise.all(held.map((h) => Promise.race([h.status, new Promise<undefined>((r) => setTimeout(r, 100))])))).filter((x) => x?.status);
+      expect(refused[0]!.message).toContain(`its client (${ATTACKER}) held the most`);
+      for (const c of [...attacker, proxy]) c.destroy();
+    } finally {
+      clearInterval(watch);
+      await s.close(100);
+    }
   });
 });
 

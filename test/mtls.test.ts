@@ -147,6 +147,39 @@ describe('ADS over mTLS', () => {
     expect(warnings() - warned).toBeLessThanOrEqual(1);
   });
 
+  it('holds connections without a certificate few (16 per source) and briefly (5 s): a proxy with one is served meanwhile', async () => {
+    const port = Number(demo.ads.split(':')[1]);
+    const count = async (): Promise<number> => {
+      const m = /^mesh_xds_connections_refused_total\{reason="anonymous_connection"\} (\d+)/m.exec(await fetch(`${demo.debug}/metrics`).then((r) => r.text()));
+      return m ? Number(m[1]) : 0;
+    };
+    const before = await count();
+    // 40 idle connections from one address that finish the handshake without a certificate (each cost 56 KB for
+    // as long as the client liked).
+    const open = new Set<tls.TLSSocket>();
+    await Promise.all(
+      Array.from({ length: 40 }, () =>
+        new Promise<void>((resolve) => {
+          const sock = tls.connect({ socket: net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.3' }), ca: [ca.cert], servername: 'localhost', ALPNProtocols: ['h2'] });
+          sock.on('error', () => {});
+          // Read (and drop) what comes, so that the server's close is seen.
+          sock.resume();
+          sock.on('secureConnect', () => (open.add(sock), resolve()));
+          sock.on('close', () => (open.delete(sock), resolve()));
+        }),
+      ),
+    );
+    await eventually(() => open.size <= 16, 3000, 'at most 16 anonymous connections from one source kept');
+    expect(open.size).toBeGreaterThan(0);
+    // A proxy with its certificate connects and is served while they are held.
+    const served = adsWith(await leaf('curl', 'curl')).sotw();
+    served.send(ldsRequest(node({ id: 'curl-anon', namespace: 'curl', serviceAccount: 'curl' })));
+    expect((await served.next()).type_url).toBe(LDS);
+    // The rest go at their lifetime's end.
+    await eventually(() => open.size === 0, 8000, 'every anonymous connection closed after its lifetime');
+    expect((await count()) - before).toBe(40);
+  });
+
   it("refuses a node that claims an identity its certificate does not prove, naming the field", async () => {
     const s = adsWith(await leaf('curl', 'curl')).sotw();
     s.send(ldsRequest(node({ id: 'liar', namespace: 'httpbin', serviceAccount: 'httpbin' })));

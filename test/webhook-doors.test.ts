@@ -5,6 +5,7 @@
  * the bound it names (a share per source, a body deadline that fires at once, bytes held in all, connections).
  */
 import https from 'node:https';
+import net from 'node:net';
 import tls from 'node:tls';
 import pino from 'pino';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -72,7 +73,7 @@ function post(body: string, from = API_SERVER): Promise<{ status: number; text: 
  * headers) and then `body` bytes, and holds. Resolves once the handshake is done; `status` is the answer, if any.
  */
 async function hold(head: string, body = Buffer.alloc(0)): Promise<{ socket: tls.TLSSocket; answer: Promise<string> }> {
-  const socket = tls.connect({ host: '127.0.0.1', port, localAddress: ATTACKER, servername: 'mesh-xds.mesh-xds.svc', ca });
+  const socket = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: ATTACKER }), servername: 'mesh-xds.mesh-xds.svc', ca });
   sockets.push(socket);
   socket.on('error', () => {});
   let got = '';

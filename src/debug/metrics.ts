@@ -46,7 +46,7 @@ export class Metrics {
   });
   private readonly connectionsRefused = new Counter({
     name: 'mesh_xds_connections_refused_total',
-    help: 'ADS connections closed before any stream: too many open (too_many_connections), or a TLS handshake that failed (tls_handshake_failed)',
+    help: 'ADS connections closed by a bound: too many open (too_many_connections: the source holding the most loses one), a TLS handshake that failed (tls_handshake_failed), or no identity proved (anonymous_connection: too many such, or one past its few seconds)',
     labelNames: ['reason'],
     registers: [this.registry],
   });

@@ -6,12 +6,12 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { SnapshotCache } from '../resources/cache.js';
 import { DeltaStream } from './delta.js';
-import { GrpcServer, type GrpcServerOptions, type Handler } from '../transport/grpc.js';
+import { GrpcServer, peerTls, type GrpcServerOptions, type Handler } from '../transport/grpc.js';
 import { SotwStream } from './sotw.js';
 import type { ProxyRegistry } from './status.js';
 import { LIMITS, type Limits } from './limits.js';
 import type { PeerCheckFn, StreamContext } from './stream.js';
-import type { TlsServing } from '../../security/tls.js';
+import type { PeerTls, TlsServing } from '../../security/tls.js';
 import { TlsFront } from '../transport/tls-front.js';
 
 export type { PeerCheckFn } from './stream.js';
@@ -34,13 +34,19 @@ export const TRANSPORT: GrpcServerOptions = {
   // What every stream together may hold of requests not yet complete. A real proxy's request is whole within
   // milliseconds (Envoy's first, with its node, is tens of kB): 64 MiB is thousands of them arriving at once.
   receiveBudget: 64 * 1024 * 1024,
+  // Holds within one stream window are let complete (a busy server's window updates go out late: 2,000 proxies of the
+  // big mesh held 117 MB for an instant), up to this in all; past it the heaviest client loses its largest stream
+  // (30 connections x 1,000 streams x 65,000 B held 1.1-1.85 GB without it).
+  receiveCeiling: 256 * 1024 * 1024,
   // A request message started must be complete within 10 s.
   messageTimeoutMs: 10_000,
   // Compressed requests (no Envoy sends them) inflate two at a time, on the thread pool.
   inflateConcurrency: 2,
   // An Envoy opens one ADS stream per connection, a gRPC client one per channel: 1,000 is room for tools and tests.
   maxConcurrentStreams: 1_000,
-  // 10,000 proxies (one connection and one stream each, as Envoy) with room to reconnect and for tools.
+  // 10,000 proxies (one connection and one stream each, as Envoy) with room to reconnect and for tools. Both are
+  // shared fairly by client (an mTLS stream's certificate identity, else the source address): when full, the client
+  // holding the most gives one up, so one client can fill the port only while nobody else needs it.
   maxConnections: 25_000,
   maxStreams: 30_000,
 };
@@ -72,7 +78,12 @@ export class AdsServer {
   port = 0;
 
   constructor(opts: AdsServerOptions) {
-    const transport = { ...TRANSPORT, ...opts.transport };
+    // With mTLS, a stream counts in the share of the identity its certificate proves (else its source address's).
+    const identify = opts.tls && ((t: PeerTls): string | undefined => {
+      const c = opts.tls!.verifier.check(t);
+      return c.ok ? c.spiffe : undefined;
+    });
+    const transport = { ...TRANSPORT, ...(identify ? { identify } : {}), ...opts.transport };
     this.grpc = new GrpcServer(transport, {
       refused: (reason) => opts.registry.emit('refused', reason),
       dropped: () => opts.registry.emit('connectionRefused', 'too_many_connections'),
@@ -83,6 +94,7 @@ export class AdsServer {
       const { verifier } = opts.tls;
       this.front = new TlsFront(opts.tls, opts.log, {
         maxConnections: transport.maxConnections,
+        identify: (socket) => identify!(peerTls(socket)!),
         refused: (reason) => opts.registry.emit('connectionRefused', reason),
       });
       this.peerCheck = (call) => verifier.check(call.tls);

@@ -4,6 +4,7 @@
  */
 import type { ProxyIdentity } from './node.js';
 import { resourceType } from '../resources/types.js';
+import type { TlsRefusal } from '../transport/tls-front.js';
 
 export interface Nack {
   readonly version: string;
@@ -57,7 +58,7 @@ export interface XdsEvents {
   /** A stream or request the server ended because of what the client sent (the reason names the bound). */
   refused?(reason: string): void;
   /** A connection closed before any stream: too many open, or its TLS handshake failed. */
-  connectionRefused?(reason: 'too_many_connections' | 'tls_handshake_failed'): void;
+  connectionRefused?(reason: TlsRefusal): void;
   /** An error of an ADS connection or stream (a reset, a protocol error): it ended only its own. */
   transportError?(where: 'session' | 'stream', code: string): void;
   /** A connection reached its maximum age (--max-connection-age) and was sent GOAWAY. */

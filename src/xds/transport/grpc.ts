@@ -19,6 +19,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import zlib from 'node:zlib';
 import { status as Code } from '@grpc/grpc-js';
+import { FairShare, sourceOf } from '../../doors/shares.js';
 import type { PeerTls } from '../../security/tls.js';
 
 export { Code };
@@ -52,7 +53,7 @@ export function peerOf(socket: { remoteAddress?: string; remotePort?: number } |
 }
 
 /** The handshake's findings, read from a connection's socket (a TLS one: the TLS front handed it over). */
-function peerTls(socket: net.Socket | tls.TLSSocket | undefined): PeerTls | undefined {
+export function peerTls(socket: net.Socket | tls.TLSSocket | undefined): PeerTls | undefined {
   // The session's socket is a proxy of the real one: its methods are there to be read, not to be found with `in`.
   const t = socket as tls.TLSSocket | undefined;
   if (typeof t?.getPeerX509Certificate !== 'function') return undefined;
@@ -64,6 +65,11 @@ export interface CallLimits {
   readonly maxReceive: number;
   /** Bytes of request messages received and not yet complete, across every call of the server. */
   readonly receiveBudget: number;
+  /**
+   * What the calls may hold together even of holds within one stream window (which the budget lets complete): past
+   * it, the client (identity, else source address) holding the most gives up its largest call.
+   */
+  readonly receiveCeiling: number;
   /** How long a request message may stay incomplete once its first byte arrived. */
   readonly messageTimeoutMs: number;
   /** Compressed messages inflated at once (each off the event loop, on the thread pool). */
@@ -88,13 +94,23 @@ class ReceiveBudget {
   used = 0;
   /** Calls holding bytes of an incomplete message. */
   readonly holders = new Set<ServerCall>();
+  /** The same bytes by client: past the ceiling, the heaviest client's largest call is refused at once. */
+  private readonly ceiling: FairShare<ServerCall>;
   private checking = false;
-  constructor(readonly limit: number) {}
+  constructor(
+    readonly limit: number,
+    ceiling: number,
+  ) {
+    this.ceiling = new FairShare({ total: ceiling }, (call) => call.overBudget(this.used, ceiling, `its client (${call.client}) held the most`));
+  }
 
   change(call: ServerCall, delta: number, holds: boolean): void {
     this.used += delta;
     if (holds) this.holders.add(call);
     else this.holders.delete(call);
+    if (!holds) this.ceiling.release(call);
+    // Refused here (the call's bytes dropped) if its client holds the most once the ceiling is reached.
+    else if (!this.ceiling.admit(call, call.client, call.held)) return;
     if (this.used <= this.limit || this.checking) return;
     this.checking = true;
     setImmediate(() => {
@@ -109,9 +125,10 @@ class ReceiveBudget {
       for (const c of this.holders) if (!worst || c.held > worst.held) worst = c;
       // No more than one stream window: what HTTP/2 flow control lets any client have in flight, which completes as
       // the server reads (a busy server's WINDOW_UPDATEs go out late). Beyond it a client kept sending into a
-      // message the server was holding: that is what the budget refuses.
+      // message the server was holding: that is what the budget refuses. (Window-sized holds are bounded in all
+      // by the ceiling.)
       if (worst!.held <= STREAM_WINDOW) return;
-      worst!.overBudget(this.used, this.limit);
+      worst!.overBudget(this.used, this.limit, 'this stream held the most');
     }
   }
 }
@@ -173,6 +190,8 @@ export class ServerCall extends EventEmitter {
     private readonly stream: http2.ServerHttp2Stream,
     private readonly headers: http2.IncomingHttpHeaders,
     private readonly shared: CallShared,
+    /** Whose share the call counts in: its certificate's identity, else its connection's source address. */
+    readonly client: string,
   ) {
     super();
     this.limits = shared.limits;
@@ -270,12 +289,12 @@ export class ServerCall extends EventEmitter {
   }
 
   /** Refused by the receive budget (it holds the most while the server holds too much). */
-  overBudget(used: number, limit: number): void {
+  overBudget(used: number, limit: number, why: string): void {
     const held = this.held;
     this.shared.refused('receive_budget');
     this.refuse(
       Code.RESOURCE_EXHAUSTED,
-      `the server holds ${used} bytes of request messages not yet complete, over its receive budget of ${limit} bytes; this stream held the most (${held} bytes), now dropped`,
+      `the server holds ${used} bytes of request messages not yet complete, over its bound of ${limit} bytes; ${why} (this stream ${held} bytes), now dropped`,
     );
   }
 
@@ -465,6 +484,11 @@ export interface GrpcServerOptions extends CallLimits {
    */
   readonly maxConnectionAgeMs?: number;
   readonly maxConnectionAgeGraceMs?: number;
+  /**
+   * The identity a connection's client proved (its certificate's), whose share its streams count in; none: its
+   * source address's.
+   */
+  readonly identify?: (tls: PeerTls) => string | undefined;
 }
 
 /** What the transport tells its owner (metrics). */
@@ -494,7 +518,12 @@ export class GrpcServer {
   private readonly calls = new WeakMap<http2.Http2Session, Set<ServerCall>>();
   private readonly shared: CallShared;
   private readonly sweep: NodeJS.Timeout;
-  private streams = 0;
+  /** Streams, and the connections this server accepts itself (plaintext), shared fairly by client. */
+  private readonly streams: FairShare<ServerCall>;
+  private readonly connections: FairShare<net.Socket>;
+  /** Connections handed over by the TLS front (which bounds them itself), and each connection's client. */
+  private readonly fronted = new WeakSet<net.Socket>();
+  private readonly clientOf = new WeakMap<http2.Http2Session, string>();
 
   constructor(
     private readonly opts: GrpcServerOptions,
@@ -502,7 +531,7 @@ export class GrpcServer {
   ) {
     this.shared = {
       limits: opts,
-      budget: new ReceiveBudget(opts.receiveBudget),
+      budget: new ReceiveBudget(opts.receiveBudget, opts.receiveCeiling),
       inflations: new Turns(opts.inflateConcurrency),
       refused: (reason) => events.refused?.(reason),
     };
@@ -514,8 +543,24 @@ export class GrpcServer {
       maxSendHeaderBlockLength: Number.MAX_SAFE_INTEGER,
     });
     this.h2.setTimeout(0);
-    this.h2.maxConnections = opts.maxConnections;
-    this.h2.on('drop', () => events.dropped?.());
+    // When the server is full, the client holding the most streams gives one up (RESOURCE_EXHAUSTED: it reconnects).
+    this.streams = new FairShare({ total: opts.maxStreams }, (call, client) => {
+      this.shared.refused('too_many_streams');
+      call.end({ code: Code.RESOURCE_EXHAUSTED, details: `the server has ${opts.maxStreams} streams open, its bound, and this stream's client (${client}) the most; try again later` });
+    });
+    // Connections by source address (no identity yet); when full, the source holding the most loses one.
+    this.connections = new FairShare({ total: opts.maxConnections }, (socket) => {
+      events.dropped?.();
+      socket.destroy();
+    });
+    this.h2.on('connection', (socket: net.Socket) => {
+      if (this.fronted.has(socket)) return;
+      if (!this.connections.admit(socket, sourceOf(socket))) {
+        events.dropped?.();
+        return socket.destroy();
+      }
+      socket.once('close', () => this.connections.release(socket));
+    });
     this.h2.on('session', (session) => this.track(session));
     this.h2.on('stream', (stream, headers) => this.route(stream, headers));
     // Incomplete messages past their deadline, checked a few times a second.
@@ -545,17 +590,16 @@ export class GrpcServer {
       stream.close(http2.constants.NGHTTP2_NO_ERROR);
       return;
     }
-    const call = new ServerCall(stream, headers, this.shared);
-    this.streams++;
+    const call = new ServerCall(stream, headers, this.shared, this.client(stream.session));
     const mine = stream.session && this.calls.get(stream.session);
     mine?.add(call);
     stream.once('close', () => {
-      this.streams--;
+      this.streams.release(call);
       mine?.delete(call);
     });
-    if (this.streams > this.opts.maxStreams) {
+    if (!this.streams.admit(call, call.client)) {
       this.shared.refused('too_many_streams');
-      return call.end({ code: Code.RESOURCE_EXHAUSTED, details: `the server has ${this.opts.maxStreams} streams open, its bound; try again later` });
+      return call.end({ code: Code.RESOURCE_EXHAUSTED, details: `the server has ${this.opts.maxStreams} streams open, its bound, and this client (${call.client}) holds no fewer than any other; try again later` });
     }
     const path = String(headers[':path']);
     const handler = headers[':method'] === 'POST' ? this.handlers.get(path) : undefined;
@@ -565,6 +609,18 @@ export class GrpcServer {
     } catch (e) {
       call.end({ code: Code.INTERNAL, details: `the server failed to start the call: ${(e as Error)?.message ?? e}` });
     }
+  }
+
+  /** Whose share a connection's calls count in: the identity its certificate proved, else its source address. */
+  private client(session: http2.Http2Session | undefined): string {
+    if (!session) return 'unknown';
+    let c = this.clientOf.get(session);
+    if (c === undefined) {
+      const tls = peerTls(session.socket);
+      c = (tls && this.opts.identify?.(tls)) ?? sourceOf(session.socket);
+      this.clientOf.set(session, c);
+    }
+    return c;
   }
 
   /** Keepalive: a ping after each quiet interval; a connection that does not answer in time is dropped. */
@@ -626,6 +682,7 @@ export class GrpcServer {
 
   /** Serves a connection accepted elsewhere (the TLS front, which bounds its own connections). */
   accept(socket: net.Socket): void {
+    this.fronted.add(socket);
     this.h2.emit('connection', socket);
   }
 

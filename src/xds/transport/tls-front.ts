@@ -1,20 +1,37 @@
 /**
  * The TLS front of the ADS port: it terminates TLS with the serving credentials (swapped on rotation for new
  * connections), bounds connections and handshakes, and hands each connection to the gRPC server.
+ *
+ * Connections are shared fairly by source address (src/doors/shares.ts): when the port is full, the source holding
+ * the most loses one. A connection whose client proved no identity (no certificate, or one the mesh does not
+ * accept) can only be told why its streams are refused: such connections are few (ANONYMOUS.total, and
+ * ANONYMOUS.perSource from one address) and short-lived (ANONYMOUS.lifetimeMs), where each cost 56 KB for as long as
+ * the client liked (18,500 of them: 1.1 GB).
  */
+import type net from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from 'pino';
+import { FairShare, sourceOf } from '../../doors/shares.js';
 import type { ServingCredentials, TlsServing } from '../../security/tls.js';
 
 /** A handshake must be done within this (Node's default is 120 s: a slow-handshake flood held sockets that long). */
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 const WARN_EVERY_MS = 10_000;
 
+/** Connections that proved no identity: how many in all and from one source, and how long each may stay. */
+export const ANONYMOUS = { total: 256, perSource: 16, lifetimeMs: 5_000 };
+
+export type TlsRefusal = 'too_many_connections' | 'tls_handshake_failed' | 'anonymous_connection';
+
 export interface TlsFrontBounds {
-  /** Connections open at once; more are closed as they arrive. */
+  /** Connections open at once, handshakes included, shared fairly by source address. */
   readonly maxConnections?: number;
-  /** A connection closed before gRPC saw it: too many, or its handshake failed. */
-  readonly refused?: (reason: 'too_many_connections' | 'tls_handshake_failed') => void;
+  /** Anonymous connections (default ANONYMOUS; tests lower them). */
+  readonly anonymous?: Partial<typeof ANONYMOUS>;
+  /** The identity a connection's certificate proves (undefined: none, the connection is anonymous). */
+  readonly identify?: (socket: tls.TLSSocket) => string | undefined;
+  /** A connection closed before gRPC saw it (too many, its handshake failed) or after (anonymous, refused or aged). */
+  readonly refused?: (reason: TlsRefusal) => void;
 }
 
 /**
@@ -32,6 +49,9 @@ export class TlsFront {
   /** Failed handshakes since the last warning (a handshake flood must not become a log flood). */
   private failures = 0;
   private lastWarning = -Infinity;
+  private readonly connections: FairShare<net.Socket>;
+  private readonly anonymous: FairShare<net.Socket>;
+  private readonly anonymousMs: number;
 
   constructor(
     serving: TlsServing,
@@ -39,6 +59,14 @@ export class TlsFront {
     private readonly bounds: TlsFrontBounds = {},
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
+    const drop = (socket: net.Socket, reason: TlsRefusal): void => {
+      bounds.refused?.(reason);
+      socket.destroy();
+    };
+    this.connections = new FairShare({ total: bounds.maxConnections ?? Infinity }, (socket) => drop(socket, 'too_many_connections'));
+    const anon = { ...ANONYMOUS, ...bounds.anonymous };
+    this.anonymousMs = anon.lifetimeMs;
+    this.anonymous = new FairShare({ total: anon.total, perClient: anon.perSource }, (socket) => drop(socket, 'anonymous_connection'));
     this.unwatch = serving.credentials.watch((c) => this.update(c));
   }
 
@@ -65,9 +93,32 @@ export class TlsFront {
     await this.ready;
     const options = { ...this.options(), requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['h2'], minVersion: 'TLSv1.2' as const, handshakeTimeout: HANDSHAKE_TIMEOUT_MS };
     // Each call reads what the handshake proved from its own connection's socket (ServerCall.tls).
-    this.server = tls.createServer(options, accept);
-    if (this.bounds.maxConnections) this.server.maxConnections = this.bounds.maxConnections;
-    this.server.on('drop', () => this.bounds.refused?.('too_many_connections'));
+    this.server = tls.createServer(options, (socket) => {
+      if (this.bounds.identify && this.bounds.identify(socket) === undefined) {
+        const source = sourceOf(socket);
+        if (!this.anonymous.admit(socket, source)) {
+          this.bounds.refused?.('anonymous_connection');
+          return socket.destroy();
+        }
+        const end = setTimeout(() => {
+          this.bounds.refused?.('anonymous_connection');
+          socket.destroy();
+        }, this.anonymousMs).unref();
+        socket.once('close', () => {
+          clearTimeout(end);
+          this.anonymous.release(socket);
+        });
+      }
+      accept(socket);
+    });
+    // Each TCP connection counts for its source from its first byte (the handshake included).
+    this.server.on('connection', (socket: net.Socket) => {
+      if (!this.connections.admit(socket, sourceOf(socket))) {
+        this.bounds.refused?.('too_many_connections');
+        return socket.destroy();
+      }
+      socket.once('close', () => this.connections.release(socket));
+    });
     this.server.on('tlsClientError', (err, socket) => this.handshakeFailed(err, socket));
     return new Promise((resolve, reject) => {
       this.server!.once('error', reject);
