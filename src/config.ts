@@ -1,5 +1,8 @@
 /** Flags of `mesh-xds serve`, validated once at start. */
-import { parseArgs } from 'node:util';
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { parseFlags } from './cli/args.js';
+import { UsageError } from './cli/errors.js';
 import type { MeshConfig } from './model/mesh.js';
 import { isDnsLabel } from './model/names.js';
 import { parseGoDuration } from './policy/duration.js';
@@ -49,7 +52,8 @@ export interface ServeConfig {
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost):\d+$/;
 
-export class ConfigError extends Error {}
+/** A flag of `serve` (or another command) that cannot be used: exit 2, one line. */
+export class ConfigError extends UsageError {}
 
 export const SERVE_HELP = `Usage: mesh-xds serve (--manifests DIR | --kubernetes) [options]
 
@@ -100,11 +104,10 @@ function address(flag: string, value: string): string {
 export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.env): ServeConfig {
   let values;
   try {
-    ({ values } = parseArgs({
+    ({ values } = parseFlags(
+      { command: 'serve', usage: 'mesh-xds serve (--manifests DIR | --kubernetes) [options] (all of them: mesh-xds serve --help)', help: SERVE_HELP },
       args,
-      strict: true,
-      allowPositionals: false,
-      options: {
+      {
         manifests: { type: 'string' },
         kubernetes: { type: 'boolean', default: false },
         kubeconfig: { type: 'string' },
@@ -131,7 +134,7 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
         'sidecar-image': { type: 'string' },
         'init-image': { type: 'string' },
       },
-    }));
+    )!);
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }
@@ -207,4 +210,29 @@ export function parseServeArgs(args: string[], env: NodeJS.ProcessEnv = process.
     servingTtlMs: durationFlag('serving-ttl'),
     sidecarCertTtlMs: durationFlag('sidecar-cert-ttl'),
   };
+}
+
+/**
+ * The files and folders the flags name, checked before anything listens, each failure one line that says what
+ * to do: a folder of manifests that does not exist, a certificate directory without its files.
+ */
+export function checkServePaths(cfg: ServeConfig): void {
+  const dir = (flag: string, value: string, files: string[], make: string): void => {
+    let isDir: boolean;
+    try {
+      isDir = statSync(value).isDirectory();
+    } catch {
+      throw new ConfigError(`${flag} ${value}: no such directory; ${make}`);
+    }
+    if (!isDir) throw new ConfigError(`${flag} ${value}: not a directory; ${make}`);
+    const missing = files.filter((f) => !existsSync(path.join(value, f)));
+    if (missing.length) throw new ConfigError(`${flag} ${value}: ${missing.join(' and ')} missing (it holds ${files.join(', ')}); ${make}`);
+  };
+  if (cfg.manifests) dir('--manifests', cfg.manifests, [], 'give the folder of your manifests, e.g. --manifests deploy/demo');
+  const tlsFiles = ['tls.crt', 'tls.key', 'ca.crt'];
+  const issue = (flag: string, d: string): string => `issue one into it with: mesh-xds ca issue --ca-dir CA_DIR --namespace NS --service-account SA --server --out ${d} (after mesh-xds ca init --dir CA_DIR), or fix ${flag}`;
+  if (cfg.tlsDir) dir('--tls-dir', cfg.tlsDir, tlsFiles, issue('--tls-dir', cfg.tlsDir));
+  if (cfg.webhookTlsDir) dir('--webhook-tls-dir', cfg.webhookTlsDir, tlsFiles, issue('--webhook-tls-dir', cfg.webhookTlsDir));
+  if (cfg.caDir) dir('--ca-dir', cfg.caDir, ['ca.crt', 'ca.key'], `make the mesh CA there with: mesh-xds ca init --dir ${cfg.caDir}`);
+  if (cfg.kubeconfig && !existsSync(cfg.kubeconfig)) throw new ConfigError(`--kubeconfig ${cfg.kubeconfig}: no such file; give the kubeconfig of your cluster (or leave the flag out to use KUBECONFIG or ~/.kube/config)`);
 }

@@ -4,51 +4,73 @@
  * webhook cannot run. Everything else in the file is printed as it is.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { parseAllDocuments, stringify } from 'yaml';
-import { ConfigError } from '../config.js';
 import { applyPatch, decide } from '../inject/inject.js';
 import { SIDECAR_INJECTION_ANNOTATION } from '../inject/template.js';
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
+import { isDnsLabel } from '../model/names.js';
 import { asMap, type Fields } from '../model/plain.js';
 import { packagePath } from '../paths.js';
 import { DEFAULT_TRUST_DOMAIN } from '../security/spiffe.js';
+import { parseFlags, type Usage } from './args.js';
+import { ExitError, UsageError } from './errors.js';
 
 const TEMPLATED = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
 
+const USAGE: Usage = {
+  command: 'inject',
+  usage: 'mesh-xds inject -f FILE [-n NAMESPACE] [--control-plane-namespace NS] [--plaintext]',
+  positionalHint: (arg) => `the file is given with -f: mesh-xds inject -f ${arg}`,
+};
+
 export function injectCommand(args: string[]): number {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        file: { type: 'string', short: 'f' },
-        namespace: { type: 'string', short: 'n', default: 'default' },
-        'control-plane-namespace': { type: 'string', default: 'mesh-xds' },
-        plaintext: { type: 'boolean', default: false },
-      },
-    }));
-  } catch (e) {
-    throw new ConfigError((e as Error).message);
+  const parsed = parseFlags(USAGE, args, {
+    file: { type: 'string', short: 'f' },
+    namespace: { type: 'string', short: 'n', default: 'default' },
+    'control-plane-namespace': { type: 'string', default: 'mesh-xds' },
+    plaintext: { type: 'boolean', default: false },
+  });
+  if (!parsed) return 0;
+  const { values } = parsed;
+  if (!values.file) throw new UsageError(`inject: which file? give -f FILE (- for stdin); usage: ${USAGE.usage}`);
+  for (const flag of ['namespace', 'control-plane-namespace'] as const) {
+    if (!isDnsLabel(values[flag]!)) throw new UsageError(`inject: --${flag} ${values[flag]}: not a Kubernetes namespace name (lowercase letters, digits and '-')`);
   }
-  if (!values.file) throw new ConfigError('usage: mesh-xds inject -f FILE [-n NAMESPACE] [--control-plane-namespace NS] [--plaintext]');
+  let text: string;
+  try {
+    text = readFileSync(values.file === '-' ? 0 : values.file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UsageError(`inject: -f ${values.file}: no such file`);
+    if (code === 'EISDIR') throw new UsageError(`inject: -f ${values.file}: a directory; inject takes one file (for several: for f in DIR/*.yaml; do mesh-xds inject -f "$f"; done)`);
+    throw new ExitError(`inject: -f ${values.file}: cannot read: ${(e as Error).message}`, 1);
+  }
+  const parsedDocs = parseAllDocuments(text);
+  const docsList = Array.isArray(parsedDocs) ? parsedDocs : [parsedDocs];
+  for (const [i, d] of docsList.entries()) {
+    if (d.errors.length) throw new ExitError(`inject: ${values.file}: document ${i + 1}: ${d.errors[0].message.split('\n')[0]}`, 1);
+  }
   const version = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version;
   const opts = { meshName: 'mesh-xds', controlPlaneNamespace: values['control-plane-namespace']!, trustDomain: DEFAULT_TRUST_DOMAIN, mtls: !values.plaintext, version };
-  const docs = parseAllDocuments(readFileSync(values.file, 'utf8')).map((d) => d.toJS() as Fields | null).filter((d): d is Fields => Boolean(d));
+  let docs: Fields[];
+  try {
+    docs = docsList.map((d) => d.toJS({ maxAliasCount: 100 }) as Fields | null).filter((d): d is Fields => Boolean(d) && typeof d === 'object');
+  } catch (e) {
+    throw new ExitError(`inject: ${values.file}: cannot read: ${(e as Error).message}`, 1);
+  }
   const out = docs.map((doc) => {
     const kind = doc.kind as string;
     const ns = (asMap(doc.metadata).namespace as string | undefined) ?? values.namespace!;
     const facts = { name: ns, labels: { [MONITORED_BY_LABEL]: opts.meshName }, annotations: { [SIDECAR_INJECTION_ANNOTATION]: 'enabled' } };
     if (kind === 'Pod') {
       const d = decide(doc, facts, opts);
-      if (!d.inject && 'denied' in d) throw new ConfigError(d.denied);
+      if (!d.inject && 'denied' in d) throw new ExitError(`inject: Pod ${String(asMap(doc.metadata).name)}: ${d.denied}`, 1);
       return d.inject ? applyPatch(doc, d.patch) : doc;
     }
     if (!TEMPLATED.has(kind)) return doc;
     const template = asMap(asMap(doc.spec).template);
     const d = decide({ metadata: { name: asMap(doc.metadata).name, ...asMap(template.metadata) }, spec: template.spec }, facts, opts);
-    if (!d.inject && 'denied' in d) throw new ConfigError(`${kind} ${String(asMap(doc.metadata).name)}: ${d.denied}`);
+    if (!d.inject && 'denied' in d) throw new ExitError(`inject: ${kind} ${String(asMap(doc.metadata).name)}: ${d.denied}`, 1);
     if (!d.inject) return doc;
     const pod = applyPatch({ metadata: { ...asMap(template.metadata) }, spec: template.spec }, d.patch);
     return { ...doc, spec: { ...asMap(doc.spec), template: pod } };

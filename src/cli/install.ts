@@ -5,7 +5,6 @@
  * (`installPlan`) apart from the API calls, so `--dry-run` prints exactly what would be applied.
  */
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import type * as k8s from '@kubernetes/client-node';
 import { parse, parseAllDocuments, stringify } from 'yaml';
 import { ConfigError } from '../config.js';
@@ -16,6 +15,8 @@ import { packagePath } from '../paths.js';
 import { createCa } from '../security/ca.js';
 import { DEFAULT_TRUST_DOMAIN } from '../security/spiffe.js';
 import { CA_SECRET } from './ca.js';
+import { parseFlags } from './args.js';
+import { ExitError, UnreachableError, UsageError } from './errors.js';
 
 type Obj = Record<string, unknown> & { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; [k: string]: unknown } };
 
@@ -146,7 +147,7 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<str
     } catch (e) {
       last = (e as Error).message;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}${last ? ` (${last})` : ''}`);
+    if (Date.now() > deadline) throw new ExitError(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${what}${last ? ` (${last})` : ''}`, 1);
     await sleep(500);
   }
 }
@@ -163,37 +164,32 @@ identities survive a reinstall); --purge removes those too.
 `;
 
 export async function installCommand(args: string[], uninstall = false): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        set: { type: 'string', multiple: true, default: [] },
-        namespace: { type: 'string', default: DEFAULT_NAMESPACE },
-        image: { type: 'string' },
-        replicas: { type: 'string' },
-        'dry-run': { type: 'boolean', default: false },
-        timeout: { type: 'string', default: '300' },
-        kubeconfig: { type: 'string' },
-        purge: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    }));
-  } catch (e) {
-    throw new ConfigError(`${(e as Error).message}\n\n${HELP}`);
-  }
-  if (values.help) {
-    process.stdout.write(HELP);
-    return 0;
-  }
+  const command = uninstall ? 'uninstall' : 'install';
+  const parsed = parseFlags(
+    { command, usage: uninstall ? 'mesh-xds uninstall [--namespace NS] [--kubeconfig FILE] [--purge]' : 'mesh-xds install [--set KEY=VALUE]... [--namespace NS] [--image IMAGE] [--replicas N] [--dry-run] [--timeout SECONDS] [--kubeconfig FILE]', help: HELP },
+    args,
+    {
+      set: { type: 'string', multiple: true, default: [] },
+      namespace: { type: 'string', default: DEFAULT_NAMESPACE },
+      image: { type: 'string' },
+      replicas: { type: 'string' },
+      'dry-run': { type: 'boolean', default: false },
+      timeout: { type: 'string', default: '300' },
+      kubeconfig: { type: 'string' },
+      purge: { type: 'boolean', default: false },
+    },
+  );
+  if (!parsed) return 0;
+  const values = parsed.values;
+  const given = (name: string): boolean => args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  const wrong = uninstall ? ['set', 'image', 'replicas', 'dry-run', 'timeout'].filter(given) : ['purge'].filter(given);
+  if (wrong.length) throw new UsageError(`${command}: ${wrong.map((w) => `--${w}`).join(', ')} ${wrong.length > 1 ? 'are' : 'is'} for ${uninstall ? 'install' : 'uninstall'}`);
   const ns = values.namespace!;
-  if (!isDnsLabel(ns)) throw new ConfigError(`--namespace ${ns}: not a Kubernetes namespace name`);
+  if (!isDnsLabel(ns)) throw new UsageError(`${command}: --namespace ${ns}: not a Kubernetes namespace name`);
   const replicas = values.replicas === undefined ? undefined : Number(values.replicas);
-  if (replicas !== undefined && (!Number.isInteger(replicas) || replicas < 1)) throw new ConfigError(`--replicas ${values.replicas}: a whole number, at least 1`);
+  if (replicas !== undefined && (!Number.isInteger(replicas) || replicas < 1)) throw new UsageError(`install: --replicas ${values.replicas}: a whole number, at least 1`);
   const timeoutMs = Number(values.timeout) * 1000;
-  if (!(timeoutMs > 0)) throw new ConfigError(`--timeout ${values.timeout}: seconds`);
+  if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) throw new UsageError(`install: --timeout ${values.timeout}: a number of seconds, e.g. 300`);
   const plan = installPlan({ namespace: ns, image: values.image, replicas, sets: values.set!.map(parseInstallSet) });
   if (values['dry-run']) {
     process.stdout.write(plan.map((o) => stringify(o)).join('---\n'));
@@ -201,10 +197,15 @@ export async function installCommand(args: string[], uninstall = false): Promise
   }
   const { loadKubeConfig } = await import('../sources/kubeconfig.js');
   const { kubeJson } = await import('../outputs/lease.js');
-  const kc: k8s.KubeConfig = loadKubeConfig(values.kubeconfig);
+  let kc: k8s.KubeConfig;
+  try {
+    kc = loadKubeConfig(values.kubeconfig);
+  } catch (e) {
+    throw new UsageError(`${command}: no usable kubeconfig${values.kubeconfig ? ` at --kubeconfig ${values.kubeconfig}` : ' (KUBECONFIG, ~/.kube/config, or in-cluster)'}: ${(e as Error).message}`);
+  }
   const api = (method: string, path: string, body?: unknown, type?: string) =>
     kubeJson(kc, method, path, body, type).catch((e: Error) => {
-      throw new Error(`cannot reach the Kubernetes API (${kc.getCurrentCluster()?.server}): ${e.message}`);
+      throw new UnreachableError(`${command}: cannot reach the Kubernetes API (${kc.getCurrentCluster()?.server}): ${e.message}`);
     });
   const say = (line: string): void => void process.stdout.write(`${line}\n`);
   const label = (o: Obj): string => `${o.kind.toLowerCase()} ${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name}`;
@@ -216,7 +217,7 @@ export async function installCommand(args: string[], uninstall = false): Promise
       if (keep(o)) continue;
       const res = await api('DELETE', pathOf(o));
       if (res.status === 404) say(`${label(o)} not found`);
-      else if (res.status >= 300) throw new Error(`delete ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`);
+      else if (res.status >= 300) throw new ExitError(`delete ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`, 1);
       else say(`${label(o)} deleted`);
     }
     say(
@@ -239,7 +240,7 @@ export async function installCommand(args: string[], uninstall = false): Promise
     }
     const before = await api('GET', path);
     const res = await api('PATCH', `${path}?fieldManager=${FIELD_MANAGER}&force=true`, o, 'application/apply-patch+yaml');
-    if (res.status !== 200 && res.status !== 201) throw new Error(`apply ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? JSON.stringify(res.body)}`);
+    if (res.status !== 200 && res.status !== 201) throw new ExitError(`apply ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? JSON.stringify(res.body)}`, 1);
     const rvBefore = asMap(asMap(before.body).metadata).resourceVersion;
     const rvAfter = asMap(asMap(res.body).metadata).resourceVersion;
     say(`${label(o)} ${before.status === 404 ? 'created' : rvBefore === rvAfter ? 'unchanged' : 'configured'}`);
@@ -261,10 +262,10 @@ export async function installCommand(args: string[], uninstall = false): Promise
       type: 'Opaque',
       stringData: { 'ca.crt': pair.cert, 'ca.key': pair.key },
     });
-    if (res.status !== 201 && res.status !== 409) throw new Error(`create Secret ${ns}/${CA_SECRET}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`);
+    if (res.status !== 201 && res.status !== 409) throw new ExitError(`create Secret ${ns}/${CA_SECRET}: HTTP ${res.status}: ${asMap(res.body).message ?? ''}`, 1);
     say(`secret ${ns}/${CA_SECRET} created (the mesh CA of ${DEFAULT_TRUST_DOMAIN})`);
   } else if (ca.status === 200) say(`secret ${ns}/${CA_SECRET} unchanged (the mesh CA is never replaced by install)`);
-  else throw new Error(`read Secret ${ns}/${CA_SECRET}: HTTP ${ca.status}: ${asMap(ca.body).message ?? ''}`);
+  else throw new ExitError(`read Secret ${ns}/${CA_SECRET}: HTTP ${ca.status}: ${asMap(ca.body).message ?? ''}`, 1);
 
   const ready = await waitFor('the control plane to be ready (kubectl get pods -n ' + ns + ')', timeoutMs, async () => {
     const d = asMap((await api('GET', `/apis/apps/v1/namespaces/${ns}/deployments/mesh-xds`)).body);

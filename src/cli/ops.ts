@@ -1,7 +1,10 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
 import { describePath, type AmplificationPath } from '../compile/amplification.js';
 import { RESOURCE_TYPES } from '../xds/resources/types.js';
-import { flag, table, wantsJson, UsageError } from './output.js';
+import { outputFormat, parseFlags, type Usage } from './args.js';
+import { nearest, UnreachableError, UsageError } from './errors.js';
+import { isDnsLabel, isObjectName } from '../model/names.js';
+import { table } from './output.js';
 
 const DEFAULT_DEBUG = 'http://127.0.0.1:9091';
 
@@ -17,7 +20,7 @@ interface ProxyJson {
 }
 
 /** /debug/explain's answer: the fields the CLI prints. */
-interface ExplainJson {
+export interface ExplainJson {
   readonly error?: string;
   readonly worstPath: AmplificationPath | null;
   readonly retryBudget?: { readonly budgetPercent: number; readonly minRetryConcurrency: number } | null;
@@ -27,48 +30,56 @@ interface ExplainJson {
   readonly routes: readonly { readonly routeConfiguration: string; readonly virtualHost: { readonly name?: string; readonly routes?: readonly { readonly route?: { readonly retry_policy?: unknown } }[] } | null }[];
 }
 
+/** The debug server's base URL: --debug-url, else $MESH_XDS_DEBUG_URL, else the default; one that is not a URL is a usage error. */
+function debugUrl(command: string, given: string | undefined): string {
+  const base = given ?? process.env.MESH_XDS_DEBUG_URL ?? DEFAULT_DEBUG;
+  const from = given !== undefined ? '--debug-url' : process.env.MESH_XDS_DEBUG_URL !== undefined ? 'MESH_XDS_DEBUG_URL' : 'the default';
+  if (!URL.canParse(base) || !/^https?:$/.test(new URL(base).protocol)) throw new UsageError(`${command}: ${from} ${base}: not an http URL such as ${DEFAULT_DEBUG}`);
+  return base;
+}
+
 async function getJson<T>(base: string, path: string): Promise<{ status: number; body: T }> {
   let res: Response;
   try {
     res = await fetch(new URL(path, base));
   } catch (e) {
-    throw new UnreachableError(`cannot reach the mesh-xds debug server at ${base}: ${(e as Error).cause ?? (e as Error).message}`);
+    throw new UnreachableError(`cannot reach the mesh-xds debug server at ${base}: ${(e as Error).cause ?? (e as Error).message} (is mesh-xds serve running? its address: --debug-url URL)`);
   }
-  return { status: res.status, body: (await res.json()) as T };
-}
-
-class UnreachableError extends Error {}
-
-async function run(fn: () => Promise<number>): Promise<number> {
   try {
-    return await fn();
-  } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`mesh-xds: ${e.message}\n`);
-      return 2;
-    }
-    if (e instanceof UnreachableError) {
-      process.stderr.write(`mesh-xds: ${e.message}\n`);
-      return 3;
-    }
-    throw e;
+    return { status: res.status, body: (await res.json()) as T };
+  } catch {
+    throw new UnreachableError(`${base} did not answer as the mesh-xds debug server does (HTTP ${res.status}, not JSON): is --debug-url right?`);
   }
 }
 
-export function proxyCommand(args: string[]): Promise<number> {
-  return run(async () => {
-    const [sub, ...rest] = args;
-    if (sub === 'status') return proxyStatus(rest);
-    if (sub === 'get') return proxyGet(rest);
-    throw new UsageError('usage: mesh-xds proxy status | proxy get <stats|config_dump|clusters> <pod> -n <namespace> [--admin-url URL] [--filter TEXT]');
-  });
+/** The first argument, a subcommand: one of `subs`, else a usage error naming them (and the nearest). */
+function subcommand(command: string, sub: string | undefined, subs: string[], usage: string): string {
+  if (sub !== undefined && subs.includes(sub)) return sub;
+  if (sub === '--help' || sub === '-h') return 'help';
+  const near = sub === undefined ? undefined : nearest(sub, subs);
+  throw new UsageError(`${command}: ${sub === undefined ? 'which one?' : `unknown subcommand "${sub}"${near ? ` (did you mean ${near}?)` : ''};`} ${subs.join(' or ')}; usage: ${usage}`);
+}
+
+const PROXY_USAGE = 'mesh-xds proxy status [-o json] [--debug-url URL] | mesh-xds proxy get <stats|config_dump|clusters> <pod> -n <namespace> [--admin-url URL] [--filter TEXT]';
+
+export async function proxyCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const which = subcommand('proxy', sub, ['status', 'get'], PROXY_USAGE);
+  if (which === 'help') {
+    process.stdout.write(`usage: ${PROXY_USAGE}\n`);
+    return 0;
+  }
+  return which === 'status' ? proxyStatus(rest) : proxyGet(rest);
 }
 
 async function proxyStatus(args: string[]): Promise<number> {
-  const base = flag(args, '--debug-url') ?? process.env.MESH_XDS_DEBUG_URL ?? DEFAULT_DEBUG;
-  const { body } = await getJson<{ proxies?: ProxyJson[] }>(base, '/debug/proxies');
+  const u: Usage = { command: 'proxy status', usage: 'mesh-xds proxy status [-o json] [--debug-url URL]' };
+  const parsed = parseFlags(u, args, { output: { type: 'string', short: 'o' }, 'debug-url': { type: 'string' } });
+  if (!parsed) return 0;
+  const json = outputFormat(u.command, parsed.values.output) === 'json';
+  const { body } = await getJson<{ proxies?: ProxyJson[] }>(debugUrl(u.command, parsed.values['debug-url']), '/debug/proxies');
   const proxies = body.proxies ?? [];
-  if (wantsJson(args)) process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  if (json) process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
   else {
     const state = (p: ProxyJson, t: string): string => p.types[t]?.state ?? 'NOT SENT';
     process.stdout.write(
@@ -88,12 +99,18 @@ async function proxyStatus(args: string[]): Promise<number> {
 const ADMIN_PATHS: Record<string, string> = { stats: '/stats', config_dump: '/config_dump', clusters: '/clusters' };
 
 async function proxyGet(args: string[]): Promise<number> {
-  const positional = args.filter((a, i) => !a.startsWith('-') && !['-n', '--namespace', '--admin-url', '--filter', '-o', '--output'].includes(args[i - 1]));
-  const [what, pod] = positional;
-  const namespace = flag(args, '-n', '--namespace') ?? 'default';
-  if (!what || !ADMIN_PATHS[what]) throw new UsageError(`proxy get: what to get: one of ${Object.keys(ADMIN_PATHS).join(', ')}`);
-  const filterText = flag(args, '--filter');
-  const adminUrl = flag(args, '--admin-url');
+  const u: Usage = { command: 'proxy get', usage: 'mesh-xds proxy get <stats|config_dump|clusters> <pod> -n <namespace> [--admin-url URL] [--filter TEXT]', positionals: 2 };
+  const parsed = parseFlags(u, args, { namespace: { type: 'string', short: 'n', default: 'default' }, 'admin-url': { type: 'string' }, filter: { type: 'string' } });
+  if (!parsed) return 0;
+  const [what, pod] = parsed.positionals;
+  const namespace = parsed.values.namespace!;
+  if (!what || !ADMIN_PATHS[what]) {
+    const near = what === undefined ? undefined : nearest(what, Object.keys(ADMIN_PATHS));
+    throw new UsageError(`proxy get: what to get: ${what === undefined ? '' : `not "${what}"${near ? ` (did you mean ${near}?)` : ''}, but `}one of ${Object.keys(ADMIN_PATHS).join(', ')}; usage: ${u.usage}`);
+  }
+  const filterText = parsed.values.filter;
+  const adminUrl = parsed.values['admin-url'];
+  if (adminUrl !== undefined && (!URL.canParse(adminUrl) || !/^https?:$/.test(new URL(adminUrl).protocol))) throw new UsageError(`proxy get: --admin-url ${adminUrl}: not an http URL such as http://127.0.0.1:15000`);
   let text: string;
   if (adminUrl) {
     try {
@@ -116,58 +133,106 @@ async function proxyGet(args: string[]): Promise<number> {
   return 0;
 }
 
-export function policyCommand(args: string[]): Promise<number> {
-  return run(async () => {
-    const [sub, ...rest] = args;
-    if (sub === 'amplification') {
-      const { amplificationCommand } = await import('./amplification.js');
-      return amplificationCommand(rest);
-    }
-    if (sub !== 'explain') throw new UsageError('usage: mesh-xds policy explain --from NS/SA --to NS/SVC [-o json] | policy amplification -f FILE_OR_DIR... [-o json] [--max N]');
-    const from = flag(rest, '--from');
-    const to = flag(rest, '--to');
-    if (!from || !to) throw new UsageError('policy explain needs --from <namespace>/<serviceAccount> and --to <namespace>/<service>');
-    const base = flag(rest, '--debug-url') ?? process.env.MESH_XDS_DEBUG_URL ?? DEFAULT_DEBUG;
-    const { status, body } = await getJson<ExplainJson>(base, `/debug/explain?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
-    if (status !== 200) {
-      process.stderr.write(`mesh-xds: ${body.error}\n`);
-      return status === 400 ? 2 : 1;
-    }
-    if (wantsJson(rest)) process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
-    else {
-      process.stdout.write(`${from} -> ${to}: ${body.why}\n`);
-      if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
-      if (body.retryBudget !== undefined) {
-        const b = body.retryBudget;
-        process.stdout.write(b ? `retry budget of ${to}'s clusters: retries in flight at most ${b.budgetPercent}% of active requests, at least ${b.minRetryConcurrency}\n` : `retry budget: none (retries limited by numRetries only)\n`);
-      }
-      if (body.worstPath) {
-        const p = body.worstPath;
-        process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${describePath(p)}\n`);
-      }
-      if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
-      for (const c of body.candidates) for (const w of c.warnings ?? []) process.stdout.write(`warning (${w.condition}) ${c.policy}: ${w.message}\n`);
-      for (const r of body.routes) {
-        const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;
-        process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n  retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);
-      }
-    }
+const POLICY_USAGE = 'mesh-xds policy explain --from NS/SA --to NS/SVC [-f FILE_OR_DIR...] [-o json] [--debug-url URL] | mesh-xds policy amplification -f FILE_OR_DIR... [-o json] [--max N]';
+
+export async function policyCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const which = subcommand('policy', sub, ['explain', 'amplification'], POLICY_USAGE);
+  if (which === 'help') {
+    process.stdout.write(`usage: ${POLICY_USAGE}\n`);
     return 0;
-  });
+  }
+  if (which === 'amplification') {
+    const { amplificationCommand } = await import('./amplification.js');
+    return amplificationCommand(rest);
+  }
+  return policyExplain(rest);
 }
 
-export function namespaceCommand(args: string[]): Promise<number> {
-  return run(async () => {
-    const [sub, ns] = args;
-    if ((sub !== 'add' && sub !== 'remove') || !ns) throw new UsageError('usage: mesh-xds namespace add|remove <namespace> [--mesh-name NAME] [--disable-sidecar-injection]');
-    const meshName = flag(args, '--mesh-name') ?? 'mesh-xds';
-    const { labelNamespace } = await import('./portforward.js');
-    try {
-      await labelNamespace(ns, sub === 'add' ? meshName : null, !args.includes('--disable-sidecar-injection'));
-    } catch (e) {
-      throw new UnreachableError(`cannot update namespace ${ns} through the Kubernetes API: ${(e as Error).message}`);
-    }
-    process.stdout.write(sub === 'add' ? `namespace ${ns} is in mesh ${meshName}\n` : `namespace ${ns} left the mesh\n`);
-    return 0;
+/** `NS/NAME` of --from or --to, else a usage error saying what it should be. */
+function ref(command: string, flag: string, value: string | undefined, what: string, example: string): string {
+  if (value === undefined) throw new UsageError(`${command}: ${flag} is missing: give ${flag} NAMESPACE/${what}, e.g. ${flag} ${example}`);
+  const m = /^([^/]+)\/([^/]+)$/.exec(value);
+  if (!m || !isDnsLabel(m[1]) || !isObjectName(m[2])) throw new UsageError(`${command}: ${flag} ${value}: expected NAMESPACE/${what} (Kubernetes names), e.g. ${flag} ${example}`);
+  return value;
+}
+
+async function policyExplain(args: string[]): Promise<number> {
+  const u: Usage = { command: 'policy explain', usage: 'mesh-xds policy explain --from NS/SA --to NS/SVC [-f FILE_OR_DIR...] [-o json] [--debug-url URL]' };
+  const parsed = parseFlags(u, args, {
+    from: { type: 'string' },
+    to: { type: 'string' },
+    filename: { type: 'string', short: 'f', multiple: true },
+    output: { type: 'string', short: 'o' },
+    'debug-url': { type: 'string' },
   });
+  if (!parsed) return 0;
+  const v = parsed.values;
+  const json = outputFormat(u.command, v.output) === 'json';
+  const from = ref(u.command, '--from', v.from, 'SERVICEACCOUNT', 'curl/curl');
+  const to = ref(u.command, '--to', v.to, 'SERVICE', 'httpbin/httpbin');
+  let body: ExplainJson;
+  if (v.filename?.length) {
+    if (v['debug-url'] !== undefined) throw new UsageError(`${u.command}: -f and --debug-url: choose one (-f explains the manifests offline; --debug-url asks a running server)`);
+    const { explainFiles } = await import('./explain.js');
+    body = await explainFiles(u.command, v.filename, from, to);
+  } else {
+    const base = debugUrl(u.command, v['debug-url']);
+    const answer = await getJson<ExplainJson>(base, `/debug/explain?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`);
+    if (answer.status !== 200) {
+      process.stderr.write(`mesh-xds: ${u.command}: the server at ${base} answered HTTP ${answer.status}: ${answer.body.error ?? ''}\n`);
+      return answer.status === 400 ? 2 : answer.status === 503 ? 3 : 1;
+    }
+    body = answer.body;
+  }
+  if (json) process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  else {
+    process.stdout.write(`${from} -> ${to}: ${body.why}\n`);
+    if (!body.serviceExists) process.stdout.write(`Service ${to} is not in the mesh\n`);
+    if (body.retryBudget !== undefined) {
+      const b = body.retryBudget;
+      process.stdout.write(b ? `retry budget of ${to}'s clusters: retries in flight at most ${b.budgetPercent}% of active requests, at least ${b.minRetryConcurrency}\n` : `retry budget: none (retries limited by numRetries only)\n`);
+    }
+    if (body.worstPath) {
+      const p = body.worstPath;
+      process.stdout.write(`worst call path through it: ${p.attempts} attempts, ${p.latency}${p.cycle ? ', a cycle' : ''}: ${describePath(p)}\n`);
+    }
+    if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
+    for (const c of body.candidates) for (const w of c.warnings ?? []) process.stdout.write(`warning (${w.condition}) ${c.policy}: ${w.message}\n`);
+    for (const r of body.routes) {
+      const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;
+      process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n  retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);
+    }
+  }
+  return 0;
+}
+
+const NAMESPACE_USAGE = 'mesh-xds namespace add|remove <namespace> [--mesh-name NAME] [--disable-sidecar-injection]';
+
+export async function namespaceCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  const which = subcommand('namespace', sub, ['add', 'remove'], NAMESPACE_USAGE);
+  if (which === 'help') {
+    process.stdout.write(`usage: ${NAMESPACE_USAGE}\n`);
+    return 0;
+  }
+  const u: Usage = { command: `namespace ${which}`, usage: NAMESPACE_USAGE, positionals: 1 };
+  const parsed = parseFlags(u, rest, { 'mesh-name': { type: 'string', default: 'mesh-xds' }, 'disable-sidecar-injection': { type: 'boolean', default: false } });
+  if (!parsed) return 0;
+  const [ns] = parsed.positionals;
+  if (ns === undefined) throw new UsageError(`${u.command}: which namespace? usage: ${u.usage}`);
+  if (!isDnsLabel(ns)) throw new UsageError(`${u.command}: ${ns}: not a Kubernetes namespace name (lowercase letters, digits and '-')`);
+  const meshName = parsed.values['mesh-name']!;
+  if (!isDnsLabel(meshName)) throw new UsageError(`${u.command}: --mesh-name ${meshName}: must be a Kubernetes label value`);
+  if (which === 'remove' && rest.some((a) => a.startsWith('--disable-sidecar-injection') || a.startsWith('--mesh-name'))) {
+    throw new UsageError(`${u.command}: --mesh-name and --disable-sidecar-injection are for namespace add`);
+  }
+  const { labelNamespace } = await import('./portforward.js');
+  try {
+    await labelNamespace(ns, which === 'add' ? meshName : null, !parsed.values['disable-sidecar-injection']);
+  } catch (e) {
+    throw new UnreachableError(`cannot update namespace ${ns} through the Kubernetes API: ${(e as Error).message}`);
+  }
+  process.stdout.write(which === 'add' ? `namespace ${ns} is in mesh ${meshName}\n` : `namespace ${ns} left the mesh\n`);
+  return 0;
 }

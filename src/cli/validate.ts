@@ -1,15 +1,21 @@
 /**
- * `mesh-xds validate -f FILE...`: the server's own checks, offline: what the folder source reports for every
- * object (syntax, the Retry CRD schema, Kubernetes names and fields), then a Retry's semantics. Every problem
- * names its field and the line the field is written on.
+ * `mesh-xds validate -f FILE_OR_DIR...`: the server's own checks, offline: what the folder source reports for every
+ * object (syntax, the Retry CRD schema, Kubernetes names and fields), then a Retry's semantics, then what the
+ * server's compile makes of the Retries together (one that loses a conflict is Conflicted). Every problem names its
+ * field and the line the field is written on. A kind mesh-xds does not know that looks meant for it (a slip of a
+ * known kind, or an apiVersion of its groups) is a problem naming the known kinds.
  */
-import { readFileSync } from 'node:fs';
+import { compile } from '../compile/compile.js';
 import { specPitfalls } from '../compile/pitfalls.js';
+import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { parseRetrySpec } from '../policy/retry.js';
-import { loadRetrySchema } from '../sources/crd.js';
+import { loadRetrySchema, type RetrySchemaCheck } from '../sources/crd.js';
 import { loadFileText } from '../sources/files.js';
-import { objectLabel } from '../sources/manifests.js';
-import { table, wantsJson } from './output.js';
+import { convertObjects, meshStateOf, objectLabel, SUPPORTED_KINDS, type Located } from '../sources/manifests.js';
+import { outputFormat, parseFlags, type Usage } from './args.js';
+import { nearest, UsageError } from './errors.js';
+import { readInputs } from './inputs.js';
+import { table } from './output.js';
 
 interface Problem {
   field?: string;
@@ -25,10 +31,27 @@ interface Row {
   problems: Problem[];
 }
 
+/** The API groups of mesh-xds's own kinds: a kind of these it does not know is a mistake, not someone else's object. */
+const OWN_GROUPS = ['policy.flomesh.io/', 'config.flomesh.io/'];
+
+/** A kind not used by mesh-xds that looks meant for it: the problem, naming the known kinds and the nearest one. */
+function unknownKind(kind: string, apiVersion: unknown): string | undefined {
+  const near = nearest(kind, SUPPORTED_KINDS);
+  if (!near && !OWN_GROUPS.some((g) => String(apiVersion ?? '').startsWith(g))) return undefined;
+  return `kind "${kind}" is not one mesh-xds knows${near ? ` (did you mean ${near}?)` : ''}; it reads ${SUPPORTED_KINDS.join(', ')} and skips other Kubernetes kinds`;
+}
+
 /** The rows for one file's text: every object with a problem, and every Retry. */
 export function validateText(text: string, file: string): Row[] {
-  const { errors, located } = loadFileText(text, file, undefined, loadRetrySchema());
+  return checkText(text, file, loadRetrySchema()).rows;
+}
+
+/** The rows for one file's text, and its objects that the folder source would use. */
+function checkText(text: string, file: string, schema: RetrySchemaCheck): { rows: Row[]; used: Located[] } {
+  const { errors, located, good } = loadFileText(text, file, undefined, schema);
   const rows: Row[] = [];
+  const labels = new Set([...good.values()].map((g) => g.label));
+  const used = located.filter((l) => labels.has(objectLabel(l.object)));
   const problem = (e: { field?: string; line?: number; message: string }): Problem => ({ ...(e.field ? { field: e.field } : {}), ...(e.line ? { line: e.line } : {}), message: e.message });
   // Errors of the file itself (syntax, an alias bomb): no object to hang them on.
   for (const e of errors.filter((x) => !x.object)) rows.push({ file, object: '-', line: e.line, valid: false, problems: [problem(e)] });
@@ -38,6 +61,8 @@ export function validateText(text: string, file: string): Row[] {
     if (seen.has(label)) continue;
     seen.add(label);
     const problems = errors.filter((e) => e.object === label).map(problem);
+    const unknown = object.kind && !SUPPORTED_KINDS.includes(object.kind) ? unknownKind(object.kind, object.apiVersion) : undefined;
+    if (unknown) problems.push(problem({ field: 'kind', line: lineOf?.('kind'), message: unknown }));
     if (object.kind === 'Retry') {
       // The semantic checks, for the fields the schema did not already fault.
       const faulted = new Set(problems.map((p) => p.field));
@@ -54,29 +79,62 @@ export function validateText(text: string, file: string): Row[] {
     } else if (problems.length === 0) continue;
     rows.push({ file, object: label, line: origin.line, valid: problems.length === 0, problems });
   }
-  return rows;
+  return { rows, used };
 }
 
-export function validateCommand(args: string[]): number {
-  const files: string[] = [];
-  for (let i = 0; i < args.length; i++) if ((args[i] === '-f' || args[i] === '--filename') && args[i + 1]) files.push(args[++i]);
-  if (files.length === 0) {
-    process.stderr.write('usage: mesh-xds validate -f FILE [-f FILE...] [-o json]\n');
-    return 2;
+/**
+ * What the server's compile makes of the Retries of all the files together: one that loses every destination to
+ * an older one is Conflicted (a problem), one that loses some keeps the rest (a warning). Judged as in a mesh that
+ * holds their namespaces, with retry policies on: whether it does is the cluster's to say, not the files'.
+ */
+function conflicts(used: Located[], rows: Row[]): void {
+  const { objects } = convertObjects(used);
+  if (!objects.retries.length) return;
+  const meshName = 'mesh-xds';
+  const namespaces = [...new Set(objects.retries.map((r) => r.namespace))].map((name) => ({ name, labels: { [MONITORED_BY_LABEL]: meshName } }));
+  const ir = compile(meshStateOf({ ...objects, namespaces }, meshName, { enableRetryPolicy: true }));
+  const stamped = objects.retries.some((r) => r.creationTimestamp);
+  const order = stamped ? '' : ' (the files give no creationTimestamp: the first by namespace/name wins here; in a cluster, the first created)';
+  for (const p of ir.policies) {
+    const lost = p.messages.filter((m) => m.startsWith('conflicts with '));
+    if (p.state !== 'Conflicted' && !lost.length) continue;
+    const label = `Retry ${p.namespace}/${p.name}`;
+    const row = rows.find((r) => r.object === label && r.file === p.origin?.file);
+    if (!row) continue;
+    const conflicted = p.state === 'Conflicted';
+    const message = conflicted ? `the server marks it Conflicted: ${p.reason}${order}` : `warning: some destinations conflict: ${lost.join('; ')}${order}`;
+    row.problems.push({ field: 'spec.destinations', ...(row.line ? { line: row.line } : {}), message });
+    if (conflicted) row.valid = false;
   }
+}
+
+const USAGE: Usage = {
+  command: 'validate',
+  usage: 'mesh-xds validate -f FILE_OR_DIR [-f FILE_OR_DIR...] [-o json]',
+  positionalHint: (arg) => `manifests are given with -f: mesh-xds validate -f ${arg}`,
+};
+
+export async function validateCommand(args: string[]): Promise<number> {
+  const parsed = parseFlags(USAGE, args, { filename: { type: 'string', short: 'f', multiple: true }, output: { type: 'string', short: 'o' } });
+  if (!parsed) return 0;
+  const json = outputFormat('validate', parsed.values.output) === 'json';
+  const names = parsed.values.filename ?? [];
+  if (!names.length) throw new UsageError(`validate: which manifests? give -f FILE_OR_DIR (- for stdin); usage: ${USAGE.usage}`);
   const rows: Row[] = [];
-  for (const file of files) {
-    let text: string;
-    try {
-      text = file === '-' ? readFileSync(0, 'utf8') : readFileSync(file, 'utf8');
-    } catch (e) {
-      rows.push({ file, object: '-', valid: false, problems: [{ message: (e as Error).message }] });
+  const used: Located[] = [];
+  const schema = loadRetrySchema();
+  for (const input of await readInputs('validate', names)) {
+    if (input.text === undefined) {
+      rows.push({ file: input.file, object: '-', valid: false, problems: [{ message: input.error! }] });
       continue;
     }
-    rows.push(...validateText(text, file));
+    const checked = checkText(input.text, input.file, schema);
+    rows.push(...checked.rows);
+    used.push(...checked.used);
   }
+  conflicts(used, rows);
   const ok = rows.every((r) => r.valid);
-  if (wantsJson(args)) process.stdout.write(`${JSON.stringify({ valid: ok, objects: rows }, null, 2)}\n`);
+  if (json) process.stdout.write(`${JSON.stringify({ valid: ok, objects: rows }, null, 2)}\n`);
   else {
     process.stdout.write(
       table(

@@ -1,0 +1,54 @@
+/**
+ * The manifests of the offline commands (`validate`, `policy amplification`, `policy explain -f`), named by `-f` as
+ * kubectl takes them: a file, a folder (its .yaml, .yml and .json files, read as `serve --manifests` reads it,
+ * subfolders too), or `-` for stdin. A name that does not exist is a usage error; a file that cannot be read, or
+ * one bigger than the server would read, is that file's error.
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { listManifestFiles, MAX_MANIFEST_BYTES } from '../sources/files.js';
+import { UsageError } from './errors.js';
+
+export interface Input {
+  /** As messages name it: the path given, or the folder's path joined with the file's. */
+  readonly file: string;
+  readonly text?: string;
+  /** Why it could not be read. */
+  readonly error?: string;
+}
+
+export async function readInputs(command: string, names: readonly string[]): Promise<Input[]> {
+  const out: Input[] = [];
+  for (const name of names) {
+    if (name === '-') {
+      out.push(read('-', 0));
+      continue;
+    }
+    let isDir: boolean;
+    try {
+      isDir = statSync(name).isDirectory();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new UsageError(`${command}: -f ${name}: ${code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}`);
+    }
+    if (!isDir) {
+      out.push(read(name, name));
+      continue;
+    }
+    const listed = await listManifestFiles(name);
+    for (const e of listed.errors) out.push({ file: e.file === '.' ? name : `${name}/${e.file}`, error: e.message });
+    if (!listed.files.length && !listed.errors.length) throw new UsageError(`${command}: -f ${name}: a folder without any .yaml, .yml or .json file`);
+    for (const file of listed.files) out.push(read(file, file));
+  }
+  return out;
+}
+
+function read(file: string, from: string | 0): Input {
+  try {
+    if (from !== 0 && statSync(from).size > MAX_MANIFEST_BYTES) return { file, error: `bigger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB, which the server does not read either` };
+    const text = readFileSync(from, 'utf8');
+    if (text.length > MAX_MANIFEST_BYTES) return { file, error: `bigger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB, which the server does not read either` };
+    return { file, text };
+  } catch (e) {
+    return { file, error: `cannot read: ${(e as Error).message}` };
+  }
+}
