@@ -5,12 +5,17 @@
  * - streams that each send the prefix of a 4 MiB message and all of it but 64 bytes, then nothing (reopened
  *   when refused);
  * - gzip bombs: 4 kB messages that inflate to 4 MiB;
- * - with TLS, handshakes begun and dropped;
+ * - streams each holding 65,000 B of a 70,000-byte message, under the stream window the receive budget lets
+ *   complete (REFERENCE §16: 30 connections x 1,000 of them added 1.1-1.85 GB);
+ * - idle streams opened by one client, as many as it can (30,000 of them locked every other proxy out);
+ * - with TLS, handshakes begun and dropped, and connections that finish the handshake without a certificate and
+ *   stay idle (56 KB each for as long as the client liked);
  * and beside them a well-behaved client that opens an ADS stream every half second and must get its listeners.
  * Used by `npm run fuzz:inputs` (against `mesh-xds serve`) and `npm run bench:ads` (ADS_HOSTILE=SECONDS).
  */
 import http2 from 'node:http2';
 import net from 'node:net';
+import tls from 'node:tls';
 import zlib from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
 import { envoyRoot } from '../src/xds/resources/protos.js';
@@ -28,6 +33,12 @@ export interface HostileOptions {
   node: { id: string; namespace: string; serviceAccount: string };
   /** The port is TLS: also begin handshakes and drop them; the well-behaved client is then not run here. */
   tls?: boolean;
+  /** Streams each holding 65,000 B of a 70,000-byte message (1,000 per connection). */
+  windowStreams?: number;
+  /** Streams opened and left idle (1,000 per connection). */
+  idleStreams?: number;
+  /** With TLS: connections that finish the handshake without a certificate, kept open (reopened when closed). */
+  anonymousConnections?: number;
 }
 
 export interface HostileReport {
@@ -38,6 +49,11 @@ export interface HostileReport {
   bombsSent: number;
   bombsRefused: number;
   handshakesDropped: number;
+  /** Window-sized holds and idle streams: how many were opened, and how each that ended, ended. */
+  windowStreams: { opened: number; ended: Record<string, number> };
+  idleStreams: { opened: number; ended: Record<string, number> };
+  /** Anonymous TLS connections opened, and the most open at once. */
+  anonymous: { opened: number; mostOpen: number };
   wellBehaved: { ok: number; failed: string[] };
 }
 
@@ -51,7 +67,19 @@ const prefix = (length: number, compressed = false): Buffer => {
 };
 
 export async function hostileClients(address: string, o: HostileOptions): Promise<HostileReport> {
-  const report: HostileReport = { writtenMb: 0, writerResets: 0, partialsSent: 0, partialsRefused: {}, bombsSent: 0, bombsRefused: 0, handshakesDropped: 0, wellBehaved: { ok: 0, failed: [] } };
+  const report: HostileReport = {
+    writtenMb: 0,
+    writerResets: 0,
+    partialsSent: 0,
+    partialsRefused: {},
+    bombsSent: 0,
+    bombsRefused: 0,
+    handshakesDropped: 0,
+    windowStreams: { opened: 0, ended: {} },
+    idleStreams: { opened: 0, ended: {} },
+    anonymous: { opened: 0, mostOpen: 0 },
+    wellBehaved: { ok: 0, failed: [] },
+  };
   const until = performance.now() + o.seconds * 1000;
   const running = (): boolean => performance.now() < until;
   const url = `${o.tls ? 'https' : 'http'}://${address}`;
@@ -179,6 +207,54 @@ export async function hostileClients(address: string, o: HostileOptions): Promis
     }
   };
 
+  // 5 and 6. Streams that each hold a window-sized piece of a message, or nothing, opened up to their number
+  // (1,000 per connection, the server's bound per connection) and reopened when ended.
+  const holders = async (n: number, data: Buffer | undefined, tally: { opened: number; ended: Record<string, number> }): Promise<void> => {
+    const conns = Array.from({ length: Math.ceil(n / 1000) }, connect);
+    const one = async (i: number): Promise<void> => {
+      while (running()) {
+        let c = conns[i % conns.length]!;
+        if (c.destroyed || c.closed) c = conns[i % conns.length] = connect();
+        const r = request(c, ADS_PATHS.sotw);
+        if (!r) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          continue;
+        }
+        if (data) r.write(data);
+        tally.opened++;
+        const status = await Promise.race([ended(r), new Promise<string>((resolve) => setTimeout(() => resolve('held'), Math.max(0, until - performance.now())))]);
+        if (status !== 'held') tally.ended[status] = (tally.ended[status] ?? 0) + 1;
+        r.close();
+      }
+    };
+    await Promise.all(Array.from({ length: n }, (_, i) => one(i)));
+  };
+  const windowHold = Buffer.concat([prefix(70_000), Buffer.alloc(65_000 - 5, 9)]);
+
+  // 7. TLS connections without a certificate, idle.
+  const anonymous = async (n: number): Promise<void> => {
+    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+    let open = 0;
+    const one = async (): Promise<void> => {
+      while (running()) {
+        await new Promise<void>((resolve) => {
+          const sock = tls.connect({ port, host, rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+          sock.on('error', () => {});
+          sock.resume();
+          sock.on('secureConnect', () => {
+            report.anonymous.opened++;
+            report.anonymous.mostOpen = Math.max(report.anonymous.mostOpen, ++open);
+            sock.once('close', () => open--);
+          });
+          sock.on('close', () => resolve());
+          setTimeout(() => sock.destroy(), Math.max(0, until - performance.now())).unref();
+        });
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    };
+    await Promise.all(Array.from({ length: n }, one));
+  };
+
   // The well-behaved client: a new ADS stream every half second gets its listeners within 5 s.
   const wellBehaved = async (): Promise<void> => {
     const Ads = grpc.makeGenericClientConstructor(ADS_SERVICE, 'ADS');
@@ -208,7 +284,14 @@ export async function hostileClients(address: string, o: HostileOptions): Promis
     await Promise.all(tries);
   };
 
-  await Promise.all([writer(), partials(), bombs(), ...(o.tls ? [handshakes()] : [wellBehaved()])]);
+  await Promise.all([
+    writer(),
+    partials(),
+    bombs(),
+    holders(o.windowStreams ?? 0, windowHold, report.windowStreams),
+    holders(o.idleStreams ?? 0, undefined, report.idleStreams),
+    ...(o.tls ? [handshakes(), anonymous(o.anonymousConnections ?? 0)] : [wellBehaved()]),
+  ]);
   for (const s of sessions) s.destroy();
   return report;
 }
