@@ -22,6 +22,7 @@ import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './securi
 import { ProxyRegistry } from './xds/protocol/status.js';
 import type { InjectionWebhook } from './inject/webhook.js';
 import type { NamespaceFacts } from './inject/inject.js';
+import { cachedLookup } from './inject/namespaces.js';
 import { packagePath } from './paths.js';
 import { readFileSync } from 'node:fs';
 import { ExitError } from './cli/errors.js';
@@ -179,30 +180,8 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     }));
     source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
     kubeConfig = kube.kc;
-    // A namespace the watch does not know yet (created a moment ago) is waited for, up to NAMESPACE_WAIT_MS, in the
-    // watch's cache: never an API call per review (a client naming made-up namespaces cost one GET each), and one
-    // wait per name however many reviews name it.
-    const waiting = new Map<string, Promise<NamespaceFacts | undefined>>();
-    namespaceOf = async (name) => {
-      const known = kube.namespace(name);
-      if (known) return known;
-      let wait = waiting.get(name);
-      if (!wait) {
-        wait = new Promise<NamespaceFacts | undefined>((resolve) => {
-          const since = performance.now();
-          const poll = setInterval(() => {
-            const found = kube.namespace(name);
-            if (found || performance.now() - since >= NAMESPACE_WAIT_MS) {
-              clearInterval(poll);
-              waiting.delete(name);
-              resolve(found);
-            }
-          }, 100);
-        });
-        waiting.set(name, wait);
-      }
-      return wait;
-    };
+    // From the watch's cache only, waiting briefly for a namespace created a moment ago (src/inject/namespaces.ts).
+    namespaceOf = cachedLookup((name) => kube.namespace(name), NAMESPACE_WAIT_MS);
     metrics.sourceErrors = () => kube.errors;
     metrics.statusWriter = () => out.elector.leader;
     pipeline.onPolicies = (ir) => void out.policies(ir);
