@@ -1,5 +1,8 @@
 /** The doors' shared parts: a fair share of a bounded door (src/doors/shares.ts), and the webhook's namespace lookup. */
+import http from 'node:http';
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { startDemo } from './helpers/demo.js';
 import { FairShare } from '../src/doors/shares.js';
 import { cachedLookup } from '../src/inject/namespaces.js';
 
@@ -75,5 +78,37 @@ describe("the webhook's namespace lookup", () => {
     // A hundred reviews for the same name share one wait: a lookup each, and the wait's few polls.
     expect(lookups).toBeLessThan(1 + 100 + 30);
     expect(await lookup('never')).toBeUndefined();
+  });
+});
+
+describe('the debug port under a greedy client', () => {
+  it("one source's idle connections never keep the probes out: the source holding the most loses one", async () => {
+    const demo = await startDemo();
+    const sockets: net.Socket[] = [];
+    try {
+      const port = demo.running.debugPort;
+      let closed = 0;
+      for (let i = 0; i < 300; i++) {
+        const s = net.connect({ host: '127.0.0.1', port, localAddress: '127.0.0.1' });
+        s.on('error', () => {});
+        s.resume();
+        s.on('close', () => closed++);
+        sockets.push(s);
+        await new Promise((r) => s.once('connect', r));
+      }
+      // 256 held, the rest closed as they came.
+      for (let i = 0; i < 100 && closed < 44; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(closed).toBe(44);
+      // The kubelet, from another address, is answered: one of the greedy source's connections gives way.
+      const status = await new Promise<number>((resolve, reject) =>
+        http.get({ host: '127.0.0.1', port, path: '/healthz', localAddress: '127.0.0.2' }, (res) => (res.resume(), resolve(res.statusCode ?? 0))).on('error', reject),
+      );
+      expect(status).toBe(200);
+      for (let i = 0; i < 100 && closed < 45; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(closed).toBe(45);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await demo.close();
+    }
   });
 });

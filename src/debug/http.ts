@@ -3,9 +3,10 @@
  * their status, health, readiness and metrics. Loopback by default.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { amplificationOf } from '../compile/amplification.js';
+import { FairShare, sourceOf } from '../doors/shares.js';
 import type { MeshIR } from '../compile/ir.js';
 import { asList, asMap } from '../model/plain.js';
 import { outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
@@ -144,11 +145,16 @@ export class Limiter {
   }
 }
 
+/** Connections the debug port holds at once. */
+const DEBUG_CONNECTIONS = 256;
+
 export class DebugServer {
   readonly server: http.Server;
   readonly limiter = new Limiter(2, 16);
   /** Open pages' live feed. */
   readonly events = new UiEvents();
+  /** Connections, shared fairly by source address (when full, the source holding the most loses one). */
+  readonly connections = new FairShare<Socket>({ total: DEBUG_CONNECTIONS }, (socket) => socket.destroy());
   private readonly assets: ReadonlyMap<string, Asset>;
 
   constructor(private readonly src: DebugSources) {
@@ -158,12 +164,19 @@ export class DebugServer {
     if (ui.missing.length) src.log.warn({ missing: ui.missing }, 'the page (/ui) is not installed whole');
     const proxies = (): void => this.events.changed('proxies');
     src.registry.observe({ connected: proxies, disconnected: proxies, acked: proxies, nacked: proxies });
-    this.server = http.createServer((req, res) => {
+    // Bounded like the webhook (docs/security.md, "Doors and their bounds"): 5 s to send a request's headers, 10 s
+    // for the whole request, 5 s idle, checked every second; 256 connections shared fairly by source address (the
+    // kubelet's probes and Prometheus' scrapes are not kept out by one greedy client).
+    this.server = http.createServer({ headersTimeout: 5_000, requestTimeout: 10_000, keepAliveTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => {
       this.handle(req, res).catch((err) => {
         src.log.error({ err: (err as Error).message, url: req.url }, 'debug request failed');
         if (!res.headersSent) this.json(res, 500, { error: (err as Error).message });
         else res.end();
       });
+    });
+    this.server.on('connection', (socket: Socket) => {
+      if (!this.connections.admit(socket, sourceOf(socket))) return socket.destroy();
+      socket.once('close', () => this.connections.release(socket));
     });
   }
 
