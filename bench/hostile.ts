@@ -39,6 +39,8 @@ export interface HostileOptions {
   idleStreams?: number;
   /** With TLS: connections that finish the handshake without a certificate, kept open (reopened when closed). */
   anonymousConnections?: number;
+  /** Run the well-behaved client here (default, without TLS); false: another process runs it. */
+  wellBehaved?: boolean;
 }
 
 export interface HostileReport {
@@ -290,7 +292,7 @@ export async function hostileClients(address: string, o: HostileOptions): Promis
     bombs(),
     holders(o.windowStreams ?? 0, windowHold, report.windowStreams),
     holders(o.idleStreams ?? 0, undefined, report.idleStreams),
-    ...(o.tls ? [handshakes(), anonymous(o.anonymousConnections ?? 0)] : [wellBehaved()]),
+    ...(o.tls ? [handshakes(), anonymous(o.anonymousConnections ?? 0)] : o.wellBehaved === false ? [] : [wellBehaved()]),
   ]);
   for (const s of sessions) s.destroy();
   return report;
