@@ -82,11 +82,11 @@ const IDEMPOTENT_METHODS = ['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'];
  *   it reads the close). If it was not the race (the app read the request, then reset the connection without an
  *   answer), the app may process the request twice; no more, whatever the caller sends (Envoy does not take
  *   `x-envoy-max-retries`/`x-envoy-retry-on` from a request it receives, REFERENCE 7). Other methods (POST, PATCH)
- *   are left to the local cluster's idle timeout (clusters.ts), which keeps Envoy from reusing a connection the
- *   app is about to close.
+ *   are left to the local cluster's idle timeout (clusters.ts): to an app whose keep-alive is longer than 1 s,
+ *   Envoy never sends a request on a connection the app is about to close.
  *
  * The retry-safety analysis (compile/amplification.ts) counts the attempts of the Retry policies on each hop; these
- * add none that the app processes, except that one repeat of an idempotent request the app itself reset.
+ * add none that the app processes, except one repeat (x2 at most) of an idempotent request the app itself reset.
  * HTTP/2 ports (gRPC, h2c) get none, as Istio's gRPC ports: HTTP/2 has no such race (GOAWAY names the streams the
  * app did not take), and a retry policy keeps each stream's request body buffered, which long gRPC streams pay for.
  */
