@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
@@ -323,6 +324,19 @@ func (p *proxy) settle() {
 	}
 }
 
+// ended is the status a stream ended with when Send failed: Send returns io.EOF once the server has ended the stream,
+// whatever the status; Recv returns the status itself. (Read as "ended with OK", this hid statuses under load.)
+func ended[T any](recv func() (T, error), err error) error {
+	if err != io.EOF {
+		return err
+	}
+	for {
+		if _, e := recv(); e != nil {
+			return e
+		}
+	}
+}
+
 func nodeOf(i int, id string) *core.Node {
 	ns, sa, _ := strings.Cut(id, "/")
 	md, _ := structpb.NewStruct(map[string]any{"namespace": ns, "serviceAccount": sa})
@@ -335,10 +349,10 @@ func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *
 		return err
 	}
 	if err := s.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: cds}); err != nil {
-		return err
+		return ended(s.Recv, err)
 	}
 	if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: lds}); err != nil {
-		return err
+		return ended(s.Recv, err)
 	}
 	version := map[string]string{}
 	nonce := map[string]string{}
@@ -368,11 +382,11 @@ func sotw(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p *
 			ack.ResourceNames = keys(p.want[r.TypeUrl])
 		}
 		if err := s.Send(ack); err != nil {
-			return err
+			return ended(s.Recv, err)
 		}
 		if wantType != "" {
 			if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: wantType, ResourceNames: want, VersionInfo: version[wantType], ResponseNonce: nonce[wantType]}); err != nil {
-				return err
+				return ended(s.Recv, err)
 			}
 		}
 		lock.Lock()
@@ -387,10 +401,10 @@ func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p 
 		return err
 	}
 	if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: cds}); err != nil {
-		return err
+		return ended(s.Recv, err)
 	}
 	if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: lds}); err != nil {
-		return err
+		return ended(s.Recv, err)
 	}
 	for {
 		r, err := s.Recv()
@@ -410,11 +424,11 @@ func delta(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient, p 
 		wantType, sub, unsub := p.received(r.TypeUrl, proto.Size(r), names, bodies, r.RemovedResources, false)
 		lock.Unlock()
 		if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
-			return err
+			return ended(s.Recv, err)
 		}
 		if len(sub)+len(unsub) > 0 {
 			if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: wantType, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}); err != nil {
-				return err
+				return ended(s.Recv, err)
 			}
 		}
 		lock.Lock()
