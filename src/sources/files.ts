@@ -50,6 +50,8 @@ export interface FileSourceOptions {
   log: Logger;
   retrySchema?: RetrySchemaCheck;
   debounceMs?: number;
+  /** The parsing worker's memory and time bounds (PARSE_HEAP_MB, PARSE_TIMEOUT_MS unless set). */
+  parseLimits?: Partial<ParseLimits>;
   /** Called with every new mesh (after the initial load too). */
   onChange: (state: MeshState) => void;
 }
@@ -131,6 +133,10 @@ export interface FileObjects {
 
 /** Converts what a parse found, object by object (pure: no file I/O, no state). */
 function objectsOf(parsed: { objects: Located[]; errors: ManifestError[] }, file: string, retrySchema?: RetrySchemaCheck): FileObjects {
+  if (parsed.errors.length > MAX_ERRORS_PER_FILE) {
+    const more = parsed.errors.length - MAX_ERRORS_PER_FILE + 1;
+    return { fileErrors: [...parsed.errors.slice(0, MAX_ERRORS_PER_FILE - 1), { file, message: `and ${more} more errors in this file (the first ${MAX_ERRORS_PER_FILE - 1} are listed)` }], entries: [], skipped: [] };
+  }
   if (parsed.errors.length) return { fileErrors: parsed.errors, entries: [], skipped: [] };
   const entries: FileEntry[] = [];
   const skipped: string[] = [];
@@ -204,67 +210,188 @@ export function loadFileText(
 export const WORKER_PARSE_BYTES = 64 * 1024;
 
 /**
+ * Heap the parsing worker may use (V8's old generation), in MiB. The yaml library holds about 112 bytes of heap
+ * per byte of a legitimate manifest while it builds a document (a 3.8 MB EndpointSlice of 65,000 endpoints: 432
+ * MB live after a full GC; a 3.6 MB JSON one: 418 MB), so the largest file read (MAX_MANIFEST_BYTES) gets 128
+ * bytes a byte: 512 MiB. A parse that needs more (repetition a legitimate file does not have: a million empty
+ * documents, millions of one-character items) ends the worker, not the process, and is that file's error.
+ */
+export const PARSE_HEAP_MB = (MAX_MANIFEST_BYTES * 128) / 2 ** 20;
+/** V8's young generation for the worker (its default for a heap this size); counted apart from PARSE_HEAP_MB. */
+const PARSE_YOUNG_MB = 32;
+/**
+ * A worker whose heap is larger than this after a parse is replaced (its memory goes back to the system: V8 keeps
+ * what a heap grew to). A fresh worker's heap is about 10 MB; parsing a file under a megabyte stays under this.
+ */
+export const PARSE_RECYCLE_HEAP_MB = 64;
+/** A parse that takes longer is stopped (the worker is replaced) and is the file's error: 4 MiB parse in 3 s. */
+export const PARSE_TIMEOUT_MS = 120_000;
+/** Errors kept for one file (nesting or junk can make the parser report one per character). */
+export const MAX_ERRORS_PER_FILE = 20;
+
+/** The parsing worker's bounds (the defaults above; a test may lower them). */
+export interface ParseLimits {
+  readonly heapMb: number;
+  readonly timeoutMs: number;
+}
+
+interface ParseJob {
+  readonly text: string;
+  readonly file: string;
+  readonly resolve: (r: FileObjects) => void;
+}
+
+/** What the worker answers: the file's objects, and the size of its heap once done. */
+interface ParseAnswer {
+  readonly result: FileObjects;
+  readonly heapBytes: number;
+}
+
+/** A file's text that could not be read: one error naming it (its last good objects are kept, keepLastGood). */
+const unreadable = (file: string, message: string): FileObjects => ({ fileErrors: [{ file, message }], entries: [], skipped: [] });
+
+/**
  * A worker thread that parses and converts big files, one at a time, so that health checks, ADS and the debug
- * server are answered meanwhile. Where it cannot run (its script missing, it crashed), files are parsed inline.
+ * server are answered meanwhile. Its memory and time are bounded (PARSE_HEAP_MB, PARSE_TIMEOUT_MS): a file that
+ * needs more is an error naming it, the worker is replaced, and the next file goes to a new one; a worker grown
+ * by a big parse is replaced too (PARSE_RECYCLE_HEAP_MB). Where it cannot start at all (its script missing),
+ * files are parsed inline.
  */
 class ParseWorker {
   private worker?: Worker;
-  private broken = false;
-  private nextId = 0;
-  private readonly pending = new Map<number, { resolve: (r: FileObjects) => void; text: string; file: string }>();
+  /** The worker's script has loaded (it said so): a failure after that is the file's, not the script's. */
+  private ready = false;
+  private inline = false;
+  private stopped = false;
+  private readonly queue: ParseJob[] = [];
+  private timer?: NodeJS.Timeout;
+  /** Workers started, and replaced after a parse that grew them, ran out of memory or took too long. */
+  readonly stats = { started: 0, recycled: 0, outOfMemory: 0, timedOut: 0 };
 
   constructor(
     private readonly log: Logger,
-    private readonly retrySchema?: RetrySchemaCheck,
+    private readonly retrySchema: RetrySchemaCheck | undefined,
+    private readonly limits: ParseLimits,
   ) {}
 
+  parse(text: string, file: string): Promise<FileObjects> {
+    if (this.stopped) return Promise.resolve(unreadable(file, 'not read: the folder source stopped'));
+    if (text.length < WORKER_PARSE_BYTES || this.inline) return Promise.resolve(readManifestText(text, file, this.retrySchema));
+    return new Promise((resolve) => {
+      this.queue.push({ text, file, resolve });
+      if (this.queue.length === 1) this.next();
+    });
+  }
+
+  /** Sends the job at the head of the queue to the worker (started if need be). */
+  private next(): void {
+    const job = this.queue[0];
+    if (!job) return;
+    const worker = this.start();
+    if (!worker) {
+      this.drainInline();
+      return;
+    }
+    worker.postMessage({ text: job.text, file: job.file });
+    this.timer = setTimeout(() => {
+      this.stats.timedOut++;
+      this.log.warn({ file: job.file, ms: this.limits.timeoutMs }, 'a manifest took too long to parse; replacing the parsing worker');
+      this.replace();
+      this.finish(unreadable(job.file, `took more than ${this.limits.timeoutMs / 1000} s to parse; not read, its last good objects are kept`));
+    }, this.limits.timeoutMs);
+    this.timer.unref();
+  }
+
+  /** The head job is answered; the next one goes. */
+  private finish(result: FileObjects): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.queue.shift()?.resolve(result);
+    this.next();
+  }
+
   private start(): Worker | undefined {
-    if (this.worker || this.broken) return this.worker;
+    if (this.worker || this.inline || this.stopped) return this.worker;
     // Compiled next to this file; the tests run the TypeScript source, whose build is in dist/.
     const script = new URL(import.meta.url.endsWith('.ts') ? '../../dist/src/sources/parse-worker.js' : './parse-worker.js', import.meta.url);
+    let w: Worker;
     try {
-      this.worker = new Worker(script, { workerData: { schema: Boolean(this.retrySchema) } });
+      w = new Worker(script, {
+        workerData: { schema: Boolean(this.retrySchema) },
+        resourceLimits: { maxOldGenerationSizeMb: this.limits.heapMb, maxYoungGenerationSizeMb: PARSE_YOUNG_MB },
+      });
     } catch (e) {
-      this.fail(e as Error);
+      this.cannotStart(e as Error);
       return undefined;
     }
-    this.worker.unref();
-    this.worker.on('message', ({ id, result }: { id: number; result: FileObjects }) => {
-      const p = this.pending.get(id);
-      this.pending.delete(id);
-      p?.resolve(result);
+    this.worker = w;
+    this.ready = false;
+    this.stats.started++;
+    w.unref();
+    let failure: Error | undefined;
+    w.on('message', (m: 'ready' | ParseAnswer) => {
+      if (w !== this.worker) return;
+      if (m === 'ready') {
+        this.ready = true;
+        return;
+      }
+      // A heap grown by this parse goes back to the system with its worker; the next file gets a new one.
+      if (m.heapBytes > PARSE_RECYCLE_HEAP_MB * 2 ** 20) {
+        this.stats.recycled++;
+        this.replace();
+      }
+      this.finish(m.result);
     });
-    this.worker.on('error', (e) => this.fail(e));
-    this.worker.on('exit', (code) => code !== 0 && this.fail(new Error(`exited with code ${code}`)));
-    return this.worker;
+    w.on('error', (e) => (failure = e));
+    w.on('exit', (code) => {
+      if (w !== this.worker) return; // replaced or stopped on purpose
+      this.worker = undefined;
+      const e = failure ?? new Error(`exited with code ${code}`);
+      if (!this.ready) return this.cannotStart(e);
+      const job = this.queue[0];
+      if (!job) return;
+      const oom = (e as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY';
+      if (oom) this.stats.outOfMemory++;
+      this.log.warn({ file: job.file, err: e.message }, 'the manifest parsing worker stopped on a file; starting a new one for the next');
+      this.finish(
+        unreadable(
+          job.file,
+          oom
+            ? `needs more than the ${this.limits.heapMb} MiB of memory a manifest may take to parse (repeated or nested far beyond a Kubernetes object); not read, its last good objects are kept`
+            : `could not be parsed: the parsing worker stopped (${e.message}); its last good objects are kept`,
+        ),
+      );
+    });
+    return w;
   }
 
-  /** The worker is gone: what it had is parsed inline, and so is what comes later. */
-  private fail(e: Error): void {
-    if (this.broken) return;
-    this.broken = true;
+  /** Ends the current worker (its memory is released); a new one starts for the next file. */
+  private replace(): void {
+    const w = this.worker;
     this.worker = undefined;
-    this.log.warn({ err: e.message }, 'the manifest parsing worker failed; big files are parsed on the main thread');
-    for (const [id, p] of this.pending) {
-      this.pending.delete(id);
-      p.resolve(readManifestText(p.text, p.file, this.retrySchema));
-    }
+    void w?.terminate();
   }
 
-  parse(text: string, file: string): Promise<FileObjects> {
-    const worker = text.length >= WORKER_PARSE_BYTES ? this.start() : undefined;
-    if (!worker) return Promise.resolve(readManifestText(text, file, this.retrySchema));
-    return new Promise((resolve) => {
-      const id = this.nextId++;
-      this.pending.set(id, { resolve, text, file });
-      worker.postMessage({ id, text, file });
-    });
+  /** The worker cannot run here (its script missing): files are parsed on the main thread from now on. */
+  private cannotStart(e: Error): void {
+    this.worker = undefined;
+    if (this.inline) return;
+    this.inline = true;
+    this.log.warn({ err: e.message }, 'the manifest parsing worker cannot start; big files are parsed on the main thread');
+    this.drainInline();
+  }
+
+  private drainInline(): void {
+    clearTimeout(this.timer);
+    for (const job of this.queue.splice(0)) job.resolve(readManifestText(job.text, job.file, this.retrySchema));
   }
 
   stop(): void {
-    void this.worker?.terminate();
-    this.worker = undefined;
-    this.broken = true;
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.replace();
+    // Whatever waits is answered (a stopped source applies nothing).
+    for (const job of this.queue.splice(0)) job.resolve(unreadable(job.file, 'not read: the folder source stopped'));
   }
 }
 
@@ -286,7 +413,12 @@ export class FileSource {
   synced = false;
 
   constructor(private readonly opts: FileSourceOptions) {
-    this.parser = new ParseWorker(opts.log, opts.retrySchema);
+    this.parser = new ParseWorker(opts.log, opts.retrySchema, { heapMb: PARSE_HEAP_MB, timeoutMs: PARSE_TIMEOUT_MS, ...opts.parseLimits });
+  }
+
+  /** The parsing worker's life so far: workers started, and replaced after a grown heap, running out of memory or time. */
+  get parserStats(): Readonly<ParseWorker['stats']> {
+    return { ...this.parser.stats };
   }
 
   /** Every current error, for the debug endpoint, metrics and `validate`. */

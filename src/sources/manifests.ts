@@ -20,6 +20,7 @@ import {
 import { isDnsLabel, isDnsSubdomain, SIDECAR_INJECTION_ANNOTATION } from '../model/names.js';
 import { asList, asMap } from '../model/plain.js';
 import { RETRY_API_VERSION } from '../policy/retry.js';
+import { nestingProblem } from './yaml-depth.js';
 
 export interface KubeObject {
   apiVersion?: string;
@@ -113,6 +114,9 @@ export function parseManifestText(text: string, file: string): { objects: Locate
   const objects: Located[] = [];
   const errors: ManifestError[] = [];
   let list: Document.Parsed[];
+  // Nesting the parser could not survive is refused before it starts (yaml-depth.ts).
+  const deep = nestingProblem(text);
+  if (deep) return { objects, errors: [{ file, line: deep.line, message: deep.message }] };
   try {
     const docs = parseAllDocuments(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
     list = Array.isArray(docs) ? docs : [docs];
