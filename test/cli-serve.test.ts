@@ -34,3 +34,26 @@ it('serves the demo, reports ready, and exits 0 on SIGTERM', async () => {
   child.kill('SIGTERM');
   expect(await exited).toBe(0);
 });
+
+it('on a terminal, says for people where ADS and the page are and that the mesh was translated, one line each', async () => {
+  // script(1) gives the server a pseudo-terminal for its output, as a person's shell does.
+  const cmd = `${process.execPath} ${path.join(ROOT, 'bin/mesh-xds.js')} serve --manifests deploy/demo --ads-address 127.0.0.1:0 --debug-address 127.0.0.1:0`;
+  const child = spawn('script', ['-qfec', cmd, '/dev/null'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  try {
+    for (let i = 0; i < 300 && !/mesh translated/.test(out); i++) await new Promise((r) => setTimeout(r, 50));
+    const lines = out.split(/\r?\n/);
+    const page = lines.find((l) => l.startsWith('mesh-xds: the page on '));
+    expect(page, out).toMatch(/^mesh-xds: the page on http:\/\/127\.0\.0\.1:\d+\/ui$/);
+    expect(lines.find((l) => l.startsWith('mesh-xds: ADS (point Envoy here) on '))).toMatch(/on 127\.0\.0\.1:\d+$/);
+    expect(lines.find((l) => l.startsWith('mesh-xds: mesh translated: '))).toMatch(/: 1 policies, \d+ configurations rebuilt, 0 failed, in [\d.]+ ms$/);
+    // No JSON on a terminal; the page answers where it says.
+    expect(out).not.toContain('{"level"');
+    expect((await fetch(page!.slice('mesh-xds: the page on '.length))).status).toBe(200);
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
+});

@@ -51,8 +51,9 @@ async function main(argv: string[]): Promise<number> {
       }
       const cfg = parseServeArgs(rest);
       checkServePaths(cfg);
-      const { serve } = await import('../main.js');
-      const running = await serve(cfg);
+      const [{ serve }, { serverLog }] = await Promise.all([import('../main.js'), import('../log.js')]);
+      // On a terminal, lines for people (the ADS address, the page's, each mesh translated); JSON elsewhere.
+      const running = await serve(cfg, serverLog(cfg.logLevel, Boolean(process.stdout.isTTY)));
       let stopping = false;
       const stop = (signal: string): void => {
         if (stopping) return;
