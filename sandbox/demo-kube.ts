@@ -20,7 +20,8 @@ function show(command: string, r: ExecResult): string {
 }
 
 export async function demoKubernetesCommand(): Promise<number> {
-  const problems = await kubeGuideProblems(30 * 60_000);
+  // On a fresh machine the Kubernetes binaries are still building: say what, for how long, and what is left.
+  const problems = await kubeGuideProblems(30 * 60_000, (line) => write(`(waiting) ${line}`));
   if (problems.length) {
     process.stderr.write(`mesh-xds demo --kubernetes cannot run here:\n- ${problems.join('\n- ')}\n`);
     return 1;

@@ -17,8 +17,8 @@ export const HTTPBIN_URL = 'httpbin.httpbin.svc.cluster.local:14001';
 export const HTTPBIN_CLUSTER = 'httpbin/httpbin|14001';
 
 /** What the guide on Kubernetes needs that this machine lacks ([] when all is here). */
-export async function kubeGuideProblems(waitMs?: number): Promise<string[]> {
-  return [...sandboxProblems(), ...(await kubeProblems(waitMs))];
+export async function kubeGuideProblems(waitMs?: number, progress?: (line: string) => void): Promise<string[]> {
+  return [...sandboxProblems(), ...(await kubeProblems(waitMs, progress))];
 }
 
 export interface PodRow {

@@ -23,23 +23,58 @@ function built(): boolean {
   return spawnSync('bash', [packagePath('scripts/build-kube.sh'), '--check']).status === 0;
 }
 
-function building(): boolean {
-  if (!existsSync(BUILD_PID)) return false;
+function building(pidFile = BUILD_PID): boolean {
+  if (!existsSync(pidFile)) return false;
   try {
-    process.kill(Number(readFileSync(BUILD_PID, 'utf8')), 0);
+    process.kill(Number(readFileSync(pidFile, 'utf8')), 0);
     return true;
   } catch {
     return false;
   }
 }
 
+const BUILD_TIMES = packagePath('.cache/kube/build-times');
+const BUILT_IN_ORDER = ['etcd', 'kube-apiserver', 'kube-controller-manager'];
+/** What a cold build took on a 2-core machine of this kind (REFERENCE §8), where no build here has been timed yet. */
+const COLD_SECONDS: Record<string, number> = { etcd: 90, 'kube-apiserver': 420, 'kube-controller-manager': 150 };
+
+const minutes = (s: number): string => (s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${Math.round(s)} s`);
+
+/**
+ * The build in progress, for people: which binary, how long it has taken, roughly how long is left (from the last
+ * build's times here, else a cold build's on this kind of machine). Undefined when nothing is building.
+ */
+export function kubeBuildProgress(now = Date.now(), files = { pid: BUILD_PID, log: BUILD_LOG, times: BUILD_TIMES }): string | undefined {
+  if (!building(files.pid) || !existsSync(files.log)) return undefined;
+  const started = [...readFileSync(files.log, 'utf8').matchAll(/^building (\S+) at (\d+)$/gm)].at(-1);
+  if (!started) return 'building the Kubernetes binaries: fetching modules';
+  const [name, at] = [started[1]!, Number(started[2]) * 1000];
+  const last = new Map<string, number>();
+  if (existsSync(files.times)) for (const [, n, t] of readFileSync(files.times, 'utf8').matchAll(/^(\S+) (\d+)$/gm)) last.set(n!, Number(t));
+  const estimate = (n: string): number => last.get(n) ?? COLD_SECONDS[n] ?? 120;
+  const sofar = (now - at) / 1000;
+  const index = BUILT_IN_ORDER.indexOf(name);
+  const after = BUILT_IN_ORDER.slice(index + 1).reduce((sum, n) => sum + estimate(n), 0);
+  const left = Math.max(0, estimate(name) - sofar) + after;
+  const basis = last.has(name) ? 'from the last build here' : 'from a cold build on 2 cores';
+  return `building ${name} (${index + 1} of ${BUILT_IN_ORDER.length}): ${minutes(sofar)} so far, about ${minutes(left)} left (${basis}; log: .cache/kube/build.log)`;
+}
+
 /**
  * What the real API server needs that is missing ([] when all is here). A build in progress (started by
- * scripts/install-real-parts.sh) is waited for, up to `waitMs`.
+ * scripts/install-real-parts.sh) is waited for, up to `waitMs`, its progress told to `progress` every 15 s.
  */
-export async function kubeProblems(waitMs = 20 * 60_000): Promise<string[]> {
+export async function kubeProblems(waitMs = 20 * 60_000, progress?: (line: string) => void): Promise<string[]> {
   const deadline = Date.now() + waitMs;
-  while (!built() && building() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2000));
+  let told = 0;
+  while (!built() && building() && Date.now() < deadline) {
+    if (progress && Date.now() - told >= 15_000) {
+      const line = kubeBuildProgress();
+      if (line) progress(line);
+      told = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
   const problems: string[] = [];
   if (!built()) {
     const log = existsSync(BUILD_LOG) ? readFileSync(BUILD_LOG, 'utf8').trim().split('\n').slice(-5).join('\n') : '';

@@ -13,11 +13,14 @@ if [ "${1:-}" = --check ]; then built etcd etcd && built kube-apiserver apiserve
 build() { # binary, module folder, package, extra ldflags
   built "$1" "$2" && return 0
   mkdir -p "$BIN"
-  echo "building $1"
+  # "building NAME at EPOCH": sandbox/kube.ts reads it to say what is building and for how long.
+  echo "building $1 at $(date +%s)"
   local started=$SECONDS
   (cd "scripts/kube/$2" && GOFLAGS=-mod=readonly go build -trimpath -ldflags="-s -w $4" -o "../../../$BIN/$1" "$3") || { echo "building $1 failed"; exit 1; }
   rm -f "$BIN/.$1-"*
   touch "$(stamp "$1" "$2")"
+  # The time it took, kept for the next build's estimate of what is left (sandbox/kube.ts).
+  echo "$1 $((SECONDS - started))" >> .cache/kube/build-times
   echo "built $1 in $((SECONDS - started)) s"
 }
 build etcd etcd . ""
