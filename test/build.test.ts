@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
-import { resourceToJson } from '../src/xds/resources/json.js';
+import { resourceToJson } from './helpers/xds-json.js';
 import { generateMesh, retryObject } from '../bench/mesh-gen.js';
 
 const SIZE = { namespaces: 3, services: 12, pods: 24, serviceAccounts: 12, retries: 4 };

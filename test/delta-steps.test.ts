@@ -8,7 +8,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { buildSnapshot, TypeSet, type Resource, type Snapshot } from '../src/xds/resources/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE, resourceType } from '../src/xds/resources/types.js';
-import { decodeMessage } from '../src/xds/resources/encode.js';
+import { decodeMessage } from './helpers/xds-json.js';
 import { node, RawAdsClient, type AdsTestStream, type Response } from './helpers/ads-client.js';
 import { apiListener, cluster, endpoints, route } from './helpers/fixtures.js';
 import { startAds } from './helpers/server.js';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { MeshIR } from '../src/compile/ir.js';
 import { SnapshotBuilder } from '../src/pipeline/build.js';
-import { snapshotToJson } from '../src/xds/resources/json.js';
+import { snapshotToJson } from './helpers/xds-json.js';
 import { check, files, proxyDir, UPDATE } from './helpers/golden.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden-xds');

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { check, files, proxyDir, UPDATE } from './helpers/golden.js';
 import { meshFromYaml } from './helpers/mesh.js';
-import { snapshotToJson } from '../src/xds/resources/json.js';
+import { snapshotToJson } from './helpers/xds-json.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden');
 

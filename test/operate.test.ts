@@ -14,8 +14,8 @@ import { XdsTestClient, eventually, startBackend, type Backend } from './helpers
 import { DEMO, startDemo, useBackend, type DemoServer } from './helpers/demo.js';
 import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
 import { buildSnapshot, resourceFromObject, TypeSet } from '../src/xds/resources/snapshot.js';
-import { decodeMessage } from '../src/xds/resources/encode.js';
-import { fromProto3Json, resourceToJson } from '../src/xds/resources/json.js';
+import { fromProto3Json } from '../src/xds/resources/json.js';
+import { decodeMessage, resourceToJson } from './helpers/xds-json.js';
 import { envoyRoot } from '../src/xds/resources/protos.js';
 import { ROUTE } from '../src/xds/resources/types.js';
 

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { convertObjects } from '../src/sources/manifests.js';
-import { snapshotToJson } from '../src/xds/resources/json.js';
+import { snapshotToJson } from './helpers/xds-json.js';
 import { meshFromYaml } from './helpers/mesh.js';
 
 const DEMO = ['mesh.yaml', 'httpbin.yaml', 'curl.yaml', 'retry.yaml'].map((f) => readFileSync(path.join(import.meta.dirname, '../deploy/demo', f), 'utf8')).join('\n---\n');

@@ -11,7 +11,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { compile } from '../src/compile/compile.js';
-import { resourceToJson } from '../src/xds/resources/json.js';
+import { resourceToJson } from './helpers/xds-json.js';
 import { DEFAULT_MESH_CONFIG, type MeshState } from '../src/model/mesh.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { FileSource, MAX_ERRORS_PER_FILE, MAX_MANIFEST_BYTES } from '../src/sources/files.js';

@@ -22,7 +22,7 @@ import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
 import { AdsServer } from '../src/xds/protocol/server.js';
 import { ProxyRegistry } from '../src/xds/protocol/status.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
-import { resourceToJson } from '../src/xds/resources/json.js';
+import { resourceToJson } from './helpers/xds-json.js';
 import { CLUSTER, LISTENER, SECRET } from '../src/xds/resources/types.js';
 import { CA_SECRET, IDENTITY_SECRET } from '../src/envoy/tls.js';
 import { eventually } from './helpers/grpc-xds.js';

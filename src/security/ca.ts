@@ -136,11 +136,6 @@ export function writeCaDir(dir: string, ca: KeyPair): void {
   writeFileSync(path.join(dir, 'ca.key'), ca.key, { mode: 0o600 });
 }
 
-export function readTlsDir(dir: string): TlsBundle {
-  const read = (f: string): string => readFileSync(path.join(dir, f), 'utf8');
-  return { cert: read('tls.crt'), key: read('tls.key'), ca: read('ca.crt') };
-}
-
 /**
  * Writes tls.crt, tls.key and ca.crt into `dir` as the kubelet updates a mounted Secret: the files go into a new
  * hidden directory, `..data` is switched to it with one rename, and each name is a link through `..data`. A

@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { ADS_SERVICE } from '../../src/xds/protocol/server.js';
 import { envoyRoot } from '../../src/xds/resources/protos.js';
 import { resourceType } from '../../src/xds/resources/types.js';
-import { decodeMessage } from '../../src/xds/resources/encode.js';
+import { decodeMessage } from './xds-json.js';
 
 const Client = grpc.makeGenericClientConstructor(ADS_SERVICE, 'AggregatedDiscoveryService');
 

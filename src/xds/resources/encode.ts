@@ -81,9 +81,3 @@ export function contentHash(...parts: (Uint8Array | string)[]): string {
   for (const p of parts) h.update(p);
   return h.digest('base64url').slice(0, 16);
 }
-
-/** Decodes bytes back to a plain object (for tests, the debug dump and tools). */
-export function decodeMessage(messageName: string, bytes: Uint8Array): Record<string, unknown> {
-  const type = lookupType(messageName);
-  return type.toObject(type.decode(bytes), { longs: Number, enums: String, defaults: false, oneofs: false });
-}

@@ -1,34 +1,12 @@
 /**
- * Encoded resources back to JSON. Two forms:
- * - `resourceToJson`: protobufjs's plain form (Any expanded), used by golden files;
- * - `toProto3Json`: the canonical proto3 JSON mapping Envoy's own /config_dump uses (proto field names,
- *   `@type` on Any, Durations as "1.5s", wrappers as bare values, 64-bit integers as strings), so tools that
- *   read Envoy dumps read ours.
+ * Encoded messages as JSON: `toProto3Json`, the canonical proto3 JSON mapping Envoy's own /config_dump uses (proto
+ * field names, `@type` on Any, Durations as "1.5s", wrappers as bare values, 64-bit integers as strings), so tools
+ * that read Envoy dumps read ours; `fromProto3Json`, its inverse.
  */
 import { asList, asMap, asString, type Fields } from '../../model/plain.js';
 import protobuf from 'protobufjs';
-import { envoyRoot, nameOf } from './protos.js';
-import { shownBody, type Resource, type Snapshot } from './snapshot.js';
-import { RESOURCE_TYPES, resourceType } from './types.js';
+import { nameOf } from './protos.js';
 import { toNumber } from './validate.js';
-
-export function resourceToJson(r: Resource): Record<string, unknown> {
-  const type = envoyRoot().lookupType(resourceType(r.typeUrl)!.message);
-  return type.toObject(type.decode(shownBody(r)), { json: true, enums: String, longs: Number, defaults: false }) as Record<string, unknown>;
-}
-
-/** A resource as Envoy's /config_dump prints it: proto3 JSON with its `@type`. */
-export function resourceToProto3Json(r: Resource): unknown {
-  const anyType = envoyRoot().lookupType('google.protobuf.Any');
-  return toProto3Json(anyType, { type_url: r.typeUrl, value: shownBody(r) });
-}
-
-/** `{CDS: [...], EDS: [...], LDS: [...], RDS: [...]}` in name order, each resource as Envoy prints it. */
-export function snapshotToJson(s: Snapshot): Record<string, unknown[]> {
-  const out: Record<string, unknown[]> = {};
-  for (const t of RESOURCE_TYPES) out[t.short] = [...(s.get(t.typeUrl)?.resources.values() ?? [])].map(resourceToProto3Json);
-  return out;
-}
 
 const LONG = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const WRAPPERS = new Set(['DoubleValue', 'FloatValue', 'Int64Value', 'UInt64Value', 'Int32Value', 'UInt32Value', 'BoolValue', 'StringValue', 'BytesValue']);
