@@ -1,8 +1,11 @@
 /**
  * The page (/ui) in a real browser (Debian's chromium, playwright-core) against the real server on a folder of
- * manifests: the guide's mesh with its Retry edge, a live edit appearing without a reload, a proxy's NACK in red with
- * its error (as text), the amplification chain's 24-attempt path highlighted, keyboard and search; and what the page
- * must not do: be read through another Host name (DNS rebinding), run anything but its own scripts.
+ * manifests: the guide's mesh with its Retry edge (names written namespace/name, what serves each service, the worst
+ * path marked but not red), an address for each view and each opened Retry or proxy (the back button goes back), no
+ * proxy connected said as such with how to connect one, a live edit appearing without a reload, a proxy's NACK in red
+ * with its error (as text), the amplification chain's 24-attempt path highlighted and red (over the bound), keyboard
+ * and search; and what the page must not do: be read through another Host name (DNS rebinding), run anything but its
+ * own scripts.
  * UI_SCREENSHOTS=1 writes the screenshots docs/operating.md shows into docs/ui/.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -44,29 +47,66 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     await demo?.close();
   });
 
-  const open = async (url: string): Promise<Page> => {
+  const open = async (url: string, hash = ''): Promise<Page> => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
     const errors: string[] = [];
     page.on('pageerror', (e) => errors.push(e.message));
     page.on('console', (m) => m.type() === 'error' && errors.push(m.text()));
     (page as unknown as { errors: string[] }).errors = errors;
-    await page.goto(`${url}/ui`);
+    await page.goto(`${url}/ui${hash}`);
     await page.waitForFunction(() => (window as any).meshUi?.renders > 0 && (window as any).meshUi.loads >= 2, null, { timeout: 10_000 });
     return page;
   };
   const retryLabels = (page: Page): Promise<string[]> => page.evaluate(() => (window as any).meshUi.cy.edges('[kind="retry"]').map((e: any) => e.data('label')));
+  /** Each edge as `source>target` with its classes and its drawn colour. */
+  const edgesOf = (page: Page, kind: string): Promise<{ ends: string; classes: string[]; color: string; halo: number }[]> =>
+    page.evaluate(
+      (k) =>
+        (window as any).meshUi.cy.edges(`[kind="${k}"]`).map((e: any) => ({
+          ends: `${e.source().data('key')}>${e.target().data('key')}`,
+          classes: e.classes(),
+          color: e.style('line-color'),
+          halo: Number(e.style('underlay-opacity')),
+        })),
+      kind,
+    );
+  const GREEN = 'rgb(22,101,52)';
+  const RED = 'rgb(153,27,27)';
+  // Tapping returns nothing to the test (a Cytoscape collection is a large graph of objects to serialize).
+  const tapRetry = (page: Page): Promise<void> => page.evaluate(() => void (window as any).meshUi.cy.edges('[kind="retry"]').emit('tap'));
 
   it("renders the guide's mesh: services, identities and the Retry as an edge with numRetries and retryOn; the policy's Envoy retry_policy", async () => {
     const page = await open(demo.debug);
     expect(await retryLabels(page)).toEqual([expect.stringMatching(/^5 × 5xx · Accepted/)]);
     const nodes = await page.evaluate(() => (window as any).meshUi.cy.nodes().map((n: any) => `${n.data('kind')} ${n.data('key')}`).sort());
     expect(nodes).toEqual(expect.arrayContaining(['identity curl/curl', 'service httpbin/httpbin']));
+    // One convention for services and identities, namespace/name as the CLI and /debug write them, told by the legend.
+    const labels = await page.evaluate(() => (window as any).meshUi.cy.nodes('[kind="service"], [kind="identity"]').map((n: any) => `${n.data('kind')} ${n.data('label')}`).sort());
+    expect(labels).toEqual(['identity curl/curl', 'identity httpbin/httpbin', 'service curl/curl', 'service httpbin/httpbin']);
+    expect(await page.textContent('#view-graph')).toContain('Names are namespace/name, as the CLI (--from NS/SA --to NS/SVC)');
+    // What serves each service: the demo's EndpointSlices name no Pod, so their endpoints are drawn and the
+    // identities' absence explained.
+    expect((await edgesOf(page, 'backs')).map((e) => e.ends).sort()).toEqual(['curl/curl>curl/curl endpoints', 'httpbin/httpbin>httpbin/httpbin endpoints']);
+    expect(await page.evaluate(() => (window as any).meshUi.cy.nodes('[kind="endpoints"]').map((n: any) => n.data('label')).sort())).toEqual(['127.0.0.1:14001', '127.0.0.1:8080']);
+    const servedBy = await page.textContent('#servedby');
+    expect(servedBy).toContain('Served by endpoints, identity unknown: curl/curl (127.0.0.1:8080), httpbin/httpbin (127.0.0.1:14001)');
+    expect(servedBy).toContain('Serving no service: curl/curl, httpbin/httpbin (no pod behind');
+    // The guide's Retry is the worst path (6 attempts, under the bound of 10): marked by a halo, green, not red.
+    const [retry] = await edgesOf(page, 'retry');
+    expect(retry).toMatchObject({ ends: 'curl/curl>httpbin/httpbin', color: GREEN });
+    expect(retry.classes).toContain('worst');
+    expect(retry.classes).not.toContain('over');
+    expect(retry.halo).toBeGreaterThan(0);
+    expect(await page.getAttribute('#paths li.worst', 'class')).not.toContain('over');
+    expect(await page.locator('#paths li.worst').evaluate((li) => getComputedStyle(li).color)).not.toBe('rgb(153, 27, 27)');
+    expect(await page.textContent('#view-graph .legend .key.worst')).toContain('worst call path');
     await shot(page, 'mesh');
-    // Clicking the edge opens the policy: the retry_policy Envoy gets.
-    await page.evaluate(() => (window as any).meshUi.cy.edges('[kind="retry"]').emit('tap'));
+    // Clicking the edge opens the policy: the retry_policy Envoy gets, at its own address.
+    await tapRetry(page);
     await page.waitForSelector('#policy-detail:not([hidden])');
     expect(JSON.parse((await page.textContent('#policy-detail pre.retry-policy'))!)).toMatchObject({ retry_on: '5xx', num_retries: 5, per_try_timeout: '1s' });
     expect(await page.getAttribute('#tab-policies', 'aria-selected')).toBe('true');
+    expect(await page.evaluate(() => location.hash)).toBe('#policies/curl/retry');
     await shot(page, 'policy');
     expect((page as unknown as { errors: string[] }).errors).toEqual([]);
     await page.close();
@@ -79,8 +119,8 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     await page.keyboard.type('httpbin');
     const faded = await page.evaluate(() => (window as any).meshUi.cy.nodes('.faded').map((n: any) => n.data('key')));
     expect(faded).toContain('curl/curl');
-    // The service httpbin/httpbin and the identity httpbin/httpbin.
-    expect(await page.evaluate(() => (window as any).meshUi.cy.nodes('.match').map((n: any) => `${n.data('kind')} ${n.data('key')}`).sort())).toEqual(['identity httpbin/httpbin', 'service httpbin/httpbin']);
+    // The service httpbin/httpbin, its endpoints and the identity httpbin/httpbin.
+    expect(await page.evaluate(() => (window as any).meshUi.cy.nodes('.match').map((n: any) => `${n.data('kind')} ${n.data('key')}`).sort())).toEqual(['endpoints httpbin/httpbin endpoints', 'identity httpbin/httpbin', 'service httpbin/httpbin']);
     await page.keyboard.press('Escape');
     await page.focus('#tab-graph');
     await page.keyboard.press('ArrowRight');
@@ -90,6 +130,73 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     await page.keyboard.press('Enter');
     await page.waitForSelector('#policy-detail:not([hidden])');
     await page.close();
+  });
+
+  it('no proxy connected: says so and how to connect one, until one connects', async () => {
+    const page = await open(demo.debug, '#proxies');
+    expect(await page.getAttribute('#tab-proxies', 'aria-selected')).toBe('true');
+    await page.waitForSelector('#proxies-empty:not([hidden])');
+    expect(await page.isVisible('#proxies')).toBe(false);
+    const text = (await page.textContent('#proxies-empty'))!.replace(/\s+/g, ' ');
+    expect(text).toContain('No proxy is connected to this server');
+    expect(text).toContain('npm run demo');
+    expect(text).toContain('npx mesh-xds inject -f deploy/samples/guide/curl.yaml');
+    expect(text).toContain('127.0.0.1:15128');
+    const client = new RawAdsClient(demo.ads);
+    const stream = client.sotw();
+    try {
+      stream.send({ node: node({ id: 'first-proxy', namespace: 'curl', serviceAccount: 'curl' }), type_url: CLUSTER });
+      await page.waitForSelector('#proxies tbody tr[data-key="first-proxy"]', { timeout: 5_000 });
+      expect(await page.isVisible('#proxies-empty')).toBe(false);
+    } finally {
+      stream.close();
+      client.close();
+    }
+    await page.waitForSelector('#proxies-empty:not([hidden])', { timeout: 5_000 });
+    await page.close();
+  });
+
+  it('addresses: each view and each opened Retry has one, a shared link opens it, the back button goes back', async () => {
+    const page = await open(demo.debug);
+    expect(await page.getAttribute('#tab-graph', 'aria-selected')).toBe('true');
+    await page.click('#tab-policies');
+    expect(await page.evaluate(() => location.hash)).toBe('#policies');
+    await page.click('#policies tbody tr[data-key="curl/retry"]');
+    await page.waitForSelector('#policy-detail:not([hidden])');
+    expect(await page.evaluate(() => location.hash)).toBe('#policies/curl/retry');
+    expect(await page.title()).toBe('mesh-xds · Policies · curl/retry');
+    await page.click('#tab-proxies');
+    expect(await page.evaluate(() => location.hash)).toBe('#proxies');
+    await page.goBack();
+    await page.waitForFunction(() => location.hash === '#policies/curl/retry');
+    expect(await page.getAttribute('#tab-policies', 'aria-selected')).toBe('true');
+    expect(await page.isVisible('#policy-detail')).toBe(true);
+    await page.goBack();
+    await page.waitForFunction(() => location.hash === '#policies');
+    expect(await page.isVisible('#policy-detail')).toBe(false);
+    await page.goBack();
+    await page.waitForFunction(() => location.hash === '');
+    expect(await page.getAttribute('#tab-graph', 'aria-selected')).toBe('true');
+    expect(await page.isVisible('#view-policies')).toBe(false);
+    await page.goForward();
+    await page.waitForFunction(() => location.hash === '#policies');
+    expect(await page.getAttribute('#tab-policies', 'aria-selected')).toBe('true');
+    await page.close();
+
+    // A shared link: the Retry opened, the Envoy retry_policy shown.
+    const shared = await open(demo.debug, '#policies/curl/retry');
+    await shared.waitForSelector('#policy-detail pre.retry-policy');
+    expect(await shared.getAttribute('#tab-policies', 'aria-selected')).toBe('true');
+    expect(await shared.getAttribute('#policies tbody tr[data-key="curl/retry"]', 'class')).toContain('selected');
+    // Another address typed in the same page: shown without a reload.
+    await shared.evaluate(() => ((window as any).stayed = true));
+    await shared.evaluate(() => (location.hash = '#policies/curl/nope'));
+    await shared.waitForFunction(() => document.querySelector('#policy-detail')?.textContent?.includes('No Retry curl/nope in the mesh'));
+    await shared.evaluate(() => (location.hash = '#mesh'));
+    await shared.waitForFunction(() => !document.querySelector('#view-graph')!.hasAttribute('hidden'));
+    expect(await shared.evaluate(() => (window as any).stayed)).toBe(true);
+    expect((shared as unknown as { errors: string[] }).errors).toEqual([]);
+    await shared.close();
   });
 
   it('a live edit of numRetries appears within a second or two, without a reload', async () => {
@@ -132,17 +239,33 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     const sections = await page.locator('#proxy-detail details.dump-section > summary').allTextContents();
     expect(sections[0]).toMatch(/^Clusters \(\d+\)$/);
     expect(sections).toEqual(expect.arrayContaining([expect.stringMatching(/^Routes/), expect.stringMatching(/^Listeners/)]));
+    expect(await page.evaluate(() => location.hash)).toBe('#proxies/nacker');
     await page.close();
+    // The proxy's address, opened in another page: its config dump.
+    const shared = await open(demo.debug, '#proxies/nacker');
+    await shared.waitForSelector('#proxy-detail details.dump-section', { timeout: 5_000 });
+    expect(await shared.textContent('#proxy-detail h2')).toBe('Config dump of nacker');
+    await shared.close();
   });
 
-  it('the amplification chain: the 24-attempt path is listed first and its three edges highlighted', async () => {
+  it('the amplification chain: the 24-attempt path is listed first, its three edges haloed and red (over the bound of 10); pods make served-by edges', async () => {
     const chained = await startDemo((dir) => writeFileSync(path.join(dir, 'chain.yaml'), chain()));
     try {
       const page = await open(chained.debug);
       expect(await page.getAttribute('#paths li.worst', 'data-attempts')).toBe('24');
       expect(await page.textContent('#paths li.worst')).toContain('chain/a → chain/b (×4) → chain/c (×3) → chain/d (×2)');
-      const worst = await page.evaluate(() => (window as any).meshUi.cy.edges('.amp-worst').map((e: any) => `${e.source().data('key')}>${e.target().data('key')}`).sort());
-      expect(worst).toEqual(['chain/a>chain/b', 'chain/b>chain/c', 'chain/c>chain/d']);
+      expect(await page.textContent('#paths li.worst')).toContain("over the mesh's bound of 10");
+      expect(await page.locator('#paths li.worst').evaluate((li) => getComputedStyle(li).color)).toBe('rgb(153, 27, 27)');
+      const retries = await edgesOf(page, 'retry');
+      const worst = retries.filter((e) => e.classes.includes('worst'));
+      expect(worst.map((e) => e.ends).sort()).toEqual(['chain/a>chain/b', 'chain/b>chain/c', 'chain/c>chain/d']);
+      for (const e of worst) expect(e).toMatchObject({ color: RED, classes: expect.arrayContaining(['over']) });
+      // The chain's pods run as b, c and d behind their services: served by their identities, no endpoints square.
+      expect((await edgesOf(page, 'backs')).map((e) => e.ends)).toEqual(expect.arrayContaining(['chain/b>chain/b', 'chain/c>chain/c', 'chain/d>chain/d']));
+      const servedBy = await page.textContent('#servedby');
+      expect(servedBy).not.toContain('chain/b');
+      // a-0 runs as chain/a, but no service selects it.
+      expect(servedBy).toMatch(/Serving no service: chain\/a, /);
       await shot(page, 'amplification');
       await page.close();
     } finally {

@@ -34,7 +34,11 @@
         await new Promise((res) => setTimeout(res, 100 + attempt * 100));
         continue;
       }
-      if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+      if (!r.ok) {
+        // The debug endpoints say what is wrong (`{error}`): shown as it is, else the status.
+        const error = await r.json().then((b) => b?.error, () => undefined);
+        throw new Error(typeof error === 'string' ? error : `${path}: HTTP ${r.status}`);
+      }
       return r.json();
     }
   }
@@ -128,23 +132,56 @@
     return `${rp.num_retries ?? 1} × ${rp.retry_on ?? ''} · ${p.state}`;
   };
 
+  /** A Retry with a RetryAmplification warning lies on a call path over the mesh's bound: wrong, so red. */
+  const overBound = (p) => (p.warnings ?? []).some((w) => w.condition === 'RetryAmplification');
+  /** The mesh's bound (`--max-retry-amplification`), as its RetryAmplification warnings state it; none: no path is over. */
+  function amplificationBound() {
+    let bound = Infinity;
+    for (const p of state.policies) for (const w of p.warnings ?? []) if (w.condition === 'RetryAmplification') bound = Math.min(bound, Number(/bound of (\d+)/.exec(w.message)?.[1] ?? Infinity));
+    return bound;
+  }
+  /** At most `n` names, then how many more. */
+  const some = (names, n = 5) => (names.length <= n ? names.join(', ') : `${names.slice(0, n).join(', ')} and ${names.length - n} more`);
+
   function graphElements() {
     const nodes = new Map();
     const edges = [];
     const node = (id, data) => (nodes.has(id) ? nodes.get(id) : nodes.set(id, { data: { id, ...data } }).get(id));
-    for (const s of state.mesh.services) node(svcId(`${s.namespace}/${s.name}`), { label: `${s.name}.${s.namespace}`, kind: 'service', key: `${s.namespace}/${s.name}` });
+    // Services and identities are both written namespace/name, as the CLI (--from NS/SA --to NS/SVC) and /debug write them.
+    for (const s of state.mesh.services) node(svcId(`${s.namespace}/${s.name}`), { label: `${s.namespace}/${s.name}`, kind: 'service', key: `${s.namespace}/${s.name}` });
     for (const i of state.mesh.identities) node(idId(i), { label: i, kind: 'identity', key: i });
+    // Served by: a service to the identities of the pods behind its endpoints.
+    const backed = new Set();
     for (const [identity, refs] of Object.entries(state.mesh.backing ?? {})) {
       node(idId(identity), { label: identity, kind: 'identity', key: identity });
-      for (const svc of new Set(refs.map((r) => r.service))) edges.push({ data: { id: `backs:${svc}>${identity}`, source: svcId(svc), target: idId(identity), kind: 'backs' } });
+      for (const svc of new Set(refs.map((r) => r.service))) {
+        backed.add(svc);
+        edges.push({ data: { id: `backs:${svc}>${identity}`, source: svcId(svc), target: idId(identity), kind: 'backs' } });
+      }
     }
+    // A service whose endpoints are no pod the mesh knows (an EndpointSlice without its Pods, as deploy/demo's
+    // loopback backends) is served by those endpoints: drawn as such, and said why no identity is.
+    const why = { endpointsOnly: [], noEndpoints: [], idle: state.mesh.identities.filter((i) => !state.mesh.backing?.[i]) };
+    for (const s of state.mesh.services) {
+      const key = `${s.namespace}/${s.name}`;
+      if (backed.has(key)) continue;
+      const eps = [...new Set(s.ports.flatMap((p) => p.endpoints.map((e) => `${e.ip}:${e.port}`)))];
+      if (!eps.length) {
+        why.noEndpoints.push(key);
+        continue;
+      }
+      why.endpointsOnly.push(`${key} (${some(eps, 2)})`);
+      node(`ep:${key}`, { label: eps.length <= 2 ? eps.join(', ') : `${eps.length} endpoints`, kind: 'endpoints', key: `${key} endpoints` });
+      edges.push({ data: { id: `backs:${key}>endpoints`, source: svcId(key), target: `ep:${key}`, kind: 'backs' } });
+    }
+    ui.servedBy = why;
     // Each Retry: from its source identity to each destination (those it won when accepted, else those it names).
     const hops = new Map();
     state.amp.paths.forEach((path, rank) => {
       for (const h of path.hops) {
         const id = `retry:${h.retry}>${h.to}`;
         const seen = hops.get(id);
-        if (!seen || seen.attempts < path.attempts) hops.set(id, { attempts: path.attempts, hop: h.attempts, worst: rank === 0 });
+        if (!seen || seen.attempts < path.attempts) hops.set(id, { attempts: path.attempts, hop: h.attempts, worst: rank === 0 && path.attempts > 1 });
       }
     });
     for (const p of state.policies) {
@@ -157,9 +194,12 @@
         const id = `retry:${p.namespace}/${p.name}>${d}`;
         const amp = hops.get(id);
         const inForce = p.state === 'Accepted' && p.enabled !== false;
+        // Red is for what is wrong (not in force, over the amplification bound); the worst path is marked by a halo.
+        const status = !inForce ? 'notinforce' : overBound(p) ? 'inforce over' : 'inforce';
+        const onPath = amp ? `  (×${amp.hop}; ${amp.worst ? 'worst path' : 'path'}: ${amp.attempts} attempts)` : '';
         edges.push({
-          data: { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, label: `${retryLabel(p)}${amp ? `  (×${amp.hop}; ${amp.attempts} on the path)` : ''}` },
-          classes: [inForce ? 'inforce' : 'notinforce', amp ? (amp.worst ? 'amp amp-worst' : 'amp') : ''].join(' '),
+          data: { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, label: `${retryLabel(p)}${onPath}` },
+          classes: [status, amp ? (amp.worst ? 'amp worst' : 'amp') : ''].join(' '),
         });
       }
     }
@@ -186,12 +226,15 @@
     { selector: 'node[kind="service"]', style: { shape: 'round-rectangle', width: 34, height: 22, 'background-color': '#dbeafe', 'border-color': '#1d4ed8' } },
     { selector: 'node[kind="identity"]', style: { shape: 'ellipse', width: 24, height: 24, 'background-color': '#fef3c7', 'border-color': '#92400e' } },
     { selector: 'node[?missing]', style: { 'border-style': 'dashed', 'background-color': '#f3f4f6' } },
+    { selector: 'node[kind="endpoints"]', style: { shape: 'rectangle', width: 16, height: 16, 'background-color': '#f3f4f6', 'border-color': '#6b7280', color: '#374151', 'font-size': 10 } },
     { selector: 'edge', style: { 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 1.5, 'arrow-scale': 0.9 } },
     { selector: 'edge[kind="backs"]', style: { 'line-style': 'dashed', 'line-color': '#6b7280', 'target-arrow-color': '#6b7280', width: 1 } },
     { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'min-zoomed-font-size': 7, 'text-margin-y': -8, 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
     { selector: 'edge.notinforce', style: { 'line-style': 'dashed', 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
-    { selector: 'edge.amp', style: { 'line-color': '#c2410c', 'target-arrow-color': '#c2410c', color: '#7c2d12', width: 5 } },
-    { selector: 'edge.amp-worst', style: { 'line-color': '#b91c1c', 'target-arrow-color': '#b91c1c', color: '#7f1d1d', width: 7, 'font-weight': 'bold' } },
+    { selector: 'edge.over', style: { 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
+    // The call paths listed above the graph: wider; the worst one also haloed (its colour stays what its state says).
+    { selector: 'edge.amp', style: { width: 5 } },
+    { selector: 'edge.worst', style: { width: 6, 'font-weight': 'bold', 'underlay-color': '#2563eb', 'underlay-opacity': 0.3, 'underlay-padding': 6 } },
     // A big mesh: cheaper edges (drawn straight; "served by" as haystack lines, without arrows).
     { selector: 'edge.big', style: { 'curve-style': 'straight' } },
     { selector: 'edge.big[kind="backs"]', style: { 'curve-style': 'haystack', 'haystack-radius': 0, 'line-style': 'solid', 'line-color': '#9ca3af' } },
@@ -229,6 +272,7 @@
     $('#omitted').textContent = ui.omitted
       ? `Drawn: the services and identities that Retries connect${state.query ? ', and what the search finds' : ''}. ${ui.omitted} more without a Retry are not drawn: search to draw one.`
       : '';
+    renderServedBy();
     renderPaths();
     applySearch();
     ui.renders++;
@@ -247,11 +291,28 @@
     ui.cy.layout({ ...opts, animate: false }).run();
   }
 
+  /** Why a service has no `served by` identity, or an identity serves nothing: said under the graph. */
+  function renderServedBy() {
+    const { endpointsOnly, noEndpoints, idle } = ui.servedBy;
+    const lines = [];
+    if (endpointsOnly.length)
+      lines.push(
+        `Served by endpoints, identity unknown: ${some(endpointsOnly)}. Their endpoints are no pod the mesh knows (an EndpointSlice without its Pods, as deploy/demo's loopback backends), so the grey square shows the endpoints, not an identity.`,
+      );
+    if (noEndpoints.length) lines.push(`No ready endpoints: ${some(noEndpoints)}.`);
+    if (idle.length) {
+      const [it, its] = idle.length === 1 ? ['it', 'its'] : ['them', 'their'];
+      lines.push(`Serving no service: ${some(idle)} (no pod behind a service's endpoints is known to run as ${it}; a Retry from ${it} still applies to ${its} proxies).`);
+    }
+    $('#servedby').replaceChildren(...lines.map((l) => el('span', { class: 'note' }, l)));
+  }
+
   function renderPaths() {
     const box = $('#paths');
     box.replaceChildren();
     const paths = state.amp.paths.filter((p) => p.attempts > 1).slice(0, 5);
     if (!paths.length) return box.append(el('p', {}, 'No call path of Retries in force multiplies attempts.'));
+    const bound = amplificationBound();
     box.append(
       el('h2', { class: 'visually-hidden' }, 'Worst call paths'),
       el(
@@ -260,8 +321,9 @@
         paths.map((p, i) =>
           el(
             'li',
-            { class: i === 0 ? 'worst' : '', 'data-attempts': p.attempts },
-            `${p.attempts} attempts (${p.latency}${p.cycle ? ', comes back' : ''}): `,
+            { class: `${i === 0 ? 'worst' : ''} ${p.attempts > bound ? 'over' : ''}`.trim(), 'data-attempts': p.attempts },
+            i === 0 ? el('span', { class: 'mark' }, 'worst path') : '',
+            `${p.attempts} attempts (${p.latency}${p.cycle ? ', comes back' : ''})${p.attempts > bound ? `, over the mesh's bound of ${bound}` : ''}: `,
             p.hops.map((h, j) => `${j === 0 ? h.from : ''} → ${h.to} (×${h.attempts})`).join(''),
           ),
         ),
@@ -307,7 +369,13 @@
     if (state.policy) renderPolicyDetail();
   }
 
+  /** Opens a Retry's detail, and gives it an address (`#policies/<ns>/<name>`). */
   function openPolicy(key) {
+    showPolicy(key);
+    remember();
+  }
+
+  function showPolicy(key) {
     state.policy = key;
     selectTab('policies');
     renderPolicies();
@@ -317,7 +385,12 @@
   function renderPolicyDetail() {
     const box = $('#policy-detail');
     const p = state.policies.find((x) => `${x.namespace}/${x.name}` === state.policy);
-    if (!p) return void (box.hidden = true);
+    if (!p) {
+      // An address of a Retry that is not (or no longer) in the mesh: said once the mesh is in.
+      box.hidden = !state.mesh;
+      box.replaceChildren(el('h2', {}, `Retry ${state.policy}`), el('p', {}, `No Retry ${state.policy} in the mesh (deleted, or a mistyped address). The Policies view lists them all.`));
+      return;
+    }
     const reached = state.proxies.filter((x) => `${x.namespace}/${x.serviceAccount}` === p.source);
     box.replaceChildren(
       el('h2', {}, `Retry ${state.policy} `, badge(p.state)),
@@ -337,6 +410,9 @@
     $('#count-proxies').textContent = `(${state.proxies.length})`;
     stale.proxies = !shown('proxies');
     if (stale.proxies) return;
+    // None connected: say how to connect one instead of an empty table.
+    $('#proxies').hidden = state.proxies.length === 0;
+    $('#proxies-empty').hidden = state.proxies.length > 0;
     const rows = state.proxies.map((x) => {
       const types = x.types ?? {};
       const nacks = TYPES.filter((t) => types[t]?.state === 'NACKED').map((t) => `${t}: ${types[t].lastNack?.error ?? ''}`);
@@ -356,7 +432,13 @@
     applySearch();
   }
 
-  async function openProxy(nodeId) {
+  /** Opens a proxy's config dump, and gives it an address (`#proxies/<node id>`). */
+  function openProxy(nodeId) {
+    showProxy(nodeId);
+    remember();
+  }
+
+  async function showProxy(nodeId) {
     state.proxy = nodeId;
     selectTab('proxies');
     renderProxies();
@@ -433,14 +515,75 @@
     }
   }
 
+  // ---------------------------------------------------------------- addresses
+  // Each view and each opened Retry or proxy has an address: #mesh, #policies, #policies/<ns>/<name>, #proxies,
+  // #proxies/<node id>. What a user opens is pushed to the history (the back button goes back); an address typed,
+  // shared or reached by the back button is shown (hashchange).
+  const VIEW_NAMES = { graph: 'mesh', policies: 'policies', proxies: 'proxies' };
+  const encodeItem = (item) => item.split('/').map(encodeURIComponent).join('/');
+
+  /** The address of what is shown now. */
+  function hashOf() {
+    const view = TABS.find(shown) ?? 'graph';
+    const item = view === 'policies' ? state.policy : view === 'proxies' ? state.proxy : null;
+    return `#${VIEW_NAMES[view]}${item ? `/${encodeItem(item)}` : ''}`;
+  }
+
+  function titled() {
+    const view = TABS.find(shown) ?? 'graph';
+    const item = view === 'policies' ? state.policy : view === 'proxies' ? state.proxy : null;
+    document.title = `mesh-xds · ${$(`#tab-${view}`).firstChild.textContent.trim()}${item ? ` · ${item}` : ''}`;
+  }
+
+  /** What the user just opened becomes a step of the history. */
+  function remember() {
+    const h = hashOf();
+    if ((window.location.hash || '#mesh') !== h) window.history.pushState(null, '', h);
+    titled();
+  }
+
+  function closeDetails() {
+    for (const d of document.querySelectorAll('.detail')) d.hidden = true;
+    state.policy = state.proxy = null;
+    for (const tr of document.querySelectorAll('tbody tr.selected')) tr.classList.remove('selected');
+  }
+
+  /** Shows what the address names (an unknown one: the mesh). */
+  function route() {
+    const h = window.location.hash.replace(/^#/, '');
+    const cut = h.indexOf('/');
+    const name = cut < 0 ? h : h.slice(0, cut);
+    let item = cut < 0 ? '' : h.slice(cut + 1);
+    try {
+      item = decodeURIComponent(item);
+    } catch {
+      item = '';
+    }
+    const view = Object.keys(VIEW_NAMES).find((v) => VIEW_NAMES[v] === name) ?? 'graph';
+    if (view === 'policies' && item) {
+      if (state.policy !== item || !shown('policies')) showPolicy(item);
+    } else if (view === 'proxies' && item) {
+      if (state.proxy !== item || !shown('proxies')) showProxy(item);
+    } else {
+      closeDetails();
+      selectTab(view);
+    }
+    titled();
+  }
+  window.addEventListener('hashchange', route);
+
   for (const t of TABS) {
     const tab = $(`#tab-${t}`);
-    tab.addEventListener('click', () => selectTab(t));
+    tab.addEventListener('click', () => {
+      selectTab(t);
+      remember();
+    });
     tab.addEventListener('keydown', (e) => {
       const i = TABS.indexOf(t);
       const next = e.key === 'ArrowRight' ? TABS[(i + 1) % TABS.length] : e.key === 'ArrowLeft' ? TABS[(i + TABS.length - 1) % TABS.length] : null;
       if (!next) return;
       selectTab(next);
+      remember();
       $(`#tab-${next}`).focus();
     });
   }
@@ -452,10 +595,11 @@
     } else if (e.key === 'Escape') {
       $('#search').value = '';
       search('');
-      for (const d of document.querySelectorAll('.detail')) d.hidden = true;
-      state.policy = state.proxy = null;
+      closeDetails();
+      remember();
     }
   });
 
+  route();
   live();
 })();
