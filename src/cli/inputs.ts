@@ -4,7 +4,7 @@
  * subfolders too), or `-` for stdin. A name that does not exist is a usage error; a file that cannot be read, or
  * one bigger than the server would read, is that file's error.
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, readSync, statSync } from 'node:fs';
 import { listManifestFiles, MAX_MANIFEST_BYTES } from '../sources/files.js';
 import { UsageError } from './errors.js';
 
@@ -42,11 +42,37 @@ export async function readInputs(command: string, names: readonly string[]): Pro
   return out;
 }
 
+const TOO_BIG = `bigger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB, which the server does not read either`;
+
+/** Standard input, up to one byte over the bound (no more is held, however much comes). */
+function readStdin(): Buffer | undefined {
+  const buf = Buffer.alloc(MAX_MANIFEST_BYTES + 1);
+  let n = 0;
+  for (;;) {
+    let got: number;
+    try {
+      got = readSync(0, buf, n, buf.length - n, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
+      throw e;
+    }
+    if (got === 0) break;
+    n += got;
+    if (n > MAX_MANIFEST_BYTES) return undefined;
+  }
+  return buf.subarray(0, n);
+}
+
 function read(file: string, from: string | 0): Input {
   try {
-    if (from !== 0 && statSync(from).size > MAX_MANIFEST_BYTES) return { file, error: `bigger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB, which the server does not read either` };
+    if (from === 0) {
+      const buf = readStdin();
+      return buf ? { file, text: buf.toString('utf8') } : { file, error: TOO_BIG };
+    }
+    if (statSync(from).size > MAX_MANIFEST_BYTES) return { file, error: TOO_BIG };
     const text = readFileSync(from, 'utf8');
-    if (text.length > MAX_MANIFEST_BYTES) return { file, error: `bigger than ${MAX_MANIFEST_BYTES / 1024 / 1024} MiB, which the server does not read either` };
+    if (text.length > MAX_MANIFEST_BYTES) return { file, error: TOO_BIG };
     return { file, text };
   } catch (e) {
     return { file, error: `cannot read: ${(e as Error).message}` };
