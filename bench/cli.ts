@@ -22,13 +22,16 @@ const COMMANDS: { name: string; args: string[] }[] = [
 ];
 
 const times = COMMANDS.map(() => [] as number[]);
+/** A command that failed is reported, not timed (an older build may not have it). */
+const failed = new Map<number, string>();
 for (let i = 0; i < N; i++) {
   COMMANDS.forEach((c, j) => {
+    if (failed.has(j)) return;
     const start = process.hrtime.bigint();
     const r = spawnSync(process.execPath, c.args, { stdio: ['ignore', 'ignore', 'pipe'] });
     const ms = Number(process.hrtime.bigint() - start) / 1e6;
-    if (r.status !== 0) throw new Error(`${c.name}: exit ${r.status}: ${r.stderr}`);
-    times[j].push(ms);
+    if (r.status !== 0) failed.set(j, `exit ${r.status}: ${String(r.stderr).split('\n')[0]}`);
+    else times[j].push(ms);
   });
 }
 
@@ -40,6 +43,7 @@ const base = median(times[0]);
 console.log(`${N} runs each, interleaved; node ${process.version}`);
 console.log(`${'command'.padEnd(48)} ${'median'.padStart(8)} ${'fastest'.padStart(8)} ${'x node -e 0'.padStart(12)}`);
 COMMANDS.forEach((c, j) => {
+  if (failed.has(j)) return console.log(`${c.name.padEnd(48)} ${failed.get(j)}`);
   const m = median(times[j]);
   console.log(`${c.name.padEnd(48)} ${`${m.toFixed(0)} ms`.padStart(8)} ${`${Math.min(...times[j]).toFixed(0)} ms`.padStart(8)} ${(m / base).toFixed(2).padStart(12)}`);
 });
