@@ -54,9 +54,9 @@ beforeAll(async () => {
 });
 afterAll(() => server.close(1_000));
 
-/** The events of the latest call once its stream has closed (waits up to 2 s). */
+/** The events of the latest call once its stream has closed. */
 async function closedEvents(): Promise<string[]> {
-  for (let i = 0; i < 100 && !seen.at(-1)!.events.includes('close'); i++) await new Promise((r) => setTimeout(r, 20));
+  await eventually(() => seen.at(-1)!.events.includes('close'), 10_000, 'the call to close');
   return seen.at(-1)!.events;
 }
 
@@ -310,22 +310,42 @@ describe('gRPC transport of the ADS port', () => {
   });
 
   it("keeps a connection whose ping answer waited on the server's own busy turn", async () => {
-    const session = http2.connect(`http://127.0.0.1:${port}`).on('error', () => {});
+    // A raw HTTP/2 client that answers PINGs itself. On the server's first, the process (the server with it) is held
+    // for three timeouts, and the answer leaves half a timeout after: when the server's timer, late, runs, the answer
+    // is not on the socket yet (as behind a busy turn's other sockets). A server that judged the connection then, not
+    // giving it another timeout, would drop it.
+    const timeout = OPTIONS.keepaliveTimeoutMs;
+    const socket = net.connect(port, '127.0.0.1');
+    socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
     let closed = false;
-    session.on('close', () => (closed = true));
-    let held = 0;
-    // On the server's first ping, the process (server and client alike) is held for 1 s, five timeouts: the
-    // answer is ready only after the server's timer has come due.
-    session.on('ping', () => {
-      if (held++) return;
-      const until = Date.now() + 1_000;
-      while (Date.now() < until);
+    socket.on('close', () => (closed = true));
+    socket.on('error', () => {});
+    let pings = 0;
+    let pending = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => {
+      pending = Buffer.concat([pending, d]);
+      while (pending.length >= 9 && pending.length >= 9 + pending.readUIntBE(0, 3)) {
+        const length = pending.readUIntBE(0, 3);
+        const [type, flags] = [pending[3]!, pending[4]!];
+        const payload = Buffer.from(pending.subarray(9, 9 + length));
+        pending = pending.subarray(9 + length);
+        // SETTINGS: acknowledged; PING (not an ACK): answered with its payload.
+        if (type === 4 && !(flags & 1)) socket.write(Buffer.from([0, 0, 0, 4, 1, 0, 0, 0, 0]));
+        if (type !== 6 || flags & 1) continue;
+        const ack = Buffer.concat([Buffer.from([0, 0, 8, 6, 1, 0, 0, 0, 0]), payload]);
+        if (pings++ > 0) {
+          socket.write(ack);
+          continue;
+        }
+        const until = performance.now() + 3 * timeout;
+        while (performance.now() < until);
+        setTimeout(() => socket.write(ack), timeout / 2);
+      }
     });
-    await eventually(() => held > 0, 2_000, 'a ping from the server');
-    await new Promise((r) => setTimeout(r, 1_000));
+    // The server pings again only once it has taken the answer to the first; a connection it judged silent is closed.
+    await eventually(() => pings > 1 || closed, 30_000, 'a second ping, or the connection closed');
     expect(closed).toBe(false);
-    expect(held).toBeGreaterThan(1);
-    session.destroy();
+    socket.destroy();
   });
 
   it('refuses no stream holding less than a stream window, even together over the budget: each completes and is served', async () => {
@@ -347,7 +367,7 @@ describe('gRPC transport of the ADS port', () => {
         return { req, got };
       }),
     );
-    await eventually(() => server.receiving > BUDGET, 2_000, 'the server holding more than its budget in partial messages');
+    await eventually(() => server.receiving > BUDGET, 10_000, 'the server holding more than its budget in partial messages');
     await new Promise((r) => setTimeout(r, 100));
     expect(refusals.filter((r) => r === 'receive_budget').length - before).toBe(0);
     for (const { req } of echoes) req.write(message.subarray(55_000));
@@ -429,7 +449,7 @@ describe('gRPC transport of the ADS port', () => {
       req.write(frame(Buffer.from('hello')));
     });
     (session.socket as net.Socket).resetAndDestroy();
-    for (let i = 0; i < 50 && errors.length < before + 2; i++) await new Promise((r) => setTimeout(r, 20));
+    await eventually(() => errors.length >= before + 2, 10_000, 'the errors of the connection and its stream');
     expect(errors.slice(before).sort()).toEqual(['session ECONNRESET', 'stream ECONNRESET']);
     expect((await chat([Buffer.from('after')])).got.map(String)).toEqual(['after']);
   });
@@ -483,13 +503,15 @@ describe('a fair share per client (REFERENCE §16: one client held every stream,
     try {
       const attacker = await Promise.all([0, 1].map(() => connect(p, ATTACKER)));
       const held = attacker.flatMap((c) => Array.from({ length: 25 }, () => holdStream(c, frame(Buffer.from('x')))));
-      await eventually(() => events.filter((e) => e === 'too_many_streams').length === 10, 5_000, 'the attacker refused past the bound');
+      await eventually(() => events.filter((e) => e === 'too_many_streams').length === 10, 10_000, 'the attacker refused past the bound');
       const proxy = await connect(p, PROXY);
       for (let i = 0; i < 5; i++) expect(await echo(proxy, `served ${i}`)).toBe(`served ${i}`);
-      // Each of the proxy's streams took one of the attacker's (all of it still open: the proxy's echo streams stay open).
-      const evicted = (await Promise.all(held.slice(0, 40).map((h) => Promise.race([h.status, new Promise<undefined>((r) => setTimeout(r, 200))]))))
-        .filter((x) => x?.status === String(grpc.status.RESOURCE_EXHAUSTED));
-      expect(evicted.length).toBe(5);
+      // Each of the proxy's streams took one of the attacker's (all of it still open: the proxy's echo streams stay
+      // open): five refusals more, counted by the server as it made them, and their statuses reach the attacker.
+      expect(events.filter((e) => e === 'too_many_streams').length).toBe(15);
+      const evicted: { status?: string; message?: string }[] = [];
+      for (const h of held.slice(0, 40)) void h.status.then((x) => x.status === String(grpc.status.RESOURCE_EXHAUSTED) && evicted.push(x));
+      await eventually(() => evicted.length >= 5, 10_000, "the evicted streams' statuses");
       expect(evicted[0]!.message).toContain(`this stream's client (${ATTACKER}) the most`);
       for (const c of [...attacker, proxy]) c.destroy();
     } finally {
@@ -502,7 +524,7 @@ describe('a fair share per client (REFERENCE §16: one client held every stream,
     try {
       const attacker = [];
       for (let i = 0; i < 6; i++) attacker.push(await connect(p, ATTACKER).catch(() => undefined));
-      await eventually(() => events.filter((e) => e === 'dropped').length >= 2, 5_000, 'the attacker dropped past the bound');
+      await eventually(() => events.filter((e) => e === 'dropped').length >= 2, 10_000, 'the attacker dropped past the bound');
       const proxy = await connect(p, PROXY);
       expect(await echo(proxy, 'served')).toBe('served');
       expect(events.filter((e) => e === 'dropped').length).toBe(3);
@@ -536,7 +558,9 @@ describe('a fair share per client (REFERENCE §16: one client held every stream,
       req.write(whole.subarray(60_000));
       expect(await back).toBe(64_000);
       expect(most).toBeLessThanOrEqual(2 * BUDGET + 64_000);
-      const refused = (await Promise.all(held.map((h) => Promise.race([h.status, new Promise<undefined>((r) => setTimeout(r, 100))])))).filter((x) => x?.status);
+      const refused: { status?: string; message?: string }[] = [];
+      for (const h of held) void h.status.then((x) => x.status && refused.push(x));
+      await eventually(() => refused.length > 0, 10_000, "a refused stream's status");
       expect(refused[0]!.message).toContain(`its client (${ATTACKER}) held the most`);
       for (const c of [...attacker, proxy]) c.destroy();
     } finally {
@@ -558,18 +582,30 @@ describe('maximum connection age', () => {
     const p = await s.listen('127.0.0.1', 0);
     try {
       const session = http2.connect(`http://127.0.0.1:${p}`);
-      const goaway = new Promise<number>((r) => session.once('goaway', () => r(Date.now())));
+      const order: string[] = [];
+      const goaway = new Promise<number>((r) =>
+        session.once('goaway', () => {
+          order.push('goaway');
+          r(Date.now());
+        }),
+      );
       const started = Date.now();
       const stream = session.request({ ':method': 'POST', ':path': ECHO.path, 'content-type': 'application/grpc', te: 'trailers' });
-      const trailers = new Promise<http2.IncomingHttpHeaders>((r) => stream.once('trailers', r));
+      const trailers = new Promise<http2.IncomingHttpHeaders>((r) =>
+        stream.once('trailers', (t) => {
+          order.push('status');
+          r(t);
+        }),
+      );
       stream.on('data', () => {});
       stream.on('error', () => {});
       // A long-lived call, as an ADS stream is: open, one message, never ended by the client.
       stream.write(Buffer.from([0, 0, 0, 0, 2, 104, 105]));
-      const goawayAt = (await goaway) - started;
-      expect(goawayAt).toBeGreaterThanOrEqual(350);
-      expect(goawayAt).toBeLessThan(1_500);
+      // Not before the age (400 ms, less 10% jitter); when, after it, is a matter of the machine's load, not asserted.
+      expect((await goaway) - started).toBeGreaterThanOrEqual(350);
       const t = await trailers;
+      // GOAWAY at the age, the call's status only after the grace: GOAWAY first.
+      expect(order).toEqual(['goaway', 'status']);
       expect(t['grpc-status']).toBe(String(Code.UNAVAILABLE));
       expect(decodeURIComponent(String(t['grpc-message']))).toMatch(/maximum age \(--max-connection-age\): reconnect/);
       expect(ended).toEqual(['cancelled']);
