@@ -35,6 +35,8 @@ export interface Running {
   cache: SnapshotCache;
   registry: ProxyRegistry;
   pipeline: Pipeline;
+  /** The debug port's server. */
+  debug: DebugServer;
   close(): Promise<void>;
 }
 
@@ -262,6 +264,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     cache,
     registry,
     pipeline,
+    debug,
     async close() {
       adsServing = false;
       tls?.close();
