@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { RawAdsClient, node, type AdsTestStream } from './helpers/ads-client.js';
 import { startAds } from './helpers/server.js';
+import { eventually } from './helpers/grpc-xds.js';
 import { apiListener, cluster, endpoints, route, simpleSnapshot } from './helpers/fixtures.js';
 import { buildSnapshot } from '../src/xds/resources/snapshot.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
@@ -74,7 +75,7 @@ describe('repeated nodes', () => {
       // An ACK that repeats a node whose bytes are not a Node at all (a Struct field cut short).
       const garbage = lenField(message(delta).fields.node.id, Buffer.from([0x2a, 0x05, 0x0a, 0x03]));
       s.sendBytes(delta ? { type_url: LISTENER, response_nonce: r.nonce } : { type_url: LISTENER, version_info: r.version_info, response_nonce: r.nonce }, garbage);
-      expect(await s.silent()).toBe(true);
+      expect(await s.nothingOwed(CLUSTER)).toBe(true);
       expect(s.error).toBeUndefined();
       expect(syncState([...env.registry.connections][0].status(LISTENER))).toBe('SYNCED');
     });
@@ -85,12 +86,14 @@ describe('state of the world', () => {
   it('serves nothing before the inputs are ready, then the full state', async () => {
     const s = open();
     s.send({ node: node(), type_url: LISTENER });
-    expect(await s.silent(300)).toBe(true);
+    // The request is handled (the stream is open) before the inputs are: anything it were answered would come first.
+    await eventually(() => env.registry.connections.size === 1, 10_000, 'the stream to open');
     ready();
     const r = await s.next();
     expect(r.type_url).toBe(LISTENER);
     expect(r.names).toEqual(['l1']);
     expect(r.version_info).toBe(env.cache.peek(KEY)!.get(LISTENER)!.version);
+    expect(await s.nothingOwed(CLUSTER)).toBe(true);
   });
 
   it('treats an empty first request and "*" as wildcard, other names as named', async () => {
@@ -116,7 +119,7 @@ describe('state of the world', () => {
     const r = await s.next();
     expect(r.names).toEqual(['r1']);
     s.send({ type_url: ROUTE, resource_names: ['r1'], version_info: r.version_info, response_nonce: r.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(CLUSTER)).toBe(true);
     const st = [...env.registry.connections][0].status(ROUTE);
     expect(st.ackedVersion).toBe(r.version_info);
     expect(syncState(st)).toBe('SYNCED');
@@ -134,7 +137,7 @@ describe('state of the world', () => {
       response_nonce: r.nonce,
       error_detail: { code: 3, message: 'retry_policy: num_retries must be > 0' },
     });
-    expect(await s.silent(500)).toBe(true);
+    expect(await s.nothingOwed(CLUSTER)).toBe(true);
     const conn = [...env.registry.connections][0];
     expect(conn.status(ROUTE).lastNack).toMatchObject({ version: r.version_info, error: 'retry_policy: num_retries must be > 0' });
     expect(syncState(conn.status(ROUTE))).toBe('NACKED');
@@ -155,7 +158,7 @@ describe('state of the world', () => {
     expect(second.nonce).not.toBe(first.nonce);
     // A late request carrying the old nonce, asking for more names: ignored whole.
     s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: first.version_info, response_nonce: first.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(LISTENER)).toBe(true);
     // The same request with the latest nonce is honored: the client is sent what it lacks.
     s.send({ type_url: ENDPOINT, resource_names: ['a', 'b'], version_info: second.version_info, response_nonce: second.nonce });
     expect((await s.next()).names).toEqual(['b']);
@@ -173,7 +176,7 @@ describe('state of the world', () => {
     const grown = await s.next();
     expect(grown.names).toEqual(['c']);
     s.send({ type_url: ENDPOINT, resource_names: ['a', 'b', 'c'], version_info: grown.version_info, response_nonce: grown.nonce });
-    expect(await s.silent(300)).toBe(true);
+    expect(await s.nothingOwed(LISTENER)).toBe(true);
     // One resource changed: that one alone.
     env.cache.set(KEY, mesh(9));
     const changed = await s.next();
@@ -187,7 +190,7 @@ describe('state of the world', () => {
     expect(all.version_info).toBe(changed.version_info);
     const again = open();
     again.send({ node: node({ id: 'again' }), type_url: ENDPOINT, resource_names: ['a', 'b', 'c'], version_info: changed.version_info });
-    expect(await again.silent(300)).toBe(true);
+    expect(await again.nothingOwed(LISTENER)).toBe(true);
     // CDS is a full-state type: always sent whole.
     s.send({ node: node(), type_url: CLUSTER });
     const clusters = await s.next();
@@ -200,7 +203,7 @@ describe('state of the world', () => {
     s.send({ node: node(), type_url: ROUTE, resource_names: ['r1'] });
     const r = await s.next();
     s.send({ type_url: ROUTE, resource_names: [], version_info: r.version_info, response_nonce: r.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(CLUSTER)).toBe(true);
     s.send({ type_url: ROUTE, resource_names: ['r1'], version_info: r.version_info, response_nonce: r.nonce });
     expect((await s.next()).names).toEqual(['r1']);
   });
@@ -235,12 +238,12 @@ describe('state of the world', () => {
     ack(await s.next());
     s.send({ type_url: ROUTE, resource_names: ['r1'] });
     ack(await s.next(), ['r1']);
-    expect(await s.silent()).toBe(true);
 
-    // Route now points at c2, c1 goes away, listener and endpoints change too.
+    // Route now points at c2, c1 goes away, listener and endpoints change too (and a route r2 appears). Nothing came
+    // before the change: the next four responses are its own, one of each type.
     env.cache.set(
       KEY,
-      buildSnapshot([cluster('c2', { connect_timeout: { seconds: 2 } }), endpoints('c2', 7), apiListener('l1', 'r1'), apiListener('l2', 'r1'), route('r1', 'l1', 'c2')]),
+      buildSnapshot([cluster('c2', { connect_timeout: { seconds: 2 } }), endpoints('c2', 7), apiListener('l1', 'r1'), apiListener('l2', 'r1'), route('r1', 'l1', 'c2'), route('r2', 'l2', 'c2')]),
     );
     const order: string[] = [];
     const cds = await s.next();
@@ -258,8 +261,12 @@ describe('state of the world', () => {
     ack(cds);
     ack(eds, ['c1', 'c2']);
     ack(lds);
-    expect(await s.silent(200)).toBe(true);
-    ack(rds, ['r1']);
+    // RDS alone unanswered, c1's removal waits. The proof: RDS answered and grown by r2 has r2 alone come back, and
+    // no removal before it (RDS unanswered again, the removal still waits).
+    ack(rds, ['r1', 'r2']);
+    const grown = await s.next();
+    expect([grown.type_url, grown.names]).toEqual([ROUTE, ['r2']]);
+    ack(grown, ['r1', 'r2']);
     const removal = await s.next();
     expect(removal.type_url).toBe(CLUSTER);
     expect(removal.names).toEqual(['c2']);
@@ -276,7 +283,7 @@ describe('state of the world', () => {
     const e = await s.next();
     expect(e.names).toEqual(['c1', 'c2']);
     s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'], version_info: e.version_info, response_nonce: e.nonce });
-    expect(await s.silent()).toBe(true);
+    // Nothing more before the change: the responses after it are exactly CDS, then EDS under the version held.
     env.cache.set(KEY, mesh(5));
     const c2 = await s.next();
     expect(c2.type_url).toBe(CLUSTER);
@@ -289,7 +296,7 @@ describe('state of the world', () => {
     expect(e2.version_info).toBe(e.version_info);
     expect(e2.nonce).not.toBe(e.nonce);
     s.send({ type_url: ENDPOINT, resource_names: ['c1', 'c2'], version_info: e2.version_info, response_nonce: e2.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(LISTENER)).toBe(true);
   });
 
   it('treats a nonce on the first request of a stream as a fresh request, not a stale one', async () => {
@@ -307,7 +314,7 @@ describe('state of the world', () => {
     s.close();
     const again = open();
     again.send({ node: node(), type_url: LISTENER, version_info: r.version_info });
-    expect(await again.silent()).toBe(true);
+    expect(await again.nothingOwed(CLUSTER)).toBe(true);
     const other = open();
     other.send({ node: node({ id: 'x' }), type_url: LISTENER, version_info: 'some-old-version' });
     expect((await other.next()).version_info).toBe(r.version_info);
@@ -329,7 +336,7 @@ describe('delta', () => {
     expect(r2.removed).toEqual(['missing']);
     s.send({ type_url: ENDPOINT, response_nonce: r2.nonce });
     s.send({ type_url: ENDPOINT, resource_names_unsubscribe: ['a'] });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(ENDPOINT)).toBe(true);
     // b is deleted from the mesh: removed; a (unsubscribed) changes: not sent.
     env.cache.set(KEY, buildSnapshot([cluster('a'), endpoints('a', 9)]));
     const r3 = await s.next();
@@ -357,7 +364,7 @@ describe('delta', () => {
     const e = await s.next();
     expect(e.names).toEqual(['a', 'b']);
     s.send({ type_url: ENDPOINT, response_nonce: e.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(ENDPOINT)).toBe(true);
     env.cache.set(KEY, buildSnapshot([cluster('a'), cluster('b', { connect_timeout: { seconds: 5 } }), endpoints('a', 1), endpoints('b', 2)]));
     const c2 = await s.next();
     expect([c2.type_url, c2.names]).toEqual([CLUSTER, ['b']]);
@@ -365,7 +372,7 @@ describe('delta', () => {
     expect([e2.type_url, e2.names]).toEqual([ENDPOINT, ['b']]);
     s.send({ type_url: CLUSTER, response_nonce: c2.nonce });
     s.send({ type_url: ENDPOINT, response_nonce: e2.nonce });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(ENDPOINT)).toBe(true);
   });
 
   it('records a delta NACK without resending', async () => {
@@ -375,7 +382,7 @@ describe('delta', () => {
     const r = await s.next();
     expect(r.names).toEqual(['l1']);
     s.send({ type_url: LISTENER, response_nonce: r.nonce, error_detail: { code: 3, message: 'bad listener' } });
-    expect(await s.silent()).toBe(true);
+    expect(await s.nothingOwed(CLUSTER)).toBe(true);
     const conn = [...env.registry.connections][0];
     expect(conn.status(LISTENER).lastNack?.error).toBe('bad listener');
     expect(conn.stream).toBe('delta');

@@ -121,17 +121,31 @@ class Stream {
     });
   }
 
-  /** Resolves true if nothing arrives within `ms`. */
-  async silent(ms = 300): Promise<boolean> {
-    try {
-      const r = await this.next(ms);
-      if (process.env.DEBUG_ADS) console.log('unexpected', r.type_url, r.names, r.version_info, r.nonce);
+  private sentinels = 0;
+
+  /**
+   * Proves that the server owes this stream nothing more, without waiting for silence: asks for a resource of
+   * `typeUrl` that does not exist, and resolves true if the next response is the answer to exactly that (false if
+   * another came first; it stays queued). The server handles a stream's requests in order and writes whatever one
+   * owes before it reads the next (src/xds/protocol/stream.ts), so anything the steps before owed comes before the
+   * sentinel's answer. The answer is ACKed, so that it holds nothing back after it (make-before-break).
+   *
+   * Take a type the stream does not otherwise take. SotW answers a missing name of a full-state type (CDS, LDS) with
+   * an empty response, once per type and stream; and a CDS response has the stream's EDS sent again: with EDS, take
+   * LDS. Delta answers a missing name of any type not taken as a wildcard (it is reported removed), every time.
+   */
+  async nothingOwed(typeUrl: string): Promise<boolean> {
+    const name = `sentinel-${++this.sentinels}`;
+    this.send(this.delta ? { type_url: typeUrl, resource_names_subscribe: [name] } : { type_url: typeUrl, resource_names: [name] });
+    const r = await this.next();
+    const answer = r.type_url === typeUrl && r.names.length === 0 && (!this.delta || (r.removed?.length === 1 && r.removed[0] === name));
+    if (!answer) {
+      if (process.env.DEBUG_ADS) console.log('owed', r.type_url, r.names, r.version_info, r.nonce);
       this.queue.unshift(r);
       return false;
-    } catch (e) {
-      if ((e as Error).message.startsWith('no response')) return true;
-      throw e;
     }
+    this.send(this.delta ? { type_url: typeUrl, response_nonce: r.nonce } : { type_url: typeUrl, resource_names: [name], version_info: r.version_info, response_nonce: r.nonce });
+    return true;
   }
 
   close(): void {
