@@ -93,3 +93,19 @@ describe('the CLI through a pipe', () => {
     expect(r.err).toBe('');
   });
 });
+
+describe('standard input', () => {
+  it('`inject -f -` holds no more of its input than the server reads of a file (4 MiB): a bigger one is refused, naming the bound', async () => {
+    const child = spawn(process.execPath, [BIN, 'inject', '-f', '-'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.stdin.on('error', () => {});
+    // 6 MiB, written in pieces; the command stops reading after the bound.
+    const piece = Buffer.alloc(256 * 1024, 0x61);
+    for (let i = 0; i < 24 && !child.stdin.destroyed; i++) child.stdin.write(piece);
+    child.stdin.end();
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(1);
+    expect(err.trim()).toBe('mesh-xds: inject: -f -: bigger than 4 MiB, which the server does not read either');
+  });
+});

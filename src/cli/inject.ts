@@ -3,7 +3,7 @@
  * DaemonSets, ReplicaSets, Jobs) with the sidecar, exactly as the webhook injects them; for clusters where the
  * webhook cannot run. Everything else in the file is printed as it is.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { parseAllDocuments, stringify } from 'yaml';
 import { applyPatch, decide } from '../inject/inject.js';
 import { SIDECAR_INJECTION_ANNOTATION } from '../inject/template.js';
@@ -14,6 +14,7 @@ import { packagePath } from '../paths.js';
 import { DEFAULT_TRUST_DOMAIN } from '../security/spiffe.js';
 import { parseFlags, type Usage } from './args.js';
 import { ExitError, UsageError } from './errors.js';
+import { readInput } from './inputs.js';
 
 const TEMPLATED = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
 
@@ -36,15 +37,20 @@ export function injectCommand(args: string[]): number {
   for (const flag of ['namespace', 'control-plane-namespace'] as const) {
     if (!isDnsLabel(values[flag]!)) throw new UsageError(`inject: --${flag} ${values[flag]}: not a Kubernetes namespace name (lowercase letters, digits and '-')`);
   }
-  let text: string;
-  try {
-    text = readFileSync(values.file === '-' ? 0 : values.file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UsageError(`inject: -f ${values.file}: no such file`);
-    if (code === 'EISDIR') throw new UsageError(`inject: -f ${values.file}: a directory; inject takes one file (for several: for f in DIR/*.yaml; do mesh-xds inject -f "$f"; done)`);
-    throw new ExitError(`inject: -f ${values.file}: cannot read: ${(e as Error).message}`, 1);
+  if (values.file !== '-') {
+    let isDir: boolean;
+    try {
+      isDir = statSync(values.file).isDirectory();
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new UsageError(`inject: -f ${values.file}: ${code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    }
+    if (isDir) throw new UsageError(`inject: -f ${values.file}: a directory; inject takes one file (for several: for f in DIR/*.yaml; do mesh-xds inject -f "$f"; done)`);
   }
+  // At most what the server reads of a manifest (standard input included: no more is held, however much comes).
+  const input = readInput(values.file);
+  if (input.text === undefined) throw new ExitError(`inject: -f ${values.file}: ${input.error}`, 1);
+  const text = input.text;
   const parsedDocs = parseAllDocuments(text);
   const docsList = Array.isArray(parsedDocs) ? parsedDocs : [parsedDocs];
   for (const [i, d] of docsList.entries()) {

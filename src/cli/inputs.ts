@@ -64,6 +64,11 @@ function readStdin(): Buffer | undefined {
   return buf.subarray(0, n);
 }
 
+/** One file, or `-` for standard input, bounded as the server reads files. */
+export function readInput(name: string): Input {
+  return read(name, name === '-' ? 0 : name);
+}
+
 function read(file: string, from: string | 0): Input {
   try {
     if (from === 0) {
