@@ -15,7 +15,10 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cli-errors-'));
 const empty = path.join(dir, 'empty');
 const badYaml = path.join(dir, 'bad.yaml');
 const noManifests = path.join(dir, 'no-manifests');
+const deepYaml = path.join(dir, 'deep.yaml');
 beforeAll(() => {
+  // 200,000 nested brackets: the YAML parser's recursion overflows its stack (and took the folder's worker to 1.2 GB).
+  writeFileSync(deepYaml, `a: ${'['.repeat(200_000)}\n`);
   mkdirSync(empty);
   mkdirSync(noManifests);
   writeFileSync(path.join(noManifests, 'notes.txt'), 'not a manifest\n');
@@ -89,6 +92,7 @@ const TABLE: Row[] = [
   [['inject', '-f', '/nonexistent'], 2, /inject: -f \/nonexistent: no such file/],
   [['inject', '-f', 'deploy'], 2, /inject: -f deploy: a directory; inject takes one file/],
   [['inject', '-f', badYaml], 1, /inject: .*bad.yaml: document 1: /],
+  [['inject', '-f', deepYaml], 1, /inject: .*deep.yaml:1: nests flow collections \(\[ \], \{ \}\) more than 100 deep; not parsed/],
   [['inject', '-f', 'deploy/demo/curl.yaml', '-n', 'Bad'], 2, /--namespace Bad: not a Kubernetes namespace name/],
   // ca
   [['ca'], 2, /ca: which one\? init or issue/],

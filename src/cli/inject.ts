@@ -15,6 +15,7 @@ import { DEFAULT_TRUST_DOMAIN } from '../security/spiffe.js';
 import { parseFlags, type Usage } from './args.js';
 import { ExitError, UsageError } from './errors.js';
 import { readInput } from './inputs.js';
+import { nestingProblem } from '../sources/yaml-depth.js';
 
 const TEMPLATED = new Set(['Deployment', 'StatefulSet', 'DaemonSet', 'ReplicaSet', 'Job']);
 
@@ -51,6 +52,9 @@ export function injectCommand(args: string[]): number {
   const input = readInput(values.file);
   if (input.text === undefined) throw new ExitError(`inject: -f ${values.file}: ${input.error}`, 1);
   const text = input.text;
+  // Nesting the YAML parser could not survive is refused before it starts, as the server's folder source does.
+  const deep = nestingProblem(text);
+  if (deep) throw new ExitError(`inject: ${values.file}:${deep.line}: ${deep.message}`, 1);
   const parsedDocs = parseAllDocuments(text);
   const docsList = Array.isArray(parsedDocs) ? parsedDocs : [parsedDocs];
   for (const [i, d] of docsList.entries()) {
