@@ -41,6 +41,8 @@ export interface HostileOptions {
   anonymousConnections?: number;
   /** Run the well-behaved client here (default, without TLS); false: another process runs it. */
   wellBehaved?: boolean;
+  /** The attackers' source address (default: the system's choice, 127.0.0.1 on loopback). */
+  from?: string;
 }
 
 export interface HostileReport {
@@ -87,7 +89,12 @@ export async function hostileClients(address: string, o: HostileOptions): Promis
   const url = `${o.tls ? 'https' : 'http'}://${address}`;
   const sessions: http2.ClientHttp2Session[] = [];
   const connect = (): http2.ClientHttp2Session => {
-    const s = http2.connect(url, { rejectUnauthorized: false, maxSessionMemory: 1024 });
+    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+    const s = http2.connect(url, {
+      rejectUnauthorized: false,
+      maxSessionMemory: 1024,
+      ...(o.from ? { createConnection: () => (o.tls ? tls.connect({ host, port, localAddress: o.from, rejectUnauthorized: false, ALPNProtocols: ['h2'] } as tls.ConnectionOptions) : net.connect({ host, port, localAddress: o.from })) } : {}),
+    });
     s.on('error', () => {});
     sessions.push(s);
     return s;

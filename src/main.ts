@@ -203,6 +203,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   });
   const adsPort = await ads.listen(cfg.adsAddress).catch(listenError('--ads-address', cfg.adsAddress));
   adsServing = true;
+  metrics.transport = () => ({ receiving: ads.grpc.receiving, streams: ads.grpc.open });
   let webhook: InjectionWebhook | undefined;
   let webhookPort: number | undefined;
   let webhookTls: TlsServing | undefined;

@@ -227,3 +227,26 @@ describe('debug server', () => {
     }
   });
 });
+
+describe('a stream that never asks', () => {
+  it('is ended once its first request is overdue (it only held a slot), and counted; a stream that asks is kept', async () => {
+    const { registry, server, address } = await startAds({ firstRequestSeconds: 1 });
+    const refused: string[] = [];
+    registry.observe({ refused: (r) => refused.push(r) });
+    const client = new RawAdsClient(address);
+    try {
+      const idle = client.sotw();
+      const asking = client.sotw();
+      asking.send({ node: node({ id: 'curl-asks' }), type_url: CDS });
+      const err = await ended(idle, 10_000);
+      expect(err.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+      expect(err.details).toBe("no request within 1 s of the stream's start: a stream holds a slot of the server only while it asks for config");
+      expect(refused).toEqual(['no_request']);
+      // The one that asked is still open (this server has no config for it: it waits).
+      expect(asking.error).toBeUndefined();
+    } finally {
+      client.close();
+      await server.close(100);
+    }
+  });
+});

@@ -66,6 +66,8 @@ export class Metrics {
   ir?: () => MeshIR | undefined;
   /** Sidecar mTLS: certificates issued so far and identities holding one (never their content). */
   sidecarCerts?: () => { issued: number; held: number };
+  /** The ADS port: bytes of request messages held incomplete, and streams open. */
+  transport?: () => { receiving: number; streams: number };
 
   constructor(proxies: ProxyRegistry) {
     const errors = (): number => this.sourceErrors();
@@ -84,6 +86,23 @@ export class Metrics {
       registers: [this.registry],
       collect() {
         this.set(errors());
+      },
+    });
+    const transport = (): { receiving: number; streams: number } | undefined => this.transport?.();
+    new Gauge({
+      name: 'mesh_xds_receive_held_bytes',
+      help: 'ADS port: bytes of request messages received and not yet complete, held for every stream together (bounded by the receive budget and ceiling, docs/security.md)',
+      registers: [this.registry],
+      collect() {
+        this.set(transport()?.receiving ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'mesh_xds_streams_open',
+      help: 'ADS port: gRPC streams open (ADS, CSDS), every client together (bounded, shared fairly by client)',
+      registers: [this.registry],
+      collect() {
+        this.set(transport()?.streams ?? 0);
       },
     });
     const certs = (): { issued: number; held: number } | undefined => this.sidecarCerts?.();

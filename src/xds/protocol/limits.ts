@@ -5,6 +5,8 @@
  * one EDS name per cluster, and a 10,000-service mesh with 2 ports each is 20,000 names.
  */
 export const LIMITS = {
+  /** Seconds a stream may stay open before its first request (Envoy sends it at once). */
+  firstRequestSeconds: 10,
   /** Characters of `node.id`. */
   nodeIdLength: 1024,
   /** Characters of one resource name in a request. */

@@ -121,7 +121,7 @@ export interface BaseTypeState {
 }
 
 /** Why the server ended a stream: the reason label of `mesh_xds_streams_refused_total`. */
-export type RefusalReason = 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading' | PeerRefusal | 'identity_mismatch';
+export type RefusalReason = 'no_request' | 'bad_request' | 'bad_node' | 'too_many_names' | 'name_too_long' | 'too_many_requests' | 'not_reading' | PeerRefusal | 'identity_mismatch';
 
 export abstract class AdsStream<S extends BaseTypeState> {
   protected identity?: ProxyIdentity;
@@ -140,6 +140,8 @@ export abstract class AdsStream<S extends BaseTypeState> {
   private readonly pendingSince: number[] = [];
   /** Ends the stream when its client certificate expires (mTLS). */
   private expiry?: NodeJS.Timeout;
+  /** A stream must send its first request within limits.firstRequestSeconds (an idle stream only holds a slot). */
+  private firstRequest?: NodeJS.Timeout;
 
   private readonly requestType: protobuf.Type;
   /** The request's `node` field: decoded on the first request only (Envoy repeats it unless told not to). */
@@ -155,6 +157,10 @@ export abstract class AdsStream<S extends BaseTypeState> {
     this.nodeField = this.requestType.fields.node.id;
     this.rate = new RateLimit(ctx.limits.requestBurst, ctx.limits.requestsPerSecond);
     call.on('data', (buf: Buffer) => this.onData(buf));
+    this.firstRequest = setTimeout(
+      () => this.fail(Code.DEADLINE_EXCEEDED, `no request within ${ctx.limits.firstRequestSeconds} s of the stream's start: a stream holds a slot of the server only while it asks for config`, 'no_request'),
+      ctx.limits.firstRequestSeconds * 1000,
+    ).unref();
     call.on('end', () => this.close());
     call.on('cancelled', () => this.close());
     if (ctx.peers) {
@@ -199,6 +205,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
 
   private onData(buf: Buffer): void {
     if (this.closed) return;
+    clearTimeout(this.firstRequest);
     try {
       this.handle(buf);
     } catch (e) {
@@ -422,6 +429,7 @@ export abstract class AdsStream<S extends BaseTypeState> {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.expiry);
+    clearTimeout(this.firstRequest);
     this.unwatch?.();
     if (this.ref) {
       this.ctx.events.closed(this.ref);

@@ -79,6 +79,9 @@ export interface CallLimits {
 /** Why the transport refused a stream or a connection (the reason label of its counter). */
 export type TransportRefusal = 'receive_budget' | 'incomplete_message' | 'message_too_large' | 'too_many_streams' | 'bad_message';
 
+/** Bytes of one stream's request headers (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE, advertised to every client). */
+const MAX_HEADER_LIST = 16 * 1024;
+
 /** The HTTP/2 receive window of each stream (the protocol's default, set explicitly: the receive budget relies on it). */
 const STREAM_WINDOW = 65_535;
 
@@ -109,8 +112,15 @@ class ReceiveBudget {
     if (holds) this.holders.add(call);
     else this.holders.delete(call);
     if (!holds) this.ceiling.release(call);
-    // Refused here (the call's bytes dropped) if its client holds the most once the ceiling is reached.
-    else if (!this.ceiling.admit(call, call.client, call.held)) return;
+    else {
+      const member = this.ceiling.has(call);
+      // Past the ceiling, the call is refused (its bytes dropped) if its client holds the most: a member was
+      // evicted by the share itself (refused already); a call the share would not take is refused here.
+      if (!this.ceiling.admit(call, call.client, call.held)) {
+        if (!member) call.overBudget(this.used, this.ceiling.bounds.total, `its client (${call.client}) held the most`);
+        return;
+      }
+    }
     if (this.used <= this.limit || this.checking) return;
     this.checking = true;
     setImmediate(() => {
@@ -536,7 +546,9 @@ export class GrpcServer {
       refused: (reason) => events.refused?.(reason),
     };
     this.h2 = http2.createServer({
-      settings: { maxConcurrentStreams: opts.maxConcurrentStreams, initialWindowSize: STREAM_WINDOW },
+      // Request headers: 16 KiB a stream (an Envoy's are a few hundred bytes; grpc-js allows 8 KiB of metadata); the
+      // default, 64 KiB, let 30,000 idle streams hold 1.2 GB of headers outside the receive budget.
+      settings: { maxConcurrentStreams: opts.maxConcurrentStreams, initialWindowSize: STREAM_WINDOW, maxHeaderListSize: MAX_HEADER_LIST },
       // A push of a large mesh is tens of MB per stream: Node's default of 10 MB per session would reset it.
       // What a client makes the server hold is bounded by the calls (the receive budget), not here.
       maxSessionMemory: Number.MAX_SAFE_INTEGER,
@@ -576,6 +588,11 @@ export class GrpcServer {
     return this.shared.budget.used;
   }
 
+  /** Streams open now. */
+  get open(): number {
+    return this.streams.used;
+  }
+
   /** Serves `path` (`/package.Service/Method`) with `handler`. */
   handle(path: string, handler: Handler): void {
     this.handlers.set(path, handler);
@@ -611,13 +628,16 @@ export class GrpcServer {
     }
   }
 
-  /** Whose share a connection's calls count in: the identity its certificate proved, else its source address. */
+  /** Whose share a connection's calls count in: the identity its certificate proved at its address, else its address. */
   private client(session: http2.Http2Session | undefined): string {
     if (!session) return 'unknown';
     let c = this.clientOf.get(session);
     if (c === undefined) {
+      // An identity is shared by every replica of a Deployment: each replica (identity at its address) is a client of
+      // its own, so a tenant's many identities cannot make a big Deployment the heaviest client and cut its streams.
       const tls = peerTls(session.socket);
-      c = (tls && this.opts.identify?.(tls)) ?? sourceOf(session.socket);
+      const id = tls && this.opts.identify?.(tls);
+      c = id ? `${id} at ${sourceOf(session.socket)}` : sourceOf(session.socket);
       this.clientOf.set(session, c);
     }
     return c;
