@@ -181,4 +181,59 @@ describe('the webhook under hostile clients', () => {
     expect(message.length).toBeLessThan(1_000);
     expect(message).toContain('(3000000 chars)');
   });
+
+  it('pipelined reviews on connections that die leave no slot held (their responses never close)', async () => {
+    const w = await start({});
+    const body = review(pod());
+    const one = `POST /mutate-pod-creation HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+    // 20 connections, 50 pipelined reviews each, never reading the answers.
+    const held = await Promise.all(Array.from({ length: 20 }, () => hold(one.repeat(50))));
+    await until('reviews in flight', () => w.held.reviews > 0);
+    for (const h of held) h.socket.destroy();
+    await until('every slot released once the connections are gone', () => w.held.reviews === 0 && w.held.connections === 0);
+    expect((await post(body)).status).toBe(200);
+  });
+
+  it('a review nesting arrays deeper than any Pod is refused before it is parsed', async () => {
+    await start({});
+    // 2,000,000 nested [ in a field the webhook never reads: JSON.parse held the event loop 4.5 s for it.
+    const deep = review(pod({ extra: JSON.parse('0') })).replace('"extra":0', `"extra":${'['.repeat(2_000_000)}${']'.repeat(2_000_000)}`);
+    const r = await post(deep, ATTACKER);
+    expect(r.status).toBe(400);
+    expect(r.text).toContain('it nests arrays and objects more than 100 deep');
+    expect((await post(review(pod()))).status).toBe(200);
+  });
+
+  it("a connection in the middle of a review is never evicted for another's idle one", async () => {
+    const w = await start({ connections: 8, bodyMs: 60_000, idleMs: 60_000, handshakeMs: 60_000, headersMs: 60_000 });
+    // The API server's review, its body still coming, on one of 8 connections; 7 idle ones from 7 other sources.
+    const api = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: API_SERVER }), servername: 'mesh-xds.mesh-xds.svc', ca });
+    sockets.push(api);
+    api.on('error', () => {});
+    let answer = '';
+    api.on('data', (c: Buffer) => (answer += c));
+    await new Promise((r) => api.once('secureConnect', r));
+    const body = review(pod());
+    api.write(headOf(Buffer.byteLength(body)) + body.slice(0, 10));
+    await until('the review in flight', () => w.held.reviews === 1);
+    for (let i = 3; i < 10; i++) {
+      const s = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: `127.0.0.${i}` }), servername: 'mesh-xds.mesh-xds.svc', ca });
+      sockets.push(s);
+      s.on('error', () => {});
+      s.resume();
+    }
+    await until('the door full', () => w.held.connections === 8);
+    // Newcomers from more sources: each takes an idle connection's place, never the review's.
+    for (let i = 10; i < 30; i++) {
+      const s = tls.connect({ socket: net.connect({ host: '127.0.0.1', port, localAddress: `127.0.0.${i}` }), servername: 'mesh-xds.mesh-xds.svc', ca });
+      sockets.push(s);
+      s.on('error', () => {});
+      s.resume();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await until('the newcomers came and went', () => w.held.evictions >= 10);
+    api.write(body.slice(10));
+    await until('the review answered', () => answer.includes('AdmissionReview'));
+    expect(answer).toMatch(/^HTTP\/1.1 200/);
+  });
 });

@@ -39,10 +39,13 @@ export class FairShare<T extends object> {
 
   /**
    * @param evict ends an item evicted to make room (it has already left the share: releasing it again does nothing).
+   * @param busy an item making progress (a connection in the middle of a request): never evicted, so that a client
+   * that only holds idle items cannot cut another's work short to take its place.
    */
   constructor(
     readonly bounds: ShareBounds,
     private readonly evict: (victim: T, client: string) => void,
+    private readonly busy?: (item: T) => boolean,
   ) {}
 
   /** What `client` holds. */
@@ -116,28 +119,28 @@ export class FairShare<T extends object> {
   private makeRoom(size: number, client: string, except?: T): boolean {
     while (this.used + size > this.bounds.total) {
       const after = this.load(client) + size;
-      let heaviest: Client | undefined;
-      let heaviestName = '';
-      for (const [name, c] of this.clients) {
-        if (name !== client && (!heaviest || c.load > heaviest.load)) {
-          heaviest = c;
-          heaviestName = name;
-        }
-      }
-      if (!heaviest || heaviest.load < after) return false;
+      // The heaviest other client holding at least `after` and an item that may go: its largest such item.
       let victim: T | undefined;
+      let victimClient = '';
+      let victimLoad = -1;
       let victimSize = -1;
-      for (const i of heaviest.items) {
-        const s = this.items.get(i as T)!.size;
-        if (s > victimSize && i !== except) {
-          victim = i as T;
-          victimSize = s;
+      for (const [name, c] of this.clients) {
+        if (name === client || c.load < after || c.load < victimLoad) continue;
+        for (const i of c.items) {
+          const s = this.items.get(i as T)!.size;
+          if (i === except || this.busy?.(i as T)) continue;
+          if (c.load > victimLoad || s > victimSize) {
+            victim = i as T;
+            victimClient = name;
+            victimLoad = c.load;
+            victimSize = s;
+          }
         }
       }
       if (!victim) return false;
       this.release(victim);
       this.evictions++;
-      this.evict(victim, heaviestName);
+      this.evict(victim, victimClient);
     }
     return true;
   }

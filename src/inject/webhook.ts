@@ -61,6 +61,29 @@ export interface WebhookOptions extends InjectOptions {
 
 class BadRequest extends Error {}
 
+/** Nesting a review may have ([ and { inside each other); a Pod's deepest, its managed fields, is about 20. */
+const MAX_NESTING = 100;
+
+/**
+ * Whether JSON bytes nest deeper than `max`, found by one pass over the bytes before parsing: 2,000,000 nested `[`
+ * in a field the webhook never reads cost JSON.parse 4.5 s of the event loop a review.
+ */
+export function nestsDeeper(body: Buffer, max = MAX_NESTING): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i]!;
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
+}
+
 /** The review's request, checked: what this webhook reads of it. */
 function parseReview(text: string): { uid: string; kind: string; operation: string; namespace: string; object: Fields; apiVersion: string } {
   let body: unknown;
@@ -95,12 +118,14 @@ export class InjectionWebhook {
   private readonly connections: FairShare<Socket>;
   private readonly reviews: FairShare<IncomingMessage>;
   private readonly bodies: FairShare<IncomingMessage>;
+  /** Connections in the middle of a review: never evicted for a newcomer's connection. */
+  private readonly busy = new WeakSet<Socket>();
   /** Why an evicted review was refused (answered by its own handler). */
   private readonly evicted = new WeakMap<IncomingMessage, string>();
 
   constructor(private readonly o: WebhookOptions) {
     const b = (this.bounds = { ...WEBHOOK_BOUNDS, ...o.bounds });
-    this.connections = new FairShare({ total: b.connections }, (socket) => socket.destroy());
+    this.connections = new FairShare({ total: b.connections }, (socket) => socket.destroy(), (socket) => this.busy.has(socket));
     const evict = (what: string) => (req: IncomingMessage) => {
       this.evicted.set(req, what);
       req.emit('evicted');
@@ -138,6 +163,7 @@ export class InjectionWebhook {
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
     const b = this.bounds;
+    const socket = req.socket;
     const reply = (status: number, body: string, type = 'text/plain; charset=utf-8', close = false): void => {
       if (res.headersSent) return;
       res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), ...(close ? { connection: 'close' } : {}) });
@@ -149,25 +175,32 @@ export class InjectionWebhook {
       done();
       req.pause();
       reply(status, body, undefined, true);
-      const socket = req.socket;
       res.once('finish', () => socket.destroySoon());
       setTimeout(() => socket.destroy(), 1_000).unref();
     };
     const path = (req.url ?? '').split('?')[0];
     if (path !== WEBHOOK_PATH) return reply(404, `not found: the webhook is at ${WEBHOOK_PATH}\n`);
     if (req.method !== 'POST') return reply(405, 'POST an AdmissionReview\n');
-    const client = sourceOf(req.socket);
+    const client = sourceOf(socket);
     const announced = Number(req.headers['content-length'] ?? 0);
     let finished = false;
     const done = (): void => {
       if (finished) return;
       finished = true;
       clearTimeout(deadline);
+      socket.off('close', done);
+      this.busy.delete(tcp);
       this.reviews.release(req);
       this.bodies.release(req);
     };
     let deadline: NodeJS.Timeout | undefined = undefined;
+    // Released when the response or the connection closes: a pipelined request whose connection died never sees its
+    // response's 'close' (254 of 256 slots were held for good that way).
     res.on('close', done);
+    socket.once('close', done);
+    // The connections' share holds the TCP socket under the TLS one (its `_parent`; Node has no public link).
+    const tcp = (socket as Socket & { _parent?: Socket })._parent ?? socket;
+    this.busy.add(tcp);
     if (announced > b.maxBody) return refuse(413, `an AdmissionReview of at most ${b.maxBody} bytes\n`);
     if (!this.reviews.admit(req, client)) return refuse(429, `the webhook has ${this.reviews.used} reviews in flight, its bound of ${b.inFlight}, and this client holds no less than the others; try again\n`);
     // The body's bytes are held from the start as announced (the API server says how long its body is).
@@ -186,7 +219,9 @@ export class InjectionWebhook {
     req.on('end', () => {
       if (finished) return;
       clearTimeout(deadline);
-      this.review(Buffer.concat(chunks).toString('utf8')).then(
+      const body = Buffer.concat(chunks);
+      if (nestsDeeper(body)) return refuse(400, `mesh-xds: malformed AdmissionReview: it nests arrays and objects more than ${MAX_NESTING} deep\n`);
+      this.review(body.toString('utf8')).then(
         ({ response, result, apiVersion }) => {
           this.o.onResult?.(result);
           if (result === 'denied') this.o.log.info({ reason: clip(String(asMap(response.status).message ?? ''), 1024) }, 'pod refused');
