@@ -154,7 +154,9 @@ export class DebugServer {
   /** Open pages' live feed. */
   readonly events = new UiEvents();
   /** Connections, shared fairly by source address (when full, the source holding the most loses one). */
-  readonly connections = new FairShare<Socket>({ total: DEBUG_CONNECTIONS }, (socket) => socket.destroy());
+  readonly connections = new FairShare<Socket>({ total: DEBUG_CONNECTIONS }, (socket) => socket.destroy(), (socket) => this.busy.has(socket));
+  /** Connections in the middle of a request (a probe, a scrape): never evicted for a newcomer. */
+  private readonly busy = new WeakSet<Socket>();
   private readonly assets: ReadonlyMap<string, Asset>;
 
   constructor(private readonly src: DebugSources) {
@@ -168,6 +170,9 @@ export class DebugServer {
     // for the whole request, 5 s idle, checked every second; 256 connections shared fairly by source address (the
     // kubelet's probes and Prometheus' scrapes are not kept out by one greedy client).
     this.server = http.createServer({ headersTimeout: 5_000, requestTimeout: 10_000, keepAliveTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => {
+      const socket = req.socket;
+      this.busy.add(socket);
+      res.once('close', () => this.busy.delete(socket));
       this.handle(req, res).catch((err) => {
         src.log.error({ err: (err as Error).message, url: req.url }, 'debug request failed');
         if (!res.headersSent) this.json(res, 500, { error: (err as Error).message });
