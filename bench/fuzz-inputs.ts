@@ -21,6 +21,7 @@ import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { ADS_SERVICE } from '../src/xds/protocol/server.js';
 import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 import { rng } from '../sandbox/random-mesh.js';
+import { webhookDoors, webhookHeld } from './doors.js';
 import { hostileClients, type HostileOptions, type HostileReport } from './hostile.js';
 
 export interface FuzzReport {
@@ -40,7 +41,7 @@ export interface FuzzReport {
 }
 
 /** How hard the hostile phase pushes (bench/hostile.ts); none: no hostile phase. */
-export type HostileLoad = Pick<HostileOptions, 'seconds' | 'partialStreams' | 'connections' | 'bombsPerSecond'>;
+export type HostileLoad = Pick<HostileOptions, 'seconds' | 'partialStreams' | 'connections' | 'bombsPerSecond' | 'windowStreams' | 'idleStreams' | 'from'>;
 
 /** Probes a URL every 50 ms until stdin closes; prints {probes, maxMs, failures}. */
 const PROBER = `
@@ -331,10 +332,15 @@ if (process.argv[1]?.endsWith('fuzz-inputs.js')) {
   const seed = Number(process.argv[3] ?? Date.now() % 100000);
   // FUZZ_HOSTILE_SECONDS=0 leaves the hostile phase out.
   const seconds = Number(process.env.FUZZ_HOSTILE_SECONDS ?? 10);
-  const r = await fuzzInputs(iterations, seed, seconds ? { seconds, partialStreams: 500, connections: 2, bombsPerSecond: 40 } : undefined);
+  // The hostile clients speak from 127.0.0.2, the well-behaved proxy from 127.0.0.1: a client of its own.
+  const r = await fuzzInputs(iterations, seed, seconds ? { seconds, partialStreams: 500, connections: 2, bombsPerSecond: 40, windowStreams: Number(process.env.FUZZ_WINDOW_STREAMS ?? 2_000), idleStreams: Number(process.env.FUZZ_IDLE_STREAMS ?? 2_000), from: '127.0.0.2' } : undefined);
   console.log(JSON.stringify(r, null, 2));
   const hostileOk = !r.hostile || (r.hostile.wellBehaved.failed.length === 0 && r.hostile.rssMaxMb < RSS_CEILING_MB);
-  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100 && hostileOk;
+  // The webhook's door (bench/doors.ts): REFERENCE §16's attacks, each beside the API server's reviews.
+  const webhook = seconds ? await webhookDoors(Math.min(seconds, 5)) : [];
+  for (const w of webhook) console.log(JSON.stringify(w));
+  const webhookOk = webhook.every(webhookHeld);
+  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100 && hostileOk && webhookOk;
   console.log(ok ? `OK: ${iterations} iterations (seed ${seed}), /healthz max ${r.healthMaxMs.toFixed(1)} ms` : 'FAILED');
   process.exit(ok ? 0 : 1);
 }
