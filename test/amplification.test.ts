@@ -9,7 +9,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { amplification, backoffMs } from '../src/compile/amplification.js';
+import { allToAllState, allToAllYaml } from '../bench/amplification-worst.js';
+import { amplification, amplificationResponse, backoffMs, MAX_ATTEMPTS, MAX_PATHS, MAX_RESPONSE_BYTES } from '../src/compile/amplification.js';
+import { compile } from '../src/compile/compile.js';
 import type { AppliedRetry } from '../src/compile/ir.js';
 import { parseServeArgs } from '../src/config.js';
 import { retryStatus } from '../src/outputs/retry-status.js';
@@ -55,7 +57,7 @@ describe('retry amplification', () => {
     expect(cycle.map((p) => [p.attempts, p.latency, p.cycle, p.hops.map((h) => h.from).join(',')])).toEqual([[12, '405ms', true, 'chain/b,chain/c,chain/d']]);
   });
 
-  it('walks a chain of 2,000 Retries in as many steps, whole', () => {
+  it('walks a chain of 2,000 Retries whole; its attempts saturate at the ceiling, and say so', () => {
     const n = 2_000;
     const docs = ['apiVersion: v1\nkind: Namespace\nmetadata: {name: long, labels: {flomesh.io/monitored-by: mesh-xds}}'];
     for (let i = 0; i <= n; i++) {
@@ -67,7 +69,8 @@ describe('retry amplification', () => {
     expect(report.truncated).toBeUndefined();
     expect(report.paths).toHaveLength(1);
     expect(report.paths[0]!.hops).toHaveLength(n);
-    expect(report.paths[0]!.attempts).toBe(2 ** n > Number.MAX_VALUE ? Infinity : 2 ** n);
+    // 2^2000 once (Infinity); past a million, the path is saturated and followed one way to its end.
+    expect(report.paths[0]).toMatchObject({ attempts: MAX_ATTEMPTS, saturated: true, cycle: false });
   });
 
   it('adds backoffs as Envoy caps them: 1, 2, 4, 8 times base, then 10 times base each', () => {
@@ -84,7 +87,7 @@ describe('retry amplification', () => {
     expect(alone.map((p) => [p.attempts, p.latency])).toEqual([[2, 'unbounded']]);
   });
 
-  it('knows no path while retries are off, and walks a dense call graph within its bound', () => {
+  it('knows no path while retries are off, and searches a dense call graph within its bounds, worst paths first', () => {
     expect(amplification(meshFromYaml(acyclic.replace('enableRetryPolicy: true', 'enableRetryPolicy: false')).ir).paths).toEqual([]);
     // Twelve identities each retrying to the services of all the others: 11! paths; the walk stops at its bound.
     const n = 12;
@@ -98,10 +101,78 @@ describe('retry amplification', () => {
       );
     }
     const { ir } = meshFromYaml(docs.join('\n---\n'), { enableRetryPolicy: true });
-    const report = amplification(ir, 5_000);
+    const report = amplification(ir);
+    expect(report.truncated).toBe(true);
+    expect(report.paths).toHaveLength(MAX_PATHS);
+    // Every path listed is a worst one: all twelve identities, 2^12 attempts.
+    expect(new Set(report.paths.map((p) => `${p.attempts} ${p.hops.length}`))).toEqual(new Set(['4096 12']));
+    // A cycle of three with numRetries 20 beside it (21^3 = 9,261 attempts), which nothing enters and which sorts
+    // after the dense twelve: it is found first all the same (a depth-first walk ran out of steps before it).
+    const three = ['a', 'b', 'c'].map((x, i) => [
+      `apiVersion: v1\nkind: Service\nmetadata: {name: ${x}, namespace: zz}\nspec: {clusterIP: 10.96.30.${i + 1}, selector: {app: ${x}}, ports: [{port: 80}]}`,
+      `apiVersion: v1\nkind: Pod\nmetadata: {name: ${x}, namespace: zz, labels: {app: ${x}}}\nspec: {serviceAccountName: ${x}, containers: [{name: app}]}\nstatus: {phase: Running, podIP: 10.3.0.${i + 1}}`,
+      `kind: Retry\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: ${x}, namespace: zz}\nspec:\n  source: {kind: ServiceAccount, name: ${x}, namespace: zz}\n  destinations: [{kind: Service, name: ${'abc'[(i + 1) % 3]}, namespace: zz}]\n  retryPolicy: {retryOn: 5xx, numRetries: 20}`,
+    ]);
+    const both = amplification(meshFromYaml([...docs, 'apiVersion: v1\nkind: Namespace\nmetadata: {name: zz, labels: {flomesh.io/monitored-by: mesh-xds}}', ...three.flat()].join('\n---\n'), { enableRetryPolicy: true }).ir);
+    expect(both.paths[0]).toMatchObject({ attempts: 9261, cycle: true, hops: [{ from: 'zz/a' }, { from: 'zz/b' }, { from: 'zz/c' }] });
+    expect(both.paths.slice(1).every((p) => p.attempts === 4096)).toBe(true);
+  });
+
+  it('200 identities retrying (numRetries 10) to each other: a bounded answer, attempts saturated, the response within its size', () => {
+    const heapBefore = process.memoryUsage().heapUsed;
+    const state = allToAllState(200, 10);
+    const ir = compile(state);
+    const report = amplification(ir);
+    // Once: 1.9e208 attempts, 1,000 paths of 200 hops, a 15-28 MB answer, 3.5 s and 859 MB.
     expect(report.truncated).toBe(true);
     expect(report.paths.length).toBeGreaterThan(0);
-    expect(report.paths.length).toBeLessThanOrEqual(5_000);
+    expect(report.paths.length).toBeLessThanOrEqual(MAX_PATHS);
+    expect(report.paths.every((p) => p.attempts === MAX_ATTEMPTS && p.saturated)).toBe(true);
+    // Compile names the Retries of saturated paths in their status.
+    const warned = ir.policies.filter((p) => p.warnings?.some((w) => w.condition === 'RetryAmplification'));
+    expect(warned.length).toBeGreaterThan(0);
+    expect(warned[0]!.warnings![0]!.message).toMatch(/^on a call path of at least 1000000 attempts at its last service for one request, over the mesh's bound of 10/);
+    const body = `${JSON.stringify(amplificationResponse(report), null, 2)}\n`;
+    expect(body.length).toBeLessThanOrEqual(MAX_RESPONSE_BYTES);
+    // What the IR and both reports hold (the mesh has 39,800 Retry edges), generously.
+    expect(process.memoryUsage().heapUsed - heapBefore).toBeLessThan(256 * 2 ** 20);
+  });
+
+  it("/debug/amplification's answer is bounded: the worst paths that fit, and how many more were left out", () => {
+    // Long names make each path's hops three times longer: the 1,000 paths no longer fit in a megabyte.
+    const namespace = `n${'x'.repeat(61)}`;
+    const report = amplification(compile(allToAllState(200, 10, namespace)));
+    // As the debug server writes it: indented by 2.
+    const json = (x: unknown): string => `${JSON.stringify(x, null, 2)}\n`;
+    expect(json(report).length).toBeGreaterThan(MAX_RESPONSE_BYTES);
+    const response = amplificationResponse(report);
+    expect(json(response).length).toBeLessThanOrEqual(MAX_RESPONSE_BYTES);
+    expect(json(response).length).toBeGreaterThan(MAX_RESPONSE_BYTES - 4096);
+    expect(response.omitted).toBeGreaterThan(0);
+    expect(response.paths.length + response.omitted!).toBe(report.paths.length);
+    expect(response.paths).toEqual(report.paths.slice(0, response.paths.length));
+    expect(response.truncated).toBe(true);
+    // A report that fits is answered as it is.
+    const small = amplification(meshFromYaml(acyclic).ir);
+    expect(amplificationResponse(small)).toBe(small);
+  });
+
+  it('is served live within its bounds for the 200 identities: /debug/amplification, the metric, and /healthz meanwhile', async () => {
+    const demo = await startDemo((dir) => writeFileSync(path.join(dir, 'dense.yaml'), allToAllYaml(200, 10)));
+    try {
+      const res = await fetch(`${demo.debug}/debug/amplification`);
+      const text = await res.text();
+      expect(res.status).toBe(200);
+      expect(text.length).toBeLessThanOrEqual(MAX_RESPONSE_BYTES);
+      const body = JSON.parse(text);
+      expect(body.truncated).toBe(true);
+      expect(body.paths[0]).toMatchObject({ attempts: MAX_ATTEMPTS, saturated: true });
+      const metrics = await fetch(`${demo.debug}/metrics`).then((r) => r.text());
+      expect(metrics).toMatch(new RegExp(`^mesh_xds_retry_amplification_max ${MAX_ATTEMPTS}$`, 'm'));
+      expect((await fetch(`${demo.debug}/healthz`)).status).toBe(200);
+    } finally {
+      await demo.close();
+    }
   });
 
   it('mesh-xds policy amplification: a table, -o json exactly, and --max that fails naming each path over it', () => {

@@ -276,8 +276,9 @@ function withAmplificationWarnings(ir: MeshIR, max: number): MeshIR {
     warnings.set(policy, list);
   };
   for (const p of report.paths) {
-    if (p.attempts <= max) break;
-    const message = `on a call path of ${p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${describePath(p)}`;
+    // A saturated path makes a million attempts or more (amplification.ts): it is over any bound a mesh sets.
+    if (p.attempts <= max && !p.saturated) break;
+    const message = `on a call path of ${p.saturated ? `at least ${p.attempts}` : p.attempts} attempts at its last service for one request, over the mesh's bound of ${max}${p.cycle ? ' (a cycle)' : ''}: ${describePath(p)}`;
     // The three worst paths a Retry lies on are enough to act on.
     for (const policy of new Set(p.hops.map((h) => h.retry))) if ((warnings.get(policy)?.length ?? 0) < 3) warn(policy, { condition: 'RetryAmplification', message });
   }

@@ -5,7 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { amplificationOf } from '../compile/amplification.js';
+import { amplificationOf, amplificationResponse } from '../compile/amplification.js';
 import { FairShare, sourceOf } from '../doors/shares.js';
 import type { MeshIR } from '../compile/ir.js';
 import { asList, asMap } from '../model/plain.js';
@@ -42,7 +42,7 @@ const ENDPOINTS: Record<string, string> = {
   '/ui': 'the page for people: the mesh as a graph with its Retries and worst call paths, policies, proxies and their sync state, live',
   '/debug/events': 'server-sent events telling an open page what changed (mesh, proxies)',
   '/debug/mesh': 'the translated mesh: services, identities, the identities behind each service, diagnostics, manifest errors, last build',
-  '/debug/amplification': 'every call path of Retries in force with its worst-case attempts and time, worst first',
+  '/debug/amplification': 'the worst call paths of Retries in force with their worst-case attempts and time, worst first (at most 1 MiB; `omitted` counts the rest)',
   '/healthz': 'the process is alive',
   '/readyz': 'sources synced and ADS serving',
   '/metrics': 'Prometheus metrics',
@@ -301,7 +301,8 @@ export class DebugServer {
       case '/debug/amplification': {
         const ir = src.ir();
         if (!ir || !src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
-        return this.json(res, 200, amplificationOf(ir));
+        // Bounded: a dense call graph's paths once made 28 MB here (issue 33).
+        return this.json(res, 200, amplificationResponse(amplificationOf(ir)));
       }
       case '/debug/config_dump':
         return this.configDump(url, res);
