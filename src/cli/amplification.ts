@@ -3,7 +3,7 @@
  * read as the folder source reads them and compiled, and every call path of Retries in force is printed, worst
  * first (compile/amplification.ts). With --max N, exit 1 when a path makes more than N attempts, naming each.
  */
-import { amplification, describePath } from '../compile/amplification.js';
+import { amplification, attemptsOf, describePath } from '../compile/amplification.js';
 import { compile } from '../compile/compile.js';
 import { convertObjects, meshStateOf, parseManifestText, type Located } from '../sources/manifests.js';
 import { outputFormat, parseFlags, type Usage } from './args.js';
@@ -38,14 +38,15 @@ export async function amplificationCommand(args: string[]): Promise<number> {
   }
   const ir = compile(meshStateOf(convertObjects(located).objects, 'mesh-xds'));
   const report = amplification(ir);
-  const over = max === undefined ? [] : report.paths.filter((p) => p.attempts > max!);
+  // A saturated path makes a million attempts or more: over any --max.
+  const over = max === undefined ? [] : report.paths.filter((p) => p.saturated || p.attempts > max!);
   if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   else {
     if (!ir.enableRetryPolicy) process.stdout.write('retry policies are disabled in this mesh (featureFlags.enableRetryPolicy=false): no Retry is in force\n');
     else if (!report.paths.length) process.stdout.write('no call path of Retries in force\n');
-    else process.stdout.write(table(['ATTEMPTS', 'WORST TIME', 'CYCLE', 'PATH'], report.paths.map((p) => [String(p.attempts), p.latency, p.cycle ? 'yes' : '', describePath(p)])));
-    if (report.truncated) process.stdout.write('(the call graph is too dense to walk whole: some paths are missing)\n');
+    else process.stdout.write(table(['ATTEMPTS', 'WORST TIME', 'CYCLE', 'PATH'], report.paths.map((p) => [attemptsOf(p), p.latency, p.cycle ? 'yes' : '', describePath(p)])));
+    if (report.truncated) process.stdout.write('(the call graph is too dense to search whole: the worst paths are listed, some less bad ones are missing)\n');
   }
-  for (const p of over) process.stderr.write(`mesh-xds: ${p.attempts} attempts (over --max ${max}): ${describePath(p)}\n`);
+  for (const p of over) process.stderr.write(`mesh-xds: ${attemptsOf(p)} attempts (over --max ${max}): ${describePath(p)}\n`);
   return over.length ? 1 : 0;
 }
