@@ -4,7 +4,9 @@
  * (random headers, length prefixes that lie, compressed junk, streams reset or connections dropped midway), and
  * random mutations of the manifests
  * (truncation, junk, alias bombs, duplicates, symlink loops, oversized files, deletions), while /healthz is
- * probed every 50 ms. The server must stay up and answer every probe; after the bad input is removed, a good
+ * probed every 50 ms. Then, with `doors`, a phase per door of issue 33: the folder (files the parser cannot
+ * afford: nesting 2 MB deep, a million documents' worth, an alias bomb for the worker) and retry amplification
+ * (dense Retry graphs, up to every identity retrying to every other). The server must stay up and answer every probe; after the bad input is removed, a good
  * edit must be applied. Seeded and reproducible.
  * Run: npm run build && npm run fuzz:inputs [-- ITERATIONS [SEED]]   (the test suite runs a short one)
  */
@@ -21,6 +23,8 @@ import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { ADS_SERVICE } from '../src/xds/protocol/server.js';
 import { RESOURCE_TYPES } from '../src/xds/resources/types.js';
 import { rng } from '../sandbox/random-mesh.js';
+import { MAX_ATTEMPTS, MAX_PATHS, MAX_RESPONSE_BYTES } from '../src/compile/amplification.js';
+import { allToAllYaml } from './amplification-worst.js';
 import { webhookDoors, webhookHeld } from './doors.js';
 import { hostileClients, type HostileOptions, type HostileReport } from './hostile.js';
 
@@ -38,7 +42,24 @@ export interface FuzzReport {
   goodEditApplied: boolean;
   /** The hostile clients' phase: what they did, and the server's RSS before and at most during it. */
   hostile?: HostileReport & { rssBeforeMb: number; rssMaxMb: number };
+  /** The folder's door: hostile files written, those that must be an error and were named so, and the RSS. */
+  folder?: { files: string[]; expected: string[]; named: string[]; applied: boolean; rssBeforeMb: number; rssMaxMb: number; rssAfterMb: number; answerMaxMs: number };
+  /** The amplification door: each dense graph served, and what /debug/amplification answered for it. */
+  amplification?: { identities: number; numRetries: number; served: boolean; paths: number; worst: number; saturated: boolean; truncated: boolean; bytes: number; rssMaxMb: number; answerMaxMs: number }[];
 }
+
+/** Which of issue 33's door phases run after the random requests (npm run fuzz:inputs runs both). */
+export interface DoorPhases {
+  folder?: boolean;
+  /**
+   * Dense Retry graphs served one after another (each all-to-all, 12 to `maxIdentities` identities: 12 with numRetries 1
+   * already have 11! paths and 4,096 attempts; past 20, attempts saturate).
+   */
+  amplification?: { graphs: number; maxIdentities: number };
+}
+
+/** YAML aliases that expand to 9^9 strings (the parser's maxAliasCount refuses it). */
+const ALIAS_BOMB = ['a: &a ["x","x","x","x","x","x","x","x","x"]', ...'bcdefghi'.split('').map((k, i) => `${k}: &${k} [${Array(9).fill(`*${'abcdefghi'[i]}`).join(',')}]`)].join('\n');
 
 /** How hard the hostile phase pushes (bench/hostile.ts); none: no hostile phase. */
 export type HostileLoad = Pick<HostileOptions, 'seconds' | 'partialStreams' | 'connections' | 'bombsPerSecond' | 'windowStreams' | 'idleStreams' | 'from'>;
@@ -61,7 +82,7 @@ console.log(JSON.stringify({ probes, maxMs, failures }));
 
 const REGEXES = ['(', '(a+)+$', '(a|aa)*b', '.*', '(?=x)', '[', 'curl-.*', '\\', '(((((((((a)))))))))', 'x{1000}{1000}', '', 'a'.repeat(5000)];
 
-export async function fuzzInputs(iterations: number, seed = 1, hostile?: HostileLoad): Promise<FuzzReport> {
+export async function fuzzInputs(iterations: number, seed = 1, hostile?: HostileLoad, doors: DoorPhases = {}): Promise<FuzzReport> {
   loadEnvoyProtos();
   const random = rng(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)];
@@ -269,12 +290,48 @@ export async function fuzzInputs(iterations: number, seed = 1, hostile?: Hostile
     if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
   }
 
+  const rss = async (): Promise<number> => {
+    const text = await fetch(`${debug}/metrics`).then((r) => r.text(), () => '');
+    return Number(/^mesh_xds_process_process_resident_memory_bytes (\d+)/m.exec(text)?.[1] ?? 0) / 1024 / 1024;
+  };
+  /** Samples the server's RSS, and how long /metrics takes to answer, every 200 ms while `work` runs; the most of each. */
+  const sampled = async <T>(work: () => Promise<T>): Promise<{ result: T; rssMaxMb: number; answerMaxMs: number }> => {
+    let rssMaxMb = await rss();
+    let answerMaxMs = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const t0 = performance.now();
+        rssMaxMb = Math.max(rssMaxMb, await rss());
+        answerMaxMs = Math.max(answerMaxMs, performance.now() - t0);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    const result = await work();
+    sampling = false;
+    await sampler;
+    return { result, rssMaxMb, answerMaxMs };
+  };
+  /** The demo's files as they were (the random mutations undone), and nothing else the fuzz wrote. */
+  const restore = (retries = 5): void => {
+    for (const f of ['extra.yaml', ...originals.keys()]) {
+      const p = path.join(dir, f);
+      if (present(p)) unlinkSync(p);
+    }
+    for (const [f, text] of originals) writeFileSync(path.join(dir, f), f === 'retry.yaml' ? text.replace('numRetries: 5', `numRetries: ${retries}`) : text);
+  };
+  /** Waits until the server has applied the demo's Retry with `retries` (the reload that read everything before it). */
+  const applied = async (retries: number, ms: number): Promise<boolean> => {
+    for (const deadline = Date.now() + ms; !report.serverExited && Date.now() < deadline; ) {
+      const policies = await fetch(`${debug}/debug/policies`).then((r) => (r.ok ? r.json() : { policies: [] }), () => ({ policies: [] }));
+      if (policies.policies.some((p: any) => p.name === 'retry' && p.state === 'Accepted' && p.retryPolicy?.num_retries === retries)) return true;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return false;
+  };
+
   // Then the hostile clients, all at once, while a well-behaved client keeps syncing and the RSS is sampled.
   if (hostile && !report.serverExited) {
-    const rss = async (): Promise<number> => {
-      const text = await fetch(`${debug}/metrics`).then((r) => r.text(), () => '');
-      return Number(/^mesh_xds_process_process_resident_memory_bytes (\d+)/m.exec(text)?.[1] ?? 0) / 1024 / 1024;
-    };
     const rssBeforeMb = await rss();
     let rssMaxMb = rssBeforeMb;
     let sampling = true;
@@ -291,23 +348,87 @@ export async function fuzzInputs(iterations: number, seed = 1, hostile?: Hostile
   }
 
   // The bad input goes; a good edit must be applied.
-  for (const f of ['extra.yaml', ...originals.keys()]) {
-    const p = path.join(dir, f);
-    if (present(p)) unlinkSync(p);
-  }
-  for (const [f, text] of originals) writeFileSync(path.join(dir, f), f === 'retry.yaml' ? text.replace('numRetries: 5', 'numRetries: 9') : text);
-  const deadline = Date.now() + 10_000;
-  while (!report.serverExited && Date.now() < deadline && !report.goodEditApplied) {
-    await new Promise((r) => setTimeout(r, 100));
-    const policies = await fetch(`${debug}/debug/policies`).then((r) => (r.ok ? r.json() : { policies: [] }), () => ({ policies: [] }));
-    report.goodEditApplied = policies.policies.some((p: any) => p.name === 'retry' && p.state === 'Accepted' && p.retryPolicy?.num_retries === 9);
-  }
+  restore(9);
+  report.goodEditApplied = await applied(9, 10_000);
   prober.stdin!.end();
   await new Promise((r) => prober.on('exit', r));
   const probed = JSON.parse(proberOut);
   report.healthProbes = probed.probes;
   report.healthMaxMs = probed.maxMs;
   report.healthFailures = probed.failures;
+
+  // The door phases come after the prober's (a mesh of dense Retry graphs costs the pipeline a turn of the event
+  // loop to build, whatever the amplification does): each samples how long the server takes to answer /metrics.
+  // The folder's door: files the parser cannot afford, beside the demo's (restored). Each that must be refused is
+  // an error naming it in /debug/mesh; the demo's Retry edit after them applies; the worker's memory comes back.
+  if (doors.folder && !report.serverExited) {
+    restore();
+    const shapes: Record<string, { text: string; error: boolean }> = {
+      'nest-seq.yaml': { text: '['.repeat(2 ** 20 + int(2 ** 20)), error: true },
+      'nest-map.json': { text: '{"a":'.repeat(2 ** 18 + int(2 ** 18)), error: true },
+      'nest-block.yaml': { text: `${Array.from({ length: 250 + int(250) }, (_, i) => `${' '.repeat(i)}k${i}:`).join('\n')} 1\n`, error: true },
+      'pair-seq.yaml': { text: '['.repeat(4_000 + int(4_000)), error: true },
+      'pair-map.yaml': { text: '{'.repeat(4_000 + int(4_000)), error: true },
+      'bomb.yaml': { text: `# ${'x'.repeat(70_000)}\n${ALIAS_BOMB}\n`, error: true },
+      'many-docs.yaml': { text: '---\n'.repeat(2 ** 16 + int(2 ** 17)), error: false },
+      'junk.yaml': { text: str(100_000 + int(100_000)), error: false },
+    };
+    const files = Object.keys(shapes);
+    for (let i = files.length - 1; i > 0; i--) {
+      const j = int(i + 1);
+      [files[i], files[j]] = [files[j]!, files[i]!];
+    }
+    const rssBeforeMb = await rss();
+    const { result, rssMaxMb, answerMaxMs } = await sampled(async () => {
+      for (const f of files) writeFileSync(path.join(dir, f), shapes[f]!.text);
+      restore(6);
+      return applied(6, 120_000);
+    });
+    const mesh = await fetch(`${debug}/debug/mesh`).then((r) => (r.ok ? r.json() : {}), () => ({}));
+    const erring = new Set(((mesh as { manifestErrors?: { file: string }[] }).manifestErrors ?? []).map((e) => e.file));
+    const expected = files.filter((f) => shapes[f]!.error).sort();
+    await new Promise((r) => setTimeout(r, 500));
+    report.folder = { files, expected, named: expected.filter((f) => erring.has(f)), applied: result, rssBeforeMb, rssMaxMb, rssAfterMb: await rss(), answerMaxMs };
+    for (const f of files) unlinkSync(path.join(dir, f));
+  }
+
+  // The amplification door: dense Retry graphs (every identity retrying to every other), one after another; what
+  // /debug/amplification answers for each stays within its bounds.
+  if (doors.amplification && !report.serverExited) {
+    restore();
+    report.amplification = [];
+    for (let g = 0; g < doors.amplification.graphs && !report.serverExited; g++) {
+      const identities = 12 + int(doors.amplification.maxIdentities - 11);
+      const numRetries = 1 + int(10);
+      const namespace = `dense${g}`;
+      const { result, rssMaxMb, answerMaxMs } = await sampled(async () => {
+        writeFileSync(path.join(dir, 'dense.yaml'), allToAllYaml(identities, numRetries, namespace));
+        for (const deadline = Date.now() + 120_000; !report.serverExited && Date.now() < deadline; ) {
+          const res = await fetch(`${debug}/debug/amplification`).catch(() => undefined);
+          const text = res?.ok ? await res.text() : '';
+          const body = text ? JSON.parse(text) : { paths: [] };
+          if (body.paths[0]?.hops[0]?.from.startsWith(`${namespace}/`)) return { text, body };
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        return undefined;
+      });
+      const worst = result?.body.paths[0];
+      report.amplification.push({
+        identities,
+        numRetries,
+        served: Boolean(result),
+        paths: result?.body.paths.length ?? 0,
+        worst: worst?.attempts ?? 0,
+        saturated: Boolean(worst?.saturated),
+        truncated: Boolean(result?.body.truncated),
+        bytes: result?.text.length ?? 0,
+        rssMaxMb,
+        answerMaxMs,
+      });
+    }
+    unlinkSync(path.join(dir, 'dense.yaml'));
+  }
+
   for (const s of streams) s.cancel();
   session?.destroy();
   ads.close();
@@ -333,14 +454,21 @@ if (process.argv[1]?.endsWith('fuzz-inputs.js')) {
   // FUZZ_HOSTILE_SECONDS=0 leaves the hostile phase out.
   const seconds = Number(process.env.FUZZ_HOSTILE_SECONDS ?? 10);
   // The hostile clients speak from 127.0.0.2, the well-behaved proxy from 127.0.0.1: a client of its own.
-  const r = await fuzzInputs(iterations, seed, seconds ? { seconds, partialStreams: 500, connections: 2, bombsPerSecond: 40, windowStreams: Number(process.env.FUZZ_WINDOW_STREAMS ?? 2_000), idleStreams: Number(process.env.FUZZ_IDLE_STREAMS ?? 2_000), from: '127.0.0.2' } : undefined);
+  // FUZZ_DOORS=0 leaves the folder and amplification phases out.
+  // The graphs stay small by default: a mesh of 200 identities retrying to each other costs the pipeline (not the
+  // amplification, 50 ms) seconds of the event loop to build its 200 sidecars' 39,800 routes (FUZZ_AMPLIFICATION_IDENTITIES=200).
+  const doors: DoorPhases = process.env.FUZZ_DOORS === '0' ? {} : { folder: true, amplification: { graphs: 3, maxIdentities: Number(process.env.FUZZ_AMPLIFICATION_IDENTITIES ?? 24) } };
+  const r = await fuzzInputs(iterations, seed, seconds ? { seconds, partialStreams: 500, connections: 2, bombsPerSecond: 40, windowStreams: Number(process.env.FUZZ_WINDOW_STREAMS ?? 2_000), idleStreams: Number(process.env.FUZZ_IDLE_STREAMS ?? 2_000), from: '127.0.0.2' } : undefined, doors);
   console.log(JSON.stringify(r, null, 2));
   const hostileOk = !r.hostile || (r.hostile.wellBehaved.failed.length === 0 && r.hostile.rssMaxMb < RSS_CEILING_MB);
   // The webhook's door (bench/doors.ts): REFERENCE §16's attacks, each beside the API server's reviews.
   const webhook = seconds ? await webhookDoors(Math.min(seconds, 5)) : [];
   for (const w of webhook) console.log(JSON.stringify(w));
   const webhookOk = webhook.every(webhookHeld);
-  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100 && hostileOk && webhookOk;
+  // Refused or parsed off the event loop, with the parsing worker's memory given back.
+  const folderOk = !r.folder || (r.folder.applied && r.folder.named.length === r.folder.expected.length && r.folder.rssAfterMb < r.folder.rssBeforeMb + 128 && r.folder.answerMaxMs < 100);
+  const amplificationOk = (r.amplification ?? []).every((a) => a.served && a.bytes <= MAX_RESPONSE_BYTES && a.paths <= MAX_PATHS && a.worst <= MAX_ATTEMPTS && a.saturated === (a.numRetries + 1) ** a.identities >= MAX_ATTEMPTS);
+  const ok = !r.serverExited && r.healthFailures.length === 0 && r.goodEditApplied && r.healthMaxMs < 100 && hostileOk && webhookOk && folderOk && amplificationOk;
   console.log(ok ? `OK: ${iterations} iterations (seed ${seed}), /healthz max ${r.healthMaxMs.toFixed(1)} ms` : 'FAILED');
   process.exit(ok ? 0 : 1);
 }
