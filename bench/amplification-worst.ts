@@ -75,7 +75,8 @@ if (process.argv[1]?.endsWith('amplification-worst.js')) {
   peakRss = Math.max(peakRss, process.memoryUsage().rss);
   const heapReport = await heap();
   t = performance.now();
-  const body = JSON.stringify(amplificationResponse(report));
+  // As the debug server writes it (indented).
+  const body = JSON.stringify(amplificationResponse(report), null, 2);
   const responseMs = performance.now() - t;
   clearInterval(sampler);
   const worst = report.paths[0];
@@ -83,6 +84,6 @@ if (process.argv[1]?.endsWith('amplification-worst.js')) {
   console.log(`compile (with the report): ${compileMs.toFixed(0)} ms; the IR and its report hold ${mb(heapIr - heapBefore)} of heap`);
   console.log(`report alone: ${reportMs.toFixed(0)} ms, ${mb(heapReport - heapIr)} of heap kept; ${report.paths.length} paths${report.truncated ? ' (truncated)' : ''}`);
   console.log(`worst: ${worst ? `${worst.attempts}${worst.saturated ? ' (saturated)' : ''} attempts over ${worst.hops.length} hops` : 'none'}`);
-  console.log(`/debug/amplification: ${body.length} bytes (${JSON.parse(body).omitted ?? 0} paths left out), made in ${responseMs.toFixed(0)} ms`);
+  console.log(`/debug/amplification: ${body.length} bytes (${JSON.parse(body).omitted ?? 0} paths left out; the whole report would be ${JSON.stringify(report, null, 2).length}), made in ${responseMs.toFixed(0)} ms`);
   console.log(`process RSS: ${mb(rssBefore)} before, ${mb(peakRss)} at most (sampled between steps)`);
 }
