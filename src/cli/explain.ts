@@ -6,6 +6,7 @@
  */
 import { amplification } from '../compile/amplification.js';
 import { compile } from '../compile/compile.js';
+import { explainPair } from '../compile/explain.js';
 import { outboundRouteName } from '../envoy/common.js';
 import { envoyRetryPolicy, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
 import { convertObjects, meshStateOf, parseManifestText, type Located } from '../sources/manifests.js';
@@ -24,11 +25,7 @@ export async function explainFiles(command: string, names: string[], from: strin
     located.push(...parsed.objects);
   }
   const ir = compile(meshStateOf(convertObjects(located).objects, 'mesh-xds'));
-  const applied = ir.enableRetryPolicy ? ir.retries[from]?.[to] : undefined;
-  const candidates = ir.policies
-    .filter((p) => p.declared.source === from && p.declared.destinations.includes(to))
-    .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo, warnings: p.warnings ?? [] }));
-  const service = ir.services.find((s) => `${s.namespace}/${s.name}` === to);
+  const { applied, candidates, service, why } = explainPair(ir, from, to);
   const retry = applied ? envoyRetryPolicy(applied.spec, { proxyless: false }) : undefined;
   const routes = (service?.ports ?? [])
     .filter((p) => p.protocol === 'http')
@@ -44,11 +41,7 @@ export async function explainFiles(command: string, names: string[], from: strin
     worstPath: amplification(ir).paths.find((p) => p.hops.some((h) => h.from === from && h.to === to)) ?? null,
     serviceExists: Boolean(service),
     retryBudget: ir.retryBudget,
-    why: !ir.enableRetryPolicy
-      ? 'retry policies are disabled (featureFlags.enableRetryPolicy=false)'
-      : applied
-        ? `Retry ${applied.policy} applies${candidates.length > 1 ? ' (the oldest of several; the others are Conflicted)' : ''}`
-        : 'no accepted Retry has this source and destination',
+    why,
     candidates,
     routes: routes as ExplainJson['routes'],
   };

@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { amplificationOf, amplificationResponse } from '../compile/amplification.js';
+import { explainPair } from '../compile/explain.js';
 import { FairShare, sourceOf } from '../doors/shares.js';
 import type { MeshIR } from '../compile/ir.js';
 import { asList, asMap } from '../model/plain.js';
@@ -319,11 +320,7 @@ export class DebugServer {
     const ir = this.src.ir();
     if (!/^[^/]+\/[^/]+$/.test(from) || !/^[^/]+\/[^/]+$/.test(to)) return this.json(res, 400, { error: 'give ?from=<namespace>/<serviceAccount>&to=<namespace>/<service>' });
     if (!ir || !this.src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
-    const applied = ir.enableRetryPolicy ? ir.retries[from]?.[to] : undefined;
-    const candidates = ir.policies
-      .filter((p) => p.declared.source === from && p.declared.destinations.includes(to))
-      .map((p) => ({ policy: `${p.namespace}/${p.name}`, state: p.state, reason: p.reason, appliesTo: p.appliesTo, warnings: p.warnings ?? [] }));
-    const service = ir.services.find((s) => `${s.namespace}/${s.name}` === to);
+    const { applied, candidates, service, why } = explainPair(ir, from, to);
     const [ns, sa] = from.split('/');
     const routes: unknown[] = [];
     if (service) {
@@ -351,11 +348,7 @@ export class DebugServer {
       // The mesh's retry budget, on the destination's clusters (null: none; docs/retry-safety.md#retry-budget).
       retryBudget: ir.retryBudget,
       applied: applied ? { policy: applied.policy } : null,
-      why: !ir.enableRetryPolicy
-        ? 'retry policies are disabled (featureFlags.enableRetryPolicy=false)'
-        : applied
-          ? `Retry ${applied.policy} applies${candidates.length > 1 ? ' (the oldest of several; the others are Conflicted)' : ''}`
-          : 'no accepted Retry has this source and destination',
+      why,
       candidates,
       routes,
     });
