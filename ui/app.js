@@ -181,7 +181,7 @@
       for (const h of path.hops) {
         const id = `retry:${h.retry}>${h.to}`;
         const seen = hops.get(id);
-        if (!seen || seen.attempts < path.attempts) hops.set(id, { attempts: path.attempts, hop: h.attempts, worst: rank === 0 && path.attempts > 1 });
+        if (!seen || seen.attempts < path.attempts) hops.set(id, { attempts: path.attempts, saturated: Boolean(path.saturated), hop: h.attempts, worst: rank === 0 && path.attempts > 1 });
       }
     });
     for (const p of state.policies) {
@@ -196,7 +196,7 @@
         const inForce = p.state === 'Accepted' && p.enabled !== false;
         // Red is for what is wrong (not in force, over the amplification bound); the worst path is marked by a halo.
         const status = !inForce ? 'notinforce' : overBound(p) ? 'inforce over' : 'inforce';
-        const onPath = amp ? `  (×${amp.hop}; ${amp.worst ? 'worst path' : 'path'}: ${amp.attempts} attempts)` : '';
+        const onPath = amp ? `  (×${amp.hop}; ${amp.worst ? 'worst path' : 'path'}: ${amp.saturated ? '≥' : ''}${amp.attempts} attempts)` : '';
         edges.push({
           data: { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, label: `${retryLabel(p)}${onPath}` },
           classes: [status, amp ? (amp.worst ? 'amp worst' : 'amp') : ''].join(' '),
@@ -323,7 +323,7 @@
             'li',
             { class: `${i === 0 ? 'worst' : ''} ${p.attempts > bound ? 'over' : ''}`.trim(), 'data-attempts': p.attempts },
             i === 0 ? el('span', { class: 'mark' }, 'worst path') : '',
-            `${p.attempts} attempts (${p.latency}${p.cycle ? ', comes back' : ''})${p.attempts > bound ? `, over the mesh's bound of ${bound}` : ''}: `,
+            `${p.saturated ? '≥' : ''}${p.attempts} attempts (${p.latency}${p.cycle ? ', comes back' : ''})${p.attempts > bound ? `, over the mesh's bound of ${bound}` : ''}: `,
             p.hops.map((h, j) => `${j === 0 ? h.from : ''} → ${h.to} (×${h.attempts})`).join(''),
           ),
         ),
