@@ -4,7 +4,7 @@ import pino, { type Logger } from 'pino';
 import type { ServeConfig } from './config.js';
 import { DebugServer } from './debug/http.js';
 import { Metrics } from './debug/metrics.js';
-import type { MeshState } from './model/mesh.js';
+import { STATS_FLUSH, type MeshState } from './model/mesh.js';
 import { Pipeline } from './pipeline/pipeline.js';
 import { loadRetrySchema } from './sources/crd.js';
 import { FileSource } from './sources/files.js';
@@ -26,6 +26,8 @@ import { cachedLookup } from './inject/namespaces.js';
 import { packagePath } from './paths.js';
 import { readFileSync } from 'node:fs';
 import { ExitError } from './cli/errors.js';
+import { ObservedRetries } from './observed/retries.js';
+import { metricsServiceHandler } from './observed/metrics-service.js';
 
 export interface Running {
   adsPort: number;
@@ -35,6 +37,8 @@ export interface Running {
   cache: SnapshotCache;
   registry: ProxyRegistry;
   pipeline: Pipeline;
+  /** What the sidecars' retry counters say, summed per policy. */
+  observed: ObservedRetries;
   /** The debug port's server. */
   debug: DebugServer;
   close(): Promise<void>;
@@ -139,12 +143,16 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   if (certs) metrics.sidecarCerts = () => ({ issued: certs.issued, held: certs.held });
   let adsServing = false;
 
+  /** The MeshConfig's sidecar stats flush interval: injected pods take it; a proxy silent for 3 of them is not reporting. */
+  let statsFlushSeconds: number = STATS_FLUSH.defaultSeconds;
+  const statsFlushMs = (): number => statsFlushSeconds * 1000;
   const onChange = (state: MeshState): void => {
     const problem = permissiveProblem(state);
     if (problem) {
       log.error(`${problem}; keeping the last mesh`);
       return;
     }
+    statsFlushSeconds = state.meshConfig.statsFlushSeconds ?? STATS_FLUSH.defaultSeconds;
     void pipeline.submit(state);
   };
 
@@ -193,13 +201,25 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     writers?.setCa(ca);
     certs?.setCa(ca);
   });
+  // The sidecars' counters (the metrics service on the ADS port), read per Retry against the mesh in force.
+  const observed = new ObservedRetries(() => pipeline.ir, Date.now, undefined, () => 3 * statsFlushMs());
+  const forget = setInterval(() => observed.sweep(), 60_000).unref();
+  metrics.observed = () => observed;
   const ads: AdsServer = new AdsServer({
     cache,
     registry,
     log,
     tls,
     transport: { maxConnectionAgeMs: cfg.maxConnectionAgeMs, maxConnectionAgeGraceMs: cfg.maxConnectionAgeGraceMs },
-    handlers: csdsHandlers(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)),
+    handlers: {
+      ...csdsHandlers(registry, cache, (reason) => registry.emit('refused', reason), tls && csdsAuthorizer((call): PeerCheck => ads.peerCheck!(call), cfg.csdsAllow ?? [], log)),
+      ...metricsServiceHandler({
+        observed,
+        log,
+        peers: tls && ((call): PeerCheck => ads.peerCheck!(call)),
+        events: { refused: (reason) => registry.emit('refused', reason), dropped: (reason, n) => metrics.statsDropped(reason, n), added: (n) => metrics.statsAdded(n) },
+      }),
+    },
   });
   const adsPort = await ads.listen(cfg.adsAddress).catch(listenError('--ads-address', cfg.adsAddress));
   adsServing = true;
@@ -227,6 +247,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       mtls: Boolean(cfg.caDir || cfg.tlsDir),
       version: (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version,
       envoyImage: cfg.sidecarImage,
+      mesh: () => ({ statsFlushSeconds }),
       initImage: cfg.initImage,
     });
     webhookPort = await webhook.listen(cfg.webhookAddress).catch(listenError('--webhook-address', cfg.webhookAddress));
@@ -237,6 +258,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     metrics,
     log,
     ir: () => pipeline.ir,
+    observed: () => observed.view(),
     preview: (key) => pipeline.preview(key),
     ready: () => adsServing && cache.ready,
     meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),
@@ -256,6 +278,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     await Promise.all([ads.close(0), debug.close(), source.stop(), writers?.stop(), webhook?.close()]);
     throw new StartError(problem);
   }
+  statsFlushSeconds = first.meshConfig.statsFlushSeconds ?? STATS_FLUSH.defaultSeconds;
   pipeline.update(first);
 
   return {
@@ -266,8 +289,10 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     registry,
     pipeline,
     debug,
+    observed,
     async close() {
       adsServing = false;
+      clearInterval(forget);
       tls?.close();
       certs?.stop();
       webhookTls?.close();

@@ -20,6 +20,7 @@ import { shownBody, type Resource, type Snapshot } from '../xds/resources/snapsh
 import { type ProxyConnection, type ProxyRegistry } from '../xds/protocol/status.js';
 import { RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import type { Metrics } from './metrics.js';
+import type { ObservedView } from '../observed/retries.js';
 import { loadUiAssets, serveAsset, UiEvents, type Asset } from './ui.js';
 
 export interface DebugSources {
@@ -29,6 +30,8 @@ export interface DebugSources {
   log: Logger;
   ir: () => MeshIR | undefined;
   preview: (key: string) => Snapshot;
+  /** What the sidecars' retry counters say, per Retry and path. */
+  observed?: () => ObservedView;
   /** Sources synced and ADS serving. */
   ready: () => boolean;
   /** Extra state for /debug/mesh (manifest errors, last build). */
@@ -44,6 +47,7 @@ const ENDPOINTS: Record<string, string> = {
   '/debug/events': 'server-sent events telling an open page what changed (mesh, proxies)',
   '/debug/mesh': 'the translated mesh: services, identities, the identities behind each service, diagnostics, manifest errors, last build',
   '/debug/amplification': 'the worst call paths of Retries in force with their worst-case attempts and time, worst first (at most 1 MiB; `omitted` counts the rest)',
+  '/debug/retries': 'what the retries did: the sidecars\' own counters, summed per Retry (and per source -> destination, with or without one) over the last 1 and 5 minutes and since it applies, beside the predicted worst case',
   '/healthz': 'the process is alive',
   '/readyz': 'sources synced and ADS serving',
   '/metrics': 'Prometheus metrics',
@@ -77,6 +81,24 @@ export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { versi
   const type = root.lookupType('envoy.admin.v3.ConfigDump');
   return toProto3Json(type, type.decode(type.encode(type.fromObject({ configs })).finish()));
 }
+
+/**
+ * /debug/retries: `?policy=<ns>/<name>` or `?namespace=<ns>` narrow the policies; `?paths=1` adds every path (source ->
+ * destination) with numbers, with or without a Retry, at most OBSERVED_PATHS_SHOWN of them (`pathsOmitted` counts the rest).
+ */
+export function observedResponse(view: ObservedView, url: URL): unknown {
+  const policy = url.searchParams.get('policy');
+  const ns = url.searchParams.get('namespace');
+  const policies = view.policies.filter((p) => (!policy || p.policy === policy) && (!ns || p.policy.startsWith(`${ns}/`)));
+  const paths = url.searchParams.get('paths') ? view.paths.filter((p) => !ns || p.source.startsWith(`${ns}/`)) : undefined;
+  return {
+    ...view,
+    policies,
+    paths: paths?.slice(0, OBSERVED_PATHS_SHOWN),
+    ...(paths && paths.length > OBSERVED_PATHS_SHOWN ? { pathsOmitted: paths.length - OBSERVED_PATHS_SHOWN } : {}),
+  };
+}
+const OBSERVED_PATHS_SHOWN = 5_000;
 
 function policiesView(ir: MeshIR | undefined): unknown[] {
   if (!ir) return [];
@@ -114,7 +136,7 @@ export function isLoopback(address: string | undefined): boolean {
 }
 
 /** Endpoints whose answer grows with the mesh or the number of proxies: served a few at a time. */
-const EXPENSIVE = new Set(['/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain', '/debug/amplification']);
+const EXPENSIVE = new Set(['/debug/retries', '/debug/proxies', '/debug/policies', '/debug/mesh', '/debug/config_dump', '/debug/explain', '/debug/amplification']);
 
 /**
  * At most `max` expensive requests at once and `queue` waiting; beyond that the answer is 429. Each one starts
@@ -304,6 +326,11 @@ export class DebugServer {
         if (!ir || !src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
         // Bounded: a dense call graph's paths once made 28 MB here (issue 33).
         return this.json(res, 200, amplificationResponse(amplificationOf(ir)));
+      }
+      case '/debug/retries': {
+        const view = src.observed?.();
+        if (!view) return this.json(res, 404, { error: 'this server does not read sidecar metrics' });
+        return this.json(res, 200, observedResponse(view, url));
       }
       case '/debug/config_dump':
         return this.configDump(url, res);

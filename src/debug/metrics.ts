@@ -5,6 +5,10 @@ import type { MeshIR } from '../compile/ir.js';
 import type { BuildReport } from '../pipeline/pipeline.js';
 import type { ProxyRegistry } from '../xds/protocol/status.js';
 import { resourceType } from '../xds/resources/types.js';
+import type { ObservedRetries } from '../observed/retries.js';
+
+/** Paths with a Retry given series on /metrics, at most (beyond: counted in mesh_xds_observed_paths_omitted). */
+export const OBSERVED_SERIES_PATHS = 2_000;
 
 export class Metrics {
   readonly registry = new Registry();
@@ -66,6 +70,15 @@ export class Metrics {
   ir?: () => MeshIR | undefined;
   /** Sidecar mTLS: certificates issued so far and identities holding one (never their content). */
   sidecarCerts?: () => { issued: number; held: number };
+  /** What the sidecars' retry counters say (the metrics service). */
+  observed?: () => ObservedRetries;
+  private readonly statsAddedTotal = new Counter({ name: 'mesh_xds_observed_counters_total', help: 'Per-cluster counter deltas the sidecars sent that were added to the observed retries', registers: [this.registry] });
+  private readonly statsDroppedTotal = new Counter({
+    name: 'mesh_xds_observed_dropped_total',
+    help: 'Sidecar metrics not read, by reason: messages over the per-stream rate (rate) or cut at the series bound (too_many_series); series of an identity or cluster not in the mesh, an unknown counter, a bad value, a metric that is not a counter, or no room for another (identity, cluster) pair (pairs_full)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   /** The ADS port: bytes of request messages held incomplete, and streams open. */
   transport?: () => { receiving: number; streams: number };
 
@@ -135,6 +148,7 @@ export class Metrics {
         this.set(mesh ? (amplificationOf(mesh).paths[0]?.attempts ?? 1) : 1);
       },
     });
+    this.observedSeries();
     collectDefaultMetrics({ register: this.registry, prefix: 'mesh_xds_process_' });
     const short = (url: string): string => resourceType(url)?.short ?? url;
     proxies.observe({
@@ -153,6 +167,70 @@ export class Metrics {
       connectionRefused: (reason) => this.connectionsRefused.inc({ reason }),
       transportError: (where, code) => this.transportErrors.inc({ where, code }),
       connectionAged: () => this.connectionsAged.inc(),
+    });
+  }
+
+  statsAdded(n: number): void {
+    this.statsAddedTotal.inc(n);
+  }
+
+  statsDropped(reason: string, n: number): void {
+    this.statsDroppedTotal.inc({ reason }, n);
+  }
+
+  /**
+   * What the retries did, since each path began under its Retry: one series per path with a Retry in force (labels
+   * policy, source identity, destination service), so the series are as many as the Retries' destinations, and at
+   * most OBSERVED_SERIES_PATHS paths (worst retry rate first is not chosen: sorted by name, the rest counted).
+   * Paths without a Retry have no series: /debug/retries lists them.
+   */
+  private observedSeries(): void {
+    const view = (): ReturnType<ObservedRetries['view']> | undefined => this.observed?.().view();
+    let last: ReturnType<ObservedRetries['view']> | undefined;
+    let lastAt = 0;
+    /** One view per scrape (each series' collect runs in turn). */
+    const current = (): ReturnType<ObservedRetries['view']> | undefined => {
+      const now = Date.now();
+      if (!last || now - lastAt > 1_000) [last, lastAt] = [view(), now];
+      return last;
+    };
+    const fields = [
+      ['requests', 'requests', 'Requests (first tries) the sidecars of the source identity sent to the destination'],
+      ['retries', 'retries', 'Retries the sidecars made (upstream_rq_retry)'],
+      ['retries_succeeded', 'retriesSucceeded', 'Retries whose attempt succeeded (upstream_rq_retry_success)'],
+      ['retries_exhausted', 'retriesExhausted', 'Requests that ran out of retries (upstream_rq_retry_limit_exceeded)'],
+      ['retries_refused', 'retriesRefused', 'Retries the retry budget or circuit breaker refused (upstream_rq_retry_overflow)'],
+    ] as const;
+    for (const [name, field, help] of fields) {
+      new Counter({
+        name: `mesh_xds_observed_${name}_total`,
+        help: `${help}, summed over every reporting sidecar, per Retry in force; since the path began under it`,
+        labelNames: ['policy', 'source', 'destination'],
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          const v = current();
+          for (const p of (v?.paths ?? []).filter((x) => x.policy).slice(0, OBSERVED_SERIES_PATHS)) {
+            this.inc({ policy: p.policy!, source: p.source, destination: p.destination }, p.windows.total[field]);
+          }
+        },
+      });
+    }
+    new Gauge({
+      name: 'mesh_xds_observed_paths_omitted',
+      help: `Paths with a Retry in force and numbers, beyond the ${OBSERVED_SERIES_PATHS} given series`,
+      registers: [this.registry],
+      collect() {
+        this.set(Math.max(0, (current()?.paths ?? []).filter((x) => x.policy).length - OBSERVED_SERIES_PATHS));
+      },
+    });
+    new Gauge({
+      name: 'mesh_xds_observed_proxies_reporting',
+      help: 'Proxies that sent their counters within three stats flush intervals',
+      registers: [this.registry],
+      collect() {
+        this.set(current()?.proxiesReporting ?? 0);
+      },
     });
   }
 

@@ -49,6 +49,55 @@ export interface SidecarTemplateOptions {
   adsFlavour?: 'GRPC' | 'DELTA_GRPC';
   /** The app's own HTTP probes, rewritten to the health port: the sidecar forwards each to the app (`appProbes`). */
   probes?: readonly AppProbe[];
+  /** How often the sidecar sends its counters to the control plane (the MeshConfig's, default 5). */
+  statsFlushSeconds?: number;
+}
+
+/**
+ * The counters each sidecar keeps and sends (its stats matcher): what the control plane sums per Retry
+ * (src/observed/retries.ts COUNTERS and a few beside them per destination cluster), the xDS connection's own, and the
+ * server's, listener and cluster managers', HTTP managers' (RDS updates) and the capture listeners' stats an operator
+ * reads on the sidecar's admin page. Everything else per cluster (a hundred each, thousands of clusters in a large
+ * mesh) is not kept: Istio's default is narrower still.
+ */
+export const SIDECAR_STATS: readonly Obj[] = [
+  { prefix: 'server.' },
+  { prefix: 'cluster_manager.' },
+  { prefix: 'listener_manager.' },
+  { prefix: 'control_plane.' },
+  { prefix: 'http.' },
+  { prefix: 'listener.0.0.0.0_15001.' },
+  { prefix: 'listener.0.0.0.0_15003.' },
+  { prefix: 'cluster.mesh-xds.' },
+  {
+    safe_regex: {
+      regex:
+        '^cluster\\.[^.]+\\.(upstream_rq_(total|retry|retry_success|retry_limit_exceeded|retry_overflow|retry_backoff_exponential|retry_backoff_ratelimited|[2345]xx|timeout|per_try_timeout|pending_overflow)|upstream_cx_(total|connect_fail|idle_timeout|destroy_remote_with_active_rq))$',
+    },
+  },
+];
+
+/**
+ * The sidecar's counters, streamed to the control plane over its xDS connection (Envoy's metrics service sink): deltas
+ * since the last flush, in messages of at most 1,000 families.
+ */
+export function statsSink(flushSeconds = 5): Obj {
+  return {
+    stats_flush_interval: `${flushSeconds}s`,
+    stats_config: { stats_matcher: { inclusion_list: { patterns: [...SIDECAR_STATS] } } },
+    stats_sinks: [
+      {
+        name: 'envoy.stat_sinks.metrics_service',
+        typed_config: {
+          '@type': 'type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig',
+          transport_api_version: 'V3',
+          report_counters_as_deltas: true,
+          batch_size: 1000,
+          grpc_service: { envoy_grpc: { cluster_name: 'mesh-xds' } },
+        },
+      },
+    ],
+  };
 }
 
 /**
@@ -197,6 +246,7 @@ export function sidecarBootstrap(o: SidecarTemplateOptions): Obj {
   };
   return {
     admin: { address: { socket_address: { address: '127.0.0.1', port_value: ADMIN_PORT } } },
+    ...statsSink(o.statsFlushSeconds),
     dynamic_resources: {
       ads_config: { api_type: o.adsFlavour ?? 'GRPC', transport_api_version: 'V3', set_node_on_first_message_only: true, grpc_services: [{ envoy_grpc: { cluster_name: 'mesh-xds' } }] },
       cds_config: { ads: {}, resource_api_version: 'V3' },

@@ -57,6 +57,8 @@ export interface WebhookOptions extends InjectOptions {
   log: Logger;
   /** Each review's outcome (metrics). */
   onResult?(result: AdmissionResult): void;
+  /** What the mesh's config says now of the sidecar (its stats flush interval), read at each review. */
+  mesh?(): Pick<InjectOptions, 'statsFlushSeconds'>;
 }
 
 class BadRequest extends Error {}
@@ -148,7 +150,7 @@ export class InjectionWebhook {
       throw new Error(`cannot read namespace ${clip(req.namespace, 63)}: ${e.message}`);
     });
     if (!ns) return answer('denied', { allowed: false, status: { code: 403, message: `mesh-xds: namespace ${clip(req.namespace, 63)} is not known to the control plane yet; try again` } });
-    const d = decide(req.object, ns, this.o);
+    const d = decide(req.object, ns, { ...this.o, ...this.o.mesh?.() });
     if (d.inject) {
       const patch = JSON.stringify(d.patch);
       if (patch.length > this.bounds.maxPatch) {

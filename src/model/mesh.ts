@@ -91,7 +91,15 @@ export interface MeshConfig {
    * mesh's own: `spec.traffic.retryBudget` of the MeshConfig).
    */
   readonly retryBudget: RetryBudget | null;
+  /**
+   * How often injected sidecars flush their counters to the control plane (Envoy's `stats_flush_interval`), in
+   * seconds, 1 to 60 (mesh-xds's own: `spec.observability.statsFlushInterval`; a pod takes it when injected).
+   */
+  readonly statsFlushSeconds: number;
 }
+
+/** Envoy's own default flush interval, and the bounds of the MeshConfig field. */
+export const STATS_FLUSH = { defaultSeconds: 5, minSeconds: 1, maxSeconds: 60 } as const;
 
 /** Retries in flight to a cluster may be at most `budgetPercent` of its active requests, and always `minRetryConcurrency`. */
 export interface RetryBudget {
@@ -117,6 +125,7 @@ export const DEFAULT_MESH_CONFIG: MeshConfig = {
   enablePermissiveTrafficPolicyMode: true,
   maxRetryAmplification: DEFAULT_MAX_RETRY_AMPLIFICATION,
   retryBudget: DEFAULT_RETRY_BUDGET,
+  statsFlushSeconds: STATS_FLUSH.defaultSeconds,
 };
 
 export const MONITORED_BY_LABEL = 'flomesh.io/monitored-by';

@@ -9,6 +9,7 @@ import {
   type MeshConfig,
   type RetryBudget,
   DEFAULT_RETRY_BUDGET,
+  STATS_FLUSH,
   type MeshState,
   type Namespace,
   type Origin,
@@ -20,6 +21,7 @@ import {
 import { isDnsLabel, isDnsSubdomain, SIDECAR_INJECTION_ANNOTATION } from '../model/names.js';
 import { asList, asMap } from '../model/plain.js';
 import { RETRY_API_VERSION } from '../policy/retry.js';
+import { parseGoDuration } from '../policy/duration.js';
 import { nestingProblem } from './yaml-depth.js';
 
 export interface KubeObject {
@@ -339,7 +341,21 @@ function meshConfig(o: KubeObject): Partial<MeshConfig> {
   }
   const budget = asMap(spec.traffic).retryBudget;
   if (budget !== undefined) out.retryBudget = retryBudget(budget);
+  const flush = asMap(spec.observability).statsFlushInterval;
+  if (flush !== undefined) out.statsFlushSeconds = statsFlushSeconds(flush);
   return out;
+}
+
+/** `spec.observability.statsFlushInterval`: a duration of whole seconds from 1s to 60s. */
+function statsFlushSeconds(v: unknown): number {
+  const at = 'spec.observability.statsFlushInterval';
+  const d = typeof v === 'string' ? parseGoDuration(v) : { error: `must be a duration such as "5s", got ${JSON.stringify(v)}` };
+  if ('error' in d) throw new ObjectError(at, d.error);
+  const { minSeconds: min, maxSeconds: max } = STATS_FLUSH;
+  if (d.nanos % 1_000_000_000n !== 0n || d.nanos < BigInt(min) * 1_000_000_000n || d.nanos > BigInt(max) * 1_000_000_000n) {
+    throw new ObjectError(at, `must be whole seconds from ${min}s to ${max}s (how often each sidecar sends its counters), got ${JSON.stringify(v)}`);
+  }
+  return Number(d.nanos / 1_000_000_000n);
 }
 
 /** `spec.traffic.retryBudget`: {enabled, budgetPercent, minRetryConcurrency}, each optional (defaults: on, 20, 3). */

@@ -44,12 +44,13 @@ export class RateLimit {
     this.tokens = burst;
   }
 
-  take(): boolean {
+  /** Takes `n` tokens (default one), or none and false when fewer are left. */
+  take(n = 1): boolean {
     const now = performance.now();
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
     this.last = now;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
+    if (this.tokens < n) return false;
+    this.tokens -= n;
     return true;
   }
 }

@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import protobuf from 'protobufjs';
+import { packagePath } from '../../paths.js';
 
 const require = createRequire(import.meta.url);
 
@@ -27,6 +28,9 @@ export const PROTO_FILES = [
   'envoy/extensions/transport_sockets/tls/v3/tls.proto',
   'envoy/extensions/transport_sockets/tls/v3/secret.proto',
   'envoy/admin/v3/config_dump.proto',
+  // The sidecars' counters, streamed back (src/observed/): the sink's config and the service.
+  'envoy/config/metrics/v3/metrics_service.proto',
+  'envoy/service/metrics/v3/metrics_service.proto',
 ];
 
 function importRoots(): string[] {
@@ -38,6 +42,8 @@ function importRoots(): string[] {
     path.join(deps, 'xds'),
     path.join(deps, 'googleapis'),
     path.join(deps, 'protoc-gen-validate'),
+    // io/prometheus/client/metrics.proto, which grpc-js-xds does not ship (protos/README.md).
+    packagePath('protos'),
     pbPkg,
   ];
 }

@@ -1,0 +1,230 @@
+/**
+ * Envoy's metrics service (`envoy.service.metrics.v3.MetricsService/StreamMetrics`) on the ADS port: each sidecar
+ * streams its counters (`envoy.stat_sinks.metrics_service`, deltas, every stats flush) over the connection it holds
+ * for ADS, and the per-cluster retry counters go to ObservedRetries. Nothing is answered until the stream ends.
+ *
+ * Who reports is read as ADS reads it: on an mTLS server the client certificate's identity (a node claiming another
+ * is refused), else the node's metadata. A stream adds only to its own identity's numbers.
+ *
+ * Bounds (docs/security.md, "Doors and their bounds"): the transport's (streams and connections shared fairly by
+ * client, bytes held, the message deadline); a message of at most METRICS_LIMITS.messageBytes; at most
+ * `seriesPerMessage` series read of one; a byte rate per stream (`bytesPerSecond`, `burstBytes`: what is past it is
+ * dropped and counted, never decoded); the first message within `firstMessageSeconds`, then one at least every
+ * `idleSeconds` (Envoy reopens the stream at its next flush).
+ */
+import type { Logger } from 'pino';
+import protobuf from 'protobufjs';
+import { envoyRoot } from '../xds/resources/protos.js';
+import { Code, type Handler, type ServerCall } from '../xds/transport/grpc.js';
+import { IdentityError, IdentityMismatch, identityFromNode, type CertifiedIdentity, type XdsNode } from '../xds/protocol/node.js';
+import { RateLimit, clip } from '../xds/protocol/limits.js';
+import type { PeerCheckFn } from '../xds/protocol/stream.js';
+import type { DropReason, ObservedRetries, Reporter } from './retries.js';
+
+export const METRICS_PATH = '/envoy.service.metrics.v3.MetricsService/StreamMetrics';
+
+export const METRICS_LIMITS = {
+  /** One flush of a sidecar calling a thousand services is ~0.7 MB with the bootstrap's stats matcher. */
+  messageBytes: 1024 * 1024,
+  seriesPerMessage: 20_000,
+  /** Per stream: a flush a second of the largest message, with a burst of four. */
+  bytesPerSecond: 1024 * 1024,
+  burstBytes: 4 * 1024 * 1024,
+  firstMessageSeconds: 10,
+  /** The longest stats flush interval allowed is 60 s: a stream silent for five minutes is gone. */
+  idleSeconds: 300,
+} as const;
+
+export type MetricsDrop = 'rate' | 'too_many_series' | 'not_a_counter' | DropReason;
+
+export interface MetricsServiceEvents {
+  /** A stream refused or ended by a bound, by reason. */
+  refused(reason: string): void;
+  /** Messages (rate, too_many_series) or series (the rest) not read, by reason. */
+  dropped(reason: MetricsDrop, n: number): void;
+  /** Counters added. */
+  added(n: number): void;
+}
+
+const IDENTIFIER = envoyRoot().lookupType('envoy.service.metrics.v3.StreamMetricsMessage.Identifier');
+const COUNTER = 0;
+
+/** `cluster.<name>.<counter>` -> [name, counter]; undefined for any other family. */
+export function clusterCounter(family: string): [string, string] | undefined {
+  if (!family.startsWith('cluster.')) return undefined;
+  const dot = family.lastIndexOf('.');
+  if (dot <= 8) return undefined;
+  return [family.slice(8, dot), family.slice(dot + 1)];
+}
+
+/** What one StreamMetricsMessage says that is read here. */
+export interface MetricsRead {
+  /** The identifier's node (the first message only). */
+  readonly node?: XdsNode;
+  /** `[cluster, counter, value]` of every per-cluster counter family. */
+  readonly counters: [string, string, number][];
+  /** Series of per-cluster families that are not counters (not read). */
+  readonly notCounters: number;
+  /** More per-cluster series than `maxSeries`: the rest was not read. */
+  readonly cut: boolean;
+}
+
+const want = (tag: number, wire: number): void => {
+  if ((tag & 7) !== wire) throw new Error(`field ${tag >>> 3} has wire type ${tag & 7}, not ${wire}`);
+};
+
+/**
+ * Reads a `envoy.service.metrics.v3.StreamMetricsMessage` at the wire level (protobufjs's Reader): only the families
+ * named `cluster.<name>.<counter>` are looked into, every other family is skipped by its length unread, so a sidecar's
+ * server, listener and HTTP stats cost nothing. Read of a per-cluster family: its type and each metric's
+ * `counter.value`; left out on purpose: labels (the sink sends none without `emit_tags_as_labels`), help, unit,
+ * timestamps, exemplars, and every other metric kind. Throws on bytes that are not this message.
+ */
+export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.seriesPerMessage): MetricsRead {
+  const r = protobuf.Reader.create(buf);
+  let node: XdsNode | undefined;
+  const counters: [string, string, number][] = [];
+  let notCounters = 0;
+  let series = 0;
+  let cut = false;
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    const field = tag >>> 3;
+    if (field === 1) {
+      want(tag, 2);
+      node = (IDENTIFIER.decode(r, r.uint32()) as { node?: XdsNode }).node ?? undefined;
+    } else if (field === 2) {
+      want(tag, 2);
+      const end = r.uint32() + r.pos;
+      if (end > r.len) throw new Error('a metric family runs past the end of the message');
+      let name = '';
+      let type = COUNTER;
+      const metrics: [number, number][] = [];
+      while (r.pos < end) {
+        const t = r.uint32();
+        const f = t >>> 3;
+        if (f === 1) {
+          want(t, 2);
+          name = r.string();
+        } else if (f === 3) {
+          want(t, 0);
+          type = r.int32();
+        } else if (f === 4) {
+          want(t, 2);
+          const len = r.uint32();
+          metrics.push([r.pos, r.pos + len]);
+          r.skip(len);
+        } else r.skipType(t & 7);
+      }
+      if (r.pos !== end) throw new Error('a metric family overruns its length');
+      const parsed = !cut ? clusterCounter(name) : undefined;
+      if (!parsed) continue;
+      for (const [from, to] of metrics) {
+        if (++series > maxSeries) {
+          cut = true;
+          break;
+        }
+        r.pos = from;
+        let value: number | undefined;
+        while (r.pos < to) {
+          const t = r.uint32();
+          if (t >>> 3 === 3) {
+            want(t, 2);
+            const cend = r.uint32() + r.pos;
+            value = 0;
+            while (r.pos < cend) {
+              const ct = r.uint32();
+              if (ct >>> 3 === 1) {
+                want(ct, 1);
+                value = r.double();
+              } else r.skipType(ct & 7);
+            }
+          } else r.skipType(t & 7);
+        }
+        if (type !== COUNTER || value === undefined) notCounters++;
+        else counters.push([parsed[0], parsed[1], value]);
+      }
+      r.pos = end;
+    } else r.skipType(tag & 7);
+  }
+  return { node, counters, notCounters, cut };
+}
+
+export function metricsServiceHandler(opts: {
+  observed: ObservedRetries;
+  log: Logger;
+  events: MetricsServiceEvents;
+  /** With mTLS: what the client certificate proves. */
+  peers?: PeerCheckFn;
+  limits?: Partial<typeof METRICS_LIMITS>;
+}): Record<string, Handler> {
+  const limits = { ...METRICS_LIMITS, ...opts.limits };
+  const { observed, log, events } = opts;
+  const handler: Handler = (call: ServerCall) => {
+    const stream = {};
+    let reporter: Reporter | undefined;
+    let certified: CertifiedIdentity | undefined;
+    let done = false;
+    const rate = new RateLimit(limits.burstBytes, limits.bytesPerSecond);
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      done = true;
+      clearTimeout(timer);
+      observed.ended(stream);
+    };
+    const fail = (code: Code, details: string, reason: string): void => {
+      if (done) return;
+      finish();
+      events.refused(reason);
+      log.warn({ code: Code[code], details, reason, peer: call.getPeer(), node: clip(reporter?.nodeId ?? '') }, 'metrics stream refused');
+      call.end({ code, details });
+    };
+    const wait = (seconds: number, why: string, reason: string): void => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fail(Code.DEADLINE_EXCEEDED, why, reason), seconds * 1000).unref();
+    };
+    call.on('cancelled', finish);
+    call.on('close', finish);
+    call.on('end', () => {
+      finish();
+      call.end({ code: Code.OK, details: '' });
+    });
+    if (opts.peers) {
+      const peer = opts.peers(call);
+      if (!peer.ok) return fail(Code.UNAUTHENTICATED, peer.message, peer.reason);
+      certified = { namespace: peer.id.namespace, serviceAccount: peer.id.serviceAccount, spiffe: peer.spiffe };
+    }
+    wait(limits.firstMessageSeconds, `no message within ${limits.firstMessageSeconds} s of the stream's start`, 'no_request');
+    call.on('data', (buf: Buffer) => {
+      if (done) return;
+      if (buf.length > limits.messageBytes) return fail(Code.RESOURCE_EXHAUSTED, `a metrics message of ${buf.length} bytes; at most ${limits.messageBytes}`, 'metrics_too_large');
+      if (reporter && !rate.take(buf.length)) return events.dropped('rate', 1);
+      let msg: MetricsRead;
+      try {
+        msg = readMetrics(buf, limits.seriesPerMessage);
+      } catch (e) {
+        return fail(Code.INVALID_ARGUMENT, `cannot decode the StreamMetricsMessage: ${clip((e as Error).message, 200)}`, 'bad_request');
+      }
+      if (!reporter) {
+        try {
+          const id = identityFromNode(msg.node, certified);
+          reporter = { identity: `${id.namespace}/${id.serviceAccount}`, nodeId: id.nodeId };
+        } catch (e) {
+          if (e instanceof IdentityMismatch) return fail(Code.PERMISSION_DENIED, e.message, 'identity_mismatch');
+          if (e instanceof IdentityError) return fail(Code.INVALID_ARGUMENT, `the first metrics message must identify its proxy: ${e.message}`, 'bad_node');
+          throw e;
+        }
+        rate.take(buf.length);
+      }
+      wait(limits.idleSeconds, `no metrics message in ${limits.idleSeconds} s`, 'idle');
+      // A message cut at the bound: its later series are not read.
+      if (msg.cut) events.dropped('too_many_series', 1);
+      if (msg.notCounters) events.dropped('not_a_counter', msg.notCounters);
+      const counters = msg.counters;
+      const outcome = observed.report(stream, reporter, counters);
+      if (outcome.added) events.added(outcome.added);
+      for (const [why, n] of Object.entries(outcome.dropped)) events.dropped(why as MetricsDrop, n);
+    });
+  };
+  return { [METRICS_PATH]: handler };
+}

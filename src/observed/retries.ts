@@ -1,0 +1,377 @@
+/**
+ * What the retries did: the sidecars' own counters (sent as deltas over the metrics service, metrics-service.ts),
+ * summed per source identity and destination cluster, and read per Retry policy (or per path without one).
+ *
+ * Attribution: a sidecar of identity S counting for the cluster of service D is the Retry in force from S to D when
+ * it counted (or none). Each (S, cluster) pair keeps a ring of 30-second buckets (the last 5 minutes) and a sum since
+ * the pair began under its current policy; when the policy in force on the pair changes (another Retry, none, a new
+ * spec), the pair starts again, so that numbers never describe a policy that did not cause them.
+ *
+ * Counters arrive as deltas (Envoy's `report_counters_as_deltas`): a restarted Envoy's first flush is what it counted
+ * since its start, so nothing is doubled or lost; a value that is negative, not finite or absurd is dropped.
+ *
+ * Bounds (docs/security.md): pairs are held only for identities and clusters of the mesh, at most
+ * OBSERVED_BOUNDS.pairs in all and `pairsPerIdentity` each, shared fairly by identity (when full, the identity
+ * holding the most gives up its oldest pair); a pair nobody reported for in 10 minutes is forgotten.
+ */
+import type { AppliedRetry, MeshIR } from '../compile/ir.js';
+import { FairShare } from '../doors/shares.js';
+
+/** The counters read, per destination cluster (`cluster.<name>.<counter>`); the bootstrap's stats matcher keeps these. */
+export const COUNTERS = [
+  'upstream_rq_total',
+  'upstream_rq_retry',
+  'upstream_rq_retry_success',
+  'upstream_rq_retry_limit_exceeded',
+  'upstream_rq_retry_overflow',
+  'upstream_rq_retry_backoff_exponential',
+  'upstream_rq_retry_backoff_ratelimited',
+  'upstream_rq_5xx',
+  'upstream_rq_timeout',
+  'upstream_rq_per_try_timeout',
+  'upstream_cx_connect_fail',
+] as const;
+export type CounterName = (typeof COUNTERS)[number];
+const INDEX = new Map<string, number>(COUNTERS.map((c, i) => [c, i]));
+const K = COUNTERS.length;
+const [TOTAL, RETRY, SUCCESS, LIMIT, OVERFLOW] = [0, 1, 2, 3, 4];
+
+export const OBSERVED_BOUNDS = {
+  /** (identity, cluster) pairs held in all, and by one identity. */
+  pairs: 100_000,
+  pairsPerIdentity: 4_096,
+  /** A pair nobody reported for in this long is forgotten. */
+  forgetMs: 10 * 60_000,
+  /** Width of a bucket, and how many make the longest window (5 minutes). */
+  bucketMs: 30_000,
+  buckets: 10,
+  /** A delta above this (a billion requests in one flush) is not a sidecar's: dropped. */
+  maxDelta: 1e9,
+} as const;
+
+/** The windows shown, in buckets: the last minute and the last five (the current bucket and full ones before it: to a bucket's width), and since the pair began. */
+export const WINDOWS = { '1m': 2, '5m': 10 } as const;
+export type WindowName = keyof typeof WINDOWS | 'total';
+
+/** Who sent a report: the stream's proxy (its identity proved by its certificate on an mTLS server). */
+export interface Reporter {
+  /** `ns/sa` */
+  readonly identity: string;
+  readonly nodeId: string;
+}
+
+/** What one report did: counters added, and those dropped by why. */
+export interface ReportOutcome {
+  added: number;
+  dropped: Partial<Record<DropReason, number>>;
+}
+export type DropReason = 'unknown_identity' | 'unknown_cluster' | 'unknown_counter' | 'bad_value' | 'pairs_full';
+
+interface Pair {
+  readonly identity: string;
+  readonly cluster: string;
+  readonly service: string;
+  /** The policy in force when the pair began (`ns/name`, or null: no Retry), and its spec's fingerprint. */
+  readonly policy: string | null;
+  readonly specKey: string;
+  readonly since: number;
+  last: number;
+  readonly total: Float64Array;
+  /** BUCKETS+1 rings of K counters (the current bucket and the full ones before it), and each slot's bucket number. */
+  readonly ring: Float64Array;
+  readonly epochs: Int32Array;
+}
+
+/** The sums of one window. */
+export interface ObservedNumbers {
+  /** Requests (first tries): upstream attempts less retries. */
+  readonly requests: number;
+  readonly attempts: number;
+  readonly retries: number;
+  /** Retries whose attempt then succeeded. */
+  readonly retriesSucceeded: number;
+  /** Requests that ran out of retries (numRetries reached, or the per-try budget of time). */
+  readonly retriesExhausted: number;
+  /** Retries refused by the retry budget or circuit breaker. */
+  readonly retriesRefused: number;
+  readonly responses5xx: number;
+  readonly timeouts: number;
+  readonly perTryTimeouts: number;
+  readonly connectFailures: number;
+  /** Retries per request (null: no requests). */
+  readonly retryRate: number | null;
+  /** Share of retries that succeeded (null: no retries). */
+  readonly retrySuccessRate: number | null;
+  /** Attempts per request (null: no requests). */
+  readonly attemptsPerRequest: number | null;
+}
+
+export interface ObservedPath {
+  readonly source: string;
+  /** `ns/name` of the destination service. */
+  readonly destination: string;
+  readonly policy: string | null;
+  /** Since when these numbers run (the pair's start under this policy, the oldest of the service's ports). */
+  readonly since: string;
+  readonly windows: Readonly<Record<WindowName, ObservedNumbers>>;
+}
+
+export interface ObservedPolicy {
+  /** `ns/name` */
+  readonly policy: string;
+  readonly source: string;
+  readonly destinations: readonly string[];
+  /** Proxies of the source identity reporting now, and connected (reporting or not) is for the caller to add. */
+  readonly proxiesReporting: number;
+  /** The worst attempts per request the policy allows on one hop (1 + numRetries). */
+  readonly predictedAttemptsPerRequest: number;
+  readonly since: string | null;
+  readonly windows: Readonly<Record<WindowName, ObservedNumbers>>;
+}
+
+export interface ObservedView {
+  readonly at: string;
+  readonly bucketSeconds: number;
+  readonly policies: readonly ObservedPolicy[];
+  /** Every source -> destination with numbers, with or without a Retry. */
+  readonly paths: readonly ObservedPath[];
+  readonly proxiesReporting: number;
+  readonly pairs: number;
+  readonly dropped: Readonly<Record<string, number>>;
+}
+
+/** The cluster -> service map of a mesh, computed once per IR. */
+const clustersOf = new WeakMap<MeshIR, Map<string, string>>();
+function clusterMap(ir: MeshIR): Map<string, string> {
+  let m = clustersOf.get(ir);
+  if (!m) {
+    m = new Map();
+    for (const s of ir.services) for (const p of s.ports) m.set(p.cluster, `${s.namespace}/${s.name}`);
+    clustersOf.set(ir, m);
+  }
+  return m;
+}
+const identitiesOf = new WeakMap<MeshIR, Set<string>>();
+function identitySet(ir: MeshIR): Set<string> {
+  let s = identitiesOf.get(ir);
+  if (!s) identitiesOf.set(ir, (s = new Set(ir.identities)));
+  return s;
+}
+
+const specKeyOf = (a: AppliedRetry | undefined): string => (a ? JSON.stringify(a.spec) : '');
+
+function numbers(c: ArrayLike<number>): ObservedNumbers {
+  const attempts = c[TOTAL]!;
+  const retries = c[RETRY]!;
+  const requests = Math.max(0, attempts - retries);
+  const round = (x: number): number => Math.round(x * 1000) / 1000;
+  return {
+    requests,
+    attempts,
+    retries,
+    retriesSucceeded: c[SUCCESS]!,
+    retriesExhausted: c[LIMIT]!,
+    retriesRefused: c[OVERFLOW]!,
+    responses5xx: c[7]!,
+    timeouts: c[8]!,
+    perTryTimeouts: c[9]!,
+    connectFailures: c[10]!,
+    retryRate: requests ? round(retries / requests) : null,
+    retrySuccessRate: retries ? round(c[SUCCESS]! / retries) : null,
+    attemptsPerRequest: requests ? round(attempts / requests) : null,
+  };
+}
+
+export class ObservedRetries {
+  private readonly pairs = new Map<string, Pair>();
+  private readonly share: FairShare<Pair>;
+  /** Streams reporting: stream -> its reporter and last report. */
+  private readonly reporters = new Map<object, { reporter: Reporter; last: number }>();
+  private readonly droppedTotal: Record<string, number> = {};
+  private readonly B = OBSERVED_BOUNDS.buckets + 1;
+
+  constructor(
+    /** The mesh as last translated: who may report, for which clusters, under which policy. */
+    private readonly ir: () => MeshIR | undefined,
+    private readonly now: () => number = Date.now,
+    private readonly bounds: Pick<typeof OBSERVED_BOUNDS, 'pairs' | 'pairsPerIdentity' | 'forgetMs'> = OBSERVED_BOUNDS,
+    /** A proxy whose last report is older than this no longer counts as reporting. */
+    private readonly staleMs: () => number = () => 30_000,
+  ) {
+    this.share = new FairShare<Pair>({ total: bounds.pairs, perClient: bounds.pairsPerIdentity }, (victim) => this.pairs.delete(keyOf(victim.identity, victim.cluster)));
+  }
+
+  /** Counters a proxy's stream reported: `[cluster, counter, delta]`. */
+  report(stream: object, reporter: Reporter, counters: Iterable<readonly [string, string, number]>): ReportOutcome {
+    const now = this.now();
+    const out: ReportOutcome = { added: 0, dropped: {} };
+    const drop = (why: DropReason): void => {
+      out.dropped[why] = (out.dropped[why] ?? 0) + 1;
+      this.droppedTotal[why] = (this.droppedTotal[why] ?? 0) + 1;
+    };
+    this.reporters.set(stream, { reporter, last: now });
+    const ir = this.ir();
+    const epoch = Math.floor(now / OBSERVED_BOUNDS.bucketMs);
+    const known = ir && identitySet(ir).has(reporter.identity);
+    for (const [cluster, counter, value] of counters) {
+      const i = INDEX.get(counter);
+      if (i === undefined) {
+        drop('unknown_counter');
+        continue;
+      }
+      if (!(value >= 0 && value <= OBSERVED_BOUNDS.maxDelta)) {
+        drop('bad_value');
+        continue;
+      }
+      if (!ir || !known) {
+        drop('unknown_identity');
+        continue;
+      }
+      const service = clusterMap(ir).get(cluster);
+      if (!service) {
+        drop('unknown_cluster');
+        continue;
+      }
+      const pair = this.pair(ir, reporter.identity, cluster, service, now);
+      if (!pair) {
+        drop('pairs_full');
+        continue;
+      }
+      if (value === 0) continue;
+      pair.last = now;
+      pair.total[i] += value;
+      const slot = epoch % this.B;
+      if (pair.epochs[slot] !== epoch) {
+        pair.ring.fill(0, slot * K, slot * K + K);
+        pair.epochs[slot] = epoch;
+      }
+      pair.ring[slot * K + i] += value;
+      out.added++;
+    }
+    return out;
+  }
+
+  /** The stream ended: its proxy no longer reports. */
+  ended(stream: object): void {
+    this.reporters.delete(stream);
+  }
+
+  private pair(ir: MeshIR, identity: string, cluster: string, service: string, now: number): Pair | undefined {
+    const key = keyOf(identity, cluster);
+    const applied = ir.retries[identity]?.[service];
+    const policy = applied?.policy ?? null;
+    const specKey = specKeyOf(applied);
+    let p = this.pairs.get(key);
+    if (p && (p.policy !== policy || p.specKey !== specKey)) {
+      this.share.release(p);
+      this.pairs.delete(key);
+      p = undefined;
+    }
+    if (p) return p;
+    p = { identity, cluster, service, policy, specKey, since: now, last: now, total: new Float64Array(K), ring: new Float64Array(this.B * K), epochs: new Int32Array(this.B).fill(-1) };
+    if (!this.share.admit(p, identity)) return undefined;
+    this.pairs.set(key, p);
+    return p;
+  }
+
+  /** Forgets pairs nobody reported for in `forgetMs`, and reporters gone stale. */
+  sweep(): void {
+    const now = this.now();
+    for (const [key, p] of this.pairs) {
+      if (now - p.last > this.bounds.forgetMs) {
+        this.share.release(p);
+        this.pairs.delete(key);
+      }
+    }
+  }
+
+  /** Proxies reporting now, by identity. */
+  reporting(): Map<string, number> {
+    const now = this.now();
+    const stale = this.staleMs();
+    const by = new Map<string, number>();
+    const nodes = new Set<string>();
+    for (const { reporter, last } of this.reporters.values()) {
+      if (now - last > stale) continue;
+      // A node with two streams (a reconnect not yet noticed) is one proxy.
+      const id = `${reporter.identity}\u0000${reporter.nodeId}`;
+      if (nodes.has(id)) continue;
+      nodes.add(id);
+      by.set(reporter.identity, (by.get(reporter.identity) ?? 0) + 1);
+    }
+    return by;
+  }
+
+  /** Pairs held now. */
+  get size(): number {
+    return this.pairs.size;
+  }
+
+  /** The sums, per policy in force and per path, as of now; only pairs under the policy now in force count. */
+  view(): ObservedView {
+    const now = this.now();
+    const ir = this.ir();
+    const epoch = Math.floor(now / OBSERVED_BOUNDS.bucketMs);
+    const sums = new Map<string, { source: string; destination: string; policy: string | null; since: number; w: Record<WindowName, Float64Array> }>();
+    for (const p of this.pairs.values()) {
+      const applied = ir?.retries[p.identity]?.[p.service];
+      // A pair whose policy is no longer the one in force describes nothing now (it starts again at its next report).
+      if ((applied?.policy ?? null) !== p.policy || specKeyOf(applied) !== p.specKey) continue;
+      const key = `${p.identity}\u0000${p.service}`;
+      let s = sums.get(key);
+      if (!s) sums.set(key, (s = { source: p.identity, destination: p.service, policy: p.policy, since: p.since, w: { '1m': new Float64Array(K), '5m': new Float64Array(K), total: new Float64Array(K) } }));
+      s.since = Math.min(s.since, p.since);
+      for (let i = 0; i < K; i++) s.w.total[i] += p.total[i]!;
+      for (let slot = 0; slot < this.B; slot++) {
+        const age = epoch - p.epochs[slot]!;
+        if (p.epochs[slot]! < 0 || age < 0) continue;
+        for (const [name, n] of Object.entries(WINDOWS) as [keyof typeof WINDOWS, number][]) {
+          if (age >= n) continue;
+          const w = s.w[name];
+          for (let i = 0; i < K; i++) w[i] += p.ring[slot * K + i]!;
+        }
+      }
+    }
+    const iso = (t: number): string => new Date(t).toISOString();
+    const windows = (w: Record<WindowName, Float64Array>): Record<WindowName, ObservedNumbers> => ({ '1m': numbers(w['1m']), '5m': numbers(w['5m']), total: numbers(w.total) });
+    const paths = [...sums.values()]
+      .sort((a, b) => cmp(a.source, b.source) || cmp(a.destination, b.destination))
+      .map((s): ObservedPath => ({ source: s.source, destination: s.destination, policy: s.policy, since: iso(s.since), windows: windows(s.w) }));
+    const reporting = this.reporting();
+    const policies: ObservedPolicy[] = [];
+    for (const report of ir?.policies ?? []) {
+      if (report.state !== 'Accepted' || !report.source) continue;
+      const name = `${report.namespace}/${report.name}`;
+      const mine = Object.entries(ir!.retries[report.source] ?? {}).filter(([, a]) => a.policy === name);
+      const w = { '1m': new Float64Array(K), '5m': new Float64Array(K), total: new Float64Array(K) };
+      let since: number | undefined;
+      for (const s of sums.values()) {
+        if (s.policy !== name) continue;
+        since = since === undefined ? s.since : Math.min(since, s.since);
+        for (const k of ['1m', '5m', 'total'] as const) for (let i = 0; i < K; i++) w[k][i] += s.w[k][i]!;
+      }
+      policies.push({
+        policy: name,
+        source: report.source,
+        destinations: mine.map(([d]) => d).sort(),
+        proxiesReporting: reporting.get(report.source) ?? 0,
+        predictedAttemptsPerRequest: 1 + (mine[0]?.[1].spec.numRetries ?? 1),
+        since: since === undefined ? null : iso(since),
+        windows: windows(w),
+      });
+    }
+    policies.sort((a, b) => cmp(a.policy, b.policy));
+    return {
+      at: iso(now),
+      bucketSeconds: OBSERVED_BOUNDS.bucketMs / 1000,
+      policies,
+      paths,
+      proxiesReporting: [...reporting.values()].reduce((a, b) => a + b, 0),
+      pairs: this.pairs.size,
+      dropped: { ...this.droppedTotal },
+    };
+  }
+}
+
+const keyOf = (identity: string, cluster: string): string => `${identity}\u0000${cluster}`;
+const cmp = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
