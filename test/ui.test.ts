@@ -4,8 +4,9 @@
  * path marked but not red), an address for each view and each opened Retry or proxy (the back button goes back), no
  * proxy connected said as such with how to connect one, a live edit appearing without a reload, a proxy's NACK in red
  * with its error (as text), the amplification chain's 24-attempt path highlighted and red (over the bound), keyboard
- * and search; and what the page must not do: be read through another Host name (DNS rebinding), run anything but its
- * own scripts.
+ * and search, what the sidecars counted beside the predicted worst on the Retry edge and in the policy (polled only
+ * while the page is visible); and what the page must not do: be read through another Host name (DNS rebinding), run
+ * anything but its own scripts.
  * UI_SCREENSHOTS=1 writes the screenshots docs/operating.md shows into docs/ui/.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -13,6 +14,8 @@ import http from 'node:http';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { observedResponse } from '../src/debug/http.js';
+import type { ObservedPath, ObservedView } from '../src/observed/retries.js';
 import { CLUSTER } from '../src/xds/resources/types.js';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { browserMissing, launchBrowser } from './helpers/browser.js';
@@ -214,6 +217,69 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     await page.close();
   });
 
+  it("observed beside predicted: each Retry edge and the policy show what its sidecars counted over the last 5 minutes, live; 'no reports' when none reports; asked only while the page is visible", async () => {
+    const page = await open(demo.debug);
+    const asked: string[] = [];
+    page.on('request', (r) => r.url().includes('/debug/retries') && asked.push(r.url()));
+    await page.waitForFunction(() => (window as any).meshUi.observedLoads > 0, null, { timeout: 10_000 });
+    // No proxy of curl/curl sends its counters: said so under the policy on the edge.
+    expect(await retryLabels(page)).toEqual([expect.stringMatching(/^5 × 5xx · Accepted.*\nlast 5 min: no reports$/)]);
+    // A sidecar of curl/curl reports what it counted for httpbin's cluster (as the metrics service hands it over):
+    // 100 requests, 12 retries of which 10 succeeded, 1 request that ran out.
+    const cluster = demo.running.pipeline.ir!.services.find((s) => s.namespace === 'httpbin' && s.name === 'httpbin')!.ports[0]!.cluster;
+    const counted = (total: number, retry: number, success: number, limit: number): [string, string, number][] => [
+      [cluster, 'upstream_rq_total', total],
+      [cluster, 'upstream_rq_retry', retry],
+      [cluster, 'upstream_rq_retry_success', success],
+      [cluster, 'upstream_rq_retry_limit_exceeded', limit],
+    ];
+    const streams = [{}, {}];
+    try {
+      expect(demo.running.observed.report(streams[0]!, { identity: 'curl/curl', nodeId: 'curl-1' }, counted(112, 12, 10, 1)).added).toBe(4);
+      // Shown without a mesh event or a reload: the page asks again on its own.
+      const line = '\nlast 5 min: retry rate 12% · 83% succeed · 0 refused\n1 ran out · 1.12 attempts/request (predicted ≤ 6)';
+      await page.waitForFunction((l) => (window as any).meshUi.cy.edges('[kind="retry"]')[0].data('label').endsWith(l), line, { timeout: 15_000 });
+      expect(await retryLabels(page)).toEqual([expect.stringMatching(/^5 × 5xx · Accepted {2}\(×6; worst path: 6 attempts\)\n/)]);
+      // The policies' table and the policy's detail: each window beside the predicted worst.
+      await page.click('#tab-policies');
+      expect(await page.textContent('#policies tbody tr[data-key="curl/retry"] td.observed')).toBe('retry rate 12% · 83% succeed · 0 refused · 1 ran out · 1.12 attempts/request (predicted ≤ 6)');
+      await page.click('#policies tbody tr[data-key="curl/retry"]');
+      await page.waitForSelector('#policy-detail .observed table');
+      const rows = (): Promise<string[][]> => page.$$eval('#policy-detail .observed tbody tr', (trs) => trs.map((tr) => [...tr.children].map((c) => c.textContent ?? '')));
+      const [m1, m5, total] = await rows();
+      expect(m1).toEqual(['last 1 min', '100', '12', '10', '1', '0', '12%', '1.12', '≤ 6']);
+      expect(m5).toEqual(['last 5 min', '100', '12', '10', '1', '0', '12%', '1.12', '≤ 6']);
+      expect(total!.slice(1)).toEqual(['100', '12', '10', '1', '0', '12%', '1.12', '≤ 6']);
+      expect(await page.textContent('#policy-detail .observed')).toContain('1 proxy of curl/curl reporting');
+      // A second sidecar of curl/curl adds up (100 more requests, none retried), live in the open detail.
+      demo.running.observed.report(streams[1]!, { identity: 'curl/curl', nodeId: 'curl-2' }, counted(100, 0, 0, 0));
+      await page.waitForFunction(() => document.querySelector('#policy-detail .observed')?.textContent?.includes('2 proxies of curl/curl reporting'), null, { timeout: 15_000 });
+      expect((await rows())[1]).toEqual(['last 5 min', '200', '12', '10', '1', '0', '6%', '1.06', '≤ 6']);
+      expect(await page.textContent('#policies tbody tr[data-key="curl/retry"] td.observed')).toContain('retry rate 6% · 83% succeed · 0 refused · 1 ran out · 1.06 attempts/request');
+
+      // A page nobody looks at does not ask: hidden, no request in more than a polling interval; shown, it asks at once.
+      await page.evaluate(() => {
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      });
+      const before = asked.length;
+      await page.waitForTimeout(6_500);
+      expect(asked.length).toBe(before);
+      await page.evaluate(() => {
+        Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+        document.dispatchEvent(new Event('visibilitychange'));
+      });
+      const until = Date.now() + 5_000;
+      while (asked.length === before && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      expect(asked.length).toBeGreaterThan(before);
+      expect(asked.every((u) => u.endsWith('/debug/retries?paths=retries'))).toBe(true);
+      expect((page as unknown as { errors: string[] }).errors).toEqual([]);
+    } finally {
+      for (const s of streams) demo.running.observed.ended(s);
+    }
+    await page.close();
+  });
+
   it("a proxy's NACK shows red with its error text, as text; the proxy's config dump folds by type", async () => {
     const page = await open(demo.debug);
     await page.click('#tab-proxies');
@@ -285,6 +351,29 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     expect(res.headers.get('x-frame-options')).toBe('DENY');
     // Read-only: anything but GET is refused.
     expect((await fetch(`${demo.debug}/ui`, { method: 'POST' })).status).toBe(405);
+  });
+});
+
+describe('/debug/retries?paths=retries (what the page polls)', () => {
+  it('lists only the paths a Retry is in force on; ?paths=1 every path', () => {
+    const n = { requests: 1, attempts: 1, retries: 0, retriesSucceeded: 0, retriesExhausted: 0, retriesRefused: 0, responses5xx: 0, timeouts: 0, perTryTimeouts: 0, connectFailures: 0, retryRate: 0, retrySuccessRate: null, attemptsPerRequest: 1 };
+    const windows = { '1m': n, '5m': n, total: n };
+    const view: ObservedView = {
+      at: '',
+      bucketSeconds: 30,
+      policies: [],
+      paths: [
+        { source: 'a/a', destination: 'b/b', policy: 'a/retry', since: '', windows },
+        { source: 'a/a', destination: 'c/c', policy: null, since: '', windows },
+      ],
+      proxiesReporting: 1,
+      pairs: 2,
+      dropped: {},
+    };
+    const paths = (q: string): string[] => ((observedResponse(view, new URL(`http://localhost/debug/retries${q}`)) as { paths?: ObservedPath[] }).paths ?? []).map((p) => `${p.source}>${p.destination}`);
+    expect(paths('?paths=retries')).toEqual(['a/a>b/b']);
+    expect(paths('?paths=1')).toEqual(['a/a>b/b', 'a/a>c/c']);
+    expect(paths('')).toEqual([]);
   });
 });
 

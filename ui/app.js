@@ -22,15 +22,17 @@
     return e;
   };
 
-  const state = { mesh: null, policies: [], proxies: [], amp: { paths: [] }, query: '', policy: null, proxy: null };
+  // `observed`: /debug/retries, what the sidecars counted per Retry and per Retry edge (null: not known yet).
+  const state = { mesh: null, policies: [], proxies: [], amp: { paths: [] }, observed: null, observedError: null, query: '', policy: null, proxy: null };
   /** What the tests read: the state, the graph, and counters of loads and renders. */
-  const ui = (window.meshUi = { state, cy: null, loads: 0, renders: 0, firstRenderMs: null });
+  const ui = (window.meshUi = { state, cy: null, loads: 0, renders: 0, firstRenderMs: null, observedLoads: 0 });
 
-  async function getJson(path) {
+  /** A debug endpoint's JSON; a 429 (busy) is asked again up to `busyTries` times. */
+  async function getJson(path, busyTries = 20) {
     for (let attempt = 0; ; attempt++) {
       const r = await fetch(path, { headers: { accept: 'application/json' } });
       // The debug server answers a few expensive requests at a time: wait and ask again.
-      if (r.status === 429 && attempt < 20) {
+      if (r.status === 429 && attempt < busyTries) {
         await new Promise((res) => setTimeout(res, 100 + attempt * 100));
         continue;
       }
@@ -102,6 +104,42 @@
     }, wait);
   }
 
+  // The sidecars' counters change without a mesh event: asked again every OBSERVED_EVERY_MS, one request at a time (the
+  // next asked once the last is in), only while the page is visible and shows them (the mesh or the policies). The
+  // debug port answers a few expensive requests at once: a busy answer (429) is not asked again, the next turn is.
+  const OBSERVED_EVERY_MS = 5000;
+  let observedTimer = null;
+  let observing = null;
+  const needObserved = () => !document.hidden && (shown('graph') || shown('policies'));
+  function pollObserved() {
+    clearTimeout(observedTimer);
+    observedTimer = null;
+    if (observing || !needObserved()) return;
+    observing = loadObserved().finally(() => {
+      observing = null;
+      if (!observedTimer && needObserved()) observedTimer = setTimeout(pollObserved, OBSERVED_EVERY_MS);
+    });
+  }
+
+  /** /debug/retries with the paths a Retry is in force on (each Retry edge's own numbers). */
+  async function loadObserved() {
+    try {
+      state.observed = await getJson('/debug/retries?paths=retries', 0);
+      state.observedError = null;
+    } catch (e) {
+      // What was shown stays (a busy port, a lost connection: the next turn asks again); the policy view says why.
+      state.observedError = e.message;
+    }
+    const o = state.observed;
+    ui.observedByPolicy = new Map((o?.policies ?? []).map((p) => [p.policy, p]));
+    ui.observedByEdge = new Map((o?.paths ?? []).filter((p) => p.policy).map((p) => [`retry:${p.policy}>${p.destination}`, p]));
+    ui.observedLoads++;
+    renderObserved();
+  }
+  ui.observedByPolicy = new Map();
+  ui.observedByEdge = new Map();
+  document.addEventListener('visibilitychange', pollObserved);
+
   function setStatus(text, down = false) {
     const s = $('#status');
     s.textContent = text;
@@ -113,7 +151,8 @@
     // On (re)connecting everything is fetched: what changed while the feed was down is not known.
     mark('script');
     events.addEventListener('hello', () => mark('hello'));
-    events.addEventListener('hello', () => Promise.all([load('mesh'), load('proxies')]));
+    // The counters once the mesh is drawn (they label its edges; the graph is not kept waiting for them).
+    events.addEventListener('hello', () => Promise.all([load('mesh').then(pollObserved), load('proxies')]));
     events.addEventListener('mesh', () => load('mesh'));
     // The proxies (thousands, changing with every ACK) are fetched while a view shows them, at most twice a second.
     events.addEventListener('proxies', () => {
@@ -131,6 +170,41 @@
     if (!rp) return p.state;
     return `${rp.num_retries ?? 1} × ${rp.retry_on ?? ''} · ${p.state}`;
   };
+
+  // ---------------------------------------------------------------- observed
+  /** The window the graph and the policies table show; the policy's detail shows them all. */
+  const WINDOW = '5m';
+  const WINDOWS = { '1m': 'last 1 min', '5m': 'last 5 min', total: 'since' };
+  const pct = (x) => (x === null || x === undefined ? '–' : x > 0 && x < 0.01 ? '<1%' : `${Math.round(x * 100)}%`);
+  /**
+   * What the retries of a Retry (or of one of its edges) did over the window, in two parts (the retries; the requests
+   * beside the predicted worst attempts per request): none when not known (the server does not read the sidecars'
+   * counters, or the Retry is not in force), "no reports" when no proxy of its source identity reports them.
+   */
+  function observedParts(policyKey, edgeId) {
+    const pol = ui.observedByPolicy.get(policyKey);
+    if (!pol) return [];
+    const n = (edgeId ? ui.observedByEdge.get(edgeId)?.windows : pol.windows)?.[WINDOW];
+    if (!n?.requests) return [pol.proxiesReporting ? 'no requests' : 'no reports'];
+    return [
+      `retry rate ${pct(n.retryRate)} · ${n.retries ? `${pct(n.retrySuccessRate)} succeed` : 'no retries'} · ${n.retriesRefused} refused`,
+      `${n.retriesExhausted} ran out · ${n.attemptsPerRequest} attempts/request (predicted ≤ ${pol.predictedAttemptsPerRequest})${pol.proxiesReporting ? '' : ' · no proxy reports now'}`,
+    ];
+  }
+  const observedText = (policyKey) => observedParts(policyKey).join(' · ');
+  /** A Retry edge's label: the policy, and under it what its sidecars counted (short lines: a wide label leaves the picture). */
+  const edgeLabel = (d) => [d.base, ...observedParts(d.policy, d.id).map((l, i) => (i === 0 ? `${WINDOWS[WINDOW]}: ${l}` : l))].join('\n');
+
+  /** New numbers: the edges' labels, the policies' column and the open policy's numbers, changed in place. */
+  function renderObserved() {
+    const set = (e, label) => e.data('label') !== label && e.data('label', label);
+    if (ui.cy) ui.cy.batch(() => ui.cy.edges('[kind="retry"]').forEach((e) => set(e, edgeLabel(e.data()))));
+    for (const td of document.querySelectorAll('#policies td.observed')) {
+      const text = observedText(td.parentElement.dataset.key);
+      if (td.textContent !== text) td.textContent = text;
+    }
+    if (state.policy) renderPolicyObserved();
+  }
 
   /** A Retry with a RetryAmplification warning lies on a call path over the mesh's bound: wrong, so red. */
   const overBound = (p) => (p.warnings ?? []).some((w) => w.condition === 'RetryAmplification');
@@ -197,8 +271,10 @@
         // Red is for what is wrong (not in force, over the amplification bound); the worst path is marked by a halo.
         const status = !inForce ? 'notinforce' : overBound(p) ? 'inforce over' : 'inforce';
         const onPath = amp ? `  (×${amp.hop}; ${amp.worst ? 'worst path' : 'path'}: ${amp.saturated ? '≥' : ''}${amp.attempts} attempts)` : '';
+        const data = { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, base: `${retryLabel(p)}${onPath}` };
+        data.label = edgeLabel(data);
         edges.push({
-          data: { id, source: idId(source), target: svcId(d), kind: 'retry', policy: `${p.namespace}/${p.name}`, state: p.state, label: `${retryLabel(p)}${onPath}` },
+          data,
           classes: [status, amp ? (amp.worst ? 'amp worst' : 'amp') : ''].join(' '),
         });
       }
@@ -229,7 +305,7 @@
     { selector: 'node[kind="endpoints"]', style: { shape: 'rectangle', width: 16, height: 16, 'background-color': '#f3f4f6', 'border-color': '#6b7280', color: '#374151', 'font-size': 10 } },
     { selector: 'edge', style: { 'curve-style': 'bezier', 'target-arrow-shape': 'triangle', width: 1.5, 'arrow-scale': 0.9 } },
     { selector: 'edge[kind="backs"]', style: { 'line-style': 'dashed', 'line-color': '#6b7280', 'target-arrow-color': '#6b7280', width: 1 } },
-    { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'min-zoomed-font-size': 7, 'text-margin-y': -8, 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
+    { selector: 'edge[kind="retry"]', style: { label: 'data(label)', 'text-wrap': 'wrap', 'min-zoomed-font-size': 7, 'text-margin-y': -8, 'font-size': 10, color: '#14532d', 'text-background-color': '#ffffff', 'text-background-opacity': 0.9, 'text-background-padding': 2, 'line-color': '#166534', 'target-arrow-color': '#166534', width: 3 } },
     { selector: 'edge.notinforce', style: { 'line-style': 'dashed', 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
     { selector: 'edge.over', style: { 'line-color': '#991b1b', 'target-arrow-color': '#991b1b', color: '#991b1b' } },
     // The call paths listed above the graph: wider; the worst one also haloed (its colour stays what its state says).
@@ -361,6 +437,7 @@
         el('td', {}, badge(p.state)),
         el('td', {}, `${p.source ?? p.declared?.source ?? '?'} → ${(p.state === 'Accepted' ? p.appliesTo : p.declared?.destinations ?? []).join(', ')}`),
         el('td', {}, rp ? `${rp.num_retries ?? 1} × ${rp.retry_on}` : ''),
+        el('td', { class: 'observed' }, observedText(key)),
         el('td', {}, problemsOf(p)),
       );
     });
@@ -398,11 +475,49 @@
       problemsOf(p),
       el('h3', {}, 'Envoy retry_policy it produced'),
       el('pre', { class: 'retry-policy' }, p.retryPolicy ? JSON.stringify(p.retryPolicy, null, 2) : 'none (not in force)'),
+      el('h3', {}, 'What its retries did (its sidecars\' counters)'),
+      el('div', { class: 'observed' }),
       el('h3', {}, `Proxies it reaches (${reached.length} connected, identity ${p.source ?? '?'})`),
       reached.length ? el('ul', { class: 'reached' }, reached.map((x) => el('li', {}, `${x.nodeId} (${x.kind}, ${x.stream})`))) : el('p', {}, 'none connected'),
     );
+    renderPolicyObserved();
     box.hidden = false;
     box.setAttribute('tabindex', '-1');
+  }
+
+  /** The open Retry's numbers: each window, and each destination over the window when it has more than one. */
+  function renderPolicyObserved() {
+    const box = $('#policy-detail .observed');
+    if (!box) return;
+    const pol = ui.observedByPolicy.get(state.policy);
+    const said = (text) => box.replaceChildren(el('p', {}, text));
+    if (!state.observed) return said(state.observedError ? `Not known: ${state.observedError}` : 'loading…');
+    if (!pol) return said('Nothing: it is not in force. Its sidecars\' counters are summed for it once it is.');
+    const stale = state.observedError ? el('p', { class: 'nack' }, `As of ${new Date(state.observed.at).toLocaleTimeString()}: ${state.observedError}`) : '';
+    const who = pol.proxiesReporting
+      ? `${pol.proxiesReporting} ${pol.proxiesReporting === 1 ? 'proxy' : 'proxies'} of ${pol.source} reporting`
+      : `No reports: no proxy of ${pol.source} sends its counters now (a sidecar sends them over the metrics service of its ADS connection, as the injected bootstrap says).`;
+    const row = (label, n) =>
+      el(
+        'tr',
+        {},
+        el('th', { scope: 'row' }, label),
+        [n.requests, n.retries, n.retriesSucceeded, n.retriesExhausted, n.retriesRefused, pct(n.retryRate), n.attemptsPerRequest ?? '–', `≤ ${pol.predictedAttemptsPerRequest}`].map((v) => el('td', {}, v)),
+      );
+    const since = pol.since ? `since ${new Date(pol.since).toLocaleString()}` : 'since it applies';
+    const rows = Object.entries(WINDOWS).map(([w, label]) => row(w === 'total' ? since : label, pol.windows[w]));
+    if (pol.destinations.length > 1)
+      for (const d of pol.destinations) {
+        const path = ui.observedByEdge.get(`retry:${pol.policy}>${d}`);
+        if (path) rows.push(row(`→ ${d}, ${WINDOWS[WINDOW]}`, path.windows[WINDOW]));
+      }
+    const head = ['', 'Requests', 'Retries', 'Succeeded', 'Ran out', 'Refused', 'Retry rate', 'Attempts/request', 'Predicted worst'];
+    box.replaceChildren(
+      el('p', {}, who),
+      stale,
+      el('table', { class: 'numbers' }, el('thead', {}, el('tr', {}, head.map((h) => el('th', { scope: 'col' }, h)))), el('tbody', {}, rows)),
+      el('p', { class: 'legend' }, 'Requests: first tries. Succeeded: retries whose attempt then succeeded. Ran out: requests that used up their retries. Refused: retries the retry budget or circuit breaker refused. Predicted worst: 1 + numRetries attempts on this hop.'),
+    );
   }
 
   // ---------------------------------------------------------------- proxies
@@ -484,7 +599,7 @@
 
   function applySearch() {
     const q = state.query;
-    for (const tr of document.querySelectorAll('tbody tr')) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
+    for (const tr of document.querySelectorAll('#policies tbody tr, #proxies tbody tr')) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
     const cy = ui.cy;
     if (!cy) return;
     cy.batch(() => {
@@ -513,6 +628,8 @@
       stale.proxiesData = false;
       load('proxies');
     }
+    // Back to a view that shows the counters: asked again (the polling stops while none does).
+    if (state.mesh && !observedTimer && !observing) pollObserved();
   }
 
   // ---------------------------------------------------------------- addresses

@@ -84,13 +84,15 @@ export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { versi
 
 /**
  * /debug/retries: `?policy=<ns>/<name>` or `?namespace=<ns>` narrow the policies; `?paths=1` adds every path (source ->
- * destination) with numbers, with or without a Retry, at most OBSERVED_PATHS_SHOWN of them (`pathsOmitted` counts the rest).
+ * destination) with numbers, with or without a Retry, at most OBSERVED_PATHS_SHOWN of them (`pathsOmitted` counts the rest);
+ * `?paths=retries` only the paths a Retry is in force on (the page's Retry edges).
  */
 export function observedResponse(view: ObservedView, url: URL): unknown {
   const policy = url.searchParams.get('policy');
   const ns = url.searchParams.get('namespace');
+  const which = url.searchParams.get('paths');
   const policies = view.policies.filter((p) => (!policy || p.policy === policy) && (!ns || p.policy.startsWith(`${ns}/`)));
-  const paths = url.searchParams.get('paths') ? view.paths.filter((p) => !ns || p.source.startsWith(`${ns}/`)) : undefined;
+  const paths = which ? view.paths.filter((p) => (!ns || p.source.startsWith(`${ns}/`)) && (which !== 'retries' || p.policy !== null)) : undefined;
   return {
     ...view,
     policies,
