@@ -17,6 +17,7 @@ import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
 import { WorkloadCerts } from './security/workload-certs.js';
 import type { KubernetesWriters } from './outputs/kubernetes.js';
+import { ProgrammedTracker } from './outputs/programmed.js';
 import type { MeshSource } from './sources/source.js';
 import { tlsFromCa, tlsFromDir, type PeerCheck, type TlsServing } from './security/tls.js';
 import { ProxyRegistry } from './xds/protocol/status.js';
@@ -156,6 +157,11 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     void pipeline.submit(state);
   };
 
+  // The sidecars' counters (the metrics service on the ADS port), read per Retry against the mesh in force.
+  const observed = new ObservedRetries(() => pipeline.ir, Date.now, undefined, () => 3 * statsFlushMs());
+  const forget = setInterval(() => observed.sweep(), 60_000).unref();
+  metrics.observed = () => observed;
+
   let source: MeshSource;
   /** Kubernetes: the namespace facts the injection webhook asks for (the watch's cache, else the API). */
   let namespaceOf: ((name: string) => Promise<NamespaceFacts | undefined>) | undefined;
@@ -187,6 +193,8 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       source: kube,
       // With the CA at hand, every service account of the mesh gets its identity Secret.
       identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
+      // The live part of Retry statuses: the sidecars' numbers, and whether the proxies hold each policy.
+      live: { observed: () => observed.view(), programmed: new ProgrammedTracker({ registry, cache, failedKeys: () => (pipeline.lastReport?.failed ?? []).map((f) => f.key) }) },
     }));
     source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
     kubeConfig = kube.kc;
@@ -201,10 +209,6 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     writers?.setCa(ca);
     certs?.setCa(ca);
   });
-  // The sidecars' counters (the metrics service on the ADS port), read per Retry against the mesh in force.
-  const observed = new ObservedRetries(() => pipeline.ir, Date.now, undefined, () => 3 * statsFlushMs());
-  const forget = setInterval(() => observed.sweep(), 60_000).unref();
-  metrics.observed = () => observed;
   const ads: AdsServer = new AdsServer({
     cache,
     registry,

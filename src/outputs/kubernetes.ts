@@ -1,6 +1,10 @@
 /**
  * What the control plane writes back to Kubernetes, fed by the pipeline and reading the source's caches: Retry
  * statuses and the identity Secrets, by the replica that holds the Lease `mesh-xds-status-writer` only.
+ *
+ * Status passes (retry-status.ts) run one at a time: on each new mesh, every `tickMs` (the live part: the sidecars'
+ * numbers change without a new mesh) and shortly after a proxy connects, leaves or answers an RDS response
+ * (`Programmed`). A pass asked for while one runs is one more pass after it, however many were asked for.
  */
 import type * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
@@ -10,7 +14,9 @@ import type { MeshAccount } from '../sources/kubernetes.js';
 import type { KubeObject } from '../sources/manifests.js';
 import { IdentitySecrets, type IdentitySecretsOptions } from './identities.js';
 import { LeaseElector } from './lease.js';
-import { RetryStatusWriter } from './retry-status.js';
+import { RetryStatusWriter, type StatusBounds } from './retry-status.js';
+import type { ObservedView } from '../observed/retries.js';
+import type { ProgrammedTracker } from './programmed.js';
 
 export interface KubernetesWritersOptions {
   kc: k8s.KubeConfig;
@@ -22,6 +28,16 @@ export interface KubernetesWritersOptions {
   lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
   /** mTLS: keep an identity Secret for every ServiceAccount of an enrolled namespace (issued from this CA). */
   identities?: Omit<IdentitySecretsOptions, 'kc' | 'log' | 'controlPlaneNamespace'>;
+  /** The live part of Retry statuses: the sidecars' numbers and whether the proxies hold each policy. */
+  live?: {
+    observed?: () => ObservedView;
+    programmed?: ProgrammedTracker;
+    /** How often a pass looks at the live part (default 5 s), and how soon after a proxy's answer (default 1 s). */
+    tickMs?: number;
+    pokeMs?: number;
+    bounds?: Partial<StatusBounds>;
+    now?: () => number;
+  };
 }
 
 export class KubernetesWriters {
@@ -30,11 +46,22 @@ export class KubernetesWriters {
   readonly identities?: IdentitySecrets;
   private readonly statuses: RetryStatusWriter;
   private lastIr?: MeshIR;
-  /** Status writes run one after another, so two quick rebuilds never race to write the same object. */
-  private writing = Promise.resolve();
+  /** Status passes run one after another, so two quick rebuilds never race to write the same object. */
+  private running?: Promise<void>;
+  private again = false;
+  private tick?: NodeJS.Timeout;
+  private poked?: NodeJS.Timeout;
+  private stopped = false;
 
   constructor(private readonly o: KubernetesWritersOptions) {
-    this.statuses = new RetryStatusWriter(o.kc, o.log, (ns, name) => o.source.retry(ns, name));
+    const live = o.live;
+    const programmed = live?.programmed;
+    this.statuses = new RetryStatusWriter(o.kc, o.log, (ns, name) => o.source.retry(ns, name), {
+      live: live && { observed: live.observed, programmed: programmed && ((ir) => programmed.evaluate(ir)) },
+      bounds: live?.bounds,
+      now: live?.now,
+    });
+    programmed?.changes(() => this.poke());
     this.elector = new LeaseElector({
       kc: o.kc,
       namespace: o.namespace,
@@ -45,7 +72,8 @@ export class KubernetesWriters {
       log: o.log,
       // The new holder writes what the mesh says now (its predecessor may have missed the last change).
       onChange: (leader) => {
-        if (leader && this.lastIr) void this.policies(this.lastIr);
+        this.statuses.leadership();
+        if (leader && this.lastIr) void this.pass();
       },
     });
     if (o.identities) {
@@ -56,9 +84,13 @@ export class KubernetesWriters {
 
   start(): void {
     this.elector.start();
+    if (this.o.live) this.tick = setInterval(() => this.elector.leader && void this.pass(), this.o.live.tickMs ?? 5_000).unref();
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.tick);
+    clearTimeout(this.poked);
     this.identities?.stop();
     await this.elector.stop();
   }
@@ -66,10 +98,32 @@ export class KubernetesWriters {
   /** A new IR: each Retry's status, written if this replica holds the Lease. */
   policies(ir: MeshIR): Promise<void> {
     this.lastIr = ir;
-    this.writing = this.writing
-      .then(() => (this.elector.leader ? this.statuses.write(ir) : undefined))
-      .catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
-    return this.writing;
+    // Which keys kept an older snapshot: known now, before another build.
+    this.o.live?.programmed?.built();
+    return this.pass();
+  }
+
+  /** A proxy connected, left or answered: a pass soon (one for any number of answers meanwhile). */
+  private poke(): void {
+    if (this.poked || this.stopped || !this.elector.leader) return;
+    this.poked = setTimeout(() => {
+      this.poked = undefined;
+      void this.pass();
+    }, this.o.live?.pokeMs ?? 1_000).unref();
+  }
+
+  /** A status pass over the last IR, after the one running (resolves once a pass that began after this call ends). */
+  pass(): Promise<void> {
+    this.again = true;
+    this.running ??= (async () => {
+      while (this.again && !this.stopped) {
+        this.again = false;
+        const ir = this.lastIr;
+        if (!ir || !this.elector.leader) continue;
+        await this.statuses.write(ir, () => this.elector.leader && !this.stopped).catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
+      }
+    })().finally(() => (this.running = undefined));
+    return this.running;
   }
 
   /** The mesh changed: the identity Secrets follow its service accounts. */
@@ -84,7 +138,7 @@ export class KubernetesWriters {
 
   info(): Record<string, unknown> {
     return {
-      statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statuses.writes },
+      statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statuses.writes, liveWrites: this.statuses.liveWrites, liveHeldBack: this.statuses.deferred },
       ...(this.identities ? { identitySecrets: this.identities.info() } : {}),
     };
   }
