@@ -110,8 +110,12 @@ describe.skipIf(missing.length > 0)("a Retry's observed numbers and Programmed i
     const wide = (await ok(['get', 'retry', 'retry', '-n', 'curl', '-o', 'wide'])).split('\n');
     expect(wide[0]).toMatch(/\bPROGRAMMED\s+RETRIES-5M\s+AGE$/);
     expect(wide[1]).toMatch(/\bTrue\s+5\s+\S+$/);
-    // The writer says what it wrote: the status once on its own (Accepted), then once with the live part.
-    expect(((await served.get('/debug/mesh')) as any).statusWriter).toMatchObject({ leader: true, writes: 2, liveWrites: 1 });
+    // The writer says what it wrote: the status on its own (Accepted), then with the live part (once, or twice if its
+    // first pass after the leader's first 10 s came before the counters); not a write per flush.
+    const writer = ((await served.get('/debug/mesh')) as any).statusWriter;
+    expect(writer.leader).toBe(true);
+    expect(writer.liveWrites).toBeGreaterThanOrEqual(1);
+    expect(writer.writes).toBeLessThanOrEqual(3);
   }, 120_000);
 
   it("after an edit, Programmed goes False (Pending) for the new generation, naming the proxy that has not ACKed it, without waiting out the minute", async () => {
