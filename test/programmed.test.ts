@@ -99,12 +99,12 @@ describe('Programmed', () => {
   it('is False (Pending) naming a proxy sent the policy that has not ACKed it, True once it has', async () => {
     a = await sotw('curl-a');
     await eventually(() => ads.registry.connections.size === 1, 5000, 'the stream registered');
-    expect(t.evaluate(ir()).get('curl/retry')).toMatchObject({ status: 'False', reason: 'Pending', message: '1 of 1 connected proxies of curl/curl do not have this policy: curl-a (not ACKed)' });
+    expect(t.evaluate(ir()).get('curl/retry')).toMatchObject({ status: 'False', reason: 'Pending', message: '1 of 1 proxies of curl/curl connected do not have this policy: curl-a (not ACKed)' });
     // Just sent (within settleMs): not counted yet, so nothing is decided.
     expect(tracker({ settleMs: 60_000 }).evaluate(ir()).get('curl/retry')).toBeUndefined();
     ack(a.s, a.version, a.nonce);
     await acked(1);
-    expect(t.evaluate(ir()).get('curl/retry')).toEqual({ status: 'True', reason: 'Programmed', message: '1 of 1 connected proxies of curl/curl have ACKed a configuration holding this policy', proxies: 1, lacking: 0 });
+    expect(t.evaluate(ir()).get('curl/retry')).toEqual({ status: 'True', reason: 'Programmed', message: '1 of 1 proxies of curl/curl connected have ACKed a configuration holding this policy', proxies: 1, lacking: 0 });
   });
 
   it('is False (Rejected) naming a proxy that NACKed it, with its error; True again once it is gone', async () => {
@@ -114,7 +114,7 @@ describe('Programmed', () => {
     expect(t.evaluate(ir()).get('curl/retry')).toMatchObject({
       status: 'False',
       reason: 'Rejected',
-      message: '1 of 2 connected proxies of curl/curl do not have this policy: curl-b (NACKed: Proto constraint validation failed: route: bad)',
+      message: '1 of 2 proxies of curl/curl connected do not have this policy: curl-b (NACKed: Proto constraint validation failed: route: bad)',
       proxies: 2,
       lacking: 1,
     });
@@ -159,7 +159,7 @@ describe('Programmed', () => {
     await eventually(() => ads.registry.connections.size === 8, 5000, 'the 7 streams');
     const state = t.evaluate(ir()).get('curl/retry')!;
     expect(state).toMatchObject({ status: 'False', reason: 'Pending', proxies: 8, lacking: 7 });
-    expect(state.message).toMatch(/^7 of 8 connected proxies of curl\/curl do not have this policy: (curl-x{57}… \(not ACKed\), ){4}curl-x{57}… \(not ACKed\) and 2 more$/);
+    expect(state.message).toMatch(/^7 of 8 proxies of curl\/curl connected do not have this policy: (curl-x{57}… \(not ACKed\), ){4}curl-x{57}… \(not ACKed\) and 2 more$/);
     for (const m of many) m.s.close();
     await eventually(() => ads.registry.connections.size === 1, 5000, 'the 7 gone');
   });

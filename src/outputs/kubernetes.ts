@@ -76,6 +76,8 @@ export class KubernetesWriters {
         if (leader && this.lastIr) void this.pass();
       },
     });
+    // Each replica knows only the proxies connected to it: Programmed's messages name the one writing.
+    if (programmed) programmed.replica = this.elector.identity;
     if (o.identities) {
       const identities = (this.identities = new IdentitySecrets({ ...o.identities, controlPlaneNamespace: o.namespace, kc: o.kc, log: o.log }));
       this.elector.observe((leader) => identities.setLeader(leader));

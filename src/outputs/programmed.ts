@@ -22,6 +22,9 @@
  * The answer: True (every counted proxy has it; how many in the message), False naming (clipped, at most
  * NAMED_PROXIES) those that NACKed (reason Rejected, with the error clipped) or have not ACKed it (Pending), Unknown
  * (NoProxies) when no proxy of the identity is connected; undefined while every connected proxy is still settling.
+ *
+ * A replica knows the proxies connected to it only: with several replicas (deploy/ runs two) the writer's answer is
+ * about its own share, and its messages say so when `replica` is set (its name in the Lease).
  */
 import type { MeshIR } from '../compile/ir.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
@@ -71,6 +74,8 @@ export class ProgrammedTracker {
   private readonly subsets = new WeakMap<TypeSet, Map<string, string>>();
   private readonly now: () => number;
   private readonly settleMs: number;
+  /** This replica's name, said in the messages (the proxies counted are those connected to it). */
+  replica?: string;
 
   constructor(private readonly o: ProgrammedOptions) {
     this.now = o.now ?? Date.now;
@@ -157,7 +162,8 @@ export class ProgrammedTracker {
   }
 
   private judge(source: string, proxies: readonly ProxyConnection[], holding: ReadonlySet<string>, now: number): ProgrammedState | undefined {
-    if (proxies.length === 0) return { status: 'Unknown', reason: 'NoProxies', message: `no proxy of ${source} is connected`, proxies: 0, lacking: 0 };
+    const to = this.replica ? ` to replica ${this.replica}` : '';
+    if (proxies.length === 0) return { status: 'Unknown', reason: 'NoProxies', message: `no proxy of ${source} is connected${to}`, proxies: 0, lacking: 0 };
     let ok = 0;
     let settling = 0;
     const lacking: { name: string; why: string; nacked: boolean }[] = [];
@@ -180,7 +186,7 @@ export class ProgrammedTracker {
     if (counted === 0) return undefined;
     const more = settling ? `; ${settling} more just sent it` : '';
     if (!lacking.length) {
-      return { status: 'True', reason: 'Programmed', message: `${ok} of ${counted} connected proxies of ${source} have ACKed a configuration holding this policy${more}`, proxies: counted, lacking: 0 };
+      return { status: 'True', reason: 'Programmed', message: `${ok} of ${counted} proxies of ${source} connected${to} have ACKed a configuration holding this policy${more}`, proxies: counted, lacking: 0 };
     }
     lacking.sort((a, b) => Number(b.nacked) - Number(a.nacked) || byName(a.name, b.name));
     const named = lacking.slice(0, PROGRAMMED_BOUNDS.namedProxies).map((l) => `${l.name} (${l.why})`);
@@ -188,7 +194,7 @@ export class ProgrammedTracker {
     return {
       status: 'False',
       reason: lacking.some((l) => l.nacked) ? 'Rejected' : 'Pending',
-      message: `${lacking.length} of ${counted} connected proxies of ${source} do not have this policy: ${named.join(', ')}${rest ? ` and ${rest} more` : ''}${more}`,
+      message: `${lacking.length} of ${counted} proxies of ${source} connected${to} do not have this policy: ${named.join(', ')}${rest ? ` and ${rest} more` : ''}${more}`,
       proxies: counted,
       lacking: lacking.length,
     };
