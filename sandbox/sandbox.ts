@@ -406,6 +406,17 @@ export class Sandbox {
     );
   }
 
+  /** Restarts a workload's Envoy sidecar as the kubelet restarts a container (same pod and bootstrap, counters from zero); resolves once it is LIVE. */
+  async restartSidecar(name: string): Promise<Sidecar> {
+    const w = this.workload(name);
+    await w.sidecar.proc.stop();
+    const { namespace, serviceAccount, sample, flavour } = w.spec;
+    const identity = await this.identity(namespace, serviceAccount);
+    w.sidecar = startSidecar(w.pod, { sample, facts: { name: w.podName, namespace, serviceAccount, ip: w.pod.ip }, dir: this.files, flavour, identity });
+    await sidecarLive(w.sidecar);
+    return w.sidecar;
+  }
+
   /** Renews a workload's identity Secret in place, as the kubelet updates a mounted Secret. */
   async renewIdentity(name: string): Promise<void> {
     const w = this.workload(name);

@@ -161,7 +161,12 @@ function identitySet(ir: MeshIR): Set<string> {
 const specKeyOf = (a: AppliedRetry | undefined): string => (a ? JSON.stringify(a.spec) : '');
 
 function numbers(c: ArrayLike<number>): ObservedNumbers {
-  const attempts = c[TOTAL]!;
+  // Envoy counts an attempt in upstream_rq_total once it has an upstream stream; an attempt whose connection failed
+  // (refused, reset, TLS failed: the destination is down) is not there but in upstream_cx_connect_fail. Checked with
+  // Envoy 1.40 (test/envoy-observed-retries.test.ts): the guide's 503 counts total 6, retry 5; with httpbin's sidecar
+  // down, total 0, retry 5, connect_fail 6. One connection per failed attempt holds for HTTP/1.1; on HTTP/2 one failed
+  // connection may fail several attempts, and attempts are then a lower bound.
+  const attempts = c[TOTAL]! + c[10]!;
   const retries = c[RETRY]!;
   const requests = Math.max(0, attempts - retries);
   const round = (x: number): number => Math.round(x * 1000) / 1000;
