@@ -4,7 +4,7 @@
  * server speaking the Kubernetes protocol (test/helpers/fake-kube.ts), on a clock of the test's own.
  */
 import pino from 'pino';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { compile } from '../src/compile/compile.js';
 import type { MeshIR } from '../src/compile/ir.js';
 import type { MeshState } from '../src/model/mesh.js';
@@ -163,6 +163,22 @@ describe('the live part of Retry statuses', () => {
     expect(statusPatches()).toHaveLength(3);
     expect(statusPatches()[2].observed).toMatchObject({ requests: 105, retries: 11, proxiesReporting: 0 });
     expect(writers.info().statusWriter).toMatchObject({ writes: 3, liveWrites: 3 });
+  });
+
+  it('passes asked for while one runs are one more pass, however many (a burst of new meshes queues nothing)', async () => {
+    const { writers, ir } = await liveWriters({});
+    const write = vi.spyOn(RetryStatusWriter.prototype, 'write');
+    try {
+      const all = Array.from({ length: 100 }, () => writers.policies(ir));
+      await Promise.all(all);
+      // The first call's pass, and one for the 99 asked for meanwhile.
+      expect(write.mock.calls.length).toBeLessThanOrEqual(2);
+      await writers.pass();
+      expect(write.mock.calls.length).toBeLessThanOrEqual(3);
+      expect(statusPatches()).toHaveLength(1);
+    } finally {
+      write.mockRestore();
+    }
   });
 
   it('says what is material', () => {

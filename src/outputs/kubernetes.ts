@@ -118,13 +118,20 @@ export class KubernetesWriters {
   pass(): Promise<void> {
     this.again = true;
     this.running ??= (async () => {
-      while (this.again && !this.stopped) {
-        this.again = false;
-        const ir = this.lastIr;
-        if (!ir || !this.elector.leader) continue;
-        await this.statuses.write(ir, () => this.elector.leader && !this.stopped).catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
+      try {
+        // First out of this call, so that `running` is set before it can be cleared.
+        await undefined;
+        while (this.again && !this.stopped) {
+          this.again = false;
+          const ir = this.lastIr;
+          if (!ir || !this.elector.leader) continue;
+          await this.statuses.write(ir, () => this.elector.leader && !this.stopped).catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
+        }
+      } finally {
+        // In the same turn as the last look at `again`: a pass asked for after it starts a new run.
+        this.running = undefined;
       }
-    })().finally(() => (this.running = undefined));
+    })();
     return this.running;
   }
 
