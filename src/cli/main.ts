@@ -22,6 +22,8 @@ Commands:
                              which Retry applies, and the route it yields (-f: offline, from manifests)
   policy amplification -f FILE_OR_DIR [--max N]
                              call paths of Retries in force, worst first (offline); exit 1 over N attempts
+  policy stats [NAME] [-n NS] [--paths]
+                             what each Retry did: the sidecars' retry counters summed per Retry, live
   install [--set KEY=VALUE]... [--dry-run]
                              install mesh-xds on the cluster, as fsm install (see mesh-xds install --help)
   uninstall [--purge]        remove what install made

@@ -133,11 +133,12 @@ async function proxyGet(args: string[]): Promise<number> {
   return 0;
 }
 
-const POLICY_USAGE = 'mesh-xds policy explain --from NS/SA --to NS/SVC [-f FILE_OR_DIR...] [-o json] [--debug-url URL] | mesh-xds policy amplification -f FILE_OR_DIR... [-o json] [--max N]';
+const POLICY_USAGE =
+  'mesh-xds policy explain --from NS/SA --to NS/SVC [-f FILE_OR_DIR...] [-o json] [--debug-url URL] | mesh-xds policy amplification -f FILE_OR_DIR... [-o json] [--max N] | mesh-xds policy stats [NAME] [-n NS] [--paths] [--window 1m|5m|total] [-o json] [--debug-url URL]';
 
 export async function policyCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
-  const which = subcommand('policy', sub, ['explain', 'amplification'], POLICY_USAGE);
+  const which = subcommand('policy', sub, ['explain', 'amplification', 'stats'], POLICY_USAGE);
   if (which === 'help') {
     process.stdout.write(`usage: ${POLICY_USAGE}\n`);
     return 0;
@@ -146,7 +147,84 @@ export async function policyCommand(args: string[]): Promise<number> {
     const { amplificationCommand } = await import('./amplification.js');
     return amplificationCommand(rest);
   }
+  if (which === 'stats') return policyStats(rest);
   return policyExplain(rest);
+}
+
+/** The window's numbers of /debug/retries: the fields the CLI prints. */
+interface ObservedNumbersJson {
+  readonly requests: number;
+  readonly retries: number;
+  readonly retriesSucceeded: number;
+  readonly retriesExhausted: number;
+  readonly retriesRefused: number;
+  readonly retryRate: number | null;
+  readonly attemptsPerRequest: number | null;
+}
+/** /debug/retries's answer: the fields the CLI prints. */
+interface ObservedJson {
+  readonly policies: readonly { readonly policy: string; readonly source: string; readonly destinations: readonly string[]; readonly proxiesReporting: number; readonly predictedAttemptsPerRequest: number; readonly windows: Readonly<Record<string, ObservedNumbersJson>> }[];
+  readonly paths?: readonly { readonly source: string; readonly destination: string; readonly policy: string | null; readonly windows: Readonly<Record<string, ObservedNumbersJson>> }[];
+  readonly pathsOmitted?: number;
+  readonly bucketSeconds: number;
+}
+
+const WINDOW_NAMES = ['1m', '5m', 'total'];
+
+/** `policy stats`: what each Retry did, from the sidecars' own counters summed by the running server. */
+async function policyStats(args: string[]): Promise<number> {
+  const u: Usage = { command: 'policy stats', usage: 'mesh-xds policy stats [NAME] [-n NS] [--paths] [--window 1m|5m|total] [-o json] [--debug-url URL]', positionals: 1 };
+  const parsed = parseFlags(u, args, {
+    namespace: { type: 'string', short: 'n' },
+    paths: { type: 'boolean' },
+    window: { type: 'string' },
+    output: { type: 'string', short: 'o' },
+    'debug-url': { type: 'string' },
+  });
+  if (!parsed) return 0;
+  const v = parsed.values;
+  const json = outputFormat(u.command, v.output) === 'json';
+  const window = v.window ?? '5m';
+  if (!WINDOW_NAMES.includes(window)) throw new UsageError(`${u.command}: --window ${window}: one of ${WINDOW_NAMES.join(', ')}`);
+  const name = parsed.positionals[0];
+  if (name !== undefined && !isObjectName(name)) throw new UsageError(`${u.command}: ${name}: not a Retry's name (a Kubernetes name)`);
+  if (v.namespace !== undefined && !isDnsLabel(v.namespace)) throw new UsageError(`${u.command}: -n ${v.namespace}: not a namespace name`);
+  if (name !== undefined && v.namespace === undefined) throw new UsageError(`${u.command}: ${name}: say its namespace with -n NS`);
+  const base = debugUrl(u.command, v['debug-url']);
+  const query = new URLSearchParams();
+  if (name !== undefined) query.set('policy', `${v.namespace}/${name}`);
+  else if (v.namespace !== undefined) query.set('namespace', v.namespace);
+  if (v.paths) query.set('paths', '1');
+  const answer = await getJson<ObservedJson & { error?: string }>(base, `/debug/retries?${query}`);
+  if (answer.status !== 200) {
+    process.stderr.write(`mesh-xds: ${u.command}: the server at ${base} answered HTTP ${answer.status}: ${answer.body.error ?? ''}\n`);
+    return answer.status === 404 ? 1 : 3;
+  }
+  const body = answer.body;
+  if (json) {
+    process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+    return name !== undefined && !body.policies.length ? 1 : 0;
+  }
+  if (name !== undefined && !body.policies.length) {
+    process.stderr.write(`mesh-xds: ${u.command}: no Retry ${v.namespace}/${name} is in force (see mesh-xds policy explain, or /debug/policies)\n`);
+    return 1;
+  }
+  const pct = (x: number | null): string => (x === null ? '-' : `${Math.round(x * 1000) / 10}%`);
+  const cells = (n: ObservedNumbersJson): string[] => [String(n.requests), String(n.retries), pct(n.retryRate), String(n.retriesSucceeded), String(n.retriesExhausted), String(n.retriesRefused), n.attemptsPerRequest === null ? '-' : String(n.attemptsPerRequest)];
+  const heads = ['REQUESTS', 'RETRIES', 'RETRY RATE', 'SUCCEEDED', 'EXHAUSTED', 'REFUSED', 'ATTEMPTS/REQ'];
+  const label = window === 'total' ? 'since each path began under its Retry' : `the last ${window === '1m' ? 'minute' : '5 minutes'} (to ${body.bucketSeconds} s)`;
+  process.stdout.write(`What the Retries did, from the sidecars' own counters, over ${label}:\n`);
+  process.stdout.write(
+    body.policies.length
+      ? table(['RETRY', 'SOURCE', 'DESTINATIONS', 'PROXIES', ...heads, 'PREDICTED WORST'], body.policies.map((p) => [p.policy, p.source, p.destinations.join(','), String(p.proxiesReporting), ...cells(p.windows[window]!), String(p.predictedAttemptsPerRequest)]))
+      : 'no Retry in force\n',
+  );
+  if (body.paths) {
+    process.stdout.write(`\nEvery source -> destination with numbers (with or without a Retry):\n`);
+    process.stdout.write(body.paths.length ? table(['SOURCE', 'DESTINATION', 'RETRY', ...heads], body.paths.map((p) => [p.source, p.destination, p.policy ?? '(none)', ...cells(p.windows[window]!)])) : 'none yet\n');
+    if (body.pathsOmitted) process.stdout.write(`(${body.pathsOmitted} more paths not shown: -o json lists the same; narrow with -n NS)\n`);
+  }
+  return 0;
 }
 
 /** `NS/NAME` of --from or --to, else a usage error saying what it should be. */

@@ -186,7 +186,10 @@ export function metricsServiceHandler(opts: {
     call.on('cancelled', finish);
     call.on('close', finish);
     call.on('end', () => {
+      if (done) return;
       finish();
+      // The client ended its stream: the one (empty) StreamMetricsResponse a client stream has, then OK.
+      call.write(new Uint8Array(0));
       call.end({ code: Code.OK, details: '' });
     });
     if (opts.peers) {
