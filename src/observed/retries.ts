@@ -199,7 +199,7 @@ export class ObservedRetries {
     /** The mesh as last translated: who may report, for which clusters, under which policy. */
     private readonly ir: () => MeshIR | undefined,
     private readonly now: () => number = Date.now,
-    private readonly bounds: Pick<typeof OBSERVED_BOUNDS, 'pairs' | 'pairsPerIdentity' | 'forgetMs'> = OBSERVED_BOUNDS,
+    private readonly bounds: { readonly pairs: number; readonly pairsPerIdentity: number; readonly forgetMs: number } = OBSERVED_BOUNDS,
     /** A proxy whose last report is older than this no longer counts as reporting. */
     private readonly staleMs: () => number = () => 30_000,
   ) {
