@@ -17,6 +17,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseServeArgs } from '../src/config.js';
 import { createCa, issue, writeCaDir, writeTlsDir, type KeyPair, type TlsBundle } from '../src/security/ca.js';
 import { CSDS_SERVICE } from '../src/xds/protocol/csds.js';
+import { METRICS_PATH } from '../src/observed/metrics-service.js';
+import { envoyRoot } from '../src/xds/resources/protos.js';
 import { eventually } from './helpers/grpc-xds.js';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';
@@ -244,6 +246,41 @@ describe('CSDS over mTLS', () => {
     expect(err?.details).toBe('spiffe://cluster.local/ns/curl/sa/curl may not read CSDS (not on --csds-allow)');
     expect(await refusedCount('csds_not_allowed')).toBe(before + 1);
     expect(lines.some((l) => l.msg === 'CSDS request refused' && l.reason === 'csds_not_allowed')).toBe(true);
+  });
+});
+
+describe('the metrics service over mTLS (what the retries did)', () => {
+  const MESSAGE = envoyRoot().lookupType('envoy.service.metrics.v3.StreamMetricsMessage');
+  const Metrics = grpc.makeGenericClientConstructor(
+    { StreamMetrics: { path: METRICS_PATH, requestStream: true, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b } },
+    'Metrics',
+  );
+  /** One flush of `retries` on httpbin's cluster, from a node claiming `claims` (or nothing); resolves with the stream's end. */
+  const report = (b: Partial<TlsBundle> & { ca: string }, retries: number, claims?: { namespace: string; serviceAccount: string }) =>
+    new Promise<grpc.ServiceError | null>((resolve) => {
+      const c: any = new Metrics(demo.ads, credsOf(b));
+      clients.push(c);
+      const call = c.StreamMetrics((err: grpc.ServiceError | null) => resolve(err));
+      const fields = claims ? { namespace: { stringValue: claims.namespace }, serviceAccount: { stringValue: claims.serviceAccount } } : {};
+      const family = (name: string, value: number) => ({ name: `cluster.httpbin/httpbin|14001.${name}`, type: 0, metric: [{ counter: { value } }] });
+      call.write(Buffer.from(MESSAGE.encode(MESSAGE.fromObject({ identifier: { node: { id: 'm-1', metadata: { fields } } }, envoy_metrics: [family('upstream_rq_total', retries + 1), family('upstream_rq_retry', retries)] })).finish()));
+      setTimeout(() => call.end(), 300);
+    });
+  const curlRetries = async () => (await fetch(`${demo.debug}/debug/retries`).then((r) => r.json())).policies.find((p: any) => p.policy === 'curl/retry')?.windows.total.retries;
+
+  it("counts a stream for its certificate's identity only: a node claiming another is refused, and adds nothing", async () => {
+    expect(await report(await leaf('curl', 'curl'), 3)).toBeNull();
+    await eventually(async () => (await curlRetries()) === 3, 10_000, "curl's 3 retries");
+    // httpbin's certificate, the node claiming to be curl: refused, curl's numbers unchanged.
+    const err = await report(await leaf('httpbin', 'httpbin'), 100, { namespace: 'curl', serviceAccount: 'curl' });
+    expect(err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(err?.details).toMatch(/node.metadata.namespace "curl" disagrees with the client certificate, which is spiffe:\/\/cluster.local\/ns\/httpbin\/sa\/httpbin/);
+    // Without a claim, httpbin's numbers are httpbin's own: curl's stay.
+    expect(await report(await leaf('httpbin', 'httpbin'), 100)).toBeNull();
+    expect(await curlRetries()).toBe(3);
+    // No certificate: refused before anything is read.
+    expect((await report({ ca: ca.cert }, 100, { namespace: 'curl', serviceAccount: 'curl' }))?.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(await curlRetries()).toBe(3);
   });
 });
 
