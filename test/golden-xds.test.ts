@@ -1,8 +1,9 @@
 /**
- * Golden tests of the xDS stage alone (as Envoy Gateway's translator testdata): test/golden-xds/<case>/ir.json, a
- * MeshIR as plain data (+ case.json: the proxies), -> per proxy expected/<proxy>/<CDS|EDS|LDS|RDS|SDS>.json. The input
- * is the IR, not manifests: a change of the builders shows here on its own, whatever compile does; a change of
- * compile shows in test/golden (manifests -> IR -> xDS). Regenerate with `npm run golden:update`, then review.
+ * Golden tests of the xDS stage alone (as Envoy Gateway's translator testdata): test/golden-xds/<case>/case.json names
+ * its input IR (`ir`: the compile stage's reviewed output, test/golden/<case>/expected/ir.json, which test/golden checks
+ * against compile(input.yaml): so an input here can never be an IR compile does not make) and the proxies, -> per
+ * proxy expected/<proxy>/<CDS|EDS|LDS|RDS|SDS>.json. A change of the builders shows here on its own, with the mTLS
+ * variants test/golden has not. Regenerate with `npm run golden:update`, then review.
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -10,11 +11,12 @@ import { describe, expect, it } from 'vitest';
 import type { MeshIR } from '../src/compile/ir.js';
 import { SnapshotBuilder } from '../src/pipeline/build.js';
 import { snapshotToJson } from './helpers/xds-json.js';
+import { meshFromYaml } from './helpers/mesh.js';
 import { check, files, proxyDir, UPDATE } from './helpers/golden.js';
 
 const ROOT = path.join(import.meta.dirname, 'golden-xds');
 const cases = readdirSync(ROOT)
-  .filter((d) => existsSync(path.join(ROOT, d, 'ir.json')))
+  .filter((d) => existsSync(path.join(ROOT, d, 'case.json')))
   .sort();
 
 describe('golden, xDS stage (IR -> Envoy resources)', () => {
@@ -25,8 +27,10 @@ describe('golden, xDS stage (IR -> Envoy resources)', () => {
   for (const c of cases) {
     it(c, () => {
       const dir = path.join(ROOT, c);
-      const ir = JSON.parse(readFileSync(path.join(dir, 'ir.json'), 'utf8')) as MeshIR;
-      const cfg: { proxies?: string[]; mtls?: { trustDomain: string } } = existsSync(path.join(dir, 'case.json')) ? JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8')) : {};
+      const cfg: { ir: string; proxies?: string[]; mtls?: { trustDomain: string } } = JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8'));
+      // The compile stage's own output (checked by test/golden), never a hand-kept IR.
+      const ir = JSON.parse(readFileSync(path.join(dir, cfg.ir), 'utf8')) as MeshIR;
+      expect(Object.keys(ir).sort()).toEqual(Object.keys(meshFromYaml('').ir).sort());
       const builder = new SnapshotBuilder({ trustDomain: cfg.mtls?.trustDomain });
       builder.update(ir);
       // mTLS: stand-in PEM text per identity (the builder inlines it; the private key shows redacted, as in a dump).
