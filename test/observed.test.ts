@@ -58,8 +58,8 @@ describe('the vendored Prometheus client model proto', () => {
 });
 
 describe('readMetrics (wire level) against the real protos', () => {
-  it('reads the node and every per-cluster counter, and nothing else', () => {
-    const r = readMetrics(flush({ upstream_rq_total: 6, upstream_rq_retry: 5 }, node('curl', 'curl')));
+  it('reads the node and every per-cluster counter summed here, and nothing else', () => {
+    const r = readMetrics(flush({ upstream_rq_total: 6, upstream_cx_http1_total: 2, upstream_rq_retry: 5 }, node('curl', 'curl')));
     expect(r.node?.id).toBe('curl-1.curl');
     expect(r.counters).toEqual([
       [CLUSTER, 'upstream_rq_total', 6],
@@ -152,6 +152,9 @@ describe('ObservedRetries', () => {
     const out = o.report({}, { identity: 'ghost/ghost', nodeId: 'g' }, guide());
     expect(out.dropped.unknown_identity).toBe(4);
     const out2 = o.report({}, curl, [
+      // The sidecar's own clusters are no destinations: passed over, not counted as dropped.
+      ['mesh-xds', 'upstream_rq_total', 1],
+      [`${CLUSTER}|local`, 'upstream_rq_total', 1],
       ['nowhere/nothing|80', 'upstream_rq_retry', 1],
       [CLUSTER, 'upstream_cx_total', 1],
       [CLUSTER, 'upstream_rq_retry', -3],

@@ -54,11 +54,12 @@ export interface SidecarTemplateOptions {
 }
 
 /**
- * The counters each sidecar keeps and sends (its stats matcher): what the control plane sums per Retry
- * (src/observed/retries.ts COUNTERS and a few beside them per destination cluster), the xDS connection's own, and the
- * server's, listener and cluster managers', HTTP managers' (RDS updates) and the capture listeners' stats an operator
- * reads on the sidecar's admin page. Everything else per cluster (a hundred each, thousands of clusters in a large
- * mesh) is not kept: Istio's default is narrower still.
+ * The stats each sidecar keeps and sends (its stats matcher): per cluster its requests, connections, TLS and config
+ * updates (`upstream_rq_*`, `upstream_cx_*`, `ssl.*`, `update_*`: among them what the control plane sums per Retry,
+ * src/observed/retries.ts COUNTERS), the xDS connection's own, and the server's, listener and cluster managers', HTTP
+ * managers' (RDS updates) and listeners' stats an operator reads on the sidecar's admin page. Not kept: the rest per
+ * cluster (membership, circuit breaker and load balancer gauges, health checks, outlier detection...: set on every
+ * cluster of a large mesh, so sent at every flush, and held by Envoy for each).
  */
 export const SIDECAR_STATS: readonly Obj[] = [
   { prefix: 'server.' },
@@ -66,15 +67,9 @@ export const SIDECAR_STATS: readonly Obj[] = [
   { prefix: 'listener_manager.' },
   { prefix: 'control_plane.' },
   { prefix: 'http.' },
-  { prefix: 'listener.0.0.0.0_15001.' },
-  { prefix: 'listener.0.0.0.0_15003.' },
+  { prefix: 'listener.' },
   { prefix: 'cluster.mesh-xds.' },
-  {
-    safe_regex: {
-      regex:
-        '^cluster\\.[^.]+\\.(upstream_rq_(total|retry|retry_success|retry_limit_exceeded|retry_overflow|retry_backoff_exponential|retry_backoff_ratelimited|[2345]xx|timeout|per_try_timeout|pending_overflow)|upstream_cx_(total|connect_fail|idle_timeout|destroy_remote_with_active_rq))$',
-    },
-  },
+  { safe_regex: { regex: '^cluster\\.[^.]+\\.(upstream_(rq|cx)_[a-z0-9_]+|ssl\\..+|update_[a-z_]+)$' } },
 ];
 
 /**

@@ -19,7 +19,7 @@ import { Code, type Handler, type ServerCall } from '../xds/transport/grpc.js';
 import { IdentityError, IdentityMismatch, identityFromNode, type CertifiedIdentity, type XdsNode } from '../xds/protocol/node.js';
 import { RateLimit, clip } from '../xds/protocol/limits.js';
 import type { PeerCheckFn } from '../xds/protocol/stream.js';
-import type { DropReason, ObservedRetries, Reporter } from './retries.js';
+import { isCounter, type DropReason, type ObservedRetries, type Reporter } from './retries.js';
 
 export const METRICS_PATH = '/envoy.service.metrics.v3.MetricsService/StreamMetrics';
 
@@ -69,14 +69,21 @@ export interface MetricsRead {
   readonly cut: boolean;
 }
 
+const CLUSTER_PREFIX = Buffer.from('cluster.');
+const startsWith = (buf: Uint8Array, from: number, to: number, prefix: Uint8Array): boolean => {
+  if (to - from < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (buf[from + i] !== prefix[i]) return false;
+  return true;
+};
+
 const want = (tag: number, wire: number): void => {
   if ((tag & 7) !== wire) throw new Error(`field ${tag >>> 3} has wire type ${tag & 7}, not ${wire}`);
 };
 
 /**
  * Reads a `envoy.service.metrics.v3.StreamMetricsMessage` at the wire level (protobufjs's Reader): only the families
- * named `cluster.<name>.<counter>` are looked into, every other family is skipped by its length unread, so a sidecar's
- * server, listener and HTTP stats cost nothing. Read of a per-cluster family: its type and each metric's
+ * named `cluster.<name>.<counter>` with a counter of COUNTERS are looked into; every other family is skipped by its
+ * length, its name not even decoded unless it starts with `cluster.`, so a sidecar's other stats cost next to nothing. Read of a per-cluster family: its type and each metric's
  * `counter.value`; left out on purpose: labels (the sink sends none without `emit_tags_as_labels`), help, unit,
  * timestamps, exemplars, and every other metric kind. Throws on bytes that are not this message.
  */
@@ -97,7 +104,7 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
       want(tag, 2);
       const end = r.uint32() + r.pos;
       if (end > r.len) throw new Error('a metric family runs past the end of the message');
-      let name = '';
+      let name: [number, number] | undefined;
       let type = COUNTER;
       const metrics: [number, number][] = [];
       while (r.pos < end) {
@@ -105,7 +112,9 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
         const f = t >>> 3;
         if (f === 1) {
           want(t, 2);
-          name = r.string();
+          const len = r.uint32();
+          name = [r.pos, r.pos + len];
+          r.skip(len);
         } else if (f === 3) {
           want(t, 0);
           type = r.int32();
@@ -117,8 +126,9 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
         } else r.skipType(t & 7);
       }
       if (r.pos !== end) throw new Error('a metric family overruns its length');
-      const parsed = !cut ? clusterCounter(name) : undefined;
-      if (!parsed) continue;
+      // Only a per-cluster counter read here is decoded: other families are passed over by their bytes.
+      const parsed = !cut && name && startsWith(buf, name[0], name[1], CLUSTER_PREFIX) ? clusterCounter(protobuf.util.utf8.read(buf, name[0], name[1])) : undefined;
+      if (!parsed || !isCounter(parsed[1])) continue;
       for (const [from, to] of metrics) {
         if (++series > maxSeries) {
           cut = true;

@@ -33,6 +33,10 @@ export const COUNTERS = [
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 const INDEX = new Map<string, number>(COUNTERS.map((c, i) => [c, i]));
+/** A counter summed here (the sidecar sends others: they are not read). */
+export const isCounter = (name: string): boolean => INDEX.has(name);
+/** A destination cluster's name (`ns/name|port`); the sidecar's own (`mesh-xds`, `...|local`) are not reported on. */
+const DESTINATION = /^[^/|]+\/[^/|]+\|\d+$/;
 const K = COUNTERS.length;
 const [TOTAL, RETRY, SUCCESS, LIMIT, OVERFLOW] = [0, 1, 2, 3, 4];
 
@@ -234,7 +238,8 @@ export class ObservedRetries {
       }
       const service = clusterMap(ir).get(cluster);
       if (!service) {
-        drop('unknown_cluster');
+        // The sidecar's own clusters (the control plane's, the local app's) are not destinations: not counted as dropped.
+        if (DESTINATION.test(cluster)) drop('unknown_cluster');
         continue;
       }
       const pair = this.pair(ir, reporter.identity, cluster, service, now);
