@@ -13,7 +13,7 @@ import { loadEnvoyProtos } from './xds/resources/protos.js';
 import { AdsServer, type PeerCheckFn } from './xds/protocol/server.js';
 import { csdsHandlers, type CsdsAuthorizer } from './xds/protocol/csds.js';
 import { Code } from './xds/transport/grpc.js';
-import { allowed, DEFAULT_TRUST_DOMAIN } from './security/spiffe.js';
+import { allowed, DEFAULT_TRUST_DOMAIN, spiffeId } from './security/spiffe.js';
 import { readCaDir, type KeyPair } from './security/ca.js';
 import { WorkloadCerts } from './security/workload-certs.js';
 import type { KubernetesWriters } from './outputs/kubernetes.js';
@@ -29,6 +29,7 @@ import { readFileSync } from 'node:fs';
 import { ExitError } from './cli/errors.js';
 import { ObservedRetries } from './observed/retries.js';
 import { metricsServiceHandler } from './observed/metrics-service.js';
+import { ControlPlaneClientCert, controlPlaneOnly, localShare, replicaShareHandler, ReplicaShares, servingAsClient } from './outputs/replica-share.js';
 
 export interface Running {
   adsPort: number;
@@ -168,6 +169,10 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
   let kubeConfig: import('@kubernetes/client-node').KubeConfig | undefined;
   /** Kubernetes: what the control plane writes back (statuses, identity Secrets), fed by the pipeline. */
   let writers: KubernetesWriters | undefined;
+  /** Kubernetes: whether the proxies hold each policy, and the other replicas' shares of the live part (summed by the leader). */
+  let programmed: ProgrammedTracker | undefined;
+  let shares: ReplicaShares | undefined;
+  const controlPlane = spiffeId(cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, cfg.namespace, 'mesh-xds');
   if (cfg.manifests) {
     const files = new FileSource({ dir: cfg.manifests, meshName: cfg.meshName, overrides: cfg.overrides, log, retrySchema: loadRetrySchema(), onChange });
     source = { start: () => files.start(), stop: () => files.stop(), info: () => ({ source: 'manifests', dir: cfg.manifests, manifestErrors: files.errors }) };
@@ -186,6 +191,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
         writers?.meshChanged();
       },
     });
+    programmed = new ProgrammedTracker({ registry, cache, failedKeys: () => (pipeline.lastReport?.failed ?? []).map((f) => f.key) });
     const out = (writers = new KubernetesWriters({
       kc: kube.kc,
       namespace: cfg.namespace,
@@ -194,7 +200,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
       // With the CA at hand, every service account of the mesh gets its identity Secret.
       identities: cfg.caDir ? { ca: readCaDir(cfg.caDir), trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, ttlMs: cfg.identityTtlMs ?? 86_400_000 } : undefined,
       // The live part of Retry statuses: the sidecars' numbers, and whether the proxies hold each policy.
-      live: { observed: () => observed.view(), programmed: new ProgrammedTracker({ registry, cache, failedKeys: () => (pipeline.lastReport?.failed ?? []).map((f) => f.key) }) },
+      live: { observed: () => observed.view(), programmed, replicas: (shares = new ReplicaShares({ kc: kube.kc, namespace: cfg.namespace, spiffe: controlPlane, log })) },
     }));
     source = { start: () => kube.start(), stop: () => kube.stop(), info: () => ({ ...kube.info(), ...out.info() }) };
     kubeConfig = kube.kc;
@@ -205,9 +211,12 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     pipeline.onPolicies = (ir) => void out.policies(ir);
   }
 
+  // The leader asks the other replicas for their shares with a client certificate of the control plane's identity.
+  const clientCert = cfg.caDir && shares ? new ControlPlaneClientCert(readCaDir(cfg.caDir), { trustDomain: cfg.trustDomain ?? DEFAULT_TRUST_DOMAIN, namespace: cfg.namespace }) : undefined;
   const tls = await serving(cfg, log, (ca) => {
     writers?.setCa(ca);
     certs?.setCa(ca);
+    clientCert?.setCa(ca);
   });
   const ads: AdsServer = new AdsServer({
     cache,
@@ -223,9 +232,19 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
         peers: tls && ((call): PeerCheck => ads.peerCheck!(call)),
         events: { refused: (reason) => registry.emit('refused', reason), dropped: (reason, n) => metrics.statsDropped(reason, n), added: (n) => metrics.statsAdded(n) },
       }),
+      // This replica's share of the live part of Retry statuses, for the leader (the control plane's identity) only.
+      ...(shares && writers
+        ? replicaShareHandler({
+            share: ((s) => () => localShare(s.replica, s.instance, observed.view(), pipeline.ir && programmed?.tallies(pipeline.ir)))(shares),
+            authorize: tls && controlPlaneOnly((call): PeerCheck => ads.peerCheck!(call), controlPlane),
+            log,
+            onRefused: (reason) => registry.emit('refused', reason),
+          })
+        : {}),
     },
   });
   const adsPort = await ads.listen(cfg.adsAddress).catch(listenError('--ads-address', cfg.adsAddress));
+  shares?.serving({ port: adsPort, tls: clientCert ? () => clientCert.get() : tls && servingAsClient(tls.credentials) });
   adsServing = true;
   metrics.transport = () => ({ receiving: ads.grpc.receiving, streams: ads.grpc.open });
   let webhook: InjectionWebhook | undefined;

@@ -17,6 +17,7 @@ import { LeaseElector } from './lease.js';
 import { RetryStatusWriter, type StatusBounds } from './retry-status.js';
 import type { ObservedView } from '../observed/retries.js';
 import type { ProgrammedTracker } from './programmed.js';
+import type { ReplicaShares } from './replica-share.js';
 
 export interface KubernetesWritersOptions {
   kc: k8s.KubeConfig;
@@ -32,6 +33,8 @@ export interface KubernetesWritersOptions {
   live?: {
     observed?: () => ObservedView;
     programmed?: ProgrammedTracker;
+    /** Several replicas: the others' shares, asked for once a pass and summed with this one's (replica-share.ts). */
+    replicas?: ReplicaShares;
     /** How often a pass looks at the live part (default 5 s), and how soon after a proxy's answer (default 1 s). */
     tickMs?: number;
     pokeMs?: number;
@@ -57,7 +60,11 @@ export class KubernetesWriters {
     const live = o.live;
     const programmed = live?.programmed;
     this.statuses = new RetryStatusWriter(o.kc, o.log, (ns, name) => o.source.retry(ns, name), {
-      live: live && { observed: live.observed, programmed: programmed && ((ir) => programmed.evaluate(ir)) },
+      live: live && {
+        observed: live.observed,
+        programmed: programmed && ((ir) => programmed.evaluate(ir)),
+        ...(live.replicas ? { summed: (ir: MeshIR) => live.replicas!.sum(live.observed?.(), programmed?.tallies(ir)) } : {}),
+      },
       bounds: live?.bounds,
       now: live?.now,
     });
@@ -76,8 +83,10 @@ export class KubernetesWriters {
         if (leader && this.lastIr) void this.pass();
       },
     });
-    // Each replica knows only the proxies connected to it: Programmed's messages name the one writing.
+    // Each replica knows only the proxies connected to it: without the others' shares, Programmed's messages name the
+    // one writing; with them, how many replicas answered.
     if (programmed) programmed.replica = this.elector.identity;
+    if (live?.replicas) live.replicas.replica = this.elector.identity;
     if (o.identities) {
       const identities = (this.identities = new IdentitySecrets({ ...o.identities, controlPlaneNamespace: o.namespace, kc: o.kc, log: o.log }));
       this.elector.observe((leader) => identities.setLeader(leader));
@@ -94,6 +103,7 @@ export class KubernetesWriters {
     clearInterval(this.tick);
     clearTimeout(this.poked);
     this.identities?.stop();
+    this.o.live?.replicas?.close();
     await this.elector.stop();
   }
 
@@ -147,7 +157,15 @@ export class KubernetesWriters {
 
   info(): Record<string, unknown> {
     return {
-      statusWriter: { lease: this.elector.name, identity: this.elector.identity, leader: this.elector.leader, writes: this.statuses.writes, liveWrites: this.statuses.liveWrites, liveHeldBack: this.statuses.deferred },
+      statusWriter: {
+        lease: this.elector.name,
+        identity: this.elector.identity,
+        leader: this.elector.leader,
+        writes: this.statuses.writes,
+        liveWrites: this.statuses.liveWrites,
+        liveHeldBack: this.statuses.deferred,
+        ...(this.o.live?.replicas ? { replicaShares: { asked: this.o.live.replicas.asked, answered: this.o.live.replicas.answered } } : {}),
+      },
       ...(this.identities ? { identitySecrets: this.identities.info() } : {}),
     };
   }

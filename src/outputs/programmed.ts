@@ -126,6 +126,17 @@ export class ProgrammedTracker {
 
   /** Programmed for every accepted policy of `ir` (the mesh in force), by `ns/name`; absent while it is undecided. */
   evaluate(ir: MeshIR): Map<string, ProgrammedState> {
+    const to = this.replica ? ` to replica ${this.replica}` : '';
+    const out = new Map<string, ProgrammedState>();
+    for (const [policy, t] of this.tallies(ir)) {
+      const state = programmedState(t, to);
+      if (state) out.set(policy, state);
+    }
+    return out;
+  }
+
+  /** What Programmed is made of, for every accepted policy of `ir`: the counts, which add across replicas. */
+  tallies(ir: MeshIR): Map<string, ProgrammedTally> {
     const now = this.now();
     const bySource = new Map<string, Map<string, ProxyConnection>>();
     for (const c of this.o.registry.connections) {
@@ -135,7 +146,7 @@ export class ProgrammedTracker {
       const other = nodes.get(c.identity.nodeId);
       if (!other || c.id > other.id) nodes.set(c.identity.nodeId, c);
     }
-    const out = new Map<string, ProgrammedState>();
+    const out = new Map<string, ProgrammedTally>();
     const live = new Set<string>();
     for (const report of ir.policies) {
       if (report.state !== 'Accepted' || !report.source) continue;
@@ -154,19 +165,16 @@ export class ProgrammedTracker {
         h.versions.add(v);
         if (h.versions.size > PROGRAMMED_BOUNDS.versionsKept) h.versions.delete(h.versions.values().next().value!);
       }
-      const state = this.judge(report.source, proxies, h.versions, now);
-      if (state) out.set(policy, state);
+      out.set(policy, this.tally(report.source, proxies, h.versions, now));
     }
     for (const policy of this.held.keys()) if (!live.has(policy)) this.held.delete(policy);
     return out;
   }
 
-  private judge(source: string, proxies: readonly ProxyConnection[], holding: ReadonlySet<string>, now: number): ProgrammedState | undefined {
-    const to = this.replica ? ` to replica ${this.replica}` : '';
-    if (proxies.length === 0) return { status: 'Unknown', reason: 'NoProxies', message: `no proxy of ${source} is connected${to}`, proxies: 0, lacking: 0 };
+  private tally(source: string, proxies: readonly ProxyConnection[], holding: ReadonlySet<string>, now: number): ProgrammedTally {
     let ok = 0;
     let settling = 0;
-    const lacking: { name: string; why: string; nacked: boolean }[] = [];
+    const lacking: LackingProxy[] = [];
     for (const c of proxies) {
       const rds = c.types.get(ROUTE);
       if (rds?.ackedVersion !== undefined && holding.has(rds.ackedVersion)) {
@@ -182,21 +190,58 @@ export class ProgrammedTracker {
       const name = clipText(c.identity.podName ?? c.identity.nodeId, PROGRAMMED_BOUNDS.nameChars);
       lacking.push(nack ? { name, why: `NACKed: ${clipText(nack.error.replace(/\s+/g, ' '), PROGRAMMED_BOUNDS.errorChars)}`, nacked: true } : { name, why: 'not ACKed', nacked: false });
     }
-    const counted = ok + lacking.length;
-    if (counted === 0) return undefined;
-    const more = settling ? `; ${settling} more just sent it` : '';
-    if (!lacking.length) {
-      return { status: 'True', reason: 'Programmed', message: `${ok} of ${counted} proxies of ${source} connected${to} have ACKed a configuration holding this policy${more}`, proxies: counted, lacking: 0 };
-    }
-    lacking.sort((a, b) => Number(b.nacked) - Number(a.nacked) || byName(a.name, b.name));
-    const named = lacking.slice(0, PROGRAMMED_BOUNDS.namedProxies).map((l) => `${l.name} (${l.why})`);
-    const rest = lacking.length - named.length;
-    return {
-      status: 'False',
-      reason: lacking.some((l) => l.nacked) ? 'Rejected' : 'Pending',
-      message: `${lacking.length} of ${counted} proxies of ${source} connected${to} do not have this policy: ${named.join(', ')}${rest ? ` and ${rest} more` : ''}${more}`,
-      proxies: counted,
-      lacking: lacking.length,
-    };
+    return { source, ok, settling, lacking: lacking.length, named: namedFirst(lacking) };
   }
+}
+
+/** A proxy that does not have a policy, as a message names it. */
+export interface LackingProxy {
+  readonly name: string;
+  readonly why: string;
+  readonly nacked: boolean;
+}
+
+/**
+ * What Programmed is made of for one policy: the source identity's proxies that have it (`ok`), that were just sent
+ * it (`settling`: not counted either way), that do not (`lacking`), and the first PROGRAMMED_BOUNDS.namedProxies of
+ * those (NACKs first, then by name). Tallies of several replicas add (addTallies).
+ */
+export interface ProgrammedTally {
+  readonly source: string;
+  readonly ok: number;
+  readonly settling: number;
+  readonly lacking: number;
+  readonly named: readonly LackingProxy[];
+}
+
+/** The proxies a message names: NACKs first, then by name, at most PROGRAMMED_BOUNDS.namedProxies. */
+function namedFirst(lacking: LackingProxy[]): LackingProxy[] {
+  return [...lacking].sort((a, b) => Number(b.nacked) - Number(a.nacked) || byName(a.name, b.name)).slice(0, PROGRAMMED_BOUNDS.namedProxies);
+}
+
+/** Two tallies of one policy (two replicas' proxies) as one. */
+export function addTallies(a: ProgrammedTally, b: ProgrammedTally): ProgrammedTally {
+  return { source: a.source, ok: a.ok + b.ok, settling: a.settling + b.settling, lacking: a.lacking + b.lacking, named: namedFirst([...a.named, ...b.named]) };
+}
+
+/**
+ * The condition a tally makes (undefined: undecided, every proxy just sent it); `to` says whose proxies these are
+ * (` to replica X`, ` to 2 of 2 replicas`).
+ */
+export function programmedState(t: ProgrammedTally, to: string): ProgrammedState | undefined {
+  const counted = t.ok + t.lacking;
+  if (counted === 0) return t.settling ? undefined : { status: 'Unknown', reason: 'NoProxies', message: `no proxy of ${t.source} is connected${to}`, proxies: 0, lacking: 0 };
+  const more = t.settling ? `; ${t.settling} more just sent it` : '';
+  if (!t.lacking) {
+    return { status: 'True', reason: 'Programmed', message: `${t.ok} of ${counted} proxies of ${t.source} connected${to} have ACKed a configuration holding this policy${more}`, proxies: counted, lacking: 0 };
+  }
+  const named = t.named.map((l) => `${l.name} (${l.why})`);
+  const rest = t.lacking - named.length;
+  return {
+    status: 'False',
+    reason: t.named.some((l) => l.nacked) ? 'Rejected' : 'Pending',
+    message: `${t.lacking} of ${counted} proxies of ${t.source} connected${to} do not have this policy: ${named.join(', ')}${rest ? ` and ${rest} more` : ''}${more}`,
+    proxies: counted,
+    lacking: t.lacking,
+  };
 }

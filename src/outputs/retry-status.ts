@@ -36,6 +36,7 @@ import type { KubeObject } from '../sources/manifests.js';
 import { asList, asMap, type Fields } from '../model/plain.js';
 import type { ObservedPolicy, ObservedView } from '../observed/retries.js';
 import type { ProgrammedState } from './programmed.js';
+import type { Summed } from './replica-share.js';
 
 /** A condition of a Retry's status, as the CRD has it. */
 interface Condition {
@@ -70,6 +71,8 @@ export interface ObservedStatus {
   /** When these numbers began (absent: nothing counted yet). */
   readonly since?: string;
   readonly updated: string;
+  /** Replicas of the control plane whose numbers these are, of those serving ("2/2"; replica-share.ts). */
+  readonly replicas?: string;
 }
 
 export const STATUS_BOUNDS = {
@@ -92,6 +95,8 @@ export const OBSERVED_WINDOW = '5m';
 export interface LiveSources {
   observed?: () => ObservedView;
   programmed?: (ir: MeshIR) => ReadonlyMap<string, ProgrammedState>;
+  /** Several replicas: both of the above, summed over every replica that answered (replica-share.ts); used instead. */
+  summed?: (ir: MeshIR) => Promise<Summed>;
 }
 
 /**
@@ -131,7 +136,7 @@ export function retryStatus(report: PolicyReport, generation: number | undefined
 const timeOf = (ms: number): string => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 
 /** A policy's numbers as `status.observed` has them. */
-export function observedStatus(p: ObservedPolicy, now: number): ObservedStatus {
+export function observedStatus(p: ObservedPolicy, now: number, replicas?: string): ObservedStatus {
   const w = p.windows[OBSERVED_WINDOW];
   return {
     window: OBSERVED_WINDOW,
@@ -146,6 +151,7 @@ export function observedStatus(p: ObservedPolicy, now: number): ObservedStatus {
     proxiesReporting: p.proxiesReporting,
     ...(p.since ? { since: timeOf(Date.parse(p.since)) } : {}),
     updated: timeOf(now),
+    ...(replicas !== undefined ? { replicas } : {}),
   };
 }
 
@@ -167,7 +173,7 @@ export function observedMoved(before: Fields | undefined, after: Fields | undefi
     if (typeof a !== 'number' || typeof b !== 'number') return true;
     if (a === 0 ? b !== 0 : b === 0 || Math.abs(b - a) >= share * a) return true;
   }
-  return (['proxiesReporting', 'predictedAttemptsPerRequest', 'since', 'window'] as const).some((k) => before[k] !== after[k]);
+  return (['proxiesReporting', 'predictedAttemptsPerRequest', 'since', 'window', 'replicas'] as const).some((k) => before[k] !== after[k]);
 }
 
 /** What of a Programmed condition is material: status, reason, generation, and the proxy counts of its message. */
@@ -265,13 +271,13 @@ export class RetryStatusWriter {
   }
 
   /** The live part a policy should have now: undefined where a source says nothing (kept as it is). */
-  private wanted(report: PolicyReport, generation: number | undefined, have: Live, observed: Map<string, ObservedPolicy> | undefined, programmed: ReadonlyMap<string, ProgrammedState> | undefined, now: number): Live {
+  private wanted(report: PolicyReport, generation: number | undefined, have: Live, observed: ReadonlyMap<string, ObservedPolicy> | undefined, programmed: ReadonlyMap<string, ProgrammedState> | undefined, now: number, replicas: string | undefined): Live {
     if (report.state !== 'Accepted') return {};
     const key = `${report.namespace}/${report.name}`;
     const o = observed ? observed.get(key) : undefined;
     const p = programmed?.get(key);
     return {
-      ...(observed ? (o ? { observed: observedStatus(o, now) as unknown as Fields } : {}) : have.observed ? { observed: have.observed } : {}),
+      ...(observed ? (o ? { observed: observedStatus(o, now, replicas) as unknown as Fields } : {}) : have.observed ? { observed: have.observed } : {}),
       // Undecided (every proxy still settling) or no source: as it is.
       ...(p ? { programmed: programmedCondition(p, generation, have.programmed, now) as unknown as Fields } : have.programmed ? { programmed: have.programmed } : {}),
     };
@@ -286,8 +292,16 @@ export class RetryStatusWriter {
     const now = this.now();
     const live = this.o.live;
     const settled = now - this.leaderSince >= this.bounds.graceMs;
-    const observed = live?.observed && settled ? new Map(live.observed().policies.map((p) => [p.policy, p])) : undefined;
-    const programmed = live?.programmed && settled ? live.programmed(ir) : undefined;
+    let observed: ReadonlyMap<string, ObservedPolicy> | undefined;
+    let programmed: ReadonlyMap<string, ProgrammedState> | undefined;
+    let replicas: string | undefined;
+    if (live?.summed && settled) {
+      // Every replica's share, each asked once (replica-share.ts).
+      ({ observed, programmed, replicas } = await live.summed(ir));
+    } else {
+      observed = live?.observed && settled ? new Map(live.observed().policies.map((p) => [p.policy, p])) : undefined;
+      programmed = live?.programmed && settled ? live.programmed(ir) : undefined;
+    }
     const plans: { key: string; report: PolicyReport; status: Fields; sig: string; liveAt?: { live: Live; at: number } }[] = [];
     const keys = new Set<string>();
     for (const report of ir.policies) {
@@ -303,7 +317,7 @@ export class RetryStatusWriter {
       let chosen = have;
       let liveAt: { live: Live; at: number } | undefined;
       if (live) {
-        const want = this.wanted(report, generation, have, observed, programmed, now);
+        const want = this.wanted(report, generation, have, observed, programmed, now, replicas);
         const moved = observedMoved(have.observed, want.observed, this.bounds.materialShare) || programmedGist(have.programmed) !== programmedGist(want.programmed);
         if (moved) {
           const updated = typeof have.observed?.updated === 'string' ? Date.parse(have.observed.updated) : NaN;
