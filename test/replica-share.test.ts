@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MeshIR } from '../src/compile/ir.js';
 import { ObservedRetries } from '../src/observed/retries.js';
 import { addTallies, programmedState, type ProgrammedTally } from '../src/outputs/programmed.js';
-import { ControlPlaneClientCert, controlPlaneOnly, localShare, parseShare, REPLICA_SHARE_PATH, replicaShareHandler, ReplicaShares, sumShares, type Share } from '../src/outputs/replica-share.js';
+import { ControlPlaneClientCert, controlPlaneOnly, localShare, parseShare, REPLICA_SHARE_PATH, replicaShareHandler, ReplicaShares, sumShares } from '../src/outputs/replica-share.js';
 import { createCa, issue, writeCaDir, type KeyPair } from '../src/security/ca.js';
 import { tlsFromCa, type PeerCheck, type TlsServing } from '../src/security/tls.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
@@ -129,7 +129,7 @@ describe('two replicas over mTLS on loopback', () => {
   const tlses: TlsServing[] = [];
   const clients: grpc.Client[] = [];
   const leaders: ReplicaShares[] = [];
-  let t = Date.parse('2026-12-07T12:00:00Z');
+  const t = Date.parse('2026-12-07T12:00:00Z');
   const clock = () => t;
   const stores = [new ObservedRetries(() => ir, clock), new ObservedRetries(() => ir, clock)];
   let ports: number[] = [];

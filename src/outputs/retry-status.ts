@@ -11,7 +11,7 @@
  *    reconnect and report again after a restart; until then it would write "no proxy" for nothing);
  *  - only on a material change from what the object holds: a count (requests, retries, retriesSucceeded,
  *    retriesExhausted, retriesRefused) moved from or to zero or by at least `materialShare` (10%) of its written
- *    value, proxiesReporting, since, window or the predicted attempts changed; Programmed's status, reason,
+ *    value, proxiesReporting, since, window, replicas or the predicted attempts changed; Programmed's status, reason,
  *    observedGeneration or proxy counts changed. `updated` alone never is;
  *  - at most once per policy per `liveIntervalMs` (60 s), except three firsts that go at once: the first live
  *    write of a policy (none on the object), the first numbers of a policy (no `since` yet: the traffic after an
@@ -26,7 +26,8 @@
  * (requests that ran out of retries), `retriesRefused` (retries the retry budget or circuit breaker refused),
  * `retryRate` (retries per request), `attemptsPerRequest` beside `predictedAttemptsPerRequest` (1 + numRetries, the
  * worst case on one hop), `proxiesReporting` (sidecars of the identity reporting now), `since` (when these numbers
- * began: the policy's spec as it is now), `updated` (when this was written).
+ * began: the policy's spec as it is now), `updated` (when this was written), `replicas` (with several replicas: each
+ * sidecar reports to one, so the leader sums every replica's share, replica-share.ts; "2/2" says whose numbers these are).
  */
 import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
