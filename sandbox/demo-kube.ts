@@ -79,6 +79,12 @@ export async function demoKubernetesCommand(): Promise<number> {
     show(`kubectl exec ${curl.name} -n curl -c curl -- curl -sI ${HTTPBIN_URL}/status/404`, await g.exec('curl', curl.name, ['curl', '-sI', `${HTTPBIN_URL}/status/404`]));
     const after = await g.stats('curl', curl.name, `${HTTPBIN_CLUSTER}.upstream_rq_retry`);
     write(`   upstream_rq_retry is still ${after.get(`cluster.${HTTPBIN_CLUSTER}.upstream_rq_retry`)}`);
+    write();
+    write("8. What the control plane summed from every sidecar's counters, in the Retry's status (written at most once a");
+    write('   minute per policy: this may wait for the next write):');
+    const { yaml } = await g.observedStatus(5);
+    write('   $ kubectl get retry retry -n curl -o yaml');
+    for (const line of yaml.trimEnd().split('\n')) write(`   ${line}`);
     return 0;
   } catch (e) {
     if (interrupted) return 130;

@@ -125,6 +125,24 @@ export class KubeGuide {
     return r.stdout;
   }
 
+  /**
+   * The guide Retry's status once the control plane has written what its sidecars did (`status.observed`) with at
+   * least `retries` retries: the leader writes it on a material change, at most once a minute per policy.
+   */
+  async observedStatus(retries: number, waitMs = 100_000): Promise<{ observed: Record<string, unknown>; conditions: { type: string; status: string; message?: string }[]; yaml: string }> {
+    let status: any;
+    await until(
+      async () => {
+        status = JSON.parse(await this.kubectlOk(['get', 'retry', 'retry', '-n', 'curl', '-o', 'jsonpath={.status}']) || '{}');
+        return (status.observed?.retries ?? 0) >= retries;
+      },
+      waitMs,
+      `the Retry's status.observed to show ${retries} retries`,
+    );
+    const yaml = await this.kubectlOk(['get', 'retry', 'retry', '-n', 'curl', '-o', 'yaml']);
+    return { observed: status.observed, conditions: status.conditions ?? [], yaml: yaml.slice(yaml.indexOf('status:')) };
+  }
+
   async close(): Promise<void> {
     await this.node.stop().catch(() => {});
     await this.kube.stop().catch(() => {});

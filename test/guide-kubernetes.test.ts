@@ -90,6 +90,13 @@ describe.skipIf(missing.length > 0)('the guide on a real Kubernetes control plan
     expect((g.node.logs('httpbin', httpbin.name, 'httpbin').match(/"HEAD \/status\/404 /g) ?? []).length).toBe(1);
   }, 120_000);
 
+  it("the control plane summed what the sidecars did: kubectl get retry shows the 5 retries and the 1 request that ran out, and Programmed", async () => {
+    const { observed, conditions } = await g.observedStatus(5);
+    // Two requests (the 503 and the 404 that is not retried), 5 retries, the 503 out of retries.
+    expect(observed).toMatchObject({ window: '5m', requests: 2, retries: 5, retriesSucceeded: 0, retriesExhausted: 1, retriesRefused: 0, predictedAttemptsPerRequest: 6, proxiesReporting: 1 });
+    expect(conditions.find((c) => c.type === 'Programmed')).toMatchObject({ status: 'True' });
+  }, 120_000);
+
   it('kubectl scale httpbin to 3 replicas reaches the curl sidecar; a deleted pod’s endpoint goes', async () => {
     const endpoints = async (): Promise<string[]> =>
       [...(await g.admin('curl', curl.name, '/clusters')).matchAll(new RegExp(`^${HTTPBIN_CLUSTER.replace(/[|/]/g, '\\$&')}::([\\d.]+):14001::health_flags::healthy$`, 'gm'))].map((m) => m[1]).sort();
