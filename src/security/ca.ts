@@ -269,14 +269,15 @@ function signerOf(ca: KeyPair): Signer {
 let lastIssuer: { ca: KeyPair; issue: (o: WorkloadIssueOptions) => TlsBundle } | undefined;
 
 /**
- * Issues workload certificates from one CA, synchronously (about 0.25 ms each: mostly the key pair and the signature), each with
- * its own P-256 key. Throws at once, with the reason, when the CA's certificate or key is not usable.
+ * Issues workload certificates from one CA, synchronously (about 0.25 ms each, mostly the key pair and the
+ * signature), each with its own P-256 key. Throws at once, with the reason, when the CA's certificate or key is not
+ * usable. The last CA's signer is kept (callers of `issue` pass the same CA again and again).
  */
 export function workloadIssuer(ca: KeyPair): (o: WorkloadIssueOptions) => TlsBundle {
   if (lastIssuer && lastIssuer.ca.cert === ca.cert && lastIssuer.ca.key === ca.key) return lastIssuer.issue;
   const s = signerOf(ca);
   const caPem = pem(ca.cert);
-  const issue = (o: WorkloadIssueOptions): TlsBundle => {
+  const issueOne = (o: WorkloadIssueOptions): TlsBundle => {
     const id = spiffeId(o.trustDomain, o.namespace, o.serviceAccount);
     // IA5String: ASCII only.
     if (!/^[\x20-\x7e]+$/.test(id)) throw new Error(`cannot issue a certificate for ${JSON.stringify(id)}: a SPIFFE id is ASCII`);
@@ -300,8 +301,8 @@ export function workloadIssuer(ca: KeyPair): (o: WorkloadIssueOptions) => TlsBun
     const cert = tlv(SEQ, tbs, ECDSA_SHA256, tlv(0x03, Buffer.from([0]), signature));
     return { cert: pemBlock('CERTIFICATE', cert), key: p256KeyPem(ecdh.getPrivateKey(), point), ca: caPem };
   };
-  lastIssuer = { ca, issue };
-  return issue;
+  lastIssuer = { ca, issue: issueOne };
+  return issueOne;
 }
 
 /** When a certificate (PEM) stops being valid. */
