@@ -216,8 +216,11 @@ async function heapUsed(): Promise<{ heap: number; text: string }> {
   let heap = Infinity;
   let text = '';
   for (let i = 0; i < 3; i++) {
-    text = await (await get('/metrics')).text();
-    heap = Math.min(heap, Number(/^mesh_xds_process_nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1] ?? NaN));
+    const res = await get('/metrics');
+    text = await res.text();
+    const used = Number(/^mesh_xds_process_nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1]);
+    if (Number.isFinite(used)) heap = Math.min(heap, used);
+    else console.log(`/metrics (${res.status}) without the heap: ${text.slice(0, 200)}`);
     await sleep(1000);
   }
   return { heap, text };
@@ -360,11 +363,10 @@ for (const pol of view.policies) {
 }
 if (policiesChecked !== perPolicy.size) problems.push(`${policiesChecked} policies shown of ${perPolicy.size}`);
 if (view.proxiesReporting !== SIDECARS) problems.push(`proxies reporting ${view.proxiesReporting}, not ${SIDECARS}`);
-for (const [why, n] of Object.entries(sent.expectedDrops as Record<string, number>)) {
-  const shown = why === 'not_a_counter' ? Number(new RegExp(`^mesh_xds_observed_dropped_total\\{reason="${why}"\\} (\\S+)`, 'm').exec(metricsText)?.[1] ?? 0) : (view.dropped[why] ?? 0);
-  if (shown !== n) problems.push(`dropped ${why}: ${shown}, expected ${n}`);
-}
-for (const why of Object.keys(view.dropped)) if (!(why in sent.expectedDrops)) problems.push(`dropped ${why}: ${view.dropped[why]}, expected none`);
+// Nothing a sidecar sends is dropped: the families not summed are passed over, not counted (src/observed/metrics-service.ts).
+if (Object.keys(view.dropped).length) problems.push(`dropped ${JSON.stringify(view.dropped)}, expected none`);
+const droppedSeries = [...metricsText.matchAll(/^mesh_xds_observed_dropped_total\{reason="([^"]+)"\} (\S+)/gm)].filter((m) => Number(m[2]) > 0);
+if (droppedSeries.length) problems.push(`/metrics dropped ${droppedSeries.map((m) => `${m[1]} ${m[2]}`).join(', ')}, expected none`);
 const added = Number(/^mesh_xds_observed_counters_total (\S+)/m.exec(metricsText)?.[1] ?? NaN);
 if (added !== sent.nonZeroSent) problems.push(`counters added ${added}, non-zero deltas sent ${sent.nonZeroSent}`);
 const refused = [...metricsText.matchAll(/^mesh_xds_streams_refused_total\{reason="([^"]+)"\} (\S+)/gm)].filter((m) => Number(m[2]) > 0).map((m) => `${m[1]} ${m[2]}`);
