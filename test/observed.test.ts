@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
+import http2 from 'node:http2';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -244,6 +245,34 @@ describe('the metrics service on the ADS port (real gRPC, the demo mesh)', () =>
     expect(row.split(/\s{2,}/)).toEqual(['curl/retry', 'curl/curl', 'httpbin/httpbin', '1', '2', '5', '250%', '0', '1', '0', '3.5', '6']);
     s.call.end();
     expect((await s.status).code).toBe(0);
+  });
+
+  it('a client that drops its connection while its streams send does not take the server down (outside attack, 7 December)', async () => {
+    // The handler answers a client's end of stream; a stream whose connection went is closed a moment before it is
+    // destroyed, and writing to it threw out of the handler's turn: the process exited at the first or second round.
+    const body = flush(Object.fromEntries(Array.from({ length: 3_000 }, (_, i) => [`x${i}`, 1])));
+    const framed = (m: Buffer) => Buffer.concat([Buffer.from([0, (m.length >>> 24) & 255, (m.length >>> 16) & 255, (m.length >>> 8) & 255, m.length & 255]), m]);
+    for (let round = 0; round < 3; round++) {
+      const session = http2.connect(`http://${demo.ads}`);
+      session.on('error', () => {});
+      const until = Date.now() + 800;
+      for (let i = 0; i < 10; i++) {
+        const s = session.request({ ':method': 'POST', ':path': METRICS_PATH, 'content-type': 'application/grpc', te: 'trailers' });
+        s.on('error', () => {});
+        s.resume();
+        void (async () => {
+          s.write(framed(flush({ upstream_rq_total: 1 }, node('httpbin', 'httpbin', `drop-${round}-${i}`))));
+          while (Date.now() < until && !s.closed) {
+            if (!s.write(framed(body))) await new Promise((r) => (s.once('drain', r), s.once('close', r)));
+            else await new Promise((r) => setImmediate(r));
+          }
+        })();
+      }
+      await new Promise((r) => setTimeout(r, 800));
+      session.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    expect((await fetch(`${demo.debug}/healthz`)).status).toBe(200);
   });
 
   it('refuses a first message without an identity, and a message over the size bound', async () => {

@@ -254,7 +254,9 @@ export class ServerCall extends EventEmitter {
    * client is reading). Returns false if the call has ended.
    */
   write(body: Uint8Array | readonly Uint8Array[], written?: () => void): boolean {
-    if (this.ended || this.stream.destroyed) return false;
+    // A stream the client's connection took down is closed a moment before it is destroyed: writing then throws
+    // (ERR_HTTP2_INVALID_STREAM) out of the handler's turn, so both mean the call has ended.
+    if (this.ended || this.stream.destroyed || this.stream.closed) return false;
     this.sendHeaders();
     const pieces = body instanceof Uint8Array ? [body] : body;
     let length = 0;
@@ -373,7 +375,12 @@ export class ServerCall extends EventEmitter {
       this.shared.refused('bad_message');
       return this.refuse(Code.INVALID_ARGUMENT, `the request ended inside a message: ${got}`);
     }
-    this.emit('end');
+    // A handler that throws on the end of input ends its own call, never the process (as deliver).
+    try {
+      this.emit('end');
+    } catch (e) {
+      this.refuse(Code.INTERNAL, `the server failed to handle the end of the request: ${(e as Error)?.message ?? e}`);
+    }
   }
 
   /** Hands a message to the handler; a handler that throws ends its own call, never the process. */
