@@ -281,7 +281,7 @@ export async function serve(cfg: ServeConfig, log: Logger = pino({ level: cfg.lo
     metrics,
     log,
     ir: () => pipeline.ir,
-    observed: () => observed.view(),
+    observed: (o) => observed.view(o),
     preview: (key) => pipeline.preview(key),
     ready: () => adsServing && cache.ready,
     meshInfo: () => ({ lastBuild: pipeline.lastReport ?? null, ...(source.info?.() ?? {}) }),

@@ -20,7 +20,7 @@ import { shownBody, type Resource, type Snapshot } from '../xds/resources/snapsh
 import { type ProxyConnection, type ProxyRegistry } from '../xds/protocol/status.js';
 import { RESOURCE_TYPES, ROUTE } from '../xds/resources/types.js';
 import type { Metrics } from './metrics.js';
-import type { ObservedView } from '../observed/retries.js';
+import type { ObservedView, ViewOptions } from '../observed/retries.js';
 import { loadUiAssets, serveAsset, UiEvents, type Asset } from './ui.js';
 
 export interface DebugSources {
@@ -31,7 +31,7 @@ export interface DebugSources {
   ir: () => MeshIR | undefined;
   preview: (key: string) => Snapshot;
   /** What the sidecars' retry counters say, per Retry and path. */
-  observed?: () => ObservedView;
+  observed?: (opts?: ViewOptions) => ObservedView;
   /** Sources synced and ADS serving. */
   ready: () => boolean;
   /** Extra state for /debug/mesh (manifest errors, last build). */
@@ -83,21 +83,20 @@ export function configDump(snapshot: Snapshot, sent: ReadonlyMap<string, { versi
 }
 
 /**
- * /debug/retries: `?policy=<ns>/<name>` or `?namespace=<ns>` narrow the policies; `?paths=1` adds every path (source ->
- * destination) with numbers, with or without a Retry, at most OBSERVED_PATHS_SHOWN of them (`pathsOmitted` counts the rest);
- * `?paths=retries` only the paths a Retry is in force on (the page's Retry edges).
+ * /debug/retries: `?policy=<ns>/<name>` or `?namespace=<ns>` narrow the policies (and the paths, by their source);
+ * `?paths=1` adds every path (source -> destination) with numbers, with or without a Retry, `?paths=retries` those a
+ * Retry is in force on; at most OBSERVED_PATHS_SHOWN of them, by name (`pathsOmitted` counts the rest).
  */
-export function observedResponse(view: ObservedView, url: URL): unknown {
+export function observedResponse(observed: (opts: ViewOptions) => ObservedView, url: URL): unknown {
   const policy = url.searchParams.get('policy');
   const ns = url.searchParams.get('namespace');
   const which = url.searchParams.get('paths');
-  const policies = view.policies.filter((p) => (!policy || p.policy === policy) && (!ns || p.policy.startsWith(`${ns}/`)));
-  const paths = which ? view.paths.filter((p) => (!ns || p.source.startsWith(`${ns}/`)) && (which !== 'retries' || p.policy !== null)) : undefined;
+  const view = observed({ paths: !which ? 'none' : which === 'retries' ? 'retries' : 'all', maxPaths: OBSERVED_PATHS_SHOWN, ...(ns ? { sourceNamespace: ns } : {}) });
+  const { paths, ...rest } = view;
   return {
-    ...view,
-    policies,
-    paths: paths?.slice(0, OBSERVED_PATHS_SHOWN),
-    ...(paths && paths.length > OBSERVED_PATHS_SHOWN ? { pathsOmitted: paths.length - OBSERVED_PATHS_SHOWN } : {}),
+    ...rest,
+    policies: view.policies.filter((p) => (!policy || p.policy === policy) && (!ns || p.policy.startsWith(`${ns}/`))),
+    ...(which ? { paths } : {}),
   };
 }
 const OBSERVED_PATHS_SHOWN = 5_000;
@@ -330,9 +329,8 @@ export class DebugServer {
         return this.json(res, 200, amplificationResponse(amplificationOf(ir)));
       }
       case '/debug/retries': {
-        const view = src.observed?.();
-        if (!view) return this.json(res, 404, { error: 'this server does not read sidecar metrics' });
-        return this.json(res, 200, observedResponse(view, url));
+        if (!src.observed) return this.json(res, 404, { error: 'this server does not read sidecar metrics' });
+        return this.json(res, 200, observedResponse(src.observed, url));
       }
       case '/debug/config_dump':
         return this.configDump(url, res);

@@ -185,13 +185,12 @@ export class Metrics {
    * Paths without a Retry have no series: /debug/retries lists them.
    */
   private observedSeries(): void {
-    const view = (): ReturnType<ObservedRetries['view']> | undefined => this.observed?.().view();
+    const view = (): ReturnType<ObservedRetries['view']> | undefined => this.observed?.().view({ paths: 'retries', maxPaths: OBSERVED_SERIES_PATHS });
     let last: ReturnType<ObservedRetries['view']> | undefined;
     let lastAt = 0;
-    /** One view per scrape (each series' collect runs in turn). */
+    /** One view per scrape (each series' collect runs in turn), and at most one a second however many scrape. */
     const current = (): ReturnType<ObservedRetries['view']> | undefined => {
-      const now = Date.now();
-      if (!last || now - lastAt > 1_000) [last, lastAt] = [view(), now];
+      if (!last || Date.now() - lastAt > 1_000) [last, lastAt] = [view(), Date.now()];
       return last;
     };
     const fields = [
@@ -210,7 +209,7 @@ export class Metrics {
         collect() {
           this.reset();
           const v = current();
-          for (const p of (v?.paths ?? []).filter((x) => x.policy).slice(0, OBSERVED_SERIES_PATHS)) {
+          for (const p of v?.paths ?? []) {
             this.inc({ policy: p.policy!, source: p.source, destination: p.destination }, p.windows.total[field]);
           }
         },
@@ -221,7 +220,7 @@ export class Metrics {
       help: `Paths with a Retry in force and numbers, beyond the ${OBSERVED_SERIES_PATHS} given series`,
       registers: [this.registry],
       collect() {
-        this.set(Math.max(0, (current()?.paths ?? []).filter((x) => x.policy).length - OBSERVED_SERIES_PATHS));
+        this.set(current()?.pathsOmitted ?? 0);
       },
     });
     new Gauge({

@@ -56,6 +56,15 @@ export const OBSERVED_BOUNDS = {
 /** The windows shown, in buckets: the last minute and the last five (the current bucket and full ones before it: to a bucket's width), and since the pair began. */
 export const WINDOWS = { '1m': 2, '5m': 10 } as const;
 export type WindowName = keyof typeof WINDOWS | 'total';
+const WINDOW_LIST = Object.entries(WINDOWS) as [keyof typeof WINDOWS, number][];
+
+/** What a view shows besides the policies: every path, only those with a Retry, or none (default); at most `maxPaths`. */
+export interface ViewOptions {
+  readonly paths?: 'all' | 'retries' | 'none';
+  readonly maxPaths?: number;
+  /** Only paths whose source identity is in this namespace. */
+  readonly sourceNamespace?: string;
+}
 
 /** Who sent a report: the stream's proxy (its identity proved by its certificate on an mTLS server). */
 export interface Reporter {
@@ -82,7 +91,7 @@ interface Pair {
   last: number;
   readonly total: Float64Array;
   /** BUCKETS+1 rings of K counters (the current bucket and the full ones before it), and each slot's bucket number. */
-  readonly ring: Float64Array;
+  readonly ring: Uint32Array;
   readonly epochs: Int32Array;
 }
 
@@ -137,8 +146,10 @@ export interface ObservedView {
   readonly at: string;
   readonly bucketSeconds: number;
   readonly policies: readonly ObservedPolicy[];
-  /** Every source -> destination with numbers, with or without a Retry. */
+  /** The paths asked for (ViewOptions.paths): source -> destination with numbers, with or without a Retry, by name. */
   readonly paths: readonly ObservedPath[];
+  /** Paths asked for beyond `maxPaths`. */
+  readonly pathsOmitted?: number;
   readonly proxiesReporting: number;
   readonly pairs: number;
   readonly dropped: Readonly<Record<string, number>>;
@@ -162,7 +173,14 @@ function identitySet(ir: MeshIR): Set<string> {
   return s;
 }
 
-const specKeyOf = (a: AppliedRetry | undefined): string => (a ? JSON.stringify(a.spec) : '');
+/** A Retry spec's fingerprint, once per spec object (the IR's are immutable). */
+const specKeys = new WeakMap<object, string>();
+const specKeyOf = (a: AppliedRetry | undefined): string => {
+  if (!a) return '';
+  let k = specKeys.get(a.spec);
+  if (k === undefined) specKeys.set(a.spec, (k = JSON.stringify(a.spec)));
+  return k;
+};
 
 function numbers(c: ArrayLike<number>): ObservedNumbers {
   // Envoy counts an attempt in upstream_rq_total once it has an upstream stream; an attempt whose connection failed
@@ -222,6 +240,8 @@ export class ObservedRetries {
     const ir = this.ir();
     const epoch = Math.floor(now / OBSERVED_BOUNDS.bucketMs);
     const known = ir && identitySet(ir).has(reporter.identity);
+    // A flush names each of its clusters a dozen times: each one's pair is found once.
+    const found = new Map<string, Pair | DropReason | 'own'>();
     for (const [cluster, counter, value] of counters) {
       const i = INDEX.get(counter);
       if (i === undefined) {
@@ -236,17 +256,18 @@ export class ObservedRetries {
         drop('unknown_identity');
         continue;
       }
-      const service = clusterMap(ir).get(cluster);
-      if (!service) {
+      let entry = found.get(cluster);
+      if (entry === undefined) {
+        const service = clusterMap(ir).get(cluster);
         // The sidecar's own clusters (the control plane's, the local app's) are not destinations: not counted as dropped.
-        if (DESTINATION.test(cluster)) drop('unknown_cluster');
+        entry = service ? (this.pair(ir, reporter.identity, cluster, service, now) ?? 'pairs_full') : DESTINATION.test(cluster) ? 'unknown_cluster' : 'own';
+        found.set(cluster, entry);
+      }
+      if (typeof entry === 'string') {
+        if (entry !== 'own') drop(entry);
         continue;
       }
-      const pair = this.pair(ir, reporter.identity, cluster, service, now);
-      if (!pair) {
-        drop('pairs_full');
-        continue;
-      }
+      const pair = entry;
       if (value === 0) continue;
       pair.last = now;
       pair.total[i] += value;
@@ -255,7 +276,7 @@ export class ObservedRetries {
         pair.ring.fill(0, slot * K, slot * K + K);
         pair.epochs[slot] = epoch;
       }
-      pair.ring[slot * K + i] += value;
+      pair.ring[slot * K + i] = Math.min(0xffffffff, pair.ring[slot * K + i]! + value);
       out.added++;
     }
     return out;
@@ -278,7 +299,7 @@ export class ObservedRetries {
       p = undefined;
     }
     if (p) return p;
-    p = { identity, cluster, service, policy, specKey, since: now, last: now, total: new Float64Array(K), ring: new Float64Array(this.B * K), epochs: new Int32Array(this.B).fill(-1) };
+    p = { identity, cluster, service, policy, specKey, since: now, last: now, total: new Float64Array(K), ring: new Uint32Array(this.B * K), epochs: new Int32Array(this.B).fill(-1) };
     if (!this.share.admit(p, identity)) return undefined;
     this.pairs.set(key, p);
     return p;
@@ -317,57 +338,85 @@ export class ObservedRetries {
     return this.pairs.size;
   }
 
-  /** The sums, per policy in force and per path, as of now; only pairs under the policy now in force count. */
-  view(): ObservedView {
+  /**
+   * The sums as of now, per policy in force and (as `opts.paths` asks) per path; only pairs under the policy now in
+   * force count. A pair's windows are added up only where they are shown: for the policies (the pairs under a Retry,
+   * as many as the Retries' destinations have callers) and for at most `maxPaths` paths, chosen by name before any is
+   * added up, so a table of 100,000 pairs costs one pass over it and no more.
+   */
+  view(opts: ViewOptions = {}): ObservedView {
     const now = this.now();
     const ir = this.ir();
+    const which = opts.paths ?? 'none';
+    const maxPaths = opts.maxPaths ?? Infinity;
     const epoch = Math.floor(now / OBSERVED_BOUNDS.bucketMs);
-    const sums = new Map<string, { source: string; destination: string; policy: string | null; since: number; w: Record<WindowName, Float64Array> }>();
+    /** The pairs of each path (identity, service) under the policy in force, and the paths of each policy. */
+    const groups = new Map<string, Pair[]>();
+    const byPolicy = new Map<string, string[]>();
     for (const p of this.pairs.values()) {
       const applied = ir?.retries[p.identity]?.[p.service];
       // A pair whose policy is no longer the one in force describes nothing now (it starts again at its next report).
       if ((applied?.policy ?? null) !== p.policy || specKeyOf(applied) !== p.specKey) continue;
       const key = `${p.identity}\u0000${p.service}`;
-      let s = sums.get(key);
-      if (!s) sums.set(key, (s = { source: p.identity, destination: p.service, policy: p.policy, since: p.since, w: { '1m': new Float64Array(K), '5m': new Float64Array(K), total: new Float64Array(K) } }));
-      s.since = Math.min(s.since, p.since);
-      for (let i = 0; i < K; i++) s.w.total[i] += p.total[i]!;
-      for (let slot = 0; slot < this.B; slot++) {
-        const age = epoch - p.epochs[slot]!;
-        if (p.epochs[slot]! < 0 || age < 0) continue;
-        for (const [name, n] of Object.entries(WINDOWS) as [keyof typeof WINDOWS, number][]) {
-          if (age >= n) continue;
-          const w = s.w[name];
-          for (let i = 0; i < K; i++) w[i] += p.ring[slot * K + i]!;
+      let g = groups.get(key);
+      if (!g) {
+        groups.set(key, (g = []));
+        if (p.policy !== null) {
+          let keys = byPolicy.get(p.policy);
+          if (!keys) byPolicy.set(p.policy, (keys = []));
+          keys.push(key);
         }
       }
+      g.push(p);
     }
+    const sumOf = (pairs: readonly Pair[], into = { '1m': new Float64Array(K), '5m': new Float64Array(K), total: new Float64Array(K) }): Record<WindowName, Float64Array> => {
+      for (const p of pairs) {
+        for (let i = 0; i < K; i++) into.total[i] += p.total[i]!;
+        for (let slot = 0; slot < this.B; slot++) {
+          const age = epoch - p.epochs[slot]!;
+          if (p.epochs[slot]! < 0 || age < 0) continue;
+          for (const [name, n] of WINDOW_LIST) {
+            if (age >= n) continue;
+            const w = into[name];
+            for (let i = 0; i < K; i++) w[i] += p.ring[slot * K + i]!;
+          }
+        }
+      }
+      return into;
+    };
+    const sinceOf = (pairs: readonly Pair[]): number => pairs.reduce((m, p) => Math.min(m, p.since), Infinity);
     const iso = (t: number): string => new Date(t).toISOString();
     const windows = (w: Record<WindowName, Float64Array>): Record<WindowName, ObservedNumbers> => ({ '1m': numbers(w['1m']), '5m': numbers(w['5m']), total: numbers(w.total) });
-    const paths = [...sums.values()]
-      .sort((a, b) => cmp(a.source, b.source) || cmp(a.destination, b.destination))
-      .map((s): ObservedPath => ({ source: s.source, destination: s.destination, policy: s.policy, since: iso(s.since), windows: windows(s.w) }));
+    let chosen: string[] = [];
+    if (which !== 'none') {
+      const prefix = opts.sourceNamespace === undefined ? undefined : `${opts.sourceNamespace}/`;
+      for (const [key, g] of groups) {
+        if (which === 'retries' && g[0]!.policy === null) continue;
+        if (prefix && !key.startsWith(prefix)) continue;
+        chosen.push(key);
+      }
+    }
+    const pathsOmitted = Math.max(0, chosen.length - maxPaths);
+    chosen = chosen.sort().slice(0, maxPaths);
+    const paths = chosen.map((key): ObservedPath => {
+      const g = groups.get(key)!;
+      return { source: g[0]!.identity, destination: g[0]!.service, policy: g[0]!.policy, since: iso(sinceOf(g)), windows: windows(sumOf(g)) };
+    });
     const reporting = this.reporting();
     const policies: ObservedPolicy[] = [];
     for (const report of ir?.policies ?? []) {
       if (report.state !== 'Accepted' || !report.source) continue;
       const name = `${report.namespace}/${report.name}`;
       const mine = Object.entries(ir!.retries[report.source] ?? {}).filter(([, a]) => a.policy === name);
-      const w = { '1m': new Float64Array(K), '5m': new Float64Array(K), total: new Float64Array(K) };
-      let since: number | undefined;
-      for (const s of sums.values()) {
-        if (s.policy !== name) continue;
-        since = since === undefined ? s.since : Math.min(since, s.since);
-        for (const k of ['1m', '5m', 'total'] as const) for (let i = 0; i < K; i++) w[k][i] += s.w[k][i]!;
-      }
+      const pairs = (byPolicy.get(name) ?? []).flatMap((key) => groups.get(key)!);
       policies.push({
         policy: name,
         source: report.source,
         destinations: mine.map(([d]) => d).sort(),
         proxiesReporting: reporting.get(report.source) ?? 0,
         predictedAttemptsPerRequest: 1 + (mine[0]?.[1].spec.numRetries ?? 1),
-        since: since === undefined ? null : iso(since),
-        windows: windows(w),
+        since: pairs.length ? iso(sinceOf(pairs)) : null,
+        windows: windows(sumOf(pairs)),
       });
     }
     policies.sort((a, b) => cmp(a.policy, b.policy));
@@ -376,6 +425,7 @@ export class ObservedRetries {
       bucketSeconds: OBSERVED_BOUNDS.bucketMs / 1000,
       policies,
       paths,
+      ...(pathsOmitted ? { pathsOmitted } : {}),
       proxiesReporting: [...reporting.values()].reduce((a, b) => a + b, 0),
       pairs: this.pairs.size,
       dropped: { ...this.droppedTotal },
