@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import http2 from 'node:http2';
+import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -87,6 +88,7 @@ describe('readMetrics (wire level) against the real protos', () => {
   it('throws on bytes that are not the message (a length past the end, a wrong wire type)', () => {
     expect(() => readMetrics(Buffer.from([0x12, 0x7f, 0x0a]))).toThrow();
     expect(() => readMetrics(Buffer.from([0x10, 0x01]))).toThrow(/wire type/);
+    expect(() => readMetrics(Buffer.from([0x00, 0x01]))).toThrow(/field number 0/);
   });
 });
 
@@ -293,33 +295,75 @@ describe('the metrics service on the ADS port (real gRPC, the demo mesh)', () =>
     expect(await b.status).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, details: expect.stringMatching(/at most 1048576/) });
   });
 
-  it('a stream sending faster than its byte rate has the rest dropped and counted, not summed', async () => {
-    // The same handler on a port of its own with a small rate (1 kB/s, a burst of 3 kB), so that how fast this
-    // machine reads cannot decide the test: 20 flushes of ~1 kB at once, the first few summed, the rest dropped.
+  /** The metrics handler on a port of its own with the limits given (small rates: how fast this machine reads cannot decide a test). */
+  async function standalone(limits: Partial<typeof METRICS_LIMITS>, lines: any[] = []) {
     const observed = new ObservedRetries(() => demo.running.pipeline.ir);
-    let dropped = 0;
+    const dropped: Record<string, number> = {};
+    const log = pino({ level: 'info' }, new Writable({ write: (c, _e, done) => (lines.push(JSON.parse(String(c))), done()) }));
     const server = new AdsServer({
       cache: new SnapshotCache(),
       registry: new ProxyRegistry(),
-      log: pino({ level: 'silent' }),
-      handlers: metricsServiceHandler({ observed, log: pino({ level: 'silent' }), limits: { bytesPerSecond: 1_000, burstBytes: 3_000 }, events: { refused: () => {}, added: () => {}, dropped: (why, n) => void (why === 'rate' && (dropped += n)) } }),
+      log,
+      handlers: metricsServiceHandler({ observed, log, limits, events: { refused: () => {}, added: () => {}, dropped: (why, n) => void (dropped[why] = (dropped[why] ?? 0) + n) } }),
     });
     const port = await server.listen('127.0.0.1:0');
-    try {
+    const stream = () => {
       const c = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as any;
       clients.push(c);
-      const one = (first?: object) => flush({ upstream_rq_total: 1, ...Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`x${i}`, 1])) }, first);
-      expect(one().length).toBeGreaterThan(800);
-      const call = c.StreamMetrics(() => {});
-      call.write(one(node('httpbin', 'httpbin')));
-      for (let i = 0; i < 19; i++) call.write(one());
-      await eventually(async () => expect(dropped + (observed.view({ paths: 'all' }).paths[0]?.windows.total.attempts ?? 0)).toBe(20));
-      const summed = observed.view({ paths: 'all' }).paths[0]!.windows.total.attempts;
-      expect(summed).toBeGreaterThan(0);
-      expect(summed).toBeLessThan(8);
+      return c.StreamMetrics(() => {});
+    };
+    const attempts = () => observed.view({ paths: 'all' }).paths.reduce((n, p) => n + p.windows.total.attempts, 0);
+    return { observed, dropped, stream, attempts, close: () => server.close(0) };
+  }
+  /** A flush of about 1 kB: one request on httpbin's cluster among counters not summed. */
+  const small = (first?: object) => flush({ upstream_rq_total: 1, ...Object.fromEntries(Array.from({ length: 12 }, (_, i) => [`x${i}`, 1])) }, first);
+
+  it('a stream sending faster than its byte rate has the rest dropped and counted, not summed', async () => {
+    const s = await standalone({ bytesPerSecond: 1_000, burstBytes: 3_000 });
+    try {
+      expect(small().length).toBeGreaterThan(800);
+      const call = s.stream();
+      call.write(small(node('httpbin', 'httpbin')));
+      for (let i = 0; i < 19; i++) call.write(small());
+      await eventually(async () => expect((s.dropped.rate ?? 0) + s.attempts()).toBe(20));
+      expect(s.attempts()).toBeGreaterThan(0);
+      expect(s.attempts()).toBeLessThan(8);
       call.end();
     } finally {
-      await server.close(0);
+      await s.close();
+    }
+  });
+
+  it("one client's streams share its byte rate: many streams within their own rates cannot add up past it", async () => {
+    const s = await standalone({ bytesPerSecond: 1_000_000, burstBytes: 1_000_000, clientBytesPerSecond: 1_000, clientBurstBytes: 3_000 });
+    try {
+      const streams = Array.from({ length: 10 }, () => s.stream());
+      streams.forEach((call, i) => {
+        call.write(small(node('httpbin', 'httpbin', `many-${i}`)));
+        call.write(small());
+      });
+      await eventually(async () => expect((s.dropped.rate ?? 0) + s.attempts()).toBe(20));
+      expect(s.attempts()).toBeLessThan(8);
+      for (const call of streams) call.end();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('logs a refusal once per 10 s per reason, saying how many were not logged; the metric counts each', async () => {
+    const lines: any[] = [];
+    const s = await standalone({}, lines);
+    try {
+      const ends = Array.from({ length: 20 }, () => {
+        const call = s.stream();
+        call.write(small());
+        return new Promise((r) => call.on('status', r));
+      });
+      await Promise.all(ends);
+      const warnings = lines.filter((l) => l.msg === 'metrics stream refused' && l.reason === 'bad_node');
+      expect(warnings).toHaveLength(1);
+    } finally {
+      await s.close();
     }
   });
 });

@@ -30,6 +30,11 @@ export const METRICS_LIMITS = {
   /** Per stream: a flush a second of the largest message, with a burst of four. */
   bytesPerSecond: 1024 * 1024,
   burstBytes: 4 * 1024 * 1024,
+  /** Per client (the transport's: certificate identity at its address, else source address), all its streams together. */
+  clientBytesPerSecond: 4 * 1024 * 1024,
+  clientBurstBytes: 16 * 1024 * 1024,
+  /** A refusal is logged once per this long per reason (with how many were not); the metric counts each. */
+  warnEveryMs: 10_000,
   firstMessageSeconds: 10,
   /** The longest stats flush interval allowed is 60 s: a stream silent for five minutes is gone. */
   idleSeconds: 300,
@@ -98,6 +103,7 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
   while (r.pos < r.len) {
     const tag = r.uint32();
     const field = tag >>> 3;
+    if (field === 0) throw new Error('field number 0');
     if (field === 1) {
       want(tag, 2);
       node = (IDENTIFIER.decode(r, r.uint32()) as { node?: XdsNode }).node ?? undefined;
@@ -111,6 +117,7 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
       while (r.pos < end) {
         const t = r.uint32();
         const f = t >>> 3;
+        if (f === 0) throw new Error('field number 0 in a metric family');
         if (f === 1) {
           want(t, 2);
           const len = r.uint32();
@@ -172,23 +179,43 @@ export function metricsServiceHandler(opts: {
 }): Record<string, Handler> {
   const limits = { ...METRICS_LIMITS, ...opts.limits };
   const { observed, log, events } = opts;
+  /** Each client's byte rate over all its streams, held while it has one. */
+  const clients = new Map<string, { readonly rate: RateLimit; streams: number }>();
+  /** The last warning per reason, and the refusals since that were not logged. */
+  const warned = new Map<string, { at: number; unlogged: number }>();
+  const warn = (reason: string, fields: Record<string, unknown>): void => {
+    const w = warned.get(reason);
+    const now = Date.now();
+    if (w && now - w.at < limits.warnEveryMs) {
+      w.unlogged++;
+      return;
+    }
+    log.warn({ ...fields, reason, ...(w?.unlogged ? { notLoggedSince: w.unlogged } : {}) }, 'metrics stream refused');
+    warned.set(reason, { at: now, unlogged: 0 });
+  };
   const handler: Handler = (call: ServerCall) => {
     const stream = {};
+    let client = clients.get(call.client);
+    if (!client) clients.set(call.client, (client = { rate: new RateLimit(limits.clientBurstBytes, limits.clientBytesPerSecond), streams: 0 }));
+    client.streams++;
+    const mine = client;
     let reporter: Reporter | undefined;
     let certified: CertifiedIdentity | undefined;
     let done = false;
     const rate = new RateLimit(limits.burstBytes, limits.bytesPerSecond);
     let timer: NodeJS.Timeout | undefined;
     const finish = (): void => {
+      if (done) return;
       done = true;
       clearTimeout(timer);
       observed.ended(stream);
+      if (--mine.streams === 0) clients.delete(call.client);
     };
     const fail = (code: Code, details: string, reason: string): void => {
       if (done) return;
       finish();
       events.refused(reason);
-      log.warn({ code: Code[code], details, reason, peer: call.getPeer(), node: clip(reporter?.nodeId ?? '') }, 'metrics stream refused');
+      warn(reason, { code: Code[code], details, peer: call.getPeer(), node: clip(reporter?.nodeId ?? '') });
       call.end({ code, details });
     };
     const wait = (seconds: number, why: string, reason: string): void => {
@@ -213,7 +240,8 @@ export function metricsServiceHandler(opts: {
     call.on('data', (buf: Buffer) => {
       if (done) return;
       if (buf.length > limits.messageBytes) return fail(Code.RESOURCE_EXHAUSTED, `a metrics message of ${buf.length} bytes; at most ${limits.messageBytes}`, 'metrics_too_large');
-      if (reporter && !rate.take(buf.length)) return events.dropped('rate', 1);
+      // The stream's rate, then its client's over all its streams (a stream's first message counts in its client's).
+      if ((reporter && !rate.take(buf.length)) || !mine.rate.take(buf.length)) return events.dropped('rate', 1);
       let msg: MetricsRead;
       try {
         msg = readMetrics(buf, limits.seriesPerMessage);
