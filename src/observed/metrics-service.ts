@@ -19,7 +19,7 @@ import { Code, type Handler, type ServerCall } from '../xds/transport/grpc.js';
 import { IdentityError, IdentityMismatch, identityFromNode, type CertifiedIdentity, type XdsNode } from '../xds/protocol/node.js';
 import { RateLimit, clip } from '../xds/protocol/limits.js';
 import type { PeerCheckFn } from '../xds/protocol/stream.js';
-import { isCounter, type DropReason, type ObservedRetries, type Reporter } from './retries.js';
+import { COUNTERS, type DropReason, type ObservedRetries, type Reporter } from './retries.js';
 
 export const METRICS_PATH = '/envoy.service.metrics.v3.MetricsService/StreamMetrics';
 
@@ -30,9 +30,12 @@ export const METRICS_LIMITS = {
   /** Per stream: a flush a second of the largest message, with a burst of four. */
   bytesPerSecond: 1024 * 1024,
   burstBytes: 4 * 1024 * 1024,
-  /** Per client (the transport's: certificate identity at its address, else source address), all its streams together. */
-  clientBytesPerSecond: 4 * 1024 * 1024,
-  clientBurstBytes: 16 * 1024 * 1024,
+  /**
+   * Per client (the transport's: certificate identity at its address, else source address), all its streams together:
+   * a pod's sidecar sends tens of kB a flush; 16 MiB/s is 2,000 sidecars' flushes (bench:stats, all from one address).
+   */
+  clientBytesPerSecond: 16 * 1024 * 1024,
+  clientBurstBytes: 64 * 1024 * 1024,
   /** A refusal is logged once per this long per reason (with how many were not); the metric counts each. */
   warnEveryMs: 10_000,
   firstMessageSeconds: 10,
@@ -54,13 +57,6 @@ export interface MetricsServiceEvents {
 const IDENTIFIER = envoyRoot().lookupType('envoy.service.metrics.v3.StreamMetricsMessage.Identifier');
 const COUNTER = 0;
 
-/** `cluster.<name>.<counter>` -> [name, counter]; undefined for any other family. */
-export function clusterCounter(family: string): [string, string] | undefined {
-  if (!family.startsWith('cluster.')) return undefined;
-  const dot = family.lastIndexOf('.');
-  if (dot <= 8) return undefined;
-  return [family.slice(8, dot), family.slice(dot + 1)];
-}
 
 /** What one StreamMetricsMessage says that is read here. */
 export interface MetricsRead {
@@ -75,6 +71,29 @@ export interface MetricsRead {
 }
 
 const CLUSTER_PREFIX = Buffer.from('cluster.');
+/** The counters summed, by the length of `.<counter>`: matched on the name's bytes, so no other family's name is decoded. */
+const SUFFIXES = new Map<number, { readonly bytes: Buffer; readonly name: string }[]>();
+for (const name of COUNTERS) {
+  const bytes = Buffer.from(`.${name}`);
+  SUFFIXES.set(bytes.length, [...(SUFFIXES.get(bytes.length) ?? []), { bytes, name }]);
+}
+/**
+ * `cluster.<name>.<counter>` with a counter summed here -> [name, counter] (the counter as COUNTERS spells it), else
+ * undefined; only the cluster's name is decoded (Latin-1, one byte a character: Envoy's stat names are ASCII).
+ */
+function summedCounter(buf: Buffer, from: number, to: number): [string, string] | undefined {
+  if (!startsWith(buf, from, to, CLUSTER_PREFIX)) return undefined;
+  for (const [length, candidates] of SUFFIXES) {
+    const at = to - length;
+    if (at <= from + CLUSTER_PREFIX.length) continue;
+    for (const c of candidates) {
+      if (buf.compare(c.bytes, 0, length, at, to) !== 0) continue;
+      // The counter is the last dotted part; the cluster's name is all before it.
+      return [buf.toString('latin1', from + CLUSTER_PREFIX.length, at), c.name];
+    }
+  }
+  return undefined;
+}
 const startsWith = (buf: Uint8Array, from: number, to: number, prefix: Uint8Array): boolean => {
   if (to - from < prefix.length) return false;
   for (let i = 0; i < prefix.length; i++) if (buf[from + i] !== prefix[i]) return false;
@@ -135,9 +154,8 @@ export function readMetrics(buf: Uint8Array, maxSeries: number = METRICS_LIMITS.
       }
       if (r.pos !== end) throw new Error('a metric family overruns its length');
       // Only a per-cluster counter read here is decoded: other families are passed over by their bytes.
-      // Latin-1 (one byte a character, Node's fastest): Envoy's stat names are ASCII; a name that is not would not match.
-      const parsed = !cut && name && startsWith(buf, name[0], name[1], CLUSTER_PREFIX) ? clusterCounter(bytes.toString('latin1', name[0], name[1])) : undefined;
-      if (!parsed || !isCounter(parsed[1])) continue;
+      const parsed = !cut && name ? summedCounter(bytes, name[0], name[1]) : undefined;
+      if (!parsed) continue;
       for (const [from, to] of metrics) {
         if (++series > maxSeries) {
           cut = true;
@@ -240,8 +258,10 @@ export function metricsServiceHandler(opts: {
     call.on('data', (buf: Buffer) => {
       if (done) return;
       if (buf.length > limits.messageBytes) return fail(Code.RESOURCE_EXHAUSTED, `a metrics message of ${buf.length} bytes; at most ${limits.messageBytes}`, 'metrics_too_large');
-      // The stream's rate, then its client's over all its streams (a stream's first message counts in its client's).
-      if ((reporter && !rate.take(buf.length)) || !mine.rate.take(buf.length)) return events.dropped('rate', 1);
+      // The stream's rate, then its client's over all its streams. A stream's first message (its identity) is always
+      // read, and counts in its client's rate: dropping it would leave the stream with no identity for the next.
+      if (reporter && (!rate.take(buf.length) || !mine.rate.take(buf.length))) return events.dropped('rate', 1);
+      if (!reporter) mine.rate.take(Math.min(buf.length, limits.clientBurstBytes));
       let msg: MetricsRead;
       try {
         msg = readMetrics(buf, limits.seriesPerMessage);

@@ -33,8 +33,6 @@ export const COUNTERS = [
 ] as const;
 export type CounterName = (typeof COUNTERS)[number];
 const INDEX = new Map<string, number>(COUNTERS.map((c, i) => [c, i]));
-/** A counter summed here (the sidecar sends others: they are not read). */
-export const isCounter = (name: string): boolean => INDEX.has(name);
 /** A destination cluster's name (`ns/name|port`); the sidecar's own (`mesh-xds`, `...|local`) are not reported on. */
 const DESTINATION = /^[^/|]+\/[^/|]+\|\d+$/;
 const K = COUNTERS.length;
