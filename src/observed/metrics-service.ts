@@ -72,9 +72,12 @@ export interface MetricsRead {
 
 const CLUSTER_PREFIX = Buffer.from('cluster.');
 /** The counters summed, by the length of `.<counter>`: matched on the name's bytes, so no other family's name is decoded. */
+const DOT = 0x2e;
 const SUFFIXES = new Map<number, { readonly bytes: Buffer; readonly name: string }[]>();
+let LONGEST = 0;
 for (const name of COUNTERS) {
   const bytes = Buffer.from(`.${name}`);
+  LONGEST = Math.max(LONGEST, bytes.length);
   SUFFIXES.set(bytes.length, [...(SUFFIXES.get(bytes.length) ?? []), { bytes, name }]);
 }
 /**
@@ -83,14 +86,16 @@ for (const name of COUNTERS) {
  */
 function summedCounter(buf: Buffer, from: number, to: number): [string, string] | undefined {
   if (!startsWith(buf, from, to, CLUSTER_PREFIX)) return undefined;
-  for (const [length, candidates] of SUFFIXES) {
-    const at = to - length;
-    if (at <= from + CLUSTER_PREFIX.length) continue;
-    for (const c of candidates) {
-      if (buf.compare(c.bytes, 0, length, at, to) !== 0) continue;
-      // The counter is the last dotted part; the cluster's name is all before it.
-      return [buf.toString('latin1', from + CLUSTER_PREFIX.length, at), c.name];
-    }
+  // The last dot (a counter's name is short): its suffix's length picks the candidates, compared byte by byte.
+  let dot = to - 1;
+  const stop = Math.max(from + CLUSTER_PREFIX.length, to - LONGEST);
+  while (dot > stop && buf[dot] !== DOT) dot--;
+  if (buf[dot] !== DOT || dot <= from + CLUSTER_PREFIX.length) return undefined;
+  const candidates = SUFFIXES.get(to - dot);
+  if (!candidates) return undefined;
+  next: for (const c of candidates) {
+    for (let i = 1; i < c.bytes.length; i++) if (buf[dot + i] !== c.bytes[i]) continue next;
+    return [buf.toString('latin1', from + CLUSTER_PREFIX.length, dot), c.name];
   }
   return undefined;
 }
