@@ -64,5 +64,6 @@ export function generateMesh(size: MeshSize = BENCH_MESH): MeshState {
     pods,
     serviceAccounts,
     retries,
+    routes: [],
   };
 }

@@ -347,5 +347,6 @@ function meshState(): MeshState {
     pods: [],
     serviceAccounts: [],
     retries: [],
+    routes: [],
   };
 }

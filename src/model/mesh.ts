@@ -78,6 +78,22 @@ export interface RetryObject extends Ref {
   readonly origin?: Origin;
 }
 
+/** The Gateway API's route kinds a mesh takes (GAMMA: parents that are Services). */
+export const ROUTE_KINDS = ['HTTPRoute', 'GRPCRoute'] as const;
+export type RouteKind = (typeof ROUTE_KINDS)[number];
+export const GATEWAY_API_VERSION = 'gateway.networking.k8s.io/v1';
+
+/** An HTTPRoute or GRPCRoute as written: compile/routes.ts validates it and finds its Service parents. */
+export interface RouteObject extends Ref {
+  readonly kind: RouteKind;
+  readonly creationTimestamp?: string;
+  readonly generation?: number;
+  readonly uid?: string;
+  /** The spec exactly as written. */
+  readonly spec: unknown;
+  readonly origin?: Origin;
+}
+
 export interface MeshConfig {
   readonly enableRetryPolicy: boolean;
   readonly enablePermissiveTrafficPolicyMode: boolean;
@@ -139,6 +155,8 @@ export interface MeshState {
   readonly pods: readonly Pod[];
   readonly serviceAccounts: readonly ServiceAccount[];
   readonly retries: readonly RetryObject[];
+  /** Gateway API HTTPRoutes and GRPCRoutes. */
+  readonly routes: readonly RouteObject[];
 }
 
 export function refKey(r: Ref): string {

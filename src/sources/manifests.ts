@@ -15,6 +15,9 @@ import {
   type Origin,
   type Pod,
   type RetryObject,
+  type RouteObject,
+  ROUTE_KINDS,
+  GATEWAY_API_VERSION,
   type Service,
   type ServiceAccount,
 } from '../model/mesh.js';
@@ -176,14 +179,15 @@ export interface MeshObjects {
   pods: Pod[];
   serviceAccounts: ServiceAccount[];
   retries: RetryObject[];
+  routes: RouteObject[];
   meshConfigs: { name: string; namespace?: string; config: Partial<MeshConfig> }[];
 }
 
 export function emptyObjects(): MeshObjects {
-  return { namespaces: [], services: [], endpointSlices: [], pods: [], serviceAccounts: [], retries: [], meshConfigs: [] };
+  return { namespaces: [], services: [], endpointSlices: [], pods: [], serviceAccounts: [], retries: [], routes: [], meshConfigs: [] };
 }
 
-export const SUPPORTED_KINDS = ['Namespace', 'Service', 'Endpoints', 'EndpointSlice', 'Pod', 'ServiceAccount', 'Retry', 'MeshConfig'];
+export const SUPPORTED_KINDS = ['Namespace', 'Service', 'Endpoints', 'EndpointSlice', 'Pod', 'ServiceAccount', 'Retry', 'MeshConfig', ...ROUTE_KINDS];
 
 
 class ObjectError extends Error {
@@ -437,6 +441,20 @@ export function convertObjects(locatedObjects: readonly Located[], defaultNamesp
             origin: { ...origin, ...(located.linesUnder ? { fieldLines: located.linesUnder('spec') } : {}) },
           });
           break;
+        case 'HTTPRoute':
+        case 'GRPCRoute':
+          if (o.apiVersion !== GATEWAY_API_VERSION) throw new ObjectError('apiVersion', `must be ${GATEWAY_API_VERSION}, got ${o.apiVersion}`);
+          objects.routes.push({
+            kind: kind as RouteObject['kind'],
+            namespace: ns,
+            name,
+            creationTimestamp: o.metadata?.creationTimestamp,
+            generation: o.metadata?.generation,
+            uid: o.metadata?.uid,
+            spec: o.spec,
+            origin: { ...origin, ...(located.linesUnder ? { fieldLines: located.linesUnder('spec') } : {}) },
+          });
+          break;
         case 'MeshConfig':
           if (!String(o.apiVersion).startsWith('config.flomesh.io/')) throw new ObjectError('apiVersion', `must be config.flomesh.io/v1alpha3, got ${o.apiVersion}`);
           objects.meshConfigs.push({ name, namespace: o.metadata?.namespace, config: meshConfig(o) });
@@ -479,5 +497,6 @@ export function meshStateOf(objects: MeshObjects, meshName: string, overrides: P
     pods: objects.pods,
     serviceAccounts: objects.serviceAccounts,
     retries: objects.retries,
+    routes: objects.routes,
   };
 }
