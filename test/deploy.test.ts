@@ -64,9 +64,15 @@ describe('deploy/', () => {
     const rbac = docs(path.join(DEPLOY, 'control-plane/rbac.yaml'));
     const verbs = rbac.filter((d) => d.kind === 'ClusterRole' || d.kind === 'Role').flatMap((r) => r.rules.flatMap((x: any) => x.verbs));
     expect(new Set(verbs)).toEqual(new Set(['get', 'list', 'watch', 'patch', 'update', 'create', 'delete']));
-    // Writes: Retry statuses, the one Lease of leader election, and the identity Secrets (never read).
+    // Writes: Retry and route statuses, the one Lease of leader election, and the identity Secrets (never read).
     const writes = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.verbs.some((v: string) => ['patch', 'update', 'create', 'delete'].includes(v)));
-    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['leases', 'leases', 'mutatingwebhookconfigurations', 'retries/status', 'secrets']);
+    expect(writes.flatMap((r: any) => r.resources).sort()).toEqual(['grpcroutes/status', 'httproutes/status', 'leases', 'leases', 'mutatingwebhookconfigurations', 'retries/status', 'secrets']);
+    // The Gateway API routes: read, and only their status written.
+    const routeRules = rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.apiGroups.includes('gateway.networking.k8s.io'));
+    expect(routeRules.map((r: any) => [r.resources.join(), r.verbs.join()])).toEqual([
+      ['httproutes,grpcroutes', 'get,list,watch'],
+      ['httproutes/status,grpcroutes/status', 'patch,update'],
+    ]);
     // The webhook's configuration: its one object, never another.
     expect(writes.find((r: any) => r.resources.includes('mutatingwebhookconfigurations')).resourceNames).toEqual(['mesh-xds-webhook']);
     expect(rbac.flatMap((d) => d.rules ?? []).filter((r: any) => r.resources.includes('secrets')).flatMap((r: any) => r.verbs).sort()).toEqual(['create', 'delete', 'patch']);

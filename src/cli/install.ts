@@ -108,6 +108,53 @@ export function installPlan(o: InstallOptions): Obj[] {
   return objects.map((x, i) => ({ x, i })).sort((a, b) => rank(a.x) - rank(b.x) || a.i - b.i).map(({ x }) => x);
 }
 
+const GATEWAY_GROUP = 'gateway.networking.k8s.io';
+const BUNDLE_VERSION = `${GATEWAY_GROUP}/bundle-version`;
+const CHANNEL = `${GATEWAY_GROUP}/channel`;
+
+/** A CRD of the Gateway API (shared with gateways and other meshes: install guards it, uninstall keeps it). */
+export function isGatewayApiCrd(o: Obj): boolean {
+  return o.kind === 'CustomResourceDefinition' && asMap(o.spec).group === GATEWAY_GROUP;
+}
+
+/** vMAJOR.MINOR.PATCH[-PRE] as numbers, or undefined. */
+function bundleVersion(v: unknown): { release: number[]; pre?: string } | undefined {
+  const m = typeof v === 'string' ? /^v(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$/.exec(v) : null;
+  return m ? { release: [Number(m[1]), Number(m[2]), Number(m[3])], pre: m[4] } : undefined;
+}
+
+/** Orders two parsed bundle versions (a pre-release before its release). */
+function compareBundles(a: NonNullable<ReturnType<typeof bundleVersion>>, b: NonNullable<ReturnType<typeof bundleVersion>>): number {
+  for (let i = 0; i < 3; i++) if (a.release[i] !== b.release[i]) return a.release[i] - b.release[i];
+  if (a.pre === b.pre) return 0;
+  if (a.pre === undefined) return 1;
+  if (b.pre === undefined) return -1;
+  return a.pre < b.pre ? -1 : 1;
+}
+
+/**
+ * Whether install applies a Gateway API CRD over what the cluster has (`existing`, undefined if absent): it creates a
+ * missing one and upgrades an older Standard-channel one, and leaves alone one of an equal or newer bundle-version,
+ * of another channel, or without a readable bundle-version (installed by the user, a gateway or another mesh): no
+ * downgrade, and no tug of war with whoever installed it. `why` says what was found.
+ */
+export function gatewayCrdVerdict(ours: Obj, existing: unknown): { apply: boolean; why?: string } {
+  if (existing === undefined) return { apply: true };
+  const oursVersion = String(asMap(ours.metadata.annotations)[BUNDLE_VERSION]);
+  const annotations = asMap(asMap(asMap(existing).metadata).annotations);
+  const theirs = annotations[BUNDLE_VERSION];
+  const channel = annotations[CHANNEL];
+  const found = `Gateway API ${typeof theirs === 'string' ? theirs : '(no bundle-version)'}${typeof channel === 'string' ? ` (${channel})` : ''} is installed`;
+  if (channel !== 'standard') return { apply: false, why: `${found}: not of the standard channel that mesh-xds ships (${oursVersion}), so it is left as it is` };
+  const a = bundleVersion(theirs);
+  const b = bundleVersion(oursVersion);
+  if (!a || !b) return { apply: false, why: `${found}: its bundle-version cannot be compared with ${oursVersion}, so it is left as it is` };
+  const order = compareBundles(a, b);
+  if (order > 0) return { apply: false, why: `${found}, newer than ${oursVersion} that mesh-xds ships: left as it is (never downgraded)` };
+  if (order === 0) return { apply: false, why: `${found} already: left as it is` };
+  return { apply: true, why: `upgraded from ${String(theirs)} to ${oursVersion}` };
+}
+
 /** The REST path of an object's collection, and of the object. */
 function restPath(o: Obj, plural: string): string {
   const base = o.apiVersion.includes('/') ? `/apis/${o.apiVersion}` : `/api/${o.apiVersion}`;
@@ -159,8 +206,10 @@ install applies deploy/ with server-side apply (CRDs, RBAC, the control plane, t
 with the --set values) and the mesh CA Secret if absent, then waits until the control plane is ready. Running it
 again changes nothing. --set keys (fsm. prefix optional): ${Object.keys(SET_KEYS).join(', ')}.
 --image: the control plane's image (default mesh-xds:0.1.0; build it with docker build -t mesh-xds:0.1.0 .).
-uninstall removes what install made, and keeps the CRDs (with every Retry), the namespace and its CA Secret (so
-identities survive a reinstall); --purge removes those too.
+The Gateway API CRDs (HTTPRoute, GRPCRoute; v1.7.0, Standard channel) are created if missing and upgraded if
+older, but one of an equal or newer version or of another channel is left as it is.
+uninstall removes what install made, and keeps the CRDs (with every Retry and route), the namespace and its CA
+Secret (so identities survive a reinstall); --purge removes those too, but never the Gateway API CRDs (shared).
 `;
 
 export async function installCommand(args: string[], uninstall = false): Promise<number> {
@@ -211,7 +260,10 @@ export async function installCommand(args: string[], uninstall = false): Promise
   const label = (o: Obj): string => `${o.kind.toLowerCase()} ${o.metadata.namespace ? `${o.metadata.namespace}/` : ''}${o.metadata.name}`;
 
   if (uninstall) {
-    const keep = (o: Obj): boolean => !values.purge && (o.kind === 'CustomResourceDefinition' || o.kind === 'Namespace');
+    // The Gateway API CRDs are shared (gateways, other meshes, the user's routes): never deleted, not even by --purge.
+    const keep = (o: Obj): boolean => isGatewayApiCrd(o) || (!values.purge && (o.kind === 'CustomResourceDefinition' || o.kind === 'Namespace'));
+    const gatewayCrds = plan.filter(isGatewayApiCrd).map((o) => o.metadata.name);
+    const keptGateway = `the Gateway API CRDs ${gatewayCrds.join(' and ')} (every HTTPRoute and GRPCRoute stays; shared with gateways and other meshes, so never deleted by mesh-xds: kubectl delete crd ${gatewayCrds.join(' ')} removes them and every route)`;
     // The webhook first: pods of the mesh's namespaces must not wait for a control plane that is going away.
     for (const o of [...plan].reverse().sort((a, b) => Number(b.kind === 'MutatingWebhookConfiguration') - Number(a.kind === 'MutatingWebhookConfiguration'))) {
       if (keep(o)) continue;
@@ -222,8 +274,8 @@ export async function installCommand(args: string[], uninstall = false): Promise
     }
     say(
       values.purge
-        ? `purged: the CRDs (and every Retry with them) and namespace ${ns} (with the mesh CA) are being deleted`
-        : `kept: the CRDs retries.policy.flomesh.io and meshconfigs.config.flomesh.io (every Retry stays), namespace ${ns} with the Secret ${CA_SECRET} (the mesh CA: a reinstall keeps the identities), the identity Secrets and the namespace labels of the mesh (mesh-xds namespace remove NS). mesh-xds uninstall --purge removes the CRDs and the namespace too.`,
+        ? `purged: the CRDs retries.policy.flomesh.io and meshconfigs.config.flomesh.io (and every Retry with them) and namespace ${ns} (with the mesh CA) are being deleted; kept: ${keptGateway}`
+        : `kept: the CRDs retries.policy.flomesh.io and meshconfigs.config.flomesh.io (every Retry stays), ${keptGateway}, namespace ${ns} with the Secret ${CA_SECRET} (the mesh CA: a reinstall keeps the identities), the identity Secrets and the namespace labels of the mesh (mesh-xds namespace remove NS). mesh-xds uninstall --purge removes the mesh-xds CRDs and the namespace too.`,
     );
     return 0;
   }
@@ -239,11 +291,20 @@ export async function installCommand(args: string[], uninstall = false): Promise
       });
     }
     const before = await api('GET', path);
+    let upgraded: string | undefined;
+    if (isGatewayApiCrd(o)) {
+      const verdict = gatewayCrdVerdict(o, before.status === 404 ? undefined : before.body);
+      if (!verdict.apply) {
+        say(`${label(o)} kept: ${verdict.why}`);
+        continue;
+      }
+      upgraded = verdict.why;
+    }
     const res = await api('PATCH', `${path}?fieldManager=${FIELD_MANAGER}&force=true`, o, 'application/apply-patch+yaml');
     if (res.status !== 200 && res.status !== 201) throw new ExitError(`apply ${label(o)}: HTTP ${res.status}: ${asMap(res.body).message ?? JSON.stringify(res.body)}`, 1);
     const rvBefore = asMap(asMap(before.body).metadata).resourceVersion;
     const rvAfter = asMap(asMap(res.body).metadata).resourceVersion;
-    say(`${label(o)} ${before.status === 404 ? 'created' : rvBefore === rvAfter ? 'unchanged' : 'configured'}`);
+    say(`${label(o)} ${before.status === 404 ? 'created' : rvBefore === rvAfter ? 'unchanged' : 'configured'}${upgraded ? ` (${upgraded})` : ''}`);
     if (o.kind === 'MeshConfig') {
       const spec = asMap(o.spec);
       const budget = asMap(spec.traffic).retryBudget;
