@@ -1,16 +1,18 @@
 /**
- * The Kubernetes source: list+watch of Namespaces, Services, EndpointSlices, Pods, ServiceAccounts, Retries and
- * the MeshConfig, with our own reflectors (client-node's informers stop on error and do not relist): a failed
- * watch is retried with backoff and a full relist, nothing is published until every resource has listed once,
- * and a relist replaces a cache whole, so a lost watch never yields a partial mesh. Inputs only: what the control
- * plane writes back (Retry statuses, identity Secrets, the Lease) is in outputs/, which reads this source's caches.
+ * The Kubernetes source: list+watch of Namespaces, Services, EndpointSlices, Pods, ServiceAccounts, Retries, the
+ * MeshConfig and the Gateway API's HTTPRoutes and GRPCRoutes, with our own reflectors (client-node's informers stop
+ * on error and do not relist): a failed watch is retried with backoff and a full relist, nothing is published until
+ * every resource has listed once, and a relist replaces a cache whole, so a lost watch never yields a partial mesh.
+ * The routes are optional: where their CRD is not installed (404), they count as listed and empty, and are listed
+ * again with backoff until the CRD appears. Inputs only: what the control plane writes back (Retry and route
+ * statuses, identity Secrets, the Lease) is in outputs/, which reads this source's caches.
  */
 import http from 'node:http';
 import https from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import type { MeshConfig, MeshState } from '../model/mesh.js';
-import { MONITORED_BY_LABEL } from '../model/mesh.js';
+import type { MeshConfig, MeshState, RouteKind } from '../model/mesh.js';
+import { GATEWAY_API_VERSION, MONITORED_BY_LABEL } from '../model/mesh.js';
 import { loadKubeConfig } from './kubeconfig.js';
 import { convertObjects, meshStateOf, type KubeObject, type Located } from './manifests.js';
 import type { MeshSource } from './source.js';
@@ -51,6 +53,11 @@ interface ResourceDef {
   apiVersion: string;
   /** Collection path for list and watch. */
   path: (ns: string) => string;
+  /**
+   * The CRD of an optional resource: a 404 on its list means the CRD is not installed, which is not an error: the
+   * resource counts as listed and empty (the mesh is published without it) and is listed again with backoff.
+   */
+  optionalCrd?: string;
 }
 
 const RESOURCES: ResourceDef[] = [
@@ -61,9 +68,13 @@ const RESOURCES: ResourceDef[] = [
   { kind: 'ServiceAccount', apiVersion: 'v1', path: () => '/api/v1/serviceaccounts' },
   { kind: 'Retry', apiVersion: 'policy.flomesh.io/v1alpha1', path: () => '/apis/policy.flomesh.io/v1alpha1/retries' },
   { kind: 'MeshConfig', apiVersion: 'config.flomesh.io/v1alpha3', path: (ns) => `/apis/config.flomesh.io/v1alpha3/namespaces/${ns}/meshconfigs` },
+  { kind: 'HTTPRoute', apiVersion: GATEWAY_API_VERSION, path: () => `/apis/${GATEWAY_API_VERSION}/httproutes`, optionalCrd: 'httproutes.gateway.networking.k8s.io' },
+  { kind: 'GRPCRoute', apiVersion: GATEWAY_API_VERSION, path: () => `/apis/${GATEWAY_API_VERSION}/grpcroutes`, optionalCrd: 'grpcroutes.gateway.networking.k8s.io' },
 ];
 
 class GoneError extends Error {}
+/** 404 Not Found on a collection: for an optional resource, its CRD is not installed. */
+class NotFoundError extends Error {}
 
 /** One resource's list+watch loop and cache. */
 class Reflector {
@@ -72,6 +83,8 @@ class Reflector {
   lists = 0;
   /** Why the last list or watch failed, until a list succeeds again (shown in /debug/mesh). */
   lastError?: string;
+  /** An optional resource whose CRD is not installed (its last list was a 404). */
+  absent = false;
   private stopped = false;
   private abort?: AbortController;
   private delay: number;
@@ -114,7 +127,8 @@ class Reflector {
       } catch {
         /* not a Status */
       }
-      throw new Error(explain(res.statusCode, `${res.statusCode} ${res.statusMessage}: ${message}`, `${query.watch ? 'watch' : 'list'} ${this.path}`));
+      const text = explain(res.statusCode, `${res.statusCode} ${res.statusMessage}: ${message}`, `${query.watch ? 'watch' : 'list'} ${this.path}`);
+      throw res.statusCode === 404 ? new NotFoundError(text) : new Error(text);
     }
     return res;
   }
@@ -138,6 +152,8 @@ class Reflector {
         this.lists++;
         this.synced = true;
         this.lastError = undefined;
+        if (this.absent) this.log.info({ resource: this.def.kind, crd: this.def.optionalCrd, objects: this.objects.size }, 'the CRD is installed now; following it');
+        this.absent = false;
         this.delay = this.backoff.initialMs;
         this.changed();
         let rv: string = list.metadata?.resourceVersion ?? '';
@@ -148,6 +164,12 @@ class Reflector {
         }
       } catch (err) {
         if (this.stopped) return;
+        if (err instanceof NotFoundError && this.def.optionalCrd) {
+          this.notInstalled();
+          await new Promise((r) => setTimeout(r, this.delay));
+          this.delay = Math.min(this.delay * 2, this.backoff.maxMs);
+          continue;
+        }
         const gone = err instanceof GoneError;
         if (!gone) this.lastError = `${(err as Error).message}${this.synced ? '; serving the last good mesh' : ''}`;
         this.log[gone ? 'info' : 'warn']({ resource: this.def.kind, err: (err as Error).message, retryInMs: gone ? 0 : this.delay }, gone ? 'watch expired (410 Gone); relisting' : 'list/watch failed; relisting after backoff');
@@ -157,6 +179,27 @@ class Reflector {
         }
       }
     }
+  }
+
+  /**
+   * An optional resource's CRD is not installed (or was deleted, with every object of its kind): listed and empty,
+   * said once at info until it appears.
+   */
+  private notInstalled(): void {
+    const had = this.objects.size;
+    this.objects = new Map();
+    this.lastError = undefined;
+    this.lists++;
+    if (!this.absent) {
+      this.log.info(
+        { resource: this.def.kind, crd: this.def.optionalCrd, retryInMs: this.delay },
+        `the CRD ${this.def.optionalCrd} is not installed: the mesh is served without ${this.def.kind}s, which are picked up once it is`,
+      );
+    }
+    this.absent = true;
+    const first = !this.synced;
+    this.synced = true;
+    if (first || had) this.changed();
   }
 
   /** One watch request; resolves with the last resourceVersion when the server closes it normally. */
@@ -225,6 +268,14 @@ export class KubernetesSource implements MeshSource {
     return this.objects('Retry').get(`${namespace}/${name}`);
   }
 
+  /**
+   * An HTTPRoute or GRPCRoute as last listed or watched (its generation and status: what a status write compares
+   * with); undefined also where its CRD is not installed.
+   */
+  route(kind: RouteKind, namespace: string, name: string): KubeObject | undefined {
+    return this.objects(kind).get(`${namespace}/${name}`);
+  }
+
   /** The ServiceAccounts of the namespaces in the mesh, with their uids. */
   accounts(): MeshAccount[] {
     const enrolled = new Set([...this.objects('Namespace').values()].filter((n) => n.metadata?.labels?.[MONITORED_BY_LABEL] === this.opts.meshName).map((n) => n.metadata!.name!));
@@ -246,7 +297,7 @@ export class KubernetesSource implements MeshSource {
     const resources = Object.fromEntries(
       RESOURCES.map((d, i) => {
         const r = this.reflectors[i];
-        return [d.kind, { synced: r.synced, objects: r.objects.size, lists: r.lists, ...(r.lastError ? { error: r.lastError } : {}) }];
+        return [d.kind, { synced: r.synced, objects: r.objects.size, lists: r.lists, ...(r.absent ? { notInstalled: `CRD ${d.optionalCrd}` } : {}), ...(r.lastError ? { error: r.lastError } : {}) }];
       }),
     );
     return { source: 'kubernetes', synced: this.synced, resources };
