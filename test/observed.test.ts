@@ -101,10 +101,12 @@ function mesh(policy: string | null = 'curl/retry', numRetries = 5): MeshIR {
     services: [{ namespace: 'httpbin', name: 'httpbin', host: 'httpbin.httpbin.svc.cluster.local', headless: false, ports: [{ port: 14001, dialPort: 14001, targetPort: 14001, protocol: 'http', http2: false, cluster: CLUSTER, endpoints: [] }] }],
     identities: ['curl/curl', 'other/other'],
     retries: policy ? { 'curl/curl': { 'httpbin/httpbin': { policy, spec: { source: { namespace: 'curl', name: 'curl' }, destinations: [], skipped: [], retryOn: ['5xx'], retriableStatusCodes: [], numRetries } } } } : {},
+    routes: {},
     backing: {},
+    routeReports: [],
     policies: policy ? [{ namespace: 'curl', name: policy.split('/')[1]!, state: 'Accepted', reason: '', messages: [], problems: [], declared: { destinations: [] }, source: 'curl/curl', appliesTo: ['httpbin/httpbin'] }] : [],
     diagnostics: [],
-  } as MeshIR;
+  };
 }
 
 describe('ObservedRetries', () => {

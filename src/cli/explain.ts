@@ -8,7 +8,7 @@ import { amplification } from '../compile/amplification.js';
 import { compile } from '../compile/compile.js';
 import { explainPair } from '../compile/explain.js';
 import { outboundRouteName } from '../envoy/common.js';
-import { envoyRetryPolicy, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
+import { outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
 import { convertObjects, meshStateOf, parseManifestText, type Located } from '../sources/manifests.js';
 import { readInputs } from './inputs.js';
 import type { ExplainJson } from './ops.js';
@@ -25,15 +25,15 @@ export async function explainFiles(command: string, names: string[], from: strin
     located.push(...parsed.objects);
   }
   const ir = compile(meshStateOf(convertObjects(located).objects, 'mesh-xds'));
-  const { applied, candidates, service, why } = explainPair(ir, from, to);
-  const retry = applied ? envoyRetryPolicy(applied.spec, { proxyless: false }) : undefined;
+  const { candidates, service, why, fields, featuresOf } = explainPair(ir, from, to);
   const routes = (service?.ports ?? [])
     .filter((p) => p.protocol === 'http')
-    .map((port) =>
-      service!.headless
-        ? { routeConfiguration: outboundRouteName(port.dialPort), virtualHost: outboundVirtualHost(service!, port, from.split('/')[0], retry) }
-        : { routeConfiguration: serviceRoute(service!, port, retry).name, virtualHost: serviceRoute(service!, port, retry).virtual_hosts?.[0] ?? null },
-    );
+    .map((port) => {
+      const f = featuresOf(port.port);
+      return service!.headless
+        ? { routeConfiguration: outboundRouteName(port.dialPort), virtualHost: outboundVirtualHost(service!, port, from.split('/')[0], f, { proxyless: false }) }
+        : { routeConfiguration: serviceRoute(service!, port, f).name, virtualHost: serviceRoute(service!, port, f).virtual_hosts?.[0] ?? null };
+    });
   return {
     from,
     to,
@@ -43,6 +43,7 @@ export async function explainFiles(command: string, names: string[], from: strin
     retryBudget: ir.retryBudget,
     why,
     candidates,
+    fields,
     routes: routes as ExplainJson['routes'],
   };
 }

@@ -1,4 +1,5 @@
 /** Operator commands that talk to a running server (debug HTTP), to an Envoy admin, or to Kubernetes. */
+import type { RouteFieldsJson } from '../compile/explain.js';
 import { describePath, type AmplificationPath } from '../compile/amplification.js';
 import { RESOURCE_TYPES } from '../xds/resources/types.js';
 import { outputFormat, parseFlags, type Usage } from './args.js';
@@ -27,7 +28,9 @@ export interface ExplainJson {
   readonly why: string;
   readonly serviceExists: boolean;
   readonly candidates: readonly { readonly policy: string; readonly state: string; readonly reason: string; readonly warnings?: readonly { readonly condition: string; readonly message: string }[] }[];
-  readonly routes: readonly { readonly routeConfiguration: string; readonly virtualHost: { readonly name?: string; readonly routes?: readonly { readonly route?: { readonly retry_policy?: unknown } }[] } | null }[];
+  readonly routes: readonly { readonly routeConfiguration: string; readonly virtualHost: { readonly name?: string; readonly routes?: readonly { readonly name?: string; readonly route?: { readonly retry_policy?: unknown } }[] } | null }[];
+  /** Per HTTP port, each route and the policy that set its fields. */
+  readonly fields?: readonly { readonly port: number; readonly routes: readonly RouteFieldsJson[] }[];
 }
 
 /** The debug server's base URL: --debug-url, else $MESH_XDS_DEBUG_URL, else the default; one that is not a URL is a usage error. */
@@ -277,9 +280,15 @@ async function policyExplain(args: string[]): Promise<number> {
     }
     if (body.candidates.length) process.stdout.write(`\n${table(['RETRY', 'STATE', 'REASON'], body.candidates.map((c) => [c.policy, c.state, c.reason]))}`);
     for (const c of body.candidates) for (const w of c.warnings ?? []) process.stdout.write(`warning (${w.condition}) ${c.policy}: ${w.message}\n`);
+    for (const p of body.fields ?? []) {
+      process.stdout.write(`\nport ${p.port}:\n${table(['ROUTE', 'MATCH', 'RETRY SET BY', 'TIMEOUT SET BY'], p.routes.map((r) => [r.route, r.match, r.setBy.retry ?? '-', r.setBy.timeout ?? '-']))}`);
+    }
     for (const r of body.routes) {
-      const retry = r.virtualHost?.routes?.[0]?.route?.retry_policy;
-      process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n  retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);
+      process.stdout.write(`\n${r.routeConfiguration} ${r.virtualHost?.name ?? ''}\n`);
+      for (const route of r.virtualHost?.routes ?? []) {
+        const retry = route.route?.retry_policy;
+        process.stdout.write(`  ${route.name ?? 'route'}: retry_policy: ${retry ? JSON.stringify(retry) : 'none'}\n`);
+      }
     }
   }
   return 0;

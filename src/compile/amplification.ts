@@ -21,7 +21,8 @@
  * says it is truncated. The debug endpoint's answer is bounded apart (amplificationResponse).
  */
 import type { Duration } from '../policy/duration.js';
-import type { AppliedRetry, MeshIR } from './ir.js';
+import type { MeshIR } from './ir.js';
+import { retryEdges, type RetryEdge } from './features.js';
 
 export interface AmplificationHop {
   /** `namespace/serviceAccount` of the caller. */
@@ -84,7 +85,7 @@ const DEFAULT_BASE_MS = 25;
 
 interface Edge {
   readonly to: string;
-  readonly retry: AppliedRetry;
+  readonly retry: RetryEdge;
   readonly attempts: number;
   /** Identities whose pods back the service called. */
   readonly next: readonly string[];
@@ -107,7 +108,7 @@ const ms = (d: Duration | undefined): number | undefined => (d === undefined ? u
  * The most the backoffs of `retries` retries can add (each uniform in [0, I_n), I doubling from base, capped at
  * 10x): 1, 2, 4 and 8 times base, then 10 times base each. In closed form: numRetries may be 2^32-1.
  */
-export function backoffMs(retry: AppliedRetry, retries: number): number {
+export function backoffMs(retry: RetryEdge, retries: number): number {
   const base = ms(retry.spec.backoffBaseInterval) ?? DEFAULT_BASE_MS;
   return retries <= 4 ? base * (2 ** retries - 1) : base * (15 + (retries - 4) * 10);
 }
@@ -128,10 +129,10 @@ function edgesOf(ir: MeshIR): Map<string, Edge[]> {
     }
   }
   const edges = new Map<string, Edge[]>();
-  if (!ir.enableRetryPolicy) return edges;
-  for (const [identity, byService] of Object.entries(ir.retries).sort(([a], [b]) => (a < b ? -1 : 1))) {
+  // Every kind's retries (an FSM Retry, a mesh route's retry): compile/features.ts decides which is in force.
+  for (const [identity, byService] of retryEdges(ir)) {
     const out: Edge[] = [];
-    for (const [service, retry] of Object.entries(byService).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    for (const [service, retry] of byService) {
       // Envoy's num_retries defaults to 1.
       const attempts = 1 + (retry.spec.numRetries ?? 1);
       if (attempts <= 1) continue;

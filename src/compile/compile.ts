@@ -4,6 +4,8 @@
  */
 import { amplification, describePath, rememberAmplification } from './amplification.js';
 import { retryPitfalls } from './pitfalls.js';
+import { compileRoutes } from './routes.js';
+import { rulesFor, ruleRetry } from './features.js';
 import { asList, asMap } from '../model/plain.js';
 import { DEFAULT_MAX_RETRY_AMPLIFICATION, DEFAULT_RETRY_BUDGET, MONITORED_BY_LABEL, byRef, lineOfField, refKey, type MeshState, type Pod, type EndpointSlice } from '../model/mesh.js';
 import { parseRetrySpec, type RetrySpec } from '../policy/retry.js';
@@ -249,6 +251,7 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
   for (const p of state.pods) if (meshNamespaces.has(p.namespace)) identities.add(`${p.namespace}/${p.serviceAccount}`);
   const serviceKeys = new Set(topology.services.map((s) => `${s.namespace}/${s.name}`));
   const { reports, retries } = compilePolicies(state, meshNamespaces, serviceKeys, identities);
+  const routes = compileRoutes(state, meshNamespaces, topology.services);
   const ir: MeshIR = {
     meshName: state.meshName,
     enableRetryPolicy: state.meshConfig.enableRetryPolicy,
@@ -256,8 +259,10 @@ export function compile(state: MeshState, topology = compileTopologyOnly(state))
     services: topology.services,
     identities: [...identities].sort(),
     retries,
+    routes: routes.table,
     backing: topology.backing,
     policies: reports,
+    routeReports: routes.reports,
     diagnostics: topology.diagnostics,
   };
   return withAmplificationWarnings(ir, state.meshConfig.maxRetryAmplification ?? DEFAULT_MAX_RETRY_AMPLIFICATION);
@@ -283,10 +288,15 @@ function withAmplificationWarnings(ir: MeshIR, max: number): MeshIR {
     for (const policy of new Set(p.hops.map((h) => h.retry))) if ((warnings.get(policy)?.length ?? 0) < 3) warn(policy, { condition: 'RetryAmplification', message });
   }
   const services = new Map(ir.services.map((svc) => [`${svc.namespace}/${svc.name}`, svc]));
-  for (const byService of Object.values(ir.retries)) {
+  for (const [identity, byService] of Object.entries(ir.retries)) {
     for (const [dst, applied] of Object.entries(byService)) {
       const service = services.get(dst);
       if (!service) continue;
+      // A route's retry for the same caller and destination: the Retry wins (compile/features.ts); say so.
+      const routes = new Set(service.ports.flatMap((port) => (rulesFor(ir, dst, port.port, identity.slice(0, identity.indexOf('/'))) ?? []).filter((r) => ruleRetry(r)).map((r) => r.from)));
+      for (const from of routes) {
+        warn(applied.policy, { condition: 'Pitfall', message: `${from} also sets retries for ${identity} -> Service ${dst}; this Retry is used instead (it names the caller), the route's retry and timeouts.backendRequest are not` });
+      }
       for (const message of retryPitfalls(applied.spec, service)) {
         if (!warnings.get(applied.policy)?.some((w) => w.message === message)) warn(applied.policy, { condition: 'Pitfall', message });
       }

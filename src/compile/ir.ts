@@ -1,6 +1,7 @@
 /** The mesh IR: validated, resolved, sorted; what the Envoy builders read. Serializable (debug endpoint). */
 import type { RetrySpec, Problem } from '../policy/retry.js';
 import type { RetryBudget } from '../model/mesh.js';
+import type { PortRoutesIR, RouteReport } from './routes.js';
 
 export type PortProtocol = 'http' | 'tcp';
 
@@ -98,8 +99,15 @@ export interface MeshIR {
   readonly identities: readonly string[];
   /** Identity -> destination service `ns/name` -> the Retry that applies. */
   readonly retries: Readonly<Record<string, Readonly<Record<string, AppliedRetry>>>>;
+  /**
+   * Gateway API mesh routes by service port (`ns/name:port`): the producer routes' rules and each consumer
+   * namespace's, in precedence order (compile/routes.ts). compile/features.ts decides what a caller gets.
+   */
+  readonly routes: Readonly<Record<string, PortRoutesIR>>;
   /** Identity -> the service ports its pods back (for the inbound listener), sorted. */
   readonly backing: Readonly<Record<string, readonly PortRef[]>>;
   readonly policies: readonly PolicyReport[];
+  /** Every HTTPRoute and GRPCRoute with a Service parent: its status per parent. */
+  readonly routeReports: readonly RouteReport[];
   readonly diagnostics: readonly Diagnostic[];
 }

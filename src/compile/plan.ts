@@ -3,7 +3,7 @@
  * the inbound side of a sidecar (one filter chain per target port its pods serve, and the local clusters), and
  * the api_listeners a proxyless client may ask for. pipeline/build.ts only assembles, encodes and shares pieces.
  */
-import type { RetrySpec } from '../policy/retry.js';
+import { featuresFor, type RouteFeatures } from './features.js';
 import type { MeshIR, PortIR, ServiceIR } from './ir.js';
 
 export type ProxyKind = 'sidecar' | 'proxyless';
@@ -31,8 +31,11 @@ export interface ProxyPlan {
   readonly namespace: string;
   /** `ns/sa` */
   readonly identity: string;
-  /** Destination service `ns/name` -> the Retry spec in force (none while retries are disabled). */
-  readonly retries: Readonly<Record<string, RetrySpec>>;
+  /**
+   * Service port `ns/name:port` -> what this caller's virtual host for it holds beyond the default: routes and the
+   * retries in force, from whichever policy kind (compile/features.ts).
+   */
+  readonly features: ReadonlyMap<string, RouteFeatures>;
   /** Sidecar: per target port its pods serve (ascending), the service port it is served as (first by cluster name). */
   readonly inbound: readonly PortOf[];
   /** Sidecar: one local cluster per backed cluster name. */
@@ -91,8 +94,7 @@ export function planOutbound(ir: MeshIR): OutboundMatch[] {
 export function planProxy(ir: MeshIR, key: string): ProxyPlan {
   const { kind, namespace, serviceAccount } = parseProxyKey(key);
   const identity = `${namespace}/${serviceAccount}`;
-  const retries: Record<string, RetrySpec> = {};
-  if (ir.enableRetryPolicy) for (const [dst, a] of Object.entries(ir.retries[identity] ?? {})) retries[dst] = a.spec;
+  const features = featuresFor(ir, identity, namespace);
   if (kind === 'proxyless') {
     // Every HTTP port by each name form a client may dial with the port (`host:port`).
     const apiListeners = ir.services.flatMap((service) =>
@@ -102,7 +104,7 @@ export function planProxy(ir: MeshIR, key: string): ProxyPlan {
     );
     // Two ports dialled alike (a headless service's, on one target port): the first one's listener.
     const unique = [...new Map(apiListeners.reverse().map((l) => [l.name, l])).values()].reverse();
-    return { key, kind, namespace, identity, retries, inbound: [], localClusters: [], apiListeners: unique };
+    return { key, kind, namespace, identity, features, inbound: [], localClusters: [], apiListeners: unique };
   }
   const backed = (ir.backing[identity] ?? [])
     .map((ref) => portOf(ir, ref.service, ref.port))
@@ -112,5 +114,5 @@ export function planProxy(ir: MeshIR, key: string): ProxyPlan {
   for (const b of backed) if (!byTarget.has(b.port.targetPort)) byTarget.set(b.port.targetPort, b);
   const byCluster = new Map<string, PortOf>();
   for (const b of backed) if (!byCluster.has(b.port.cluster)) byCluster.set(b.port.cluster, b);
-  return { key, kind, namespace, identity, retries, inbound: [...byTarget.values()], localClusters: [...byCluster.values()], apiListeners: [] };
+  return { key, kind, namespace, identity, features, inbound: [...byTarget.values()], localClusters: [...byCluster.values()], apiListeners: [] };
 }

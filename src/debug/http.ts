@@ -347,7 +347,7 @@ export class DebugServer {
     const ir = this.src.ir();
     if (!/^[^/]+\/[^/]+$/.test(from) || !/^[^/]+\/[^/]+$/.test(to)) return this.json(res, 400, { error: 'give ?from=<namespace>/<serviceAccount>&to=<namespace>/<service>' });
     if (!ir || !this.src.ready()) return this.json(res, 503, { error: 'not ready: no mesh yet' });
-    const { applied, candidates, service, why } = explainPair(ir, from, to);
+    const { applied, candidates, service, why, fields } = explainPair(ir, from, to);
     const [ns, sa] = from.split('/');
     const routes: unknown[] = [];
     if (service) {
@@ -377,6 +377,7 @@ export class DebugServer {
       applied: applied ? { policy: applied.policy } : null,
       why,
       candidates,
+      fields,
       routes,
     });
   }

@@ -2,7 +2,8 @@
 import type { PortIR, ServiceIR } from '../compile/ir.js';
 import { serviceDomains } from '../compile/plan.js';
 import type { RetryPolicy, VirtualHost } from './types.js';
-import type { RetrySpec } from '../policy/retry.js';
+import { retryOnRoute, type RetrySettings, type RouteFeatures } from '../compile/features.js';
+import type { HeaderOpsIR, MatchIR, PathModifierIR, RouteRuleIR, ValueMatchIR } from '../compile/routes.js';
 import { protoDuration } from '../policy/duration.js';
 import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName, serviceRouteName } from './common.js';
 import type { RouteConfiguration } from './types.js';
@@ -22,12 +23,12 @@ const ANOTHER_HOST: Pick<RetryPolicy, 'retry_host_predicate' | 'host_selection_r
   host_selection_retry_max_attempts: 5,
 };
 
-/** `envoy.config.route.v3.RetryPolicy` for a validated Retry spec, or undefined when it means no retries. */
-export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): RetryPolicy | undefined {
+/** `envoy.config.route.v3.RetryPolicy` for retry settings (an FSM Retry's, a route's), or undefined when they mean no retries. */
+export function envoyRetryPolicy(spec: RetrySettings, opts: RetryOptions): RetryPolicy | undefined {
   if (opts.proxyless && spec.numRetries === 0) return undefined;
   return {
     ...(opts.proxyless ? {} : ANOTHER_HOST),
-    retry_on: spec.retryOn.join(','),
+    ...(spec.retryOn.length ? { retry_on: spec.retryOn.join(',') } : {}),
     ...(spec.numRetries !== undefined ? { num_retries: { value: spec.numRetries } } : {}),
     ...(spec.perTryTimeout !== undefined ? { per_try_timeout: protoDuration(spec.perTryTimeout) } : {}),
     ...(spec.retriableStatusCodes.length ? { retriable_status_codes: [...spec.retriableStatusCodes] } : {}),
@@ -35,31 +36,105 @@ export function envoyRetryPolicy(spec: RetrySpec, opts: RetryOptions): RetryPoli
   };
 }
 
-export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, retry: RetryPolicy | undefined, domains?: string[]): VirtualHost {
+type Route = NonNullable<VirtualHost['routes']>[number];
+
+const escapeRegex = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** A Gateway API path match: a prefix matches whole path segments (`/foo` matches `/foo` and `/foo/bar`, not `/foobar`). */
+function pathMatch(m: MatchIR): Route['match'] {
+  const p = m.path;
+  const path =
+    p.type === 'Exact' ? { path: p.value } : p.type === 'RegularExpression' ? { safe_regex: { regex: p.value } } : p.value === '/' || p.value.replace(/\/+$/, '') === '' ? { prefix: '/' } : { path_separated_prefix: p.value.replace(/\/+$/, '') };
+  const exactOrRegex = (v: ValueMatchIR) => (v.type === 'Exact' ? { exact: v.value } : { safe_regex: { regex: v.value } });
+  const headers = [...(m.method ? [{ name: ':method', string_match: { exact: m.method } }] : []), ...m.headers.map((h) => ({ name: h.name, string_match: exactOrRegex(h) }))];
+  return {
+    ...path,
+    ...(headers.length ? { headers } : {}),
+    ...(m.queryParams.length ? { query_parameters: m.queryParams.map((q) => ({ name: q.name, string_match: exactOrRegex(q) })) } : {}),
+  };
+}
+
+/** A path modifier on a matched prefix: Envoy's prefix_rewrite, or a regex where the prefix or its replacement is `/`. */
+function pathRewrite(mod: PathModifierIR, match: MatchIR): Record<string, unknown> {
+  if (mod.type === 'ReplaceFullPath') return { regex_rewrite: { pattern: { regex: '^/.*$' }, substitution: mod.value } };
+  const prefix = match.path.type === 'PathPrefix' ? match.path.value.replace(/\/+$/, '') : '';
+  const replacement = mod.value.replace(/\/+$/, '');
+  if (prefix === '') return { regex_rewrite: { pattern: { regex: '^/' }, substitution: `${replacement}/` } };
+  if (replacement === '') return { regex_rewrite: { pattern: { regex: `^${escapeRegex(prefix)}/*` }, substitution: '/' } };
+  return { prefix_rewrite: replacement };
+}
+
+const REDIRECT_CODE: Record<number, string> = { 301: 'MOVED_PERMANENTLY', 302: 'FOUND', 303: 'SEE_OTHER', 307: 'TEMPORARY_REDIRECT', 308: 'PERMANENT_REDIRECT' };
+
+function headerOps(ops: HeaderOpsIR | undefined, side: 'request' | 'response'): Record<string, unknown> {
+  if (!ops) return {};
+  const add = [
+    ...ops.set.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' })),
+    ...ops.add.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'APPEND_IF_EXISTS_OR_ADD' })),
+  ];
+  return { ...(add.length ? { [`${side}_headers_to_add`]: add } : {}), ...(ops.remove.length ? { [`${side}_headers_to_remove`]: [...ops.remove] } : {}) };
+}
+
+/** One Gateway API rule match as an Envoy route, with the retry in force on it (the caller's Retry, else its own). */
+function ruleRoute(rule: RouteRuleIR, features: RouteFeatures, opts: RetryOptions): Route {
+  const name = `${rule.from.replace(' ', '/')}/rule/${rule.rule}`;
+  const common = { name, match: pathMatch(rule.match), ...headerOps(rule.requestHeaders, 'request'), ...headerOps(rule.responseHeaders, 'response') };
+  if (rule.redirect) {
+    const r = rule.redirect;
+    const path = r.path ? pathRewrite(r.path, rule.match) : {};
+    return {
+      ...common,
+      redirect: {
+        ...(r.scheme ? { scheme_redirect: r.scheme } : {}),
+        ...(r.hostname ? { host_redirect: r.hostname } : {}),
+        ...(r.port ? { port_redirect: r.port } : {}),
+        ...('regex_rewrite' in path ? { regex_rewrite: path.regex_rewrite } : 'prefix_rewrite' in path ? { prefix_rewrite: path.prefix_rewrite } : {}),
+        response_code: REDIRECT_CODE[r.statusCode],
+      },
+    } as Route;
+  }
+  // No backend resolved: the Gateway API's 500.
+  if (!rule.backends.length) return { ...common, direct_response: { status: 500 } } as Route;
+  const applied = retryOnRoute(features, rule);
+  const retry = applied ? envoyRetryPolicy(applied.settings, opts) : undefined;
+  const target = rule.backends.length === 1 ? { cluster: rule.backends[0]!.cluster } : { weighted_clusters: { clusters: rule.backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) } };
+  return {
+    ...common,
+    route: {
+      ...target,
+      timeout: rule.timeout ? protoDuration(rule.timeout) : NO_TIMEOUT,
+      ...(rule.rewrite?.hostname ? { host_rewrite_literal: rule.rewrite.hostname } : {}),
+      ...(rule.rewrite?.path ? pathRewrite(rule.rewrite.path, rule.match) : {}),
+      ...(retry ? { retry_policy: retry } : {}),
+    },
+  } as Route;
+}
+
+/**
+ * The routes of a caller's virtual host for one service port: the route rules in order (a request matching none
+ * gets Envoy's 404), or the one default route to the port; each with the retry in force on it.
+ */
+export function envoyRoutes(port: PortIR, features: RouteFeatures | undefined, opts: RetryOptions): Route[] {
+  if (features?.rules) return features.rules.map((rule) => ruleRoute(rule, features, opts));
+  const retry = features?.retry ? envoyRetryPolicy(features.retry.settings, opts) : undefined;
+  return [{ name: 'default', match: { prefix: '/' }, route: { cluster: port.cluster, timeout: NO_TIMEOUT, ...(retry ? { retry_policy: retry } : {}) } }];
+}
+
+export function outboundVirtualHost(service: ServiceIR, port: PortIR, callerNamespace: string, features: RouteFeatures | undefined, opts: RetryOptions, domains?: string[]): VirtualHost {
   return {
     name: outboundVirtualHostName(service.host),
     domains: domains ?? serviceDomains(service, port.dialPort, callerNamespace === service.namespace),
-    routes: [
-      {
-        name: 'default',
-        match: { prefix: '/' },
-        route: {
-          cluster: port.cluster,
-          timeout: NO_TIMEOUT,
-          ...(retry ? { retry_policy: retry } : {}),
-        },
-      },
-    ],
+    routes: envoyRoutes(port, features, opts),
   };
 }
 
 /**
  * The route configuration of one ClusterIP service port: its virtual host alone, matching any Host (the
  * listener already chose the destination, so a request to the ClusterIP by address is routed too), with the
- * caller's Retry for it. The same for every caller without one, whatever its namespace.
+ * caller's route features for it. The same for every caller without any, whatever its namespace.
  */
-export function serviceRoute(service: ServiceIR, port: PortIR, retry: RetryPolicy | undefined): RouteConfiguration {
-  return { name: serviceRouteName(service.host, port.dialPort), virtual_hosts: [outboundVirtualHost(service, port, service.namespace, retry, ['*'])] };
+export function serviceRoute(service: ServiceIR, port: PortIR, features: RouteFeatures | undefined): RouteConfiguration {
+  return { name: serviceRouteName(service.host, port.dialPort), virtual_hosts: [outboundVirtualHost(service, port, service.namespace, features, { proxyless: false }, ['*'])] };
 }
 
 /**

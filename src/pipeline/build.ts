@@ -8,8 +8,9 @@ import type { MeshIR, PortIR, ServiceIR } from '../compile/ir.js';
 import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener, serviceListener } from '../envoy/listeners.js';
-import { envoyRetryPolicy, inboundVirtualHost, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
-import type { RetryPolicy } from '../envoy/types.js';
+import { inboundVirtualHost, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
+import type { RouteFeatures } from '../compile/features.js';
+import { portKey } from '../compile/routes.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
 import { planOutbound, planProxy, portOf, serviceDomains, type ProxyPlan } from '../compile/plan.js';
@@ -386,16 +387,6 @@ export class SnapshotBuilder {
     return new Map([...ids].map(([c, set]) => [c, [...set].sort()]));
   }
 
-  /** The Envoy retry policy per destination service of a plan (none where the spec means no retries). */
-  private static retriesOf(plan: ProxyPlan): Map<string, RetryPolicy> {
-    const out = new Map<string, RetryPolicy>();
-    for (const [dst, spec] of Object.entries(plan.retries)) {
-      const policy = envoyRetryPolicy(spec, { proxyless: plan.kind === 'proxyless' });
-      if (policy) out.set(dst, policy);
-    }
-    return out;
-  }
-
   /**
    * A message encoded and validated once per distinct content, as field `fieldNo` of its parent
    * (0: the message itself, to be followed by more fields).
@@ -409,21 +400,22 @@ export class SnapshotBuilder {
   }
 
   /** A virtual host, encoded and validated once per distinct content. */
-  private virtualHost(entry: HttpPortGroup['entries'][number], callerNs: string, retry: RetryPolicy | undefined): Piece {
+  private virtualHost(entry: HttpPortGroup['entries'][number], callerNs: string, features: RouteFeatures | undefined, proxyless: boolean): Piece {
     const same = entry.service.namespace === callerNs;
-    // Without a Retry the virtual host depends only on whether the caller shares the namespace: kept on the entry.
-    if (!retry && entry.plain[same ? 1 : 0]) return entry.plain[same ? 1 : 0]!;
+    // Without features the virtual host depends only on whether the caller shares the namespace: kept on the entry.
+    if (!features && entry.plain[same ? 1 : 0]) return entry.plain[same ? 1 : 0]!;
     const make = (): Piece => {
       const bytes = encodeMessage(
         'envoy.config.route.v3.VirtualHost',
-        outboundVirtualHost(entry.service, entry.port, callerNs, retry),
+        outboundVirtualHost(entry.service, entry.port, callerNs, features, { proxyless }),
         `RDS ${outboundRouteName(entry.port.dialPort)} virtual host of ${entry.key}`,
       );
       return { bytes: lenField(2, bytes), hash: contentHash(bytes) };
     };
     const key = `vh|${entry.key}|${entry.port.dialPort}|${entry.port.cluster}|${same}`;
-    if (!retry) return (entry.plain[same ? 1 : 0] = this.pieces.get(key, make));
-    const retryKey = `${key}|${JSON.stringify(retry)}`;
+    if (!features) return (entry.plain[same ? 1 : 0] = this.pieces.get(key, make));
+    // Memo keys name everything a value is made of: the backends' clusters are in the features' key.
+    const retryKey = `${key}|${proxyless}|${features.key}`;
     let piece = this.retryHosts.get(retryKey);
     if (!piece) this.retryHosts.set(retryKey, (piece = make()));
     return piece;
@@ -434,19 +426,19 @@ export class SnapshotBuilder {
    * the same namespace share one; a caller with Retry policies gets that one with its few virtual hosts
    * replaced, at a cost that does not grow with the number of services.
    */
-  private outboundRoute(group: HttpPortGroup, callerNs: string, retries: Map<string, RetryPolicy>): Resource {
+  private outboundRoute(group: HttpPortGroup, callerNs: string, features: ReadonlyMap<string, RouteFeatures>, proxyless: boolean): Resource {
     const base = this.resources.get(`${ROUTE}|${group.sig}|${callerNs}`, () => {
       const name = outboundRouteName(group.port);
       checkVirtualHosts(
         name,
         group.entries.map((e) => ({ name: outboundVirtualHostName(e.service.host), domains: serviceDomains(e.service, e.port.dialPort, e.service.namespace === callerNs) })),
       );
-      return assembleResource(ROUTE, name, [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined))]);
+      return assembleResource(ROUTE, name, [group.namePiece, ...group.entries.map((e) => this.virtualHost(e, callerNs, undefined, false))]);
     });
     const overrides: [number, Piece][] = [];
-    for (const [svc, policy] of retries) {
-      const i = group.index.get(svc);
-      if (i !== undefined) overrides.push([i, this.virtualHost(group.entries[i], callerNs, policy)]);
+    for (const [at, f] of features) {
+      const i = group.index.get(at.slice(0, at.lastIndexOf(':')));
+      if (i !== undefined && portKey(group.entries[i].key, group.entries[i].port.port) === at) overrides.push([i, this.virtualHost(group.entries[i], callerNs, f, proxyless)]);
     }
     if (overrides.length === 0) return base;
     overrides.sort((a, b) => a[0] - b[0]);
@@ -466,12 +458,12 @@ export class SnapshotBuilder {
    * A ClusterIP service port's route configuration: one per content, shared by every caller with the same Retry
    * for it (most have none). Those with a Retry are kept only while published (`retain`), as route variants are.
    */
-  private serviceRoute(r: ServiceRoute, retry: RetryPolicy | undefined): Resource {
+  private serviceRoute(r: ServiceRoute, features: RouteFeatures | undefined): Resource {
     const key = `${ROUTE}|svc|${r.name}|${r.port.cluster}`;
-    if (!retry) return this.resources.get(key, () => resourceFromObject(ROUTE, serviceRoute(r.service, r.port, undefined)));
-    const retryKey = `${key}|${JSON.stringify(retry)}`;
+    if (!features) return this.resources.get(key, () => resourceFromObject(ROUTE, serviceRoute(r.service, r.port, undefined)));
+    const retryKey = `${key}|${features.key}`;
     let v = this.variants.get(retryKey);
-    if (!v) this.variants.set(retryKey, (v = { resource: resourceFromObject(ROUTE, serviceRoute(r.service, r.port, retry)), hosts: [] }));
+    if (!v) this.variants.set(retryKey, (v = { resource: resourceFromObject(ROUTE, serviceRoute(r.service, r.port, features)), hosts: [] }));
     this.using?.push(v);
     return v.resource;
   }
@@ -506,8 +498,8 @@ export class SnapshotBuilder {
     [ROUTE]: ({ plan, shared }) => {
       // Outbound: every HTTP port group's route configuration (a sidecar's: those its listeners name), with this
       // caller's retries; a sidecar's inbound routes besides.
-      const retries = SnapshotBuilder.retriesOf(plan);
-      const outbound = (plan.kind === 'proxyless' ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, retries));
+      const proxyless = plan.kind === 'proxyless';
+      const outbound = (proxyless ? shared.httpPorts : shared.sidecarHttpPorts).map((g) => this.outboundRoute(g, plan.namespace, plan.features, proxyless));
       if (plan.kind === 'proxyless') return TypeSet.of(ROUTE, outbound);
       const inbound = plan.inbound
         .filter(({ port }) => port.protocol === 'http')
@@ -522,9 +514,11 @@ export class SnapshotBuilder {
       // Retry for replaced by the chunk with its variant.
       const chunks = shared.serviceRouteChunks;
       const mine = new Map<number, Resource[]>();
-      for (const r of [...retries.keys()].flatMap((k) => shared.serviceRoutes.get(k) ?? [])) {
+      for (const [at, f] of plan.features) {
+        const r = shared.serviceRoutes.get(at.slice(0, at.lastIndexOf(':')))?.find((x) => portKey(x.key, x.port.port) === at);
+        if (!r) continue;
         const i = chunkOf(r.name, chunks.length);
-        mine.set(i, [...(mine.get(i) ?? []), this.serviceRoute(r, retries.get(r.key))]);
+        mine.set(i, [...(mine.get(i) ?? []), this.serviceRoute(r, f)]);
       }
       if (!mine.size) return TypeSet.chunked(ROUTE, chunks, own);
       return TypeSet.chunked(

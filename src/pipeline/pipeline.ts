@@ -9,6 +9,7 @@ import type { MeshState } from '../model/mesh.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
 import type { Snapshot } from '../xds/resources/snapshot.js';
 import { SnapshotBuilder } from './build.js';
+import { contentHash } from '../xds/resources/encode.js';
 import type { WorkloadCerts } from '../security/workload-certs.js';
 
 /** A turn of the event loop: what waits (health checks, ADS) is served. */
@@ -32,6 +33,8 @@ export class Pipeline {
   private state?: MeshState;
   private topology?: ReturnType<typeof compileTopologyOnly>;
   private retriesSig = new Map<string, string>();
+  /** What the mesh routes give every caller (producer routes), and each consumer namespace beyond that. */
+  private routesSig = { producer: '', consumers: new Map<string, string>() };
   ir?: MeshIR;
   lastReport?: BuildReport;
   /** Told of every new IR (the Kubernetes source writes Retry statuses from it). */
@@ -185,17 +188,24 @@ export class Pipeline {
     this.ir = ir;
     this.wantCerts();
 
-    // Which identities' retry policies changed: only their proxies need rebuilding when the topology did not.
+    // Which identities' route features changed (compile/features.ts reads the same tables): only their proxies need
+    // rebuilding when the topology did not. A Retry is per identity, a consumer route per namespace, a producer
+    // route concerns every caller.
     const sig = new Map<string, string>();
     for (const [id, m] of Object.entries(ir.retries)) sig.set(id, JSON.stringify(m));
     const touched = new Set<string>();
     for (const id of new Set([...sig.keys(), ...this.retriesSig.keys()])) if (sig.get(id) !== this.retriesSig.get(id)) touched.add(id);
     this.retriesSig = sig;
+    const routes = routesSignature(ir);
+    const producerChanged = routes.producer !== this.routesSig.producer;
+    const namespacesTouched = new Set<string>();
+    for (const ns of new Set([...routes.consumers.keys(), ...this.routesSig.consumers.keys()])) if (routes.consumers.get(ns) !== this.routesSig.consumers.get(ns)) namespacesTouched.add(ns);
+    this.routesSig = routes;
 
     const eager = new Set(this.builder.eagerKeys());
     const watched = new Set(this.cache.watchedKeys());
     const keys = new Set([...eager, ...watched, ...this.cache.keys()]);
-    const full = topologyChanged || flagChanged;
+    const full = topologyChanged || flagChanged || producerChanged;
     let rebuilt = 0;
     let changed = 0;
     const failed: { key: string; error: string }[] = [];
@@ -206,7 +216,8 @@ export class Pipeline {
       }
       // Its certificate is being issued: built when it is (`secretsChanged`).
       if (!this.builder.hasSecrets(key)) continue;
-      if (!full && this.cache.peek(key) && !touched.has(key.slice(key.indexOf(':') + 1))) continue;
+      const identity = key.slice(key.indexOf(':') + 1);
+      if (!full && this.cache.peek(key) && !touched.has(identity) && !namespacesTouched.has(identity.slice(0, identity.indexOf('/')))) continue;
       rebuilt++;
       try {
         if (this.cache.set(key, this.builder.build(key))) changed++;
@@ -226,4 +237,19 @@ export class Pipeline {
     this.onPolicies?.(ir);
     return report;
   }
+}
+
+/** The route table's signature: the producer routes of every port, and each consumer namespace's routes. */
+function routesSignature(ir: MeshIR): { producer: string; consumers: Map<string, string> } {
+  const producer: unknown[] = [];
+  const consumers = new Map<string, unknown[]>();
+  for (const [port, r] of Object.entries(ir.routes)) {
+    if (r.producer) producer.push([port, r.producer]);
+    for (const [ns, rules] of Object.entries(r.consumers ?? {})) {
+      let list = consumers.get(ns);
+      if (!list) consumers.set(ns, (list = []));
+      list.push([port, rules]);
+    }
+  }
+  return { producer: contentHash(JSON.stringify(producer)), consumers: new Map([...consumers].map(([ns, list]) => [ns, contentHash(JSON.stringify(list))])) };
 }
