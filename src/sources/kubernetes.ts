@@ -193,7 +193,7 @@ class Reflector {
     if (!this.absent) {
       this.log.info(
         { resource: this.def.kind, crd: this.def.optionalCrd, retryInMs: this.delay },
-        `the CRD ${this.def.optionalCrd} is not installed: the mesh is served without ${this.def.kind}s, which are picked up once it is`,
+        `the CRD ${this.def.optionalCrd} is not installed (or does not serve ${this.def.apiVersion}): the mesh is served without ${this.def.kind}s, which are picked up once it is`,
       );
     }
     this.absent = true;
