@@ -6,6 +6,7 @@
  * numbers change without a new mesh) and shortly after a proxy connects, leaves or answers an RDS response
  * (`Programmed`). A pass asked for while one runs is one more pass after it, however many were asked for.
  */
+import type { RouteKind } from '../model/mesh.js';
 import type * as k8s from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import type { MeshIR } from '../compile/ir.js';
@@ -14,7 +15,8 @@ import type { MeshAccount } from '../sources/kubernetes.js';
 import type { KubeObject } from '../sources/manifests.js';
 import { IdentitySecrets, type IdentitySecretsOptions } from './identities.js';
 import { LeaseElector } from './lease.js';
-import { RetryStatusWriter, type StatusBounds } from './retry-status.js';
+import { RetryStatusWriter, type StatusBounds, type StatusWriter } from './retry-status.js';
+import { RouteStatusWriter } from './route-status.js';
 import type { ObservedView } from '../observed/retries.js';
 import type { ProgrammedTracker } from './programmed.js';
 import type { ReplicaShares } from './replica-share.js';
@@ -25,7 +27,7 @@ export interface KubernetesWritersOptions {
   namespace: string;
   log: Logger;
   /** What the source holds: each Retry as last seen, and the mesh's service accounts. */
-  source: { retry(namespace: string, name: string): KubeObject | undefined; accounts(): MeshAccount[] };
+  source: { retry(namespace: string, name: string): KubeObject | undefined; route(kind: RouteKind, namespace: string, name: string): KubeObject | undefined; accounts(): MeshAccount[] };
   lease?: { name?: string; identity?: string; leaseSeconds?: number; retryMs?: number };
   /** mTLS: keep an identity Secret for every ServiceAccount of an enrolled namespace (issued from this CA). */
   identities?: Omit<IdentitySecretsOptions, 'kc' | 'log' | 'controlPlaneNamespace'>;
@@ -48,6 +50,8 @@ export class KubernetesWriters {
   readonly elector: LeaseElector;
   readonly identities?: IdentitySecrets;
   private readonly statuses: RetryStatusWriter;
+  /** Every kind's status writer, run in turn on each pass (the Retry's first). */
+  private readonly writers: StatusWriter[];
   private lastIr?: MeshIR;
   /** Status passes run one after another, so two quick rebuilds never race to write the same object. */
   private running?: Promise<void>;
@@ -68,6 +72,7 @@ export class KubernetesWriters {
       bounds: live?.bounds,
       now: live?.now,
     });
+    this.writers = [this.statuses, new RouteStatusWriter(o.kc, o.log, (kind, ns, name) => o.source.route(kind, ns, name), this.statuses.bucket, live?.now)];
     programmed?.changes(() => this.poke());
     this.elector = new LeaseElector({
       kc: o.kc,
@@ -79,7 +84,7 @@ export class KubernetesWriters {
       log: o.log,
       // The new holder writes what the mesh says now (its predecessor may have missed the last change).
       onChange: (leader) => {
-        this.statuses.leadership();
+        for (const w of this.writers) w.leadership();
         if (leader && this.lastIr) void this.pass();
       },
     });
@@ -135,7 +140,7 @@ export class KubernetesWriters {
           this.again = false;
           const ir = this.lastIr;
           if (!ir || !this.elector.leader) continue;
-          await this.statuses.write(ir, () => this.elector.leader && !this.stopped).catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
+          for (const w of this.writers) await w.write(ir, () => this.elector.leader && !this.stopped).catch((err) => this.o.log.warn({ err: (err as Error).message }, 'status writes failed'));
         }
       } finally {
         // In the same turn as the last look at `again`: a pass asked for after it starts a new run.
@@ -162,6 +167,7 @@ export class KubernetesWriters {
         identity: this.elector.identity,
         leader: this.elector.leader,
         writes: this.statuses.writes,
+        routeWrites: this.writers[1]!.writes,
         liveWrites: this.statuses.liveWrites,
         liveHeldBack: this.statuses.deferred,
         ...(this.o.live?.replicas ? { replicaShares: { asked: this.o.live.replicas.asked, answered: this.o.live.replicas.answered } } : {}),

@@ -202,8 +202,21 @@ function signature(status: unknown): string {
   return JSON.stringify({ ...s, observed: s.observed ?? undefined, conditions: asList(s.conditions).map((c) => ({ ...asMap(c), lastTransitionTime: undefined })) });
 }
 
+/**
+ * A kind's status writer (Retry, HTTPRoute/GRPCRoute): what the writers of outputs/kubernetes.ts run on every pass,
+ * one after another, through one token bucket. A new policy kind adds one.
+ */
+export interface StatusWriter {
+  /** Writes the statuses of this kind that differ; `leader` is asked before each write. */
+  write(ir: MeshIR, leader: () => boolean): Promise<void>;
+  /** Leadership changed: what was remembered as written may not be what the objects hold. */
+  leadership(): void;
+  /** Status writes that succeeded. */
+  readonly writes: number;
+}
+
 /** A token bucket of `rate` a second holding at most `burst`; `take` waits for a token. One taker at a time. */
-class TokenBucket {
+export class TokenBucket {
   private tokens: number;
   private at: number;
   constructor(
@@ -238,13 +251,14 @@ export interface RetryStatusWriterOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
-export class RetryStatusWriter {
+export class RetryStatusWriter implements StatusWriter {
   private readonly written = new Map<string, string>();
   /** Per policy: the live part this replica last wrote while leader, and when. */
   private readonly lastLive = new Map<string, { live: Live; at: number }>();
   private readonly bounds: StatusBounds;
   private readonly now: () => number;
-  private readonly bucket: TokenBucket;
+  /** Every status write of every kind's writer goes through it (`STATUS_BOUNDS.writesPerSecond`, `burst`). */
+  readonly bucket: TokenBucket;
   private leaderSince: number;
   /** Status writes (patches that succeeded), of them those that carried a new live part, and live changes held back by the rate. */
   writes = 0;
