@@ -43,9 +43,13 @@ export function routeParents(report: RouteReport, generation: number | undefined
   return [...others, ...ours].slice(0, MAX_PARENTS);
 }
 
-/** A parents list without transition times: what is compared and remembered. */
+/** JSON with every object's keys in order: the API server returns a custom object's fields sorted by name. */
+const canonical = (v: unknown): unknown =>
+  Array.isArray(v) ? v.map(canonical) : v !== null && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical((v as Fields)[k])])) : v;
+
+/** A parents list without transition times, whatever order its fields come in: what is compared and remembered. */
 function signature(parents: readonly unknown[]): string {
-  return JSON.stringify(parents.map((p) => ({ ...asMap(p), conditions: asList(asMap(p).conditions).map((c) => ({ ...asMap(c), lastTransitionTime: undefined })) })));
+  return JSON.stringify(canonical(parents.map((p) => ({ ...asMap(p), conditions: asList(asMap(p).conditions).map((c) => ({ ...asMap(c), lastTransitionTime: undefined })) }))));
 }
 
 export class RouteStatusWriter implements StatusWriter {
@@ -73,7 +77,8 @@ export class RouteStatusWriter implements StatusWriter {
       keys.add(key);
       const obj = this.current(report.kind, report.namespace, report.name);
       if (!obj) continue;
-      const parents = routeParents(report, obj.metadata?.generation, obj.status, this.now());
+      // The generation the report was made from (the source may already hold a newer one, not compiled yet).
+      const parents = routeParents(report, report.generation ?? obj.metadata?.generation, obj.status, this.now());
       const sig = signature(parents);
       if (signature(asList(asMap(obj.status).parents)) === sig || this.written.get(key) === `${obj.metadata?.resourceVersion}|${sig}`) continue;
       await this.bucket.take();
