@@ -9,6 +9,8 @@ import { compile } from '../compile/compile.js';
 import { specPitfalls } from '../compile/pitfalls.js';
 import { MONITORED_BY_LABEL } from '../model/mesh.js';
 import { parseRetrySpec } from '../policy/retry.js';
+import { parseRouteSpec } from '../compile/routes.js';
+import { ROUTE_KINDS, type RouteKind } from '../model/mesh.js';
 import { loadRetrySchema, type RetrySchemaCheck } from '../sources/crd.js';
 import { loadFileText } from '../sources/files.js';
 import { convertObjects, meshStateOf, objectLabel, SUPPORTED_KINDS, type Located } from '../sources/manifests.js';
@@ -76,6 +78,11 @@ function checkText(text: string, file: string, schema: RetrySchemaCheck): { rows
           continue;
         }
       }
+    } else if (ROUTE_KINDS.includes(object.kind as RouteKind)) {
+      // A route's semantic checks (what the CRD's schema cannot say: unsupported filters, regexes Envoy refuses, ...).
+      const faulted = new Set(problems.map((p) => p.field));
+      const ns = typeof object.metadata?.namespace === 'string' ? object.metadata.namespace : 'default';
+      for (const p of parseRouteSpec(object.kind as RouteKind, ns, object.spec).problems) if (!faulted.has(p.field)) problems.push(problem({ ...p, line: lineOf?.(p.field) }));
     } else if (problems.length === 0) continue;
     rows.push({ file, object: label, line: origin.line, valid: problems.length === 0, problems });
   }
@@ -89,10 +96,24 @@ function checkText(text: string, file: string, schema: RetrySchemaCheck): { rows
  */
 function conflicts(used: Located[], rows: Row[]): void {
   const { objects } = convertObjects(used);
-  if (!objects.retries.length) return;
+  if (!objects.retries.length && !objects.routes.length) return;
   const meshName = 'mesh-xds';
-  const namespaces = [...new Set(objects.retries.map((r) => r.namespace))].map((name) => ({ name, labels: { [MONITORED_BY_LABEL]: meshName } }));
+  const namespaces = [...new Set([...objects.retries, ...objects.routes, ...objects.services].map((r) => r.namespace))].map((name) => ({ name, labels: { [MONITORED_BY_LABEL]: meshName } }));
   const ir = compile(meshStateOf({ ...objects, namespaces }, meshName, { enableRetryPolicy: true }));
+  // Routes whose Services are in the files: what the server would write in their status (a route's parents and
+  // backends elsewhere are the cluster's to say).
+  if (objects.services.length) {
+    for (const r of ir.routeReports) {
+      const row = rows.find((x) => x.object === `${r.kind} ${r.namespace}/${r.name}`);
+      if (!row || r.problems.length) continue;
+      for (const parent of r.parents) {
+        for (const c of parent.conditions.filter((x) => x.status === 'False')) {
+          row.problems.push({ field: 'spec.parentRefs', ...(row.line ? { line: row.line } : {}), message: `${c.type === 'Accepted' ? '' : 'warning: '}the server sets ${c.type} False (${c.reason}) for parent ${parent.parentRef.namespace ?? r.namespace}/${parent.parentRef.name}: ${c.message}` });
+          if (c.type === 'Accepted') row.valid = false;
+        }
+      }
+    }
+  }
   const stamped = objects.retries.some((r) => r.creationTimestamp);
   const order = stamped ? '' : ' (the files give no creationTimestamp: the first by namespace/name wins here; in a cluster, the first created)';
   for (const p of ir.policies) {
@@ -146,7 +167,7 @@ export async function validateCommand(args: string[]): Promise<number> {
         ),
       ),
     );
-    if (rows.length === 0) process.stdout.write('no Retry objects found, and no problems\n');
+    if (rows.length === 0) process.stdout.write('no Retry or route objects found, and no problems\n');
   }
   return ok ? 0 : 1;
 }

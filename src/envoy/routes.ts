@@ -115,7 +115,10 @@ function ruleRoute(rule: RouteRuleIR, features: RouteFeatures, opts: RetryOption
  * gets Envoy's 404), or the one default route to the port; each with the retry in force on it.
  */
 export function envoyRoutes(port: PortIR, features: RouteFeatures | undefined, opts: RetryOptions): Route[] {
-  if (features?.rules) return features.rules.map((rule) => ruleRoute(rule, features, opts));
+  // The proxyless gRPC clients take only forwarding routes: grpc-js-xds NACKs a redirect or direct_response (measured
+  // in envoy-accepts), and fails on non_forwarding_action. A gRPC client cannot follow a redirect either. Those rules
+  // are left out of their routes (a request they would have answered goes on to the next rule that matches).
+  if (features?.rules) return features.rules.filter((rule) => !opts.proxyless || (!rule.redirect && rule.backends.length)).map((rule) => ruleRoute(rule, features, opts));
   const retry = features?.retry ? envoyRetryPolicy(features.retry.settings, opts) : undefined;
   return [{ name: 'default', match: { prefix: '/' }, route: { cluster: port.cluster, timeout: NO_TIMEOUT, ...(retry ? { retry_policy: retry } : {}) } }];
 }

@@ -1,0 +1,164 @@
+/**
+ * Gateway API mesh routes, in process: what the spec refuses (with the field), the Gateway API's precedence, producer
+ * and consumer routes, the seam's precedence between a Retry and a route, which proxies a route edit rebuilds, and
+ * what `validate` and `policy explain -f` say about routes. Their Envoy output is pinned by the golden case `routes`
+ * (IR and xDS stages) and judged by a real Envoy in envoy-accepts and envoy-routes.
+ */
+import path from 'node:path';
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import { compile } from '../src/compile/compile.js';
+import { featuresFor, retryOnRoute } from '../src/compile/features.js';
+import { parseRouteSpec } from '../src/compile/routes.js';
+import type { MeshState, RouteObject } from '../src/model/mesh.js';
+import { Pipeline } from '../src/pipeline/pipeline.js';
+import { SnapshotCache } from '../src/xds/resources/cache.js';
+import { cli } from './helpers/cli.js';
+import { loadMesh } from './helpers/mesh.js';
+
+const ROUTES_INPUT = path.join(import.meta.dirname, 'golden', 'routes', 'input.yaml');
+
+const route = (namespace: string, name: string, spec: unknown, created = '2026-12-01T00:00:00Z'): RouteObject => ({ kind: 'HTTPRoute', namespace, name, creationTimestamp: created, generation: 1, spec });
+const toHttpbin = { parentRefs: [{ group: '', kind: 'Service', name: 'httpbin', namespace: 'httpbin' }] };
+const backend = [{ name: 'httpbin', namespace: 'httpbin', port: 14001 }];
+
+describe('HTTPRoute spec', () => {
+  it('refuses what Envoy or the spec cannot take, naming each field', () => {
+    const { problems } = parseRouteSpec('HTTPRoute', 'httpbin', {
+      ...toHttpbin,
+      rules: [
+        {
+          matches: [{ path: { type: 'RegularExpression', value: '(?=x)' } }, { path: { type: 'PathPrefix', value: 'no-slash' } }, { headers: [{ name: 'bad header', value: 'x' }] }],
+          filters: [{ type: 'RequestMirror' }, { type: 'RequestHeaderModifier', requestHeaderModifier: { set: [{ name: 'Host', value: 'x' }] } }],
+          timeouts: { request: '1s', backendRequest: '2s' },
+          retry: { codes: [200, 503], attempts: -1, backoff: '1.5s' },
+          extra: true,
+        },
+      ],
+    });
+    expect(problems.map((p) => p.field).sort()).toEqual(
+      [
+        'spec.rules[0].extra',
+        'spec.rules[0].matches[0].path.value',
+        'spec.rules[0].matches[1].path.value',
+        'spec.rules[0].matches[2].headers[0].name',
+        'spec.rules[0].filters[0].type',
+        'spec.rules[0].filters[1].requestHeaderModifier.set[0].name',
+        'spec.rules[0].timeouts.backendRequest',
+        'spec.rules[0].retry.codes[0]',
+        'spec.rules[0].retry.attempts',
+        'spec.rules[0].retry.backoff',
+      ].sort(),
+    );
+    expect(problems.find((p) => p.field === 'spec.rules[0].filters[0].type')!.message).toMatch(/RequestMirror is not supported/);
+  });
+
+  it('takes the defaults of the spec: PathPrefix /, weight 1, attempts 1, a GRPCRoute method as its path', () => {
+    const http = parseRouteSpec('HTTPRoute', 'httpbin', { ...toHttpbin, rules: [{ backendRefs: backend, retry: { codes: [503] } }] });
+    expect(http.problems).toEqual([]);
+    expect(http.spec.rules[0]!.matches).toEqual([{ path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] }]);
+    expect(http.spec.rules[0]!.retry).toEqual({ codes: [503], attempts: 1 });
+    expect(http.spec.rules[0]!.backends[0]!.weight).toBe(1);
+    const grpc = parseRouteSpec('GRPCRoute', 'httpbin', { ...toHttpbin, rules: [{ matches: [{ method: { service: 'a.B', method: 'C' } }, { method: { service: 'a.B' } }, { method: { method: 'C' } }] }] });
+    expect(grpc.problems).toEqual([]);
+    expect(grpc.spec.rules[0]!.matches.map((m) => m.path)).toEqual([
+      { type: 'Exact', value: '/a.B/C' },
+      { type: 'PathPrefix', value: '/a.B' },
+      { type: 'RegularExpression', value: '/[^/]+/C' },
+    ]);
+  });
+});
+
+describe('mesh routes', () => {
+  const mesh = (routes: RouteObject[]): MeshState => ({ ...loadMesh('guide'), routes });
+
+  it('orders rules as the Gateway API says, across routes: exact, then the longest prefix, then more headers; then the oldest route', () => {
+    const ir = compile(
+      mesh([
+        route('httpbin', 'b-newer', { ...toHttpbin, rules: [{ matches: [{ path: { type: 'PathPrefix', value: '/a' } }], backendRefs: backend }] }, '2026-12-02T00:00:00Z'),
+        route('httpbin', 'a-older', {
+          ...toHttpbin,
+          rules: [
+            { matches: [{ path: { type: 'PathPrefix', value: '/a' } }], backendRefs: backend },
+            { matches: [{ path: { type: 'PathPrefix', value: '/a/b' } }], backendRefs: backend },
+            { matches: [{ path: { type: 'Exact', value: '/a' } }], backendRefs: backend },
+            { matches: [{ path: { type: 'PathPrefix', value: '/a' }, headers: [{ name: 'x', value: '1' }] }], backendRefs: backend },
+          ],
+        }),
+      ]),
+    );
+    const rules = ir.routes['httpbin/httpbin:14001']!.producer!;
+    expect(rules.map((r) => `${r.from} ${r.rule}`)).toEqual(['HTTPRoute httpbin/a-older 2', 'HTTPRoute httpbin/a-older 1', 'HTTPRoute httpbin/a-older 3', 'HTTPRoute httpbin/a-older 0', 'HTTPRoute httpbin/b-newer 0']);
+  });
+
+  it("gives a consumer route to its namespace's callers only, in place of the producer route; a Retry naming the caller wins on retries", () => {
+    const ir = compile(
+      mesh([
+        route('httpbin', 'producer', { ...toHttpbin, rules: [{ backendRefs: backend, retry: { codes: [503], attempts: 2 } }] }),
+        route('curl', 'consumer', { ...toHttpbin, rules: [{ backendRefs: backend, timeouts: { request: '3s' } }] }),
+        route('httpbin', 'ignored', { parentRefs: [{ name: 'some-gateway' }], rules: [{ backendRefs: backend }] }),
+      ]),
+    );
+    expect(ir.routeReports.map((r) => `${r.namespace}/${r.name}`)).toEqual(['curl/consumer', 'httpbin/producer']);
+    const curl = featuresFor(ir, 'curl/curl', 'curl').get('httpbin/httpbin:14001')!;
+    expect(curl.rules!.map((r) => r.from)).toEqual(['HTTPRoute curl/consumer']);
+    // The guide's Retry names curl/curl: its retry is on the consumer route too.
+    expect(retryOnRoute(curl, curl.rules![0])!.from).toBe('Retry curl/retry');
+    const httpbin = featuresFor(ir, 'httpbin/httpbin', 'httpbin').get('httpbin/httpbin:14001')!;
+    expect(httpbin.rules!.map((r) => r.from)).toEqual(['HTTPRoute httpbin/producer']);
+    expect(retryOnRoute(httpbin, httpbin.rules![0])).toEqual({ from: 'HTTPRoute httpbin/producer', settings: expect.objectContaining({ numRetries: 2, retriableStatusCodes: [503] }) });
+  });
+
+  it('reports parents as the spec says: a parent that is not in the mesh, a backend in a third namespace, a missing port', () => {
+    const ir = compile(
+      mesh([
+        route('httpbin', 'nowhere', { parentRefs: [{ group: '', kind: 'Service', name: 'nope' }], rules: [{ backendRefs: backend }] }),
+        route('curl', 'third', { ...toHttpbin, rules: [{ backendRefs: [{ name: 'x', namespace: 'elsewhere', port: 80 }] }] }),
+        route('httpbin', 'port', { parentRefs: [{ group: '', kind: 'Service', name: 'httpbin', port: 9 }], rules: [{ backendRefs: backend }] }),
+      ]),
+    );
+    const reasons = Object.fromEntries(ir.routeReports.map((r) => [r.name, r.parents[0]!.conditions.map((c) => `${c.type}=${c.status}:${c.reason}`)]));
+    expect(reasons).toEqual({
+      nowhere: ['Accepted=False:NoMatchingParent', 'ResolvedRefs=True:ResolvedRefs'],
+      third: ['Accepted=True:Accepted', 'ResolvedRefs=False:RefNotPermitted'],
+      port: ['Accepted=False:NoMatchingParent', 'ResolvedRefs=True:ResolvedRefs'],
+    });
+  });
+
+  it('rebuilds for a consumer route edit only the proxies of its namespace; for a producer route, every proxy', () => {
+    const cache = new SnapshotCache();
+    const pipeline = new Pipeline(cache, pino({ level: 'silent' }));
+    const base = loadMesh('routes');
+    pipeline.update(base);
+    const before = new Map([...cache.keys()].map((k) => [k, cache.peek(k)!.version]));
+    const edit = (name: string, f: (spec: any) => any): MeshState => ({ ...base, routes: base.routes.map((r) => (r.name === name ? { ...r, spec: f(structuredClone(r.spec)) } : r)) });
+    const consumer = pipeline.update(edit('httpbin-from-shop', (s) => ((s.rules[0].timeouts.request = '4s'), s)));
+    const changed = [...cache.keys()].filter((k) => cache.peek(k)!.version !== before.get(k));
+    expect(changed).toEqual(['sidecar:shop/shop']);
+    expect(consumer.rebuilt).toBe(1);
+    const producer = pipeline.update(edit('httpbin', (s) => ((s.rules[0].retry.attempts = 4), s)));
+    expect(producer.rebuilt).toBe([...cache.keys()].length);
+  });
+});
+
+describe('validate and policy explain -f read routes', () => {
+  it('validate names the unsupported filter and the missing backend; explain says which policy set each field', async () => {
+    const v = await cli(['validate', '-f', ROUTES_INPUT]);
+    expect(v.code).toBe(1);
+    expect(v.stdout).toMatch(/HTTPRoute shop\/mirror .*filter RequestMirror is not supported/);
+    expect(v.stdout).toMatch(/HTTPRoute curl\/curl .*warning: the server sets ResolvedRefs False \(BackendNotFound\)/);
+    expect(v.stdout).toMatch(/HTTPRoute httpbin\/httpbin +valid/);
+
+    const e = await cli(['policy', 'explain', '--from', 'curl/curl', '--to', 'httpbin/httpbin', '-f', ROUTES_INPUT, '-o', 'json']);
+    expect(e.code).toBe(0);
+    const json = JSON.parse(e.stdout);
+    expect(json.why).toMatch(/Retry curl\/retry applies.*routes from HTTPRoute httpbin\/httpbin/);
+    const routes = json.fields[0].routes;
+    expect(routes[0]).toEqual({ route: 'HTTPRoute httpbin/httpbin rule retry-503', match: 'Exact /status/503', setBy: { route: 'HTTPRoute httpbin/httpbin', retry: 'Retry curl/retry', timeout: null } });
+    expect(json.candidates[0].warnings.map((w: any) => w.condition)).toContain('Pitfall');
+
+    const other = JSON.parse((await cli(['policy', 'explain', '--from', 'curl/client', '--to', 'httpbin/httpbin', '-f', ROUTES_INPUT, '-o', 'json'])).stdout);
+    expect(other.fields[0].routes[0].setBy.retry).toBe('HTTPRoute httpbin/httpbin');
+    expect(other.fields[0].routes.find((r: any) => r.match.startsWith('RegularExpression')).setBy.timeout).toBe('HTTPRoute httpbin/httpbin');
+  });
+});
