@@ -20,7 +20,8 @@ const EDIT_MS = 20_000;
 
 /**
  * The producer route: /status retries a 503 (only) twice, 100 ms apart; `x-version: v2` goes to httpbin-v2, which
- * says so in a response header; everything else to httpbin.
+ * says so in a response header; `x-canary: yes` to httpbin-v2 by weight (httpbin's is 0); a redirect, two rewrites, a
+ * request timeout; everything else to httpbin.
  */
 const PRODUCER = `
 apiVersion: gateway.networking.k8s.io/v1
@@ -35,6 +36,19 @@ spec:
     - matches: [{ headers: [{ name: x-version, value: v2 }] }]
       filters: [{ type: ResponseHeaderModifier, responseHeaderModifier: { set: [{ name: X-Backend, value: v2 }] } }]
       backendRefs: [{ name: httpbin-v2, port: ${PORT} }]
+    - matches: [{ headers: [{ name: x-canary, value: "yes" }] }]
+      backendRefs: [{ name: httpbin, port: ${PORT}, weight: 0 }, { name: httpbin-v2, port: ${PORT}, weight: 1 }]
+    - matches: [{ path: { type: PathPrefix, value: /old-site } }]
+      filters: [{ type: RequestRedirect, requestRedirect: { scheme: https, hostname: example.com, statusCode: 301, path: { type: ReplaceFullPath, replaceFullPath: /new-site } } }]
+    - matches: [{ path: { type: PathPrefix, value: /strip } }]
+      filters: [{ type: URLRewrite, urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: / } } }]
+      backendRefs: [{ name: httpbin, port: ${PORT} }]
+    - matches: [{ path: { type: PathPrefix, value: /anything/old/ } }]
+      filters: [{ type: URLRewrite, urlRewrite: { hostname: httpbin.internal, path: { type: ReplacePrefixMatch, replacePrefixMatch: /anything/new } } }]
+      backendRefs: [{ name: httpbin, port: ${PORT} }]
+    - matches: [{ path: { type: PathPrefix, value: /delay } }]
+      backendRefs: [{ name: httpbin, port: ${PORT} }]
+      timeouts: { request: 500ms }
     - backendRefs: [{ name: httpbin, port: ${PORT} }]
 `;
 
@@ -175,6 +189,28 @@ describe.skipIf(sandboxMissing.length > 0)('Gateway API mesh routes with real En
     await servedExactly(withHeader, { httpbin: 0, 'httpbin-v2': 1 });
     await servedExactly(without, { httpbin: 1, 'httpbin-v2': 0 });
     expect((await counter(other, V2_CLUSTER, 'upstream_rq_total')) - v2Before).toBe(1);
+  }, 60_000);
+
+  it('a backend of weight 0 gets nothing; a redirect, path and host rewrites and a request timeout do what the route says', async () => {
+    const canary = tag();
+    for (let i = 0; i < 3; i++) expect((await call(other, `/anything/${canary}`, { 'x-canary': 'yes' })).status).toBe(200);
+    await servedExactly(canary, { httpbin: 0, 'httpbin-v2': 3 });
+    const moved = await call(other, '/old-site/page?q=1');
+    expect([moved.status, moved.headers.location]).toEqual([301, 'https://example.com/new-site?q=1']);
+    const url = async (path: string): Promise<[number, string, string]> => {
+      const a = await call(other, path);
+      const echo = JSON.parse(a.body);
+      return [a.status, echo.url, echo.headers.Host];
+    };
+    expect(await url('/strip/anything/x?q=1')).toEqual([200, `http://${HTTPBIN}/anything/x?q=1`, HTTPBIN]);
+    expect(await url('/anything/old/x')).toEqual([200, 'http://httpbin.internal/anything/new/x', 'httpbin.internal']);
+    // A prefix matches whole segments: /anything/oldx is not under /anything/old/.
+    expect(await url('/anything/oldx')).toEqual([200, `http://${HTTPBIN}/anything/oldx`, HTTPBIN]);
+    // httpbin answers /delay/1 after a second: the route's 500 ms are up first (Envoy's 504). Last: httpbin's one
+    // worker is busy with it for a second more.
+    const late = await call(other, '/delay/1');
+    expect([late.status, late.body]).toEqual([504, 'upstream request timeout']);
+    expect(await counter(other, CLUSTER, 'upstream_rq_timeout')).toBe(1);
   }, 60_000);
 
   it("an FSM Retry naming the caller wins over the route's retry (4 retries of any 5xx, not 2 of a 503); the route's matches stay", async () => {
