@@ -9,7 +9,7 @@
  * anything but its own scripts.
  * UI_SCREENSHOTS=1 writes the screenshots docs/operating.md shows into docs/ui/.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -111,6 +111,41 @@ describe.skipIf(browserMissing.length > 0)('the page (/ui) in a real browser', (
     expect(await page.getAttribute('#tab-policies', 'aria-selected')).toBe('true');
     expect(await page.evaluate(() => location.hash)).toBe('#policies/curl/retry');
     await shot(page, 'policy');
+    expect((page as unknown as { errors: string[] }).errors).toEqual([]);
+    await page.close();
+  });
+
+  it('shows each mesh route with its status per Service parent and where it applies, live', async () => {
+    const page = await open(demo.debug, '#policies');
+    const file = path.join(demo.dir, 'route.yaml');
+    writeFileSync(
+      file,
+      [
+        'apiVersion: gateway.networking.k8s.io/v1',
+        'kind: HTTPRoute',
+        'metadata: { name: httpbin, namespace: httpbin }',
+        'spec:',
+        '  parentRefs: [{ group: "", kind: Service, name: httpbin }]',
+        '  rules:',
+        '    - backendRefs: [{ name: httpbin, port: 14001 }]',
+        '      retry: { codes: [503], attempts: 2 }',
+        '    - matches: [{ path: { value: /gone } }]',
+        '      backendRefs: [{ name: missing, port: 80 }]',
+        '',
+      ].join('\n'),
+    );
+    try {
+      await page.waitForSelector('#routes tbody tr[data-key="HTTPRoute httpbin/httpbin"]', { timeout: 5_000 });
+      const row = (await page.textContent('#routes tbody tr[data-key="HTTPRoute httpbin/httpbin"]'))!;
+      expect(row).toContain('httpbin/httpbin Accepted');
+      expect(row).toContain('ResolvedRefs: BackendNotFound');
+      expect(row).toContain('httpbin/httpbin:14001 (every caller)');
+      expect(row).toContain('Service httpbin/missing is not in the mesh');
+      expect(await page.textContent('#count-policies')).toBe('(2)');
+    } finally {
+      rmSync(file, { force: true });
+    }
+    await page.waitForFunction(() => document.querySelector('#routes')!.hasAttribute('hidden'), null, { timeout: 5_000 });
     expect((page as unknown as { errors: string[] }).errors).toEqual([]);
     await page.close();
   });

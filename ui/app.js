@@ -23,7 +23,7 @@
   };
 
   // `observed`: /debug/retries, what the sidecars counted per Retry and per Retry edge (null: not known yet).
-  const state = { mesh: null, policies: [], proxies: [], amp: { paths: [] }, observed: null, observedError: null, query: '', policy: null, proxy: null };
+  const state = { mesh: null, policies: [], routes: [], proxies: [], amp: { paths: [] }, observed: null, observedError: null, query: '', policy: null, proxy: null };
   /** What the tests read: the state, the graph, and counters of loads and renders. */
   const ui = (window.meshUi = { state, cy: null, loads: 0, renders: 0, firstRenderMs: null, observedLoads: 0 });
 
@@ -77,6 +77,7 @@
     mark('meshIn');
     state.mesh = mesh;
     state.policies = policies.policies;
+    state.routes = policies.routes ?? [];
     state.amp = amp;
     ui.loads++;
     renderGraph();
@@ -424,7 +425,7 @@
   const stale = { policies: true, proxies: true, proxiesData: false };
 
   function renderPolicies() {
-    $('#count-policies').textContent = `(${state.policies.length})`;
+    $('#count-policies').textContent = `(${state.policies.length + state.routes.length})`;
     stale.policies = !shown('policies');
     if (stale.policies) return;
     const rows = state.policies.map((p) => {
@@ -442,6 +443,21 @@
       );
     });
     $('#policies tbody').replaceChildren(...rows);
+    // The Gateway API mesh routes: each Service parent with its two conditions, and where the rules apply (producer:
+    // every caller; a namespace: its callers only).
+    $('#routes').hidden = state.routes.length === 0;
+    $('#routes tbody').replaceChildren(
+      ...state.routes.map((r) =>
+        el(
+          'tr',
+          { 'data-key': `${r.kind} ${r.namespace}/${r.name}` },
+          el('td', {}, `${r.kind} ${r.namespace}/${r.name}`),
+          el('td', {}, ...r.parents.map((p) => el('div', { class: 'parent' }, `${p.parentRef.namespace ?? r.namespace}/${p.parentRef.name}${p.parentRef.port ? `:${p.parentRef.port}` : ''} `, ...p.conditions.map((c) => el('span', { class: `badge ${c.status === 'True' ? 'Accepted' : 'Invalid'}`, title: c.message }, c.status === 'True' ? c.type : `${c.type}: ${c.reason}`))))),
+          el('td', {}, r.attached.map((a) => `${a.port} (${a.audience === 'producer' ? 'every caller' : `callers in ${a.audience}`})`).join(', ')),
+          el('td', {}, r.problems.length || r.parents.some((p) => p.conditions.some((c) => c.status !== 'True')) ? el('ul', { class: 'problems' }, [...r.problems.map((x) => el('li', {}, el('span', { class: 'field' }, x.field), `: ${x.message}`)), ...r.parents.flatMap((p) => p.conditions.filter((c) => c.status !== 'True').map((c) => el('li', {}, el('span', { class: 'field' }, c.type), `: ${c.message}`)))]) : ''),
+        ),
+      ),
+    );
     applySearch();
     if (state.policy) renderPolicyDetail();
   }
@@ -599,7 +615,7 @@
 
   function applySearch() {
     const q = state.query;
-    for (const tr of document.querySelectorAll('#policies tbody tr, #proxies tbody tr')) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
+    for (const tr of document.querySelectorAll('#policies tbody tr, #routes tbody tr, #proxies tbody tr')) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
     const cy = ui.cy;
     if (!cy) return;
     cy.batch(() => {

@@ -41,7 +41,7 @@ export interface DebugSources {
 const ENDPOINTS: Record<string, string> = {
   '/debug/proxies': 'every connected proxy: identity, stream, and per type the version sent, ACKed, last NACK and state',
   '/debug/config_dump?proxy=<node id>': "a proxy's resources as Envoy's /config_dump prints them (also ?namespace=&serviceAccount=[&kind=proxyless])",
-  '/debug/policies': 'every Retry with its status, and for accepted ones the identities, services and Envoy retry_policy',
+  '/debug/policies': 'every Retry with its status, and for accepted ones the identities, services and Envoy retry_policy; every HTTPRoute and GRPCRoute with a Service parent, its status per parent and the service ports it attaches to',
   '/debug/explain?from=<ns>/<sa>&to=<ns>/<svc>': 'which Retry applies from an identity to a service, and the routes it yields',
   '/ui': 'the page for people: the mesh as a graph with its Retries and worst call paths, policies, proxies and their sync state, live',
   '/debug/events': 'server-sent events telling an open page what changed (mesh, proxies)',
@@ -307,7 +307,8 @@ export class DebugServer {
       case '/debug/proxies':
         return this.json(res, 200, { proxies: sortProxies(src.registry.connections).map((c) => c.view()) });
       case '/debug/policies':
-        return this.json(res, 200, { policies: policiesView(src.ir()) });
+        // The Retries, and the Gateway API mesh routes with their status per Service parent.
+        return this.json(res, 200, { policies: policiesView(src.ir()), routes: src.ir()?.routeReports ?? [] });
       case '/debug/mesh': {
         const ir = src.ir();
         return this.json(res, 200, {
