@@ -68,6 +68,12 @@ export const IMAGES: Record<string, LocalImage> = {
   'curlimages/curl': { entrypoint: ['curl'] },
   // The control plane, from this checkout (Dockerfile: ENTRYPOINT node bin/mesh-xds.js).
   'mesh-xds': { entrypoint: ['node', 'bin/mesh-xds.js'], programs: { node: process.execPath }, asRoot: true, clusterAccess: true },
+  // The Gateway API mesh conformance suite's echo (Istio's echo app: ENTRYPOINT server; the suite execs `client`):
+  // sandbox/echo, answering and printing what the suite parses (docs/conformance/README.md).
+  'registry.k8s.io/gateway-api/conformance/echo-advanced': {
+    entrypoint: ['server'],
+    programs: { server: packagePath('sandbox/echo/server.mjs'), client: packagePath('sandbox/echo/client.mjs') },
+  },
 };
 
 const imageName = (image: string): string => image.replace(/@.*$/, '').replace(/:[^/:]*$/, '');
@@ -397,6 +403,8 @@ export class SandboxNode {
     if (cmd === 'envoy') cmd = envoyForSidecars();
     const extra: NodeJS.ProcessEnv = {};
     if (image.clusterAccess) extra.KUBECONFIG = path.join(r.dir, 'kubeconfig');
+    // As a container runtime does: HOSTNAME is the pod's hostname (the echo server reports it).
+    extra.HOSTNAME = r.spec.hostname ?? r.name;
     const uid = image.asRoot ? undefined : (c.securityContext?.runAsUser ?? r.spec.securityContext?.runAsUser);
     return { cmd, args: words.slice(1), uid, env: { ...this.localize(r, env as Record<string, string>), ...extra }, cwd: image.clusterAccess ? packagePath('.') : undefined };
   }
