@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { compile } from '../src/compile/compile.js';
 import { featuresFor, retryOnRoute } from '../src/compile/features.js';
 import { parseRouteSpec } from '../src/compile/routes.js';
+import { envoyRoutes } from '../src/envoy/routes.js';
 import type { MeshState, RouteObject } from '../src/model/mesh.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
@@ -99,7 +100,8 @@ describe('mesh routes', () => {
         route('httpbin', 'ignored', { parentRefs: [{ name: 'some-gateway' }], rules: [{ backendRefs: backend }] }),
       ]),
     );
-    expect(ir.routeReports.map((r) => `${r.namespace}/${r.name}`)).toEqual(['curl/consumer', 'httpbin/producer']);
+    // A route of another controller (a Gateway parent) is reported with no parents: nothing of ours in its status.
+    expect(ir.routeReports.map((r) => `${r.namespace}/${r.name} ${r.parents.length}`)).toEqual(['curl/consumer 1', 'httpbin/ignored 0', 'httpbin/producer 1']);
     const curl = featuresFor(ir, 'curl/curl', 'curl').get('httpbin/httpbin:14001')!;
     expect(curl.rules!.map((r) => r.from)).toEqual(['HTTPRoute curl/consumer']);
     // The guide's Retry names curl/curl: its retry is on the consumer route too.
@@ -107,6 +109,21 @@ describe('mesh routes', () => {
     const httpbin = featuresFor(ir, 'httpbin/httpbin', 'httpbin').get('httpbin/httpbin:14001')!;
     expect(httpbin.rules!.map((r) => r.from)).toEqual(['HTTPRoute httpbin/producer']);
     expect(retryOnRoute(httpbin, httpbin.rules![0])).toEqual({ from: 'HTTPRoute httpbin/producer', settings: expect.objectContaining({ numRetries: 2, retriableStatusCodes: [503] }) });
+  });
+
+  it("sends an unresolved backend's share of a split to 500s on a sidecar; a proxyless client gets the resolved ones only", () => {
+    const ir = compile(mesh([route('httpbin', 'split', { ...toHttpbin, rules: [{ backendRefs: [...backend, { name: 'missing', port: 80 }] }, { matches: [{ path: { value: '/r' } }], filters: [{ type: 'RequestRedirect', requestRedirect: { hostname: 'example.com' } }] }] })]));
+    const service = ir.services.find((s) => s.name === 'httpbin')!;
+    const features = featuresFor(ir, 'curl/other', 'curl').get('httpbin/httpbin:14001');
+    const [redirect, split] = envoyRoutes(service.ports[0]!, features, { proxyless: false }) as any[];
+    expect(split.route.weighted_clusters.clusters).toEqual([
+      { name: 'httpbin/httpbin|14001', weight: { value: 1 } },
+      { name: 'mesh-xds|invalid-backend', weight: { value: 1 } },
+    ]);
+    expect(split.route.cluster_not_found_response_code).toBe('INTERNAL_SERVER_ERROR');
+    // A redirect naming only a host keeps the Service port (the listener's, for a mesh route).
+    expect(redirect.redirect).toEqual({ host_redirect: 'example.com', port_redirect: 14001, response_code: 'FOUND' });
+    expect(envoyRoutes(service.ports[0]!, features, { proxyless: true }).map((r: any) => r.route?.cluster)).toEqual(['httpbin/httpbin|14001']);
   });
 
   it('reports parents as the spec says: a parent that is not in the mesh, a backend in a third namespace, a missing port', () => {

@@ -77,7 +77,8 @@
     mark('meshIn');
     state.mesh = mesh;
     state.policies = policies.policies;
-    state.routes = policies.routes ?? [];
+    // Routes of other controllers only (Gateway parents) are not the mesh's.
+    state.routes = (policies.routes ?? []).filter((r) => r.parents.length);
     state.amp = amp;
     ui.loads++;
     renderGraph();

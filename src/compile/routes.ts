@@ -67,10 +67,17 @@ export interface BackendIR {
   /** `ns/name` of the Service. */
   readonly service: string;
   readonly port: number;
-  /** Its Envoy cluster (`ns/name|targetPort`). */
+  /** Its Envoy cluster (`ns/name|targetPort`); INVALID_BACKEND for a backend that did not resolve. */
   readonly cluster: string;
   readonly weight: number;
 }
+
+/**
+ * The cluster name of a backend that did not resolve: no cluster has it, so Envoy answers the requests its weight
+ * sends there with the route's cluster_not_found_response_code (500, as the Gateway API says: "if two backends are
+ * specified with equal weights, and one is invalid, 50 percent of traffic must receive a 500").
+ */
+export const INVALID_BACKEND = 'mesh-xds|invalid-backend';
 
 /** A route's `retry` (GEP-1731): the status codes, the retries after the first try, the base backoff. */
 export interface RouteRetryIR {
@@ -91,7 +98,7 @@ export interface RouteRuleIR {
   readonly responseHeaders?: HeaderOpsIR;
   readonly redirect?: RedirectIR;
   readonly rewrite?: RewriteIR;
-  /** Where it forwards (weights as written); none: a 500, the backends being unresolved (ResolvedRefs False). */
+  /** Where it forwards (weights as written, unresolved ones to INVALID_BACKEND); none: a 500. */
   readonly backends: readonly BackendIR[];
   /** `timeouts.request`: all tries together (0: none). */
   readonly timeout?: Duration;
@@ -124,7 +131,7 @@ export interface RouteReport {
   readonly namespace: string;
   readonly name: string;
   readonly generation?: number;
-  /** Only the Service parents (a Gateway parent is another controller's). */
+  /** Only the Service parents (a Gateway parent is another controller's); none: a route that is not (or no longer) ours. */
   readonly parents: readonly ParentReport[];
   readonly problems: readonly Problem[];
   /** `ns/name:port` of each service port it attaches to; `producer` or the consumer namespace. */
@@ -541,7 +548,12 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
     const { spec, problems } = parseRouteSpec(route.kind, route.namespace, route.spec);
     const located = problems.map((p) => ({ ...p, ...(route.origin ? { line: lineOfField(route.origin, p.field) } : {}) }));
     const ours = spec.parents.filter((p) => !p.foreign);
-    if (!ours.length) continue;
+    // Another controller's route (Gateway parents only): reported with no parents, so that an entry of ours left
+    // from when it named a Service is taken out of its status.
+    if (!ours.length) {
+      reports.push({ kind: route.kind, namespace: route.namespace, name: route.name, generation: route.generation, parents: [], problems: [], attached: [] });
+      continue;
+    }
     const parents: ParentReport[] = [];
     const attached: { port: string; audience: string }[] = [];
     const rules = problems.length ? [] : resolveRules(route, spec, byKey);
@@ -595,26 +607,20 @@ function resolveRules(route: RouteObject, spec: RouteSpec, services: Map<string,
     const backends: BackendIR[] = [];
     for (const b of rule.backends) {
       const key = `${b.namespace}/${b.name}`;
-      if (!((b.group === '' || b.group === 'core') && b.kind === 'Service')) {
-        unresolved.push({ reason: 'InvalidKind', message: `${b.field}: kind ${b.group ? `${b.group}/` : ''}${b.kind} is not supported (only Service)` });
-        continue;
-      }
-      // Without ReferenceGrant: a backend in the route's namespace, or a parent Service itself.
-      if (b.namespace !== route.namespace && !parentServices.has(key)) {
-        unresolved.push({ reason: 'RefNotPermitted', message: `${b.field}: Service ${key} is in another namespace (ReferenceGrant is not supported)` });
-        continue;
-      }
-      const service = services.get(key);
-      const port = b.port === undefined ? undefined : service?.ports.find((p) => p.port === b.port);
-      if (b.port === undefined) {
-        unresolved.push({ reason: 'BackendNotFound', message: `${b.field}: port is required for a Service backend` });
-        continue;
-      }
-      if (!service || !port) {
-        unresolved.push({ reason: 'BackendNotFound', message: `${b.field}: ${service ? `Service ${key} has no port ${b.port}` : `Service ${key} is not in the mesh`}` });
-        continue;
-      }
-      if (b.weight > 0) backends.push({ service: key, port: port.port, cluster: port.cluster, weight: b.weight });
+      const problem = ((): { reason: string; message: string } | undefined => {
+        if (!((b.group === '' || b.group === 'core') && b.kind === 'Service')) return { reason: 'InvalidKind', message: `${b.field}: kind ${b.group ? `${b.group}/` : ''}${b.kind} is not supported (only Service)` };
+        // Without ReferenceGrant: a backend in the route's namespace, or a parent Service itself.
+        if (b.namespace !== route.namespace && !parentServices.has(key)) return { reason: 'RefNotPermitted', message: `${b.field}: Service ${key} is in another namespace (ReferenceGrant is not supported)` };
+        if (b.port === undefined) return { reason: 'BackendNotFound', message: `${b.field}: port is required for a Service backend` };
+        const service = services.get(key);
+        if (!service) return { reason: 'BackendNotFound', message: `${b.field}: Service ${key} is not in the mesh` };
+        if (!service.ports.some((p) => p.port === b.port)) return { reason: 'BackendNotFound', message: `${b.field}: Service ${key} has no port ${b.port}` };
+        return undefined;
+      })();
+      if (problem) unresolved.push(problem);
+      if (b.weight === 0) continue;
+      const port = problem ? undefined : services.get(key)!.ports.find((p) => p.port === b.port)!;
+      backends.push({ service: key, port: b.port ?? 0, cluster: port ? port.cluster : INVALID_BACKEND, weight: b.weight });
     }
     const base = {
       from: `${route.kind} ${refKey(route)}`,

@@ -308,7 +308,7 @@ export class DebugServer {
         return this.json(res, 200, { proxies: sortProxies(src.registry.connections).map((c) => c.view()) });
       case '/debug/policies':
         // The Retries, and the Gateway API mesh routes with their status per Service parent.
-        return this.json(res, 200, { policies: policiesView(src.ir()), routes: src.ir()?.routeReports ?? [] });
+        return this.json(res, 200, { policies: policiesView(src.ir()), routes: (src.ir()?.routeReports ?? []).filter((r) => r.parents.length) });
       case '/debug/mesh': {
         const ir = src.ir();
         return this.json(res, 200, {

@@ -3,7 +3,7 @@ import type { PortIR, ServiceIR } from '../compile/ir.js';
 import { serviceDomains } from '../compile/plan.js';
 import type { RetryPolicy, VirtualHost } from './types.js';
 import { retryOnRoute, type RetrySettings, type RouteFeatures } from '../compile/features.js';
-import type { HeaderOpsIR, MatchIR, PathModifierIR, RouteRuleIR, ValueMatchIR } from '../compile/routes.js';
+import { INVALID_BACKEND, type HeaderOpsIR, type MatchIR, type PathModifierIR, type RouteRuleIR, type ValueMatchIR } from '../compile/routes.js';
 import { protoDuration } from '../policy/duration.js';
 import { NO_TIMEOUT, inboundVirtualHostName, localClusterName, outboundVirtualHostName, serviceRouteName } from './common.js';
 import type { RouteConfiguration } from './types.js';
@@ -76,7 +76,7 @@ function headerOps(ops: HeaderOpsIR | undefined, side: 'request' | 'response'): 
 }
 
 /** One Gateway API rule match as an Envoy route, with the retry in force on it (the caller's Retry, else its own). */
-function ruleRoute(rule: RouteRuleIR, features: RouteFeatures, opts: RetryOptions): Route {
+function ruleRoute(rule: RouteRuleIR, port: PortIR, features: RouteFeatures, opts: RetryOptions): Route {
   const name = `${rule.from.replace(' ', '/')}/rule/${rule.rule}`;
   const common = { name, match: pathMatch(rule.match), ...headerOps(rule.requestHeaders, 'request'), ...headerOps(rule.responseHeaders, 'response') };
   if (rule.redirect) {
@@ -87,17 +87,27 @@ function ruleRoute(rule: RouteRuleIR, features: RouteFeatures, opts: RetryOption
       redirect: {
         ...(r.scheme ? { scheme_redirect: r.scheme } : {}),
         ...(r.hostname ? { host_redirect: r.hostname } : {}),
-        ...(r.port ? { port_redirect: r.port } : {}),
+        // Without a scheme or port the Gateway API keeps the listener's port: for a mesh route, the Service port.
+        ...(r.port ? { port_redirect: r.port } : !r.scheme && r.hostname ? { port_redirect: port.port } : {}),
         ...('regex_rewrite' in path ? { regex_rewrite: path.regex_rewrite } : 'prefix_rewrite' in path ? { prefix_rewrite: path.prefix_rewrite } : {}),
         response_code: REDIRECT_CODE[r.statusCode],
       },
     } as Route;
   }
+  // A proxyless client gets only the backends that resolved (an unknown cluster would hold its calls until its
+  // subscription for it times out); a sidecar gets each unresolved one's share as 500s (INVALID_BACKEND).
+  const backends = opts.proxyless ? rule.backends.filter((b) => b.cluster !== INVALID_BACKEND) : rule.backends;
   // No backend resolved: the Gateway API's 500.
-  if (!rule.backends.length) return { ...common, direct_response: { status: 500 } } as Route;
+  if (!backends.some((b) => b.cluster !== INVALID_BACKEND)) return { ...common, direct_response: { status: 500 } } as Route;
   const applied = retryOnRoute(features, rule);
   const retry = applied ? envoyRetryPolicy(applied.settings, opts) : undefined;
-  const target = rule.backends.length === 1 ? { cluster: rule.backends[0]!.cluster } : { weighted_clusters: { clusters: rule.backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) } };
+  const target =
+    backends.length === 1
+      ? { cluster: backends[0]!.cluster }
+      : {
+          weighted_clusters: { clusters: backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) },
+          ...(backends.some((b) => b.cluster === INVALID_BACKEND) ? { cluster_not_found_response_code: 'INTERNAL_SERVER_ERROR' } : {}),
+        };
   return {
     ...common,
     route: {
@@ -118,7 +128,7 @@ export function envoyRoutes(port: PortIR, features: RouteFeatures | undefined, o
   // The proxyless gRPC clients take only forwarding routes: grpc-js-xds NACKs a redirect or direct_response (measured
   // in envoy-accepts), and fails on non_forwarding_action. A gRPC client cannot follow a redirect either. Those rules
   // are left out of their routes (a request they would have answered goes on to the next rule that matches).
-  if (features?.rules) return features.rules.filter((rule) => !opts.proxyless || (!rule.redirect && rule.backends.length)).map((rule) => ruleRoute(rule, features, opts));
+  if (features?.rules) return features.rules.filter((rule) => !opts.proxyless || (!rule.redirect && rule.backends.some((b) => b.cluster !== INVALID_BACKEND))).map((rule) => ruleRoute(rule, port, features, opts));
   const retry = features?.retry ? envoyRetryPolicy(features.retry.settings, opts) : undefined;
   return [{ name: 'default', match: { prefix: '/' }, route: { cluster: port.cluster, timeout: NO_TIMEOUT, ...(retry ? { retry_policy: retry } : {}) } }];
 }
