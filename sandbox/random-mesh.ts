@@ -2,7 +2,9 @@
  * Random meshes, as manifests (what a folder or `kubectl apply` would hold), seeded and reproducible: several
  * namespaces (in the mesh or not), ClusterIP and headless services with one to three ports (HTTP, TCP, gRPC,
  * named or by appProtocol, several ports on one targetPort), selectors that overlap on the same pods, pods with
- * and without service accounts, ready or not, EndpointSlices, and Retry policies valid, invalid and in conflict.
+ * and without service accounts, ready or not, EndpointSlices, Retry policies valid, invalid and in conflict, and
+ * Gateway API mesh routes (HTTPRoute, GRPCRoute; producer and consumer; every match, filter and backend form, some
+ * refused, some with backends that do not exist).
  * `shrink` reduces a failing mesh to a small one that still fails.
  */
 import { stringify } from 'yaml';
@@ -140,6 +142,52 @@ export function randomMesh(seed: number, size = 1): RandomMesh {
           ...(chance(0.6) ? { retryBackoffBaseInterval: pick(['10ms', '1s', '250ms']) } : {}),
         },
       },
+    });
+  }
+  // Mesh routes, after everything else (the objects above are the same for a seed with or without them).
+  for (let i = 0; i < int(3 * size) + 1; i++) {
+    if (!services.length) break;
+    const parent = pick(services);
+    const ns = chance(0.6) ? parent.ns : pick(namespaces);
+    const grpc = chance(0.2);
+    const port = pick(parent.ports).port;
+    const sameNs = services.filter((x) => x.ns === ns);
+    const backend = (): Record<string, unknown> => {
+      const to = chance(0.6) || !sameNs.length ? parent : pick(sameNs);
+      return { name: chance(0.1) ? 'missing' : to.name, ...(to.ns !== ns ? { namespace: to.ns } : {}), port: chance(0.9) ? pick(to.ports).port : 1, ...(chance(0.4) ? { weight: int(4) } : {}) };
+    };
+    const value = (): string => pick(['a', 'b-1', 'v2']);
+    const rules = Array.from({ length: 1 + int(3) }, () => {
+      const matches = Array.from({ length: int(3) }, () =>
+        grpc
+          ? { ...(chance(0.7) ? { method: chance(0.8) ? { service: pick(['pkg.Svc', 'echo.Echo']), ...(chance(0.6) ? { method: pick(['Get', 'Echo']) } : {}) } : { type: 'RegularExpression', method: 'Ge.*' } } : {}), ...(chance(0.3) ? { headers: [{ name: 'x-h', value: value() }] } : {}) }
+          : {
+              ...(chance(0.8) ? { path: pick([{ type: 'Exact', value: '/a' }, { type: 'PathPrefix', value: pick(['/', '/api', '/api/']) }, { type: 'RegularExpression', value: '/r/[0-9]+' }]) } : {}),
+              ...(chance(0.3) ? { headers: [{ name: pick(['X-Version', 'x-user']), ...(chance(0.3) ? { type: 'RegularExpression', value: 'v[0-9]' } : { value: value() }) }] } : {}),
+              ...(chance(0.2) ? { queryParams: [{ name: 'q', value: value() }] } : {}),
+              ...(chance(0.2) ? { method: pick(['GET', 'POST']) } : {}),
+            },
+      );
+      const filters: unknown[] = [];
+      if (chance(0.3)) filters.push({ type: 'RequestHeaderModifier', requestHeaderModifier: { set: [{ name: 'x-set', value: value() }], ...(chance(0.5) ? { add: [{ name: 'x-add', value: '1' }] } : {}), ...(chance(0.5) ? { remove: ['x-drop'] } : {}) } });
+      if (chance(0.2)) filters.push({ type: 'ResponseHeaderModifier', responseHeaderModifier: { set: [{ name: 'x-resp', value: value() }] } });
+      const redirect = !grpc && chance(0.15);
+      if (redirect) filters.push({ type: 'RequestRedirect', requestRedirect: { ...(chance(0.5) ? { scheme: 'https' } : {}), ...(chance(0.5) ? { hostname: 'example.com' } : {}), ...(chance(0.3) ? { port: 8443 } : {}), statusCode: pick([301, 302, 303, 307, 308]), ...(chance(0.4) ? { path: { type: 'ReplaceFullPath', replaceFullPath: '/moved' } } : {}) } });
+      else if (!grpc && chance(0.2)) filters.push({ type: 'URLRewrite', urlRewrite: { ...(chance(0.5) ? { hostname: 'rewritten' } : {}), path: chance(0.5) ? { type: 'ReplaceFullPath', replaceFullPath: '/full' } : { type: 'ReplacePrefixMatch', replacePrefixMatch: pick(['/', '/v2', '/v2/']) } } });
+      if (chance(0.05)) filters.push({ type: 'RequestMirror', requestMirror: { backendRef: { name: parent.name, port } } });
+      return {
+        ...(matches.length ? { matches } : {}),
+        ...(filters.length ? { filters } : {}),
+        ...(redirect ? {} : { backendRefs: Array.from({ length: 1 + int(2) }, backend) }),
+        ...(!grpc && chance(0.3) ? { timeouts: { request: pick(['10s', '0s', '1m']), ...(chance(0.5) ? { backendRequest: pick(['1s', '500ms']) } : {}) } } : {}),
+        ...(!grpc && chance(0.4) ? { retry: { ...(chance(0.8) ? { codes: [pick([500, 502, 503, 504])] } : {}), ...(chance(0.8) ? { attempts: int(4) } : {}), ...(chance(0.5) ? { backoff: pick(['100ms', '1s']) } : {}) } } : {}),
+      };
+    });
+    objects.push({
+      apiVersion: 'gateway.networking.k8s.io/v1',
+      kind: grpc ? 'GRPCRoute' : 'HTTPRoute',
+      metadata: { name: `route${i}`, namespace: ns, creationTimestamp: `2026-02-0${1 + int(9)}T00:00:00Z` },
+      spec: { parentRefs: [{ group: '', kind: 'Service', name: parent.name, ...(parent.ns !== ns ? { namespace: parent.ns } : {}), ...(chance(0.3) ? { port } : {}) }], rules },
     });
   }
   return { seed, objects };
