@@ -184,3 +184,32 @@ export function retryEdges(ir: MeshIR): Map<string, Map<string, RetryEdge>> {
   }
   return out;
 }
+
+/**
+ * Every kind's tables signed by whom they concern: every caller (producer routes), a caller namespace (consumer
+ * routes), one identity (its Retries). The pipeline rebuilds the proxies whose signature changed; a new policy kind
+ * adds its table here and nowhere in the pipeline.
+ */
+export interface FeatureSignatures {
+  readonly all: string;
+  readonly byNamespace: ReadonlyMap<string, string>;
+  readonly byIdentity: ReadonlyMap<string, string>;
+}
+
+export function featureSignatures(ir: MeshIR): FeatureSignatures {
+  const producer: unknown[] = [];
+  const consumers = new Map<string, unknown[]>();
+  for (const [port, r] of Object.entries(ir.routes)) {
+    if (r.producer) producer.push([port, r.producer]);
+    for (const [ns, rules] of Object.entries(r.consumers ?? {})) {
+      let list = consumers.get(ns);
+      if (!list) consumers.set(ns, (list = []));
+      list.push([port, rules]);
+    }
+  }
+  return {
+    all: contentHash(JSON.stringify(producer)),
+    byNamespace: new Map([...consumers].map(([ns, list]) => [ns, contentHash(JSON.stringify(list))])),
+    byIdentity: new Map(Object.entries(ir.retries).map(([id, m]) => [id, JSON.stringify(m)])),
+  };
+}

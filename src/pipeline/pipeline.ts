@@ -9,7 +9,7 @@ import type { MeshState } from '../model/mesh.js';
 import type { SnapshotCache } from '../xds/resources/cache.js';
 import type { Snapshot } from '../xds/resources/snapshot.js';
 import { SnapshotBuilder } from './build.js';
-import { contentHash } from '../xds/resources/encode.js';
+import { featureSignatures, type FeatureSignatures } from '../compile/features.js';
 import type { WorkloadCerts } from '../security/workload-certs.js';
 
 /** A turn of the event loop: what waits (health checks, ADS) is served. */
@@ -32,9 +32,8 @@ export class Pipeline {
   private readonly builder: SnapshotBuilder;
   private state?: MeshState;
   private topology?: ReturnType<typeof compileTopologyOnly>;
-  private retriesSig = new Map<string, string>();
-  /** What the mesh routes give every caller (producer routes), and each consumer namespace beyond that. */
-  private routesSig = { producer: '', consumers: new Map<string, string>() };
+  /** The route features' signatures of the last IR, by scope (compile/features.ts). */
+  private featuresSig?: FeatureSignatures;
   ir?: MeshIR;
   lastReport?: BuildReport;
   /** Told of every new IR (the Kubernetes source writes Retry statuses from it). */
@@ -188,24 +187,20 @@ export class Pipeline {
     this.ir = ir;
     this.wantCerts();
 
-    // Which identities' route features changed (compile/features.ts reads the same tables): only their proxies need
-    // rebuilding when the topology did not. A Retry is per identity, a consumer route per namespace, a producer
-    // route concerns every caller.
-    const sig = new Map<string, string>();
-    for (const [id, m] of Object.entries(ir.retries)) sig.set(id, JSON.stringify(m));
-    const touched = new Set<string>();
-    for (const id of new Set([...sig.keys(), ...this.retriesSig.keys()])) if (sig.get(id) !== this.retriesSig.get(id)) touched.add(id);
-    this.retriesSig = sig;
-    const routes = routesSignature(ir);
-    const producerChanged = routes.producer !== this.routesSig.producer;
-    const namespacesTouched = new Set<string>();
-    for (const ns of new Set([...routes.consumers.keys(), ...this.routesSig.consumers.keys()])) if (routes.consumers.get(ns) !== this.routesSig.consumers.get(ns)) namespacesTouched.add(ns);
-    this.routesSig = routes;
+    // Which identities' route features changed (compile/features.ts signs every kind's tables by scope): only their
+    // proxies need rebuilding when the topology did not.
+    const sig = featureSignatures(ir);
+    const prevSig = this.featuresSig;
+    this.featuresSig = sig;
+    const changedKeys = (a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string> | undefined): Set<string> => new Set([...new Set([...a.keys(), ...(b?.keys() ?? [])])].filter((k) => a.get(k) !== b?.get(k)));
+    const touched = changedKeys(sig.byIdentity, prevSig?.byIdentity);
+    const namespacesTouched = changedKeys(sig.byNamespace, prevSig?.byNamespace);
+    const everyoneTouched = sig.all !== prevSig?.all;
 
     const eager = new Set(this.builder.eagerKeys());
     const watched = new Set(this.cache.watchedKeys());
     const keys = new Set([...eager, ...watched, ...this.cache.keys()]);
-    const full = topologyChanged || flagChanged || producerChanged;
+    const full = topologyChanged || flagChanged || everyoneTouched;
     let rebuilt = 0;
     let changed = 0;
     const failed: { key: string; error: string }[] = [];
@@ -239,17 +234,3 @@ export class Pipeline {
   }
 }
 
-/** The route table's signature: the producer routes of every port, and each consumer namespace's routes. */
-function routesSignature(ir: MeshIR): { producer: string; consumers: Map<string, string> } {
-  const producer: unknown[] = [];
-  const consumers = new Map<string, unknown[]>();
-  for (const [port, r] of Object.entries(ir.routes)) {
-    if (r.producer) producer.push([port, r.producer]);
-    for (const [ns, rules] of Object.entries(r.consumers ?? {})) {
-      let list = consumers.get(ns);
-      if (!list) consumers.set(ns, (list = []));
-      list.push([port, rules]);
-    }
-  }
-  return { producer: contentHash(JSON.stringify(producer)), consumers: new Map([...consumers].map(([ns, list]) => [ns, contentHash(JSON.stringify(list))])) };
-}
