@@ -126,6 +126,22 @@ describe('mesh routes', () => {
     expect(envoyRoutes(service.ports[0]!, features, { proxyless: true }).map((r: any) => r.route?.cluster)).toEqual(['httpbin/httpbin|14001']);
   });
 
+  it("bounds what routes put in a caller's virtual host: older routes keep their rules, a newer one past the bound is not Accepted", () => {
+    // 20 routes of 64 rules each, in one consumer namespace, on one service port: 1,280 matches against a bound of 1,024.
+    const rules = Array.from({ length: 64 }, (_, i) => ({ matches: [{ path: { type: 'Exact', value: `/p${i}` } }], backendRefs: backend }));
+    const many = Array.from({ length: 20 }, (_, i) => route('curl', `flood${String(i).padStart(2, '0')}`, { ...toHttpbin, rules }, `2026-12-0${1 + Math.floor(i / 10)}T00:00:${String(i % 10).padStart(2, '0')}Z`));
+    const producer = route('httpbin', 'producer', { ...toHttpbin, rules: [{ backendRefs: backend, retry: { codes: [503] } }] }, '2026-12-09T00:00:00Z');
+    const ir = compile(mesh([...many, producer]));
+    const accepted = ir.routeReports.filter((r) => r.parents[0]?.conditions[0]!.status === 'True').map((r) => r.name);
+    expect(accepted).toEqual([...Array.from({ length: 16 }, (_, i) => `flood${String(i).padStart(2, '0')}`), 'producer']);
+    expect(ir.routes['httpbin/httpbin:14001']!.consumers!.curl!.length).toBe(16 * 64);
+    const refused = ir.routeReports.find((r) => r.name === 'flood16')!.parents[0]!.conditions[0]!;
+    expect(refused).toMatchObject({ status: 'False', reason: 'UnsupportedValue' });
+    expect(refused.message).toMatch(/already has 1024 route matches from older routes of namespace curl; this route's 64 would pass the bound of 1024/);
+    // The flood is the consumer namespace's own: the producer route, and every other namespace's callers, are untouched.
+    expect(featuresFor(ir, 'httpbin/httpbin', 'httpbin').get('httpbin/httpbin:14001')!.rules!.map((r) => r.from)).toEqual(['HTTPRoute httpbin/producer']);
+  });
+
   it('reports parents as the spec says: a parent that is not in the mesh, a backend in a third namespace, a missing port', () => {
     const ir = compile(
       mesh([

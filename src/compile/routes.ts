@@ -150,6 +150,11 @@ const GATEWAY_DURATION = /^([0-9]{1,5}(h|m|s|ms)){1,4}$/;
 const REDIRECT_CODES = [301, 302, 303, 307, 308];
 const MAX_RULES = 64;
 const MAX_MATCHES = 64;
+/**
+ * Route matches (Envoy routes) one service port may hold for one audience (the producer routes, or one consumer
+ * namespace's), over all its routes: what a virtual host of a caller's sidecar holds at most from routes.
+ */
+export const MAX_RULES_PER_PORT = 1024;
 
 class Reader {
   readonly problems: Problem[] = [];
@@ -540,7 +545,9 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
   const reports: RouteReport[] = [];
   const buckets = new Map<string, { producer: Entry[]; consumers: Map<string, Entry[]> }>();
   const seen = new Set<string>();
-  const routes = [...state.routes].sort((a, b) => (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : byRef(a, b)));
+  // Oldest first (then kind, namespace/name): what the bound of a service port keeps is what was there first.
+  const created = (r: RouteObject): string => r.creationTimestamp ?? '\uffff';
+  const routes = [...state.routes].sort((a, b) => (created(a) !== created(b) ? (created(a) < created(b) ? -1 : 1) : a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : byRef(a, b)));
   for (const route of routes) {
     const ref = `${route.kind} ${refKey(route)}`;
     if (seen.has(ref)) continue;
@@ -566,6 +573,16 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
         const ports = service.ports.filter((p) => parent.port === undefined || p.port === parent.port);
         if (!ports.length) return cond('Accepted', false, 'NoMatchingParent', `Service ${parent.namespace}/${parent.name} has no port ${parent.port}`);
         if (!ports.some((p) => p.protocol === 'http')) return cond('Accepted', false, 'UnsupportedValue', `Service ${parent.namespace}/${parent.name} has no HTTP port${parent.port ? ` ${parent.port}` : ''} (its ports are TCP)`);
+        // The bound of a virtual host: older routes keep their rules, a newer one that would pass it is not taken.
+        const audience = route.namespace === service.namespace ? 'producer' : route.namespace;
+        const count = rules.reduce((n, x) => n + x.rules.length, 0);
+        for (const port of ports.filter((p) => p.protocol === 'http')) {
+          const b = buckets.get(portKey(`${service.namespace}/${service.name}`, port.port));
+          const held = (audience === 'producer' ? b?.producer : b?.consumers.get(audience))?.length ?? 0;
+          if (held + count > MAX_RULES_PER_PORT) {
+            return cond('Accepted', false, 'UnsupportedValue', `Service ${parent.namespace}/${parent.name} port ${port.port} already has ${held} route matches from older routes${audience === 'producer' ? '' : ` of namespace ${audience}`}; this route's ${count} would pass the bound of ${MAX_RULES_PER_PORT}`);
+          }
+        }
         return cond('Accepted', true, 'Accepted', 'accepted');
       })();
       const unresolved = rules.flatMap((x) => x.unresolved);
@@ -586,6 +603,7 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
     }
     reports.push({ kind: route.kind, namespace: route.namespace, name: route.name, generation: route.generation, parents, problems: located, attached });
   }
+  reports.sort((a, b) => (a.kind < b.kind ? -1 : a.kind > b.kind ? 1 : byRef(a, b)));
   const table: Record<string, PortRoutesIR> = {};
   for (const key of [...buckets.keys()].sort()) {
     const b = buckets.get(key)!;
