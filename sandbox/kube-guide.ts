@@ -99,9 +99,9 @@ export class KubeGuide {
     return rows;
   }
 
-  /** `kubectl exec POD -n NS -c CONTAINER -- CMD`: here, the command in the pod's network namespace. */
+  /** `kubectl exec POD -n NS -- CMD` in the pod's first container (the app's): the API server calls the node's kubelet API. */
   exec(namespace: string, pod: string, cmd: string[]): Promise<ExecResult> {
-    return this.node.exec(namespace, pod, cmd);
+    return this.kubectl(['exec', pod, '-n', namespace, '--', ...cmd]);
   }
 
   /** `mesh-xds proxy get stats POD -n NS`, run in the pod (the admin is on its loopback; no port-forward here). */
