@@ -14,7 +14,7 @@
  * account (the TokenRequest API) in KUBECONFIG. Its kubelet API is node-agent (scripts/kube/node-agent, built
  * with the Kubernetes parts): the API server's `kubectl exec` runs the command in the pod's network namespace as
  * the container's user, and `kubectl logs` reads the container's log file; each pod's folder holds what the agent
- * reads (pod.json: the namespace and the containers' users; logs/CONTAINER.log). Not served: attach,
+ * reads (pod.json: the namespace, each container's user, env and image programs; logs/CONTAINER.log). Not served: attach,
  * port-forward, a TTY. `exec()` runs a command in the pod's network namespace from here. Names resolve from the
  * pod's hosts file (every Service's names), as there is no cluster DNS.
  */
@@ -249,13 +249,26 @@ export class SandboxNode {
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     const r: Running = { uid, namespace, name, pod, dir, spec: p.spec, procs: new Map(), restarts: new Map(), ready: new Map(), initDone: false, startedAt: new Date().toISOString(), stopping: false, lastStatus: '', secretVersions: new Map(), volumesAt: 0 };
     this.pods.set(uid, r);
-    // What node-agent needs for `kubectl exec` (written whole, then renamed: it never reads half a file).
-    const containers = Object.fromEntries([...(p.spec.initContainers ?? []), ...p.spec.containers].map((c: Json) => [c.name, { uid: this.containerUid(r, c) ?? null }]));
-    writeFileSync(path.join(dir, 'pod.json.tmp'), JSON.stringify({ netns: pod.netns, containers }));
-    renameSync(path.join(dir, 'pod.json.tmp'), path.join(dir, 'pod.json'));
+    this.writeExecFile(r);
     this.say(`node: pod ${namespace}/${name} at ${pod.ip}`);
     this.writeHosts(r);
     await this.report(r);
+  }
+
+  /**
+   * What node-agent needs for `kubectl exec`, per container: its user, env and working folder, and its image's
+   * programs (the suite's `client` is sandbox/echo/client.mjs). Root's only (env may hold a Secret's values);
+   * written whole, then renamed: the agent never reads half a file.
+   */
+  private writeExecFile(r: Running): void {
+    const containers: Json = {};
+    for (const c of [...(r.spec.initContainers ?? []), ...r.spec.containers] as Json[]) {
+      const run = this.command(r, c);
+      const programs = Object.fromEntries(Object.entries(IMAGES[imageName(c.image ?? '')]?.programs ?? {}).filter(([, to]) => to !== 'envoy'));
+      containers[c.name] = { uid: this.containerUid(r, c) ?? null, programs, ...('error' in run ? {} : { env: run.env, cwd: run.cwd ?? '' }) };
+    }
+    writeFileSync(path.join(r.dir, 'pod.json.tmp'), JSON.stringify({ netns: r.pod.netns, containers }), { mode: 0o600 });
+    renameSync(path.join(r.dir, 'pod.json.tmp'), path.join(r.dir, 'pod.json'));
   }
 
   /** Every Service's names in the pod's hosts file (short names in its own namespace). */

@@ -22,7 +22,10 @@ kind: Pod
 metadata: { name: shell, namespace: exec }
 spec:
   containers:
-  - { name: app, image: curlimages/curl, command: [sleep, "3600"] }
+  - name: app
+    image: curlimages/curl
+    command: [sleep, "3600"]
+    env: [{ name: GREETING, value: hello from the spec }]
   - name: user
     image: curlimages/curl
     command: [sleep, "3600"]
@@ -33,6 +36,8 @@ spec:
   - name: flood
     image: nicolaka/netshoot
     command: [sh, -c, 'yes 0123456789abcdef | head -c 12582912; printf "\\nEND\\n"; exec sleep 3600']
+  - name: echo
+    image: registry.k8s.io/gateway-api/conformance/echo-advanced:v20251204-v1.4.1
 `;
 
 describe.skipIf(missing.length > 0)('kubectl exec and kubectl logs on the sandbox node', () => {
@@ -100,6 +105,16 @@ describe.skipIf(missing.length > 0)('kubectl exec and kubectl logs on the sandbo
     expect(addr.stdout).toContain(`inet ${podIP}/24`);
     expect((await exec('app', ['id', '-u'])).stdout).toBe('0\n');
     expect((await exec('user', ['id', '-u'])).stdout).toBe('1500\n');
+  }, 60_000);
+
+  it("the container's env; the image's programs: the conformance suite's `client` of the echo image, as it runs it", async () => {
+    expect((await exec('app', ['sh', '-c', 'echo "$GREETING"'])).stdout).toBe('hello from the spec\n');
+    let r = { code: 1, stdout: '', stderr: '' };
+    await until(async () => (r = await exec('echo', ['client', 'http://127.0.0.1:8080/hello', '-H', 'X-Test:1'])).code === 0, 20_000, 'the echo client to reach the echo server').catch((e) => {
+      throw new Error(`${(e as Error).message}: ${JSON.stringify(r)}`);
+    });
+    expect(r.stdout).toMatch(/^\[0\] StatusCode=200$/m);
+    expect(r.stdout).toMatch(/^\[0 body\] Hostname=shell$/m);
   }, 60_000);
 
   it('an unknown container, a missing command: each a clear error', async () => {

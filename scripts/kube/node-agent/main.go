@@ -4,15 +4,16 @@
 //
 //	/exec/{namespace}/{pod}/{container}?command=...&stdin=1&stdout=1&stderr=1
 //	    The kubelet's own remotecommand server (k8s.io/kubelet/pkg/cri/streaming/remotecommand: SPDY v1-v4 and
-//	    WebSocket v4/v5, exit codes as the NonZeroExitCode status); the command runs in the pod's network
-//	    namespace as the container's user (`ip netns exec NETNS [setpriv ...] CMD...`).
+//	    WebSocket up to v4; the API server turns kubectl's WebSocket v5 into SPDY; exit codes as the
+//	    NonZeroExitCode status); the command runs in the pod's network namespace as the container's user, with its
+//	    env (`ip netns exec NETNS [setpriv ...] CMD...`).
 //	/containerLogs/{namespace}/{pod}/{container}?follow=&tailLines=&limitBytes=
 //	    The container's log file as node.ts writes it.
 //
 // A pod is known by the file {pods}/{namespace}_{pod}/pod.json that node.ts writes: {"netns": NAME,
-// "containers": {NAME: {"uid": N|null}}}; its logs are {pods}/{namespace}_{pod}/logs/{container}.log.
-// Left out: attach, port-forward, a TTY (refused with a message), the container's env in exec, `logs --previous`,
-// timestamps and sinceSeconds. Bounds: at most --max-sessions exec and follow sessions at once (429 beyond),
+// "containers": {NAME: {"uid": N|null, "env": {K: V}, "cwd": DIR, "programs": {WORD: PATH}}}} (a command whose first
+// word the image's programs name runs that program); its logs are {pods}/{namespace}_{pod}/logs/{container}.log.
+// Left out: attach, port-forward, a TTY (refused with a message), `logs --previous`, timestamps and sinceSeconds. Bounds: at most --max-sessions exec and follow sessions at once (429 beyond),
 // a session idle for --idle-timeout is closed, a pod.json over 1 MiB is refused.
 package main
 
@@ -36,6 +37,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,7 +51,10 @@ import (
 )
 
 type container struct {
-	UID *int `json:"uid"`
+	UID      *int              `json:"uid"`
+	Env      map[string]string `json:"env"`
+	Cwd      string            `json:"cwd"`
+	Programs map[string]string `json:"programs"`
 }
 
 type pod struct {
@@ -94,12 +99,27 @@ func (e executor) ExecInContainer(ctx context.Context, _ string, _ types.UID, ct
 	if len(cmd) == 0 {
 		return errors.New("no command given")
 	}
+	spec := e.pod.Containers[ctr]
 	args := []string{"netns", "exec", e.pod.Netns}
-	if uid := e.pod.Containers[ctr].UID; uid != nil {
-		args = append(args, "setpriv", fmt.Sprintf("--reuid=%d", *uid), fmt.Sprintf("--regid=%d", *uid), "--clear-groups")
+	if spec.UID != nil {
+		args = append(args, "setpriv", fmt.Sprintf("--reuid=%d", *spec.UID), fmt.Sprintf("--regid=%d", *spec.UID), "--clear-groups")
+	}
+	if program, ok := spec.Programs[cmd[0]]; ok {
+		cmd = append([]string{program}, cmd[1:]...)
 	}
 	c := exec.Command("ip", append(args, cmd...)...)
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// As node.ts starts the container: this machine's environment, then the container's.
+	c.Env = os.Environ()
+	keys := make([]string, 0, len(spec.Env))
+	for k := range spec.Env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		c.Env = append(c.Env, k+"="+spec.Env[k])
+	}
+	c.Dir = spec.Cwd
 	if out != nil {
 		c.Stdout = out
 	}
