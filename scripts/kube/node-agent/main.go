@@ -401,6 +401,14 @@ func main() {
 		MaxHeaderBytes:    64 << 10,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12},
 	}
+	// Gone with the node: a test process that was killed leaves no agent behind.
+	go func(parent int) {
+		for range time.Tick(time.Second) {
+			if os.Getppid() != parent {
+				os.Exit(0)
+			}
+		}
+	}(os.Getppid())
 	// node.ts waits for this line to learn the port.
 	fmt.Printf("listening on %s\n", ln.Addr())
 	fail(srv.ServeTLS(ln, "", ""))
