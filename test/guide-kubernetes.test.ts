@@ -3,7 +3,8 @@
  * this machine (etcd, kube-apiserver and kube-controller-manager built from k8s.io/kubernetes v1.34.4) and a
  * sandbox node in place of a kubelet (sandbox/node.ts): `mesh-xds install` with the guide's two --set flags runs
  * the control plane as pods of its own Deployment, the webhook injects the sidecars into the plain samples, and
- * the curl pod's real Envoy retries the 503 five times. `kubectl exec` and port-forward need a kubelet API, which
+ * the curl pod's real Envoy retries the 503 five times, and a Gateway API HTTPRoute applied with kubectl reaches it
+ * (the Retry, naming the caller, still sets its retries). `kubectl exec` and port-forward need a kubelet API, which
  * the sandbox node does not serve: the same commands run in the pod's network namespace instead (KubeGuide.exec).
  */
 import { readFileSync } from 'node:fs';
@@ -16,6 +17,19 @@ import { sandboxMissing } from './helpers/sandbox.js';
 
 const missing = [...(await kubeMissing()), ...sandboxMissing];
 const RETRY = readFileSync(`${ROOT}/deploy/samples/retry.yaml`, 'utf8');
+/** A producer route of httpbin (docs/routes.md): a header on /headers, and everything else with a retry of its own. */
+const HTTP_ROUTE = `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: httpbin, namespace: httpbin }
+spec:
+  parentRefs: [{ group: "", kind: Service, name: httpbin, port: 14001 }]
+  rules:
+    - matches: [{ path: { type: PathPrefix, value: /headers } }]
+      filters: [{ type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: X-Route, value: producer }] } }]
+      backendRefs: [{ name: httpbin, port: 14001 }]
+    - backendRefs: [{ name: httpbin, port: 14001 }]
+      retry: { codes: [503], attempts: 2 }
+`;
 const RETRY_STATS = ['upstream_rq_retry', 'upstream_rq_retry_backoff_exponential', 'upstream_rq_retry_limit_exceeded', 'upstream_rq_retry_overflow', 'upstream_rq_retry_success'];
 
 describe.skipIf(missing.length > 0)('the guide on a real Kubernetes control plane, with its own plain manifests', () => {
@@ -95,6 +109,31 @@ describe.skipIf(missing.length > 0)('the guide on a real Kubernetes control plan
     // Two requests (the 503 and the 404 that is not retried), 5 retries, the 503 out of retries.
     expect(observed).toMatchObject({ window: '5m', requests: 2, retries: 5, retriesSucceeded: 0, retriesExhausted: 1, retriesRefused: 0, predictedAttemptsPerRequest: 6, proxiesReporting: 1 });
     expect(conditions.find((c) => c.type === 'Programmed')).toMatchObject({ status: 'True' });
+  }, 120_000);
+
+  it("an HTTPRoute of httpbin (kubectl apply) reaches the curl sidecar: its header on /headers, its status Accepted; the guide's Retry names curl, so its 5 retries win over the route's 2 (Pitfall on the Retry); deleted, the default route is back", async () => {
+    await ok(['apply', '-f', '-'], HTTP_ROUTE);
+    const headers = async (): Promise<string> => (await g.exec('curl', curl.name, ['curl', '-sS', `${HTTPBIN_URL}/headers`])).stdout;
+    await until(async () => (await headers()).includes('"X-Route": "producer"'), 30_000, 'the route\'s X-Route header on /headers from the curl pod');
+    const retries = async (): Promise<number | undefined> => (await g.stats('curl', curl.name, `${HTTPBIN_CLUSTER}.upstream_rq_retry`)).get(`cluster.${HTTPBIN_CLUSTER}.upstream_rq_retry`);
+    const before = await retries();
+    const r = await g.exec('curl', curl.name, ['curl', '-sI', `${HTTPBIN_URL}/status/503`]);
+    expect(r.stdout).toMatch(/^HTTP\/1\.1 503 SERVICE UNAVAILABLE/i);
+    // The Retry's 5, not the route's 2: 6 more tries reach httpbin.
+    expect((await retries())! - before!).toBe(5);
+    await until(() => (g.node.logs('httpbin', httpbin.name, 'httpbin').match(/"HEAD \/status\/503 /g) ?? []).length === 12, 10_000, 'httpbin to log 6 more requests');
+    const parent = ['get', 'httproute', 'httpbin', '-n', 'httpbin', '-o', 'jsonpath={.status.parents[0].controllerName} {.status.parents[0].conditions[?(@.type=="Accepted")].status}'];
+    await until(async () => (await ok(parent)) === 'flomesh.io/mesh-xds True', 30_000, 'the route\'s status.parents[0] Accepted by mesh-xds');
+    const pitfalls = async (): Promise<string[]> =>
+      (JSON.parse((await ok(['get', 'retry', 'retry', '-n', 'curl', '-o', 'jsonpath={.status.conditions}'])) || '[]') as { type: string; status: string; message?: string }[]).filter((c) => c.type === 'Pitfall' && c.status === 'True').map((c) => c.message ?? '');
+    const pitfall = 'HTTPRoute httpbin/httpbin also sets retries for curl/curl -> Service httpbin/httpbin; this Retry is used instead';
+    await until(async () => (await pitfalls()).some((m) => m.includes(pitfall)), 30_000, 'the Retry\'s Pitfall condition naming the HTTPRoute');
+    await ok(['delete', 'httproute', 'httpbin', '-n', 'httpbin']);
+    await until(async () => {
+      const h = await headers();
+      return h.includes('"Host"') && !h.includes('X-Route');
+    }, 30_000, 'the default route (no X-Route) back in the curl sidecar');
+    await until(async () => !(await pitfalls()).some((m) => m.includes('HTTPRoute')), 30_000, 'the Pitfall condition to go with the route');
   }, 120_000);
 
   it('kubectl scale httpbin to 3 replicas reaches the curl sidecar; a deleted pod’s endpoint goes', async () => {
