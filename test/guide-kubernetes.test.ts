@@ -4,8 +4,8 @@
  * sandbox node in place of a kubelet (sandbox/node.ts): `mesh-xds install` with the guide's two --set flags runs
  * the control plane as pods of its own Deployment, the webhook injects the sidecars into the plain samples, and
  * the curl pod's real Envoy retries the 503 five times, and a Gateway API HTTPRoute applied with kubectl reaches it
- * (the Retry, naming the caller, still sets its retries). `kubectl exec` and port-forward need a kubelet API, which
- * the sandbox node does not serve: the same commands run in the pod's network namespace instead (KubeGuide.exec).
+ * (the Retry, naming the caller, still sets its retries). The guide's commands in pods are `kubectl exec`, served by
+ * the sandbox node's kubelet API (scripts/kube/node-agent; port-forward is not served).
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
