@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 export GOTOOLCHAIN=go1.27.3
 OUT=.cache/conformance
 stamp() { echo "$OUT/.built-$(cat scripts/conformance/suite/go.sum scripts/conformance/suite/go.mod scripts/conformance/suite/*.go scripts/conformance/suite/echoparse/*.go scripts/conformance/images/go.mod scripts/conformance/images/echo-basic/*/*.go | sha256sum | cut -c1-16)"; }
-built() { [ -x "$OUT/conformance.test" ] && [ -x "$OUT/echo-parse" ] && [ -f "$(stamp)" ]; }
+built() { [ -x "$OUT/conformance.test" ] && [ -x "$OUT/echo-parse" ] && [ -f "$OUT/manifests/mesh.yaml" ] && [ -f "$(stamp)" ]; }
 if [ "${1:-}" = --check ]; then built; exit; fi
 built && { echo "conformance suite: built ($OUT/conformance.test)"; exit 0; }
 
@@ -34,6 +34,11 @@ cd scripts/conformance/suite
 export GOFLAGS=-mod=readonly
 go test -c -trimpath -ldflags="-s -w" -o "../../../$OUT/conformance.test" . || { echo "building the conformance suite failed"; exit 1; }
 go build -trimpath -ldflags="-s -w" -o "../../../$OUT/echo-parse" ./echoparse || { echo "building echo-parse failed"; exit 1; }
+# The suite's mesh manifests (embedded in the binary), also as files: test/conformance/kube-mesh.test.ts applies them.
+suite_dir=$(go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance) || { echo "go list of the suite's module failed"; exit 1; }
+rm -rf "../../../$OUT/manifests" && mkdir -p "../../../$OUT/manifests/tests"
+cp "$suite_dir/mesh/manifests.yaml" "../../../$OUT/manifests/mesh.yaml" && cp "$suite_dir"/tests/mesh/*.yaml "../../../$OUT/manifests/tests/"
+chmod -R u+w "../../../$OUT/manifests"
 cd ../../..
 rm -f "$OUT"/.built-*
 touch "$(stamp)"
