@@ -135,6 +135,9 @@ for ipt in iptables ip6tables; do
   $ipt -t nat -A PROXY_INBOUND -p tcp --dport ${ADMIN_PORT} -j RETURN
   $ipt -t nat -A PROXY_INBOUND -p tcp --dport ${HEALTH_PORT} -j RETURN
   $ipt -t nat -A PROXY_INBOUND -p tcp -j PROXY_IN_REDIRECT
+  # The sidecar's own traffic to its pod's address (an app calling itself through a Service) goes to the inbound
+  # listener, which takes the mTLS, as it would from another pod (OSM's rule); the rest of the sidecar's goes out.
+  $ipt -t nat -A PROXY_OUTPUT -o lo ! -d $lo -m owner --uid-owner ${PROXY_UID} -j PROXY_IN_REDIRECT
   $ipt -t nat -A PROXY_OUTPUT -m owner --uid-owner ${PROXY_UID} -j RETURN
   $ipt -t nat -A PROXY_OUTPUT -d $lo -j RETURN
   $ipt -t nat -A PROXY_OUTPUT -j PROXY_REDIRECT

@@ -99,8 +99,7 @@ describe.skipIf(missing.length > 0)('the mesh conformance manifests on the local
 
   it('a suite route (httproute-matching.yaml), producer side: /v2 and version: two reach echo-v2, the rest echo-v1', async () => {
     await ok(['apply', '-f', path.join(MANIFESTS, 'tests/httproute-matching.yaml')]);
-    // From the consumer namespace's pod (the producer route applies to every caller): see the next test for why
-    // not from echo-v1, the suite's own client.
+    // From the consumer namespace's pod (the producer route applies to every caller); echo-v1 is the next test's.
     const cases: [string[], string][] = [
       [[`http://echo.${MESH}/`], 'echo-v1-'],
       [[`http://echo.${MESH}/v2/example`], 'echo-v2-'],
@@ -126,13 +125,11 @@ describe.skipIf(missing.length > 0)('the mesh conformance manifests on the local
     expect(batch.every((s) => field(s, 'Hostname').startsWith('echo-v2-'))).toBe(true);
   }, 180_000);
 
-  // KNOWN GAP, marked so that it flips when fixed: a pod calling itself through a Service fails (503, "remote
-  // connection failure"): its sidecar connects to its own pod IP, which the init container's iptables (src/inject/
-  // template.ts) lets go straight to the app, bypassing the inbound listener that would take the mTLS. OSM's rule
-  // `-A PROXY_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1500 -j PROXY_IN_REDIRECT` (before the uid RETURN)
-  // fixes it (checked here by inserting it in the running pod: all four cases above then pass from echo-v1). The
-  // suite's client is always echo-v1 and most of its checks expect echo-v1 to answer. Once fixed, drop `.fails`.
-  it.fails('echo-v1 reaches itself through its own Service (echo-v1), as the suite\'s checks need', async () => {
+  // A pod calling itself through a Service: its sidecar connects to its own pod address, which must go to its
+  // inbound listener (the init container's `-o lo` rule, src/inject/template.ts), not straight to the app (which
+  // would get the mTLS handshake: 503, "remote connection failure"). The suite's client is always echo-v1, and
+  // most of its checks expect echo-v1 to answer.
+  it('echo-v1 reaches itself through its own Service (echo-v1), as the suite\'s checks need', async () => {
     await until(
       async () => field((await g.exec(MESH, client, [CLIENT, 'http://echo-v1/'])).stdout, 'StatusCode') === '200',
       30_000,
