@@ -5,7 +5,7 @@
 //   HTTP (--port, HTTP/1.1 and h2c on the same port): a text body of ServiceVersion=, ServicePort=, Host=, URL=,
 //     Cluster=, IstioVersion=, Method=, Proto=, IP=, Alpn=, one RequestHeader=Key:Value per header value (keys in Go's
 //     canonical form, sorted), Hostname=; `?codes=503:1,200:1`, `?headers=k:v,...` and `?delay=100ms` as Istio's.
-//   gRPC (--grpc): proto.EchoTestService/Echo; the message holds RequestHeader= per metadata value, Host= (the
+//   gRPC (--grpc, h2c): proto.EchoTestService/Echo; the message holds RequestHeader= per metadata value, Host= (the
 //     authority), StatusCode=200, ServiceVersion=, ServicePort=, IP=, Proto=GRPC, Echo=<message>, Hostname=.
 //   TCP (--tcp): the fields first, then the bytes it reads, echoed.
 // Hostname is HOSTNAME from the environment (the pod's name, as a container runtime sets it), else the machine's.
@@ -22,7 +22,6 @@ import os from 'node:os';
 import process from 'node:process';
 import { setTimeout } from 'node:timers';
 import { URL } from 'node:url';
-import grpc from '@grpc/grpc-js';
 import { ECHO_SERVICE, canonicalKey, goDuration } from './common.mjs';
 
 const LISTS = ['port', 'grpc', 'tcp', 'tls'];
@@ -151,29 +150,68 @@ function serveHttp(port, facts, tls) {
   return new Promise((resolve, reject) => front.once('error', reject).listen(port, () => resolve(front)));
 }
 
-/** The message Istio's gRPC Echo handler answers with. */
-export function grpcPayload(call, { port, version, cluster, istioVersion }) {
+/** Headers grpc-go keeps out of a call's metadata (its reserved ones). */
+const GRPC_RESERVED = new Set(['content-type', 'te', 'grpc-timeout', 'grpc-encoding', 'grpc-message-type', 'grpc-status', 'grpc-message']);
+
+/**
+ * The message Istio's gRPC Echo handler answers with, from the request's raw HTTP/2 headers (each value apart, as
+ * grpc-go's metadata keeps them: Node's joined header object would merge two `x-a` headers into one value).
+ */
+export function grpcPayload({ rawHeaders, peer, message }, { port, version, cluster, istioVersion }) {
   const lines = [];
-  const authority = call.getHost?.() ?? '';
-  if (authority) lines.push(`Host=${authority}`, `RequestHeader=:authority:${authority}`);
-  for (const [key, values] of Object.entries(call.metadata.getMap())) {
-    if (key.endsWith('-bin')) continue;
-    for (const v of Array.isArray(values) ? values : [values]) lines.push(`RequestHeader=${key}:${v}`);
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const key = rawHeaders[i].toLowerCase();
+    const value = rawHeaders[i + 1];
+    if (key === ':authority') lines.push(`Host=${value}`);
+    else if (key.startsWith(':') || key.endsWith('-bin') || GRPC_RESERVED.has(key)) continue;
+    lines.push(`RequestHeader=${key}:${value}`);
   }
   lines.push(`StatusCode=200`, `ServiceVersion=${version}`, `ServicePort=${port}`);
   if (cluster) lines.push(`Cluster=${cluster}`);
-  lines.push(`IP=${peerIp(call.getPeer().replace(/^ipv[46]:/, '').replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1'))}`);
+  lines.push(`IP=${peerIp(peer)}`);
   if (istioVersion) lines.push(`IstioVersion=${istioVersion}`);
-  lines.push(`Proto=GRPC`, `Echo=${call.request}`, `Hostname=${hostname()}`);
+  lines.push(`Proto=GRPC`, `Echo=${message}`, `Hostname=${hostname()}`);
   return `${lines.join('\n')}\n`;
 }
 
+/** A request message's most bytes (Echo's is a short string; gRPC's own default limit is 4 MiB). */
+const MAX_GRPC_MESSAGE = 4 * 1024 * 1024;
+
+/** The unary call proto.EchoTestService/Echo over HTTP/2 (h2c), as gRPC frames it; other methods: UNIMPLEMENTED. */
 function serveGrpc(port, facts) {
-  const server = new grpc.Server();
-  server.addService(ECHO_SERVICE, { Echo: (call, done) => done(null, grpcPayload(call, facts)) });
-  return new Promise((resolve, reject) =>
-    server.bindAsync(`0.0.0.0:${port}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve(server))),
-  );
+  const server = http2.createServer();
+  const fail = (stream, code, message) => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, { endStream: true });
+  server.on('stream', (stream, headers, _flags, rawHeaders) => {
+    stream.on('error', () => stream.destroy());
+    if (headers[':path'] !== ECHO_SERVICE.Echo.path) return fail(stream, 12, `method ${headers[':path']} is not served (only ${ECHO_SERVICE.Echo.path})`);
+    const chunks = [];
+    let size = 0;
+    stream.on('data', (c) => {
+      size += c.length;
+      if (size > MAX_GRPC_MESSAGE + 5) {
+        fail(stream, 8, `request message over ${MAX_GRPC_MESSAGE} bytes`);
+        stream.destroy();
+      } else chunks.push(c);
+    });
+    stream.on('end', () => {
+      if (stream.destroyed) return;
+      const buf = Buffer.concat(chunks);
+      let message;
+      try {
+        if (buf.length < 5 || buf[0] !== 0 || buf.readUInt32BE(1) !== buf.length - 5) throw new Error('one uncompressed length-prefixed message expected');
+        message = ECHO_SERVICE.Echo.requestDeserialize(buf.subarray(5));
+      } catch (e) {
+        return fail(stream, 13, `malformed request: ${e.message}`);
+      }
+      const out = ECHO_SERVICE.Echo.responseSerialize(grpcPayload({ rawHeaders, peer: stream.session?.socket?.remoteAddress, message }, facts));
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(out.length, 1);
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.concat([prefix, out]));
+    });
+  });
+  return new Promise((resolve, reject) => server.once('error', reject).listen(port, () => resolve(server)));
 }
 
 function serveTcp(port, facts) {
@@ -220,10 +258,7 @@ export async function startServer(opts, log = (s) => process.stderr.write(`${s}\
 }
 
 export function stopServers(servers) {
-  for (const s of servers) {
-    if (typeof s.forceShutdown === 'function') s.forceShutdown();
-    else s.close();
-  }
+  for (const s of servers) s.close();
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('/server.mjs')) {
