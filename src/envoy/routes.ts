@@ -40,11 +40,24 @@ type Route = NonNullable<VirtualHost['routes']>[number];
 
 const escapeRegex = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
-/** A Gateway API path match: a prefix matches whole path segments (`/foo` matches `/foo` and `/foo/bar`, not `/foobar`). */
-function pathMatch(m: MatchIR): Route['match'] {
+/**
+ * A Gateway API path match: a prefix matches whole path segments (`/foo` matches `/foo` and `/foo/bar`, not
+ * `/foobar`): Envoy's `path_separated_prefix`, which the proxyless gRPC clients do not take (grpc-js-xds NACKs it:
+ * found by envoy-random-meshes); for them the same as a regex.
+ */
+function pathMatch(m: MatchIR, opts: RetryOptions): Route['match'] {
   const p = m.path;
+  const prefix = p.value.replace(/\/+$/, '');
   const path =
-    p.type === 'Exact' ? { path: p.value } : p.type === 'RegularExpression' ? { safe_regex: { regex: p.value } } : p.value === '/' || p.value.replace(/\/+$/, '') === '' ? { prefix: '/' } : { path_separated_prefix: p.value.replace(/\/+$/, '') };
+    p.type === 'Exact'
+      ? { path: p.value }
+      : p.type === 'RegularExpression'
+        ? { safe_regex: { regex: p.value } }
+        : prefix === ''
+          ? { prefix: '/' }
+          : opts.proxyless
+            ? { safe_regex: { regex: `${escapeRegex(prefix)}(/.*)?` } }
+            : { path_separated_prefix: prefix };
   const exactOrRegex = (v: ValueMatchIR) => (v.type === 'Exact' ? { exact: v.value } : { safe_regex: { regex: v.value } });
   const headers = [...(m.method ? [{ name: ':method', string_match: { exact: m.method } }] : []), ...m.headers.map((h) => ({ name: h.name, string_match: exactOrRegex(h) }))];
   return {
@@ -78,7 +91,7 @@ function headerOps(ops: HeaderOpsIR | undefined, side: 'request' | 'response'): 
 /** One Gateway API rule match as an Envoy route, with the retry in force on it (the caller's Retry, else its own). */
 function ruleRoute(rule: RouteRuleIR, port: PortIR, features: RouteFeatures, opts: RetryOptions): Route {
   const name = `${rule.from.replace(' ', '/')}/rule/${rule.rule}`;
-  const common = { name, match: pathMatch(rule.match), ...headerOps(rule.requestHeaders, 'request'), ...headerOps(rule.responseHeaders, 'response') };
+  const common = { name, match: pathMatch(rule.match, opts), ...headerOps(rule.requestHeaders, 'request'), ...headerOps(rule.responseHeaders, 'response') };
   if (rule.redirect) {
     const r = rule.redirect;
     const path = r.path ? pathRewrite(r.path, rule.match) : {};
