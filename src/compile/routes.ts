@@ -12,7 +12,7 @@
  *   (ignored for mesh routes, as GAMMA says), RequestMirror, CORS, ExternalAuth and ExtensionRef filters (the route
  *   is not Accepted: UnsupportedValue), sessionPersistence.
  */
-import { asList, type Fields } from '../model/plain.js';
+import type { Fields } from '../model/plain.js';
 import { byRef, lineOfField, refKey, type MeshState, type RouteKind, type RouteObject } from '../model/mesh.js';
 import { durationOf, parseGoDuration, type Duration } from '../policy/duration.js';
 import type { Problem } from '../policy/retry.js';
@@ -70,6 +70,9 @@ export interface BackendIR {
   /** Its Envoy cluster (`ns/name|targetPort`); INVALID_BACKEND for a backend that did not resolve. */
   readonly cluster: string;
   readonly weight: number;
+  /** The backend's own filters (`backendRefs[].filters`): header modifiers of the requests it gets, and their responses. */
+  readonly requestHeaders?: HeaderOpsIR;
+  readonly responseHeaders?: HeaderOpsIR;
 }
 
 /**
@@ -261,6 +264,8 @@ interface BackendRef {
   readonly name: string;
   readonly port?: number;
   readonly weight: number;
+  readonly requestHeaders?: HeaderOpsIR;
+  readonly responseHeaders?: HeaderOpsIR;
 }
 
 interface RuleSpec {
@@ -319,7 +324,8 @@ function parseRule(r: Reader, kind: RouteKind, namespace: string, v: unknown, at
     const bat = `${at}.backendRefs[${i}]`;
     const bm = r.map(b, bat) ?? {};
     r.unknown(bm, ['group', 'kind', 'namespace', 'name', 'port', 'weight', 'filters'], bat);
-    if (bm.filters !== undefined && asList(bm.filters).length) r.problem(`${bat}.filters`, 'backend filters are not supported by mesh-xds');
+    // A backend's own header modifiers (the request as this backend gets it); other backend filters are refused.
+    const bf = parseFilters(r, 'GRPCRoute', bm.filters, `${bat}.filters`);
     backends.push({
       field: bat,
       group: r.string(bm.group, `${bat}.group`) ?? '',
@@ -328,6 +334,8 @@ function parseRule(r: Reader, kind: RouteKind, namespace: string, v: unknown, at
       name: r.string(bm.name, `${bat}.name`, { required: true, max: 253 }) ?? '',
       port: r.int(bm.port, `${bat}.port`, 1, 65535),
       weight: r.int(bm.weight, `${bat}.weight`, 0, 1_000_000) ?? 1,
+      ...(bf.requestHeaders ? { requestHeaders: bf.requestHeaders } : {}),
+      ...(bf.responseHeaders ? { responseHeaders: bf.responseHeaders } : {}),
     });
   });
   let timeout: Duration | undefined;
@@ -638,7 +646,14 @@ function resolveRules(route: RouteObject, spec: RouteSpec, services: Map<string,
       if (problem) unresolved.push(problem);
       if (b.weight === 0) continue;
       const port = problem ? undefined : services.get(key)!.ports.find((p) => p.port === b.port)!;
-      backends.push({ service: key, port: b.port ?? 0, cluster: port ? port.cluster : INVALID_BACKEND, weight: b.weight });
+      backends.push({
+        service: key,
+        port: b.port ?? 0,
+        cluster: port ? port.cluster : INVALID_BACKEND,
+        weight: b.weight,
+        ...(b.requestHeaders ? { requestHeaders: b.requestHeaders } : {}),
+        ...(b.responseHeaders ? { responseHeaders: b.responseHeaders } : {}),
+      });
     }
     const base = {
       from: `${route.kind} ${refKey(route)}`,

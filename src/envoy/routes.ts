@@ -114,11 +114,13 @@ function ruleRoute(rule: RouteRuleIR, port: PortIR, features: RouteFeatures, opt
   if (!backends.some((b) => b.cluster !== INVALID_BACKEND)) return { ...common, direct_response: { status: 500 } } as Route;
   const applied = retryOnRoute(features, rule);
   const retry = applied ? envoyRetryPolicy(applied.settings, opts) : undefined;
+  // A backend with filters of its own is a weighted cluster (Envoy's per-cluster header options), even alone.
+  const perBackend = backends.some((b) => b.requestHeaders || b.responseHeaders);
   const target =
-    backends.length === 1
+    backends.length === 1 && !perBackend
       ? { cluster: backends[0]!.cluster }
       : {
-          weighted_clusters: { clusters: backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) },
+          weighted_clusters: { clusters: backends.map((b) => ({ name: b.cluster, weight: { value: b.weight }, ...headerOps(b.requestHeaders, 'request'), ...headerOps(b.responseHeaders, 'response') })) },
           ...(backends.some((b) => b.cluster === INVALID_BACKEND) ? { cluster_not_found_response_code: 'INTERNAL_SERVER_ERROR' } : {}),
         };
   return {
