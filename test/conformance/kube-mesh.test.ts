@@ -8,6 +8,7 @@
  * namespace instead of through pods/exec, pass through the sidecars: plain HTTP and gRPC, and one of its routes
  * (tests/mesh/httproute-matching.yaml).
  */
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,11 +19,16 @@ import { ROOT } from '../helpers/cli.js';
 import { kubeMissing } from '../helpers/kube.js';
 import { sandboxMissing } from '../helpers/sandbox.js';
 
-const MANIFESTS = path.join(ROOT, '.cache/conformance/manifests');
+/**
+ * The suite's own manifests, kept byte for byte from sigs.k8s.io/gateway-api v1.7.0 (conformance/base/mesh/manifests.yaml
+ * and conformance/tests/mesh/httproute-matching.yaml; sha256 in SHA256SUMS, checked below, and equal to build.sh's
+ * copy where the suite is built), so that this test runs without building the suite.
+ */
+const MANIFESTS = path.join(ROOT, 'test/conformance/manifests');
 const CLIENT = path.join(ROOT, 'sandbox/echo/client.mjs');
 const MESH = 'gateway-conformance-mesh';
 const CONSUMER = 'gateway-conformance-mesh-consumer';
-const missing = [...(await kubeMissing()), ...sandboxMissing, ...(existsSync(path.join(MANIFESTS, 'mesh.yaml')) ? [] : ['the suite (bash scripts/conformance/build.sh)'])];
+const missing = [...(await kubeMissing()), ...sandboxMissing];
 
 /** The suite's manifests with its namespaces labelled and annotated, as its applier does with --namespace-labels. */
 function asTheSuiteApplies(file: string): string {
@@ -41,6 +47,16 @@ function asTheSuiteApplies(file: string): string {
 
 /** The first `Field=` match, as utils/echo.ParseResponse reads it. */
 const field = (out: string, name: string): string => new RegExp(`${name}=(.*)`).exec(out)?.[1] ?? '';
+
+it("the suite's manifests are kept as the module has them", () => {
+  for (const line of readFileSync(path.join(MANIFESTS, 'SHA256SUMS'), 'utf8').trim().split('\n')) {
+    const [sum, file] = line.split(/\s+/) as [string, string];
+    const bytes = readFileSync(path.join(MANIFESTS, file));
+    expect(createHash('sha256').update(bytes).digest('hex'), file).toBe(sum);
+    const built = path.join(ROOT, '.cache/conformance/manifests', file === 'mesh.yaml' ? file : `tests/${file}`);
+    if (existsSync(built)) expect(readFileSync(built).equals(bytes), `${file} against ${built}`).toBe(true);
+  }
+});
 
 describe.skipIf(missing.length > 0)('the mesh conformance manifests on the local control plane, with sidecars', () => {
   let g: KubeGuide;
@@ -98,7 +114,7 @@ describe.skipIf(missing.length > 0)('the mesh conformance manifests on the local
   }, 120_000);
 
   it('a suite route (httproute-matching.yaml), producer side: /v2 and version: two reach echo-v2, the rest echo-v1', async () => {
-    await ok(['apply', '-f', path.join(MANIFESTS, 'tests/httproute-matching.yaml')]);
+    await ok(['apply', '-f', path.join(MANIFESTS, 'httproute-matching.yaml')]);
     // From the consumer namespace's pod (the producer route applies to every caller); echo-v1 is the next test's.
     const cases: [string[], string][] = [
       [[`http://echo.${MESH}/`], 'echo-v1-'],
