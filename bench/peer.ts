@@ -195,6 +195,8 @@ interface Result {
   changeCpu: number[];
   bytes: number[];
   responses: number[];
+  /** Streams that received anything per change. */
+  proxies: number[];
   reconnects: number;
   rss: number;
   peak: number;
@@ -236,6 +238,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
     changeCpu: [],
     bytes: [],
     responses: [],
+    proxies: [],
     reconnects: 0,
     rss: 0,
     peak: 0,
@@ -260,6 +263,7 @@ async function runOne(server: string, shape: Shape, built: Built, files: string[
     result.changeCpu.push(usage(pid).cpu - cpu0);
     result.bytes.push(report.bytes);
     result.responses.push(report.responses);
+    result.proxies.push(report.proxies);
     result.reconnects = report.reconnects;
   }
   const u2 = usage(pid);
@@ -279,8 +283,8 @@ const ms = (x: number): string => (x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : 
 const mb = (b: number): string => `${(b / 1024 / 1024).toFixed(0)} MB`;
 const kb = (b: number): string => (b >= 10 * 1024 * 1024 ? mb(b) : `${(b / 1024).toFixed(0)} kB`);
 
-console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | RSS after | peak RSS | clients' CPU (per change) | streams reopened |`);
-console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log(`| mesh | proxies | mode | server | initial sync | its CPU | change -> all (median / max of ${CHANGES}) | CPU per change | bytes per change | responses per change | proxies sent anything (whose snapshot changed) | RSS after | peak RSS | clients' CPU (per change) | streams reopened |`);
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 let flip = false;
 for (const shape of shapes) {
   const built = build(shape.scenario);
@@ -291,12 +295,14 @@ for (const shape of shapes) {
     return f;
   });
   const expects = built.snapshots.map((s, i) => (i ? changed(s, built.snapshots[i - 1]) : {}));
+  // The proxies whose snapshot changed (a proxy takes identity k mod the count): the median over the changes.
+  const owed = median(expects.slice(1).map((e) => Array.from({ length: shape.n }, (_, k) => built.identities[k % built.identities.length]!).filter((id) => id in e).length));
   const order = flip ? [...SERVERS].reverse() : SERVERS;
   flip = !flip;
   for (const server of order) {
     const r = await runOne(server, shape, built, files, expects);
     console.log(
-      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s (${median(r.clientChangeCpu).toFixed(2)} s) | ${r.reconnects} |`,
+      `| ${shape.scenario.name} (${shape.scenario.what}) | ${shape.n} | ${shape.mode} | ${r.server} | ${ms(r.initialMs)} | ${r.initialCpu.toFixed(1)} s | ${ms(median(r.changeMs))} / ${ms(Math.max(...r.changeMs))} | ${median(r.changeCpu).toFixed(2)} s | ${kb(median(r.bytes))} | ${median(r.responses)} | ${median(r.proxies)} (${owed}) | ${mb(r.rss)} | ${mb(r.peak)} | ${r.clientCpu.toFixed(1)} s (${median(r.clientChangeCpu).toFixed(2)} s) | ${r.reconnects} |`,
     );
   }
   for (const f of files) rmSync(f, { force: true });

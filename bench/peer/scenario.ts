@@ -4,7 +4,7 @@
  * server process build exactly the same states.
  */
 import type { MeshState } from '../../src/model/mesh.js';
-import { BENCH_MESH, generateMesh, type MeshSize } from '../mesh-gen.js';
+import { BENCH_MESH, BENCH_MESH_ROUTES, generateMesh, isConsumerRoute, routeObject, type MeshSize } from '../mesh-gen.js';
 
 export interface Scenario {
   readonly name: string;
@@ -52,7 +52,28 @@ function serviceAdded(size: MeshSize): (i: number) => MeshState {
   };
 }
 
+/** Route `index` of the mesh edited once more per change (bench/mesh-gen.ts routeObject's `edit`). */
+function routeEdited(size: MeshSize, index: number): (i: number) => MeshState {
+  const base = generateMesh(size);
+  return (i) => ({ ...base, routes: base.routes.map((r, k) => (k === index && i > 0 ? routeObject(index, size, i) : r)) });
+}
+
+/**
+ * The first consumer route of namespace ns-0: the proxies of the benchmark take the identities in order
+ * (ns-0/... first), so its callers have proxies at any N.
+ */
+const NS0_CONSUMER = Array.from({ length: BENCH_MESH_ROUTES.routes! }, (_, i) => i).find((i) => isConsumerRoute(i, BENCH_MESH_ROUTES) && routeObject(i, BENCH_MESH_ROUTES).namespace === 'ns-0')!;
+
 export const SCENARIOS: Record<string, Scenario> = {
   small: { name: 'small', what: 'an endpoint added to svc-0', size: SMALL, state: endpointAdded(SMALL) },
   big: { name: 'big', what: 'a service (2 ports, 1 pod) added', size: BIG, state: serviceAdded(BIG) },
+  // The big mesh with 500 HTTPRoutes (issue 38).
+  'big-routes': { name: 'big-routes', what: '500 HTTPRoutes; a service (2 ports, 1 pod) added', size: BENCH_MESH_ROUTES, state: serviceAdded(BENCH_MESH_ROUTES) },
+  'route-producer': { name: 'route-producer', what: '500 HTTPRoutes; producer route ns-0/svc-0 edited (its split)', size: BENCH_MESH_ROUTES, state: routeEdited(BENCH_MESH_ROUTES, 0) },
+  'route-consumer': {
+    name: 'route-consumer',
+    what: `500 HTTPRoutes; consumer route ns-0/${routeObject(NS0_CONSUMER, BENCH_MESH_ROUTES).name} edited (a header)`,
+    size: BENCH_MESH_ROUTES,
+    state: routeEdited(BENCH_MESH_ROUTES, NS0_CONSUMER),
+  },
 };

@@ -9,7 +9,7 @@
 //	start: dials all N and prints {"ev":"synced","ms":X} when every stream holds all it asked for
 //	{"cmd":"mark","expect":{"ns/sa":[[typeUrl,name],...]}} -> {"ok":"mark"}; later {"ev":"done","at":unixMs}
 //	    once every stream has received, since the mark, each listed resource of its identity
-//	{"cmd":"report"} -> {"ok":"report","bytes":B,"responses":R,"resources":K} received since the mark
+//	{"cmd":"report"} -> {"ok":"report","bytes":B,"responses":R,"resources":K,"proxies":P} received since the mark (P: streams that got any)
 package main
 
 import (
@@ -141,6 +141,7 @@ var (
 	bytes   atomic.Int64
 	resps   atomic.Int64
 	items   atomic.Int64
+	updated atomic.Int64 // streams that received a response since the mark
 	// Streams that ended and were opened again.
 	reconnects atomic.Int64
 	pending    atomic.Int64 // streams not yet synced, then streams not yet done with the current mark
@@ -156,6 +157,7 @@ type proxy struct {
 	synced   bool
 	missing  map[string]bool // "type name" still expected since the mark
 	doneMark bool
+	updated  bool // received a response since the mark
 	// What the held listeners ask for: each one's route configurations, and how many name each.
 	listenerRoutes map[string]map[string]bool
 	routeRefs      map[string]int
@@ -192,6 +194,10 @@ func (p *proxy) received(typ string, size int, names []string, bodies [][]byte, 
 		bytes.Add(int64(size))
 		resps.Add(1)
 		items.Add(int64(len(names)))
+		if !p.updated {
+			p.updated = true
+			updated.Add(1)
+		}
 		for _, n := range names {
 			delete(p.missing, typ+" "+n)
 		}
@@ -548,6 +554,7 @@ func main() {
 			bytes.Store(0)
 			resps.Store(0)
 			items.Store(0)
+			updated.Store(0)
 			current.Store(&cmd.Expect)
 			// Every stream expects its identity's list; those with nothing to wait for are done already.
 			pending.Store(int64(*n) + 1)
@@ -558,6 +565,7 @@ func main() {
 					p.missing[e[0]+" "+e[1]] = true
 				}
 				p.doneMark = false
+				p.updated = false
 				p.settle()
 				locks[i].Unlock()
 			}
@@ -567,7 +575,7 @@ func main() {
 			}
 		case "report":
 			pprof.StopCPUProfile()
-			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load(), "reconnects": reconnects.Load()}
+			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load(), "proxies": updated.Load(), "reconnects": reconnects.Load()}
 		}
 	}
 }
