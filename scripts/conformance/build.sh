@@ -12,7 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 export GOTOOLCHAIN=go1.27.3
 OUT=.cache/conformance
-stamp() { echo "$OUT/.built-$(cat scripts/conformance/suite/go.sum scripts/conformance/suite/go.mod scripts/conformance/suite/*.go scripts/conformance/suite/echoparse/*.go scripts/conformance/images/go.mod scripts/conformance/images/echo-basic/*/*.go | sha256sum | cut -c1-16)"; }
+stamp() { echo "$OUT/.built-$(cat scripts/conformance/suite/go.sum scripts/conformance/suite/go.mod scripts/conformance/suite/*.go test/conformance/mesh/go.mod test/conformance/mesh/*.go test/conformance/mesh/*.yaml scripts/conformance/suite/echoparse/*.go scripts/conformance/images/go.mod scripts/conformance/images/echo-basic/*/*.go | sha256sum | cut -c1-16)"; }
 built() { [ -x "$OUT/conformance.test" ] && [ -x "$OUT/echo-parse" ] && [ -f "$OUT/manifests/mesh.yaml" ] && [ -f "$(stamp)" ]; }
 if [ "${1:-}" = --check ]; then built; exit; fi
 built && { echo "conformance suite: built ($OUT/conformance.test)"; exit 0; }

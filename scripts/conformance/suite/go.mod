@@ -2,7 +2,10 @@ module mesh-xds.local/conformance
 
 go 1.27.0
 
-require sigs.k8s.io/gateway-api/conformance v1.7.0
+require (
+	mesh-xds.local/conformance/meshtests v0.0.0
+	sigs.k8s.io/gateway-api/conformance v1.7.0
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -79,3 +82,6 @@ require (
 
 // See ../images/go.mod: the proxy does not serve this module; build.sh assembles the stand-in there.
 replace sigs.k8s.io/gateway-api-conformance-images => ../../../.cache/conformance/images
+
+// mesh-xds's own tests in the suite's style (test/conformance/mesh), run with the suite by conformance_test.go.
+replace mesh-xds.local/conformance/meshtests => ../../../test/conformance/mesh
