@@ -14,7 +14,7 @@
  * PEER_NODE_OPTIONS (e.g. "--cpu-prof --cpu-prof-dir=DIR") are given to mesh-xds's server process; PEER_PROFILE=FILE
  * has it write a CPU profile of one change: the first, or the Nth with PEER_PROFILE_CHANGE=N.
  *
- * Run: npm run bench:peer -- [--scenario small,big] [--n 2000,10000] [--mode sotw,delta] [--changes 5]
+ * Run: npm run bench:peer -- [--scenario small,big,big-routes,route-producer,route-consumer] [--n 2000,10000] [--mode sotw,delta] [--changes 5]
  *      [--servers mesh-xds,go-control-plane] [--pin]: every combination of the values given
  *      (default: the small mesh, 2,000 and 10,000 proxies, SotW and delta). The big mesh's snapshots are 350 MB a
  *      state on disk, and go-control-plane needed more than 18 GB for it at 2,000 proxies: try it at 500 first.
