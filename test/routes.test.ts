@@ -127,8 +127,8 @@ describe('mesh routes', () => {
   });
 
   it("bounds what routes put in a caller's virtual host: older routes keep their rules, a newer one past the bound is not Accepted", () => {
-    // 20 routes of 64 rules each, in one consumer namespace, on one service port: 1,280 matches against a bound of 1,024.
-    const rules = Array.from({ length: 64 }, (_, i) => ({ matches: [{ path: { type: 'Exact', value: `/p${i}` } }], backendRefs: backend }));
+    // 20 routes of 64 matches each (16 rules of 4), in one consumer namespace, on one service port: 1,280 matches against a bound of 1,024.
+    const rules = Array.from({ length: 16 }, (_, i) => ({ matches: Array.from({ length: 4 }, (_, j) => ({ path: { type: 'Exact', value: `/p${i}-${j}` } })), backendRefs: backend }));
     const many = Array.from({ length: 20 }, (_, i) => route('curl', `flood${String(i).padStart(2, '0')}`, { ...toHttpbin, rules }, `2026-12-0${1 + Math.floor(i / 10)}T00:00:${String(i % 10).padStart(2, '0')}Z`));
     const producer = route('httpbin', 'producer', { ...toHttpbin, rules: [{ backendRefs: backend, retry: { codes: [503] } }] }, '2026-12-09T00:00:00Z');
     const ir = compile(mesh([...many, producer]));
@@ -140,6 +140,42 @@ describe('mesh routes', () => {
     expect(refused.message).toMatch(/already has 1024 route matches from older routes of namespace curl; this route's 64 would pass the bound of 1024/);
     // The flood is the consumer namespace's own: the producer route, and every other namespace's callers, are untouched.
     expect(featuresFor(ir, 'httpbin/httpbin', 'httpbin').get('httpbin/httpbin:14001')!.rules!.map((r) => r.from)).toEqual(['HTTPRoute httpbin/producer']);
+  });
+
+  it("bounds a route's size and work: its rules and matches (the CRD's bounds), its header modifiers, its characters per service port and namespace, its problems", () => {
+    const big = 'v'.repeat(4000);
+    const headers = { set: Array.from({ length: 5 }, (_, i) => ({ name: `x-${i}`, value: big })) };
+    const fat = parseRouteSpec('HTTPRoute', 'curl', { ...toHttpbin, rules: [{ filters: [{ type: 'RequestHeaderModifier', requestHeaderModifier: headers }], backendRefs: backend }] });
+    expect(fat.problems.map((p) => p.message)).toEqual([expect.stringMatching(/header modifiers .* hold 20\d+ characters; at most 16384/)]);
+    const many = parseRouteSpec('HTTPRoute', 'curl', { ...toHttpbin, rules: Array.from({ length: 3 }, () => ({ matches: Array.from({ length: 50 }, () => ({})), backendRefs: backend })) });
+    expect(many.problems.map((p) => p.message)).toEqual(['hold 150 matches in all; at most 128 (the CRD\'s bound)']);
+    // A route of many bad regexes: 20 problems named, the rest not read.
+    const bad = parseRouteSpec('HTTPRoute', 'curl', { ...toHttpbin, rules: [{ matches: Array.from({ length: 64 }, () => ({ headers: Array.from({ length: 16 }, (_, i) => ({ name: `h${i}`, type: 'RegularExpression', value: `(${'a'.repeat(1000)}` })) })) }] });
+    expect(bad.problems.length).toBe(21);
+    expect(bad.problems.at(-1)!.message).toBe('more problems were not read');
+    expect(JSON.stringify(bad.problems).length).toBeLessThan(20_000);
+    // Characters per service port and audience: 1 MiB; older routes first.
+    const value = 'w'.repeat(4000);
+    const heavy = Array.from({ length: 12 }, (_, i) =>
+      route('curl', `heavy${String(i).padStart(2, '0')}`, { ...toHttpbin, rules: [{ matches: Array.from({ length: 24 }, (_, j) => ({ path: { type: 'Exact', value: `/h${i}-${j}` } })), filters: [{ type: 'RequestHeaderModifier', requestHeaderModifier: { set: [{ name: 'x-a', value }, { name: 'x-b', value }, { name: 'x-c', value }, { name: 'x-d', value }] } }], backendRefs: backend }] }, `2026-12-01T00:00:${String(i).padStart(2, '0')}Z`),
+    );
+    const ir = compile(mesh(heavy));
+    const refused = ir.routeReports.filter((r) => r.parents[0]!.conditions[0]!.status === 'False');
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused[0]!.parents[0]!.conditions[0]!.message).toMatch(/characters of routes from older routes of namespace curl; this route's \d+ would pass the bound of 1048576/);
+    expect(ir.routeReports.filter((r) => r.parents[0]!.conditions[0]!.status === 'True').map((r) => r.name)).toEqual(heavy.slice(0, 12 - refused.length).map((r) => r.name));
+  });
+
+  it('takes only the regexes Envoy takes (RE2 and its program size), its own built ones too; a GRPCRoute regex stays in its part', () => {
+    const re = (value: string): string[] => parseRouteSpec('HTTPRoute', 'curl', { ...toHttpbin, rules: [{ matches: [{ path: { type: 'RegularExpression', value } }] }] }).problems.map((p) => p.message);
+    expect(re('/r/[0-9]+')).toEqual([]);
+    expect(re('(?i)/abc')).toEqual([]);
+    expect(re(`/${'b'.repeat(110)}`)).toEqual([expect.stringMatching(/RE2 program of about 11\d instructions; Envoy refuses over 100/)]);
+    expect(re('a{1000}')).toEqual([expect.stringMatching(/Envoy refuses over 100/)]);
+    for (const bad of ['\\u0041', '\\p{Script=Greek}', '[]', '(?<=a)b']) expect(re(bad), bad).toEqual([expect.stringMatching(/RE2|lookbehind/)]);
+    const grpc = parseRouteSpec('GRPCRoute', 'curl', { ...toHttpbin, rules: [{ matches: [{ method: { type: 'RegularExpression', service: 'x|', method: '.*|' } }, { method: { method: `M${'x'.repeat(110)}` } }] }] });
+    expect(grpc.spec.rules[0]!.matches[0]!.path).toEqual({ type: 'RegularExpression', value: '/(?:x|)/(?:.*|)' });
+    expect(grpc.problems).toEqual([expect.objectContaining({ field: 'spec.rules[0].matches[1].method', message: expect.stringMatching(/makes the path regex .* Envoy refuses over 100/) })]);
   });
 
   it('reports parents as the spec says: a parent that is not in the mesh, a backend in a third namespace, a missing port', () => {

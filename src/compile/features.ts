@@ -211,19 +211,21 @@ export interface FeatureSignatures {
 }
 
 export function featureSignatures(ir: MeshIR): FeatureSignatures {
-  const producer: unknown[] = [];
-  const consumers = new Map<string, unknown[]>();
+  // Each rule list signed once (rulesKey), then the keys: never one string of every route (a mesh's routes may
+  // together be more than a string can hold).
+  const producer: string[] = [];
+  const consumers = new Map<string, string[]>();
   for (const [port, r] of Object.entries(ir.routes)) {
-    if (r.producer) producer.push([port, r.producer]);
+    if (r.producer) producer.push(`${port}=${rulesKey(r.producer)}`);
     for (const [ns, rules] of Object.entries(r.consumers ?? {})) {
       let list = consumers.get(ns);
       if (!list) consumers.set(ns, (list = []));
-      list.push([port, rules]);
+      list.push(`${port}=${rulesKey(rules)}`);
     }
   }
   return {
-    all: contentHash(JSON.stringify(producer)),
-    byNamespace: new Map([...consumers].map(([ns, list]) => [ns, contentHash(JSON.stringify(list))])),
+    all: contentHash(producer.join('\n')),
+    byNamespace: new Map([...consumers].map(([ns, list]) => [ns, contentHash(list.join('\n'))])),
     byIdentity: new Map(Object.entries(ir.retries).map(([id, m]) => [id, JSON.stringify(m)])),
   };
 }

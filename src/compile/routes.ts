@@ -12,7 +12,8 @@
  *   (ignored for mesh routes, as GAMMA says), RequestMirror, CORS, ExternalAuth and ExtensionRef filters (the route
  *   is not Accepted: UnsupportedValue), sessionPersistence.
  */
-import type { Fields } from '../model/plain.js';
+import { RE2JS } from 're2js';
+import { clip, type Fields } from '../model/plain.js';
 import { byRef, lineOfField, refKey, type MeshState, type RouteKind, type RouteObject } from '../model/mesh.js';
 import { durationOf, parseGoDuration, type Duration } from '../policy/duration.js';
 import type { Problem } from '../policy/retry.js';
@@ -151,18 +152,33 @@ const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 /** GEP-2257: 1 to 4 of a number (up to 5 digits) and a unit. */
 const GATEWAY_DURATION = /^([0-9]{1,5}(h|m|s|ms)){1,4}$/;
 const REDIRECT_CODES = [301, 302, 303, 307, 308];
-const MAX_RULES = 64;
+/** The CRD's own bounds (v1.7.0): 16 rules, 64 matches a rule, 128 matches over all rules. */
+const MAX_RULES = 16;
 const MAX_MATCHES = 64;
+const MAX_ROUTE_MATCHES = 128;
+/** A rule's header modifiers, its own and its backends', in characters of names and values together. */
+const MAX_HEADER_BYTES = 16_384;
+/** A reader stops reading a route after this many problems (the status names the first few). */
+const MAX_PROBLEMS = 20;
 /**
  * Route matches (Envoy routes) one service port may hold for one audience (the producer routes, or one consumer
  * namespace's), over all its routes: what a virtual host of a caller's sidecar holds at most from routes.
  */
 export const MAX_RULES_PER_PORT = 1024;
+/** The same in characters of the rules' JSON (what a virtual host is made of): 1 MiB. */
+export const MAX_ROUTE_BYTES_PER_PORT = 1 << 20;
+/** All of one namespace's routes together, over every service port they attach to: 8 MiB. */
+export const MAX_ROUTE_BYTES_PER_NAMESPACE = 8 << 20;
 
 class Reader {
   readonly problems: Problem[] = [];
+  /** More problems than a status names: the rest is not read (its cost is bounded as its report is). */
+  get full(): boolean {
+    return this.problems.length >= MAX_PROBLEMS;
+  }
   problem(field: string, message: string): void {
-    this.problems.push({ field, message });
+    if (this.problems.length < MAX_PROBLEMS) this.problems.push({ field: clip(field, 256), message: clip(message, 512) });
+    else if (this.problems.length === MAX_PROBLEMS) this.problems.push({ field: 'spec', message: 'more problems were not read' });
   }
   unknown(obj: Fields, allowed: readonly string[], path: string): void {
     for (const k of Object.keys(obj)) if (!allowed.includes(k)) this.problem(`${path}.${k}`, `unknown field (known: ${allowed.join(', ')})`);
@@ -229,22 +245,43 @@ class Reader {
     }
     return durationOf(parsed.nanos);
   }
-  /** A regular expression Envoy's RE2 takes: what JavaScript reads, without the constructs RE2 lacks. */
+  /** A regular expression Envoy's RE2 takes (re2Problem), quoted at most 64 characters in a problem. */
   regex(v: unknown, path: string): string | undefined {
     const s = this.string(v, path);
     if (s === undefined) return undefined;
-    if (/\(\?[=!<]|\\[1-9]/.test(s)) {
-      this.problem(path, `"${s}": lookaround and backreferences are not supported (Envoy uses RE2)`);
-      return undefined;
-    }
-    try {
-      new RegExp(s, 'u');
-    } catch (e) {
-      this.problem(path, `"${s}" is not a valid regular expression: ${(e as Error).message}`);
+    const problem = re2Problem(s);
+    if (problem) {
+      this.problem(path, `"${clip(s, 64)}" ${problem}`);
       return undefined;
     }
     return s;
   }
+}
+
+/** Envoy refuses a regex whose RE2 program is larger than this (its default `re2.max_program_size.error_level`). */
+const RE2_MAX_PROGRAM = 100;
+const re2Checked = new Map<string, string | undefined>();
+
+/**
+ * Why Envoy's RE2 would refuse a regex (undefined: it takes it): re2js parses it as RE2 does (no lookaround, no
+ * backreference, no `\u` escapes or `\p{Script=...}` classes), and its program, about two instructions smaller than
+ * RE2's own count, must stay within Envoy's 100. Remembered per pattern (at most 10,000).
+ */
+export function re2Problem(pattern: string): string | undefined {
+  if (re2Checked.has(pattern)) return re2Checked.get(pattern);
+  let problem: string | undefined;
+  if (/\(\?<[=!]/.test(pattern)) problem = 'uses lookbehind, which RE2 (Envoy) does not have';
+  else {
+    try {
+      const size = (RE2JS.compile(pattern) as unknown as { re2Input: { prog: { inst: unknown[] } } }).re2Input.prog.inst.length + 2;
+      if (size > RE2_MAX_PROGRAM) problem = `is an RE2 program of about ${size} instructions; Envoy refuses over ${RE2_MAX_PROGRAM} (a shorter pattern, or a prefix or exact match)`;
+    } catch (e) {
+      problem = `is not a regular expression RE2 (Envoy) takes: ${clip((e as Error).message, 128)}`;
+    }
+  }
+  if (re2Checked.size >= 10_000) re2Checked.clear();
+  re2Checked.set(pattern, problem);
+  return problem;
 }
 
 interface ParentRef {
@@ -308,7 +345,12 @@ export function parseRouteSpec(kind: RouteKind, namespace: string, spec: unknown
     parents.push({ written, namespace: ns, name, port, foreign: !((group === '' || group === 'core') && pkind === 'Service') });
   });
   const rules: RuleSpec[] = [];
-  r.list(s.rules, 'spec.rules', MAX_RULES).forEach((rule, index) => rules.push(parseRule(r, kind, namespace, rule, `spec.rules[${index}]`, index)));
+  for (const [index, rule] of r.list(s.rules, 'spec.rules', MAX_RULES).entries()) {
+    if (r.full) break;
+    rules.push(parseRule(r, kind, namespace, rule, `spec.rules[${index}]`, index));
+  }
+  const matches = rules.reduce((n, rule) => n + rule.matches.length, 0);
+  if (matches > MAX_ROUTE_MATCHES) r.problem('spec.rules', `hold ${matches} matches in all; at most ${MAX_ROUTE_MATCHES} (the CRD's bound)`);
   return { spec: { parents, rules }, problems: r.problems };
 }
 
@@ -338,6 +380,9 @@ function parseRule(r: Reader, kind: RouteKind, namespace: string, v: unknown, at
       ...(bf.responseHeaders ? { responseHeaders: bf.responseHeaders } : {}),
     });
   });
+  const opsBytes = (o: HeaderOpsIR | undefined): number => (o ? [...o.set, ...o.add].reduce((n, h) => n + h.name.length + h.value.length, 0) + o.remove.reduce((n, x) => n + x.length, 0) : 0);
+  const headerBytes = opsBytes(filters.requestHeaders) + opsBytes(filters.responseHeaders) + backends.reduce((n, b) => n + opsBytes(b.requestHeaders) + opsBytes(b.responseHeaders), 0);
+  if (headerBytes > MAX_HEADER_BYTES) r.problem(`${at}.filters`, `the rule's header modifiers (with its backends') hold ${headerBytes} characters; at most ${MAX_HEADER_BYTES}`);
   let timeout: Duration | undefined;
   let backendTimeout: Duration | undefined;
   const t = r.map(m.timeouts, `${at}.timeouts`);
@@ -432,7 +477,14 @@ function grpcMatch(r: Reader, v: unknown, at: string): MatchIR {
     else if (type === 'Exact') {
       path = service !== undefined && method !== undefined ? { type: 'Exact', value: `/${service}/${method}` } : service !== undefined ? { type: 'PathPrefix', value: `/${service}` } : { type: 'RegularExpression', value: `/[^/]+/${escapeRegex(method!)}` };
     } else {
-      path = { type: 'RegularExpression', value: `/${service ?? '[^/]+'}/${method ?? '[^/]+'}` };
+      // Each part grouped: an alternation in one stays in it (`x|` must not make the path match anything).
+      path = { type: 'RegularExpression', value: `/(?:${service ?? '[^/]+'})/(?:${method ?? '[^/]+'})` };
+    }
+    // The regex built here must be one Envoy takes too.
+    const built = path.type === 'RegularExpression' ? re2Problem(path.value) : undefined;
+    if (built) {
+      r.problem(`${at}.method`, `makes the path regex "${clip(path.value, 64)}", which ${built}`);
+      path = { type: 'PathPrefix', value: '/' };
     }
   }
   return { path, headers: valueMatches(r, m.headers, `${at}.headers`, 'header'), queryParams: [] };
@@ -552,6 +604,8 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
   const byKey = new Map(services.map((s) => [`${s.namespace}/${s.name}`, s]));
   const reports: RouteReport[] = [];
   const buckets = new Map<string, { producer: Entry[]; consumers: Map<string, Entry[]> }>();
+  const bucketBytes = new Map<string, number>();
+  const namespaceBytes = new Map<string, number>();
   const seen = new Set<string>();
   // Oldest first (then kind, namespace/name): what the bound of a service port keeps is what was there first.
   const created = (r: RouteObject): string => r.creationTimestamp ?? '\uffff';
@@ -584,12 +638,25 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
         // The bound of a virtual host: older routes keep their rules, a newer one that would pass it is not taken.
         const audience = route.namespace === service.namespace ? 'producer' : route.namespace;
         const count = rules.reduce((n, x) => n + x.rules.length, 0);
-        for (const port of ports.filter((p) => p.protocol === 'http')) {
-          const b = buckets.get(portKey(`${service.namespace}/${service.name}`, port.port));
-          const held = (audience === 'producer' ? b?.producer : b?.consumers.get(audience))?.length ?? 0;
+        const bytes = rules.reduce((n, x) => n + x.bytes, 0);
+        const httpPorts = ports.filter((p) => p.protocol === 'http');
+        for (const port of httpPorts) {
+          const key = portKey(`${service.namespace}/${service.name}`, port.port);
+          const list = audience === 'producer' ? buckets.get(key)?.producer : buckets.get(key)?.consumers.get(audience);
+          const held = list?.length ?? 0;
+          const heldBytes = bucketBytes.get(`${key} ${audience}`) ?? 0;
+          const whose = audience === 'producer' ? '' : ` of namespace ${audience}`;
           if (held + count > MAX_RULES_PER_PORT) {
-            return cond('Accepted', false, 'UnsupportedValue', `Service ${parent.namespace}/${parent.name} port ${port.port} already has ${held} route matches from older routes${audience === 'producer' ? '' : ` of namespace ${audience}`}; this route's ${count} would pass the bound of ${MAX_RULES_PER_PORT}`);
+            return cond('Accepted', false, 'UnsupportedValue', `Service ${parent.namespace}/${parent.name} port ${port.port} already has ${held} route matches from older routes${whose}; this route's ${count} would pass the bound of ${MAX_RULES_PER_PORT}`);
           }
+          if (heldBytes + bytes > MAX_ROUTE_BYTES_PER_PORT) {
+            return cond('Accepted', false, 'UnsupportedValue', `Service ${parent.namespace}/${parent.name} port ${port.port} already has ${heldBytes} characters of routes from older routes${whose}; this route's ${bytes} would pass the bound of ${MAX_ROUTE_BYTES_PER_PORT}`);
+          }
+        }
+        // A namespace's routes together (its share of the control plane's work and of its callers' config).
+        const nsBytes = namespaceBytes.get(route.namespace) ?? 0;
+        if (nsBytes + bytes * httpPorts.length > MAX_ROUTE_BYTES_PER_NAMESPACE) {
+          return cond('Accepted', false, 'UnsupportedValue', `namespace ${route.namespace}'s older routes already hold ${nsBytes} characters; this one's ${bytes * httpPorts.length} would pass the namespace's bound of ${MAX_ROUTE_BYTES_PER_NAMESPACE}`);
         }
         return cond('Accepted', true, 'Accepted', 'accepted');
       })();
@@ -607,6 +674,9 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
         if (!bucket) buckets.set(key, (bucket = { producer: [], consumers: new Map() }));
         const list = audience === 'producer' ? bucket.producer : bucket.consumers.get(audience) ?? (bucket.consumers.set(audience, []).get(audience) as Entry[]);
         for (const [order, rule] of rules.flatMap((x) => x.rules).entries()) list.push({ rule, created: route.creationTimestamp ?? '', ref, order });
+        const bytes = rules.reduce((n, x) => n + x.bytes, 0);
+        bucketBytes.set(`${key} ${audience}`, (bucketBytes.get(`${key} ${audience}`) ?? 0) + bytes);
+        namespaceBytes.set(route.namespace, (namespaceBytes.get(route.namespace) ?? 0) + bytes);
       }
     }
     reports.push({ kind: route.kind, namespace: route.namespace, name: route.name, generation: route.generation, parents, problems: located, attached });
@@ -626,7 +696,7 @@ export function compileRoutes(state: MeshState, meshNamespaces: Set<string>, ser
 }
 
 /** A route's rules, one per match, with their backends resolved; the refs that did not resolve, with the spec's reasons. */
-function resolveRules(route: RouteObject, spec: RouteSpec, services: Map<string, ServiceIR>): { rules: RouteRuleIR[]; unresolved: { reason: string; message: string }[] }[] {
+function resolveRules(route: RouteObject, spec: RouteSpec, services: Map<string, ServiceIR>): { rules: RouteRuleIR[]; unresolved: { reason: string; message: string }[]; bytes: number }[] {
   const parentServices = new Set(spec.parents.filter((p) => !p.foreign).map((p) => `${p.namespace}/${p.name}`));
   return spec.rules.map((rule) => {
     const unresolved: { reason: string; message: string }[] = [];
@@ -668,6 +738,9 @@ function resolveRules(route: RouteObject, spec: RouteSpec, services: Map<string,
       ...(rule.backendTimeout ? { backendTimeout: rule.backendTimeout } : {}),
       ...(rule.retry ? { retry: rule.retry } : {}),
     };
-    return { rules: rule.matches.map((match) => ({ ...base, match })), unresolved };
+    // What the rule puts in a caller's virtual host, in characters of its JSON: its own fields once per match.
+    const baseBytes = JSON.stringify(base).length;
+    const bytes = rule.matches.reduce((n, match) => n + baseBytes + JSON.stringify(match).length, 0);
+    return { rules: rule.matches.map((match) => ({ ...base, match })), unresolved, bytes };
   });
 }

@@ -308,7 +308,11 @@ export class DebugServer {
         return this.json(res, 200, { proxies: sortProxies(src.registry.connections).map((c) => c.view()) });
       case '/debug/policies':
         // The Retries, and the Gateway API mesh routes with their status per Service parent.
-        return this.json(res, 200, { policies: policiesView(src.ir()), routes: (src.ir()?.routeReports ?? []).filter((r) => r.parents.length) });
+      {
+        // The routes: at most 5,000 listed (each report is bounded: 20 problems, clipped), `routesOmitted` the rest.
+        const routes = (src.ir()?.routeReports ?? []).filter((r) => r.parents.length);
+        return this.json(res, 200, { policies: policiesView(src.ir()), routes: routes.slice(0, 5_000), routesOmitted: Math.max(0, routes.length - 5_000) });
+      }
       case '/debug/mesh': {
         const ir = src.ir();
         return this.json(res, 200, {
