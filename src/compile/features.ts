@@ -168,8 +168,12 @@ const attemptsOf = (s: RetrySettings): number => 1 + (s.numRetries ?? 1);
 
 /**
  * Per identity, per destination service: the retry with the most attempts its requests may get there, whichever
- * kind set it (the caller's Retry where there is one, else the worst rule of the routes its namespace gets). What
- * the retry-safety analysis (compile/amplification.ts) walks.
+ * kind set it (the caller's Retry where there is one, else the worst rule of the consumer routes its namespace
+ * wrote). What the retry-safety analysis (compile/amplification.ts) walks: the call paths someone declared. A Retry
+ * names its caller, a consumer route its callers' namespace; a producer route names none (every caller it may ever
+ * have), so its retry is not an edge: made one for every identity, it turned the graph every-to-every (500 routes in
+ * the big mesh: no path found within the search's bounds, 1.5-1.8 s a compile). A caller's Retry or consumer route
+ * over a producer route's service is counted, and so is the retry budget of every destination, whoever retries.
  */
 export function retryEdges(ir: MeshIR): Map<string, Map<string, RetryEdge>> {
   const out = new Map<string, Map<string, RetryEdge>>();
@@ -181,7 +185,7 @@ export function retryEdges(ir: MeshIR): Map<string, Map<string, RetryEdge>> {
     for (const key of Object.keys(ir.routes)) {
       const at = key.lastIndexOf(':');
       const service = key.slice(0, at);
-      for (const rule of rulesFor(ir, service, Number(key.slice(at + 1)), ns) ?? []) {
+      for (const rule of ir.routes[key]?.consumers?.[ns] ?? []) {
         const r = ruleRetry(rule);
         if (!r || !r.settings.numRetries) continue;
         const held = m.get(service);
