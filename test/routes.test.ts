@@ -11,6 +11,7 @@ import { compile } from '../src/compile/compile.js';
 import { featuresFor, retryOnRoute } from '../src/compile/features.js';
 import { parseRouteSpec } from '../src/compile/routes.js';
 import { envoyRoutes } from '../src/envoy/routes.js';
+import { routeParents } from '../src/outputs/route-status.js';
 import type { MeshState, RouteObject } from '../src/model/mesh.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
@@ -176,6 +177,15 @@ describe('mesh routes', () => {
     const grpc = parseRouteSpec('GRPCRoute', 'curl', { ...toHttpbin, rules: [{ matches: [{ method: { type: 'RegularExpression', service: 'x|', method: '.*|' } }, { method: { method: `M${'x'.repeat(110)}` } }] }] });
     expect(grpc.spec.rules[0]!.matches[0]!.path).toEqual({ type: 'RegularExpression', value: '/(?:x|)/(?:.*|)' });
     expect(grpc.problems).toEqual([expect.objectContaining({ field: 'spec.rules[0].matches[1].method', message: expect.stringMatching(/makes the path regex .* Envoy refuses over 100/) })]);
+  });
+
+  it("takes our entries out of a route's status once it names no Service; others' stay", () => {
+    const ir = compile(mesh([route('httpbin', 'moved', { parentRefs: [{ name: 'edge' }], rules: [{ backendRefs: backend }] })]));
+    const report = ir.routeReports.find((r) => r.name === 'moved')!;
+    expect(report.parents).toEqual([]);
+    const theirs = { parentRef: { name: 'edge' }, controllerName: 'example.com/gateway', conditions: [] };
+    const ours = { parentRef: { group: '', kind: 'Service', name: 'httpbin' }, controllerName: 'flomesh.io/mesh-xds', conditions: [] };
+    expect(routeParents(report, 2, { parents: [theirs, ours] }, Date.now())).toEqual([theirs]);
   });
 
   it('reports parents as the spec says: a parent that is not in the mesh, a backend in a third namespace, a missing port', () => {
