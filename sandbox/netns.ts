@@ -293,6 +293,10 @@ export class Network {
     // Names resolve from the hosts file only: a resolver that answers nothing, so no query leaves the pod.
     writeFileSync(path.join('/etc/netns', netns, 'resolv.conf'), 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n');
     pod.setHosts([]);
+    // The bridge number is ours (claimed atomically) and the index held by none of our pods: a link of this name is a
+    // leftover of a pod removed a moment ago (ours, or of a sandbox that had this number), whose veth the kernel
+    // deletes asynchronously after its network namespace. Seen in CI as "RTNETLINK answers: File exists".
+    await run('ip', ['link', 'del', hostSide]);
     await ip('link', 'add', hostSide, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns);
     await ip('link', 'set', hostSide, 'master', this.bridge, 'up');
     await ip('-n', netns, 'addr', 'add', `${pod.ip}/24`, 'dev', 'eth0');

@@ -17,7 +17,7 @@ import { installCommand } from '../src/cli/install.js';
 import type { MeshState } from '../src/model/mesh.js';
 import { KubernetesSource } from '../src/sources/kubernetes.js';
 import { ROOT } from './helpers/cli.js';
-import { kubeMissing, kubectlOk } from './helpers/kube.js';
+import { kubeMissing, kubectlOk, waitEstablished } from './helpers/kube.js';
 
 const missing = await kubeMissing();
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
@@ -54,7 +54,7 @@ describe.skipIf(missing.length > 0)('Gateway API routes against a real API serve
     kube = await KubeCluster.start();
     // The mesh's own CRDs only: no Gateway API.
     await ok(['apply', '-f', deploy('crds/retries.policy.flomesh.io.yaml'), '-f', deploy('crds/meshconfigs.config.flomesh.io.yaml')]);
-    await ok(['wait', '--for', 'condition=established', 'crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+    await waitEstablished(kube, ['crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io']);
     await ok(['create', 'namespace', 'httpbin']);
     await ok(['label', 'namespace', 'httpbin', 'flomesh.io/monitored-by=mesh-xds']);
     await ok(['create', 'service', 'clusterip', 'httpbin', '-n', 'httpbin', '--tcp=14001:14001']);
@@ -77,7 +77,7 @@ describe.skipIf(missing.length > 0)('Gateway API routes against a real API serve
     expect((source.info().resources as any).HTTPRoute).toMatchObject({ synced: true, objects: 0, notInstalled: `CRD ${HTTPROUTES}` });
 
     await ok(['apply', '-f', deploy('crds/')]);
-    await ok(['wait', '--for', 'condition=established', `crd/${HTTPROUTES}`, `crd/${GRPCROUTES}`, '--timeout=60s']);
+    await waitEstablished(kube, [`crd/${HTTPROUTES}`, `crd/${GRPCROUTES}`]);
     await ok(['apply', '-f', '-'], httpRoute(2));
     await ok(['apply', '-f', '-'], GRPC_ROUTE);
     await until(() => routes(latest()).length === 2, 20_000, 'the routes in the mesh');
@@ -111,7 +111,7 @@ describe.skipIf(missing.length > 0)('Gateway API routes against a real API serve
 
   it('the RBAC of deploy/ reads routes and writes only their status', async () => {
     await ok(['apply', '-f', deploy(`crds/gateway.networking.k8s.io_grpcroutes.yaml`)]);
-    await ok(['wait', '--for', 'condition=established', `crd/${GRPCROUTES}`, '--timeout=60s']);
+    await waitEstablished(kube, [`crd/${GRPCROUTES}`]);
     await ok(['apply', '-f', deploy('control-plane/namespace.yaml'), '-f', deploy('control-plane/rbac.yaml')]);
     const sa = await kube.serviceAccountKubeconfig('mesh-xds', 'mesh-xds');
     const can = async (...args: string[]) => (await kube.kubectl(['auth', 'can-i', ...args], { kubeconfig: sa })).stdout.trim();

@@ -16,7 +16,7 @@ import { Network } from '../sandbox/netns.js';
 import { until } from '../sandbox/sandbox.js';
 import { ROOT, cli } from './helpers/cli.js';
 import { XdsTestClient, startBackend, type Backend } from './helpers/grpc-xds.js';
-import { GUIDE_RETRY as RETRY, grpcRetry, httpbinEndpoints, kubeMissing, serveKubernetes, type Served } from './helpers/kube.js';
+import { GUIDE_RETRY as RETRY, grpcRetry, httpbinEndpoints, kubeMissing, serveKubernetes, type Served, waitEstablished } from './helpers/kube.js';
 import { sandboxMissing } from './helpers/sandbox.js';
 
 const missing = [...(await kubeMissing()), ...sandboxMissing];
@@ -52,7 +52,7 @@ describe.skipIf(missing.length > 0)("the Kubernetes steps of docs/deploy.md agai
 
   it('the CRDs are Established; `kubectl apply -k deploy/` passes a server-side dry run and then applies', async () => {
     await ok(['apply', '-f', deploy('crds/')]);
-    await ok(['wait', '--for', 'condition=established', 'crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+    await waitEstablished(kube, ['crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io']);
     // The namespace first: a dry run does not create it for the objects that live in it.
     await ok(['apply', '-f', deploy('control-plane/namespace.yaml')]);
     const dry = await ok(['apply', '-k', deploy(''), '--dry-run=server']);

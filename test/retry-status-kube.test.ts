@@ -15,7 +15,7 @@ import { envoyRoot } from '../src/xds/resources/protos.js';
 import { ROUTE } from '../src/xds/resources/types.js';
 import { RawAdsClient, node, type AdsTestStream } from './helpers/ads-client.js';
 import { ROOT } from './helpers/cli.js';
-import { kubeMissing, serveKubernetes, type Served } from './helpers/kube.js';
+import { kubeMissing, serveKubernetes, type Served, waitEstablished } from './helpers/kube.js';
 
 const missing = await kubeMissing();
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
@@ -70,7 +70,7 @@ describe.skipIf(missing.length > 0)("a Retry's observed numbers and Programmed i
 
   it('shows the numbers a sidecar reported and Programmed True once its proxy ACKed the policy', async () => {
     await ok(['apply', '-f', deploy('crds/')]);
-    await ok(['wait', '--for', 'condition=established', 'crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+    await waitEstablished(kube, ['crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io']);
     await ok(['apply', '-f', deploy('control-plane/namespace.yaml')]);
     await ok(['apply', '-k', deploy('')]);
     await ok(['patch', 'meshconfig', 'fsm-mesh-config', '-n', 'mesh-xds', '--type', 'merge', '-p', '{"spec":{"featureFlags":{"enableRetryPolicy":true}}}']);

@@ -17,7 +17,7 @@ import type { MeshIR } from '../src/compile/ir.js';
 import { TokenBucket } from '../src/outputs/retry-status.js';
 import { RouteStatusWriter } from '../src/outputs/route-status.js';
 import { ROOT } from './helpers/cli.js';
-import { kubeMissing, kubectlOk, serveKubernetes, type Served } from './helpers/kube.js';
+import { kubeMissing, kubectlOk, serveKubernetes, type Served, waitEstablished } from './helpers/kube.js';
 
 const missing = await kubeMissing();
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
@@ -72,7 +72,7 @@ describe.skipIf(missing.length > 0)('route statuses against a real API server', 
 
   it("writes each Service parent's Accepted and ResolvedRefs, valid to the CRD, keeping another controller's entry", async () => {
     await ok(['apply', '-f', deploy('crds/')]);
-    await ok(['wait', '--for', 'condition=established', 'crd/httproutes.gateway.networking.k8s.io', 'crd/grpcroutes.gateway.networking.k8s.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+    await waitEstablished(kube, ['crd/httproutes.gateway.networking.k8s.io', 'crd/grpcroutes.gateway.networking.k8s.io', 'crd/meshconfigs.config.flomesh.io']);
     await ok(['apply', '-f', deploy('control-plane/namespace.yaml')]);
     await ok(['apply', '-k', deploy('')]);
     await ok(['create', 'namespace', 'httpbin']);

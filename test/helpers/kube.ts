@@ -80,7 +80,7 @@ export async function kubectlOk(kube: KubeCluster, args: string[], opts: { kubec
  */
 export async function installGuideMesh(kube: KubeCluster, backend: { host: string; port: number }): Promise<void> {
   await kubectlOk(kube, ['apply', '-f', deployPath('crds/')]);
-  await kubectlOk(kube, ['wait', '--for', 'condition=established', 'crd/retries.policy.flomesh.io', 'crd/meshconfigs.config.flomesh.io', '--timeout=60s']);
+  await waitEstablished(kube, ['retries.policy.flomesh.io', 'meshconfigs.config.flomesh.io']);
   await kubectlOk(kube, ['apply', '-f', deployPath('control-plane/namespace.yaml')]);
   await kubectlOk(kube, ['apply', '-k', deployPath('')]);
   await kubectlOk(kube, ['patch', 'meshconfig', 'fsm-mesh-config', '-n', 'mesh-xds', '--type', 'merge', '-p', '{"spec":{"featureFlags":{"enableRetryPolicy":true}}}']);
@@ -91,4 +91,20 @@ export async function installGuideMesh(kube: KubeCluster, backend: { host: strin
   for (const ns of ['httpbin', 'curl']) await kubectlOk(kube, ['apply', '-f', deployPath(`samples/guide/${ns}.yaml`), '-n', ns]);
   await kubectlOk(kube, ['apply', '-f', '-'], { input: grpcRetry(3) });
   await kubectlOk(kube, ['apply', '-f', '-'], { input: httpbinEndpoints(backend.host, backend.port) });
+}
+
+/**
+ * Waits for CRDs to be Established. `kubectl wait --for condition=established` fails at once ("status.conditions
+ * accessor error: <nil>") when it looks before the API server gave the CRD any condition, as happens when several
+ * large CRDs are applied together (seen in CI): this asks until each says Established.
+ */
+export async function waitEstablished(kube: KubeCluster, crds: readonly string[], timeoutMs = 60_000): Promise<void> {
+  for (const crd of crds) {
+    const name = crd.replace(/^crd\//, '');
+    await until(
+      async () => (await kube.kubectl(['get', 'crd', name, '-o', 'jsonpath={.status.conditions[?(@.type=="Established")].status}'])).stdout.trim() === 'True',
+      timeoutMs,
+      `the CRD ${name} Established`,
+    );
+  }
 }
