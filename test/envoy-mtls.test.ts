@@ -179,6 +179,16 @@ endpoints: [{ addresses: ["${gateway}"] }]
       const fromNext = await sb.identity('curl', 'other');
       const served = await tlsGet(httpbin.pod.ip, 14001, fromNext, next.cert);
       expect(served.status).toMatch(/^HTTP\/1\.1 200/);
+      // New connections after the rotation: curl's sidecar has opened at most hs0 connections to httpbin so far, so a
+      // burst of more concurrent requests than that needs new ones (the steady traffic alone need not: under load its
+      // bursts overlap less, and the pool may already hold enough connections).
+      const burst = hs0 + 4;
+      const extra = await curl.pod.exec(
+        '/bin/sh',
+        ['-c', `j=0; while [ $j -lt ${burst} ]; do curl -s -o /dev/null -w '%{http_code}\\n' --max-time 10 http://${HTTPBIN}/delay/0.5 & j=$((j+1)); done; wait`],
+        { timeoutMs: 30_000 },
+      );
+      expect(extra.stdout.trim().split('\n'), extra.stderr).toEqual(Array(burst).fill('200'));
       const hs1 = await handshakes();
       expect(hs1).toBeGreaterThan(hs0);
 
