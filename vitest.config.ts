@@ -20,6 +20,10 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // Two files at a time on two cores (vitest's default is one fewer than the cores): most files wait on real parts
+    // (Envoy's retries and stats, an API server's watch) far more than they compute. Sandboxes claim their own
+    // bridge and subnet, and every port is a free one, so files do not share anything.
+    maxWorkers: 2,
     globalSetup: ['test/global-setup.ts'],
     sequence: { sequencer: KubeLast },
   },
