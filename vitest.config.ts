@@ -4,12 +4,13 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
 /**
  * The real-API-server tests go last: on a fresh machine they wait for kube-apiserver and etcd to be built (in the
  * background, by scripts/install-real-parts.sh), and the other files run meanwhile instead of waiting behind them.
+ * Last of all, the files that need the conformance suite built (its run, its echo parser): that build starts after theirs.
  */
 class KubeLast extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
     const sorted = await super.sort(files);
-    const kube = (f: TestSpecification): boolean => /\/kube-[^/]*\.test\.ts$/.test(f.moduleId);
-    return [...sorted.filter((f) => !kube(f)), ...sorted.filter(kube)];
+    const rank = (f: TestSpecification): number => (/\/conformance\/(kube-suite|echo)\.test\.ts$/.test(f.moduleId) ? 2 : /\/kube-[^/]*\.test\.ts$/.test(f.moduleId) ? 1 : 0);
+    return [0, 1, 2].flatMap((r) => sorted.filter((f) => rank(f) === r));
   }
 }
 

@@ -47,6 +47,44 @@ export const SUPPORTED_FEATURES = [
   'MeshHTTPRouteRetry',
 ];
 
+const BUILD_PID = packagePath('.cache/conformance/build.pid');
+const BUILD_LOG = packagePath('.cache/conformance/build.log');
+
+function suiteBuilt(): boolean {
+  return spawnSync('bash', [packagePath('scripts/conformance/build.sh'), '--check']).status === 0;
+}
+
+function suiteBuilding(): boolean {
+  if (!existsSync(BUILD_PID)) return false;
+  try {
+    process.kill(Number(readFileSync(BUILD_PID, 'utf8')), 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * What keeps the suite from running: [] when it is built. A build in progress (started in the background by
+ * scripts/install-real-parts.sh after the Kubernetes binaries) is waited for, up to `waitMs`, with a line to `progress`
+ * every 30 s.
+ */
+export async function suiteProblems(waitMs = 30 * 60_000, progress?: (line: string) => void): Promise<string[]> {
+  const deadline = Date.now() + waitMs;
+  const started = Date.now();
+  let told = 0;
+  while (!suiteBuilt() && suiteBuilding() && Date.now() < deadline) {
+    if (progress && Date.now() - told >= 30_000) {
+      progress(`the conformance suite is being built in the background: waited ${Math.round((Date.now() - started) / 1000)} s (log: .cache/conformance/build.log)`);
+      told = Date.now();
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  if (suiteBuilt()) return [];
+  const log = existsSync(BUILD_LOG) ? readFileSync(BUILD_LOG, 'utf8').trim().split('\n').slice(-5).join('\n') : '';
+  return [`the conformance suite is not built: ${SUITE_BIN} (bash scripts/conformance/build.sh builds it with Go; bash scripts/install-real-parts.sh starts that in the background)${log ? `; the last build said:\n${log}` : ''}`];
+}
+
 /** The suite's command line (without the binary). */
 export function suiteArgs(report: string, extra: string[] = []): string[] {
   const version = JSON.parse(readFileSync(packagePath('package.json'), 'utf8')).version as string;
@@ -84,11 +122,8 @@ export async function conformanceCommand(argv: string[]): Promise<number> {
       report = path.resolve(argv[++i]!);
     } else if (argv[i] !== '--') extra.push(argv[i]!);
   }
-  if (spawnSync('bash', [packagePath('scripts/conformance/build.sh'), '--check']).status !== 0) {
-    process.stderr.write(`conformance: the suite is not built: run bash scripts/conformance/build.sh (${SUITE_BIN})\n`);
-    return 1;
-  }
-  const problems = await kubeGuideProblems(30 * 60_000, (line) => process.stdout.write(`(waiting) ${line}\n`));
+  const waiting = (line: string): void => void process.stdout.write(`(waiting) ${line}\n`);
+  const problems = [...(await kubeGuideProblems(30 * 60_000, waiting)), ...(await suiteProblems(30 * 60_000, waiting))];
   if (problems.length) {
     process.stderr.write(`conformance cannot run here:\n- ${problems.join('\n- ')}\n`);
     return 1;

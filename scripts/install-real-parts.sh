@@ -5,6 +5,8 @@
 #     node-agent (the sandbox node's kubelet API, k8s.io/kubelet v0.34.4), built from the Go module proxy as pinned
 #     by scripts/kube/*/go.sum (the first build takes minutes; later runs are a no-op; `--no-kube` leaves them
 #     out: `npm run demo` does not need them);
+#   - .cache/conformance: the Gateway API conformance suite (v1.7.0, scripts/conformance/build.sh), built in the
+#     background after the Kubernetes binaries (its tests, the last ones, wait for it);
 #   - Debian's iptables, curl and python3-grpcio (gRPC C-core), when missing and we are root;
 #   - Debian's chromium (the page's tests drive it with playwright-core), likewise.
 # A second run is a quick no-op. Under CI=true a failure is fatal; elsewhere it is reported and the tests
@@ -77,5 +79,21 @@ if ! bash scripts/build-kube.sh --check; then
     # Niced: the tests that run meanwhile come first (a starved test times out; the build only waits longer).
     setsid nohup nice -n 10 bash scripts/build-kube.sh > "$CACHE/kube/build.log" 2>&1 < /dev/null &
     echo $! > "$CACHE/kube/build.pid"
+  fi
+fi
+
+# The Gateway API conformance suite (test/conformance/kube-suite.test.ts runs it, last): built after the Kubernetes
+# binaries, in the same way (log: .cache/conformance/build.log), so that the Kubernetes tests get theirs first.
+if command -v go >/dev/null 2>&1 && ! bash scripts/conformance/build.sh --check; then
+  if [ -f "$CACHE/conformance/build.pid" ] && kill -0 "$(cat "$CACHE/conformance/build.pid")" 2>/dev/null; then
+    echo "install-real-parts: the conformance suite is being built (.cache/conformance/build.log)"
+  else
+    mkdir -p "$CACHE/conformance"
+    echo "install-real-parts: building the Gateway API conformance suite in the background, after the Kubernetes binaries (.cache/conformance/build.log)"
+    kube_pid=0
+    bash scripts/build-kube.sh --check || kube_pid=$(cat "$CACHE/kube/build.pid" 2>/dev/null || echo 0)
+    setsid nohup nice -n 10 bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 2; done; exec bash scripts/conformance/build.sh' _ "$kube_pid" \
+      > "$CACHE/conformance/build.log" 2>&1 < /dev/null &
+    echo $! > "$CACHE/conformance/build.pid"
   fi
 fi

@@ -16,6 +16,12 @@ stamp() { echo "$OUT/.built-$(cat scripts/conformance/suite/go.sum scripts/confo
 built() { [ -x "$OUT/conformance.test" ] && [ -x "$OUT/echo-parse" ] && [ -f "$OUT/manifests/mesh.yaml" ] && [ -f "$(stamp)" ]; }
 if [ "${1:-}" = --check ]; then built; exit; fi
 built && { echo "conformance suite: built ($OUT/conformance.test)"; exit 0; }
+# One build at a time (install-real-parts.sh's in the background, `npm run conformance`'s in the foreground): the
+# second waits for the first, then finds the suite built.
+mkdir -p "$OUT"
+exec 9> "$OUT/.lock"
+flock 9
+built && { echo "conformance suite: built ($OUT/conformance.test)"; exit 0; }
 
 started=$SECONDS
 mkdir -p "$OUT"
