@@ -5,7 +5,8 @@ import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
 import { CLUSTER, ENDPOINT, LISTENER, ROUTE } from '../src/xds/resources/types.js';
 import { resourceToJson } from './helpers/xds-json.js';
-import { generateMesh, retryObject } from '../bench/mesh-gen.js';
+import { generateMesh, isConsumerRoute, retryObject, routeObject } from '../bench/mesh-gen.js';
+import type { TypeSet } from '../src/xds/resources/snapshot.js';
 
 const SIZE = { namespaces: 3, services: 12, pods: 24, serviceAccounts: 12, retries: 4 };
 
@@ -60,6 +61,40 @@ describe('snapshot builder', () => {
   it('an unchanged mesh changes nothing', () => {
     const { pipeline, state } = setup();
     expect(pipeline.update({ ...state }).changed).toBe(0);
+  });
+});
+
+describe('producer routes (Gateway API)', () => {
+  const ROUTED = { ...SIZE, routes: 10 };
+  /** The chunk objects of a sidecar's route configurations (TypeSet.chunked's parts; the last is its own). */
+  const chunksOf = (set: TypeSet): TypeSet[] => (set as unknown as { parts: TypeSet[] }).parts.slice(0, -1);
+
+  it('are in the route configurations every sidecar shares: an edit makes one new chunk, the same object for all', () => {
+    const cache = new SnapshotCache();
+    const pipeline = new Pipeline(cache, pino({ level: 'silent' }));
+    const state = generateMesh(ROUTED);
+    pipeline.update(state);
+    const edited = routeObject(0, ROUTED);
+    expect(isConsumerRoute(0, ROUTED)).toBe(false);
+    const name = `${(edited.spec as any).parentRefs[0].name}.${edited.namespace}.svc.cluster.local:80`;
+    // The sidecars with no Retry and no consumer route: every one of them gets the producer route's rules.
+    const consumers = new Set(Array.from({ length: 10 }, (_, i) => i).filter((i) => isConsumerRoute(i, ROUTED)).map((i) => routeObject(i, ROUTED).namespace));
+    const plain = pipeline.ir!.identities.filter((id) => !(id in pipeline.ir!.retries) && !consumers.has(id.split('/')[0]!)).map((id) => `sidecar:${id}`);
+    expect(plain.length).toBeGreaterThanOrEqual(3);
+    const routesOf = (key: string): TypeSet => cache.peek(key)!.get(ROUTE)!;
+    const rules = (key: string): unknown[] => (resourceToJson(routesOf(key).resources.get(name)!) as any).virtual_hosts[0].routes;
+    expect(rules(plain[0]!).length).toBeGreaterThan(1);
+    const first = chunksOf(routesOf(plain[0]!));
+    const sameAs = (key: string, chunks: TypeSet[]): boolean => chunksOf(routesOf(key)).every((c, i) => c === chunks[i]);
+    expect(plain.filter((key) => !sameAs(key, first))).toEqual([]);
+
+    const routes = state.routes.map((r) => (r.name === edited.name && r.namespace === edited.namespace ? routeObject(0, ROUTED, 1) : r));
+    pipeline.update({ ...state, routes });
+    const after = chunksOf(routesOf(plain[0]!));
+    // One chunk differs (the edited route's), and every such sidecar holds that very chunk object.
+    expect(after.filter((c, i) => c !== first[i]).length).toBe(1);
+    expect(plain.filter((key) => !sameAs(key, after))).toEqual([]);
+    expect(rules(plain[1]!)).toEqual(rules(plain[0]!));
   });
 });
 

@@ -130,6 +130,21 @@ function routeFeatures(ir: MeshIR, callerNamespace: string): ReadonlyMap<string,
   return out;
 }
 
+const producerMemo = new WeakMap<MeshIR['routes'], ReadonlyMap<string, RouteFeatures>>();
+/**
+ * What a caller gets where neither a consumer route of its namespace nor a Retry of its own applies: the producer
+ * routes, keyed `ns/name:port`. The same for most callers of a service port, so it goes in the route configurations
+ * every sidecar shares; a caller whose `featuresFor` differs at a port gets its own (pipeline/build.ts).
+ */
+export function producerFeatures(ir: MeshIR): ReadonlyMap<string, RouteFeatures> {
+  let out = producerMemo.get(ir.routes);
+  if (out) return out;
+  const made = new Map<string, RouteFeatures>();
+  for (const [key, routes] of Object.entries(ir.routes)) if (routes.producer) made.set(key, make(routes.producer, undefined));
+  producerMemo.set(ir.routes, (out = made));
+  return out;
+}
+
 function make(rules: readonly RouteRuleIR[] | undefined, retry: AppliedSettings | undefined): RouteFeatures {
   const key = `${rules ? rulesKey(rules) : '-'}|${retry ? JSON.stringify(retry) : '-'}`;
   return { ...(rules ? { rules } : {}), ...(retry ? { retry } : {}), key };

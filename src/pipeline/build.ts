@@ -9,7 +9,7 @@ import { clusterLoadAssignment } from '../envoy/endpoints.js';
 import { localCluster, outboundCluster, passthroughCluster } from '../envoy/clusters.js';
 import { apiListener, inboundFilterChain, inboundListener, outboundFilterChain, outboundListener, serviceListener } from '../envoy/listeners.js';
 import { inboundVirtualHost, outboundVirtualHost, serviceRoute } from '../envoy/routes.js';
-import type { RouteFeatures } from '../compile/features.js';
+import { producerFeatures, type RouteFeatures } from '../compile/features.js';
 import { portKey } from '../compile/routes.js';
 import { INBOUND_LISTENER, OUTBOUND_LISTENER, inboundRouteName, outboundRouteName, outboundVirtualHostName, serviceRouteName } from '../envoy/common.js';
 import { contentHash, encodeMessage } from '../xds/resources/encode.js';
@@ -96,6 +96,17 @@ interface ServiceRoute {
 }
 
 /** A route configuration in which some virtual hosts carry a Retry, and those virtual hosts. */
+/** The shared route chunks with the producer routes in (`SnapshotBuilder.routeDefaults`), and what they were made of. */
+interface RouteDefaults {
+  readonly shared: Shared;
+  readonly features: ReadonlyMap<string, RouteFeatures>;
+  /** Each service port's route configuration with its producer routes, by plain version and features. */
+  readonly routes: Map<string, Resource>;
+  /** The chunks that hold such a route, by index and content. */
+  readonly chunkSets: Map<string, TypeSet>;
+  readonly chunks: TypeSet[];
+}
+
 interface Variant {
   readonly resource: Resource;
   readonly hosts: Piece[];
@@ -126,6 +137,8 @@ interface Shared {
   sidecarHttpPorts: HttpPortGroup[];
   /** The HTTP ports of ClusterIP services, each with its own listener and route configuration (for sidecars), by service. */
   serviceRoutes: Map<string, ServiceRoute[]>;
+  /** The same, by route configuration name. */
+  routeByName: Map<string, ServiceRoute>;
   /**
    * Their route configurations without a Retry, in chunks (`TypeSet.chunks`): what every sidecar gets, a caller
    * with a Retry for some services having the chunks that hold those replaced.
@@ -151,6 +164,12 @@ export class SnapshotBuilder {
   /** The variants each key's snapshot holds, as last built (`retain`), and those the build under way uses. */
   private readonly variantsOf = new Map<string, Variant[]>();
   private using?: Variant[];
+  /**
+   * The shared route configurations with the producer routes in them (what a caller with no consumer route and no
+   * Retry gets), for the IR's routes and the shared parts they were made for; the resources and chunks of the last
+   * ones are reused by the next (a producer route edit makes one new resource and one new chunk, for every sidecar).
+   */
+  private defaults?: RouteDefaults;
   private readonly retryHosts = new Map<string, Piece>();
   /** Each identity's SDS certificate resource, by identity, while its certificate is current. */
   private readonly identitySecrets = new Map<string, { cert: IdentityCert; resource: Resource }>();
@@ -366,6 +385,7 @@ export class SnapshotBuilder {
       httpPorts: groups,
       sidecarHttpPorts,
       serviceRoutes,
+      routeByName: new Map([...serviceRoutes.values()].flat().map((r) => [r.name, r])),
       serviceRouteChunks,
       httpSig: contentHash(groups.map((g) => g.sig).join(',')),
     };
@@ -469,6 +489,40 @@ export class SnapshotBuilder {
   }
 
   /**
+   * The shared route chunks with the producer routes' features in (`defaults`), made again only when the routes or
+   * the shared parts changed. Each service port's resource and each chunk are taken from the last ones where they
+   * are the same, so a sidecar's set differs from its last one in the chunk of the route edited, and every sidecar
+   * shares that chunk (compared once).
+   */
+  private routeDefaults(shared: Shared): RouteDefaults {
+    const features = producerFeatures(this.ir!);
+    const last = this.defaults;
+    if (last?.shared === shared && last.features === features) return last;
+    const routes = new Map<string, Resource>();
+    const chunkSets = new Map<string, TypeSet>();
+    const chunks = shared.serviceRouteChunks.map((chunk, i) => {
+      let changed = false;
+      const list = [...chunk.resources.values()].map((plain) => {
+        const r = shared.routeByName.get(plain.name)!;
+        const f = features.get(portKey(r.key, r.port.port));
+        if (!f) return plain;
+        changed = true;
+        const key = `${plain.name}|${plain.version}|${f.key}`;
+        let made = last?.routes.get(key);
+        if (!made) made = resourceFromObject(ROUTE, serviceRoute(r.service, r.port, f));
+        routes.set(key, made);
+        return made;
+      });
+      if (!changed) return chunk;
+      const key = `${i}/${chunk.chunk!.count}|${list.map((r) => r.version).join(',')}`;
+      const set = last?.chunkSets.get(key) ?? TypeSet.chunk(ROUTE, i, chunk.chunk!.count, list);
+      chunkSets.set(key, set);
+      return set;
+    });
+    return (this.defaults = { shared, features, routes, chunkSets, chunks });
+  }
+
+  /**
    * Each registered type's set for one proxy: where a type joins the snapshots. A type is its registry entry
    * (xds/resources/types.ts), its builder (envoy/), the plan's decision (compile/plan.ts) and its line here; a
    * registered type without one fails when the builder is made.
@@ -512,9 +566,10 @@ export class SnapshotBuilder {
       const own = TypeSet.of(ROUTE, [...outbound, ...inbound]);
       // The ClusterIP services' route configurations: the shared chunks, those holding a service this caller has a
       // Retry for replaced by the chunk with its variant.
-      const chunks = shared.serviceRouteChunks;
+      const { chunks, features: defaults } = this.routeDefaults(shared);
       const mine = new Map<number, Resource[]>();
       for (const [at, f] of plan.features) {
+        if (defaults.get(at)?.key === f.key) continue;
         const r = shared.serviceRoutes.get(at.slice(0, at.lastIndexOf(':')))?.find((x) => portKey(x.key, x.port.port) === at);
         if (!r) continue;
         const i = chunkOf(r.name, chunks.length);
