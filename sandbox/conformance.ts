@@ -16,6 +16,7 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { packagePath } from '../src/paths.js';
 import { GUIDE_SETS, KubeGuide, kubeGuideProblems } from './kube-guide.js';
+import { building } from './kube.js';
 
 export const SUITE_BIN = packagePath('.cache/conformance/conformance.test');
 export const PROFILES = ['MESH-HTTP', 'MESH-GRPC'];
@@ -54,15 +55,6 @@ function suiteBuilt(): boolean {
   return spawnSync('bash', [packagePath('scripts/conformance/build.sh'), '--check']).status === 0;
 }
 
-function suiteBuilding(): boolean {
-  if (!existsSync(BUILD_PID)) return false;
-  try {
-    process.kill(Number(readFileSync(BUILD_PID, 'utf8')), 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * What keeps the suite from running: [] when it is built. A build in progress (started in the background by
@@ -73,7 +65,7 @@ export async function suiteProblems(waitMs = 30 * 60_000, progress?: (line: stri
   const deadline = Date.now() + waitMs;
   const started = Date.now();
   let told = 0;
-  while (!suiteBuilt() && suiteBuilding() && Date.now() < deadline) {
+  while (!suiteBuilt() && building(BUILD_PID) && Date.now() < deadline) {
     if (progress && Date.now() - told >= 30_000) {
       progress(`the conformance suite is being built in the background: waited ${Math.round((Date.now() - started) / 1000)} s (log: .cache/conformance/build.log)`);
       told = Date.now();

@@ -25,7 +25,8 @@ function built(): boolean {
   return spawnSync('bash', [packagePath('scripts/build-kube.sh'), '--check']).status === 0;
 }
 
-function building(pidFile = BUILD_PID): boolean {
+/** Whether the background build whose pid `pidFile` holds still runs. */
+export function building(pidFile = BUILD_PID): boolean {
   if (!existsSync(pidFile)) return false;
   try {
     process.kill(Number(readFileSync(pidFile, 'utf8')), 0);
