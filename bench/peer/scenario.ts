@@ -4,7 +4,7 @@
  * server process build exactly the same states.
  */
 import type { MeshState } from '../../src/model/mesh.js';
-import { BENCH_MESH, BENCH_MESH_ROUTES, generateMesh, isConsumerRoute, routeObject, type MeshSize } from '../mesh-gen.js';
+import { BENCH_MESH, BENCH_MESH_ROUTES, generateMesh, isConsumerRoute, retryObject, routeObject, type MeshSize } from '../mesh-gen.js';
 
 export interface Scenario {
   readonly name: string;
@@ -58,6 +58,13 @@ function routeEdited(size: MeshSize, index: number): (i: number) => MeshState {
   return (i) => ({ ...base, routes: base.routes.map((r, k) => (k === index && i > 0 ? routeObject(index, size, i) : r)) });
 }
 
+/** Change i edits Retry (i - 1) mod R once more (its numRetries): one source identity's proxies get it (bench/churn.ts). */
+function retryEdited(size: MeshSize): (i: number) => MeshState {
+  const base = generateMesh(size);
+  const edits = (k: number, i: number): number => (k < i ? Math.floor((i - 1 - k) / size.retries) + 1 : 0);
+  return (i) => ({ ...base, retries: base.retries.map((r, k) => (edits(k, i) ? retryObject(k, size, 3 + edits(k, i)) : r)) });
+}
+
 /**
  * The first consumer route of namespace ns-0: the proxies of the benchmark take the identities in order
  * (ns-0/... first), so its callers have proxies at any N.
@@ -66,6 +73,7 @@ const NS0_CONSUMER = Array.from({ length: BENCH_MESH_ROUTES.routes! }, (_, i) =>
 
 export const SCENARIOS: Record<string, Scenario> = {
   small: { name: 'small', what: 'an endpoint added to svc-0', size: SMALL, state: endpointAdded(SMALL) },
+  'small-retry': { name: 'small-retry', what: 'a Retry edited (its numRetries)', size: SMALL, state: retryEdited(SMALL) },
   big: { name: 'big', what: 'a service (2 ports, 1 pod) added', size: BIG, state: serviceAdded(BIG) },
   // The big mesh with 500 HTTPRoutes (issue 38).
   'big-routes': { name: 'big-routes', what: '500 HTTPRoutes; a service (2 ports, 1 pod) added', size: BENCH_MESH_ROUTES, state: serviceAdded(BENCH_MESH_ROUTES) },

@@ -10,6 +10,15 @@
 //	{"cmd":"mark","expect":{"ns/sa":[[typeUrl,name],...]}} -> {"ok":"mark"}; later {"ev":"done","at":unixMs}
 //	    once every stream has received, since the mark, each listed resource of its identity
 //	{"cmd":"report"} -> {"ok":"report","bytes":B,"responses":R,"resources":K,"proxies":P} received since the mark (P: streams that got any)
+//
+// Churn (bench/churn.ts; nothing of it happens unless asked):
+//
+//	{"cmd":"churn","rate":R} -> {"ok":"churn"}: from now on R proxies a second, in turn, drop their connection and
+//	    open a new one at once, starting over from nothing (a rollout's new pod); rate 0 stops
+//	{"cmd":"times"} -> {"ok":"times","resync":[ms...],"acked":[unixMs...],"churned":K,"resyncing":U}: since the last
+//	    "times", each new connection's time until it held all it asked for (ACKed), and, since the mark, when each
+//	    stream that had something to wait for was done; K: connections dropped so far, U: new ones not yet synced.
+//	    A stream reopened during a mark is done with it once it is synced and has received what it expects.
 package main
 
 import (
@@ -146,7 +155,14 @@ var (
 	reconnects atomic.Int64
 	pending    atomic.Int64 // streams not yet synced, then streams not yet done with the current mark
 	events     = make(chan map[string]any, 16)
+	// Churn: the connections dropped, and what "times" reports.
+	churned  atomic.Int64
+	timesMu  sync.Mutex
+	resyncMs []float64
+	ackedAt  []float64
 )
+
+func unixMs() float64 { return float64(time.Now().UnixMicro()) / 1000 }
 
 // proxy is one simulated sidecar's view of its stream.
 type proxy struct {
@@ -157,7 +173,10 @@ type proxy struct {
 	synced   bool
 	missing  map[string]bool // "type name" still expected since the mark
 	doneMark bool
-	updated  bool // received a response since the mark
+	// When the stream was opened again by churn, until it is synced.
+	resyncFrom time.Time
+	updated    bool // received a response since the mark
+	waited     bool // the mark expected something of it
 	// What the held listeners ask for: each one's route configurations, and how many name each.
 	listenerRoutes map[string]map[string]bool
 	routeRefs      map[string]int
@@ -322,8 +341,19 @@ func (p *proxy) settle() {
 			events <- map[string]any{"ev": "synced", "ms": float64(time.Since(start).Microseconds()) / 1000}
 		}
 	}
-	if !p.doneMark && len(p.missing) == 0 {
+	if !p.resyncFrom.IsZero() && p.isSynced() {
+		timesMu.Lock()
+		resyncMs = append(resyncMs, float64(time.Since(p.resyncFrom).Microseconds())/1000)
+		timesMu.Unlock()
+		p.resyncFrom = time.Time{}
+	}
+	if !p.doneMark && len(p.missing) == 0 && p.resyncFrom.IsZero() {
 		p.doneMark = true
+		if p.waited {
+			timesMu.Lock()
+			ackedAt = append(ackedAt, unixMs())
+			timesMu.Unlock()
+		}
 		if pending.Add(-1) == 0 {
 			events <- map[string]any{"ev": "done", "at": float64(time.Now().UnixMicro()) / 1000}
 		}
@@ -494,23 +524,32 @@ func main() {
 	start = time.Now()
 	proxies := make([]*proxy, *n)
 	locks := make([]sync.Mutex, *n)
+	// Churn: a proxy's connection is dropped when its channel is sent to.
+	kicks := make([]chan struct{}, *n)
+	for i := range kicks {
+		kicks[i] = make(chan struct{}, 1)
+	}
+	// Lean connections: a load generator should leave the cores to the server under test.
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1 << 30)), grpc.WithSharedWriteBuffer(true),
+		grpc.WithReadBufferSize(4096), grpc.WithWriteBufferSize(4096)}
+	if *window > 0 {
+		opts = append(opts, grpc.WithInitialWindowSize(int32(*window)), grpc.WithInitialConnWindowSize(int32(*window)))
+	}
+	dial := func() *grpc.ClientConn {
+		conn, err := grpc.NewClient(*addr, opts...)
+		if err != nil {
+			panic(err)
+		}
+		return conn
+	}
 	sem := make(chan struct{}, *dials)
 	go func() {
 		for i := 0; i < *n; i++ {
 			sem <- struct{}{}
 			id := identities[i%len(identities)]
 			proxies[i] = newProxy(id)
-			// Lean connections: a load generator should leave the cores to the server under test.
-			opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1 << 30)), grpc.WithSharedWriteBuffer(true),
-				grpc.WithReadBufferSize(4096), grpc.WithWriteBufferSize(4096)}
-			if *window > 0 {
-				opts = append(opts, grpc.WithInitialWindowSize(int32(*window)), grpc.WithInitialConnWindowSize(int32(*window)))
-			}
-			conn, err := grpc.NewClient(*addr, opts...)
-			if err != nil {
-				panic(err)
-			}
+			conn := dial()
 			// The dial slot is given back at the stream's first response, or when it fails.
 			release := sync.OnceFunc(func() { <-sem })
 			go func(i int) {
@@ -522,22 +561,47 @@ func main() {
 				// As Envoy: a stream that ends is opened again after a pause, and the proxy starts over
 				// from nothing (the initial sync waits for it; a mark expects of it what it expected).
 				for {
-					err := run(ctx, c, proxies[i], nodeOf(i, id), &locks[i], release)
+					sctx, cancel := context.WithCancel(ctx)
+					var kicked atomic.Bool
+					stop := make(chan struct{})
+					go func() {
+						select {
+						case <-kicks[i]:
+							kicked.Store(true)
+							cancel()
+						case <-stop:
+						}
+					}()
+					err := run(sctx, c, proxies[i], nodeOf(i, id), &locks[i], release)
+					close(stop)
+					cancel()
 					release()
-					if reconnects.Add(1) <= 10 {
-						fmt.Fprintf(os.Stderr, "stream %d (%s) ended, opened again in 1 s: %v\n", i, id, err)
+					if kicked.Load() {
+						// Churn: the old pod's connection goes, a new pod's is opened at once.
+						_ = conn.Close()
+						conn = dial()
+						c = discovery.NewAggregatedDiscoveryServiceClient(conn)
+						churned.Add(1)
+					} else {
+						if reconnects.Add(1) <= 10 {
+							fmt.Fprintf(os.Stderr, "stream %d (%s) ended, opened again in 1 s: %v\n", i, id, err)
+						}
+						time.Sleep(time.Second)
 					}
-					time.Sleep(time.Second)
 					locks[i].Lock()
 					p := proxies[i]
 					p.have, p.got = map[string]map[string]bool{}, map[string]bool{}
 					p.want = map[string]map[string]bool{eds: {}, rds: {}}
 					p.listenerRoutes, p.routeRefs = map[string]map[string]bool{}, map[string]int{}
+					if kicked.Load() {
+						p.resyncFrom = time.Now()
+					}
 					locks[i].Unlock()
 				}
 			}(i)
 		}
 	}()
+	var stopChurn chan struct{}
 
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 1<<30)
@@ -545,6 +609,7 @@ func main() {
 		var cmd struct {
 			Cmd    string
 			Expect map[string][][2]string
+			Rate   int
 		}
 		if err := json.Unmarshal(in.Bytes(), &cmd); err != nil {
 			panic(err)
@@ -566,13 +631,61 @@ func main() {
 				}
 				p.doneMark = false
 				p.updated = false
+				p.waited = len(p.missing) > 0
 				p.settle()
 				locks[i].Unlock()
 			}
+			timesMu.Lock()
+			ackedAt = nil
+			timesMu.Unlock()
 			events <- map[string]any{"ok": "mark"}
 			if pending.Add(-1) == 0 {
 				events <- map[string]any{"ev": "done", "at": float64(time.Now().UnixMicro()) / 1000}
 			}
+		case "churn":
+			if stopChurn != nil {
+				close(stopChurn)
+				stopChurn = nil
+			}
+			if cmd.Rate > 0 {
+				stopChurn = make(chan struct{})
+				go func(stop chan struct{}, every time.Duration) {
+					t := time.NewTicker(every)
+					defer t.Stop()
+					for next := 0; ; next = (next + 1) % *n {
+						select {
+						case <-stop:
+							return
+						case <-t.C:
+						}
+						select {
+						case kicks[next] <- struct{}{}:
+						default:
+						}
+					}
+				}(stopChurn, time.Second/time.Duration(cmd.Rate))
+			}
+			events <- map[string]any{"ok": "churn"}
+		case "times":
+			resyncing := 0
+			for i, p := range proxies {
+				locks[i].Lock()
+				if p != nil && !p.resyncFrom.IsZero() {
+					resyncing++
+				}
+				locks[i].Unlock()
+			}
+			timesMu.Lock()
+			r, a := resyncMs, ackedAt
+			resyncMs, ackedAt = nil, nil
+			timesMu.Unlock()
+			if r == nil {
+				r = []float64{}
+			}
+			if a == nil {
+				a = []float64{}
+			}
+			events <- map[string]any{"ok": "times", "resync": r, "acked": a, "churned": churned.Load(), "resyncing": resyncing}
 		case "report":
 			pprof.StopCPUProfile()
 			events <- map[string]any{"ok": "report", "bytes": bytes.Load(), "responses": resps.Load(), "resources": items.Load(), "proxies": updated.Load(), "reconnects": reconnects.Load()}
