@@ -49,6 +49,9 @@ for (const [flag, v] of [['--n', N], ['--reconnect-rate', RATE], ['--edit-every'
   if (!Number.isInteger(v) || v < (flag === '--reconnect-rate' ? 0 : 1)) throw new Error(`bench:churn: ${flag} must be a whole number${flag === '--reconnect-rate' ? '' : ' above 0'}, got ${String(v)}`);
 }
 if (MODE !== 'delta' && MODE !== 'sotw') throw new Error(`bench:churn: --mode must be delta or sotw, got ${MODE}`);
+// One connection a proxy, in the server's process and in the clients' (which need about 20 and 8 more files).
+const nofile = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1] ?? Infinity);
+if (N + 32 > nofile) throw new Error(`bench:churn: --n ${N} needs ${N + 32} open files in the server's process, and this machine allows ${nofile} a process (ulimit -n): at most --n ${nofile - 32}`);
 const EDITS = Math.floor(DURATION / EVERY);
 const scenario = SCENARIOS['small-retry'];
 
@@ -195,11 +198,13 @@ for (let i = 1; i <= EDITS; i++) {
 await sleep(Math.max(0, t0 + DURATION * 1000 - now()));
 clients.send({ cmd: 'churn', rate: 0 });
 await clients.must((m) => m.ok === 'churn', 'churn');
-const end = await times();
 const seconds = (now() - t0) / 1000;
 clearInterval(sampler);
 const s1 = usage(pid);
 const c1 = usage(cpid);
+// The last connections opened, given a moment to sync.
+await sleep(2000);
+const end = await times();
 const endLoad = loadavg();
 
 const pct = (xs: number[], p: number): number | null => {
