@@ -223,7 +223,7 @@ const result = {
   initialSyncMs: synced.ms,
   pushToAck: { p50: pct(pushAck, 50), p99: pct(pushAck, 99), max: pct(pushAck, 100), proxies: pushAck.length, owed: edits.reduce((a, e) => a + e.proxies, 0) },
   edits,
-  reconnectToSynced: { p50: pct(resync, 50), p99: pct(resync, 99), max: pct(resync, 100), synced: resync.length, reconnected: churned, notSyncedAtEnd: end.resyncing },
+  reconnectToSynced: { p50: pct(resync, 50), p99: pct(resync, 99), max: pct(resync, 100), over1s: resync.filter((x) => x > 1000).length, synced: resync.length, reconnected: churned, notSyncedAtEnd: end.resyncing },
   server: { maxRssMB: Math.round(maxRss / 2 ** 20), peakRssMB: Math.round(s1.peak / 2 ** 20), cpuSeconds: +(s1.cpu - s0.cpu).toFixed(1), cpuShare: +((s1.cpu - s0.cpu) / seconds).toFixed(2) },
   clients: { cpuSeconds: +(c1.cpu - c0.cpu).toFixed(1), cpuShare: +((c1.cpu - c0.cpu) / seconds).toFixed(2) },
   load: { start: startLoad, end: endLoad },
@@ -236,7 +236,7 @@ console.log(
   `push-to-ACK: p50 ${f(result.pushToAck.p50)}, p99 ${f(result.pushToAck.p99)}, max ${f(result.pushToAck.max)} (${pushAck.length} of ${result.pushToAck.owed} proxies over ${EDITS} edits; slowest edit all done ${f(Math.max(...edits.map((e) => e.allMs ?? Infinity)))})`,
 );
 console.log(
-  `reconnect-to-synced: p50 ${f(result.reconnectToSynced.p50)}, p99 ${f(result.reconnectToSynced.p99)}, max ${f(result.reconnectToSynced.max)} (${resync.length} synced of ${churned} reconnected; ${end.resyncing} not synced at the end)`,
+  `reconnect-to-synced: p50 ${f(result.reconnectToSynced.p50)}, p99 ${f(result.reconnectToSynced.p99)}, max ${f(result.reconnectToSynced.max)} (${resync.length} synced of ${churned} reconnected, ${result.reconnectToSynced.over1s} in over 1 s; ${end.resyncing} not synced at the end)`,
 );
 console.log(
   `server: RSS max ${result.server.maxRssMB} MB during the churn (peak ${result.server.peakRssMB} MB), CPU ${result.server.cpuSeconds} s (${result.server.cpuShare} cores); clients' CPU ${result.clients.cpuSeconds} s (${result.clients.cpuShare} cores)`,

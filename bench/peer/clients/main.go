@@ -18,7 +18,8 @@
 //	{"cmd":"times"} -> {"ok":"times","resync":[ms...],"acked":[unixMs...],"churned":K,"resyncing":U}: since the last
 //	    "times", each new connection's time until it held all it asked for (ACKed), and, since the mark, when each
 //	    stream that had something to wait for was done; K: connections dropped so far, U: new ones not yet synced.
-//	    A stream reopened during a mark is done with it once it is synced and has received what it expects.
+//	    A stream reopened during a mark that expects something of it is done with it once it is synced and has
+//	    received what it expects.
 package main
 
 import (
@@ -347,7 +348,7 @@ func (p *proxy) settle() {
 		timesMu.Unlock()
 		p.resyncFrom = time.Time{}
 	}
-	if !p.doneMark && len(p.missing) == 0 && p.resyncFrom.IsZero() {
+	if !p.doneMark && len(p.missing) == 0 && (!p.waited || p.resyncFrom.IsZero()) {
 		p.doneMark = true
 		if p.waited {
 			timesMu.Lock()
