@@ -5,8 +5,7 @@
  * call graph is walked within a bound.
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { allToAllState, allToAllYaml } from '../bench/amplification-worst.js';
@@ -17,6 +16,7 @@ import { parseServeArgs } from '../src/config.js';
 import { retryStatus } from '../src/outputs/retry-status.js';
 import { startDemo } from './helpers/demo.js';
 import { meshFromYaml } from './helpers/mesh.js';
+import { tempDir } from './helpers/tmp.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
 const CHAIN = path.join(import.meta.dirname, 'fixtures/amplification-chain.yaml');
@@ -176,7 +176,7 @@ describe('retry amplification', () => {
   });
 
   it('mesh-xds policy amplification: a table, -o json exactly, and --max that fails naming each path over it', () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-amplification-'));
+    const dir = tempDir('mesh-xds-amplification-');
     writeFileSync(path.join(dir, 'chain.yaml'), acyclic);
     const table = cli('-f', dir);
     expect(table.status, table.stderr).toBe(0);
@@ -266,7 +266,7 @@ describe('retry amplification', () => {
     // The guide's own Retry has none.
     expect(meshFromYaml(readFileSync(path.join(ROOT, 'deploy/demo/retry.yaml'), 'utf8') + '\n---\n' + readFileSync(path.join(ROOT, 'deploy/demo/httpbin.yaml'), 'utf8')).ir.policies.some((p) => p.warnings)).toBe(false);
     // validate: valid, with the warning at the field's line.
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-pitfalls-'));
+    const dir = tempDir('mesh-xds-pitfalls-');
     writeFileSync(path.join(dir, 'r.yaml'), 'kind: Retry\napiVersion: policy.flomesh.io/v1alpha1\nmetadata: {name: huge, namespace: curl}\nspec:\n  source: {kind: ServiceAccount, name: curl, namespace: curl}\n  destinations: [{kind: Service, name: httpbin, namespace: httpbin}]\n  retryPolicy:\n    retryOn: 5xx\n    numRetries: 4294967295\n');
     const v = spawnSync(process.execPath, [path.join(ROOT, 'bin/mesh-xds.js'), 'validate', '-f', path.join(dir, 'r.yaml'), '-o', 'json'], { encoding: 'utf8' });
     expect(v.status).toBe(0);

@@ -4,14 +4,14 @@
  * is wrong and what to do, the documented exit code (1 problem found, 2 usage error, 3 cannot reach server), and
  * no stack trace unless --debug. Real child processes of bin/mesh-xds.js.
  */
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cli } from './helpers/cli.js';
+import { tempDir } from './helpers/tmp.js';
 
-const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cli-errors-'));
+const dir = tempDir('mesh-xds-cli-errors-');
 const empty = path.join(dir, 'empty');
 const badYaml = path.join(dir, 'bad.yaml');
 const noManifests = path.join(dir, 'no-manifests');

@@ -1,10 +1,10 @@
 /** CLI commands that talk to the Kubernetes API, run as subprocesses against the local list/watch server. */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { cli } from './helpers/cli.js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { FakeKube, PATHS } from './helpers/fake-kube.js';
+import { tempDir } from './helpers/tmp.js';
 
 let kube: FakeKube;
 let kubeconfig: string;
@@ -13,7 +13,7 @@ beforeAll(async () => {
   kube = new FakeKube();
   await kube.start();
   kube.apply(PATHS.namespaces, { metadata: { name: 'httpbin', labels: { team: 'web' } } });
-  kubeconfig = path.join(mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-')), 'config');
+  kubeconfig = path.join(tempDir('mesh-xds-kube-'), 'config');
   writeFileSync(kubeconfig, kube.kubeConfig().exportConfig());
 });
 

@@ -4,11 +4,11 @@
  * with a non-zero code. Real child processes of bin/mesh-xds.js in a real bash pipeline.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ROOT } from './helpers/cli.js';
+import { tempDir } from './helpers/tmp.js';
 
 const BIN = path.join(ROOT, 'bin/mesh-xds.js');
 const PIPE_BYTES = 64 * 1024;
@@ -31,7 +31,7 @@ const SLOW_READER = '(sleep 0.5; cat)';
 
 let dir: string;
 beforeAll(() => {
-  dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-pipe-'));
+  dir = tempDir('mesh-xds-pipe-');
   // 60 Deployments to inject: the issue's `inject -f F | kubectl apply -f -` got 9 of 40.
   const deployments = Array.from(
     { length: 60 },

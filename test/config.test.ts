@@ -3,9 +3,9 @@ import pino from 'pino';
 import { ConfigError, parseServeArgs } from '../src/config.js';
 import { StartError, serve } from '../src/main.js';
 import { DEMO } from './helpers/demo.js';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { tempDir } from './helpers/tmp.js';
 
 describe('serve flags', () => {
   it('defaults to the documented addresses and mesh name', () => {
@@ -30,7 +30,7 @@ describe('serve flags', () => {
   });
 
   it('refuses to start on a mesh config that turns permissive mode off', async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cfg-'));
+    const dir = tempDir('mesh-xds-cfg-');
     cpSync(DEMO, dir, { recursive: true });
     const mesh = path.join(dir, 'mesh.yaml');
     writeFileSync(mesh, readFileSync(mesh, 'utf8').replace('enablePermissiveTrafficPolicyMode: true', 'enablePermissiveTrafficPolicyMode: false'));

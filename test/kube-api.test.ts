@@ -6,8 +6,7 @@
  * back and printed by `kubectl get retry`, and a real gRPC xDS client following kubectl edits.
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +17,7 @@ import { ROOT, cli } from './helpers/cli.js';
 import { XdsTestClient, startBackend, type Backend } from './helpers/grpc-xds.js';
 import { GUIDE_RETRY as RETRY, grpcRetry, httpbinEndpoints, kubeMissing, serveKubernetes, type Served, waitEstablished } from './helpers/kube.js';
 import { sandboxMissing } from './helpers/sandbox.js';
+import { tempDir } from './helpers/tmp.js';
 
 const missing = [...(await kubeMissing()), ...sandboxMissing];
 const deploy = (p: string): string => path.join(ROOT, 'deploy', p);
@@ -110,7 +110,7 @@ describe.skipIf(missing.length > 0)("the Kubernetes steps of docs/deploy.md agai
       expect(r.code, what).not.toBe(0);
       for (const e of expected) expect(r.stderr, what).toMatch(e);
     }
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-'));
+    const dir = tempDir('mesh-xds-kube-');
     writeFileSync(path.join(dir, 'bad.yaml'), cases[0][1](RETRY));
     expect((await cli(['validate', '-f', path.join(dir, 'bad.yaml')])).stdout).toContain('unknown retryOn condition "bogus"');
   });

@@ -1,12 +1,12 @@
 /** `demo:kubernetes` on a fresh machine: while the Kubernetes binaries build, it says what builds and what is left. */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect, it } from 'vitest';
 import { kubeBuildProgress } from '../sandbox/kube.js';
+import { tempDir } from './helpers/tmp.js';
 
 it('names the binary building, the time so far and roughly what is left, from the last build here or a cold one', () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-kube-progress-'));
+  const dir = tempDir('mesh-xds-kube-progress-');
   const files = { pid: path.join(dir, 'build.pid'), log: path.join(dir, 'build.log'), times: path.join(dir, 'build-times') };
   const now = Math.floor(Date.now() / 1000) * 1000;
   // A build whose process is alive (this one), 60 s into kube-apiserver.

@@ -5,9 +5,7 @@
  * certificate is issued from the mesh CA (for its Service names) or read from files that may rotate.
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import tls from 'node:tls';
@@ -22,10 +20,11 @@ import { envoyRoot } from '../src/xds/resources/protos.js';
 import { eventually } from './helpers/grpc-xds.js';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';
+import { tempDir } from './helpers/tmp.js';
 
 const LDS = 'type.googleapis.com/envoy.config.listener.v3.Listener';
 const Csds = grpc.makeGenericClientConstructor(CSDS_SERVICE, 'CSDS');
-const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-mtls-'));
+const tmp = tempDir('mesh-xds-mtls-');
 const trustDomain = 'cluster.local';
 
 let ca: KeyPair;

@@ -5,8 +5,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { cli } from './helpers/cli.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
@@ -18,6 +17,7 @@ import { fromProto3Json } from '../src/xds/resources/json.js';
 import { decodeMessage, resourceToJson } from './helpers/xds-json.js';
 import { envoyRoot } from '../src/xds/resources/protos.js';
 import { ROUTE } from '../src/xds/resources/types.js';
+import { tempDir } from './helpers/tmp.js';
 
 let backend: Backend;
 let demo: DemoServer;
@@ -202,7 +202,7 @@ describe('the mesh-xds CLI', () => {
 
   it('validate -f: 0 for a good file, 1 with every problem for a bad one, 2 for no file', async () => {
     expect((await cli(['validate', '-f', 'deploy/demo/retry.yaml'])).code).toBe(0);
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cli-'));
+    const dir = tempDir('mesh-xds-cli-');
     const bad = path.join(dir, 'bad.yaml');
     writeFileSync(bad, 'apiVersion: policy.flomesh.io/v1alpha1\nkind: Retry\nmetadata: {name: r, namespace: curl}\nspec:\n  source: {kind: ServiceAccount, name: curl, namespace: curl}\n  destinations: [{kind: Service, name: httpbin, namespace: httpbin}]\n  retryPolicy: {retryOn: "5xx,connect-faillure", numRetries: -1}\n');
     const r = await cli(['validate', '-f', bad, '-o', 'json']);
@@ -214,7 +214,7 @@ describe('the mesh-xds CLI', () => {
   });
 
   it('validate names the bad retryOn condition at its own line, and fails a document without kind', async () => {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-cli-'));
+    const dir = tempDir('mesh-xds-cli-');
     const bad = path.join(dir, 'bad.yaml');
     writeFileSync(bad, readFileSync(path.join(DEMO, 'retry.yaml'), 'utf8').replace('retryOn: "5xx"', 'retryOn: "5xx,bogus"'));
     const line = readFileSync(bad, 'utf8').split('\n').findIndex((l) => l.includes('bogus')) + 1;

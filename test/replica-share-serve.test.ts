@@ -5,8 +5,7 @@
  * mTLS metrics stream; the Retry's status.observed holds both replicas' numbers, summed, with `replicas: 2/2`.
  * (Both replicas run in one process, so they share a Lease identity and both write; each writes the same sum.)
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
@@ -18,6 +17,7 @@ import { createCa, issue, writeCaDir, type KeyPair } from '../src/security/ca.js
 import { envoyRoot, loadEnvoyProtos } from '../src/xds/resources/protos.js';
 import { FakeKube, PATHS } from './helpers/fake-kube.js';
 import { eventually } from './helpers/grpc-xds.js';
+import { tempDir } from './helpers/tmp.js';
 
 const log = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
 const CLUSTER = 'httpbin/httpbin|14001';
@@ -45,7 +45,7 @@ const clients: grpc.Client[] = [];
 const timers: NodeJS.Timeout[] = [];
 
 beforeAll(async () => {
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-replicas-'));
+  const tmp = tempDir('mesh-xds-replicas-');
   ca = await createCa('cluster.local');
   writeCaDir(path.join(tmp, 'ca'), ca);
   kube = new FakeKube();

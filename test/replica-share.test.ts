@@ -4,8 +4,6 @@
  * ADS server with the metrics service and the share door, the same mesh CA), found through the EndpointSlices of
  * the control plane's Service (test/helpers/fake-kube.ts), sidecars' reports split over them; the door's hostile cases.
  */
-import { mkdtempSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
@@ -22,6 +20,7 @@ import { AdsServer } from '../src/xds/protocol/server.js';
 import { ProxyRegistry } from '../src/xds/protocol/status.js';
 import type { Handler } from '../src/xds/transport/grpc.js';
 import { FakeKube } from './helpers/fake-kube.js';
+import { tempDir } from './helpers/tmp.js';
 
 const log = pino({ level: process.env.LOG_LEVEL ?? 'silent' });
 const CLUSTER = 'httpbin/httpbin|14001';
@@ -122,7 +121,7 @@ describe('sums of shares', () => {
 });
 
 describe('two replicas over mTLS on loopback', () => {
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-shares-'));
+  const tmp = tempDir('mesh-xds-shares-');
   let ca: KeyPair;
   let kube: FakeKube;
   const servers: AdsServer[] = [];

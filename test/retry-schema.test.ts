@@ -3,12 +3,12 @@
  * `mesh-xds validate` and the server need not load ajv and compile the CRD at every start: it must be the code
  * ajv compiles from the CRD as it is now, and check as the compiled schema does.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadRetrySchema, RETRY_CRD, retrySchemaModule } from '../src/sources/crd.js';
 import { ROOT } from './helpers/cli.js';
+import { tempDir } from './helpers/tmp.js';
 
 const CRD = path.join(ROOT, 'deploy/crds', RETRY_CRD);
 const GENERATED = path.join(ROOT, 'src/sources/retry-schema.generated.ts');
@@ -21,7 +21,7 @@ describe('the generated Retry schema check', () => {
   });
 
   it('checks as the schema compiled from another copy of the CRD does (no generated code for it)', () => {
-    const copy = path.join(mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-crd-')), 'retry-crd-copy.yaml');
+    const copy = path.join(tempDir('mesh-xds-crd-'), 'retry-crd-copy.yaml');
     writeFileSync(copy, `${readFileSync(CRD, 'utf8')}\n# a copy: another hash, compiled when loaded\n`);
     const compiled = loadRetrySchema(copy);
     const generated = loadRetrySchema();

@@ -6,8 +6,6 @@
  * logs).
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
@@ -29,6 +27,7 @@ import { eventually } from './helpers/grpc-xds.js';
 import { RawAdsClient, node } from './helpers/ads-client.js';
 import { startDemo, type DemoServer } from './helpers/demo.js';
 import { loadMesh } from './helpers/mesh.js';
+import { tempDir } from './helpers/tmp.js';
 
 const trustDomain = 'cluster.local';
 const silent = pino({ level: 'silent' });
@@ -146,7 +145,7 @@ describe('the sidecar certificates', () => {
 });
 
 describe('secrets over ADS (real gRPC)', () => {
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-sds-'));
+  const tmp = tempDir('mesh-xds-sds-');
   const lines: string[] = [];
   const clients: { close(): void }[] = [];
   let ca: KeyPair;
