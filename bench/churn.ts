@@ -18,16 +18,16 @@
  * Run: npm run bench:churn -- [--n 20000] [--mode delta|sotw] [--reconnect-rate 30] [--edit-every 10]
  *      [--duration 120] [--json FILE]
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { SnapshotCache } from '../src/xds/resources/cache.js';
 import type { Snapshot } from '../src/xds/resources/snapshot.js';
 import { SCENARIOS } from './peer/scenario.js';
+import { Child, usage } from './children.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const { values: args } = parseArgs({
@@ -61,62 +61,6 @@ const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const loadavg = (): string => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of children) c.kill('SIGKILL');
-});
-
-/** A child process spoken to in JSON lines (as in bench/peer.ts). */
-class Child {
-  private readonly lines: any[] = [];
-  private wake?: () => void;
-  constructor(readonly proc: ChildProcess) {
-    children.add(proc);
-    proc.on('exit', () => children.delete(proc));
-    readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
-      this.lines.push(JSON.parse(l));
-      this.wake?.();
-    });
-    proc.on('exit', (code) => {
-      this.lines.push({ exited: code });
-      this.wake?.();
-    });
-  }
-  send(m: object): void {
-    this.proc.stdin!.write(`${JSON.stringify(m)}\n`);
-  }
-  /** The first line that matches, or undefined after `ms`. */
-  async next(match: (m: any) => boolean, ms = 600_000): Promise<any> {
-    const until = Date.now() + ms;
-    for (;;) {
-      const i = this.lines.findIndex((m) => match(m) || 'exited' in m);
-      if (i >= 0) {
-        const m = this.lines.splice(i, 1)[0];
-        if ('exited' in m) throw new Error(`${this.proc.spawnargs.join(' ')} exited (${m.exited})`);
-        return m;
-      }
-      if (Date.now() > until) return undefined;
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 100);
-      });
-    }
-  }
-  async must(match: (m: any) => boolean, what: string, ms?: number): Promise<any> {
-    const m = await this.next(match, ms);
-    if (m === undefined) throw new Error(`bench:churn: timed out waiting for ${what}`);
-    return m;
-  }
-}
-
-/** CPU seconds (user + system) and RSS / peak RSS in bytes of a process, from /proc. */
-function usage(pid: number): { cpu: number; rss: number; peak: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)![1]) * 1024;
-  return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: kb('VmRSS'), peak: kb('VmHWM') };
-}
 
 // What each edit must deliver: per identity, the resources (type, name) new or changed, as mesh-xds builds them.
 const cache = new SnapshotCache();
@@ -148,14 +92,14 @@ const srv = new Child(
     stdio: ['pipe', 'pipe', 'inherit'],
   }),
 );
-const { port, pid } = await srv.must((m) => m.ok === 'listen', 'the server');
+const { port, pid } = await srv.next((m) => m.ok === 'listen', undefined, 'the server');
 const clients = new Child(
   spawn(path.join(BIN, 'clients'), ['-addr', `127.0.0.1:${port}`, '-n', String(N), '-mode', MODE, '-identities', identities.join(','), ...(process.env.PEER_CLIENT_WINDOW ? ['-window', process.env.PEER_CLIENT_WINDOW] : [])], {
     stdio: ['pipe', 'pipe', 'inherit'],
   }),
 );
 const cpid = clients.proc.pid!;
-const synced = await clients.must((m) => m.ev === 'synced', 'the initial sync');
+const synced = await clients.next((m) => m.ev === 'synced', undefined, 'the initial sync');
 console.log(`initial sync of ${N} ${MODE} proxies: ${(synced.ms / 1000).toFixed(1)} s (load ${loadavg()})`);
 await sleep(1000);
 
@@ -170,26 +114,26 @@ const edits: { edit: number; proxies: number; acked: number; allMs: number | nul
 let churned = 0;
 const times = async (): Promise<{ acked: number[]; resyncing: number }> => {
   clients.send({ cmd: 'times' });
-  const t = await clients.must((m) => m.ok === 'times', 'times');
+  const t = await clients.next((m) => m.ok === 'times', undefined, 'times');
   resync.push(...t.resync);
   churned = t.churned;
   return t;
 };
 clients.send({ cmd: 'churn', rate: RATE });
-await clients.must((m) => m.ok === 'churn', 'churn');
+await clients.next((m) => m.ok === 'churn', undefined, 'churn');
 const t0 = now();
 for (let i = 1; i <= EDITS; i++) {
   await sleep(Math.max(0, t0 + i * EVERY * 1000 - now()));
   const owed = Array.from({ length: N }, (_, k) => identities[k % identities.length]).filter((id) => id in expects[i]).length;
   // A late "done" of the edit before is not this one's.
-  while (await clients.next((m) => m.ev === 'done', 0));
+  while (await clients.maybe((m) => m.ev === 'done', 0));
   clients.send({ cmd: 'mark', expect: expects[i] });
-  await clients.must((m) => m.ok === 'mark', 'mark');
+  await clients.next((m) => m.ok === 'mark', undefined, 'mark');
   const at = now();
   srv.send({ cmd: 'apply', tag: `change-${i}` });
   // Done by the next edit (or within the edit interval after the last one), or counted as not done.
-  const done = await clients.next((m) => m.ev === 'done', EVERY * 1000 - 500);
-  const applied = await srv.must((m) => m.ok === 'apply', 'apply');
+  const done = await clients.maybe((m) => m.ev === 'done', EVERY * 1000 - 500);
+  const applied = await srv.next((m) => m.ok === 'apply', undefined, 'apply');
   const t = await times();
   const ms = t.acked.map((a) => a - at);
   pushAck.push(...ms);
@@ -197,7 +141,7 @@ for (let i = 1; i <= EDITS; i++) {
 }
 await sleep(Math.max(0, t0 + DURATION * 1000 - now()));
 clients.send({ cmd: 'churn', rate: 0 });
-await clients.must((m) => m.ok === 'churn', 'churn');
+await clients.next((m) => m.ok === 'churn', undefined, 'churn');
 const seconds = (now() - t0) / 1000;
 clearInterval(sampler);
 const s1 = usage(pid);

@@ -19,11 +19,10 @@
  *      (default: the small mesh, 2,000 and 10,000 proxies, SotW and delta). The big mesh's snapshots are 350 MB a
  *      state on disk, and go-control-plane needed more than 18 GB for it at 2,000 proxies: try it at 500 first.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { Pipeline } from '../src/pipeline/pipeline.js';
@@ -31,6 +30,7 @@ import { SnapshotCache } from '../src/xds/resources/cache.js';
 import type { Resource, Snapshot } from '../src/xds/resources/snapshot.js';
 import { lenField, lenFieldParts } from '../src/xds/resources/wire.js';
 import { SCENARIOS, type Scenario } from './peer/scenario.js';
+import { Child, usage } from './children.js';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const { values: args } = parseArgs({
@@ -65,62 +65,6 @@ const BIN = path.join(ROOT, '.cache/bench-peer');
 const work = mkdtempSync(path.join(os.tmpdir(), 'mesh-xds-peer-'));
 const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Every child, killed when the driver exits however it exits. */
-const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of children) c.kill('SIGKILL');
-});
-
-/** A child process spoken to in JSON lines. */
-class Child {
-  private readonly lines: any[] = [];
-  private wake?: () => void;
-  constructor(readonly proc: ChildProcess) {
-    children.add(proc);
-    proc.on('exit', () => children.delete(proc));
-    readline.createInterface({ input: proc.stdout! }).on('line', (l) => {
-      this.lines.push(JSON.parse(l));
-      this.wake?.();
-    });
-    proc.on('exit', (code) => {
-      this.lines.push({ exited: code });
-      this.wake?.();
-    });
-  }
-  send(m: object): void {
-    this.proc.stdin!.write(`${JSON.stringify(m)}\n`);
-  }
-  async next(match: (m: any) => boolean, ms = 600_000): Promise<any> {
-    const until = Date.now() + ms;
-    for (;;) {
-      const i = this.lines.findIndex((m) => match(m) || 'exited' in m);
-      if (i >= 0) {
-        const m = this.lines.splice(i, 1)[0];
-        if ('exited' in m) throw new Error(`${this.proc.spawnargs.join(' ')} exited (${m.exited})`);
-        return m;
-      }
-      if (Date.now() > until) throw new Error(`timed out in ${this.proc.spawnargs[1]}`);
-      await new Promise<void>((r) => {
-        this.wake = r;
-        setTimeout(r, 100);
-      });
-    }
-  }
-  stop(): void {
-    this.proc.kill('SIGKILL');
-  }
-}
-
-/** CPU seconds (user + system) and RSS / peak RSS in bytes of a process, from /proc. */
-function usage(pid: number): { cpu: number; rss: number; peak: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const tick = 100;
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)![1]) * 1024;
-  return { cpu: (Number(f[11]) + Number(f[12])) / tick, rss: kb('VmRSS'), peak: kb('VmHWM') };
-}
 
 /** What each state of the scenario is, as mesh-xds builds it: per identity, per type, the resource set. */
 interface Built {

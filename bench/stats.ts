@@ -30,6 +30,7 @@ import { compile } from '../src/compile/compile.js';
 import { COUNTERS } from '../src/observed/retries.js';
 import { convertObjects, meshStateOf, type KubeObject } from '../src/sources/manifests.js';
 import type { ClientsConfig, FamilySpec } from './stats-clients.js';
+import { usage } from './children.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -172,14 +173,6 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** CPU seconds (user + system, every thread) and RSS / peak RSS in bytes of a process, from /proc. */
-function usage(pid: number): { cpu: number; rss: number; peak: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(status)![1]) * 1024;
-  return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: kb('VmRSS'), peak: kb('VmHWM') };
-}
 
 /** The machine's load: the 1-minute load average and the CPU seconds every process took over an interval. */
 function machineCpu(): number {
